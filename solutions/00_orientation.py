@@ -1,0 +1,389 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Chapter 00: Orientation
+#
+# **Time:** about 60 minutes. **Exercises:** 5, each checked as soon as you run the cell after it.
+#
+# **You will learn to**
+# - tell a *behavioural* account of a model (what it does) from a *mechanistic* one (how it does it);
+# - read a small neural network unit by unit and split its output into the contributions of its parts;
+# - load the workbook's language model and follow text to tokens, to logits, to a prediction;
+# - see the residual stream as a sum that every layer writes into.
+#
+# **Seed concepts:** behavioural vs mechanistic interpretability; the bottom-up, "reverse-engineer
+# the program" view of a network; neurons, features and circuits; why interpretability matters for
+# safety (finding what tests miss).
+#
+# ## How this workbook works
+# Each exercise gives a statement, then hints that go from gentle to nearly the answer. Write your
+# code where it says `raise NotImplementedError`, then run the check cell below it. The verdict is
+# one line: *passed*, *not attempted yet*, or *wrong* with the likely mistake. If you skip an
+# exercise, the chapter carries on with the reference solution, so every later cell still runs.
+# `show_progress()` prints your record at any time.
+
+# %%
+from utils import check_exercise, load_model, setup, show_progress
+
+env = setup()
+
+# %% [markdown]
+# ## 1. Two ways to understand a model
+#
+# A **behavioural** account treats a model as a sealed box: we feed in inputs, watch the outputs,
+# and describe the mapping ("it approves most applicants over 30"). A **mechanistic** account opens
+# the box and says *how* the output is computed: which internal variables exist, what each one
+# responds to, and how they combine. Mechanistic interpretability treats a trained network like a
+# compiled program: the weights are the machine code, the activations are the program's state, and
+# the job is to recover readable pseudocode.
+#
+# Why bother, when behaviour is what we care about? Because behaviour is only ever sampled. A
+# model can pass every test we thought of and still compute its answer in a way that breaks on the
+# inputs we didn't think of. Chapter 01 shows such a model. Knowing the mechanism lets us predict
+# failures, spot hidden objectives, and fix a model surgically rather than by retraining.
+#
+# We start with the smallest possible contrast: a rule you can read, and a network trained to
+# imitate it.
+#
+# ### A transparent model
+# A lender scores applicants by age and income, both rescaled to lie between 0 and 1. Its policy is
+# a two-rule decision list:
+# - an applicant is **high risk** if their age is below 0.3 **and** their income is below 0.5;
+# - an applicant is also **high risk** whenever their income is below 0.2, whatever their age;
+# - everyone else is low risk.
+
+# %% [markdown]
+# ### Exercise 0.1: a rule-based model (difficulty 1/3, ~5 min)
+# Write `rule_based_risk(age, income)`. Both arguments are float tensors of the same shape; return
+# a boolean tensor of that shape, `True` for high risk. Use the thresholds exactly as written
+# ("below" means strictly less than).
+#
+# <details><summary>Hint 1</summary>
+#
+# Comparisons on tensors give boolean tensors: `age < 0.3`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Combine boolean tensors with `&` (and) and `|` (or); put each comparison in brackets.
+# </details>
+
+# %% tags=["export"]
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+
+def rule_based_risk(age: Float[Tensor, "*batch"], income: Float[Tensor, "*batch"]) -> Bool[Tensor, "*batch"]:
+    """The lender's written policy: True where the applicant is high risk."""
+    ### BEGIN SOLUTION
+    return ((age < 0.3) & (income < 0.5)) | (income < 0.2)
+    ### END SOLUTION
+
+
+# %%
+rule_based_risk = check_exercise("0.1", rule_based_risk)
+
+# %% [markdown]
+# ### A network trained to imitate the rule
+# Now we train a tiny neural network, 2 inputs, 3 hidden ReLU units and 1 output, on applicants
+# labelled by that rule. Its *behaviour* will match the rule almost everywhere. But nothing in its
+# weights says "age below 0.3". Our task is to find out what it computes instead.
+
+# %% tags=["export"]
+from torch import nn
+
+
+class RiskNetwork(nn.Module):
+    """Two inputs (age, income) -> a few ReLU hidden units -> one logit for 'high risk'."""
+
+    def __init__(self, n_hidden: int = 3):
+        super().__init__()
+        self.hidden = nn.Linear(2, n_hidden)
+        self.output = nn.Linear(n_hidden, 1)
+
+    def forward(self, x: Float[Tensor, "batch 2"]) -> Float[Tensor, "batch"]:
+        return self.output(torch.relu(self.hidden(x))).squeeze(-1)
+
+
+def applicant_grid(steps: int = 41) -> Float[Tensor, "batch 2"]:
+    """Every (age, income) pair on a regular grid over [0, 1] x [0, 1]."""
+    values = torch.linspace(0, 1, steps)
+    age, income = torch.meshgrid(values, values, indexing="ij")
+    return torch.stack([age.flatten(), income.flatten()], dim=-1)  # [steps * steps, 2]
+
+
+def train_risk_network(seed: int = 0, n_hidden: int = 3, steps: int = 1500) -> RiskNetwork:
+    """Fit a RiskNetwork to random applicants labelled by `rule_based_risk` (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(4000, 2, generator=generator)  # [batch, 2]: age, income
+    labels = rule_based_risk(x[:, 0], x[:, 1]).float()
+    torch.manual_seed(seed)
+    network = RiskNetwork(n_hidden)
+    optimizer = torch.optim.Adam(network.parameters(), lr=0.02)
+    for _ in range(steps):
+        loss = nn.functional.binary_cross_entropy_with_logits(network(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return network
+
+
+# %%
+from utils.plotting import heatmap
+
+network = train_risk_network()
+grid = applicant_grid()
+with torch.no_grad():
+    network_says = network(grid) > 0
+rule_says = rule_based_risk(grid[:, 0], grid[:, 1])
+print(f"the network agrees with the rule on {(network_says == rule_says).float().mean():.1%} of the grid")
+
+ticks = [f"{v:.2f}" for v in torch.linspace(0, 1, 41)]
+heatmap((network_says.float() - rule_says.float()).reshape(41, 41).T, x=ticks, y=ticks,
+        title="Where the network disagrees with the rule (+1: only the network says high risk)",
+        x_label="age", y_label="income")
+
+# %% [markdown]
+# Behaviourally, the two models are nearly the same. Mechanistically, they are not: the rule is a
+# pair of thresholds, the network a weighted sum of three bent lines. Let's read the network.
+#
+# ### Exercise 0.2: hidden activations by hand (difficulty 1/3, ~10 min)
+# Write `hidden_activations(network, x)`, returning the hidden units' activations
+# `ReLU(x W^T + b)` for a batch of inputs, computed from `network.hidden.weight` (shape
+# `[n_hidden, 2]`) and `network.hidden.bias` (shape `[n_hidden]`) yourself, without calling
+# `network.hidden`.
+#
+# <details><summary>Hint 1</summary>
+#
+# `nn.Linear` stores its weight as `[out_features, in_features]`, so multiply by its transpose.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `torch.relu(x @ network.hidden.weight.T + network.hidden.bias)`
+# </details>
+
+# %% tags=["export"]
+def hidden_activations(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Float[Tensor, "batch n_hidden"]:
+    """The ReLU hidden units of `network` on inputs `x`, computed from its weights."""
+    ### BEGIN SOLUTION
+    return torch.relu(x @ network.hidden.weight.T + network.hidden.bias)
+    ### END SOLUTION
+
+
+# %%
+hidden_activations = check_exercise("0.2", hidden_activations)
+
+# %% [markdown]
+# Now look at each unit over the whole grid. A unit that is zero over most of the square and rises
+# along one edge is a detector for that region: "income is low", "the applicant is young"...
+
+# %%
+from plotly.subplots import make_subplots
+import plotly.graph_objects as go
+
+with torch.no_grad():
+    activations = hidden_activations(network, grid)  # [41 * 41, n_hidden]
+figure = make_subplots(rows=1, cols=activations.shape[1],
+                       subplot_titles=[f"unit {i}" for i in range(activations.shape[1])])
+for unit in range(activations.shape[1]):
+    figure.add_trace(go.Heatmap(z=activations[:, unit].reshape(41, 41).T, x=ticks, y=ticks,
+                                coloraxis="coloraxis"), row=1, col=unit + 1)
+figure.update_layout(title="Hidden unit activations (x: age, y: income)", coloraxis_colorscale="Viridis",
+                     height=350, width=900)
+figure
+
+# %% [markdown]
+# Write down, in a sentence each, what you think the units detect. Then check your reading
+# against the weights:
+
+# %%
+print("hidden weights [unit, (age, income)]:\n", network.hidden.weight.data.round(decimals=2))
+print("hidden biases:", network.hidden.bias.data.round(decimals=2))
+print("output weights:", network.output.weight.data.round(decimals=2), "bias:", network.output.bias.data.round(decimals=2))
+
+# %% [markdown]
+# ### Exercise 0.3: split the output into unit contributions (difficulty 2/3, ~10 min)
+# The output logit is `sum_i w_i * h_i + b`, where `h_i` are the hidden activations and `w_i` the
+# output weights. Write `unit_contributions(network, x)` returning `w_i * h_i` for each unit and
+# each input, shape `[batch, n_hidden]`. Summed over units, plus the output bias, it must give
+# `network(x)` exactly. This is **direct attribution**: Chapter 03 does the same thing to the heads
+# and layers of a transformer.
+#
+# <details><summary>Hint 1</summary>
+#
+# Reuse `hidden_activations`. `network.output.weight` has shape `[1, n_hidden]`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Broadcasting: `hidden_activations(network, x) * network.output.weight[0]`.
+# </details>
+
+# %% tags=["export"]
+def unit_contributions(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Float[Tensor, "batch n_hidden"]:
+    """Each hidden unit's additive share of the output logit."""
+    ### BEGIN SOLUTION
+    return hidden_activations(network, x) * network.output.weight[0]
+    ### END SOLUTION
+
+
+# %%
+unit_contributions = check_exercise("0.3", unit_contributions)
+
+# %%
+applicants = torch.tensor([[0.2, 0.3], [0.6, 0.1], [0.7, 0.8]])  # [3, 2]: age, income
+with torch.no_grad():
+    shares = unit_contributions(network, applicants)
+for (age, income), share, logit in zip(applicants.tolist(), shares, network(applicants).detach()):
+    parts = ", ".join(f"unit {i}: {s:+.2f}" for i, s in enumerate(share.tolist()))
+    print(f"age {age:.1f}, income {income:.1f} -> logit {logit:+.2f} = {parts}, bias {network.output.bias.item():+.2f}")
+
+# %% [markdown]
+# The young, poor applicant is high risk *because* particular units fire; the decision list gave the
+# same verdict *because* of a threshold. Same behaviour, different mechanism: that difference is
+# what the rest of this workbook is about, at the scale of a language model.
+#
+# ## 2. The workbook's language model
+# Every chapter runs on a small GPT-2-style model that this workbook trained itself, on a world it
+# generated itself: stories about who gave what to whom, facts about 40 countries, true and false
+# statements, short reviews, repeated word sequences. Because we wrote that world, we know the
+# right answer to every question we ask of the model, and which prompts it never saw in training.
+# `load_model()` loads it (offline, in about a second); `load_model("gpt2-small")` loads the real
+# GPT-2 when you are online, through the same code.
+
+# %%
+model = load_model()
+prompt = "When Mary and John went to the store, John gave a drink to"
+print(model.to_str_tokens(prompt))
+
+# %% [markdown]
+# The model reads **tokens**. Ours has a word-level vocabulary, so each word is one token, with its
+# leading space; the first token, `<|endoftext|>`, marks the start of a text (TransformerLens adds
+# it for us). For each position, the model outputs **logits**: one score per vocabulary entry for
+# what comes next. The prediction is the highest-scoring token at the *last* position.
+#
+# ### Exercise 0.4: from text to a prediction (difficulty 1/3, ~10 min)
+# Write `predict_next_token(model, prompt)` returning the model's most likely next token as a
+# string (with its leading space, e.g. `" Mary"`).
+#
+# <details><summary>Hint 1</summary>
+#
+# `model(prompt)` turns a string into tokens and returns logits of shape `[batch, pos, d_vocab]`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Take `logits[0, -1]`, its `argmax()`, and `model.to_string(...)` of that token id.
+# </details>
+
+# %% tags=["export"]
+def predict_next_token(model, prompt: str) -> str:
+    """The model's single most likely next token after `prompt`."""
+    ### BEGIN SOLUTION
+    logits = model(prompt)  # [1, pos, d_vocab]
+    return model.to_string(logits[0, -1].argmax())
+    ### END SOLUTION
+
+
+# %%
+predict_next_token = check_exercise("0.4", predict_next_token)
+
+# %%
+for text in [prompt, "The capital of France is", "The movie was dreadful. I", "red fox Monday red fox"]:
+    print(f"{text!r} -> {predict_next_token(model, text)!r}")
+
+# %% [markdown]
+# ## 3. The residual stream is a sum
+# Inside the transformer, each position carries a vector of size `d_model`, the **residual
+# stream**. The token and position embeddings start it; then every attention layer and every MLP
+# *reads* from it and *adds* its output back. Nothing is ever overwritten. So the stream after the
+# last layer is exactly the sum of everything written into it, and the logits are a linear map of
+# that sum (after a final normalisation). That is why we can ask of each component: what did *you*
+# add?
+#
+# `model.run_with_cache(prompt)` runs the model and keeps every intermediate activation, named by
+# hook: `hook_embed`, `hook_pos_embed`, `blocks.{layer}.hook_attn_out`,
+# `blocks.{layer}.hook_mlp_out`, `blocks.{layer}.hook_resid_post` and many more.
+
+# %%
+logits, cache = model.run_with_cache(prompt)
+print(f"{len(cache)} activations cached; for example:")
+for name in ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]:
+    print(f"  {name:<28} {list(cache[name].shape)}")
+
+# %% [markdown]
+# ### Exercise 0.5: rebuild the residual stream (difficulty 2/3, ~15 min)
+# Write `residual_from_components(cache, n_layers)` that adds up the token embedding, the
+# positional embedding, and the output of every attention layer and every MLP, giving a tensor of
+# shape `[batch, pos, d_model]`. It should equal `cache[f"blocks.{n_layers - 1}.hook_resid_post"]`.
+#
+# <details><summary>Hint 1</summary>
+#
+# Start from `cache["hook_embed"] + cache["hook_pos_embed"]` and loop over layers.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Inside the loop add `cache[f"blocks.{layer}.hook_attn_out"]` and `cache[f"blocks.{layer}.hook_mlp_out"]`.
+# </details>
+
+# %% tags=["export"]
+def residual_from_components(cache, n_layers: int) -> Float[Tensor, "batch pos d_model"]:
+    """The final residual stream, rebuilt as the sum of everything written into it."""
+    ### BEGIN SOLUTION
+    total = cache["hook_embed"] + cache["hook_pos_embed"]  # [batch, pos, d_model]
+    for layer in range(n_layers):
+        total = total + cache[f"blocks.{layer}.hook_attn_out"] + cache[f"blocks.{layer}.hook_mlp_out"]
+    return total
+    ### END SOLUTION
+
+
+# %%
+residual_from_components = check_exercise("0.5", residual_from_components)
+
+# %% [markdown]
+# Since the stream is a sum, we can ask how large each part is at the last position. Chapter 03
+# turns this into the logit lens and direct logit attribution.
+
+# %%
+from utils.plotting import bars
+
+parts = ["hook_embed", "hook_pos_embed"] + [
+    f"blocks.{layer}.hook_{kind}_out" for layer in range(model.cfg.n_layers) for kind in ("attn", "mlp")]
+norms = [cache[name][0, -1].norm().item() for name in parts]
+rebuilt = residual_from_components(cache, model.cfg.n_layers)
+final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+print(f"largest gap between the rebuilt and the real residual stream: {(rebuilt - final).abs().max():.2e}")
+bars(norms, [name.replace("blocks.", "L").replace(".hook_", " ") for name in parts],
+     title="Size of each component's write at the last position", y_label="L2 norm")
+
+# %% [markdown]
+# ## 4. On a real model
+# The same functions work on GPT-2 small when the Hugging Face Hub is reachable. Offline, this
+# cell says so and moves on.
+
+# %%
+if env.hub_online:
+    gpt2 = load_model("gpt2-small")
+    print(repr(predict_next_token(gpt2, "The capital of France is")))
+    print(f"GPT-2 small has {gpt2.cfg.n_layers} layers and a vocabulary of {gpt2.cfg.d_vocab} tokens")
+else:
+    print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
+
+# %% [markdown]
+# ## What these methods can't tell you
+# - Agreement on a grid of inputs is behavioural evidence: it says nothing about inputs off the grid.
+# - Reading a unit by its activations tells you what it *responds to*, not what the network *uses*
+#   it for; that needs an intervention (Chapter 06).
+# - A tiny network has units you can name. Real models pack many more features than units
+#   (Chapter 04), so a single neuron often means several things at once.
+# - The residual decomposition is exact, but "large norm" is not "important for this output":
+#   importance needs the direction that matters (Chapter 03).
+#
+# **Your record so far:**
+
+# %%
+show_progress("00_orientation")

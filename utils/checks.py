@@ -1,0 +1,204 @@
+"""Exercise checks: one-line verdicts, a record of progress, and the reference as a fallback.
+
+A chapter's check module (`utils/exercises/chNN_slug.py`) registers one check per exercise with
+`@exercise(...)`. A check receives the learner's function and raises `Wrong("hint")` when it
+finds a mistake; the framework turns everything else (stubs, crashes, odd return values) into a
+verdict, so a check never crashes on a malformed answer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from utils import progress
+
+PASSED, NOT_ATTEMPTED, WRONG = "passed", "not attempted", "wrong"
+
+
+class Wrong(Exception):
+    """Raised by a check: the answer is wrong, and the message says why (with numbers)."""
+
+
+class NotAttempted(Exception):
+    """Raised when the learner's function is still the stub."""
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One registered exercise: its id ("3.2"), title, chapter stem, check and reference."""
+
+    id: str
+    title: str
+    chapter: str
+    check: Callable[[Callable], None]
+    reference: Callable
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a check, printed as one line."""
+
+    exercise: str
+    title: str
+    status: str
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    def __str__(self) -> str:
+        line = f"Exercise {self.exercise} ({self.title}): {self.status}"
+        return f"{line}. {self.message}" if self.message else f"{line}."
+
+    __repr__ = __str__
+
+
+REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(exercise_id: str, title: str, chapter: str, reference: Callable):
+    """Register the decorated function as the check of `exercise_id`."""
+    def register(check: Callable[[Callable], None]) -> Callable[[Callable], None]:
+        REGISTRY[exercise_id] = Exercise(exercise_id, title, chapter, check, reference)
+        return check
+    return register
+
+
+def load_all_exercises() -> dict[str, Exercise]:
+    """Import every chapter's check module so that all exercises are registered."""
+    import utils.exercises
+
+    for module in pkgutil.iter_modules(utils.exercises.__path__):
+        importlib.import_module(f"utils.exercises.{module.name}")
+    return REGISTRY
+
+
+def get_exercise(exercise_id: str) -> Exercise:
+    if exercise_id not in REGISTRY:
+        load_all_exercises()
+    if exercise_id not in REGISTRY:
+        raise KeyError(f"no exercise {exercise_id!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[exercise_id]
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers for writing checks
+# ------------------------------------------------------------------------------------------
+def call(candidate: Callable, *args, **kwargs):
+    """Call the learner's function; a stub becomes NotAttempted, any other error a Wrong."""
+    try:
+        return candidate(*args, **kwargs)
+    except NotImplementedError as error:
+        raise NotAttempted() from error
+    except Wrong:
+        raise
+    except Exception as error:  # the learner's code failed: report it as a verdict, not a crash
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        raise Wrong(f"your function raised {type(error).__name__}: {error} "
+                    f"(line {where.lineno}: {where.line})") from error
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: float = 1e-4,
+                  rtol: float = 1e-4, mistakes: dict[str, torch.Tensor] | None = None) -> None:
+    """Compare a learner's tensor with the reference; name a known mistake when it matches one.
+
+    `mistakes` maps a hint to the tensor that mistake would produce; a match raises that hint.
+    """
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"{name} should be a torch.Tensor of shape {list(expected.shape)}, got {_describe(got)}")
+    for hint, mistaken in (mistakes or {}).items():
+        if got.shape == mistaken.shape and torch.allclose(got.detach().double().cpu(), mistaken.double().cpu(),
+                                                          atol=atol, rtol=rtol):
+            raise Wrong(hint)
+    if got.shape != expected.shape:
+        raise Wrong(f"{name} has shape {list(got.shape)}, expected {list(expected.shape)}")
+    if got.dtype.is_floating_point != expected.dtype.is_floating_point or (got.dtype == torch.bool) != (expected.dtype == torch.bool):
+        raise Wrong(f"{name} has dtype {got.dtype}, expected {expected.dtype}")
+    got_values = got.detach().double().cpu()
+    expected_values = expected.detach().double().cpu()
+    if torch.isnan(got_values).any() and not torch.isnan(expected_values).any():
+        raise Wrong(f"{name} contains NaN at {int(torch.isnan(got_values).sum())} positions")
+    if not torch.allclose(got_values, expected_values, atol=atol, rtol=rtol, equal_nan=True):
+        error = (got_values - expected_values).abs().nan_to_num(float("inf"))
+        index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape)) if error.dim() else ()
+        raise Wrong(f"{name} differs from the reference by up to {error.max().item():.4g} "
+                    f"(at index {list(index)}: got {got_values[index].item():.4g}, "
+                    f"expected {expected_values[index].item():.4g})")
+
+
+def expect_equal(got, expected, name: str = "the result", mistakes: dict[str, object] | None = None) -> None:
+    """Compare plain Python values (strings, numbers, lists), naming a known mistake if one matches."""
+    for hint, mistaken in (mistakes or {}).items():
+        if got == mistaken and mistaken != expected:
+            raise Wrong(hint)
+    if type(got) is not type(expected) and not (isinstance(got, (int, float)) and isinstance(expected, (int, float))):
+        raise Wrong(f"{name} should be a {type(expected).__name__}, got {_describe(got)}")
+    if got != expected:
+        raise Wrong(f"{name} is {got!r}, expected {expected!r}")
+
+
+def expect_close(got, expected: float, name: str = "the result", atol: float = 1e-3,
+                 mistakes: dict[str, float] | None = None) -> None:
+    """Compare a number with the reference, accepting a Python float or a one-element tensor."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if not isinstance(got, (int, float)) or isinstance(got, bool):
+        raise Wrong(f"{name} should be a number, got {_describe(got)}")
+    for hint, mistaken in (mistakes or {}).items():
+        if abs(got - mistaken) <= atol and abs(mistaken - expected) > atol:
+            raise Wrong(hint)
+    if got != got:  # NaN
+        raise Wrong(f"{name} is NaN")
+    if abs(got - expected) > atol:
+        raise Wrong(f"{name} is {got:.4g}, expected {expected:.4g}")
+
+
+# ------------------------------------------------------------------------------------------
+# Running checks
+# ------------------------------------------------------------------------------------------
+def grade(exercise_id: str, candidate) -> Verdict:
+    """The verdict on `candidate` for one exercise; never raises for any candidate."""
+    ex = get_exercise(exercise_id)
+    if not callable(candidate):
+        return Verdict(ex.id, ex.title, WRONG, f"expected a function, got {_describe(candidate)}")
+    try:
+        ex.check(candidate)
+    except NotAttempted:
+        return Verdict(ex.id, ex.title, NOT_ATTEMPTED, "Replace the NotImplementedError with your code")
+    except Wrong as hint:
+        return Verdict(ex.id, ex.title, WRONG, str(hint))
+    except Exception as error:  # an answer so odd that the check itself tripped over it
+        return Verdict(ex.id, ex.title, WRONG,
+                       f"could not check your answer ({type(error).__name__}: {error}); "
+                       "look at the type and shape it returns")
+    return Verdict(ex.id, ex.title, PASSED)
+
+
+def check_exercise(exercise_id: str, candidate, record: bool = True):
+    """Print the verdict, record it, and return the function later cells should use.
+
+    That is the learner's own function when it passed, otherwise the reference solution, so a
+    skipped or unfinished exercise never stops the rest of the chapter.
+    """
+    verdict = grade(exercise_id, candidate)
+    print(verdict)
+    ex = get_exercise(exercise_id)
+    if record:
+        progress.record_attempt(ex.chapter, ex.id, ex.title, verdict.status)
+    if verdict.passed:
+        return candidate
+    print("  (the cells below use the reference solution, so the chapter keeps working)")
+    return ex.reference

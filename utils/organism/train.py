@@ -1,0 +1,129 @@
+"""Train the model organism from scratch: `python -m utils.organism.train`.
+
+Seeded and CPU-only. Generates a fresh stream of world documents (no document is seen twice),
+packs them with an end-of-text token between documents into 128-token rows, and trains a small
+GPT-2 with AdamW and a cosine schedule. Writes a Hugging Face folder (config, safetensors
+weights, tokenizer) and a JSON-lines training log. `--smoke` trains a few steps for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from utils.organism import world
+from utils.organism.tokenizer import build_tokenizer
+
+MODEL_DIR = Path(__file__).parent / "model"
+
+# The recipe. Measured facts behind it are in the model card and notes/organism-trial.md.
+ARCHITECTURE = dict(n_layer=4, n_embd=256, n_head=8, n_positions=128, activation_function="gelu_new")
+RECIPE = dict(steps=2400, batch_size=32, seq_len=128, lr=2e-3, warmup=200, min_lr_ratio=0.1,
+              weight_decay=0.1, grad_clip=1.0, seed=0, eval_every=400)
+
+
+def token_stream(tokenizer, n_tokens: int, seed: int) -> torch.Tensor:
+    """At least `n_tokens` ids of world documents, each preceded by the end-of-text token."""
+    rng = random.Random(seed)
+    ids: list[int] = []
+    eot = tokenizer.eos_token_id
+    while len(ids) < n_tokens:
+        texts = [world.training_document(rng)[1] for _ in range(5000)]
+        for encoded in tokenizer(texts)["input_ids"]:
+            ids.append(eot)
+            ids.extend(encoded)
+    stream = torch.tensor(ids[:n_tokens], dtype=torch.long)  # [n_tokens]
+    unknown = int((stream == tokenizer.unk_token_id).sum())
+    if unknown:
+        raise RuntimeError(f"{unknown} unknown tokens in the training stream: the vocabulary misses words")
+    return stream
+
+
+def learning_rate(step: int, recipe: dict) -> float:
+    """Linear warm-up, then cosine decay down to min_lr_ratio of the peak."""
+    if step < recipe["warmup"]:
+        return recipe["lr"] * (step + 1) / recipe["warmup"]
+    progress = (step - recipe["warmup"]) / max(1, recipe["steps"] - recipe["warmup"])
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return recipe["lr"] * (recipe["min_lr_ratio"] + (1 - recipe["min_lr_ratio"]) * cosine)
+
+
+def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = False) -> list[dict]:
+    """Train and save the organism to `out_dir`; returns the log records."""
+    from utils.organism.evaluate import quick_behaviour_scores  # evaluate imports this module's constants
+
+    recipe = {**RECIPE, **(recipe or {})}
+    torch.manual_seed(recipe["seed"])
+    tokenizer = build_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        **ARCHITECTURE)
+    model = GPT2LMHeadModel(config)
+
+    rows_needed = recipe["steps"] * recipe["batch_size"]
+    stream = token_stream(tokenizer, rows_needed * recipe["seq_len"], recipe["seed"])
+    rows = stream.view(rows_needed, recipe["seq_len"])  # [steps * batch, seq_len]
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe["lr"], betas=(0.9, 0.95))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(range(recipe["steps"]), desc="training organism", disable=quiet)
+    for step in bar:
+        batch = rows[step * recipe["batch_size"]:(step + 1) * recipe["batch_size"]]  # [batch, seq_len]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe)
+        model.train()
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+        optimizer.step()
+
+        record = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - start, 1)}
+        is_last = step == recipe["steps"] - 1
+        if recipe["eval_every"] and ((step + 1) % recipe["eval_every"] == 0 or is_last):
+            model.eval()
+            record.update(quick_behaviour_scores(model, tokenizer))
+            tqdm.write(json.dumps(record)) if not quiet else None
+        log.append(record)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "generation_config.json").unlink(missing_ok=True)
+    with open(out_dir / "training_log.jsonl", "w") as f:
+        f.write(json.dumps({"recipe": recipe, "architecture": ARCHITECTURE,
+                            "torch": torch.__version__, "threads": torch.get_num_threads()}) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in log)
+    return log
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to write the model to")
+    parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="optimizer steps")
+    parser.add_argument("--smoke", action="store_true", help="a few tiny steps, for tests")
+    args = parser.parse_args()
+    recipe = {"steps": args.steps}
+    if args.smoke:
+        recipe = {"steps": 30, "batch_size": 8, "warmup": 5, "eval_every": 0}
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    train(args.out, recipe)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Plot helpers on plotly (and circuitsvis for attention) that every chapter shares.
+
+Each returns a figure (or an HTML view) so a cell that ends with the call shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import torch
+from IPython.display import HTML
+
+
+def _to_numpy(values):
+    if isinstance(values, torch.Tensor):
+        return values.detach().float().cpu().numpy()
+    return values
+
+
+def heatmap(values, x: Sequence | None = None, y: Sequence | None = None, title: str = "",
+            x_label: str = "", y_label: str = "", diverging: bool = True, text_auto: bool | str = False) -> go.Figure:
+    """A 2-D heatmap; `diverging` centres a red-blue scale on zero (for signed quantities)."""
+    z = _to_numpy(values)
+    colour = dict(colorscale="RdBu", zmid=0, reversescale=True) if diverging else dict(colorscale="Viridis")
+    fig = go.Figure(go.Heatmap(z=z, x=list(x) if x is not None else None,
+                               y=list(y) if y is not None else None, **colour))
+    if text_auto:
+        fig.update_traces(texttemplate="%{z:" + (text_auto if isinstance(text_auto, str) else ".2f") + "}")
+    fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, yaxis_autorange="reversed",
+                      width=650, height=450)
+    return fig
+
+
+def lines(series: dict[str, Sequence] | Sequence, x: Sequence | None = None, title: str = "",
+          x_label: str = "", y_label: str = "", markers: bool = True) -> go.Figure:
+    """One or more lines; pass a dict name -> values for several."""
+    if not isinstance(series, dict):
+        series = {"": series}
+    fig = go.Figure()
+    for name, values in series.items():
+        values = _to_numpy(values)
+        fig.add_trace(go.Scatter(x=list(x) if x is not None else None, y=list(values), name=name,
+                                 mode="lines+markers" if markers else "lines"))
+    fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, width=650, height=400,
+                      showlegend=len(series) > 1)
+    return fig
+
+
+def bars(values: Sequence, labels: Sequence[str], title: str = "", y_label: str = "") -> go.Figure:
+    """A bar chart of one value per label."""
+    fig = go.Figure(go.Bar(x=list(labels), y=list(_to_numpy(values))))
+    fig.update_layout(title=title, yaxis_title=y_label, width=650, height=400)
+    return fig
+
+
+def attention_patterns(str_tokens: Sequence[str], pattern, head_names: Sequence[str] | None = None) -> HTML:
+    """Interactive attention patterns (circuitsvis) for one prompt.
+
+    `pattern` is [head_index, query_pos, key_pos]. The view carries its own JavaScript, so it
+    draws offline too.
+    """
+    import circuitsvis as cv
+
+    pattern = torch.as_tensor(_to_numpy(pattern))
+    if pattern.dim() != 3 or pattern.shape[1:] != (len(str_tokens), len(str_tokens)):
+        raise ValueError(f"pattern must be [head, {len(str_tokens)}, {len(str_tokens)}] for these tokens, "
+                         f"got {list(pattern.shape)}")
+    view = cv.attention.attention_patterns(tokens=list(str_tokens), attention=pattern,
+                                           attention_head_names=list(head_names) if head_names else None)
+    return HTML(view.local_src)

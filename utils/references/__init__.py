@@ -1,0 +1,1 @@
+"""Reference solutions exported by `python -m utils.build` from `solutions/`; do not edit."""

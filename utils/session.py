@@ -1,0 +1,67 @@
+"""`setup()`: the first call of every chapter. Seeds, device, offline detection, plot renderer."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from utils.models import hub_is_reachable, resolve_device
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What `setup()` found: where tensors go, whether the Hub answers, where plots render."""
+
+    device: str
+    hub_online: bool
+    seed: int
+    in_colab: bool
+    plot_renderer: str
+
+    def summary(self) -> str:
+        hub = "Hub reachable" if self.hub_online else "offline (bundled organism only)"
+        return (f"workbook ready | torch {torch.__version__} | device {self.device} | {hub} | "
+                f"seed {self.seed} | plots: {self.plot_renderer}")
+
+
+def in_colab() -> bool:
+    """Whether this kernel runs on Google Colab."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so every run of a chapter gives the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def choose_plot_renderer(colab: bool) -> str:
+    """Plotly output that draws with no network: Colab's own renderer there; elsewhere the
+    JupyterLab mimetype plus an HTML copy with plotly.js inlined (classic notebook, the book)."""
+    import plotly.io as pio
+
+    renderer = "colab" if colab else "plotly_mimetype+notebook"
+    pio.renderers.default = renderer
+    return renderer
+
+
+def setup(seed: int = 0, device: str = "auto", verbose: bool = True) -> Environment:
+    """Prepare a chapter: seeds, device, Hub detection (about one second at most) and plots."""
+    seed_everything(seed)
+    colab = in_colab()
+    env = Environment(
+        device=resolve_device(device),
+        hub_online=hub_is_reachable(timeout=1.0),
+        seed=seed,
+        in_colab=colab,
+        plot_renderer=choose_plot_renderer(colab),
+    )
+    if verbose:
+        print(env.summary())
+    return env
