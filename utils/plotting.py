@@ -66,6 +66,6 @@ def attention_patterns(str_tokens: Sequence[str], pattern, head_names: Sequence[
     if pattern.dim() != 3 or pattern.shape[1:] != (len(str_tokens), len(str_tokens)):
         raise ValueError(f"pattern must be [head, {len(str_tokens)}, {len(str_tokens)}] for these tokens, "
                          f"got {list(pattern.shape)}")
-    view = cv.attention.attention_patterns(tokens=list(str_tokens), attention=pattern,
-                                           attention_head_names=list(head_names) if head_names else None)
+    names = list(head_names) if head_names else [f"head {i}" for i in range(pattern.shape[0])]
+    view = cv.attention.attention_heads(attention=pattern, tokens=list(str_tokens), attention_head_names=names)
     return HTML(view.local_src)

@@ -1,0 +1,46 @@
+"""The committed organism: every bar met on held-out data, the card up to date, the budgets kept,
+and the training command still trains (smoke mode)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from utils.models import ORGANISM_DIR
+from utils.organism import evaluate
+from utils.organism.train import train
+
+
+@pytest.fixture(scope="module")
+def results():
+    return evaluate.evaluate()
+
+
+def test_every_bar_is_met_on_held_out_data(results):
+    failed = {key: results[key] for key, met in evaluate.bars_met(results).items() if not met}
+    assert not failed, f"bars not met: {failed}"
+
+
+def test_model_card_reports_the_current_weights(results):
+    recorded = json.loads((ORGANISM_DIR / "eval_results.json").read_text())
+    for key in evaluate.BARS:
+        assert math.isclose(recorded[key], results[key], abs_tol=2e-3), (key, recorded[key], results[key])
+    card = (ORGANISM_DIR / "README.md").read_text()
+    assert evaluate.results_table(recorded) in card and "| NO |" not in card
+
+
+def test_weights_are_safetensors_only_and_small():
+    files = {path.name for path in ORGANISM_DIR.iterdir()}
+    assert "model.safetensors" in files
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    assert (ORGANISM_DIR / "model.safetensors").stat().st_size <= 25 * 2**20
+
+
+def test_smoke_training_lowers_the_loss(tmp_path):
+    log = train(tmp_path, {"steps": 30, "batch_size": 8, "warmup": 5, "eval_every": 0}, quiet=True)
+    first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5
+    assert last < first - 1.0, (first, last)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
+    assert (tmp_path / "training_log.jsonl").read_text().count("\n") == 31

@@ -1,0 +1,41 @@
+"""setup() and the plot helpers."""
+
+import plotly.io as pio
+import pytest
+import torch
+
+from utils import plotting
+from utils.session import setup
+
+
+def test_setup_is_seeded_offline_and_says_so_in_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = setup(seed=5)
+    first = torch.rand(3)
+    setup(seed=5, verbose=False)
+    assert torch.equal(first, torch.rand(3))
+    assert env.device == "cpu" or env.device.startswith(("cuda", "mps"))
+    assert env.hub_online is False and not env.in_colab
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "offline" in out and "seed 5" in out
+    assert pio.renderers.default == env.plot_renderer == "plotly_mimetype+notebook"
+
+
+def test_colab_gets_colabs_renderer(monkeypatch):
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "test")
+    assert setup(verbose=False).plot_renderer == "colab"
+
+
+def test_heatmap_and_lines_return_figures():
+    figure = plotting.heatmap(torch.randn(3, 4), x=list("abcd"), y=list("xyz"), title="t")
+    assert figure.data[0].type == "heatmap" and figure.data[0].zmid == 0
+    figure = plotting.lines({"one": [1, 2], "two": torch.tensor([3.0, 4.0])}, x=[0, 1])
+    assert [trace.name for trace in figure.data] == ["one", "two"]
+
+
+def test_attention_view_draws_offline_and_checks_shapes():
+    tokens = ["<|endoftext|>", "When", " Mary"]
+    html = plotting.attention_patterns(tokens, torch.softmax(torch.randn(2, 3, 3), -1)).data
+    assert "CircuitsVis.render" in html and "unpkg.com" not in html
+    with pytest.raises(ValueError, match=r"pattern must be \[head, 3, 3\]"):
+        plotting.attention_patterns(tokens, torch.rand(2, 4, 4))
