@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from utils.organism import world
-from utils.organism.evaluate import results_table
+from utils.organism.evaluate import BARS, bars_met, results_table
 from utils.organism.train import ARCHITECTURE, MODEL_DIR, RECIPE
 
 CARD_TEMPLATE = """---
@@ -42,7 +42,7 @@ Measured by `python -m utils.organism.evaluate` (`make evaluate`) on the Transfo
 `load_model()` returns.
 
 {table}
-
+{gaps}
 Other numbers: IOI accuracy by order ABBA {ioi_accuracy_ABBA:.3f}, BABA {ioi_accuracy_BABA:.3f}; all
 held-out facts top-1 {facts_top1_all_held_out:.3f}; best induction head {induction_best_head};
 probe accuracy by layer (after each block), truth {truth_probe_by_layer}, sentiment
@@ -78,11 +78,15 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
         timing = (f"The committed weights took {last['seconds'] / 60:.0f} minutes to train "
                   f"({len(lines) - 1} steps) on {json.loads(lines[0]).get('threads', '?')} CPU threads.")
     tokens = RECIPE["steps"] * RECIPE["batch_size"] * RECIPE["seq_len"]
+    unmet = [BARS[key][1] for key, met in bars_met(results).items() if not met]
+    gaps = ("\n**Not met:** " + "; ".join(unmet) + ". Behaviours switch on abruptly after long loss "
+            "plateaus (see `training_log.jsonl`); this one had not switched on when training ended.\n"
+            if unmet else "")
     card = CARD_TEMPLATE.format(
         **ARCHITECTURE, n_params=n_params, vocab=config["vocab_size"],
         mix=", ".join(f"{k} {v:.0%}" for k, v in world.DOCUMENT_MIX.items()), tokens=tokens,
         ioi_pairs=len(world.HELD_OUT_NAME_PAIRS), all_pairs=len(world.NAME_PAIRS),
-        table=results_table(results), recipe=", ".join(f"{k} {v}" for k, v in RECIPE.items()),
+        table=results_table(results), gaps=gaps, recipe=", ".join(f"{k} {v}" for k, v in RECIPE.items()),
         eval_every=RECIPE["eval_every"], timing=timing,
         ioi_accuracy_ABBA=results["ioi_accuracy_ABBA"], ioi_accuracy_BABA=results["ioi_accuracy_BABA"],
         facts_top1_all_held_out=results["facts_top1_all_held_out"],

@@ -37,7 +37,7 @@ AT_MOST = {"induction_loss_ratio"}
 
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
     """Token ids with the end-of-text token prepended, right-padded; and each prompt's last index."""
-    encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts)["input_ids"]]
+    encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     longest = max(len(ids) for ids in encoded)
     tokens = torch.full((len(encoded), longest), tokenizer.pad_token_id, dtype=torch.long)
     for row, ids in enumerate(encoded):
@@ -59,7 +59,7 @@ def final_logits(forward: Forward, tokenizer, prompts: list[str], batch_size: in
 
 def answer_ids(tokenizer, answers: list[str]) -> Int[Tensor, "batch"]:
     """The single token id of each answer word (leading space included)."""
-    ids = tokenizer(answers)["input_ids"]
+    ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
     bad = [a for a, i in zip(answers, ids) if len(i) != 1 or i[0] == tokenizer.unk_token_id]
     if bad:
         raise ValueError(f"answers that are not single known tokens: {bad[:5]}")

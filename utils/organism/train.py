@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ MODEL_DIR = Path(__file__).parent / "model"
 # No dropout: every token is seen once, so there is nothing to overfit and dropout only slows learning.
 ARCHITECTURE = dict(n_layer=4, n_embd=256, n_head=8, n_positions=128, activation_function="gelu_new",
                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-RECIPE = dict(steps=2400, batch_size=32, seq_len=128, lr=3e-3, warmup=100, min_lr_ratio=0.1,
+# Warm-up, then a constant peak learning rate, then a linear decay over the last `decay` fraction.
+# Behaviours switch on abruptly after loss plateaus, and a high learning rate escapes them far sooner.
+RECIPE = dict(steps=3600, batch_size=32, seq_len=128, lr=3e-3, warmup=100, decay=0.2, min_lr_ratio=0.1,
               weight_decay=0.1, grad_clip=1.0, seed=0, eval_every=200)
 
 
@@ -50,12 +51,14 @@ def token_stream(tokenizer, n_tokens: int, seed: int) -> torch.Tensor:
 
 
 def learning_rate(step: int, recipe: dict) -> float:
-    """Linear warm-up, then cosine decay down to min_lr_ratio of the peak."""
+    """Linear warm-up, a constant peak, then a linear decay to min_lr_ratio of the peak."""
     if step < recipe["warmup"]:
         return recipe["lr"] * (step + 1) / recipe["warmup"]
-    progress = (step - recipe["warmup"]) / max(1, recipe["steps"] - recipe["warmup"])
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return recipe["lr"] * (recipe["min_lr_ratio"] + (1 - recipe["min_lr_ratio"]) * cosine)
+    decay_start = recipe["steps"] * (1 - recipe["decay"])
+    if step < decay_start:
+        return recipe["lr"]
+    progress = (step - decay_start) / max(1, recipe["steps"] - decay_start)
+    return recipe["lr"] * (1 - (1 - recipe["min_lr_ratio"]) * progress)
 
 
 def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = False) -> list[dict]:
