@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Tests and notebooks run offline and record progress in a scratch file, never the learner's.
 TEST_ENV := HF_HUB_OFFLINE=1 WORKBOOK_PROGRESS=$(CURDIR)/$(VENV)/test-progress.json
 
-.PHONY: install lab test build check-build bench organism evaluate clean
+.PHONY: install lab test build check-build bench organism evaluate clean book book-test chromium
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,43 @@ organism: install
 
 evaluate: install
 	$(BIN)/python -m utils.organism.evaluate
+
+# The book (Jupyter Book 1.x) builds in its own environment, .venv-book: it needs markdown-it-py 3,
+# the workbook pins 4. The chapters execute in .venv's kernel (JUPYTER_PATH finds it first), offline
+# like the tests, with no progress bars (a page shows a bar as its first frame: "0%"); MathJax comes
+# from npm (book/package.json). CHAPTERS="00 03" builds only those.
+BOOK_VENV := .venv-book
+BOOK_STAMP := $(BOOK_VENV)/.installed
+MATHJAX := book/node_modules/mathjax/es5/tex-chtml.js
+BOOK_ENV := $(TEST_ENV) JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter PYDEVD_DISABLE_FILE_VALIDATION=1 TQDM_DISABLE=1
+CHAPTERS ?=
+
+$(BOOK_STAMP): requirements-book.txt constraints-book.txt
+	@test -x $(BOOK_VENV)/bin/python || $(PYTHON) -m venv $(BOOK_VENV)
+	$(BOOK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BOOK_VENV)/bin/python -m pip install --quiet -r requirements-book.txt -c constraints-book.txt
+	@touch $(BOOK_STAMP)
+
+$(MATHJAX): book/package.json book/package-lock.json
+	cd book && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(MATHJAX)
+
+book: install $(BOOK_STAMP) $(MATHJAX)
+	$(BIN)/python -m utils.book $(CHAPTERS)
+	$(BOOK_ENV) $(BOOK_VENV)/bin/jupyter-book build book --warningiserror --keep-going
+
+# Headless Chromium and its driver from Debian, for the browser test; installed when missing.
+chromium:
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null || { \
+	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium chromium-driver fonts-dejavu-core; }
+
+# Open every page of the built book in headless Chromium with the network off: figures, attention
+# views and maths must draw, with no failed request and no console error. Screenshots go to
+# book/_build/screenshots/.
+book-test: book chromium
+	$(TEST_ENV) WORKBOOK_BOOK_TEST=1 $(BIN)/python -m pytest tests/test_book.py
 
 clean:
 	rm -rf $(VENV) book/_build bench

@@ -297,6 +297,20 @@ for text in [prompt, "The capital of France is", "The movie was dreadful. I", "r
     print(f"{text!r} -> {predict_next_token(model, text)!r}")
 
 # %% [markdown]
+# How does the model get from a prompt to its prediction? Part of the answer is **attention**: at
+# each position, each attention head takes a weighted average of the earlier positions, and its
+# weights, its *pattern*, say where it looks. Below are the last layer's heads on our prompt: pick a
+# head, then hover over a token to see which earlier tokens it attends to. Chapter 03 reads these
+# patterns properly, and Chapter 06 tests which of them matter.
+
+# %%
+from utils.plotting import attention_patterns
+
+_, attention_cache = model.run_with_cache(prompt)
+last_layer = model.cfg.n_layers - 1
+attention_patterns(model.to_str_tokens(prompt), attention_cache[f"blocks.{last_layer}.attn.hook_pattern"][0])
+
+# %% [markdown]
 # ## 3. The residual stream is a sum
 # Inside the transformer, each position carries a vector of size `d_model`, the **residual
 # stream**. The token and position embeddings start it; then every attention layer and every MLP

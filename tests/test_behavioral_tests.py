@@ -1,0 +1,112 @@
+"""Chapter 01's claims, tested: the shortcut classifier passes in distribution and fails shifted,
+its weights sit on the marker, the Wilson interval covers, and the batched logits agree with
+running each prompt alone."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from utils.organism.world import prompt_set
+from utils.references import ch01_behavioral_tests as ref
+
+
+@functools.cache
+def classifiers():
+    """The chapter's two classifiers, trained exactly as in the notebook."""
+    images, sick, _ = ref.scanner_images(4000, marker_agreement=0.95, seed=0)
+    shortcut = ref.train_scan_classifier(images, sick, seed=0)
+    control = ref.train_scan_classifier(*ref.scanner_images(4000, marker_agreement=0.5, seed=1)[:2], seed=0)
+    return shortcut, control
+
+
+def accuracy(classifier, marker_agreement: float) -> float:
+    images, sick, _ = ref.scanner_images(2000, marker_agreement=marker_agreement, seed=2)
+    return ref.accuracy_interval(ref.scan_margins(classifier, images, sick))[0]
+
+
+def test_shortcut_passes_in_distribution_and_fails_shifted():
+    shortcut, _ = classifiers()
+    assert accuracy(shortcut, 0.95) >= 0.9
+    assert accuracy(shortcut, 0.5) <= 0.7
+    assert accuracy(shortcut, 0.05) <= 0.3
+
+
+def test_shortcut_beats_the_control_in_distribution_only():
+    shortcut, control = classifiers()
+    assert accuracy(shortcut, 0.95) > accuracy(control, 0.95)
+    assert accuracy(control, 0.5) >= 0.8
+    assert accuracy(control, 0.5) > accuracy(shortcut, 0.5) + 0.15
+
+
+def test_worst_group_exposes_the_shortcut_without_a_second_hospital():
+    shortcut, control = classifiers()
+    images, sick, marker = ref.scanner_images(2000, marker_agreement=0.95, seed=2)
+    groups = [(bool(s), bool(m)) for s, m in zip(sick, marker)]
+    assert min(ref.group_accuracy(ref.scan_margins(shortcut, images, sick), groups).values()) <= 0.3
+    assert min(ref.group_accuracy(ref.scan_margins(control, images, sick), groups).values()) >= 0.6
+
+
+def test_attribution_finds_the_marker():
+    shortcut, control = classifiers()
+    images, sick, marker = ref.scanner_images(500, marker_agreement=0.95, seed=3)
+    chosen = images[sick & marker]
+    with torch.no_grad():
+        parts = ref.pixel_contributions(shortcut, chosen)  # [batch, height, width]
+        control_parts = ref.pixel_contributions(control, chosen)
+    marker_share = parts[:, ref.marker_mask()].sum(-1).mean()
+    lung_share = parts[:, ref.lung_mask()].sum(-1).mean()
+    assert marker_share > 2 * lung_share.abs()
+    assert control_parts[:, ref.lung_mask()].sum(-1).mean() > control_parts[:, ref.marker_mask()].sum(-1).mean().abs()
+    with torch.no_grad():
+        assert torch.allclose(parts.sum(dim=(1, 2)) + shortcut.linear.bias, shortcut(chosen), atol=1e-4)
+
+
+@pytest.mark.parametrize("p, n", [(0.5, 20), (0.9, 50), (0.97, 100)])
+def test_wilson_interval_covers_about_95_percent(p, n):
+    generator = torch.Generator().manual_seed(0)
+    trials = 2000
+    successes = torch.rand(trials, n, generator=generator) < p  # [trials, n]
+    covered = 0
+    for row in successes:
+        _, low, high = ref.accuracy_interval(torch.where(row, 1.0, -1.0))
+        covered += low <= p <= high
+    assert 0.92 <= covered / trials <= 0.985
+
+
+@pytest.fixture(scope="module")
+def organism():
+    from utils.models import load_model
+
+    return load_model(verbose=False, device="cpu")
+
+
+def test_batched_logits_match_each_prompt_alone(organism):
+    prompts = prompt_set("ioi", "test", n=4).prompts + prompt_set("facts", "test", n=3).prompts
+    batched = ref.final_logits(organism, prompts, batch_size=4)
+    with torch.no_grad():
+        alone = torch.stack([organism(prompt)[0, -1] for prompt in prompts])
+    assert torch.allclose(batched, alone, atol=1e-3)
+
+
+def test_logit_diff_matches_training_time_scoring(organism):
+    """Same numbers as utils.organism.evaluate when it is given the tokenizer that adds no BOS itself."""
+    from transformers import AutoTokenizer
+
+    from utils.models import ORGANISM_DIR
+    from utils.organism.evaluate import behaviour_scores
+
+    prompts = prompt_set("sentiment", "test", n=40)
+    raw_tokenizer = AutoTokenizer.from_pretrained(ORGANISM_DIR)
+    scores = behaviour_scores(lambda tokens: organism(tokens), raw_tokenizer, prompts)
+    assert abs(ref.logit_diff(organism, prompts).mean().item() - scores["logit_diff"]) < 1e-3
+
+
+def test_suite_edits_use_only_known_words(organism):
+    reviews = prompt_set("sentiment", "test", n=50)
+    for word in (" not", " very", " really"):
+        ref.assert_known_words(organism, ref.insert_word(reviews, word, [" " + a for a in reviews.labels["adjective"]]))
+    with pytest.raises(ValueError, match="unknown"):
+        ref.assert_known_words(organism, ref.insert_word(reviews, " terribly", [" " + a for a in reviews.labels["adjective"]]))
