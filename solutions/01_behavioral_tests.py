@@ -174,6 +174,11 @@ for (family, split), d in diffs.items():
     print(f"{family:<10} {split:<6} {len(d):>4} {(d > 0).float().mean().item():>9.1%} {d.mean().item():>16.2f}")
 
 # %% [markdown]
+# Compare the two splits of each family. The held-out IOI prompts pair names that never met in
+# training, and the held-out facts ask about a country in a phrasing never used for it: a model
+# that had memorised its training combinations would drop there. Then look for a family near 50%,
+# the score of a coin flip.
+#
 # ### How sure are we of an accuracy?
 # The facts test set has only 30 prompts. If the model gets 28 of them right, is it a 93% model? Its
 # rate on *all* prompts like these could plausibly be quite a bit lower or higher. A **confidence
@@ -349,6 +354,9 @@ print(model.to_str_tokens("The movie was terribly great. I"))
 print("unknown id:", model.tokenizer.unk_token_id)
 
 # %% tags=["export"]
+import re
+
+
 def assert_known_words(model, prompts: PromptSet) -> None:
     """Raise ValueError if any prompt or answer contains a token the model's vocabulary lacks."""
     unknown = model.tokenizer.unk_token_id
@@ -362,6 +370,16 @@ def with_prefix(prompts: PromptSet, prefixes: list[str]) -> PromptSet:
     """The same prompts and answers, each prompt preceded by its prefix (e.g. a distractor sentence)."""
     return PromptSet(prompts.family, prompts.split, [p + q for p, q in zip(prefixes, prompts.prompts)],
                      list(prompts.correct), list(prompts.wrong), {k: list(v) for k, v in prompts.labels.items()})
+
+
+def replace_names(prompts: PromptSet, io_words: list[str], s_words: list[str]) -> PromptSet:
+    """IOI prompts with the two names replaced by other words (whole words only)."""
+    new = []
+    for prompt, io, s, new_io, new_s in zip(prompts.prompts, prompts.labels["io"], prompts.labels["s"],
+                                            io_words, s_words):
+        new.append(re.sub(rf"\b{s}\b", new_s, re.sub(rf"\b{io}\b", new_io, prompt)))
+    return PromptSet(prompts.family, prompts.split, new, [" " + w for w in io_words], [" " + w for w in s_words],
+                     {k: list(v) for k, v in prompts.labels.items()})
 
 
 # %% [markdown]
@@ -406,8 +424,6 @@ insert_word = check_exercise("1.5", insert_word)
 # tests you expect the model to pass.
 
 # %%
-import re
-
 from utils.organism import world
 
 reviews = sets["sentiment", "test"]
@@ -420,16 +436,6 @@ stated = [" " + v for v in statements.labels["stated"]]
 
 ioi = sets["ioi", "test"]
 verbs = [" " + world.IOI_TEMPLATES[t].split("{S} ")[1].split()[0] for t in ioi.labels["template"]]
-
-
-def names_replaced(prompts: PromptSet, io_words: list[str], s_words: list[str]) -> PromptSet:
-    """IOI prompts with the two names replaced by other words (whole words only)."""
-    new = []
-    for prompt, io, s, new_io, new_s in zip(prompts.prompts, prompts.labels["io"], prompts.labels["s"],
-                                            io_words, s_words):
-        new.append(re.sub(rf"\b{s}\b", new_s, re.sub(rf"\b{io}\b", new_io, prompt)))
-    return PromptSet(prompts.family, "shifted", new, [" " + w for w in io_words], [" " + w for w in s_words],
-                     dict(prompts.labels))
 
 
 days = [world.DAYS[i % 7] for i in range(len(ioi))]
@@ -448,7 +454,7 @@ suite = {
         ioi, with_prefix(ioi, [f"{io} saw a red dog in the park. " for io in ioi.labels["io"]])),
     "IOI: a sentence about the subject first": (
         ioi, with_prefix(ioi, [f"{s} saw a red dog in the park. " for s in ioi.labels["s"]])),
-    "IOI: days of the week instead of names": (ioi, names_replaced(ioi, days, other_days)),
+    "IOI: days of the week instead of names": (ioi, replace_names(ioi, days, other_days)),
     "facts: another country mentioned first": (
         facts, with_prefix(facts, [f"Mary wrote to John from {c} on Monday. " for c in others])),
 }

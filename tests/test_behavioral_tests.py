@@ -49,19 +49,27 @@ def test_worst_group_exposes_the_shortcut_without_a_second_hospital():
     assert min(ref.group_accuracy(ref.scan_margins(control, images, sick), groups).values()) >= 0.6
 
 
+def _region_effects(classifier) -> tuple[float, float]:
+    """How far the marker region moves the logit (marker vs none) and the lungs move it (sick vs healthy)."""
+    images, sick, marker = ref.scanner_images(2000, marker_agreement=0.5, seed=3)
+    with torch.no_grad():
+        parts = ref.pixel_contributions(classifier, images)  # [batch, height, width]
+    from_marker = parts[:, ref.marker_mask()].sum(-1)
+    from_lungs = parts[:, ref.lung_mask()].sum(-1)
+    return (from_marker[marker].mean() - from_marker[~marker].mean()).item(), \
+        (from_lungs[sick].mean() - from_lungs[~sick].mean()).item()
+
+
 def test_attribution_finds_the_marker():
     shortcut, control = classifiers()
-    images, sick, marker = ref.scanner_images(500, marker_agreement=0.95, seed=3)
-    chosen = images[sick & marker]
+    marker_effect, lung_effect = _region_effects(shortcut)
+    assert marker_effect > 2 * abs(lung_effect)
+    marker_effect, lung_effect = _region_effects(control)
+    assert lung_effect > 2 * abs(marker_effect)
+    images, _, _ = ref.scanner_images(50, marker_agreement=0.5, seed=4)
     with torch.no_grad():
-        parts = ref.pixel_contributions(shortcut, chosen)  # [batch, height, width]
-        control_parts = ref.pixel_contributions(control, chosen)
-    marker_share = parts[:, ref.marker_mask()].sum(-1).mean()
-    lung_share = parts[:, ref.lung_mask()].sum(-1).mean()
-    assert marker_share > 2 * lung_share.abs()
-    assert control_parts[:, ref.lung_mask()].sum(-1).mean() > control_parts[:, ref.marker_mask()].sum(-1).mean().abs()
-    with torch.no_grad():
-        assert torch.allclose(parts.sum(dim=(1, 2)) + shortcut.linear.bias, shortcut(chosen), atol=1e-4)
+        total = ref.pixel_contributions(shortcut, images).sum(dim=(1, 2)) + shortcut.linear.bias
+        assert torch.allclose(total, shortcut(images), atol=1e-4)
 
 
 @pytest.mark.parametrize("p, n", [(0.5, 20), (0.9, 50), (0.97, 100)])
@@ -110,3 +118,33 @@ def test_suite_edits_use_only_known_words(organism):
         ref.assert_known_words(organism, ref.insert_word(reviews, word, [" " + a for a in reviews.labels["adjective"]]))
     with pytest.raises(ValueError, match="unknown"):
         ref.assert_known_words(organism, ref.insert_word(reviews, " terribly", [" " + a for a in reviews.labels["adjective"]]))
+
+
+def test_the_organism_findings_the_chapter_describes(organism):
+    """The chapter's prose describes these results; if the organism is retrained and this fails,
+    update the "What the suite finds" and breakdown paragraphs of solutions/01_behavioral_tests.py."""
+    from utils.organism import world
+
+    def accuracy(prompts):
+        return ref.accuracy_interval(ref.logit_diff(organism, prompts))[0]
+
+    reviews, ioi, facts = (prompt_set("sentiment", "test", n=100), prompt_set("ioi", "test", n=100),
+                           prompt_set("facts", "train", n=100))
+    adjectives = [" " + a for a in reviews.labels["adjective"]]
+    assert accuracy(reviews) > 0.95 and accuracy(ioi) > 0.95 and accuracy(facts) > 0.95
+    assert accuracy(ref.insert_word(reviews, " very", adjectives)) > 0.9  # intensifiers pass
+    assert accuracy(ref.insert_word(reviews, " not", adjectives, flip=True)) < 0.2  # negation fails
+    verbs = [" " + world.IOI_TEMPLATES[t].split("{S} ")[1].split()[0] for t in ioi.labels["template"]]
+    assert accuracy(ref.insert_word(ioi, " also", verbs)) > 0.9
+    about_io = ref.with_prefix(ioi, [f"{io} saw a red dog in the park. " for io in ioi.labels["io"]])
+    about_s = ref.with_prefix(ioi, [f"{s} saw a red dog in the park. " for s in ioi.labels["s"]])
+    assert accuracy(about_io) > 0.85 and accuracy(about_s) < 0.75 and accuracy(about_io) > accuracy(about_s) + 0.2
+    days = ref.replace_names(ioi, [world.DAYS[i % 7] for i in range(len(ioi))],
+                             [world.DAYS[(i + 3) % 7] for i in range(len(ioi))])
+    assert 0.55 < accuracy(days) < 0.95  # in between
+    countries = list(world.COUNTRIES)
+    others = [countries[(countries.index(c) + 7) % len(countries)] for c in facts.labels["country"]]
+    assert accuracy(ref.with_prefix(facts, [f"Mary wrote to John from {c} on Monday. " for c in others])) > 0.9
+    truth = prompt_set("truth", "test")
+    by_label = ref.group_accuracy(ref.logit_diff(organism, truth), truth.labels["truth"])
+    assert min(by_label.values()) < 0.1 and max(by_label.values()) > 0.9  # the same verdict for every statement

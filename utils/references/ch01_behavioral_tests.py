@@ -69,6 +69,9 @@ def group_accuracy(diffs: Float[Tensor, "batch"], groups: list) -> dict:
     return result
 
 
+import re
+
+
 def assert_known_words(model, prompts: PromptSet) -> None:
     """Raise ValueError if any prompt or answer contains a token the model's vocabulary lacks."""
     unknown = model.tokenizer.unk_token_id
@@ -82,6 +85,16 @@ def with_prefix(prompts: PromptSet, prefixes: list[str]) -> PromptSet:
     """The same prompts and answers, each prompt preceded by its prefix (e.g. a distractor sentence)."""
     return PromptSet(prompts.family, prompts.split, [p + q for p, q in zip(prefixes, prompts.prompts)],
                      list(prompts.correct), list(prompts.wrong), {k: list(v) for k, v in prompts.labels.items()})
+
+
+def replace_names(prompts: PromptSet, io_words: list[str], s_words: list[str]) -> PromptSet:
+    """IOI prompts with the two names replaced by other words (whole words only)."""
+    new = []
+    for prompt, io, s, new_io, new_s in zip(prompts.prompts, prompts.labels["io"], prompts.labels["s"],
+                                            io_words, s_words):
+        new.append(re.sub(rf"\b{s}\b", new_s, re.sub(rf"\b{io}\b", new_io, prompt)))
+    return PromptSet(prompts.family, prompts.split, new, [" " + w for w in io_words], [" " + w for w in s_words],
+                     {k: list(v) for k, v in prompts.labels.items()})
 
 
 def insert_word(prompts: PromptSet, word: str, anchors: list[str], flip: bool = False) -> PromptSet:
