@@ -119,7 +119,7 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def final_logits(model, prompts: list[str], batch_size: int = 128) -> Float[Tensor, "batch d_vocab"]:
+def final_logits(model, prompts: list[str], batch_size: int = 256) -> Float[Tensor, "batch d_vocab"]:
     """`last_token_logits` over any number of prompts, `batch_size` at a time."""
     starts = range(0, len(prompts), batch_size)
     chunks = [last_token_logits(model, prompts[start:start + batch_size])
