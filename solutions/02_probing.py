@@ -1,0 +1,915 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Chapter 02: Probing
+#
+# **Time:** about 2 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+#
+# **You will learn to**
+# - collect residual-stream activations at chosen positions for prompts whose labels you know;
+# - train a linear probe in plain torch, layer by layer, and score it on held-out prompts;
+# - find a direction with a difference of means and compare it with the probe's direction;
+# - tell a probe that reads a *concept* from one that memorises *words*, with random labels,
+#   control tasks, a random-weights baseline and a better held-out split;
+# - show that information a probe can read is not necessarily information the model uses.
+#
+# **Seed concepts:** probing classifiers; observational methods and their limit (what is
+# represented vs what is used); the linear representation hypothesis; the chess-model example.
+#
+# As in every chapter: write your code where it says `raise NotImplementedError`, then run the
+# check cell below it. A skipped exercise falls back to the reference solution, so every later cell
+# still runs.
+
+# %%
+from utils import check_exercise, load_model, prompt_set, setup, show_progress
+
+env = setup()
+
+# %% [markdown]
+# ## 1. Asking the residual stream a question
+#
+# A **probe** is a small classifier trained to predict a property of the input (is this statement
+# true? is this review positive?) from a model's internal activations. If a simple probe predicts
+# the property well on inputs it was not trained on, we say the property is *decodable* from that
+# layer. Probing is an **observational** method: it reads activations and changes nothing.
+#
+# The method is older than language models. A well-known study probed the chess engine AlphaZero
+# (McGrath et al., 2022): linear probes on its activations, trained on positions labelled with
+# human chess concepts (material balance, whether a piece is threatened, king safety...), found
+# many of those concepts readable, and showed *when during training* and *in which layer* each one
+# appeared. A second game model, Othello-GPT, trained only to predict legal moves, turned out to
+# carry the state of the board: first found with non-linear probes (Li et al., 2023), then with
+# linear ones once the board was described as "mine / theirs" instead of "black / white" (Nanda et
+# al., 2023).
+#
+# That second story is evidence for the **linear representation hypothesis**: a model stores the
+# features it computes as *directions* in activation space, so a feature's value is read by a dot
+# product. If the hypothesis holds, a *linear* probe is the right tool: a non-linear probe can
+# compute the property itself out of raw ingredients, and then we learn about the probe rather
+# than about the model.
+#
+# Our model organism is ideal for this: we wrote the world it learned, so every prompt comes with
+# its labels, and we know which combinations the model never saw in training. We will probe three
+# labels:
+#
+# | family | label | example prompt (the probe reads the last token) |
+# |---|---|---|
+# | `truth` | is the statement true? | `The capital of France is Rome. That is` |
+# | `sentiment` | is the review positive? | `The movie was dreadful. I` |
+# | `ioi` | `io_gender`: is the indirect object a man (1) or a woman (0)? | `When Mary and John went to the store, John gave a drink to` |
+#
+# And we will compare each result with the same probe on a **baseline**: a model with the
+# organism's architecture and random, untrained weights. Whatever a probe can read from a model
+# that learned nothing tells us about the probe and the prompts, not about learning.
+
+# %%
+model = load_model()
+
+# %% [markdown]
+# The baseline comes from Hugging Face's `GPT2LMHeadModel` built from the organism's config with
+# a fixed seed, saved to a temporary folder and loaded through the same `load_model`, so it has the
+# same hook names and tokenizer.
+
+# %% tags=["export"]
+import tempfile
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import utils.models
+from utils.models import load_model
+from utils.organism.world import PromptSet, prompt_set
+
+
+def random_init_model(seed: int = 0, folder: str | None = None, device: str = "cpu"):
+    """A TransformerBridge with the architecture and tokenizer of `folder` (default: the organism)
+    and freshly initialised, untrained weights."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    folder = str(folder or utils.models.ORGANISM_DIR)
+    torch.manual_seed(seed)
+    untrained = GPT2LMHeadModel(GPT2Config.from_pretrained(folder))
+    with tempfile.TemporaryDirectory() as tmp:
+        untrained.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
+        return load_model(tmp, device=device, verbose=False)
+
+
+# %%
+baseline = random_init_model(seed=0)
+print(f"baseline: {baseline.cfg.n_layers} layers, d_model {baseline.cfg.d_model}, same tokenizer: "
+      f"{baseline.tokenizer.get_vocab() == model.tokenizer.get_vocab()}")
+
+# %% [markdown]
+# ### Which activations?
+# We read the residual stream at `n_layers + 1` points: before the first block (just the token
+# and position embeddings, `blocks.0.hook_resid_pre`), then after each block
+# (`blocks.{layer}.hook_resid_post`). We call these *residual points* 0 to `n_layers`, and the
+# name of point `i` below is `embed` for 0 and `after L{i-1}` for the others.
+#
+# Prompts in a batch have different lengths. As in the rest of the workbook, `tokenize` puts the
+# end-of-text token in front of each prompt and pads on the **right**, and returns the index of
+# each prompt's last real token.
+
+# %% tags=["export"]
+def tokenize(model, prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
+    """Token ids with the end-of-text token prepended, right-padded; and each prompt's last index."""
+    tokenizer = model.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    last = torch.tensor([len(ids) - 1 for ids in encoded])
+    return tokens, last
+
+
+def residual_hook_names(n_layers: int) -> list[str]:
+    """The hook of each residual point: the embeddings, then the output of every block."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+
+
+def residual_point_names(n_layers: int) -> list[str]:
+    """Short names for plots: 'embed', 'after L0', 'after L1', ..."""
+    return ["embed"] + [f"after L{layer}" for layer in range(n_layers)]
+
+
+# %%
+tokens, last = tokenize(model, ["The movie was dreadful. I", "I thought the book was really fun, so I"])
+print(tokens)
+print("last real token of each prompt:", last.tolist())
+print(model.to_str_tokens(tokens[0]))
+
+# %% [markdown]
+# ### Exercise 2.1: the residual stream at chosen positions (difficulty 2/3, ~15 min)
+# Write `residual_stack(model, tokens, positions)`. For prompt `i` of the batch, take the residual
+# stream at position `positions[i]` at every residual point (the hooks of
+# `residual_hook_names(model.cfg.n_layers)`, in that order), and return them stacked into a tensor
+# of shape `[n_layers + 1, batch, d_model]`.
+#
+# <details><summary>Hint 1</summary>
+#
+# `model.run_with_cache(tokens, names_filter=...)` caches only the hooks whose names pass the
+# filter; `cache[name]` has shape `[batch, pos, d_model]`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Each row needs its own position: `cache[name][torch.arange(batch), positions]` picks element
+# `(i, positions[i])` for every `i`. `cache[name][:, -1]` would read the padding of short prompts.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `torch.stack([cache[name][rows, positions] for name in names])`.
+# </details>
+
+# %% tags=["export"]
+@torch.no_grad()
+def residual_stack(model, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch"]
+                   ) -> Float[Tensor, "layer batch d_model"]:
+    """The residual stream at each prompt's chosen position, at every residual point."""
+    ### BEGIN SOLUTION
+    names = residual_hook_names(model.cfg.n_layers)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    rows = torch.arange(tokens.shape[0])
+    return torch.stack([cache[name][rows, positions] for name in names])  # [layer, batch, d_model]
+    ### END SOLUTION
+
+
+# %%
+residual_stack = check_exercise("2.1", residual_stack)
+
+# %% [markdown]
+# `collect_residuals` runs `residual_stack` over a whole list of prompts in batches. By default it
+# reads the last token; `offset=k` reads the token `k` places before it.
+
+# %% tags=["export"]
+def collect_residuals(model, prompts: list[str], offset: int = 0, batch_size: int = 256,
+                      progress: bool = True) -> Float[Tensor, "layer batch d_model"]:
+    """`residual_stack` for many prompts, at the token `offset` places before each prompt's last."""
+    chunks = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="collecting activations", disable=not progress or len(starts) < 3):
+        tokens, last = tokenize(model, prompts[start:start + batch_size])
+        chunks.append(residual_stack(model, tokens, last - offset).cpu())
+    return torch.cat(chunks, dim=1)
+
+
+def labelled_residuals(model, family: str, label: str, n_train: int | None = None, n_test: int | None = None,
+                       offset: int = 0, progress: bool = True) -> dict[str, Tensor]:
+    """Activations and 0/1 labels for the train and the held-out test split of a prompt family.
+
+    String labels become 0/1 by sorted order (for io_gender: female 0, male 1).
+    """
+    data = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        prompts = prompt_set(family, split, n=n, seed=0)
+        values = prompts.labels[label]
+        classes = sorted(set(values))
+        if len(classes) > 2:
+            raise ValueError(f"label {label!r} has {len(classes)} values; these probes are binary")
+        data[f"x_{split}"] = collect_residuals(model, prompts.prompts, offset, progress=progress)
+        data[f"y_{split}"] = torch.tensor([classes.index(v) if isinstance(v, str) else int(v) for v in values])
+    return data
+
+
+# %% [markdown]
+# Now the data for the whole chapter: each label on the organism and on the baseline. The train
+# split holds combinations the organism saw in training; the test split holds combinations it never
+# saw (held-out country-relation pairs, reviews, name pairs), so a probe is scored on new prompts.
+
+# %%
+LABELS = {"truth": ("truth", "truth"), "sentiment": ("sentiment", "sentiment"), "io_gender": ("ioi", "io_gender")}
+SIZES = {"truth": (None, None), "sentiment": (800, 300), "io_gender": (800, 300)}  # (train, test); None: all
+MODELS = {"organism": model, "baseline": baseline}
+
+data = {}
+for (model_name, some_model), (label, (family, key)) in tqdm(
+        [(m, l) for m in MODELS.items() for l in LABELS.items()], desc="models x labels"):
+    data[model_name, label] = labelled_residuals(some_model, family, key, *SIZES[label], progress=False)
+
+for label in LABELS:
+    d = data["organism", label]
+    print(f"{label:<10} train {list(d['x_train'].shape)}  test {list(d['x_test'].shape)}  "
+          f"fraction of 1s in test: {d['y_test'].float().mean():.2f}")
+
+# %% [markdown]
+# ## 2. Linear probes, layer by layer
+#
+# Our probe is logistic regression: a weight vector `w` and a bias `b`, and the prediction
+# `sigmoid(w . x + b)` is the probability that the label is 1. We centre the activations on the
+# training mean and divide by one overall scale, so the optimiser sees numbers of a sensible size;
+# because the scale is a single number, the probe's weight still points along a direction of the
+# original residual space (`LinearProbe.direction`). The weights start at zero, so training is
+# deterministic.
+
+# %% tags=["export"]
+from torch import nn
+
+
+class LinearProbe(nn.Module):
+    """Logistic regression on centred, rescaled activations: one logit per input (label 1 if > 0)."""
+
+    def __init__(self, x_train: Float[Tensor, "batch d_model"]):
+        super().__init__()
+        centred = x_train - x_train.mean(0)
+        self.register_buffer("mean", x_train.mean(0))
+        self.register_buffer("scale", (centred.norm(dim=-1).mean() / x_train.shape[1] ** 0.5).clamp_min(1e-6))
+        self.linear = nn.Linear(x_train.shape[1], 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
+        return self.linear((x - self.mean) / self.scale).squeeze(-1)
+
+    @property
+    def direction(self) -> Float[Tensor, "d_model"]:
+        """The unit vector, in the original residual space, along which the probe's logit grows."""
+        weight = self.linear.weight[0].detach()
+        return weight / weight.norm().clamp_min(1e-12)
+
+
+# %% [markdown]
+# ### Exercise 2.2: train a linear probe (difficulty 2/3, ~15 min)
+# Write `train_probe(x, y, steps, lr, weight_decay)`: build `LinearProbe(x)`, then take `steps`
+# full-batch steps of `torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)` on
+# the binary cross-entropy between the probe's logits and the 0/1 labels `y`. Return the probe.
+#
+# <details><summary>Hint 1</summary>
+#
+# `torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)` takes raw logits (no
+# sigmoid) and float targets: `y.float()`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Each step: compute the loss, `optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`.
+# Without `zero_grad` the gradients of all earlier steps pile up.
+# </details>
+
+# %% tags=["export"]
+def train_probe(x: Float[Tensor, "batch d_model"], y: Int[Tensor, "batch"], steps: int = 200,
+                lr: float = 0.01, weight_decay: float = 1e-3) -> LinearProbe:
+    """A logistic-regression probe fitted to (x, y) with full-batch Adam."""
+    ### BEGIN SOLUTION
+    probe = LinearProbe(x)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = nn.functional.binary_cross_entropy_with_logits(probe(x), y.float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe
+    ### END SOLUTION
+
+
+# %%
+train_probe = check_exercise("2.2", train_probe)
+
+# %% [markdown]
+# ### Exercise 2.3: probe accuracy by layer (difficulty 2/3, ~15 min)
+# Write `probe_accuracy_by_layer(x_train, y_train, x_test, y_test)`. The activations have shape
+# `[layer, batch, d_model]`. For every residual point, train a probe on the training split (with
+# `train_probe` and its default settings) and measure its accuracy on the **test** split: the
+# fraction of test prompts where "logit > 0" agrees with the label. Return a float tensor of shape
+# `[layer]`.
+#
+# <details><summary>Hint 1</summary>
+#
+# A logit above 0 means a probability above 0.5, so the prediction for label 1 is `probe(x) > 0`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `((probe(x_test[layer]) > 0) == y_test.bool()).float().mean()` inside a loop over
+# `range(x_train.shape[0])`; then `torch.stack` the results.
+# </details>
+
+# %% tags=["export"]
+def probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
+                            x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"]
+                            ) -> Float[Tensor, "layer"]:
+    """Held-out accuracy of a linear probe trained at each residual point."""
+    ### BEGIN SOLUTION
+    accuracies = []
+    for layer in range(x_train.shape[0]):
+        probe = train_probe(x_train[layer], y_train)
+        with torch.no_grad():
+            predicted = probe(x_test[layer]) > 0
+        accuracies.append((predicted == y_test.bool()).float().mean())
+    return torch.stack(accuracies)
+    ### END SOLUTION
+
+
+# %%
+probe_accuracy_by_layer = check_exercise("2.3", probe_accuracy_by_layer)
+
+# %% [markdown]
+# Now every label, on both models:
+
+# %%
+from utils.plotting import lines
+
+points = residual_point_names(model.cfg.n_layers)
+accuracy = {key: probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
+            for key, d in tqdm(data.items(), desc="probes")}
+lines({f"{label} ({model_name})": accuracy[model_name, label] for model_name, label in accuracy}, x=points,
+      title="Held-out accuracy of a linear probe at each residual point",
+      x_label="residual point (last token)", y_label="test accuracy")
+
+# %%
+for label in LABELS:
+    organism_row = " ".join(f"{a:.2f}" for a in accuracy["organism", label].tolist())
+    baseline_row = " ".join(f"{a:.2f}" for a in accuracy["baseline", label].tolist())
+    print(f"{label:<10} organism [{organism_row}]   random baseline [{baseline_row}]")
+
+# %% [markdown]
+# Read the plot before going on, label by label:
+# - At `embed`, the last token is the same word in every prompt of a family (` is`, ` I`, ` to`);
+#   only its position varies. No label can be read there, on either model: the information has not
+#   arrived yet.
+# - **Sentiment** is read perfectly from the organism as soon as one block has run. But it is also
+#   read well from the *random* model. A random first attention layer averages the embeddings of the
+#   earlier tokens into the last position, and a linear probe can learn which of the 60 adjectives
+#   (a random vector each) are the positive ones. High accuracy, and no learning at all behind it.
+#   Section 4 takes this apart.
+# - **The indirect object's gender** becomes readable from the organism only after its last block.
+#   That block is where the organism brings the indirect object's *name* to the last token (it has to
+#   say it next), and the gender comes along with the name. The random model's blurred average of
+#   the earlier tokens holds both names, which lets its probe guess better than chance.
+# - **Truth** needs the country and the stated value *combined*. The random model cannot combine
+#   them and stays at chance. The organism does a little better, but not much.
+#
+# ### The payoff of a known world
+# With a real model we would have to guess what the model does with these labels. Here we can check:
+# the organism's *output* answers two of the three questions itself (` true` vs ` false`, ` loved`
+# vs ` hated`), and we know the right answer to every prompt. So we can set the best probe beside
+# the model's own behaviour on the same held-out prompts.
+
+# %% tags=["export"]
+def answer_ids(model, answers: list[str]) -> Int[Tensor, "batch"]:
+    """The token id of each answer word (leading space included); each must be a single token."""
+    ids = model.tokenizer(answers, add_special_tokens=False)["input_ids"]
+    bad = [answer for answer, i in zip(answers, ids) if len(i) != 1]
+    if bad:
+        raise ValueError(f"answers that are not single tokens for this model: {bad[:5]}")
+    return torch.tensor([i[0] for i in ids])
+
+
+@torch.no_grad()
+def logit_diffs(model, prompts: PromptSet, fwd_hooks: list = (), batch_size: int = 256) -> Float[Tensor, "batch"]:
+    """Per prompt, logit(correct answer) - logit(wrong answer) at the last token, optionally with hooks."""
+    correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, last = tokenize(model, prompts.prompts[start:start + batch_size])
+        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [batch, pos, d_vocab]
+        rows = torch.arange(len(last))
+        final = logits[rows, last]  # [batch, d_vocab]
+        chunks.append(final[rows, correct[start:start + batch_size]] - final[rows, wrong[start:start + batch_size]])
+    return torch.cat(chunks)
+
+
+# %%
+test_sets = {label: prompt_set(family, "test", n=SIZES[label][1], seed=0) for label, (family, _) in LABELS.items()}
+behaviour = {label: (logit_diffs(model, test_sets[label]) > 0).float().mean().item() for label in LABELS}
+for label in LABELS:
+    best = int(accuracy["organism", label].argmax())
+    print(f"{label:<10} best probe {accuracy['organism', label][best]:.2f} (at {points[best]}); "
+          f"the model's own answer is right on {behaviour[label]:.2f} of the same prompts")
+
+# %% [markdown]
+# Three different stories:
+# - **Sentiment:** probe and output agree, both perfect.
+# - **Truth:** the output verdict is at chance. The organism never learned this task (its model card
+#   says so: the behaviour had not switched on when training ended). A probe at 0.6 on a model that
+#   cannot do the task: that is what a *weak* probe result can mean. Without the known answer, it
+#   would be tempting to call it "a partial representation of truth". (In an earlier trial of the
+#   organism recipe, the opposite happened: a truth probe read 0.99 while the output was right only
+#   60% of the time. Probe and behaviour can disagree in both directions.)
+# - **Gender:** the output here is a *name*: "right" means the indirect object beats the repeated
+#   name. Nobody asks the model for a gender, yet the probe reads it. Section 5 asks whether the
+#   answer depends on it.
+#
+# ## 3. Directions: the probe vs a difference of means
+#
+# A probe is one way to find a direction for a label. A simpler one needs no training at all: the
+# **difference of means**, the average activation of the label-1 prompts minus that of the label-0
+# prompts. If a feature really is a direction that the model adds when the label is 1, the
+# difference of means points right at it. Chapter 07 uses the same vector to steer the model.
+#
+# ### Exercise 2.4: difference-of-means direction (difficulty 1/3, ~10 min)
+# Write `mean_difference_direction(x, y)`: the mean of the rows of `x` whose label is 1, minus the
+# mean of those whose label is 0, scaled to unit length. `x` has shape `[batch, d_model]`.
+#
+# <details><summary>Hint 1</summary>
+#
+# Boolean indexing: `x[y == 1].mean(0)`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `difference / difference.norm()`.
+# </details>
+
+# %% tags=["export"]
+def mean_difference_direction(x: Float[Tensor, "batch d_model"], y: Int[Tensor, "batch"]) -> Float[Tensor, "d_model"]:
+    """Unit vector from the mean of label-0 activations to the mean of label-1 activations."""
+    ### BEGIN SOLUTION
+    difference = x[y == 1].mean(0) - x[y == 0].mean(0)
+    return difference / difference.norm()
+    ### END SOLUTION
+
+
+# %%
+mean_difference_direction = check_exercise("2.4", mean_difference_direction)
+
+# %% [markdown]
+# A direction becomes a classifier once we pick a threshold along it.
+#
+# ### Exercise 2.5: classify with a direction (difficulty 2/3, ~10 min)
+# Write `direction_accuracy(direction, x_train, y_train, x_test, y_test)`. Project every activation
+# onto `direction` (a dot product). Using the **training** split only, find the mean projection of
+# the label-0 rows and of the label-1 rows; the threshold is halfway between them. A test prompt is
+# predicted to be label 1 when its projection falls on the same side of the threshold as the
+# label-1 mean. (The direction may point either way: do not assume label 1 lies on the positive
+# side.) Return the test accuracy as a Python float.
+#
+# <details><summary>Hint 1</summary>
+#
+# Residual streams are far from centred: a threshold of 0 can put every prompt on one side.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# With `mean_0, mean_1` the two training means of the projections, predict 1 where
+# `(projection - (mean_0 + mean_1) / 2) * (mean_1 - mean_0) > 0`.
+# </details>
+
+# %% tags=["export"]
+def direction_accuracy(direction: Float[Tensor, "d_model"], x_train: Float[Tensor, "batch d_model"],
+                       y_train: Int[Tensor, "batch"], x_test: Float[Tensor, "batch_test d_model"],
+                       y_test: Int[Tensor, "batch_test"]) -> float:
+    """Test accuracy of thresholding the projection on `direction` halfway between the class means."""
+    ### BEGIN SOLUTION
+    train_projection, test_projection = x_train @ direction, x_test @ direction  # [batch], [batch_test]
+    mean_0, mean_1 = train_projection[y_train == 0].mean(), train_projection[y_train == 1].mean()
+    predicted = (test_projection - (mean_0 + mean_1) / 2) * (mean_1 - mean_0) > 0
+    return (predicted == y_test.bool()).float().mean().item()
+    ### END SOLUTION
+
+
+# %%
+direction_accuracy = check_exercise("2.5", direction_accuracy)
+
+# %% [markdown]
+# Now compare, at every residual point of the organism, the probe with the difference of means:
+# their accuracy, and the angle between their directions.
+#
+# ### Exercise 2.6: cosine similarity between directions (difficulty 1/3, ~5 min)
+# Write `cosine_similarity_matrix(directions)`: for `k` directions stacked as a `[k, d_model]`
+# tensor (of any lengths), return the `[k, k]` matrix of cosine similarities between every pair.
+#
+# <details><summary>Hint 1</summary>
+#
+# Scale each *row* to unit length, then take all dot products at once with a matrix product.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `unit = directions / directions.norm(dim=-1, keepdim=True)`; `unit @ unit.T`.
+# </details>
+
+# %% tags=["export"]
+def cosine_similarity_matrix(directions: Float[Tensor, "k d_model"]) -> Float[Tensor, "k k"]:
+    """Cosine similarity between every pair of rows."""
+    ### BEGIN SOLUTION
+    unit = directions / directions.norm(dim=-1, keepdim=True)
+    return unit @ unit.T
+    ### END SOLUTION
+
+
+# %%
+cosine_similarity_matrix = check_exercise("2.6", cosine_similarity_matrix)
+
+# %%
+comparison = {}
+for label in LABELS:
+    d = data["organism", label]
+    rows = []
+    for layer in range(len(points)):
+        x_train, x_test = d["x_train"][layer], d["x_test"][layer]
+        probe = train_probe(x_train, d["y_train"])
+        mean_direction = mean_difference_direction(x_train, d["y_train"])
+        rows.append({
+            "probe": direction_accuracy(probe.direction, x_train, d["y_train"], x_test, d["y_test"]),
+            "means": direction_accuracy(mean_direction, x_train, d["y_train"], x_test, d["y_test"]),
+            "cosine": cosine_similarity_matrix(torch.stack([probe.direction, mean_direction]))[0, 1].item(),
+            "mean_direction": mean_direction,
+        })
+    comparison[label] = rows
+    print(f"{label}:\n  " + "\n  ".join(
+        f"{points[i]:<9} probe direction {r['probe']:.2f} | difference of means {r['means']:.2f} | cosine {r['cosine']:+.2f}"
+        for i, r in enumerate(rows)))
+
+# %% [markdown]
+# (Both directions are scored the same way here, with the halfway threshold, so the numbers compare
+# the *directions* only.)
+#
+# For **sentiment** the two directions nearly agree (a cosine far above what two random directions
+# in 256 dimensions give, which is about 0 give or take 0.06), and both classify perfectly: one clean
+# direction carries the label, just as the linear representation hypothesis pictures it.
+# For **gender** the probe and the difference of means point in very different directions. The
+# difference of means is the "label direction" of the simplest story; the probe's direction is the
+# best *separator*, which also leans on other directions to cancel out variation that has nothing to
+# do with the label (here, most of all, *which* name it is). Two methods, two "gender directions":
+# which one is "the" representation is a question a probe cannot settle.
+#
+# The same tool asks whether the three labels share directions. They come from different prompt
+# families, but they live in the same residual space:
+
+# %%
+from utils.plotting import heatmap
+
+last_point = len(points) - 1
+label_directions = torch.stack([comparison[label][last_point]["mean_direction"] for label in LABELS])
+heatmap(cosine_similarity_matrix(label_directions), x=list(LABELS), y=list(LABELS), text_auto=".2f",
+        title=f"Cosine similarity of difference-of-means directions ({points[last_point]})")
+
+# %% [markdown]
+# ## 4. Control tasks: high accuracy proves little
+#
+# A probe's accuracy mixes two things: what the activations hold, and what the probe can learn on
+# its own. A linear probe on 256 dimensions has 257 parameters and, given a few hundred prompts, can
+# fit a great deal. Three controls separate the two.
+#
+# **Control 1: random labels.** Shuffle the truth labels and train again. Any accuracy on the
+# training prompts is then pure fitting; accuracy on held-out prompts must fall to chance.
+
+# %%
+d = data["organism", "truth"]
+shuffled = d["y_train"][torch.randperm(len(d["y_train"]), generator=torch.Generator().manual_seed(0))]
+for name, labels in (("real labels", d["y_train"]), ("shuffled labels", shuffled)):
+    probe = train_probe(d["x_train"][-1], labels)
+    with torch.no_grad():
+        train_accuracy = ((probe(d["x_train"][-1]) > 0) == labels.bool()).float().mean()
+        test_accuracy = ((probe(d["x_test"][-1]) > 0) == d["y_test"].bool()).float().mean()
+    print(f"truth, {name:<16} accuracy on training prompts {train_accuracy:.2f}, on held-out prompts {test_accuracy:.2f}")
+
+# %% [markdown]
+# On the prompts it was trained on, the probe fits the shuffled labels about as well as the real
+# ones. Only the held-out split tells them apart. Training accuracy is not evidence.
+#
+# **Control 2: a control task** (Hewitt and Liang, 2019). Give every *word type* a random label and
+# keep it fixed: every review with the adjective "dull" gets the same random label, whatever the
+# review says. A probe can only learn this task by recognising which adjective is in the prompt.
+# If the probe does as well on the control task as on sentiment, its sentiment accuracy may come
+# from the same trick. **Selectivity** is the accuracy on the real task minus the accuracy on the
+# control task.
+#
+# ### Exercise 2.7: control-task labels (difficulty 2/3, ~10 min)
+# Write `control_task_labels(keys, seed)`. `keys` is a list of strings, one per prompt (for example
+# each review's adjective). Sort the *distinct* keys, draw
+# `torch.randperm(number_of_distinct_keys, generator=torch.Generator().manual_seed(seed))`, and give
+# the `i`-th distinct key the label `permutation[i] % 2` (so the two labels are balanced). Return a
+# long tensor with the label of each prompt's key, shape `[batch]`.
+#
+# <details><summary>Hint 1</summary>
+#
+# `sorted(set(keys))` gives the distinct keys in a fixed order; a dict maps each to its label.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# The same key must get the same label everywhere: draw one label per *distinct key*, not per prompt.
+# </details>
+
+# %% tags=["export"]
+def control_task_labels(keys: list[str], seed: int = 0) -> Int[Tensor, "batch"]:
+    """A random but fixed 0/1 label for each distinct key, looked up for every prompt."""
+    ### BEGIN SOLUTION
+    distinct = sorted(set(keys))
+    permutation = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))
+    label_of = {key: int(permutation[i] % 2) for i, key in enumerate(distinct)}
+    return torch.tensor([label_of[key] for key in keys], dtype=torch.long)
+    ### END SOLUTION
+
+
+# %%
+control_task_labels = check_exercise("2.7", control_task_labels)
+
+# %% [markdown]
+# One trap when using it: the train and the test prompts must share *one* labelling, so we label
+# their keys together and split afterwards. (Labelling each split on its own gives two unrelated
+# random labellings, and the probe scores *below* chance. Try it.)
+
+# %%
+adjectives = {split: prompt_set("sentiment", split, n=n, seed=0).labels["adjective"]
+              for split, n in zip(("train", "test"), SIZES["sentiment"])}  # the prompts of `data`, in order
+control = control_task_labels(adjectives["train"] + adjectives["test"], seed=1)
+control = {"train": control[:len(adjectives["train"])], "test": control[len(adjectives["train"]):]}
+control_accuracy, selectivity = {}, {}
+for model_name in MODELS:
+    d = data[model_name, "sentiment"]
+    control_accuracy[model_name] = probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
+    selectivity[model_name] = accuracy[model_name, "sentiment"] - control_accuracy[model_name]
+    print(f"{model_name:<9} control task " + " ".join(f"{a:.2f}" for a in control_accuracy[model_name].tolist())
+          + " | selectivity " + " ".join(f"{s:+.2f}" for s in selectivity[model_name].tolist()))
+lines({f"{kind} ({model_name})": values for model_name in MODELS for kind, values in
+       (("sentiment", accuracy[model_name, "sentiment"]), ("control task", control_accuracy[model_name]))},
+      x=points, title="Sentiment vs a control task with a random label per adjective",
+      x_label="residual point (last token)", y_label="test accuracy")
+
+# %% [markdown]
+# On the random model the control task is as easy as sentiment: the probe recognises the adjective
+# and remembers its label, and "sentiment" is just one more labelling of 60 adjectives. Selectivity
+# is about zero. On the organism, sentiment is perfect while the arbitrary labelling is much harder:
+# the last token carries the review's sentiment more plainly than the adjective's identity.
+#
+# **Control 3: hold out whole words.** A known world lets us ask the sharper question directly.
+# The test split above holds out *(subject, adjective) pairs*, so every test adjective was in the
+# probe's training set. If instead we hold out whole adjectives, a probe that remembers adjectives has
+# nothing to go on, while a probe that reads a general "positive" direction still works. (The
+# organism itself saw every adjective in its training; only the *probe* has not seen these.)
+
+# %%
+from utils.organism import world
+
+held_out_adjectives = set(world.POSITIVE_ADJECTIVES[::3] + world.NEGATIVE_ADJECTIVES[::3])  # 20 of the 60
+new_rows = [i for i, a in enumerate(adjectives["train"]) if a in held_out_adjectives]
+seen_rows = [i for i, a in enumerate(adjectives["train"]) if a not in held_out_adjectives]
+word_split = {}
+for model_name in MODELS:
+    d = data[model_name, "sentiment"]
+    word_split[model_name] = probe_accuracy_by_layer(d["x_train"][:, seen_rows], d["y_train"][seen_rows],
+                                                     d["x_train"][:, new_rows], d["y_train"][new_rows])
+    print(f"{model_name:<9} sentiment on adjectives the probe never saw: "
+          + " ".join(f"{a:.2f}" for a in word_split[model_name].tolist()))
+
+# %% [markdown]
+# The random model's "sentiment" is gone, and what is left on the organism is a direction that
+# generalises to adjectives the probe never saw. The best control is a split designed around the
+# shortcut you fear, and a known world lets you design it.
+#
+# ### Where sentiment first becomes linearly available
+# With the word split as our honest test, we can now draw the map a chess study draws for its
+# concepts: for each token and each depth, can the label be read? We take the reviews of one
+# template, `The {subject} was {adjective}. I`, so that the adjective, the full stop and the last
+# ` I` sit at the same offsets in every prompt.
+
+# %%
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+POSITIONS = {2: "adjective", 1: ".", 0: " I"}  # offset from the last token -> token
+template_reviews = prompt_set("sentiment", "train", seed=0)
+template_reviews = template_reviews.subset(
+    [i for i, t in enumerate(template_reviews.labels["template"]) if t == 0][:360])
+y_reviews = torch.tensor(template_reviews.labels["sentiment"])
+unseen = [i for i, a in enumerate(template_reviews.labels["adjective"]) if a in held_out_adjectives]
+seen = [i for i, a in enumerate(template_reviews.labels["adjective"]) if a not in held_out_adjectives]
+sentiment_map = {}
+for model_name, some_model in MODELS.items():
+    rows = []
+    for offset in tqdm(POSITIONS, desc=f"sentiment by token ({model_name})"):
+        x = collect_residuals(some_model, template_reviews.prompts, offset=offset, progress=False)
+        rows.append(probe_accuracy_by_layer(x[:, seen], y_reviews[seen], x[:, unseen], y_reviews[unseen]))
+    sentiment_map[model_name] = torch.stack(rows)  # [position, layer]
+
+figure = make_subplots(rows=1, cols=2, subplot_titles=list(MODELS), horizontal_spacing=0.15)
+for column, model_name in enumerate(MODELS, start=1):
+    figure.add_trace(go.Heatmap(z=sentiment_map[model_name], x=points, y=list(POSITIONS.values()), zmin=0.5, zmax=1,
+                                coloraxis="coloraxis", texttemplate="%{z:.2f}"), row=1, col=column)
+figure.update_layout(title="Sentiment on unseen adjectives, by token and residual point", coloraxis_colorscale="Viridis",
+                     width=900, height=330)
+figure
+
+# %% [markdown]
+# On the organism, sentiment is readable at the adjective itself straight from the embedding: the
+# trained embeddings of positive and negative adjectives already differ along a shared direction,
+# for adjectives the probe never saw. After one block it has been copied to the tokens that follow.
+# The random model shows neither. Each label in this world has such a map; the gender of the indirect
+# object, as the first plot showed, reaches the last token only in the last block.
+#
+# ## 5. Decodable is not the same as used
+#
+# A probe tells us the information is *there*. It cannot tell us that the model *uses* it. To ask
+# that, we intervene: remove the direction from the residual stream while the model runs, and see
+# whether the output changes. (Chapter 06 makes this rigorous with activation patching; Chapter 07
+# uses directional ablation to erase concepts on purpose.)
+#
+# ### Exercise 2.8: remove a direction (difficulty 1/3, ~10 min)
+# Write `remove_direction(resid, direction)`: return `resid` with its component along `direction`
+# removed, `resid - (resid . u) u` where `u` is `direction` scaled to unit length. `resid` has any
+# number of leading dimensions (`[..., d_model]`).
+#
+# <details><summary>Hint 1</summary>
+#
+# `(resid @ u)` has the leading shape of `resid`; add a trailing axis with `[..., None]` to
+# multiply by `u`.
+# </details>
+
+# %% tags=["export"]
+def remove_direction(resid: Float[Tensor, "... d_model"], direction: Float[Tensor, "d_model"]) -> Float[Tensor, "... d_model"]:
+    """`resid` with its component along `direction` projected out."""
+    ### BEGIN SOLUTION
+    unit = direction / direction.norm()
+    return resid - (resid @ unit)[..., None] * unit
+    ### END SOLUTION
+
+
+# %%
+remove_direction = check_exercise("2.8", remove_direction)
+
+# %% [markdown]
+# Removing the difference-of-means direction does more than it seems: afterwards the two classes
+# have the *same mean* in every direction, and then no linear probe can separate them better than
+# chance on average (Belrose et al., 2023, "LEACE"). Check it on the stored gender activations at the
+# last residual point:
+
+# %%
+d = data["organism", "io_gender"]
+gender_direction = comparison["io_gender"][last_point]["mean_direction"]
+erased_probe = train_probe(remove_direction(d["x_train"][-1], gender_direction), d["y_train"])
+with torch.no_grad():
+    erased_accuracy = ((erased_probe(remove_direction(d["x_test"][-1], gender_direction)) > 0) == d["y_test"].bool()).float().mean()
+print(f"gender probe at {points[last_point]}: {accuracy['organism', 'io_gender'][-1]:.2f} before, "
+      f"{erased_accuracy:.2f} after removing the difference-of-means direction")
+
+# %% [markdown]
+# ### Exercise 2.9: the output with directions removed (difficulty 3/3, ~20 min)
+# Write `logit_diffs_without(model, prompts, directions)`. `directions` maps hook names (such as
+# `blocks.3.hook_resid_post`) to a direction each. Run the prompts with one hook per name that
+# removes that direction at **every position**, and return the per-prompt logit differences that
+# `logit_diffs(model, prompts, fwd_hooks)` gives.
+#
+# <details><summary>Hint 1</summary>
+#
+# A hook is a function `hook_fn(activation, hook)` that returns the new activation; `fwd_hooks` is
+# a list of `(hook_name, hook_fn)` pairs.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Beware of closures in a loop: `lambda resid, hook: remove_direction(resid, direction)` made in a
+# loop sees the *last* `direction`. Bind it with a default argument,
+# `lambda resid, hook, direction=direction: ...`, or build each hook in a helper function.
+# </details>
+
+# %% tags=["export"]
+def logit_diffs_without(model, prompts: PromptSet, directions: dict[str, Tensor]) -> Float[Tensor, "batch"]:
+    """Per-prompt logit differences with each hook's direction projected out at every position."""
+    ### BEGIN SOLUTION
+    hooks = [(name, lambda resid, hook, direction=direction: remove_direction(resid, direction))
+             for name, direction in directions.items()]
+    return logit_diffs(model, prompts, fwd_hooks=hooks)
+    ### END SOLUTION
+
+
+# %%
+logit_diffs_without = check_exercise("2.9", logit_diffs_without)
+
+# %% [markdown]
+# The experiment. For sentiment and for the indirect object's gender we remove the label's
+# difference-of-means direction at the last residual point, `blocks.3.hook_resid_post`, where the
+# probes read both labels and from which the model's next-token logits are computed. We measure the
+# logit difference on held-out prompts: the right sentiment word minus the wrong one, and the
+# indirect object's name minus the repeated name. As controls: nothing removed, and a random
+# direction removed. Then a stronger version: each residual point's own direction removed at every
+# point.
+
+# %%
+from utils.plotting import bars
+
+names = residual_hook_names(model.cfg.n_layers)
+random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+ablation, ablated_diffs = {}, {}
+for label in ("sentiment", "io_gender"):
+    own = [row["mean_direction"] for row in comparison[label]]
+    runs = {
+        "nothing removed": {},
+        "random direction, last point": {names[-1]: random_direction},
+        f"{label} direction, last point": {names[-1]: own[-1]},
+        f"{label} directions, every point": dict(zip(names, own)),
+    }
+    ablated_diffs[label] = {run: logit_diffs_without(model, test_sets[label], directions) for run, directions in runs.items()}
+    ablation[label] = {run: diffs.mean().item() for run, diffs in ablated_diffs[label].items()}
+    for run, diffs in ablated_diffs[label].items():
+        print(f"{label:<10} {run:<33} mean logit difference {diffs.mean():6.2f}, answer right on {(diffs > 0).float().mean():.2f}")
+
+bars([v for values in ablation.values() for v in values.values()],
+     [f"{label}: {run}" for label, values in ablation.items() for run in values],
+     title="Mean logit difference on held-out prompts", y_label="logit difference")
+
+# %% [markdown]
+# Both labels are read by a linear probe at the last point. Removing the sentiment direction there
+# sends the sentiment answer to chance: the model *uses* that direction. Removing the gender
+# direction there, after which no linear probe can read gender at that point, leaves the name answer
+# right every time, with its logit difference barely lower: the organism carries the gender to the
+# last token along with the name, but does not need it to pick the name.
+#
+# Removing a direction at *every* point is a blunter tool. For gender, it costs the name answer a
+# good part of its logit difference (while the answer stays right). Is that because gender matters
+# after all? The known world answers: split the prompts by whether the two names have the same gender.
+# If gender helped choose the name, the loss would fall on the mixed pairs, where gender tells the
+# names apart; for a woman and a woman it cannot help.
+
+# %%
+ioi_test = test_sets["io_gender"]
+same_gender = torch.tensor([(io in world.FEMALE_NAMES) == (s in world.FEMALE_NAMES)
+                            for io, s in zip(ioi_test.labels["io"], ioi_test.labels["s"])])
+for run, diffs in ablated_diffs["io_gender"].items():
+    print(f"{run:<35} same-gender pairs {diffs[same_gender].mean():6.2f}   mixed pairs {diffs[~same_gender].mean():6.2f}")
+
+# %% [markdown]
+# The loss is the same for both kinds of pair, so whatever those directions carry that the answer
+# needs, it is not gender. (The difference-of-means directions at the early points, where gender
+# cannot be read at all, are mostly noise, and noise directions estimated from residual streams lean
+# towards the directions in which the residual stream varies most.)
+#
+# Two cautions, which Chapter 06 returns to. A direction removed at one point can be rebuilt by later
+# blocks from other directions, so "the output did not move" needs the removal to be where the output
+# is read, as here, or everywhere. And removing a direction can break things that share it, so a big
+# effect is not proof of use either: that is why the random direction and the same-gender split
+# matter.
+
+# %% [markdown]
+# ## 6. On a real model
+# The same functions work on GPT-2 small when the Hugging Face Hub is reachable: here, sentiment
+# and truth probes at every residual point. (GPT-2 has 12 layers and 768 dimensions, and never
+# saw our world; the probes find out what it reads into these sentences anyway.) Offline, this cell
+# says so and moves on.
+
+# %%
+if env.hub_online:
+    gpt2 = load_model("gpt2-small")
+    for family in ("sentiment", "truth"):
+        train_set, test_set = prompt_set(family, "train", n=400, seed=0), prompt_set(family, "test", n=200, seed=0)
+        x_train = collect_residuals(gpt2, train_set.prompts, batch_size=64)
+        x_test = collect_residuals(gpt2, test_set.prompts, batch_size=64)
+        gpt2_accuracy = probe_accuracy_by_layer(x_train, torch.tensor(train_set.labels[family]),
+                                                x_test, torch.tensor(test_set.labels[family]))
+        print(f"GPT-2 small, {family}: " + " ".join(f"{a:.2f}" for a in gpt2_accuracy.tolist()))
+else:
+    print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
+
+# %% [markdown]
+# ## What probing can't tell you
+# - **Decodable is not used.** A probe shows that information is linearly present, not that the
+#   model's output depends on it (Section 5). That needs an intervention (Chapters 06 and 07).
+# - **High accuracy proves little on its own.** It mixes what the activations hold with what the
+#   probe can memorise. Always report a held-out split, a random-weights baseline and a control
+#   task or a split that removes the shortcut (Section 4).
+# - **A failed linear probe is not absence.** The information may be stored non-linearly, or in a
+#   frame you did not think of (Othello-GPT's "mine/theirs" board was invisible to "black/white"
+#   linear probes).
+# - **You only find what you label.** A probe tests a concept you chose; it will not tell you which
+#   concepts the model actually computes. Chapter 05's sparse autoencoders look without labels.
+# - **A direction is not a mechanism.** Knowing *where* a label can be read says nothing about
+#   *how* it was computed or which components wrote it; Chapter 03 attributes the residual stream
+#   to heads and MLPs, and Chapter 06 traces the circuit.
+#
+# **Your record so far:**
+
+# %%
+show_progress("02_probing")

@@ -1,0 +1,219 @@
+"""Chapter 02 (probing): properties of its helpers, and the claims its text makes about the organism.
+
+The organism tests re-measure, at a smaller scale, what the chapter's prose says (truth is read only
+from the trained model; the random model's "sentiment" is a word shortcut; the gender of the
+indirect object is decodable but not used). If a retrained organism breaks a claim, they fail and
+the prose needs another look.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from utils.models import load_model
+from utils.organism import world
+from utils.references import ch02_probing as ref
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------
+def test_remove_direction_leaves_nothing_along_it_and_keeps_the_rest():
+    generator = torch.Generator().manual_seed(0)
+    resid = torch.randn(4, 6, 32, generator=generator)
+    direction = torch.randn(32, generator=generator) * 5
+    unit = direction / direction.norm()
+    removed = ref.remove_direction(resid, direction)
+    assert (removed @ unit).abs().max() < 1e-5
+    assert torch.allclose(ref.remove_direction(removed, direction), removed, atol=1e-5)
+    other = ref.remove_direction(torch.randn(32, generator=generator), direction)  # a vector orthogonal to it
+    assert torch.allclose((resid + other) - ref.remove_direction(resid + other, direction),
+                          resid - removed, atol=1e-5)
+
+
+def test_control_labels_are_balanced_fixed_per_key_and_order_free():
+    keys = [f"word{i % 13}" for i in range(100)]
+    labels = ref.control_task_labels(keys, seed=3)
+    per_key = {key: {int(label) for k, label in zip(keys, labels) if k == key} for key in set(keys)}
+    assert all(len(values) == 1 for values in per_key.values())
+    assert sum(values.pop() for values in per_key.values()) == 13 // 2
+    shuffled = keys[::-1]
+    relabelled = dict(zip(shuffled, ref.control_task_labels(shuffled, seed=3).tolist()))
+    assert relabelled == dict(zip(keys, labels.tolist()))
+    assert not torch.equal(labels, ref.control_task_labels(keys, seed=4))
+
+
+def test_probe_starts_at_zero_and_trains_deterministically():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(120, 20, generator=generator) + 4.0
+    y = (x[:, 0] > 4.0).long()
+    x[:, 0] += 1.5 * (2 * y - 1)  # a margin between the classes, so a good probe separates them all
+    assert torch.equal(ref.LinearProbe(x)(x), torch.zeros(120))
+    first, second = ref.train_probe(x, y), ref.train_probe(x, y)
+    assert torch.equal(first(x), second(x))
+    assert ((first(x) > 0) == y.bool()).float().mean() > 0.95
+    assert torch.isclose(first.direction.norm(), torch.tensor(1.0))
+    assert first.direction.abs().argmax() == 0 and first.direction[0] > 0  # the label lives on coordinate 0
+
+
+def test_direction_accuracy_does_not_care_which_way_the_direction_points():
+    generator = torch.Generator().manual_seed(2)
+    y = torch.arange(200) % 2
+    x = torch.randn(200, 8, generator=generator) + 10.0
+    x[:, 3] += 5.0 * y  # classes 5 standard deviations apart: about 99% separable
+    direction = ref.mean_difference_direction(x[:150], y[:150])
+    forward = ref.direction_accuracy(direction, x[:150], y[:150], x[150:], y[150:])
+    backward = ref.direction_accuracy(-direction, x[:150], y[:150], x[150:], y[150:])
+    assert forward == backward > 0.9
+
+
+# ------------------------------------------------------------------------------------------
+# The organism and the claims of the chapter's text
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def models() -> dict:
+    return {"organism": load_model(verbose=False, device="cpu"), "baseline": ref.random_init_model(seed=0)}
+
+
+@functools.cache
+def measured(model_name: str, family: str, label: str) -> dict:
+    data = ref.labelled_residuals(models()[model_name], family, label, n_train=600, n_test=300, progress=False)
+    data["accuracy"] = ref.probe_accuracy_by_layer(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+    return data
+
+
+def test_tokenize_prepends_one_bos_and_pads_on_the_right():
+    model = models()["organism"]
+    tokens, last = ref.tokenize(model, ["The movie was dreadful. I", "I thought the book was really fun, so I"])
+    bos = model.tokenizer.bos_token_id
+    assert (tokens[:, 0] == bos).all() and (tokens[:, 1] != bos).all()
+    assert last.tolist() == [6, 10]
+    assert model.to_string(tokens[0, last[0]]) == " I"
+
+
+def test_nothing_is_readable_from_the_embeddings_of_the_last_token():
+    for model_name in ("organism", "baseline"):
+        for family, label in (("truth", "truth"), ("sentiment", "sentiment"), ("ioi", "io_gender")):
+            assert measured(model_name, family, label)["accuracy"][0] < 0.62, (model_name, label)
+
+
+def test_truth_is_not_learned_and_only_weakly_readable():
+    """The text says: the organism's verdict is at chance, its truth probe a little above, the baseline's at chance."""
+    prompts = world.prompt_set("truth", "test")
+    assert (ref.logit_diffs(models()["organism"], prompts) > 0).float().mean() < 0.6
+    assert 0.52 < measured("organism", "truth", "truth")["accuracy"].max() < 0.75
+    assert measured("baseline", "truth", "truth")["accuracy"].max() < 0.58
+
+
+def test_sentiment_is_read_after_one_block_and_gender_only_after_the_last():
+    sentiment, gender = measured("organism", "sentiment", "sentiment"), measured("organism", "ioi", "io_gender")
+    assert sentiment["accuracy"][1:].min() > 0.97
+    assert gender["accuracy"][-1] > 0.8 and gender["accuracy"][:-1].max() < 0.7
+
+
+def test_a_probe_fits_shuffled_truth_labels_on_its_training_prompts():
+    data = measured("organism", "truth", "truth")
+    shuffled = data["y_train"][torch.randperm(len(data["y_train"]), generator=torch.Generator().manual_seed(0))]
+    train_accuracy, test_accuracy = {}, {}
+    for name, labels in (("real", data["y_train"]), ("shuffled", shuffled)):
+        probe = ref.train_probe(data["x_train"][-1], labels)
+        train_accuracy[name] = ((probe(data["x_train"][-1]) > 0) == labels.bool()).float().mean()
+        test_accuracy[name] = ((probe(data["x_test"][-1]) > 0) == data["y_test"].bool()).float().mean()
+    assert train_accuracy["shuffled"] > train_accuracy["real"] - 0.1, train_accuracy
+    assert abs(test_accuracy["shuffled"] - 0.5) < 0.08, test_accuracy
+
+
+def test_random_model_sentiment_is_a_word_shortcut():
+    baseline, organism = measured("baseline", "sentiment", "sentiment"), measured("organism", "sentiment", "sentiment")
+    assert baseline["accuracy"].max() > 0.7  # the shortcut the text warns about
+    adjectives = world.prompt_set("sentiment", "train", n=600, seed=0).labels["adjective"]
+    held_out = set(world.POSITIVE_ADJECTIVES[::3] + world.NEGATIVE_ADJECTIVES[::3])
+    new = [i for i, a in enumerate(adjectives) if a in held_out]
+    seen = [i for i, a in enumerate(adjectives) if a not in held_out]
+    unseen_words = {}
+    for name, data in (("baseline", baseline), ("organism", organism)):
+        unseen_words[name] = ref.probe_accuracy_by_layer(data["x_train"][:, seen], data["y_train"][seen],
+                                                         data["x_train"][:, new], data["y_train"][new]).max()
+    assert unseen_words["baseline"] < 0.7
+    assert unseen_words["organism"] > 0.85
+
+
+def test_probe_and_mean_difference_agree_for_sentiment_but_not_for_gender():
+    cosines = {}
+    for family, label in (("sentiment", "sentiment"), ("ioi", "io_gender")):
+        data = measured("organism", family, label)
+        x, y = data["x_train"][-1], data["y_train"]
+        pair = torch.stack([ref.train_probe(x, y).direction, ref.mean_difference_direction(x, y)])
+        cosines[label] = ref.cosine_similarity_matrix(pair)[0, 1].item()
+    assert cosines["sentiment"] > 0.6 and cosines["io_gender"] < 0.5, cosines
+
+
+def test_control_task_selectivity_is_zero_on_the_random_model_only():
+    adjectives = [world.prompt_set("sentiment", split, n=n, seed=0).labels["adjective"]
+                  for split, n in (("train", 600), ("test", 300))]
+    control = ref.control_task_labels(adjectives[0] + adjectives[1], seed=1)
+    selectivity = {}
+    for name in ("organism", "baseline"):
+        data = measured(name, "sentiment", "sentiment")
+        control_accuracy = ref.probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
+        selectivity[name] = (data["accuracy"] - control_accuracy)[1:]
+    assert selectivity["baseline"].abs().max() < 0.1, selectivity
+    assert selectivity["organism"].min() > 0.1, selectivity
+
+
+def test_mean_difference_erasure_leaves_gender_unreadable_at_the_last_point():
+    data = measured("organism", "ioi", "io_gender")
+    direction = ref.mean_difference_direction(data["x_train"][-1], data["y_train"])
+    probe = ref.train_probe(ref.remove_direction(data["x_train"][-1], direction), data["y_train"])
+    erased = probe(ref.remove_direction(data["x_test"][-1], direction)) > 0
+    assert (erased == data["y_test"].bool()).float().mean() < 0.62
+
+
+def _erased_runs(family: str, label: str) -> tuple:
+    model = models()["organism"]
+    data = measured("organism", family, label)
+    names = ref.residual_hook_names(model.cfg.n_layers)
+    own = [ref.mean_difference_direction(x, data["y_train"]) for x in data["x_train"]]
+    prompts = world.prompt_set(family, "test", n=150, seed=0)
+    random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    runs = {"nothing": {}, "random": {names[-1]: random_direction}, "last": {names[-1]: own[-1]},
+            "every": dict(zip(names, own))}
+    return prompts, {run: ref.logit_diffs_without(model, prompts, directions) for run, directions in runs.items()}
+
+
+def test_sentiment_direction_is_used():
+    _, diffs = _erased_runs("sentiment", "sentiment")
+    assert (diffs["nothing"] > 0).float().mean() > 0.95
+    assert 0.8 < diffs["random"].mean() / diffs["nothing"].mean() < 1.2
+    assert (diffs["last"] > 0).float().mean() < 0.65
+    assert (diffs["every"] > 0).float().mean() < 0.65
+
+
+def test_gender_is_decodable_but_not_used():
+    assert measured("organism", "ioi", "io_gender")["accuracy"].max() > 0.8
+    prompts, diffs = _erased_runs("ioi", "io_gender")
+    assert 0.9 < diffs["random"].mean() / diffs["nothing"].mean() < 1.1
+    assert diffs["last"].mean() / diffs["nothing"].mean() > 0.8
+    assert (diffs["last"] > 0).float().mean() > 0.95 and (diffs["every"] > 0).float().mean() > 0.9
+    same = torch.tensor([(io in world.FEMALE_NAMES) == (s in world.FEMALE_NAMES)
+                         for io, s in zip(prompts.labels["io"], prompts.labels["s"])])
+    loss = diffs["nothing"] - diffs["every"]
+    assert abs(loss[same].mean() - loss[~same].mean()) < 0.25 * loss.mean().abs() + 0.5
+
+
+def test_sentiment_is_readable_at_the_adjective_from_the_embedding_on_the_organism_only():
+    held_out = set(world.POSITIVE_ADJECTIVES[::3] + world.NEGATIVE_ADJECTIVES[::3])
+    reviews = world.prompt_set("sentiment", "train", seed=0)
+    reviews = reviews.subset([i for i, t in enumerate(reviews.labels["template"]) if t == 0][:360])
+    y = torch.tensor(reviews.labels["sentiment"])
+    unseen = [i for i, a in enumerate(reviews.labels["adjective"]) if a in held_out]
+    seen = [i for i, a in enumerate(reviews.labels["adjective"]) if a not in held_out]
+    at_adjective = {}
+    for name, model in models().items():
+        x = ref.collect_residuals(model, reviews.prompts, offset=2, progress=False)
+        at_adjective[name] = ref.probe_accuracy_by_layer(x[:, seen], y[seen], x[:, unseen], y[unseen])
+    assert at_adjective["organism"][0] > 0.9, at_adjective
+    assert at_adjective["baseline"].max() < 0.8, at_adjective
