@@ -1,0 +1,173 @@
+"""Chapter 04 reproduces the qualitative results of Elhage et al. (2022), "Toy Models of Superposition".
+
+Each test trains the chapter's own reference code, with the chapter's settings, and checks a
+published, measurable claim: a sparse ReLU model stores more features than it has dimensions, a
+linear one never does; the phase diagram of two features in one dimension; antipodal pairs and
+pentagons with their fractional dimensionality; anticorrelated features placed antipodally and
+correlated ones orthogonally; neurons of a privileged basis that become polysemantic with
+sparsity; and sparse features recoverable from their superposed code. The thresholds come from
+those claims (e.g. "about m features when dense", "D = 2/5 in a pentagon"), not from one run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from utils.references import ch04_superposition as ref
+
+torch.set_num_threads(1)  # tiny models: one thread is fastest, as in the chapter
+
+
+@pytest.fixture(scope="module")
+def sweep_models():
+    return {"relu": ref.train_sparsity_sweep(progress_bar=False),
+            "linear": ref.train_sparsity_sweep(**ref.LINEAR_SWEEP, progress_bar=False)}
+
+
+@pytest.fixture(scope="module")
+def sweeps(sweep_models):
+    return {name: model.W.detach() for name, model in sweep_models.items()}
+
+
+def _sparsity_index(sparsity: float) -> int:
+    return ref.SWEEP_SPARSITIES.index(sparsity)
+
+
+def test_dense_relu_model_represents_about_as_many_features_as_dimensions(sweeps):
+    dense = int(ref.count_represented(sweeps["relu"])[_sparsity_index(0.0)])
+    assert abs(dense - ref.SWEEP_HIDDEN) <= 1, dense
+    # ... and they are the most important ones, each with a direction of its own
+    norms = ref.feature_norms(sweeps["relu"])[_sparsity_index(0.0)]
+    assert (norms[:ref.SWEEP_HIDDEN - 1] > 0.9).all(), norms
+    interference = ref.interference(sweeps["relu"])[_sparsity_index(0.0)]
+    assert (interference[norms > 0.5] < 0.1).all(), interference
+
+
+def test_sparse_relu_model_represents_more_features_than_dimensions(sweeps):
+    counts = ref.count_represented(sweeps["relu"]).tolist()
+    for sparsity in (0.99, 0.997, 0.999):
+        assert counts[_sparsity_index(sparsity)] >= 2 * ref.SWEEP_HIDDEN, counts
+    assert all(later >= earlier - 1 for earlier, later in zip(counts, counts[1:])), f"not rising: {counts}"
+
+
+def test_sparse_features_are_superposed(sweeps):
+    W = sweeps["relu"][_sparsity_index(0.999)]
+    represented = ref.feature_norms(W[None])[0] > 0.5
+    assert ref.interference(W[None])[0][represented].mean() > 0.5
+
+
+def test_linear_model_never_superposes(sweeps):
+    # A linear model's best W^T W is a projection onto m dimensions: its squared norms sum to m
+    # (m / ||W||_F^2 = 1 dimension per feature) at every sparsity, however it rotates within them.
+    per_feature = ref.dimensions_per_feature(sweeps["linear"])
+    assert torch.allclose(per_feature, torch.ones_like(per_feature), atol=0.05), per_feature
+    counts = ref.count_represented(sweeps["linear"]).tolist()
+    assert all(count <= ref.SWEEP_HIDDEN + 1 for count in counts), counts
+    # while the sparse ReLU model packs several features into each dimension
+    assert ref.dimensions_per_feature(sweeps["relu"])[_sparsity_index(0.999)] < 0.5
+
+
+@pytest.fixture(scope="module")
+def phases():
+    W = ref.train_phase_diagram(progress_bar=False)  # [importance, probability, 1, 2]
+    return ref.extra_feature_phase(W.flatten(0, 1)).reshape(ref.PHASE_GRID, ref.PHASE_GRID)
+
+
+NOT_REPRESENTED, DEDICATED, SUPERPOSED = 0, 1, 2
+
+
+def test_phase_diagram_dense_features_never_superpose(phases):
+    dense = phases[:, 0]  # p = 1, importance from low to high
+    below, above = ref.PHASE_IMPORTANCES < 0.9, ref.PHASE_IMPORTANCES > 1.1
+    assert (dense[below] == NOT_REPRESENTED).all(), dense
+    assert (dense[above] == DEDICATED).all(), dense
+
+
+def test_phase_diagram_sparse_features_superpose(phases):
+    sparsest = phases[:, -1]
+    equal_importance = int(torch.argmin((ref.PHASE_IMPORTANCES - 1).abs()))
+    assert sparsest[equal_importance] == SUPERPOSED, sparsest
+    assert (sparsest == SUPERPOSED).float().mean() >= 2 / 3, sparsest
+    superposed_share = (phases == SUPERPOSED).float().mean(0)  # per probability, dense to sparse
+    half = ref.PHASE_GRID // 2
+    assert superposed_share[half + 1:].mean() > superposed_share[:half].mean() + 0.3, superposed_share
+
+
+@pytest.fixture(scope="module")
+def pentagon():
+    return ref.train_pentagon(progress_bar=False)
+
+
+def test_five_sparse_features_in_two_dimensions_form_a_pentagon(pentagon):
+    W = pentagon[ref.PENTAGON_PROBABILITIES.index(0.05)]  # [2, 5]
+    dimensionality = ref.feature_dimensionality(W[None])[0]
+    assert torch.allclose(dimensionality, torch.full((5,), 2 / 5), atol=0.05), dimensionality
+    angles = torch.atan2(W[1], W[0]).sort().values
+    gaps = torch.diff(torch.cat([angles, angles[:1] + 2 * math.pi]))
+    assert torch.allclose(gaps, torch.full((5,), 2 * math.pi / 5), atol=0.1), gaps
+
+
+def test_moderately_sparse_features_form_antipodal_pairs(pentagon):
+    W = pentagon[ref.PENTAGON_PROBABILITIES.index(0.3)]
+    dimensionality = ref.feature_dimensionality(W[None])[0].sort().values
+    assert dimensionality[0] < 0.1, dimensionality  # one feature dropped
+    assert torch.allclose(dimensionality[1:], torch.full((4,), 0.5), atol=0.05), dimensionality
+
+
+@pytest.fixture(scope="module")
+def geometry():
+    return ref.train_geometry_sweep(progress_bar=False).W.detach()
+
+
+def test_dimensions_per_feature_fall_from_one_with_sparsity(geometry):
+    per_feature = ref.dimensions_per_feature(geometry)
+    assert per_feature[0] > 0.9, per_feature
+    assert per_feature[-1] < 0.35, per_feature
+
+
+def test_feature_dimensionalities_cluster_at_one_half_and_two_fifths(geometry):
+    dimensionality = ref.feature_dimensionality(geometry)  # [instances, feats]
+    near_half = ((dimensionality - 1 / 2).abs() < 0.04).sum(-1)
+    near_two_fifths = ((dimensionality - 2 / 5).abs() < 0.03).sum(-1)
+    assert near_half.max() >= ref.GEOMETRY_FEATS // 3, near_half  # antipodal pairs fill the space
+    assert near_two_fifths.max() >= ref.GEOMETRY_FEATS // 4, near_two_fifths  # pentagons
+    assert near_two_fifths.argmax() > near_half.argmax()  # pentagons come at higher sparsity
+
+
+@pytest.fixture(scope="module")
+def correlation_runs():
+    return ref.train_correlation_models(progress_bar=False)
+
+
+def _best(run):
+    W, losses = run
+    return W[int(losses.argmin())][None]
+
+
+def test_anticorrelated_features_are_antipodal(correlation_runs):
+    cosines = ref.pair_cosines(_best(correlation_runs["anticorrelated"]))
+    assert (cosines < -0.95).all(), cosines
+
+
+def test_correlated_features_are_orthogonal(correlation_runs):
+    cosines = ref.pair_cosines(_best(correlation_runs["correlated"]))
+    assert (cosines.abs() < 0.2).all(), cosines
+
+
+def test_privileged_basis_neurons_become_polysemantic_with_sparsity():
+    per_neuron = ref.features_per_neuron(ref.train_neuron_sweep(progress_bar=False).W.detach())
+    firing = [row[row > 0].mean().item() for row in per_neuron]
+    assert firing[ref.NEURON_SPARSITIES.index(0.0)] < 1.1, firing  # monosemantic
+    for sparsity in (0.9, 0.95, 0.98, 0.99):
+        assert firing[ref.NEURON_SPARSITIES.index(sparsity)] > 2, firing
+
+
+def test_sparse_code_recovers_single_features_that_linear_readouts_cannot(sweep_models):
+    errors = ref.recovery_errors(sweep_models["relu"], ref.SWEEP_SPARSITIES.index(ref.RECOVERY_SPARSITY))
+    single = errors["active features"] == 1
+    sparse, model_readout, pinv = (errors[name][single].mean() for name in
+                                   ("sparse code", "model read-out", "pseudo-inverse"))
+    assert sparse < 0.1 * pinv and sparse < model_readout, (sparse, model_readout, pinv)
