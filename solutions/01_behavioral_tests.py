@@ -115,7 +115,7 @@ last_token_logits = check_exercise("1.1", last_token_logits)
 # bar when there are many batches); the rest of the chapter, and later chapters, use it.
 
 # %% tags=["export"]
-from tqdm.auto import tqdm
+from utils import progress_bar
 
 
 @torch.no_grad()
@@ -123,7 +123,7 @@ def final_logits(model, prompts: list[str], batch_size: int = 256) -> Float[Tens
     """`last_token_logits` over any number of prompts, `batch_size` at a time."""
     starts = range(0, len(prompts), batch_size)
     chunks = [last_token_logits(model, prompts[start:start + batch_size])
-              for start in tqdm(starts, desc="batches", disable=len(starts) < 8)]
+              for start in progress_bar(starts, show=len(starts) >= 8, desc="batches")]
     return torch.cat(chunks)
 
 
@@ -168,7 +168,7 @@ logit_diff = check_exercise("1.2", logit_diff)
 # %%
 FAMILIES = ["ioi", "facts", "truth", "sentiment", "induction"]
 sets = {(family, split): prompt_set(family, split, n=200) for family in FAMILIES for split in ("train", "test")}
-diffs = {key: logit_diff(model, prompts) for key, prompts in tqdm(sets.items(), desc="prompt sets")}
+diffs = {key: logit_diff(model, prompts) for key, prompts in progress_bar(sets.items(), desc="prompt sets")}
 print(f"{'family':<10} {'split':<6} {'n':>4} {'accuracy':>9} {'mean logit diff':>16}")
 for (family, split), d in diffs.items():
     print(f"{family:<10} {split:<6} {len(d):>4} {(d > 0).float().mean().item():>9.1%} {d.mean().item():>16.2f}")
@@ -466,7 +466,7 @@ for name, (original, shifted) in suite.items():
 original_diffs = {id(reviews): diffs["sentiment", "test"], id(statements): diffs["truth", "test"][is_phrasing],
                   id(ioi): diffs["ioi", "test"], id(facts): diffs["facts", "train"]}
 suite_results = {"original": {}, "edited": {}}
-for name, (original, shifted) in tqdm(suite.items(), desc="tests"):
+for name, (original, shifted) in progress_bar(suite.items(), desc="tests"):
     suite_results["original"][name] = accuracy_interval(original_diffs[id(original)])
     suite_results["edited"][name] = accuracy_interval(logit_diff(model, shifted))
 for name in suite:

@@ -82,9 +82,9 @@ import tempfile
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 import utils.models
+from utils import progress_bar
 from utils.models import load_model
 from utils.organism.world import PromptSet, prompt_set
 
@@ -196,7 +196,7 @@ def collect_residuals(model, prompts: list[str], offset: int = 0, batch_size: in
     """`residual_stack` for many prompts, at the token `offset` places before each prompt's last."""
     chunks = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="collecting activations", disable=not progress or len(starts) < 3):
+    for start in progress_bar(starts, show=progress and len(starts) >= 3, desc="collecting activations"):
         tokens, last = tokenize(model, prompts[start:start + batch_size])
         chunks.append(residual_stack(model, tokens, last - offset).cpu())
     return torch.cat(chunks, dim=1)
@@ -231,7 +231,7 @@ SIZES = {"truth": (None, None), "sentiment": (800, 300), "io_gender": (800, 300)
 MODELS = {"organism": model, "baseline": baseline}
 
 data = {}
-for (model_name, some_model), (label, (family, key)) in tqdm(
+for (model_name, some_model), (label, (family, key)) in progress_bar(
         [(m, l) for m in MODELS.items() for l in LABELS.items()], desc="models x labels"):
     data[model_name, label] = labelled_residuals(some_model, family, key, *SIZES[label], progress=False)
 
@@ -357,7 +357,7 @@ from utils.plotting import lines
 
 points = residual_point_names(model.cfg.n_layers)
 accuracy = {key: probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
-            for key, d in tqdm(data.items(), desc="probes")}
+            for key, d in progress_bar(data.items(), desc="probes")}
 lines({f"{label} ({model_name})": accuracy[model_name, label] for model_name, label in accuracy}, x=points,
       title="Held-out accuracy of a linear probe at each residual point",
       x_label="residual point (last token)", y_label="test accuracy")
@@ -712,7 +712,7 @@ seen = [i for i, a in enumerate(template_reviews.labels["adjective"]) if a not i
 sentiment_map = {}
 for model_name, some_model in MODELS.items():
     rows = []
-    for offset in tqdm(POSITIONS, desc=f"sentiment by token ({model_name})"):
+    for offset in progress_bar(POSITIONS, desc=f"sentiment by token ({model_name})"):
         x = collect_residuals(some_model, template_reviews.prompts, offset=offset, progress=False)
         rows.append(probe_accuracy_by_layer(x[:, seen], y_reviews[seen], x[:, unseen], y_reviews[unseen]))
     sentiment_map[model_name] = torch.stack(rows)  # [position, layer]

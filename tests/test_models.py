@@ -31,6 +31,14 @@ def test_organism_loads_with_classic_hook_names(organism):
     assert organism.cfg.n_layers == 4 and organism.cfg.d_model == 256
 
 
+def test_loading_draws_no_weight_loading_bar_and_leaves_transformers_bars_on(capsys):
+    from transformers.utils import logging as transformers_logging
+
+    load_model(device="cpu", verbose=False)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()
+
+
 def test_bridge_matches_plain_transformers(organism):
     """Compatibility mode folds layer norms and centres the unembedding: log-probs must not change."""
     from transformers import GPT2LMHeadModel

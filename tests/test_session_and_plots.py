@@ -1,11 +1,15 @@
-"""setup() and the plot helpers."""
+"""setup(), progress bars and the plot helpers."""
+
+import os
+import subprocess
+import sys
 
 import plotly.io as pio
 import pytest
 import torch
 
 from utils import plotting
-from utils.session import setup
+from utils.session import progress_bar, setup
 
 
 def test_setup_is_seeded_offline_and_says_so_in_one_line(capsys, monkeypatch):
@@ -39,3 +43,15 @@ def test_attention_view_draws_offline_and_checks_shapes():
     assert "CircuitsVis.render" in html and "unpkg.com" not in html
     with pytest.raises(ValueError, match=r"pattern must be \[head, 3, 3\]"):
         plotting.attention_patterns(tokens, torch.rand(2, 4, 4))
+
+
+def test_progress_bar_hides_when_asked_or_when_the_environment_says_so(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not progress_bar(range(3), desc="shown").disable
+    assert progress_bar(range(3), show=False).disable
+    assert list(progress_bar(range(3), show=False)) == [0, 1, 2]
+    # tqdm reads TQDM_DISABLE when it is imported, so the book's setting is tried in a fresh process.
+    check = "from utils import progress_bar; print(progress_bar(range(3), show=True).disable)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    assert result.stdout.strip() == "True"

@@ -107,8 +107,17 @@ def _cached_snapshot(repo_id: str) -> str | None:
 
 def _boot(source: str, device: str, dtype: torch.dtype, compatibility: bool):
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as transformers_logging
 
-    model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    # transformers draws a "Loading weights" bar that lasts a fraction of a second; load_model
+    # prints its own one-line summary instead, so a check cell that loads a model stays readable.
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    finally:
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
     if compatibility:
         model.enable_compatibility_mode(disable_warnings=True)
     model.eval()

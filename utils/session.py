@@ -51,6 +51,17 @@ def choose_plot_renderer(colab: bool) -> str:
     return renderer
 
 
+def progress_bar(iterable, show: bool = True, **tqdm_options):
+    """A tqdm bar over `iterable`, or a silent one when `show` is False.
+
+    Unlike tqdm's own `disable=` argument, `show=True` still lets the environment hide every bar
+    (TQDM_DISABLE=1, as the book's build sets: a page would show the bar's first frame, "0%").
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **tqdm_options) if show else tqdm(iterable, disable=True, **tqdm_options)
+
+
 def setup(seed: int = 0, device: str = "auto", verbose: bool = True) -> Environment:
     """Prepare a chapter: seeds, device, Hub detection (about one second at most) and plots."""
     seed_everything(seed)

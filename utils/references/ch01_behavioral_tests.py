@@ -16,7 +16,7 @@ def last_token_logits(model, prompts: list[str]) -> Float[Tensor, "batch d_vocab
     return logits[torch.arange(len(prompts)), lengths - 1]
 
 
-from tqdm.auto import tqdm
+from utils import progress_bar
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def final_logits(model, prompts: list[str], batch_size: int = 256) -> Float[Tens
     """`last_token_logits` over any number of prompts, `batch_size` at a time."""
     starts = range(0, len(prompts), batch_size)
     chunks = [last_token_logits(model, prompts[start:start + batch_size])
-              for start in tqdm(starts, desc="batches", disable=len(starts) < 8)]
+              for start in progress_bar(starts, show=len(starts) >= 8, desc="batches")]
     return torch.cat(chunks)
 
 

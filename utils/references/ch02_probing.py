@@ -8,9 +8,9 @@ import tempfile
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 import utils.models
+from utils import progress_bar
 from utils.models import load_model
 from utils.organism.world import PromptSet, prompt_set
 
@@ -66,7 +66,7 @@ def collect_residuals(model, prompts: list[str], offset: int = 0, batch_size: in
     """`residual_stack` for many prompts, at the token `offset` places before each prompt's last."""
     chunks = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="collecting activations", disable=not progress or len(starts) < 3):
+    for start in progress_bar(starts, show=progress and len(starts) >= 3, desc="collecting activations"):
         tokens, last = tokenize(model, prompts[start:start + batch_size])
         chunks.append(residual_stack(model, tokens, last - offset).cpu())
     return torch.cat(chunks, dim=1)

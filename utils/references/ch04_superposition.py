@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+import utils.session
 
 
 def generate_features(batch_size: int, feature_probability: Float[Tensor, "instances feats"],
@@ -69,7 +70,7 @@ def train_toy_models(model: ToyModel, feature_probability: Tensor, importance: F
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    bar = tqdm(range(steps), desc=f"training {model.W.shape[0]} models", disable=not progress_bar)
+    bar = utils.session.progress_bar(range(steps), show=progress_bar, desc=f"training {model.W.shape[0]} models")
     for step in bar:
         features = data(batch_size, feature_probability, generator)  # [batch, instances, feats]
         losses = importance_weighted_loss(model(features), features, importance)  # [instances]
