@@ -115,6 +115,15 @@ def test_every_chapter_of_the_book_was_built():
     assert sorted(p.stem for p in (SITE / "chapters").glob("*.html")) == wanted
 
 
+def test_no_chapter_page_shows_a_frozen_progress_bar():
+    """The build hides progress bars (TQDM_DISABLE=1): a page can only show a bar's first frame."""
+    need_built_book()
+    for page in (SITE / "chapters").glob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        bars = re.findall(r"[^>\n]*\d+%\|[^<\n]*", html)  # a tqdm frame: "name:  40%|####  | 2/5 [..."
+        assert not bars, f"{page.name} shows a progress bar: {bars[:2]}"
+
+
 REMOTE = re.compile(r'<(?:script|img|link|iframe|source)\b[^>]*?\s(?:src|href)="((?:https?:)?//[^"]*)"')
 
 

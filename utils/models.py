@@ -7,6 +7,7 @@ names are the classic ones (`blocks.3.hook_resid_post`) whatever was loaded.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import socket
@@ -105,19 +106,29 @@ def _cached_snapshot(repo_id: str) -> str | None:
         return None
 
 
-def _boot(source: str, device: str, dtype: torch.dtype, compatibility: bool):
-    from transformer_lens.model_bridge import TransformerBridge
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' own progress bars ("Loading weights", "Writing model shards") for a moment.
+
+    They last a fraction of a second on the models here and would clutter every cell that loads
+    or saves one; load_model prints its own one-line summary instead.
+    """
     from transformers.utils import logging as transformers_logging
 
-    # transformers draws a "Loading weights" bar that lasts a fraction of a second; load_model
-    # prints its own one-line summary instead, so a check cell that loads a model stays readable.
-    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+        yield
     finally:
-        if bar_was_on:
+        if bars_were_on:
             transformers_logging.enable_progress_bar()
+
+
+def _boot(source: str, device: str, dtype: torch.dtype, compatibility: bool):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with quiet_transformers():
+        model = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
     if compatibility:
         model.enable_compatibility_mode(disable_warnings=True)
     model.eval()

@@ -52,14 +52,15 @@ def choose_plot_renderer(colab: bool) -> str:
 
 
 def progress_bar(iterable, show: bool = True, **tqdm_options):
-    """A tqdm bar over `iterable`, or a silent one when `show` is False.
+    """A tqdm bar over `iterable`; a silent one when `show` is False or TQDM_DISABLE is set.
 
-    Unlike tqdm's own `disable=` argument, `show=True` still lets the environment hide every bar
-    (TQDM_DISABLE=1, as the book's build sets: a page would show the bar's first frame, "0%").
+    The book's build sets TQDM_DISABLE=1: a page would show a bar's first frame, "0%". tqdm's
+    notebook bar ignores that variable, so it is read here.
     """
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, **tqdm_options) if show else tqdm(iterable, disable=True, **tqdm_options)
+    hidden = not show or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    return tqdm(iterable, disable=hidden, **tqdm_options)
 
 
 def setup(seed: int = 0, device: str = "auto", verbose: bool = True) -> Environment:

@@ -23,7 +23,7 @@ def random_init_model(seed: int = 0, folder: str | None = None, device: str = "c
     folder = str(folder or utils.models.ORGANISM_DIR)
     torch.manual_seed(seed)
     untrained = GPT2LMHeadModel(GPT2Config.from_pretrained(folder))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, utils.models.quiet_transformers():
         untrained.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
         return load_model(tmp, device=device, verbose=False)
