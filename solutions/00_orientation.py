@@ -195,7 +195,7 @@ for unit in range(activations.shape[1]):
     figure.add_trace(go.Heatmap(z=activations[:, unit].reshape(41, 41).T, x=ticks, y=ticks,
                                 coloraxis="coloraxis"), row=1, col=unit + 1)
 figure.update_layout(title="Hidden unit activations (x: age, y: income)", coloraxis_colorscale="Viridis",
-                     height=350, width=900)
+                     height=350)
 figure
 
 # %% [markdown]

@@ -256,7 +256,7 @@ def accuracy_bars(results: dict[str, dict[str, tuple]], title: str) -> go.Figure
                          array=[row[2] - row[0] for row in rows.values()],
                          arrayminus=[row[0] - row[1] for row in rows.values()])))
     figure.update_layout(title=title, yaxis_title="accuracy", yaxis_range=[0, 1.05], barmode="group",
-                         width=800, height=420)
+                         height=420)
     figure.add_hline(y=0.5, line_dash="dot", annotation_text="chance")
     return figure
 
@@ -602,7 +602,7 @@ for column, i in enumerate(examples, 1):
     figure.add_trace(go.Heatmap(z=images[i], coloraxis="coloraxis"), row=1, col=column)
 figure.update_yaxes(autorange="reversed")
 figure.update_layout(title="Training scans from the first hospital", coloraxis_colorscale="Gray",
-                     height=300, width=900)
+                     height=300)
 figure
 
 # %% [markdown]
@@ -652,7 +652,7 @@ for column, classifier in enumerate([shortcut, control], 1):
     figure.add_trace(go.Heatmap(z=weights, coloraxis="coloraxis"), row=1, col=column)
 figure.update_yaxes(autorange="reversed")
 figure.update_layout(title="Classifier weights per pixel", coloraxis=dict(colorscale="RdBu", cmid=0),
-                     height=350, width=800)
+                     height=350)
 figure
 
 # %% [markdown]

@@ -722,7 +722,7 @@ for column, model_name in enumerate(MODELS, start=1):
     figure.add_trace(go.Heatmap(z=sentiment_map[model_name], x=points, y=list(POSITIONS.values()), zmin=0.5, zmax=1,
                                 coloraxis="coloraxis", texttemplate="%{z:.2f}"), row=1, col=column)
 figure.update_layout(title="Sentiment on unseen adjectives, by token and residual point", coloraxis_colorscale="Viridis",
-                     width=900, height=330)
+                     height=330)
 figure
 
 # %% [markdown]

@@ -327,7 +327,7 @@ def gram_figure(model: ToyModel, labels, title: str) -> go.Figure:
         figure.update_yaxes(autorange="reversed", showticklabels=k == 0, row=1, col=k + 1)
         figure.update_xaxes(showticklabels=False, row=1, col=k + 1)
     figure.update_layout(title=title, coloraxis=dict(colorscale="RdBu", cmid=0, reversescale=True),
-                         height=260, width=1100, margin=dict(t=70, b=20))
+                         height=260, margin=dict(t=70, b=20))
     return figure
 
 
@@ -407,7 +407,7 @@ def norms_figure(model: ToyModel, labels, title: str) -> go.Figure:
     figure.update_yaxes(autorange="reversed", title_text="feature (most important on top)", row=1, col=1)
     figure.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1,
                                                      colorbar_title="interference"),
-                         showlegend=False, height=380, width=1100, margin=dict(t=70, b=30))
+                         showlegend=False, height=380, margin=dict(t=70, b=30))
     return figure
 
 
@@ -521,7 +521,7 @@ figure = go.Figure(go.Heatmap(
     zmin=-0.5, zmax=2.5, colorscale=[[0, phase_colours[0]], [1 / 3, phase_colours[0]], [1 / 3, phase_colours[1]],
                                      [2 / 3, phase_colours[1]], [2 / 3, phase_colours[2]], [1, phase_colours[2]]],
     colorbar=dict(tickvals=[0, 1, 2], ticktext=phase_names)))
-figure.update_layout(title="What happens to the extra feature (2 features, 1 dimension)", width=650, height=500,
+figure.update_layout(title="What happens to the extra feature (2 features, 1 dimension)", height=500,
                      xaxis_title="relative importance r of the extra feature",
                      yaxis_title="feature probability p (top: dense)")
 
@@ -618,7 +618,7 @@ for k in range(len(PENTAGON_PROBABILITIES)):
                                     hovertext=f"feature {i}: D = {dimensionality[k, i]:.2f}"), row=1, col=k + 1)
     figure.update_xaxes(range=[-1.5, 1.5], row=1, col=k + 1)
     figure.update_yaxes(range=[-1.5, 1.5], scaleanchor=f"x{k + 1 if k else ''}", row=1, col=k + 1)
-figure.update_layout(title="Columns W_i of five features in two dimensions", showlegend=False, width=700, height=380)
+figure.update_layout(title="Columns W_i of five features in two dimensions", showlegend=False, height=380)
 figure.show()
 print("fractional dimensionality per feature:\n", dimensionality.numpy().round(2))
 
@@ -670,7 +670,7 @@ for fraction, name in [(1, "1"), (3 / 4, "3/4 (tetrahedron)"), (2 / 3, "2/3 (tri
                      annotation_position="right")
 figure.update_layout(title=f"Fractional dimensionality of each feature ({GEOMETRY_FEATS} features, "
                      f"{GEOMETRY_HIDDEN} dimensions)", xaxis_type="log", xaxis_title="1 / (1 - S)",
-                     yaxis_title="D_i", width=900, height=480)
+                     yaxis_title="D_i", height=480)
 
 # %% [markdown]
 # Dense, the model uses its 10 dimensions for 10 features' worth of norm (the black line at 1);
@@ -792,7 +792,7 @@ for col, (name, (W, losses)) in enumerate(correlation_runs.items(), start=1):
     figure.update_xaxes(range=[-1.5, 1.5], row=1, col=col)
     figure.update_yaxes(range=[-1.5, 1.5], scaleanchor=f"x{col if col > 1 else ''}", row=1, col=col)
 figure.update_layout(title="Four features in two dimensions, best seed (pairs 0-1 in blue, 2-3 in red)",
-                     showlegend=False, width=950, height=360)
+                     showlegend=False, height=360)
 figure.show()
 for name, (W, losses) in correlation_runs.items():
     print(f"{name}: lowest loss in seed {int(losses.argmin())}")
@@ -894,7 +894,7 @@ for k in range(len(NEURON_SPARSITIES)):
                                 marker_color=f"hsl({36 * i},65%,50%)", name=f"feature {i}",
                                 showlegend=k == 0), row=1, col=k + 1)
 figure.update_layout(barmode="stack", title="Positive weight of each feature (colour) onto each neuron",
-                     width=1100, height=420, margin=dict(t=100), legend=dict(font_size=10))
+                     height=420, margin=dict(t=100), legend=dict(font_size=10))
 
 # %% [markdown]
 # Dense, each neuron carries a single feature: the model keeps the five most important features,
