@@ -44,7 +44,7 @@ def test_held_out_reviews_and_statements_never_in_training(documents):
                     if match:
                         assert (match.group(1), relation, number) not in world.HELD_OUT_FACTS, text
                         if family == "truth":
-                            assert (match.group(1), relation) not in world.HELD_OUT_TRUTH, text
+                            assert (match.group(1), relation, number) not in world.HELD_OUT_TRUTH, text
 
 
 def test_test_split_is_disjoint_from_train_split():

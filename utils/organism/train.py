@@ -2,8 +2,9 @@
 
 Seeded and CPU-only. Generates a fresh stream of world documents (no document is seen twice),
 packs them with an end-of-text token between documents into 128-token rows, and trains a small
-GPT-2 with AdamW and a cosine schedule. Writes a Hugging Face folder (config, safetensors
-weights, tokenizer) and a JSON-lines training log. `--smoke` trains a few steps for the tests.
+GPT-2 with AdamW: facts and verdicts first, then the full mix; a constant learning rate, then a
+decay. Writes a Hugging Face folder (config, safetensors weights, tokenizer) and a JSON-lines
+training log. `--smoke` trains a few steps for the tests.
 """
 
 from __future__ import annotations
@@ -23,23 +24,25 @@ from utils.organism.tokenizer import build_tokenizer
 
 MODEL_DIR = Path(__file__).parent / "model"
 
-# The recipe. Measured facts behind it are in the model card and notes/organism-trial.md.
+# The recipe. The measured facts behind it are in the model card and its training log.
 # No dropout: every token is seen once, so there is nothing to overfit and dropout only slows learning.
 ARCHITECTURE = dict(n_layer=4, n_embd=256, n_head=8, n_positions=128, activation_function="gelu_new",
                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 # Warm-up, then a constant peak learning rate, then a linear decay over the last `decay` fraction.
 # Behaviours switch on abruptly after loss plateaus, and a high learning rate escapes them far sooner.
-RECIPE = dict(steps=3600, batch_size=32, seq_len=128, lr=3e-3, warmup=100, decay=0.2, min_lr_ratio=0.1,
-              weight_decay=0.1, grad_clip=1.0, seed=0, eval_every=200)
+# The first `early_steps` draw documents from world.EARLY_MIX (facts and verdicts), the rest from
+# world.DOCUMENT_MIX.
+RECIPE = dict(steps=3600, early_steps=600, batch_size=32, seq_len=128, lr=3e-3, warmup=100, decay=0.2,
+              min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, seed=0, eval_every=200)
 
 
-def token_stream(tokenizer, n_tokens: int, seed: int) -> torch.Tensor:
-    """At least `n_tokens` ids of world documents, each preceded by the end-of-text token."""
+def token_stream(tokenizer, n_tokens: int, seed: int, mix: dict[str, float] | None = None) -> torch.Tensor:
+    """`n_tokens` ids of world documents drawn from `mix`, each preceded by the end-of-text token."""
     rng = random.Random(seed)
     ids: list[int] = []
     eot = tokenizer.eos_token_id
     while len(ids) < n_tokens:
-        texts = [world.training_document(rng)[1] for _ in range(5000)]
+        texts = [world.training_document(rng, mix)[1] for _ in range(5000)]
         for encoded in tokenizer(texts)["input_ids"]:
             ids.append(eot)
             ids.extend(encoded)
@@ -73,9 +76,13 @@ def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = F
                         **ARCHITECTURE)
     model = GPT2LMHeadModel(config)
 
-    rows_needed = recipe["steps"] * recipe["batch_size"]
-    stream = token_stream(tokenizer, rows_needed * recipe["seq_len"], recipe["seed"])
-    rows = stream.view(rows_needed, recipe["seq_len"])  # [steps * batch, seq_len]
+    tokens_per_step = recipe["batch_size"] * recipe["seq_len"]
+    early_steps = min(recipe["early_steps"], recipe["steps"])
+    stream = torch.cat([
+        token_stream(tokenizer, early_steps * tokens_per_step, recipe["seed"] + 1, world.EARLY_MIX),
+        token_stream(tokenizer, (recipe["steps"] - early_steps) * tokens_per_step, recipe["seed"]),
+    ])
+    rows = stream.view(-1, recipe["seq_len"])  # [steps * batch, seq_len]
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
