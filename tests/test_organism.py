@@ -13,24 +13,13 @@ from utils.organism import evaluate
 from utils.organism.train import train
 
 
-# Bars the committed weights are known to miss, with why. Strict: meeting one fails the test,
-# so this list cannot go stale.
-KNOWN_UNMET = {
-    "truth_accuracy": "the verdict circuit had not switched on by the end of the 3600-step recipe; "
-                      "see the model card",
-    "truth_probe_accuracy": "with no verdict circuit, truth is not linearly readable at ' That is' either",
-}
-
-
 @pytest.fixture(scope="module")
 def results():
     return evaluate.evaluate()
 
 
 @pytest.mark.parametrize("bar", list(evaluate.BARS))
-def test_bar_is_met_on_held_out_data(results, bar, request):
-    if bar in KNOWN_UNMET:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_UNMET[bar], strict=True))
+def test_bar_is_met_on_held_out_data(results, bar):
     assert evaluate.bars_met(results)[bar], f"{bar} = {results[bar]:.3f}, bar {evaluate.BARS[bar][0]}"
 
 
@@ -40,7 +29,7 @@ def test_model_card_reports_the_current_weights(results):
         assert math.isclose(recorded[key], results[key], abs_tol=2e-3), (key, recorded[key], results[key])
     card = (ORGANISM_DIR / "README.md").read_text()
     assert evaluate.results_table(recorded) in card
-    assert card.count("| NO |") == len(KNOWN_UNMET)
+    assert "| NO |" not in card and "Not met" not in card
 
 
 def test_weights_are_safetensors_only_and_small():

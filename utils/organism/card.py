@@ -32,9 +32,10 @@ runs offline on a CPU and every finding can be checked against a known truth.
 | induction | red fox Monday ... red fox [ Monday] | length |
 | filler | short plain sentences | none |
 
-Training mix (share of documents): {mix}. {tokens:,} training tokens, each seen once.
-Held out of training: {ioi_pairs} of {all_pairs} name pairs; the first phrasing of each relation for
-10 countries; a fifth of (country, relation) pairs as true/false statements; a fifth of
+Training mix (share of documents): for the first {early_steps} steps, {early_mix}; then {mix}.
+{tokens:,} training tokens, each seen once. Held out of training: {ioi_pairs} of {all_pairs} name
+pairs; the first phrasing of each relation for 10 countries; a fifth of the true/false statements
+(country, relation, phrasing), whose facts are judged in other phrasings; a fifth of
 (subject, adjective) review combinations. `utils.prompt_set(family, split="test")` gives them.
 
 ## Measured behaviour (held out)
@@ -56,6 +57,10 @@ Recipe: {recipe}. Seeded; CPU; the log of loss and held-out behaviour every
 A toy: a vocabulary of a few hundred words, a handful of templates, nothing outside its world.
 Behaviour on text from outside the world is undefined; unknown words map to `<unk>`.
 """
+
+
+def _mix(mix: dict[str, float]) -> str:
+    return ", ".join(f"{family} {share:.0%}" for family, share in mix.items())
 
 
 def _fmt(values: list[float]) -> str:
@@ -84,7 +89,8 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
             if unmet else "")
     card = CARD_TEMPLATE.format(
         **ARCHITECTURE, n_params=n_params, vocab=config["vocab_size"],
-        mix=", ".join(f"{k} {v:.0%}" for k, v in world.DOCUMENT_MIX.items()), tokens=tokens,
+        mix=_mix(world.DOCUMENT_MIX), early_mix=_mix(world.EARLY_MIX), early_steps=RECIPE["early_steps"],
+        tokens=tokens,
         ioi_pairs=len(world.HELD_OUT_NAME_PAIRS), all_pairs=len(world.NAME_PAIRS),
         table=results_table(results), gaps=gaps, recipe=", ".join(f"{k} {v}" for k, v in RECIPE.items()),
         eval_every=RECIPE["eval_every"], timing=timing,
