@@ -327,11 +327,11 @@ print("\nweakest groups:", ", ".join(f"{name} {acc:.0%} (n={n})" for acc, name, 
 # Look at the weakest groups, and at their `n` before you trust them: a group of 6 prompts at 83%
 # is one mistake. When the interval is wide, the honest summary is "we don't know yet".
 #
-# Our model's truth verdicts show what a breakdown adds. At 50% the family looks like a coin flip,
-# but split by the `truth` label it is not random at all: it gives the *same* verdict to every
-# statement, right for one half and wrong for the other. Overall accuracy on a balanced set cannot
-# tell "guesses" from "always says the same thing"; the breakdown can. (The model card,
-# `utils/organism/model/README.md`, lists this behaviour as not learned.)
+# Our model's truth verdicts show what a breakdown adds. Overall they are right about 98% of the
+# time, and the few mistakes could be anywhere. Split by the `truth` label, they are not: every one
+# is a *false* statement called true. The model errs in one direction only. On a balanced set the
+# same split is what tells a model that guesses from one that always gives the same verdict: both
+# score 50% overall, and only the breakdown shows which.
 
 # %% [markdown]
 # ## 2. A behavioural test suite
@@ -485,16 +485,17 @@ print("clear failures:", *failures, sep="\n  ")
 # **What the suite finds.** Three kinds of result stand out.
 # - *Edits that stay inside the world's grammar pass*: an intensifier in a review, `" also"` in an
 #   IOI sentence, a sentence about another country before a fact.
-# - *Negation fails completely.* Told that the phone was "not amazing", the model still loves it:
-#   it reads the adjective and ignores the word before it. Nothing in its training ever negated a
-#   review, so nothing ever rewarded reading `" not"`. (The negated statements tell us nothing
-#   new if the model could not judge statements in the first place: compare the two bars.)
-# - *IOI passes for a reason we did not expect.* One plain sentence about the **subject** before
-#   the story pulls the model down towards chance, while the same sentence about the indirect
-#   object hardly matters. Yet in those failing prompts the right answer is the only name that
-#   is mentioned once, so whatever the model computes, it is not simply "the name that is not
-#   repeated". Days of the week in place of names land in between: the skill only partly
-#   transfers beyond names.
+# - *Negation fails.* Told that the phone was "not amazing", the model still loves it: it reads the
+#   adjective and ignores the word before it. Nothing in its training ever negated a review, so
+#   nothing ever rewarded reading `" not"`. Negated statements fail differently: the verdict falls
+#   to about chance. The `" not"` disturbs the judgement without being understood.
+# - *IOI holds up less well than the held-out score suggests.* One plain sentence about either
+#   person before the story costs accuracy. A sentence about the **indirect object** costs the
+#   most: its name then appears twice, as often as the subject's, so "the name that is not
+#   repeated" no longer picks the answer, yet the model still gets most prompts right. A sentence
+#   about the **subject** costs less, but it costs something, although the right answer is then
+#   the only name mentioned once. Whatever the model computes, it is not simply counting names.
+#   Days of the week in place of names land below the names: the skill only partly transfers.
 #
 # The held-out split could show none of this: every held-out IOI prompt starts with the story,
 # and every review says what it means.

@@ -383,7 +383,8 @@ for label in LABELS:
 #   say it next), and the gender comes along with the name. The random model's blurred average of
 #   the earlier tokens holds both names, which lets its probe guess better than chance.
 # - **Truth** needs the country and the stated value *combined*. The random model cannot combine
-#   them and stays at chance. The organism does a little better, but not much.
+#   them and stays at chance. The organism's first block already does most of the work, and the
+#   later blocks sharpen it: the verdict is computed early, well before the model has to say it.
 #
 # ### The payoff of a known world
 # With a real model we would have to guess what the model does with these labels. Here we can check:
@@ -424,14 +425,15 @@ for label in LABELS:
           f"the model's own answer is right on {behaviour[label]:.2f} of the same prompts")
 
 # %% [markdown]
-# Three different stories:
+# Three stories:
 # - **Sentiment:** probe and output agree, both perfect.
-# - **Truth:** the output verdict is at chance. The organism never learned this task (its model card
-#   says so: the behaviour had not switched on when training ended). A probe at 0.6 on a model that
-#   cannot do the task: that is what a *weak* probe result can mean. Without the known answer, it
-#   would be tempting to call it "a partial representation of truth". (In an earlier trial of the
-#   organism recipe, the opposite happened: a truth probe read 0.99 while the output was right only
-#   60% of the time. Probe and behaviour can disagree in both directions.)
+# - **Truth:** probe and output agree again, both right on about 98% of the prompts. That
+#   agreement is a finding, not a given. An earlier organism, trained on the same world without a
+#   facts-first phase, never learned the verdict: its output sat at chance while a truth probe
+#   still read 0.6. On a model that cannot do the task, that is what a *weak* probe result can mean,
+#   and without the known answer it would be tempting to call it "a partial representation of
+#   truth". Another trial showed the opposite: a probe at 0.99 while the output was right only 60%
+#   of the time. Probe and behaviour can disagree in both directions.
 # - **Gender:** the output here is a *name*: "right" means the indirect object beats the repeated
 #   name. Nobody asks the model for a gender, yet the probe reads it. Section 5 asks whether the
 #   answer depends on it.
@@ -599,8 +601,10 @@ for name, labels in (("real labels", d["y_train"]), ("shuffled labels", shuffled
     print(f"truth, {name:<16} accuracy on training prompts {train_accuracy:.2f}, on held-out prompts {test_accuracy:.2f}")
 
 # %% [markdown]
-# On the prompts it was trained on, the probe fits the shuffled labels about as well as the real
-# ones. Only the held-out split tells them apart. Training accuracy is not evidence.
+# With labels that mean nothing, the probe still gets about two training prompts in three right:
+# that much is pure fitting, 257 parameters against 720 prompts. On held-out prompts it has nothing
+# to go on and lands at chance or below (a meaningless labelling swings widely on 180 prompts). Only
+# the held-out split tells real from shuffled. Training accuracy is not evidence.
 #
 # **Control 2: a control task** (Hewitt and Liang, 2019). Give every *word type* a random label and
 # keep it fixed: every review with the adjective "dull" gets the same random label, whatever the
@@ -848,8 +852,8 @@ bars([v for values in ablation.values() for v in values.values()],
 # right every time, with its logit difference barely lower: the organism carries the gender to the
 # last token along with the name, but does not need it to pick the name.
 #
-# Removing a direction at *every* point is a blunter tool. For gender, it costs the name answer a
-# good part of its logit difference (while the answer stays right). Is that because gender matters
+# Removing a direction at *every* point is a blunter tool. For gender, it costs the name answer some
+# of its logit difference (while the answer stays right). Is that because gender matters
 # after all? The known world answers: split the prompts by whether the two names have the same gender.
 # If gender helped choose the name, the loss would fall on the mixed pairs, where gender tells the
 # names apart; for a woman and a woman it cannot help.
@@ -862,7 +866,7 @@ for run, diffs in ablated_diffs["io_gender"].items():
     print(f"{run:<35} same-gender pairs {diffs[same_gender].mean():6.2f}   mixed pairs {diffs[~same_gender].mean():6.2f}")
 
 # %% [markdown]
-# The loss is the same for both kinds of pair, so whatever those directions carry that the answer
+# The loss is about the same for both kinds of pair, so whatever those directions carry that the answer
 # needs, it is not gender. (The difference-of-means directions at the early points, where gender
 # cannot be read at all, are mostly noise, and noise directions estimated from residual streams lean
 # towards the directions in which the residual stream varies most.)

@@ -138,7 +138,8 @@ def test_the_organism_findings_the_chapter_describes(organism):
     assert accuracy(ref.insert_word(ioi, " also", verbs)) > 0.9
     about_io = ref.with_prefix(ioi, [f"{io} saw a red dog in the park. " for io in ioi.labels["io"]])
     about_s = ref.with_prefix(ioi, [f"{s} saw a red dog in the park. " for s in ioi.labels["s"]])
-    assert accuracy(about_io) > 0.85 and accuracy(about_s) < 0.75 and accuracy(about_io) > accuracy(about_s) + 0.2
+    assert 0.6 < accuracy(about_io) < 0.85 and accuracy(about_s) < 0.95  # both cost, about_io the most
+    assert accuracy(about_s) > accuracy(about_io) + 0.05
     days = ref.replace_names(ioi, [world.DAYS[i % 7] for i in range(len(ioi))],
                              [world.DAYS[(i + 3) % 7] for i in range(len(ioi))])
     assert 0.55 < accuracy(days) < 0.95  # in between
@@ -147,4 +148,8 @@ def test_the_organism_findings_the_chapter_describes(organism):
     assert accuracy(ref.with_prefix(facts, [f"Mary wrote to John from {c} on Monday. " for c in others])) > 0.9
     truth = prompt_set("truth", "test")
     by_label = ref.group_accuracy(ref.logit_diff(organism, truth), truth.labels["truth"])
-    assert min(by_label.values()) < 0.1 and max(by_label.values()) > 0.9  # the same verdict for every statement
+    assert by_label[1] == 1.0 and 0.9 < by_label[0] < 1.0  # a few errors, all false statements called true
+    statements = truth.subset([i for i, (p, v) in enumerate(zip(truth.prompts, truth.labels["stated"]))
+                               if f" is {v}." in p])
+    negated = ref.insert_word(statements, " not", [" " + v for v in statements.labels["stated"]], flip=True)
+    assert 0.3 < accuracy(negated) < 0.7  # negated statements: about chance

@@ -100,18 +100,21 @@ def test_nothing_is_readable_from_the_embeddings_of_the_last_token():
             assert measured(model_name, family, label)["accuracy"][0] < 0.62, (model_name, label)
 
 
-def test_truth_is_not_learned_and_only_weakly_readable():
-    """The text says: the organism's verdict is at chance, its truth probe a little above, the baseline's at chance."""
+def test_truth_is_read_from_the_first_block_on_and_agrees_with_the_output():
+    """The text says: the organism's first block does most of the work, later blocks sharpen it, the
+    probe agrees with the output verdict, and the baseline stays at chance."""
     prompts = world.prompt_set("truth", "test")
-    assert (ref.logit_diffs(models()["organism"], prompts) > 0).float().mean() < 0.6
-    assert 0.52 < measured("organism", "truth", "truth")["accuracy"].max() < 0.75
+    verdict = (ref.logit_diffs(models()["organism"], prompts) > 0).float().mean()
+    probe = measured("organism", "truth", "truth")["accuracy"]
+    assert probe[1] > 0.9 and probe[-1] >= probe[1] and verdict > 0.95
+    assert abs(probe.max() - verdict) < 0.03
     assert measured("baseline", "truth", "truth")["accuracy"].max() < 0.58
 
 
 def test_sentiment_is_read_after_one_block_and_gender_only_after_the_last():
     sentiment, gender = measured("organism", "sentiment", "sentiment"), measured("organism", "ioi", "io_gender")
     assert sentiment["accuracy"][1:].min() > 0.97
-    assert gender["accuracy"][-1] > 0.8 and gender["accuracy"][:-1].max() < 0.7
+    assert gender["accuracy"][-1] > 0.7 and gender["accuracy"][:-1].max() < 0.6
 
 
 def test_a_probe_fits_shuffled_truth_labels_on_its_training_prompts():
@@ -122,8 +125,8 @@ def test_a_probe_fits_shuffled_truth_labels_on_its_training_prompts():
         probe = ref.train_probe(data["x_train"][-1], labels)
         train_accuracy[name] = ((probe(data["x_train"][-1]) > 0) == labels.bool()).float().mean()
         test_accuracy[name] = ((probe(data["x_test"][-1]) > 0) == data["y_test"].bool()).float().mean()
-    assert train_accuracy["shuffled"] > train_accuracy["real"] - 0.1, train_accuracy
-    assert abs(test_accuracy["shuffled"] - 0.5) < 0.08, test_accuracy
+    assert 0.6 < train_accuracy["shuffled"] < train_accuracy["real"], train_accuracy  # fitting, well above chance
+    assert test_accuracy["shuffled"] < 0.6 and test_accuracy["real"] > 0.95, test_accuracy
 
 
 def test_random_model_sentiment_is_a_word_shortcut():
@@ -193,7 +196,7 @@ def test_sentiment_direction_is_used():
 
 
 def test_gender_is_decodable_but_not_used():
-    assert measured("organism", "ioi", "io_gender")["accuracy"].max() > 0.8
+    assert measured("organism", "ioi", "io_gender")["accuracy"].max() > 0.7
     prompts, diffs = _erased_runs("ioi", "io_gender")
     assert 0.9 < diffs["random"].mean() / diffs["nothing"].mean() < 1.1
     assert diffs["last"].mean() / diffs["nothing"].mean() > 0.8
