@@ -19,16 +19,18 @@ EXERCISES = load_all_exercises()
 CHECK_CALL = re.compile(r'check_exercise\("(?P<id>\d+\.\d+)", (?P<name>\w+)\)')
 
 
-def planted_mistakes() -> dict[str, list]:
-    """{exercise id: [(wrong function, hint substring), ...]} from tests/planted/*.py."""
-    mistakes = {}
+def planted(kind: str) -> dict[str, list]:
+    """`MISTAKES` ({id: [(wrong function, hint substring), ...]}) or `ALTERNATIVES` ({id: [correct
+    function, ...]}) gathered from every tests/planted/chNN_slug.py."""
+    gathered = {}
     for path in sorted((Path(__file__).parent / "planted").glob("ch*.py")):
         module = importlib.import_module(f"tests.planted.{path.stem}")
-        mistakes.update(module.MISTAKES)
-    return mistakes
+        gathered.update(getattr(module, kind, {}))
+    return gathered
 
 
-MISTAKES = planted_mistakes()
+MISTAKES = planted("MISTAKES")
+ALTERNATIVES = planted("ALTERNATIVES")
 
 
 def student_stubs() -> dict[str, object]:
@@ -79,6 +81,13 @@ def test_planted_mistakes_are_rejected_with_their_hint(exercise_id):
         verdict = grade(exercise_id, mistaken)
         assert verdict.status == WRONG, f"{mistaken.__name__}: {verdict}"
         assert hint in verdict.message, f"{mistaken.__name__}: {verdict}"
+
+
+@pytest.mark.parametrize("exercise_id", sorted(ALTERNATIVES))
+def test_correct_alternatives_pass(exercise_id):
+    for alternative in ALTERNATIVES[exercise_id]:
+        verdict = grade(exercise_id, alternative)
+        assert verdict.status == PASSED, f"{alternative.__name__}: {verdict}"
 
 
 def _raises(*args, **kwargs):

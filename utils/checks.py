@@ -8,11 +8,15 @@ verdict, so a check never crashes on a malformed answer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
+import sysconfig
 import traceback
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -55,7 +59,7 @@ class Verdict:
 
     def __str__(self) -> str:
         line = f"Exercise {self.exercise} ({self.title}): {self.status}"
-        return f"{line}. {self.message}" if self.message else f"{line}."
+        return f"{line}. {one_line(self.message)}" if self.message else f"{line}."
 
     __repr__ = __str__
 
@@ -91,24 +95,121 @@ def get_exercise(exercise_id: str) -> Exercise:
 # ------------------------------------------------------------------------------------------
 # Helpers for writing checks
 # ------------------------------------------------------------------------------------------
+# Code in these folders is a library's, not the learner's: a NotImplementedError raised there
+# (torch's `nn.Module` without `forward`, say) is a real error, not an untouched stub.
+_LIBRARY_DIRS = tuple({str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("stdlib", "purelib", "platlib")})
+
+
+def _is_learner_frame(frame: traceback.FrameSummary) -> bool:
+    if frame.filename.startswith("<"):  # exec'd source: a notebook cell or a test's stub
+        return True
+    return not str(Path(frame.filename).resolve()).startswith(_LIBRARY_DIRS)
+
+
+def _raised_by_learner(error: BaseException) -> bool:
+    """True when the innermost frame of `error` is the learner's code (a notebook cell, a script)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return not frames or _is_learner_frame(frames[-1])
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` with every run of whitespace (newlines included) made one space, cut to `limit`."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _error_line(error: BaseException) -> str:
+    """The error and the last line of the learner's own code it passed through."""
+    frames = traceback.extract_tb(error.__traceback__)
+    learner_frames = [frame for frame in frames[1:] if _is_learner_frame(frame)]  # frames[0] is call()
+    where = learner_frames[-1] if learner_frames else frames[-1]
+    return one_line(f"your function raised {type(error).__name__}: {error} (line {where.lineno}: {where.line})")
+
+
 def call(candidate: Callable, *args, **kwargs):
-    """Call the learner's function; a stub becomes NotAttempted, any other error a Wrong."""
+    """Call the learner's function; a stub becomes NotAttempted, any other error a Wrong.
+
+    Only a NotImplementedError raised by the learner's own code counts as "not attempted"; one
+    raised inside torch or another library is reported as the error it is.
+    """
     try:
         return candidate(*args, **kwargs)
     except NotImplementedError as error:
-        raise NotAttempted() from error
-    except Wrong:
+        if _raised_by_learner(error):
+            raise NotAttempted() from error
+        raise Wrong(_error_line(error)) from error
+    except (Wrong, NotAttempted):
         raise
     except Exception as error:  # the learner's code failed: report it as a verdict, not a crash
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        raise Wrong(f"your function raised {type(error).__name__}: {error} "
-                    f"(line {where.lineno}: {where.line})") from error
+        raise Wrong(_error_line(error)) from error
+
+
+def call_on_inputs(candidate: Callable, cases: Iterable[tuple[tuple, dict]]) -> list:
+    """Call the learner's function once per `(args, kwargs)` case, in order, and return the results.
+
+    Checks compare every result, so an answer that memoises its first result, ignores an
+    argument or only works on its first call is caught.
+    """
+    return [call(candidate, *args, **kwargs) for args, kwargs in cases]
+
+
+# The hooks a check's model had when the check first saw it: {model: {module name: {dict: ids}}}.
+_CLEAN_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hook_ids(model: torch.nn.Module) -> dict[str, dict[str, set]]:
+    return {name: {attr: set(getattr(module, attr, {})) for attr in _HOOK_DICTS}
+            for name, module in model.named_modules()}
+
+
+def _restore_hooks(model: torch.nn.Module, clean: dict[str, dict[str, set]]) -> None:
+    """Remove every hook added to `model` since `clean` was recorded, TransformerLens's and raw torch's."""
+    if hasattr(model, "reset_hooks"):
+        model.reset_hooks(including_permanent=False)
+    for name, module in model.named_modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(module, attr, None)
+            if not hooks:
+                continue
+            for hook_id in set(hooks) - clean.get(name, {}).get(attr, set()):
+                del hooks[hook_id]
+
+
+@contextlib.contextmanager
+def hooks_reset(*models: torch.nn.Module) -> Iterator[None]:
+    """Hand the learner's code each model as the check first found it, and take it back that way.
+
+    Hooks the learner adds and never removes, `model.train()` left on, or gradients switched
+    off globally would otherwise leak into the check's later calls and into other checks.
+    """
+    states = []
+    for model in models:
+        clean = _CLEAN_HOOKS.setdefault(model, _hook_ids(model))
+        _restore_hooks(model, clean)
+        states.append((model, clean, model.training))
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(grad_enabled)
+        for model, clean, training in states:
+            _restore_hooks(model, clean)
+            model.train(training)
 
 
 def _describe(value) -> str:
+    """A one-line description of any value: shape and dtype for arrays, a short repr otherwise."""
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:80]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # numpy and friends
+        return f"a {type(value).__module__.split('.')[0]} {type(value).__name__} of shape {list(value.shape)}"
+    return one_line(f"{type(value).__name__} {value!r}", limit=80)
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    return a.shape == b.shape and torch.allclose(a.detach().double().cpu(), b.detach().double().cpu(),
+                                                 atol=atol, rtol=rtol, equal_nan=True)
 
 
 def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: float = 1e-4,
@@ -116,12 +217,13 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
     """Compare a learner's tensor with the reference; name a known mistake when it matches one.
 
     `mistakes` maps a hint to the tensor that mistake would produce; a match raises that hint.
+    A mistake that gives the correct result on this input is skipped, so a hint never fires for
+    a correct answer. Any floating dtype is accepted: values are compared in float64.
     """
     if not isinstance(got, torch.Tensor):
         raise Wrong(f"{name} should be a torch.Tensor of shape {list(expected.shape)}, got {_describe(got)}")
     for hint, mistaken in (mistakes or {}).items():
-        if got.shape == mistaken.shape and torch.allclose(got.detach().double().cpu(), mistaken.double().cpu(),
-                                                          atol=atol, rtol=rtol):
+        if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol):
             raise Wrong(hint)
     if got.shape != expected.shape:
         raise Wrong(f"{name} has shape {list(got.shape)}, expected {list(expected.shape)}")
