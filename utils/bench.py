@@ -1,13 +1,16 @@
 """Benchmarks (not tests): `python -m utils.bench` prints medians of repeated runs.
 
 - the organism: `load_model()` time and a full-cache forward pass on 32 x 128 tokens;
+- each chapter benchmark in `utils/benchmarks/` (its `run()` prints its own lines);
 - every notebook in solutions/ and chapters/: execution time and the kernel's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import pkgutil
 import resource
 import statistics
 import subprocess
@@ -72,10 +75,20 @@ def notebook_timings(paths: list[Path], repeats: int = 3) -> dict[str, dict[str,
     return results
 
 
+def chapter_benchmarks() -> None:
+    """Run every `utils/benchmarks/*.py` module's `run()`, in name order."""
+    import utils.benchmarks
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(utils.benchmarks.__path__)):
+        print(f"--- {module}", flush=True)
+        importlib.import_module(f"utils.benchmarks.{module}").run()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--execute-one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-notebooks", action="store_true", help="only the organism and chapter benchmarks")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
     args = parser.parse_args()
     if args.execute_one:
@@ -83,6 +96,9 @@ def main() -> None:
         return
     for name, seconds in organism_timings().items():
         print(f"organism {name}: median {seconds:.3f}s of 5")
+    chapter_benchmarks()
+    if args.no_notebooks:
+        return
     paths = [p.resolve() for p in args.notebooks] or sorted((ROOT / "solutions").glob("*.ipynb")) + sorted(
         (ROOT / "chapters").glob("*.ipynb"))
     notebook_timings(paths, args.repeats)
