@@ -122,6 +122,8 @@ def check_ndif(repo_id: str, timeout: float = STATUS_TIMEOUT) -> None:
                                    "is down): use remote='local' to rehearse, or try again later")
     import nnsight
 
+    # nnsight read NDIF_API_KEY and NDIF_HOST when it was imported; a key set later must reach it too.
+    nnsight.CONFIG.API.APIKEY, nnsight.CONFIG.API.HOST = ndif_api_key(), ndif_host()
     answered, running = _answers_within(lambda: nnsight.is_model_running(repo_id), timeout)
     if not answered:
         raise NdifUnavailableError(f"NDIF's status check for {repo_id!r} did not answer within {timeout:g}s: "
@@ -220,7 +222,7 @@ class HookPoint:
 HOOKS: dict[str, list[HookPoint]] = {
     "gpt2": [
         HookPoint("hook_embed", "transformer.wte", "output", bridge="centred"),
-        HookPoint("hook_pos_embed", "transformer.wpe", "output", bridge="centred"),
+        HookPoint("hook_pos_embed", "transformer.wpe", "output", bridge="centred"),  # [1 pos d_model]: one row for the batch
         HookPoint("blocks.{layer}.hook_resid_pre", "transformer.h.{layer}", "input", bridge="centred"),
         HookPoint("blocks.{layer}.attn.hook_z", "transformer.h.{layer}.attn.c_proj", "input", heads=True,
                   bridge="minus value bias"),
@@ -346,19 +348,23 @@ def to_bridge_convention(model, hook_name: str, value: torch.Tensor) -> torch.Te
 
     The bridge folds each LayerNorm's weights into the next matrix, centres every write to the
     residual stream and the unembedding (mean zero over its last dimension), and moves the value
-    bias of attention into its output bias. None of this changes the model's probabilities, but
-    it changes the tensors: residual-stream values differ by their mean, `hook_z` by the value
-    bias, `ln_final.hook_normalized` by the final LayerNorm's weight and bias.
+    bias of attention (ln_1's bias included) into its output bias. None of this changes the
+    model's probabilities, but it changes the tensors: residual-stream values and logits differ
+    by their mean, `hook_z` by that value bias, `ln_final.hook_normalized` by the final
+    LayerNorm's weight and bias. Only the MLP's `hook_pre` and `hook_post` are the same in both.
     """
-    point, layer, path = hook_point(model, hook_name)
+    point, _, path = hook_point(model, hook_name)
     if point.bridge == "same":
         return value
     if point.bridge == "centred":
         return value - value.mean(-1, keepdim=True)
     if point.bridge == "minus value bias":
-        attention = module_at(model, path.rsplit(".", 1)[0])._module  # transformer.h.{layer}.attn
+        block = module_at(model, path.rsplit(".", 2)[0])._module  # transformer.h.{layer}
         d_model = model.config.hidden_size
-        value_bias = attention.c_attn.bias[2 * d_model:].detach().to(value.device)  # [d_model], heads side by side
+        # Every value vector gets this bias (ln_1's bias through W_V, plus b_V); attention weights sum to 1,
+        # so z carries it whole, and the bridge moves it into the output bias instead.
+        weight, bias = block.attn.c_attn.weight[:, 2 * d_model:], block.attn.c_attn.bias[2 * d_model:]  # Conv1D: [in, out]
+        value_bias = (block.ln_1.bias @ weight + bias).detach().to(value.device)  # [d_model], heads side by side
         return value - value_bias.view(*_heads(model))
     if point.bridge == "without ln weights":
         norm = module_at(model, path)._module
