@@ -141,7 +141,7 @@ def test_the_organism_cannot_go_to_ndif(lm, no_network):
     tokens = torch.tensor([[0, 1, 2]])
     message = one_line_error_within(
         2, lambda: run_trace(lm, tokens, lambda model: model.lm_head.output.save(), remote=True), NdifUnavailableError)
-    assert "only on this machine" in message
+    assert "loaded from a folder" in message and "remote='local'" in message
 
 
 def test_offline_hub_name_without_a_cached_copy(monkeypatch, no_network):
@@ -381,3 +381,29 @@ def test_workbook_helpers_travel_with_the_request(lm):
     rehearsed = run_trace(lm, tokens, lambda model: read_activation(model, "blocks.2.hook_mlp_out").save(),
                           remote="local")
     assert torch.equal(here, rehearsed)
+
+
+def test_invokes_with_a_barrier_and_sessions_rehearse_too(lm):
+    """Two prompts in one trace (a barrier between the invokes) and two traces in one session: same numbers."""
+    clean, corrupt = torch.tensor([[0, 5, 6, 7]]), torch.tensor([[0, 8, 6, 7]])
+    results = {}
+    for where in (False, "local"):
+        with lm.trace(**trace_options(lm, where)) as tracer:
+            barrier = tracer.barrier(2)
+            with tracer.invoke(clean):
+                clean_resid = read_activation(lm, "blocks.1.hook_resid_pre")
+                barrier()
+            with tracer.invoke(corrupt):
+                barrier()
+                write_activation(lm, "blocks.1.hook_resid_pre", clean_resid)
+                invoked = lm.lm_head.output.save()
+        with lm.session(**trace_options(lm, where)):
+            with lm.trace(clean):
+                clean_resid = read_activation(lm, "blocks.1.hook_resid_pre")
+            with lm.trace(corrupt):
+                write_activation(lm, "blocks.1.hook_resid_pre", clean_resid)
+                in_session = lm.lm_head.output.save()
+        results[where] = (invoked, in_session)
+    unpatched = run_trace(lm, clean, lambda model: model.lm_head.output.save())
+    for invoked, in_session in results.values():
+        assert torch.allclose(invoked, unpatched, atol=1e-5) and torch.allclose(in_session, unpatched, atol=1e-5)

@@ -33,7 +33,7 @@ import torch
 from utils.models import (ORGANISM_DIR, ORGANISM_NAMES, ModelUnavailableError, _cached_snapshot, hub_is_reachable,
                           official_hub_name, quiet_transformers, resolve_device)
 
-NDIF_KEY_HELP = ("get a free key at https://login.ndif.us and set it as the NDIF_API_KEY environment variable "
+NDIF_KEY_HELP = ("sign up at https://login.ndif.us for a key and set it as the NDIF_API_KEY environment variable "
                  "(on Colab: a secret named NDIF_API_KEY)")
 STATUS_TIMEOUT = 5.0  # seconds we wait for NDIF's own status check before giving up
 
@@ -420,7 +420,8 @@ def trace_options(model, remote: bool | str = False) -> dict[str, Any]:
     """The keyword arguments for `model.trace(...)` that run it here, in a rehearsal, or on NDIF.
 
     `with model.trace(tokens, **trace_options(model, remote)):` is `run_trace` for a block
-    written inline.
+    written inline; it works the same for `model.trace()` with `tracer.invoke(...)` blocks and
+    for `model.session(...)`, whose traces then travel as one request.
     """
     if remote is False:
         return {}
@@ -428,8 +429,9 @@ def trace_options(model, remote: bool | str = False) -> dict[str, Any]:
         return {"backend": _rehearsal_backend(model)}
     if remote is True:
         if Path(model.repo_id).expanduser().is_dir():
-            raise NdifUnavailableError(f"{model.repo_id} exists only on this machine, and NDIF runs only models it "
-                                       "hosts (a Hub name): use remote='local' to rehearse with it")
+            raise NdifUnavailableError(f"this model was loaded from a folder ({model.repo_id}), which exists only on "
+                                       "this machine; NDIF runs models it hosts, named by their Hub id "
+                                       "(load_nnsight_model('<hub name>', remote=True)): use remote='local' to rehearse")
         check_ndif(model.repo_id)
         return {"remote": True}
     raise ValueError(f"remote={remote!r}: use False (here), 'local' (a rehearsal of a remote run) or True (NDIF)")
