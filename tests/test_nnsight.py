@@ -179,9 +179,9 @@ def test_unknown_remote_value():
 # The hook table against the bridge
 
 
-def every_mapped_name(n_layers: int) -> list[str]:
+def every_mapped_name(n_layers: int, architecture: str = "gpt2") -> list[str]:
     names = []
-    for point in HOOKS["gpt2"]:
+    for point in HOOKS[architecture]:
         layers = range(n_layers) if "{layer}" in point.hook else [None]
         names += [point.hook.format(layer=layer) for layer in layers]
     return names
@@ -232,20 +232,45 @@ def test_unknown_hooks_and_copies_are_refused(lm):
         write_activation(lm, "blocks.0.hook_resid_mid", torch.zeros(1))
 
 
-def test_the_llama_paths_exist_in_a_llama_model():
-    """A two-layer Llama built from a config (random weights, nothing downloaded): every path resolves."""
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory):
+    """A two-layer Llama with random weights (norm weights too), saved with the organism's tokenizer."""
+    import shutil
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100)
-    model = nnsight.NNsight(LlamaForCausalLM(config).eval())
-    model.config = config
-    names = [point.hook.format(layer=1) for point in HOOKS["llama"]]
-    with model.trace(torch.tensor([[1, 2, 3]])):
-        got = nnsight.save(read_activations(model, names))
-    assert got["blocks.1.hook_resid_post"].shape == (1, 3, 32)
-    assert got["blocks.1.attn.hook_z"].shape == (1, 3, 4, 8)
-    assert got["hook_unembed"].shape == (1, 3, 100)
+    from utils.models import ORGANISM_DIR, quiet_transformers
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1125, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.add_(0.2 * torch.randn_like(parameter))  # not all ones: folding them must show
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    with quiet_transformers():
+        model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ORGANISM_DIR / name, folder)
+    return str(folder)
+
+
+def test_the_llama_table_matches_run_with_cache(tiny_llama_folder):
+    """The Llama rows, on a random two-layer Llama: the bridge's cache, through to_bridge_convention."""
+    bridge = load_model(tiny_llama_folder, device="cpu", verbose=False)
+    model = load_nnsight_model(tiny_llama_folder, device="cpu", verbose=False)
+    tokens = torch.tensor([[0, 5, 6, 7, 9], [0, 11, 12, 13, 14]])
+    names = every_mapped_name(2, "llama")
+    _, cache = bridge.run_with_cache(tokens)
+    got = run_trace(model, tokens, lambda model: nnsight.save(read_activations(model, names)))
+    for name in names:
+        ours = to_bridge_convention(model, name, got[name])
+        assert ours.shape == cache[name].shape, name
+        assert torch.allclose(ours, cache[name], atol=1e-4), (name, (ours - cache[name]).abs().max())
+    assert not torch.allclose(got["ln_final.hook_normalized"], cache["ln_final.hook_normalized"], atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------

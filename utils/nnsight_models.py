@@ -237,22 +237,22 @@ HOOKS: dict[str, list[HookPoint]] = {
         HookPoint("ln_final.hook_normalized", "transformer.ln_f", "output", bridge="without ln weights"),
         HookPoint("hook_unembed", "lm_head", "output", bridge="centred"),
     ],
-    # Llama-family models (those NDIF hosts): module paths only, not compared with a bridge here.
+    # Llama-family models (most of those NDIF hosts). RMSNorm has no mean to centre: the bridge
+    # changes only the final norm (weight folded) and the logits (centred).
     "llama": [
-        HookPoint("hook_embed", "model.embed_tokens", "output", bridge="not compared"),
-        HookPoint("blocks.{layer}.hook_resid_pre", "model.layers.{layer}", "input", bridge="not compared"),
-        HookPoint("blocks.{layer}.attn.hook_z", "model.layers.{layer}.self_attn.o_proj", "input", heads=True,
-                  bridge="not compared"),
-        HookPoint("blocks.{layer}.hook_attn_out", "model.layers.{layer}.self_attn", "output[0]",
-                  bridge="not compared"),
+        HookPoint("hook_embed", "model.embed_tokens", "output"),
+        HookPoint("blocks.{layer}.hook_resid_pre", "model.layers.{layer}", "input"),
+        HookPoint("blocks.{layer}.attn.hook_z", "model.layers.{layer}.self_attn.o_proj", "input", heads=True),
+        HookPoint("blocks.{layer}.hook_attn_out", "model.layers.{layer}.self_attn", "output[0]"),
         HookPoint("blocks.{layer}.hook_resid_mid", "model.layers.{layer}.post_attention_layernorm", "input",
-                  writable=False, bridge="not compared"),
-        HookPoint("blocks.{layer}.mlp.hook_post", "model.layers.{layer}.mlp.down_proj", "input",
-                  bridge="not compared"),
-        HookPoint("blocks.{layer}.hook_mlp_out", "model.layers.{layer}.mlp", "output", bridge="not compared"),
-        HookPoint("blocks.{layer}.hook_resid_post", "model.layers.{layer}", "output", bridge="not compared"),
-        HookPoint("ln_final.hook_normalized", "model.norm", "output", bridge="not compared"),
-        HookPoint("hook_unembed", "lm_head", "output", bridge="not compared"),
+                  writable=False),
+        HookPoint("blocks.{layer}.mlp.hook_pre", "model.layers.{layer}.mlp.gate_proj", "output"),
+        HookPoint("blocks.{layer}.mlp.hook_pre_linear", "model.layers.{layer}.mlp.up_proj", "output"),
+        HookPoint("blocks.{layer}.mlp.hook_post", "model.layers.{layer}.mlp.down_proj", "input"),
+        HookPoint("blocks.{layer}.hook_mlp_out", "model.layers.{layer}.mlp", "output"),
+        HookPoint("blocks.{layer}.hook_resid_post", "model.layers.{layer}", "output"),
+        HookPoint("ln_final.hook_normalized", "model.norm", "output", bridge="without ln weights"),
+        HookPoint("hook_unembed", "lm_head", "output", bridge="centred"),
     ],
 }
 
@@ -368,7 +368,9 @@ def to_bridge_convention(model, hook_name: str, value: torch.Tensor) -> torch.Te
         return value - value_bias.view(*_heads(model))
     if point.bridge == "without ln weights":
         norm = module_at(model, path)._module
-        return (value - norm.bias.detach().to(value.device)) / norm.weight.detach().to(value.device)
+        bias = getattr(norm, "bias", None)  # LayerNorm has one, RMSNorm not
+        value = value if bias is None else value - bias.detach().to(value.device)
+        return value / norm.weight.detach().to(value.device)
     raise ValueError(f"{hook_name}: no measured relation to the bridge for {_architecture(model)!r} models")
 
 
