@@ -12,6 +12,8 @@ import time
 import nnsight
 import pytest
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from utils import nnsight_models
 from utils.models import ModelUnavailableError, load_model
@@ -281,7 +283,8 @@ def residual_points(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
 
 
-def nnsight_logit_lens(model, tokens, last, remote=False) -> torch.Tensor:
+def nnsight_logit_lens(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                       remote: bool | str = False) -> Float[Tensor, "point batch d_vocab"]:
     """Log-probabilities the final LN and unembedding read at each residual point: [point, batch, d_vocab]."""
     names = residual_points(model.config.num_hidden_layers)
     rows = torch.arange(len(last))
@@ -295,7 +298,8 @@ def nnsight_logit_lens(model, tokens, last, remote=False) -> torch.Tensor:
     return run_trace(model, tokens, body, remote=remote)
 
 
-def nnsight_patching(model, clean, corrupt, answer, wrong, remote=False) -> torch.Tensor:
+def nnsight_patching(model, clean: Int[Tensor, "1 pos"], corrupt: Int[Tensor, "1 pos"], answer: int, wrong: int,
+                     remote: bool | str = False) -> Float[Tensor, "layer pos"]:
     """Logit difference after patching the clean resid_pre into the corrupt run, per layer and position.
 
     One forward pass: row 0 is the clean prompt, the other rows copies of the corrupt one, each
@@ -394,7 +398,7 @@ def test_a_saved_slice_ships_the_whole_tensor_unless_copied(lm):
         with lm.trace(tokens, **options):
             last = lm.transformer.h[0].output[:, -1]
             last = (last if how == "view" else last.detach().clone()).save()
-        sizes[how] = options["backend"].last_result_bytes
+        sizes[how] = options["backend"].result_bytes
         assert last.shape == (1, 256) and last.device.type == "cpu"
     assert sizes["view"] > 10 * sizes["copy"], sizes
 
@@ -432,3 +436,30 @@ def test_invokes_with_a_barrier_and_sessions_rehearse_too(lm):
     unpatched = run_trace(lm, clean, lambda model: model.lm_head.output.save())
     for invoked, in_session in results.values():
         assert torch.allclose(invoked, unpatched, atol=1e-5) and torch.allclose(in_session, unpatched, atol=1e-5)
+
+
+def test_a_helper_module_added_later_must_be_registered(lm, tmp_path, monkeypatch):
+    """nnsight ships this project's modules by value, scanning for them once per process, at the
+    first remote request; a helper module that appears later is missing on the server until
+    `nnsight.register(module)`."""
+    import importlib
+
+    import cloudpickle
+    from nnsight.ndif import pull_env
+
+    pull_env()  # the once-per-process scan has happened (it may have already)
+    (tmp_path / "later_helpers.py").write_text("def last_position(model):\n"
+                                               "    return model.transformer.h[0].output[:, -1]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "later_helpers", raising=False)
+    helpers = importlib.import_module("later_helpers")
+    tokens = torch.tensor([[0, 5, 6, 7]])
+    here = run_trace(lm, tokens, lambda model: helpers.last_position(model).save())
+    with pytest.raises(ModuleNotFoundError, match="later_helpers"):
+        run_trace(lm, tokens, lambda model: helpers.last_position(model).save(), remote="local")
+    nnsight.register(helpers)
+    try:
+        rehearsed = run_trace(lm, tokens, lambda model: helpers.last_position(model).save(), remote="local")
+    finally:
+        cloudpickle.unregister_pickle_by_value(helpers)
+    assert torch.equal(here, rehearsed)

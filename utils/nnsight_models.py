@@ -6,7 +6,7 @@ argument, `remote`:
 
 - `remote=False`: here, on the model's weights (the organism, a local folder, a cached Hub model);
 - `remote="local"`: here, but as NDIF would run it: the request is serialised, rebuilt with this
-  project's modules hidden, run on copies, and only saved values come back (see `run_trace`);
+  project's modules hidden, run on copies, and only saved values come back (`RehearsalBackend`);
 - `remote=True`: on NDIF (https://ndif.us), for a Hub model it hosts, with an NDIF API key.
 
 Hook names stay the workbook's (`blocks.1.hook_resid_post`); `HOOKS` translates them into
@@ -222,7 +222,8 @@ class HookPoint:
 HOOKS: dict[str, list[HookPoint]] = {
     "gpt2": [
         HookPoint("hook_embed", "transformer.wte", "output", bridge="centred"),
-        HookPoint("hook_pos_embed", "transformer.wpe", "output", bridge="centred"),  # [1 pos d_model]: one row for the batch
+        # [1 pos d_model]: one row shared by the batch (the bridge repeats it per prompt)
+        HookPoint("hook_pos_embed", "transformer.wpe", "output", bridge="centred"),
         HookPoint("blocks.{layer}.hook_resid_pre", "transformer.h.{layer}", "input", bridge="centred"),
         HookPoint("blocks.{layer}.attn.hook_z", "transformer.h.{layer}.attn.c_proj", "input", heads=True,
                   bridge="minus value bias"),
@@ -363,7 +364,8 @@ def to_bridge_convention(model, hook_name: str, value: torch.Tensor) -> torch.Te
         d_model = model.config.hidden_size
         # Every value vector gets this bias (ln_1's bias through W_V, plus b_V); attention weights sum to 1,
         # so z carries it whole, and the bridge moves it into the output bias instead.
-        weight, bias = block.attn.c_attn.weight[:, 2 * d_model:], block.attn.c_attn.bias[2 * d_model:]  # Conv1D: [in, out]
+        weight = block.attn.c_attn.weight[:, 2 * d_model:]  # Conv1D: [in, out]; the value third
+        bias = block.attn.c_attn.bias[2 * d_model:]
         value_bias = (block.ln_1.bias @ weight + bias).detach().to(value.device)  # [d_model], heads side by side
         return value - value_bias.view(*_heads(model))
     if point.bridge == "without ln weights":
@@ -378,44 +380,49 @@ def to_bridge_convention(model, hook_name: str, value: torch.Tensor) -> torch.Te
 # Running a trace here, in a rehearsal, or on NDIF
 
 
-def _rehearsal_backend(model):
-    """A backend that runs a trace as NDIF would, on this machine (for `remote="local"`).
+class RehearsalBackend:
+    """Runs a trace as NDIF would, on this machine: what `remote="local"` means in the workbook.
 
-    nnsight's own `remote="local"` serialises the request and rebuilds it with this project's
-    modules hidden (so a helper the server could not import fails here too), then runs the
-    block on the caller's own objects. This one goes on as a server does: it runs the rebuilt
-    block on the rebuilt copies, keeps only the values marked with `.save()`, and sends them
-    back through `torch.save` / `torch.load`. So a list appended outside the trace stays empty
-    here exactly as on NDIF, and an unsaved value never comes back.
+    nnsight's own `model.trace(..., remote="local")` serialises the request and rebuilds it with
+    this project's modules hidden (so a helper the server could not import fails here too), but
+    then runs the block on the caller's own objects. This backend goes on as a server does: it
+    runs the rebuilt block on the rebuilt copies, keeps only the values marked with `.save()`,
+    and sends them back through `torch.save` / `torch.load`. So a list appended outside the
+    trace stays empty here exactly as on NDIF, and an unsaved value never comes back.
+    `result_bytes` is the size of what came back. Built on nnsight 0.8.1's own pieces (the
+    pinned version; tests/test_nnsight.py fails if they change).
     """
-    from nnsight.intervention.backends.local import LocalSimulationBackend
-    from nnsight.ndif import pull_env
-    from nnsight.schema.request import RequestModel
-    from nnsight.tracing.tracer import _saves, mark
-    from nnsight.tracing.util import push
 
-    class Rehearsal(LocalSimulationBackend):
-        last_result_bytes = 0
+    def __init__(self, model) -> None:
+        from nnsight.intervention.backends.local import LocalSimulationBackend
 
-        def __call__(self, tracer) -> None:
-            pull_env()  # ship this project's modules by value, as a remote request does
-            blob = RequestModel.serialize(tracer, compress=False)
-            hidden = self._hide_local_modules()
-            try:
-                server_side = RequestModel.deserialize(blob, self.model._remoteable_persistent_objects())
-            finally:
-                self._restore(hidden)
-            server_side.execute(server_side.info.code)  # runs on the copies; saved names land in its frame
-            saved = {name: value for name, value in server_side.info.frame.f_locals.items() if id(value) in _saves()}
-            buffer = io.BytesIO()
-            torch.save(saved, buffer)  # what travels back over the network
-            Rehearsal.last_result_bytes = buffer.tell()
-            returned = torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=False)
-            for value in returned.values():
-                mark(value)  # keep them saved for the caller's frame
-            push(tracer.info.frame, returned)
+        self.model = model
+        self.simulation = LocalSimulationBackend(model)  # for its hiding of local modules
+        self.result_bytes = 0
 
-    return Rehearsal(model)
+    def __call__(self, tracer) -> None:
+        from nnsight.ndif import pull_env
+        from nnsight.schema.request import RequestModel
+        from nnsight.tracing.tracer import _saves, mark
+        from nnsight.tracing.util import push
+
+        pull_env()  # ship this project's modules by value, as a remote request does
+        request = RequestModel.serialize(tracer, compress=False)
+        hidden = self.simulation._hide_local_modules()
+        try:
+            server_side = RequestModel.deserialize(request, self.model._remoteable_persistent_objects())
+        finally:
+            self.simulation._restore(hidden)
+        server_side.execute(server_side.info.code)  # runs on the copies; saved names land in its frame
+        saved = {name: value for name, value in server_side.info.frame.f_locals.items() if id(value) in _saves()}
+        response = io.BytesIO()
+        torch.save(saved, response)  # what travels back over the network
+        self.result_bytes = response.tell()
+        # Our own bytes from two lines up, loaded the way nnsight's client loads NDIF's answer.
+        returned = torch.load(io.BytesIO(response.getvalue()), map_location="cpu", weights_only=False)
+        for value in returned.values():
+            mark(value)  # saved again, so that they reach the caller's frame
+        push(tracer.info.frame, returned)
 
 
 def trace_options(model, remote: bool | str = False) -> dict[str, Any]:
@@ -428,12 +435,13 @@ def trace_options(model, remote: bool | str = False) -> dict[str, Any]:
     if remote is False:
         return {}
     if remote == "local":
-        return {"backend": _rehearsal_backend(model)}
+        return {"backend": RehearsalBackend(model)}
     if remote is True:
         if Path(model.repo_id).expanduser().is_dir():
-            raise NdifUnavailableError(f"this model was loaded from a folder ({model.repo_id}), which exists only on "
-                                       "this machine; NDIF runs models it hosts, named by their Hub id "
-                                       "(load_nnsight_model('<hub name>', remote=True)): use remote='local' to rehearse")
+            raise NdifUnavailableError(f"this model was loaded from a folder ({model.repo_id}), which exists only "
+                                       "on this machine; NDIF runs models it hosts, named by their Hub id "
+                                       "(load_nnsight_model('<hub name>', remote=True)): use remote='local' "
+                                       "to rehearse")
         check_ndif(model.repo_id)
         return {"remote": True}
     raise ValueError(f"remote={remote!r}: use False (here), 'local' (a rehearsal of a remote run) or True (NDIF)")
