@@ -202,6 +202,33 @@ def test_every_mapped_name_matches_run_with_cache(lm, bridge, prompts):
         assert torch.allclose(ours, cache[name], atol=1e-4), (name, (ours - cache[name]).abs().max())
 
 
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_every_writable_hook_edits_like_a_bridge_hook(lm, bridge, prompts, remote):
+    """Adding the same vector through write_activation and through a bridge hook: the same log-probs.
+
+    Additions commute with the bridge's conventions (a constant over d_model is removed by the next
+    LayerNorm), except after the final LayerNorm, whose weights nnsight's value still carries.
+    """
+    tokens, _ = tokenize(bridge, list(prompts))
+    _, cache = bridge.run_with_cache(tokens)
+    unedited = bridge(tokens).log_softmax(-1)
+    torch.manual_seed(0)
+    for point in HOOKS["gpt2"]:
+        name = point.hook.format(layer=1)
+        if not point.writable or name == "ln_final.hook_normalized":
+            continue
+        delta = torch.randn(cache[name].shape[2:])  # [d_model], [d_mlp] or [head_index d_head], added at every position
+
+        def body(model, name=name, delta=delta):
+            write_activation(model, name, read_activation(model, name) + delta)
+            return model.lm_head.output.log_softmax(-1).save()
+
+        got = run_trace(lm, tokens, body, remote=remote)
+        expected = bridge.run_with_hooks(tokens, fwd_hooks=[(name, lambda value, hook: value + delta)])
+        assert torch.allclose(got, expected.log_softmax(-1), atol=1e-4), name
+        assert not torch.allclose(got, unedited, atol=1e-2), name  # the edit did something
+
+
 def test_the_conventions_differ_where_the_table_says(lm, bridge, prompts):
     """The raw nnsight values are not the bridge's, except where the table says 'same'."""
     tokens, _ = tokenize(bridge, list(prompts))
