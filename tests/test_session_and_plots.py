@@ -48,3 +48,16 @@ def test_progress_bar_hides_when_asked_or_when_the_environment_says_so(monkeypat
     assert list(progress_bar(range(3), show=False)) == [0, 1, 2]
     monkeypatch.setenv("TQDM_DISABLE", "1")  # what the book's build sets
     assert progress_bar(range(3), show=True).disable
+
+
+def test_a_finished_bar_is_saved_as_text_so_a_reopened_chapter_shows_no_widget_error():
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = "from utils import progress_bar\nfor _ in progress_bar(range(5), desc='five steps'):\n    pass"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    lines = [o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
+    assert len(lines) == 1 and lines[0].startswith("five steps: 100%") and "5/5" in lines[0]
