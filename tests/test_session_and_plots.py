@@ -1,5 +1,7 @@
 """setup(), progress bars and the plot helpers."""
 
+from pathlib import Path
+
 import plotly.io as pio
 import pytest
 import torch
@@ -18,7 +20,15 @@ def test_setup_is_seeded_offline_and_says_so_in_one_line(capsys, monkeypatch):
     assert env.hub_online is False and not env.in_colab
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "offline" in out and "seed 5" in out
-    assert pio.renderers.default == env.plot_renderer == "plotly_mimetype+notebook"
+    assert pio.renderers.default == env.plot_renderer == "plotly_mimetype"
+
+
+def test_the_book_asks_for_an_html_copy_of_each_figure(monkeypatch):
+    monkeypatch.setenv("WORKBOOK_PLOT_RENDERER", "plotly_mimetype+notebook")
+    assert setup(verbose=False).plot_renderer == pio.renderers.default == "plotly_mimetype+notebook"
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    book_env = next(line for line in makefile.splitlines() if line.startswith("BOOK_ENV"))
+    assert "WORKBOOK_PLOT_RENDERER=plotly_mimetype+notebook" in book_env
 
 
 def test_colab_gets_colabs_renderer(monkeypatch):
