@@ -56,12 +56,13 @@ evaluate: install
 
 # The book (Jupyter Book 1.x) builds in its own environment, .venv-book: it needs markdown-it-py 3,
 # the workbook pins 4. The chapters execute in .venv's kernel (JUPYTER_PATH finds it first), offline
-# like the tests, with no progress bars (a page shows a bar as its first frame: "0%"); MathJax comes
+# like the tests, with no progress bars (a page shows a bar as its first frame: "0%") and with plotly.js
+# inlined in each page's figures (a learner's notebook keeps only plotly's JSON); MathJax comes
 # from npm (book/package.json). CHAPTERS="00 03" builds only those.
 BOOK_VENV := .venv-book
 BOOK_STAMP := $(BOOK_VENV)/.installed
 MATHJAX := book/node_modules/mathjax/es5/tex-chtml.js
-BOOK_ENV := $(TEST_ENV) JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter PYDEVD_DISABLE_FILE_VALIDATION=1 TQDM_DISABLE=1
+BOOK_ENV := $(TEST_ENV) JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter PYDEVD_DISABLE_FILE_VALIDATION=1 TQDM_DISABLE=1 WORKBOOK_PLOT_RENDERER=plotly_mimetype+notebook
 CHAPTERS ?=
 
 $(BOOK_STAMP): requirements-book.txt constraints-book.txt
