@@ -17,8 +17,9 @@ from torch import Tensor
 
 from utils import nnsight_models
 from utils.models import ModelUnavailableError, load_model
-from utils.nnsight_models import (HOOKS, NdifUnavailableError, check_ndif, load_nnsight_model, read_activation,
-                                  read_activations, run_trace, to_bridge_convention, trace_options, write_activation)
+from utils.nnsight_models import (HOOKS, NdifUnavailableError, check_ndif, hook_table, load_nnsight_model,
+                                  read_activation, read_activations, run_trace, to_bridge_convention, trace_options,
+                                  write_activation)
 from utils.organism.world import prompt_set
 from utils.references.ch02_probing import tokenize
 
@@ -250,6 +251,14 @@ def test_reads_out_of_forward_order_fail_and_read_activations_sorts_them(lm):
     got = run_trace(lm, tokens, lambda model: nnsight.save(read_activations(model, ["blocks.1.hook_resid_post",
                                                                                     "hook_embed"])))
     assert list(got) == ["blocks.1.hook_resid_post", "hook_embed"]
+
+
+def test_the_printed_table_reads_like_nnsight_code(lm):
+    rows = dict((hook, access) for hook, access, _ in hook_table(lm, layer=1))
+    assert rows["blocks.1.hook_resid_post"] == "transformer.h[1].output"
+    assert rows["blocks.1.hook_attn_out"] == "transformer.h[1].attn.output[0]"
+    assert rows["blocks.1.attn.hook_z"] == "transformer.h[1].attn.c_proj.input  (split into heads)"
+    assert rows["hook_unembed"] == "lm_head.output"
 
 
 def test_unknown_hooks_and_copies_are_refused(lm):

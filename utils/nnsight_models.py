@@ -279,6 +279,20 @@ def hook_point(model, hook_name: str) -> tuple[HookPoint, int | None, str]:
     raise ValueError(f"no nnsight path for hook {hook_name!r}; the table maps {known}")
 
 
+def hook_table(model, layer: int = 0) -> list[tuple[str, str, str]]:
+    """The translation table for `model`, one row per hook at `layer`: (hook name, nnsight access, bridge relation).
+
+    For display: `for row in hook_table(lm): print(*row, sep="  |  ")`.
+    """
+    rows = []
+    for point in HOOKS[_architecture(model)]:
+        module = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", point.module.format(layer=layer))  # h.1 -> h[1]
+        access = f"{module}.{point.port}" + ("  (split into heads)" if point.heads else "")
+        access += "" if point.writable else "  (read only)"
+        rows.append((point.hook.format(layer=layer), access, point.bridge))
+    return rows
+
+
 def module_at(model, path: str):
     """The nnsight envoy at a dotted module path ('transformer.h.1.attn')."""
     envoy = model
