@@ -109,8 +109,8 @@ def check_ndif(repo_id: str, timeout: float = STATUS_TIMEOUT) -> None:
     nnsight's own `is_model_running`, behind our `timeout` so a slow service cannot hang a cell.
     """
     if _offline_flag():
-        raise NdifUnavailableError(f"remote=True needs the network, and HF_HUB_OFFLINE is set (offline): "
-                                   f"use remote='local' to rehearse the same trace on this machine")
+        raise NdifUnavailableError("remote=True needs the network, and HF_HUB_OFFLINE is set (offline): "
+                                   "use remote='local' to rehearse the same trace on this machine")
     if not ndif_api_key():
         raise NdifUnavailableError(f"remote=True needs an NDIF API key: {NDIF_KEY_HELP}; "
                                    "meanwhile remote='local' rehearses the same trace here")
