@@ -148,20 +148,22 @@ def main() -> None:
     parser.add_argument("--no-suite", action="store_true", help="skip the timed run of the test suite")
     parser.add_argument("--suite-args", default="", help="extra pytest arguments for the suite run")
     parser.add_argument("--busy-core", action="store_true", help="time the suite with one core kept busy")
+    parser.add_argument("--suite-only", action="store_true", help="only the timed run of the test suite")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
     args = parser.parse_args()
     if args.execute_one:
         print(json.dumps(execute_once(args.execute_one.resolve())))
         return
-    for name, seconds in organism_timings().items():
-        print(f"organism {name}: median {seconds:.3f}s of 5")
-    chapter_benchmarks()
+    if not args.suite_only:
+        for name, seconds in organism_timings().items():
+            print(f"organism {name}: median {seconds:.3f}s of 5")
+        chapter_benchmarks()
     if not args.no_suite:
         durations = suite_timings(SUITE_ARGS + args.suite_args.split(), busy_core=args.busy_core)
         if not args.busy_core:  # the order is planned for an idle machine
             DURATIONS.write_text(json.dumps(durations, indent=1) + "\n")
             print(f"wrote {DURATIONS.relative_to(ROOT)}")
-    if args.no_notebooks:
+    if args.no_notebooks or args.suite_only:
         return
     paths = [p.resolve() for p in args.notebooks] or sorted((ROOT / "solutions").glob("*.ipynb")) + sorted(
         (ROOT / "chapters").glob("*.ipynb"))
