@@ -112,7 +112,7 @@ def _raised_by_learner(error: BaseException) -> bool:
     return not frames or _is_learner_frame(frames[-1])
 
 
-def one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 400) -> str:
     """`text` with every run of whitespace (newlines included) made one space, cut to `limit`."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
@@ -122,7 +122,9 @@ def _error_line(error: BaseException) -> str:
     """The error and the last line of the learner's own code it passed through."""
     frames = traceback.extract_tb(error.__traceback__)
     learner_frames = [frame for frame in frames[1:] if _is_learner_frame(frame)]  # frames[0] is call()
-    where = learner_frames[-1] if learner_frames else frames[-1]
+    if not learner_frames:  # raised by the call itself: wrong arguments, say
+        return one_line(f"calling your function raised {type(error).__name__}: {error}")
+    where = learner_frames[-1]
     return one_line(f"your function raised {type(error).__name__}: {error} (line {where.lineno}: {where.line})")
 
 
@@ -130,10 +132,14 @@ def call(candidate: Callable, *args, **kwargs):
     """Call the learner's function; a stub becomes NotAttempted, any other error a Wrong.
 
     Only a NotImplementedError raised by the learner's own code counts as "not attempted"; one
-    raised inside torch or another library is reported as the error it is.
+    raised inside torch or another library is reported as the error it is. Every model passed as
+    an argument is handed over and taken back clean (`hooks_reset`), so nothing the learner
+    leaves on it leaks into later calls or other checks.
     """
+    models = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.nn.Module)]
     try:
-        return candidate(*args, **kwargs)
+        with hooks_reset(*models):
+            return candidate(*args, **kwargs)
     except NotImplementedError as error:
         if _raised_by_learner(error):
             raise NotAttempted() from error
@@ -155,6 +161,8 @@ def call_on_inputs(candidate: Callable, cases: Iterable[tuple[tuple, dict]]) -> 
 
 # The hooks a check's model had when the check first saw it: {model: {module name: {dict: ids}}}.
 _CLEAN_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# A copy of each model's parameters and buffers as first seen: {model: {name: tensor}}.
+_CLEAN_STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -176,26 +184,51 @@ def _restore_hooks(model: torch.nn.Module, clean: dict[str, dict[str, set]]) -> 
                 del hooks[hook_id]
 
 
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return dict(model.state_dict(keep_vars=True))
+
+
+def _restore_tensors(model: torch.nn.Module, versions: dict[str, int]) -> None:
+    """Copy back every parameter or buffer changed in place since `versions` was taken."""
+    changed = {name: tensor for name, tensor in _tensors(model).items()
+               if tensor._version != versions.get(name, tensor._version)}
+    if changed:
+        clean = _CLEAN_STATE[model]
+        with torch.no_grad():
+            for name, tensor in changed.items():
+                tensor.copy_(clean[name])
+
+
 @contextlib.contextmanager
 def hooks_reset(*models: torch.nn.Module) -> Iterator[None]:
     """Hand the learner's code each model as the check first found it, and take it back that way.
 
-    Hooks the learner adds and never removes, `model.train()` left on, or gradients switched
-    off globally would otherwise leak into the check's later calls and into other checks.
+    Hooks the learner adds and never removes, `model.train()` left on, weights edited in place,
+    `requires_grad` switched off, or gradients switched off globally would otherwise leak into
+    the check's later calls and into other checks.
     """
     states = []
     for model in models:
-        clean = _CLEAN_HOOKS.setdefault(model, _hook_ids(model))
+        if model not in _CLEAN_HOOKS:
+            _CLEAN_HOOKS[model] = _hook_ids(model)
+            _CLEAN_STATE[model] = {name: t.detach().clone() for name, t in _tensors(model).items()}
+        clean = _CLEAN_HOOKS[model]
         _restore_hooks(model, clean)
-        states.append((model, clean, model.training))
+        parameters = {name: p.requires_grad for name, p in model.named_parameters()}
+        versions = {name: t._version for name, t in _tensors(model).items()}
+        states.append((model, clean, model.training, parameters, versions))
     grad_enabled = torch.is_grad_enabled()
     try:
         yield
     finally:
         torch.set_grad_enabled(grad_enabled)
-        for model, clean, training in states:
+        for model, clean, training, parameters, versions in states:
             _restore_hooks(model, clean)
             model.train(training)
+            for name, p in model.named_parameters():
+                p.requires_grad_(parameters.get(name, p.requires_grad))
+                p.grad = None
+            _restore_tensors(model, versions)
 
 
 def _describe(value) -> str:
@@ -212,6 +245,27 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> 
                                                  atol=atol, rtol=rtol, equal_nan=True)
 
 
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def difference(got: torch.Tensor, expected: torch.Tensor) -> str:
+    """The numbers that show how `got` differs from `expected` (same shape), in a few words."""
+    got_values, expected_values = got.detach().double().cpu(), expected.detach().double().cpu()
+    error = (got_values - expected_values).abs().nan_to_num(float("inf"))
+    if got.dim() == 0:
+        return f"got {_number(got_values.item())}, expected {_number(expected_values.item())}"
+    index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape))
+    at = f"at index {list(index)}: got {_number(got_values[index].item())}, expected {_number(expected_values[index].item())}"
+    if not got.dtype.is_floating_point or not expected.dtype.is_floating_point:
+        return f"{int((error > 0).sum())} of {error.numel()} entries differ; first {at}"
+    return f"differs by up to {_number(error.max().item())} ({at})"
+
+
+def _with_numbers(hint: str, numbers: str) -> str:
+    return f"{hint} ({numbers})"
+
+
 def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: float = 1e-4,
                   rtol: float = 1e-4, mistakes: dict[str, torch.Tensor] | None = None) -> None:
     """Compare a learner's tensor with the reference; name a known mistake when it matches one.
@@ -224,7 +278,9 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
         raise Wrong(f"{name} should be a torch.Tensor of shape {list(expected.shape)}, got {_describe(got)}")
     for hint, mistaken in (mistakes or {}).items():
         if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol):
-            raise Wrong(hint)
+            shown = got if got.shape == expected.shape else None
+            raise Wrong(_with_numbers(hint, difference(shown, expected) if shown is not None
+                                      else f"shape {list(got.shape)}, expected {list(expected.shape)}"))
     if got.shape != expected.shape:
         raise Wrong(f"{name} has shape {list(got.shape)}, expected {list(expected.shape)}")
     if got.dtype.is_floating_point != expected.dtype.is_floating_point or (got.dtype == torch.bool) != (expected.dtype == torch.bool):
@@ -238,18 +294,19 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
         index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape)) if error.dim() else ()
         raise Wrong(f"{name} differs from the reference by up to {error.max().item():.4g} "
                     f"(at index {list(index)}: got {got_values[index].item():.4g}, "
-                    f"expected {expected_values[index].item():.4g})")
+                    f"expected {expected_values[index].item():.4g}; "
+                    f"{int((error > atol + rtol * expected_values.abs()).sum())} of {error.numel()} entries are off)")
 
 
 def expect_equal(got, expected, name: str = "the result", mistakes: dict[str, object] | None = None) -> None:
     """Compare plain Python values (strings, numbers, lists), naming a known mistake if one matches."""
     for hint, mistaken in (mistakes or {}).items():
         if got == mistaken and mistaken != expected:
-            raise Wrong(hint)
+            raise Wrong(_with_numbers(hint, one_line(f"got {got!r}, expected {expected!r}", limit=160)))
     if type(got) is not type(expected) and not (isinstance(got, (int, float)) and isinstance(expected, (int, float))):
         raise Wrong(f"{name} should be a {type(expected).__name__}, got {_describe(got)}")
     if got != expected:
-        raise Wrong(f"{name} is {got!r}, expected {expected!r}")
+        raise Wrong(one_line(f"{name} is {got!r}, expected {expected!r}"))
 
 
 def expect_close(got, expected: float, name: str = "the result", atol: float = 1e-3,
@@ -261,7 +318,7 @@ def expect_close(got, expected: float, name: str = "the result", atol: float = 1
         raise Wrong(f"{name} should be a number, got {_describe(got)}")
     for hint, mistaken in (mistakes or {}).items():
         if abs(got - mistaken) <= atol and abs(mistaken - expected) > atol:
-            raise Wrong(hint)
+            raise Wrong(_with_numbers(hint, f"got {got:.4g}, expected {expected:.4g}"))
     if got != got:  # NaN
         raise Wrong(f"{name} is NaN")
     if abs(got - expected) > atol:
