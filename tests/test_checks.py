@@ -181,7 +181,8 @@ def test_hooks_reset_removes_raw_torch_hooks_and_restores_training_mode_and_weig
             model.layer.bias.add_(10.0)
         torch.set_grad_enabled(False)
 
-    call(leaky, model)  # call() resets every model it passes on
+    with pytest.raises(Wrong, match=r"left hooks on 1 hook points of the model \(layer\)"):
+        call(leaky, model)  # call() resets every model it passes on, and says what was left
     assert torch.is_grad_enabled()
     assert not model.training and model.layer.weight.requires_grad
     assert not model.layer._forward_hooks and not model.layer._forward_pre_hooks
@@ -213,7 +214,8 @@ def test_hooks_reset_removes_transformer_lens_hooks(organism):
         model.blocks[1].hook_resid_post.add_hook(lambda resid, hook: resid + 1)
         model.train()
 
-    call(leaky, organism)
+    with pytest.raises(Wrong, match=r"left hooks on 2 hook points of the model \(blocks.0.hook_out, blocks.1.hook_out\)"):
+        call(leaky, organism)
     with torch.no_grad():
         after = organism(tokens)
     assert torch.equal(after, before) and not organism.training
@@ -252,3 +254,37 @@ def test_a_float64_answer_is_compared_like_a_float32_one():
     expect_tensor(expected.double(), expected)
     with pytest.raises(Wrong, match="differs from the reference"):
         expect_tensor(expected.double() + 1, expected)
+
+
+def test_weights_edited_in_place_are_restored_and_reported():
+    model = _Tiny()
+    before = model.layer.weight.detach().clone()
+
+    def edits(model):
+        with torch.no_grad():
+            model.layer.weight.mul_(0)
+        return 1
+
+    with pytest.raises(Wrong, match=r"changed 1 of the model's weights in place \(layer.weight\)"):
+        call(edits, model)
+    assert torch.equal(model.layer.weight, before)
+
+
+def test_hooks_that_clean_up_after_themselves_are_fine():
+    model = _Tiny()
+
+    def tidy(model):
+        handle = model.layer.register_forward_hook(lambda module, inputs, output: output * 2)
+        try:
+            return model(torch.ones(1, 2))
+        finally:
+            handle.remove()
+
+    assert call(tidy, model).shape == (1, 2)
+
+
+def test_mistakes_that_coincide_on_an_input_are_named_together():
+    expected = torch.tensor([1.0, 2.0])
+    wrong = torch.tensor([0.0, 0.0])
+    with pytest.raises(Wrong, match=r"^one of these mistakes: scored on train; or trained on test \("):
+        expect_tensor(wrong, expected, mistakes={"scored on train": wrong, "trained on test": wrong.clone()})

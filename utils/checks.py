@@ -138,8 +138,8 @@ def call(candidate: Callable, *args, **kwargs):
     """
     models = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.nn.Module)]
     try:
-        with hooks_reset(*models):
-            return candidate(*args, **kwargs)
+        with hooks_reset(*models) as left_behind:
+            result = candidate(*args, **kwargs)
     except NotImplementedError as error:
         if _raised_by_learner(error):
             raise NotAttempted() from error
@@ -148,6 +148,9 @@ def call(candidate: Callable, *args, **kwargs):
         raise
     except Exception as error:  # the learner's code failed: report it as a verdict, not a crash
         raise Wrong(_error_line(error)) from error
+    if left_behind:  # already undone, but the learner's own model would keep it
+        raise Wrong(f"your function {left_behind[0]}")
+    return result
 
 
 def call_on_inputs(candidate: Callable, cases: Iterable[tuple[tuple, dict]]) -> list:
@@ -188,24 +191,40 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return dict(model.state_dict(keep_vars=True))
 
 
-def _restore_tensors(model: torch.nn.Module, versions: dict[str, int]) -> None:
-    """Copy back every parameter or buffer changed in place since `versions` was taken."""
-    changed = {name: tensor for name, tensor in _tensors(model).items()
-               if tensor._version != versions.get(name, tensor._version)}
+def _changed_tensors(model: torch.nn.Module, versions: dict[str, int]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in _tensors(model).items()
+            if tensor._version != versions.get(name, tensor._version)}
+
+
+def _added_hooks(model: torch.nn.Module, clean: dict[str, dict[str, set]]) -> list[str]:
+    """The names of the modules that carry hooks `clean` did not have."""
+    return [name or "the model" for name, module in model.named_modules()
+            if any(set(getattr(module, attr, {})) - clean.get(name, {}).get(attr, set()) for attr in _HOOK_DICTS)]
+
+
+def _left_behind(model: torch.nn.Module, clean: dict, versions: dict[str, int]) -> list[str]:
+    """What the learner's code left changed on `model`, in words (hooks, weights edited in place)."""
+    found = []
+    hooked = _added_hooks(model, clean)
+    if hooked:
+        found.append(f"left hooks on {len(hooked)} hook points of the model ({', '.join(hooked[:3])}): they would "
+                     "change every later run; pass them to model.run_with_hooks(..., fwd_hooks=...) or call "
+                     "model.reset_hooks() before returning")
+    changed = list(_changed_tensors(model, versions))
     if changed:
-        clean = _CLEAN_STATE[model]
-        with torch.no_grad():
-            for name, tensor in changed.items():
-                tensor.copy_(clean[name])
+        found.append(f"changed {len(changed)} of the model's weights in place ({', '.join(changed[:3])}): "
+                     "work on a copy, or use hooks, so the model stays as it was")
+    return found
 
 
 @contextlib.contextmanager
-def hooks_reset(*models: torch.nn.Module) -> Iterator[None]:
+def hooks_reset(*models: torch.nn.Module) -> Iterator[list[str]]:
     """Hand the learner's code each model as the check first found it, and take it back that way.
 
     Hooks the learner adds and never removes, `model.train()` left on, weights edited in place,
     `requires_grad` switched off, or gradients switched off globally would otherwise leak into
-    the check's later calls and into other checks.
+    the check's later calls and into other checks. Yields a list that, after the block, says
+    what the code left behind (hooks, weights edited in place), so a check can report it.
     """
     states = []
     for model in models:
@@ -218,17 +237,22 @@ def hooks_reset(*models: torch.nn.Module) -> Iterator[None]:
         versions = {name: t._version for name, t in _tensors(model).items()}
         states.append((model, clean, model.training, parameters, versions))
     grad_enabled = torch.is_grad_enabled()
+    left_behind: list[str] = []
     try:
-        yield
+        yield left_behind
     finally:
         torch.set_grad_enabled(grad_enabled)
         for model, clean, training, parameters, versions in states:
+            left_behind.extend(_left_behind(model, clean, versions))
             _restore_hooks(model, clean)
             model.train(training)
             for name, p in model.named_parameters():
                 p.requires_grad_(parameters.get(name, p.requires_grad))
                 p.grad = None
-            _restore_tensors(model, versions)
+            changed = _changed_tensors(model, versions)
+            with torch.no_grad():
+                for name, tensor in changed.items():
+                    tensor.copy_(_CLEAN_STATE[model][name])
 
 
 def _describe(value) -> str:
@@ -266,21 +290,29 @@ def _with_numbers(hint: str, numbers: str) -> str:
     return f"{hint} ({numbers})"
 
 
+def _either(hints: list[str]) -> str:
+    """One hint, or, where these inputs cannot tell several mistakes apart, all of them."""
+    return hints[0] if len(hints) == 1 else "one of these mistakes: " + "; or ".join(hints)
+
+
 def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: float = 1e-4,
                   rtol: float = 1e-4, mistakes: dict[str, torch.Tensor] | None = None) -> None:
     """Compare a learner's tensor with the reference; name a known mistake when it matches one.
 
-    `mistakes` maps a hint to the tensor that mistake would produce; a match raises that hint.
-    A mistake that gives the correct result on this input is skipped, so a hint never fires for
-    a correct answer. Any floating dtype is accepted: values are compared in float64.
+    `mistakes` maps a hint to the tensor that mistake would produce; a match raises that hint,
+    with the numbers that show it. A mistake that gives the correct result on this input is
+    skipped, so a hint never fires for a correct answer; where several mistakes give the same
+    result, the verdict names them all. Any floating dtype is accepted: values are compared in
+    float64.
     """
     if not isinstance(got, torch.Tensor):
         raise Wrong(f"{name} should be a torch.Tensor of shape {list(expected.shape)}, got {_describe(got)}")
-    for hint, mistaken in (mistakes or {}).items():
-        if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol):
-            shown = got if got.shape == expected.shape else None
-            raise Wrong(_with_numbers(hint, difference(shown, expected) if shown is not None
-                                      else f"shape {list(got.shape)}, expected {list(expected.shape)}"))
+    matched = [hint for hint, mistaken in (mistakes or {}).items()
+               if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol)]
+    if matched:
+        numbers = (difference(got, expected) if got.shape == expected.shape
+                   else f"shape {list(got.shape)}, expected {list(expected.shape)}")
+        raise Wrong(_with_numbers(_either(matched), numbers))
     if got.shape != expected.shape:
         raise Wrong(f"{name} has shape {list(got.shape)}, expected {list(expected.shape)}")
     if got.dtype.is_floating_point != expected.dtype.is_floating_point or (got.dtype == torch.bool) != (expected.dtype == torch.bool):
@@ -300,9 +332,9 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
 
 def expect_equal(got, expected, name: str = "the result", mistakes: dict[str, object] | None = None) -> None:
     """Compare plain Python values (strings, numbers, lists), naming a known mistake if one matches."""
-    for hint, mistaken in (mistakes or {}).items():
-        if got == mistaken and mistaken != expected:
-            raise Wrong(_with_numbers(hint, one_line(f"got {got!r}, expected {expected!r}", limit=160)))
+    matched = [hint for hint, mistaken in (mistakes or {}).items() if got == mistaken and mistaken != expected]
+    if matched:
+        raise Wrong(_with_numbers(_either(matched), one_line(f"got {got!r}, expected {expected!r}", limit=160)))
     if type(got) is not type(expected) and not (isinstance(got, (int, float)) and isinstance(expected, (int, float))):
         raise Wrong(f"{name} should be a {type(expected).__name__}, got {_describe(got)}")
     if got != expected:
@@ -316,9 +348,10 @@ def expect_close(got, expected: float, name: str = "the result", atol: float = 1
         got = got.item()
     if not isinstance(got, (int, float)) or isinstance(got, bool):
         raise Wrong(f"{name} should be a number, got {_describe(got)}")
-    for hint, mistaken in (mistakes or {}).items():
-        if abs(got - mistaken) <= atol and abs(mistaken - expected) > atol:
-            raise Wrong(_with_numbers(hint, f"got {got:.4g}, expected {expected:.4g}"))
+    matched = [hint for hint, mistaken in (mistakes or {}).items()
+               if abs(got - mistaken) <= atol and abs(mistaken - expected) > atol]
+    if matched:
+        raise Wrong(_with_numbers(_either(matched), f"got {got:.4g}, expected {expected:.4g}"))
     if got != got:  # NaN
         raise Wrong(f"{name} is NaN")
     if abs(got - expected) > atol:
