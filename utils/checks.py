@@ -295,6 +295,21 @@ def _either(hints: list[str]) -> str:
     return hints[0] if len(hints) == 1 else "one of these mistakes: " + "; or ".join(hints)
 
 
+def expect_no_known_mistake(got: torch.Tensor, expected: torch.Tensor, mistakes: dict[str, torch.Tensor] | None,
+                            atol: float = 1e-4, rtol: float = 1e-4) -> None:
+    """Raise the hint of every known mistake that `got` matches and the correct answer does not.
+
+    `expect_tensor` starts with this; a check that tests properties instead of one exact answer
+    (a trained probe, a random batch) calls it on its own to name a mistake it recognises.
+    """
+    matched = [hint for hint, mistaken in (mistakes or {}).items()
+               if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol)]
+    if matched:
+        numbers = (difference(got, expected) if got.shape == expected.shape
+                   else f"shape {list(got.shape)}, expected {list(expected.shape)}")
+        raise Wrong(_with_numbers(_either(matched), numbers))
+
+
 def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: float = 1e-4,
                   rtol: float = 1e-4, mistakes: dict[str, torch.Tensor] | None = None) -> None:
     """Compare a learner's tensor with the reference; name a known mistake when it matches one.
@@ -307,12 +322,7 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
     """
     if not isinstance(got, torch.Tensor):
         raise Wrong(f"{name} should be a torch.Tensor of shape {list(expected.shape)}, got {_describe(got)}")
-    matched = [hint for hint, mistaken in (mistakes or {}).items()
-               if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol)]
-    if matched:
-        numbers = (difference(got, expected) if got.shape == expected.shape
-                   else f"shape {list(got.shape)}, expected {list(expected.shape)}")
-        raise Wrong(_with_numbers(_either(matched), numbers))
+    expect_no_known_mistake(got, expected, mistakes, atol, rtol)
     if got.shape != expected.shape:
         raise Wrong(f"{name} has shape {list(got.shape)}, expected {list(expected.shape)}")
     if got.dtype.is_floating_point != expected.dtype.is_floating_point or (got.dtype == torch.bool) != (expected.dtype == torch.bool):
