@@ -288,3 +288,11 @@ def test_mistakes_that_coincide_on_an_input_are_named_together():
     wrong = torch.tensor([0.0, 0.0])
     with pytest.raises(Wrong, match=r"^one of these mistakes: scored on train; or trained on test \("):
         expect_tensor(wrong, expected, mistakes={"scored on train": wrong, "trained on test": wrong.clone()})
+
+
+def test_the_learners_code_sees_a_freshly_seeded_global_generator_and_keeps_its_own():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, second = call(torch.rand, 3), call(torch.rand, 3)
+    assert torch.equal(first, second)  # the same verdict on every run, even without a generator
+    assert torch.equal(torch.get_rng_state(), state)  # the learner's own random stream is untouched

@@ -134,11 +134,13 @@ def call(candidate: Callable, *args, **kwargs):
     Only a NotImplementedError raised by the learner's own code counts as "not attempted"; one
     raised inside torch or another library is reported as the error it is. Every model passed as
     an argument is handed over and taken back clean (`hooks_reset`), so nothing the learner
-    leaves on it leaks into later calls or other checks.
+    leaves on it leaks into later calls or other checks. The learner's code runs with torch's
+    global random generator seeded afresh (and put back afterwards), so even an answer that
+    ignores the generator it is given gets the same verdict on every run.
     """
     models = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.nn.Module)]
     try:
-        with hooks_reset(*models) as left_behind:
+        with hooks_reset(*models) as left_behind, _seeded_global_rng():
             result = candidate(*args, **kwargs)
     except NotImplementedError as error:
         if _raised_by_learner(error):
@@ -151,6 +153,14 @@ def call(candidate: Callable, *args, **kwargs):
     if left_behind:  # already undone, but the learner's own model would keep it
         raise Wrong(f"your function {left_behind[0]}")
     return result
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int = 0) -> Iterator[None]:
+    """Run a block with torch's global CPU generator seeded, then restore the learner's state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def call_on_inputs(candidate: Callable, cases: Iterable[tuple[tuple, dict]]) -> list:

@@ -254,7 +254,7 @@ MISTAKES = {
     "1.2": [(diff_reversed, "sign is reversed"), (diff_of_probabilities, "difference of probabilities"),
             (diff_mean_only, "not their mean"), (diff_is_correct, "return the difference itself")],
     "1.3": [(interval_wald, "Wald interval"), (interval_counting_ties, "tie"),
-            (interval_ignoring_z, "use the z you are given"), (interval_memoised, "expected")],
+            (interval_ignoring_z, "use the z you are given"), (interval_memoised, "of your interval (n=8")],
     "1.4": [(group_counts, "divide by the group's size"), (group_mean_diff, "mean logit difference"),
             (group_overall, "select each group's own prompts")],
     "1.5": [(insert_without_flip, "swap correct and wrong"), (insert_after_anchor, "not after it"),

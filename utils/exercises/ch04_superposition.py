@@ -82,7 +82,8 @@ def _expect_seeded(candidate, *args, name: str) -> None:
     for what, batch in (("the next call on the same generator", successive[1]), ("seed 8", other_seed)):
         if isinstance(batch, torch.Tensor) and batch.shape == first.shape and torch.equal(batch, first):
             raise Wrong(f"{name}: {what} gave exactly the batch of seed 7 again ({batch.numel()} equal entries): "
-                        "draw from the generator you are given, never re-seed it or make a new one")
+                        "draw from the generator you are given (generator=generator in every torch.rand), never re-seed it "
+                        "or make a new one")
 
 
 # ------------------------------------------------------------------------------------------
