@@ -344,7 +344,7 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
     if not torch.allclose(got_values, expected_values, atol=atol, rtol=rtol, equal_nan=True):
         error = (got_values - expected_values).abs().nan_to_num(float("inf"))
         index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape)) if error.dim() else ()
-        raise Wrong(f"{name} differs from the reference by up to {error.max().item():.4g} "
+        raise Wrong(f"{name} and the reference differ by up to {error.max().item():.4g} "
                     f"(at index {list(index)}: got {got_values[index].item():.4g}, "
                     f"expected {expected_values[index].item():.4g}; "
                     f"{int((error > atol + rtol * expected_values.abs()).sum())} of {error.numel()} entries are off)")

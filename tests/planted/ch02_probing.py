@@ -368,7 +368,7 @@ MISTAKES = {
     "2.3": [(accuracy_on_training_split, "held-out test split"), (accuracy_probability_above_zero, "logit is above 0"),
             (accuracy_trained_on_train_and_test, "trained on the test prompts too")],
     "2.4": [(direction_flipped, "wrong way"), (direction_not_normalised, "unit length"), (direction_from_sums, "not the sum"),
-            (direction_memoised, "differs from the reference")],
+            (direction_memoised, "and the reference differ by up to")],
     "2.5": [(accuracy_threshold_zero, "not centred"), (accuracy_assumes_positive_side, "points towards label 0")],
     "2.6": [(cosine_without_normalising, "plain dot products"), (cosine_normalised_by_column, "not each column")],
     "2.7": [(control_labels_per_prompt, "same key must always get the same label"),

@@ -398,7 +398,7 @@ MISTAKES = {
             (features_reseeding_the_generator, "draw from the generator you are given")],
     "4.2": [(ToyModelWithoutReLU, "the ReLU is missing"), (ToyModelWithoutBias, "bias is missing"),
             (ToyModelWithHiddenReLU, "no ReLU on the hidden layer"), (ToyModelAlwaysReLU, "skip the ReLU"),
-            (ToyModelDetached, "not connected to W"), (ToyModelFirstInstanceForAll, "differs from the reference")],
+            (ToyModelDetached, "not connected to W"), (ToyModelFirstInstanceForAll, "and the reference differ by up to")],
     "4.3": [(loss_without_importance, "importance is missing"), (loss_mean_over_features, "sum over features"),
             (loss_summed_over_batch, "average over the batch"), (loss_one_number, "one loss per instance"),
             (loss_memoised, "batch 7")],
