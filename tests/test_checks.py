@@ -296,3 +296,19 @@ def test_the_learners_code_sees_a_freshly_seeded_global_generator_and_keeps_its_
     first, second = call(torch.rand, 3), call(torch.rand, 3)
     assert torch.equal(first, second)  # the same verdict on every run, even without a generator
     assert torch.equal(torch.get_rng_state(), state)  # the learner's own random stream is untouched
+
+
+def test_an_input_changed_in_place_is_reported():
+    def centres_in_place(x, extra):
+        x -= x.mean()
+        return x
+
+    def edits_a_dict_value(values):
+        values["a"].mul_(2)
+        return values["a"]
+
+    with pytest.raises(Wrong, match=r"changed its input argument 1 in place"):
+        call(centres_in_place, torch.arange(3.0), 1)
+    with pytest.raises(Wrong, match=r"changed its input argument 1\['a'\] in place"):
+        call(edits_a_dict_value, {"a": torch.ones(2)})
+    assert torch.equal(call(lambda x: x - x.mean(), torch.arange(3.0)), torch.tensor([-1.0, 0.0, 1.0]))

@@ -139,6 +139,8 @@ def call(candidate: Callable, *args, **kwargs):
     ignores the generator it is given gets the same verdict on every run.
     """
     models = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.nn.Module)]
+    inputs = _tensor_arguments(args, kwargs)
+    versions = [tensor._version for _, tensor in inputs]
     try:
         with hooks_reset(*models) as left_behind, _seeded_global_rng():
             result = candidate(*args, **kwargs)
@@ -152,7 +154,25 @@ def call(candidate: Callable, *args, **kwargs):
         raise Wrong(_error_line(error)) from error
     if left_behind:  # already undone, but the learner's own model would keep it
         raise Wrong(f"your function {left_behind[0]}")
+    changed = [label for (label, tensor), version in zip(inputs, versions) if tensor._version != version]
+    if changed:
+        raise Wrong(f"your function changed its input {changed[0]} in place ({len(changed)} input tensors changed): "
+                    "the caller's data must stay as it was; use x = x + y rather than x += y, or work on a clone()")
     return result
+
+
+def _tensor_arguments(args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a call hands over, with a label each: arguments, and the values of dicts or
+    caches (an ActivationCache) passed as arguments."""
+    found = []
+    named = [(f"argument {i + 1}", value) for i, value in enumerate(args)] + list(kwargs.items())
+    for label, value in named:
+        if isinstance(value, torch.Tensor):
+            found.append((label, value))
+        mapping = getattr(value, "cache_dict", value)
+        if isinstance(mapping, dict):
+            found += [(f"{label}[{key!r}]", item) for key, item in mapping.items() if isinstance(item, torch.Tensor)]
+    return found
 
 
 @contextlib.contextmanager

@@ -126,6 +126,14 @@ def residual_in_float64(cache, n_layers):
     return total
 
 
+def residual_added_into_the_cache(cache, n_layers):
+    total = cache["hook_embed"]  # not a copy: += below changes the cache itself
+    total += cache["hook_pos_embed"]
+    for layer in range(n_layers):
+        total += cache[f"blocks.{layer}.hook_attn_out"] + cache[f"blocks.{layer}.hook_mlp_out"]
+    return total
+
+
 MISTAKES = {
     "0.1": [(risk_inclusive, "'below' is strict"), (risk_first_rule_only, "second rule is missing")],
     "0.2": [(hidden_without_relu, "ReLU is missing"), (hidden_without_bias, "bias is missing")],
@@ -133,7 +141,8 @@ MISTAKES = {
             (contributions_with_bias_shared, "leave the output bias out")],
     "0.4": [(predict_from_first_position, "first position"), (predict_token_id, "as a string")],
     "0.5": [(residual_without_positions, "positional embedding"), (residual_last_layer_only, "only the last layer"),
-            (residual_every_layer_of_the_model, "with n_layers=2")],
+            (residual_every_layer_of_the_model, "with n_layers=2"),
+            (residual_added_into_the_cache, "changed its input argument 1['hook_embed'] in place")],
 }
 
 ALTERNATIVES = {

@@ -109,9 +109,9 @@ def check_predict_next_token(candidate) -> None:
         })
 
 
-@functools.cache
 def residual_caches() -> list:
-    """Two cached runs of the organism on prompts of different lengths and batch sizes."""
+    """Two cached runs of the organism on prompts of different lengths and batch sizes (made
+    afresh for every check, so that nothing an answer does to one can reach another check)."""
     model = organism()
     batches = [["When Mary and John went to the store, John gave a drink to",
                 "The capital of France is Paris. That is true."],
