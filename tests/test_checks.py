@@ -241,7 +241,7 @@ def test_a_hint_gives_the_numbers_that_show_it():
     with pytest.raises(Wrong, match=r"took the mean \(shape \[\], expected \[3\]\)"):
         expect_tensor(expected.mean(), expected, mistakes={"took the mean": expected.mean()})
     labels = torch.tensor([True, False, True, True])
-    with pytest.raises(Wrong, match=r"inclusive \(1 of 4 entries differ; first at index \[1\]: got 1, expected 0\)"):
+    with pytest.raises(Wrong, match=r"inclusive \(1 of 4 entries differ; first at index \[1\]: got True, expected False\)"):
         expect_tensor(torch.ones(4, dtype=torch.bool), labels, mistakes={"inclusive": torch.ones(4, dtype=torch.bool)})
     with pytest.raises(Wrong, match=r"reversed \(got -0.5, expected 0.5\)"):
         expect_close(-0.5, 0.5, mistakes={"reversed": -0.5})

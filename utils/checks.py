@@ -310,7 +310,8 @@ def difference(got: torch.Tensor, expected: torch.Tensor) -> str:
     if got.dim() == 0:
         return f"got {_number(got_values.item())}, expected {_number(expected_values.item())}"
     index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape))
-    at = f"at index {list(index)}: got {_number(got_values[index].item())}, expected {_number(expected_values[index].item())}"
+    shown = bool if got.dtype == torch.bool and expected.dtype == torch.bool else _number
+    at = f"at index {list(index)}: got {shown(got_values[index].item())}, expected {shown(expected_values[index].item())}"
     if not got.dtype.is_floating_point or not expected.dtype.is_floating_point:
         return f"{int((error > 0).sum())} of {error.numel()} entries differ; first {at}"
     return f"differs by up to {_number(error.max().item())} ({at})"

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from utils.checks import Wrong, call, exercise, expect_equal, expect_tensor
+from utils.checks import Wrong, call, call_on_inputs, exercise, expect_equal, expect_tensor
 from utils.models import load_model
 from utils.references import ch00_orientation as ref
 
@@ -31,24 +31,26 @@ def _applicants() -> torch.Tensor:
     return torch.cat([ref.applicant_grid(21), edges])  # [batch, 2]
 
 
+def _risk_mistakes(age: torch.Tensor, income: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "'below' is strict: use <, not <=, so an applicant exactly on a threshold (age 0.3, income 0.5 or 0.2) "
+        "is not below it": ((age <= 0.3) & (income <= 0.5)) | (income <= 0.2),
+        "the second rule is missing: income below 0.2 is high risk at any age": (age < 0.3) & (income < 0.5),
+        "the two conditions of the first rule need 'and' (&), not 'or' (|)":
+            (age < 0.3) | (income < 0.5) | (income < 0.2),
+    }
+
+
 @exercise("0.1", "a rule-based model", CHAPTER, ref.rule_based_risk)
 def check_rule_based_risk(candidate) -> None:
     x = _applicants()
-    age, income = x[:, 0], x[:, 1]
-    expected = ref.rule_based_risk(age, income)
-    got = call(candidate, age.clone(), income.clone())
-    expect_tensor(got, expected, "your risk labels", mistakes={
-        "'below' is strict: use <, not <=, so an applicant exactly on a threshold (age 0.3, income 0.5 or 0.2) "
-        "is not below it":
-            ((age <= 0.3) & (income <= 0.5)) | (income <= 0.2),
-        "the second rule is missing: income below 0.2 is high risk at any age":
-            (age < 0.3) & (income < 0.5),
-        "the two conditions of the first rule need 'and' (&), not 'or' (|)":
-            (age < 0.3) | (income < 0.5) | (income < 0.2),
-    })
-    age_2d, income_2d = age[-6:].reshape(3, 2), income[-6:].reshape(3, 2)  # any shape must work
-    expect_tensor(call(candidate, age_2d, income_2d), ref.rule_based_risk(age_2d, income_2d),
-                  "your labels for a 2-D batch")
+    edges = x[-6:]  # the points on the thresholds
+    inputs = {"your risk labels": (x[:, 0], x[:, 1]),
+              "your labels for a 2-D batch": (edges[:, 0].reshape(3, 2), edges[:, 1].reshape(3, 2)),  # any shape
+              "your labels for float64 inputs": (edges[:, 0].double(), edges[:, 1].double())}
+    results = call_on_inputs(candidate, [((age.clone(), income.clone()), {}) for age, income in inputs.values()])
+    for (name, (age, income)), got in zip(inputs.items(), results):
+        expect_tensor(got, ref.rule_based_risk(age, income), name, mistakes=_risk_mistakes(age, income))
 
 
 @exercise("0.2", "hidden activations by hand", CHAPTER, ref.hidden_activations)
