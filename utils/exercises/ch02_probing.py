@@ -169,7 +169,7 @@ def check_train_probe(candidate) -> None:
         expect_no_known_mistake(got, expected, mistakes, atol=0.02)
         got_loss, got_accuracy = _fit(probe, data, "your probe")
         if got_loss > 1.5 * loss + 0.02 or got_accuracy < accuracy - 0.03:
-            raise Wrong(f"your probe has not learned the task with the {case} ({settings or 'default settings'}): "
+            raise Wrong(f"your probe has not learned the task ({case} case, {settings or 'default settings'}): "
                         f"training loss {got_loss:.3f} and held-out accuracy {got_accuracy:.3f}, where a probe "
                         f"trained as described reaches {loss:.3f} and {accuracy:.3f}")
     data, settings = cases["weight decay"]
