@@ -213,7 +213,8 @@ def _accuracy_cases() -> list[dict]:
     small = {"x_train": small["x_train"][:40], "y_train": small["y_train"][:40],
              "x_test": torch.cat([small["x_train"][40:], small["x_test"]]),
              "y_test": torch.cat([small["y_train"][40:], small["y_test"]])}
-    return [_as_layers(small), shuffled, _as_layers(synthetic_data(2)), truth]
+    one_layer = {k: (v[None] if k.startswith("x") else v) for k, v in small.items()}  # [1, batch, d_model]
+    return [one_layer, shuffled, _as_layers(synthetic_data(2)), truth]
 
 
 @functools.cache
