@@ -230,8 +230,11 @@ def test_a_hint_never_fires_for_a_correct_answer():
     same_as_correct_here = {"you forgot the ReLU": torch.tensor([1.0, 0.0, 2.0])}
     expect_tensor(expected.clone(), expected, mistakes=same_as_correct_here)
     expect_tensor(expected.double(), expected, mistakes=same_as_correct_here)  # any float dtype
+    close_to_both = {"off by a little": expected + 1.5e-4}  # within tolerance of the answer, not equal to it
+    expect_tensor(expected + 0.8e-4, expected, mistakes=close_to_both)
     expect_equal(" Mary", " Mary", mistakes={"used the first position": " Mary"})
     expect_close(0.5, 0.5, mistakes={"used >= 0": 0.5})
+    expect_close(0.5004, 0.5, mistakes={"used >= 0": 0.5008})
 
 
 def test_a_hint_gives_the_numbers_that_show_it():

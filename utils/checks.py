@@ -333,6 +333,8 @@ def expect_no_known_mistake(got: torch.Tensor, expected: torch.Tensor, mistakes:
     `expect_tensor` starts with this; a check that tests properties instead of one exact answer
     (a trained probe, a random batch) calls it on its own to name a mistake it recognises.
     """
+    if _same_tensor(got, expected, atol, rtol):  # a correct answer never gets a hint
+        return
     matched = [hint for hint, mistaken in (mistakes or {}).items()
                if _same_tensor(got, mistaken, atol, rtol) and not _same_tensor(mistaken, expected, atol, rtol)]
     if matched:
@@ -390,7 +392,7 @@ def expect_close(got, expected: float, name: str = "the result", atol: float = 1
     if not isinstance(got, (int, float)) or isinstance(got, bool):
         raise Wrong(f"{name} should be a number, got {_describe(got)}")
     matched = [hint for hint, mistaken in (mistakes or {}).items()
-               if abs(got - mistaken) <= atol and abs(mistaken - expected) > atol]
+               if abs(got - mistaken) <= atol and abs(mistaken - expected) > atol and abs(got - expected) > atol]
     if matched:
         raise Wrong(_with_numbers(_either(matched), f"got {got:.4g}, expected {expected:.4g}"))
     if got != got:  # NaN

@@ -61,12 +61,6 @@ def _expect_uniform_values(batch: torch.Tensor, name: str) -> None:
         raise Wrong(f"{name}: active values average {active.mean():.3f}; uniform values on [0, 1) average 0.5")
 
 
-def _distinct(mistakes: dict[str, torch.Tensor], expected: torch.Tensor, atol: float = 1e-4) -> dict:
-    """Only the mistakes that these inputs can tell apart from the right answer."""
-    return {hint: wrong for hint, wrong in mistakes.items()
-            if wrong.shape != expected.shape or not torch.allclose(wrong.double(), expected.double(), atol=10 * atol)}
-
-
 def _expect_seeded(candidate, *args, name: str) -> None:
     """A generator's draws: the same seed gives the same batch; the next call on one generator and
     another seed give new ones (so neither a re-seeding nor a generator-ignoring answer passes)."""
@@ -214,7 +208,7 @@ def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
     expected = ref.importance_weighted_loss(output, features, importance)
     squared = (features - output) ** 2  # [batch, instances, feats]
     got = call(candidate, output.clone(), features.clone(), importance.clone())
-    expect_tensor(got, expected, f"your loss (batch {batch})", atol=1e-5, mistakes=_distinct({
+    expect_tensor(got, expected, f"your loss (batch {batch})", atol=1e-5, mistakes={
         "the importance is missing: multiply each feature's squared error by its importance":
             squared.sum(-1).mean(0),
         "the importance multiplies the squared error once, it is not squared with it":
@@ -227,7 +221,7 @@ def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
             expected.sum(),
         "return one loss per instance, shape [instances]: don't average over instances":
             expected.mean(),
-    }, expected))
+    })
 
 
 # ------------------------------------------------------------------------------------------
@@ -270,7 +264,7 @@ def check_interference(candidate) -> None:
         norms = W.norm(dim=1)  # [instances, feats]
         got = call(candidate, W.clone())
         _expect_no_nan(got, expected, "your interference")
-        expect_tensor(got, expected, "your interference", mistakes=_distinct({
+        expect_tensor(got, expected, "your interference", mistakes={
             "leave out the j = i term: a feature does not interfere with itself":
                 expected + norms ** 2,
             "normalise W_i (the feature whose interference you measure) to unit length before the dot product":
@@ -279,7 +273,7 @@ def check_interference(candidate) -> None:
                 _off_diagonal_sum(_overlaps(W, "both") ** 2),
             "square each dot product before summing (negative overlaps interfere too)":
                 _off_diagonal_sum(_overlaps(W)),
-        }, expected))
+        })
 
 
 @exercise("4.5", "classify the extra feature", CHAPTER, ref.extra_feature_phase)
@@ -308,7 +302,7 @@ def check_extra_feature_phase(candidate) -> None:
             mistakes["a feature pointing the negative way is still represented: compare its norm, not its weight"] = \
                 signed.long() + (signed & (overlap[:, -1] > 0.25)).long()
         got = call(candidate, W.clone())
-        expect_tensor(got, expected, "your phases", mistakes=_distinct(mistakes, expected))
+        expect_tensor(got, expected, "your phases", mistakes=mistakes)
     default = ref.extra_feature_phase(examples[0], threshold=0.8)
     expect_tensor(call(candidate, examples[0].clone(), threshold=0.8), default,
                   "your phases with threshold=0.8 (use the threshold argument, not 0.5)")
@@ -321,14 +315,14 @@ def check_feature_dimensionality(candidate) -> None:
         norms = W.norm(dim=1)  # [instances, feats]
         got = call(candidate, W.clone())
         _expect_no_nan(got, expected, "your dimensionality")
-        expect_tensor(got, expected, "your dimensionality", mistakes=_distinct({
+        expect_tensor(got, expected, "your dimensionality", mistakes={
             "the sum in the denominator includes j = i (the feature's own ||W_i||^2)":
                 norms ** 2 / _off_diagonal_sum(_overlaps(W) ** 2).clamp(min=1e-12),
             "normalise W_i inside the dot products of the denominator (W_i_hat . W_j)":
                 norms ** 2 / (_overlaps(W, "none") ** 2).sum(-1).clamp(min=1e-12),
             "the numerator is the squared norm ||W_i||^2":
                 norms / (_overlaps(W) ** 2).sum(-1).clamp(min=1e-12),
-        }, expected))
+        })
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,14 +381,14 @@ def check_features_per_neuron(candidate) -> None:
                 and torch.isnan(got).any():
             raise Wrong(f"a neuron with no positive weight gives NaN ({int(torch.isnan(got).sum())} of "
                         f"{got.numel()} neurons): clamp the denominator so it counts as 0")
-        expect_tensor(got, expected, "your features per neuron", mistakes=_distinct({
+        expect_tensor(got, expected, "your features per neuron", mistakes={
             "only positive weights make a ReLU neuron fire: take F.relu(W) before squaring":
                 _participation_ratio(W),
             "weigh each feature by its squared weight w_i^2 (you used |w_i|)":
                 _participation_ratio(F.relu(W), power=1),
             "count features per neuron (sum over the last dimension, feats), not neurons per feature":
                 ref.features_per_neuron(W.transpose(1, 2)),
-        }, expected))
+        })
 
 
 # ------------------------------------------------------------------------------------------
@@ -424,7 +418,7 @@ def _check_sparse_code(candidate) -> None:
     for l1, steps in ((0.05, 7), (0.01, 60)):
         expected = ref.sparse_code(h, W, l1=l1, steps=steps)
         got = call(candidate, h.clone(), W.clone(), l1=l1, steps=steps)
-        expect_tensor(got, expected, f"your code with l1={l1}, steps={steps}", atol=1e-4, mistakes=_distinct({
+        expect_tensor(got, expected, f"your code with l1={l1}, steps={steps}", atol=1e-4, mistakes={
             "the L1 penalty is missing: subtract eta * l1 as well as the gradient step, before the ReLU":
                 _ista(h, W, 0.0, steps, eta),
             "the ReLU is missing: the code must stay non-negative, c <- ReLU(c - eta * (gradient + l1))":
@@ -435,4 +429,4 @@ def _check_sparse_code(candidate) -> None:
                 _ista(h, W, l1, steps + 1, eta),
             "step downhill: subtract eta * (W^T (W c - h) + l1), don't add it":
                 _ista(h, W, l1, steps, eta, sign=-1.0),
-        }, expected))
+        })
