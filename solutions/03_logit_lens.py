@@ -274,9 +274,9 @@ lines({family: measured["probability"] for family, measured in lens.items()}, x=
 # %% [markdown]
 # The world predicts this picture, family by family:
 # - At `embed` the last token is the same word in every prompt of a family, so nothing is known.
-# - **Facts, truth and sentiment** are answered after the first block for most prompts: a single
-#   attention layer brings the country (or the adjective) to the last token, and an MLP turns it into
-#   the answer. Later blocks add confidence.
+# - **Facts, truth and sentiment** are answered after the first block for most prompts: one block is
+#   enough to bring the country (or the adjective) to the last token and turn it into the answer.
+#   Later blocks add confidence.
 # - **IOI** stays wrong until the last block, and then is right for every prompt: choosing the name
 #   that was *not* repeated needs information from several positions to be combined, and the organism
 #   does that only in its last block.
@@ -315,8 +315,11 @@ class Translator(nn.Module):
 
 
 def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-    """The final LayerNorm and unembedding applied to residual vectors (the logit lens's read-out)."""
-    return model.ln_final(resid) @ model.W_U + model.b_U
+    """The final LayerNorm and unembedding applied to residual vectors (the logit lens's read-out).
+
+    The unembedding is a constant here (`.detach()`): a translator's gradient stops at its output.
+    """
+    return model.ln_final(resid) @ model.W_U.detach() + model.b_U.detach()
 
 
 def kl_from_final(final_logits: Float[Tensor, "batch d_vocab"], logits: Float[Tensor, "batch d_vocab"]) -> Float[Tensor, "batch"]:
@@ -372,7 +375,7 @@ print("training vectors:", list(lens_train["resid"].shape), " held out:", list(l
 
 # %% tags=["export"]
 def train_translator(model, resid: Float[Tensor, "vector d_model"], final_logits: Float[Tensor, "vector d_vocab"],
-                     steps: int = 200, lr: float = 3e-3, batch_size: int = 256, seed: int = 0) -> Translator:
+                     steps: int = 100, lr: float = 1e-2, batch_size: int = 128, seed: int = 0) -> Translator:
     """A tuned-lens translator for one residual point, trained to match the model's final distribution."""
     ### BEGIN SOLUTION
     translator = Translator(resid.shape[-1]).to(resid.device)
@@ -397,7 +400,7 @@ train_translator = check_exercise("3.3", train_translator)
 # have KL 0), then the KL of both lenses on held-out prompts, at every position:
 
 # %% tags=["export"]
-def lens_kl_by_point(model, train: dict, test: dict, steps: int = 200, progress: bool = True) -> dict[str, Tensor]:
+def lens_kl_by_point(model, train: dict, test: dict, steps: int = 100, progress: bool = True) -> dict[str, Tensor]:
     """Held-out mean KL(final || lens) at each residual point for the logit lens and a tuned lens."""
     logit, tuned = [], []
     for point in progress_bar(range(train["resid"].shape[0] - 1), show=progress, desc="translators"):
@@ -419,9 +422,9 @@ lines(kl, x=points, title="How far each lens is from the model's final distribut
 # %% [markdown]
 # The tuned lens is closer to the final distribution at every point before the last, and the gap is
 # largest early, where the residual stream is furthest from the unembedding's language. At the last
-# point both lenses are the model itself (KL 0). Two cautions. A translator is a *trained* probe, so
-# at the embeddings it learns each family's usual answer from the family's last word: it reports
-# what can be *predicted* from the point, which is more than what the model has computed there.
+# point both lenses are the model itself (KL 0). Two cautions. A translator is a *trained* probe: at
+# the embeddings it can learn the usual next word after each token from the token alone, so it reports
+# what can be *predicted* from the point, which may be more than what the model has computed there.
 # And both lenses read the residual stream through the last layer's eyes only.
 #
 # ## 4. Direct logit attribution
@@ -506,8 +509,8 @@ heatmap(by_head["ioi"], x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}
 # What the attributions say:
 # - **Facts and sentiment are MLP behaviours.** Their heads together write almost nothing straight to
 #   the answer; the MLPs write it (for sentiment, mostly the MLP of block 1; for facts, every MLP a
-#   little). Heads still *move* the adjective or the country to the last token, but that is an indirect
-#   effect, which DLA does not see.
+#   little). Something must still *move* the adjective or the country to the last token, and only
+#   attention can, but that is an indirect effect, which DLA does not see.
 # - **Truth** is written by MLPs too, mostly in blocks 0 and 2.
 # - **IOI** has one head with a large direct share, L3H1, and a few heads that write *against* the
 #   answer (negative cells in layer 3). But the biggest single share is the MLP of block 3. Hold on to
@@ -834,8 +837,9 @@ print(f"random heads (baseline), effective embedding: "
 
 # %% [markdown]
 # Read through the raw embeddings, the induction heads do not copy at all; the diagonal is near the
-# *bottom* of each row. Read through the effective embedding, each head copies the token for most
-# tokens, and together they copy every one: the heads share the work. The lesson is not about this
+# *bottom* of each row. Read through the effective embedding, each head alone copies a large share of
+# the tokens (from about half to over 80%), far above the random baseline, and together they copy
+# every one: the heads share the work. The lesson is not about this
 # model only. A path read through the wrong input vectors can say the opposite of what the head
 # does; MLP0 changes how tokens are written before any later head reads them. And "0.6" means
 # something only beside the random baseline.
@@ -922,7 +926,7 @@ heatmap(k_scores, x=[f"L3H{h}" for h in range(model.cfg.n_heads)], y=[f"L0H{h}" 
         title=f"K-composition, layer 0 into layer 3 (random baseline {baseline_mean:.2f})", diverging=False, text_auto=".2f")
 
 # %% [markdown]
-# The two previous-token heads compose with every induction head about four times as strongly as
+# The two previous-token heads compose with every induction head three to four times as strongly as
 # random matrices, and clearly more than the other layer-0 heads do. That is the induction circuit
 # read from the weights: a previous-token head writes "the token before me was X" at each position;
 # the induction head's query at the current token X matches keys that carry "the token before me was
@@ -1027,12 +1031,17 @@ bars(torch.cat([comparison["direct"], comparison["ablation drop"]]),
      title="IOI: direct logit attribution vs the effect of ablating the head", y_label="logit difference")
 
 # %% [markdown]
-# The attribution and the intervention disagree. Ablating L3H1 costs about two and a half times its
-# direct share, roughly its own share plus the whole of MLP3's. Direct attribution is exact about
+# The attribution and the intervention disagree. Ablating L3H1 costs more than twice its direct
+# share: about as much as MLP3's whole direct share. Direct attribution is exact about
 # the direct path and silent about every other: the most natural reading is that MLP3 *reads* L3H1's
 # output and writes the answer itself, so L3H1's real effect goes mostly through MLP3, where DLA
 # credits MLP3 for it. (In GPT-2 small the famous case runs the other way: ablating the top name-mover
 # head costs *less* than its direct share, because backup heads take over.)
+#
+# L3H5 disagrees the other way, for a plainer reason: it writes a little towards the answer, but a
+# resample ablation removes only what *differs* between the clean and the corrupted prompt, and L3H5's
+# output hardly depends on which name is repeated. An ablation answers the question its corruption
+# asks, no more.
 #
 # That reading is a hypothesis, not yet a mechanism. It is plausible; whether it is *faithful* takes
 # an experiment that separates the path L3H1 → MLP3 → logits from L3H1 → logits. **Chapter 06 does it

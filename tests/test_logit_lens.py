@@ -202,7 +202,7 @@ def test_ioi_has_one_large_head_some_negative_heads_and_mlp3_largest():
     top, second = flat.topk(2).values
     assert int(flat.argmax()) == 3 * model().cfg.n_heads + 1  # L3H1
     assert top > 2.5 * second
-    assert heads[3].min() < -0.2  # heads in layer 3 that write against the answer
+    assert (heads[3] < -0.2).sum() >= 2, heads[3]  # a few heads in layer 3 write against the answer
 
 
 # ------------------------------------------------------------------------------------------

@@ -106,33 +106,33 @@ def _train(model, resid, final_logits, steps, lr, batch_size, seed, loss_fn, zer
     return translator
 
 
-def translator_reverse_kl(model, resid, final_logits, steps=200, lr=3e-3, batch_size=256, seed=0):
+def translator_reverse_kl(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
     return _train(model, resid, final_logits, steps, lr, batch_size, seed,
                   lambda final, lens: ref.kl_from_final(lens, final).mean())
 
 
-def translator_without_zero_grad(model, resid, final_logits, steps=200, lr=3e-3, batch_size=256, seed=0):
+def translator_without_zero_grad(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
     return _train(model, resid, final_logits, steps, lr, batch_size, seed,
                   lambda final, lens: ref.kl_from_final(final, lens).mean(), zero_grad=False)
 
 
-def translator_never_trained(model, resid, final_logits, steps=200, lr=3e-3, batch_size=256, seed=0):
+def translator_never_trained(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
     return ref.Translator(resid.shape[-1])
 
 
-def translator_ignores_seed(model, resid, final_logits, steps=200, lr=3e-3, batch_size=256, seed=0):
+def translator_ignores_seed(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
     return _train(model, resid, final_logits, steps, lr, batch_size, 0,
                   lambda final, lens: ref.kl_from_final(final, lens).mean())
 
 
-def translator_with_kl_div(model, resid, final_logits, steps=200, lr=3e-3, batch_size=256, seed=0):
+def translator_with_kl_div(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
     def loss(final, lens):
         return torch.nn.functional.kl_div(lens.log_softmax(-1), final.log_softmax(-1), log_target=True,
                                           reduction="batchmean")
     return _train(model, resid, final_logits, steps, lr, batch_size, seed, loss)
 
 
-def translator_cross_entropy_form(model, resid, final_logits, steps=200, lr=3e-3, batch_size=256, seed=0):
+def translator_cross_entropy_form(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
     """KL(p || q) = cross-entropy(p, q) - entropy(p); the entropy term has no gradient but is kept."""
     def loss(final, lens):
         p = final.softmax(-1)

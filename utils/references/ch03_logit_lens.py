@@ -102,8 +102,11 @@ class Translator(nn.Module):
 
 
 def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-    """The final LayerNorm and unembedding applied to residual vectors (the logit lens's read-out)."""
-    return model.ln_final(resid) @ model.W_U + model.b_U
+    """The final LayerNorm and unembedding applied to residual vectors (the logit lens's read-out).
+
+    The unembedding is a constant here (`.detach()`): a translator's gradient stops at its output.
+    """
+    return model.ln_final(resid) @ model.W_U.detach() + model.b_U.detach()
 
 
 def kl_from_final(final_logits: Float[Tensor, "batch d_vocab"], logits: Float[Tensor, "batch d_vocab"]) -> Float[Tensor, "batch"]:
@@ -130,7 +133,7 @@ def lens_data(model, n_per_family: int, split: str, seed: int = 0) -> dict[str, 
 
 
 def train_translator(model, resid: Float[Tensor, "vector d_model"], final_logits: Float[Tensor, "vector d_vocab"],
-                     steps: int = 200, lr: float = 3e-3, batch_size: int = 256, seed: int = 0) -> Translator:
+                     steps: int = 100, lr: float = 1e-2, batch_size: int = 128, seed: int = 0) -> Translator:
     """A tuned-lens translator for one residual point, trained to match the model's final distribution."""
     translator = Translator(resid.shape[-1]).to(resid.device)
     optimizer = torch.optim.Adam(translator.parameters(), lr=lr)
@@ -145,7 +148,7 @@ def train_translator(model, resid: Float[Tensor, "vector d_model"], final_logits
     return translator
 
 
-def lens_kl_by_point(model, train: dict, test: dict, steps: int = 200, progress: bool = True) -> dict[str, Tensor]:
+def lens_kl_by_point(model, train: dict, test: dict, steps: int = 100, progress: bool = True) -> dict[str, Tensor]:
     """Held-out mean KL(final || lens) at each residual point for the logit lens and a tuned lens."""
     logit, tuned = [], []
     for point in progress_bar(range(train["resid"].shape[0] - 1), show=progress, desc="translators"):
