@@ -863,7 +863,9 @@ print(f"random heads (baseline), effective embedding: "
 #
 # <details><summary>Hint 1</summary>
 #
-# `FactoredMatrix` has `.T` and `.norm()` (the Frobenius norm); `qk @ ov.T` is a `FactoredMatrix`.
+# The full matrices are small here (256 x 256): `model.W_Q[layer, head] @ model.W_K[layer, head].T` and
+# `model.W_V[layer, head] @ model.W_O[layer, head]`; a tensor's `.norm()` is its Frobenius norm.
+# (`model.QK` and `model.OV` give the same as `FactoredMatrix` objects, with `.T` and `.norm()`.)
 # </details>
 # <details><summary>Hint 2</summary>
 #
@@ -878,10 +880,10 @@ def k_composition_scores(model, source_layer: int, target_layer: int) -> Float[T
     ### BEGIN SOLUTION
     scores = torch.zeros(model.cfg.n_heads, model.cfg.n_heads)
     for i in range(model.cfg.n_heads):
-        ov = model.OV[source_layer, i]
+        ov = model.W_V[source_layer, i] @ model.W_O[source_layer, i]  # [d_model, d_model]
         for j in range(model.cfg.n_heads):
-            qk = model.QK[target_layer, j]
-            scores[i, j] = ((qk @ ov.T).norm() / (qk.norm() * ov.norm())).item()
+            qk = model.W_Q[target_layer, j] @ model.W_K[target_layer, j].T  # [d_model, d_model]
+            scores[i, j] = (qk @ ov.T).norm() / (qk.norm() * ov.norm())  # Frobenius norms
     return scores
     ### END SOLUTION
 
@@ -894,16 +896,13 @@ k_composition_scores = check_exercise("3.8", k_composition_scores)
 # zero, because two random rank-32 maps in 256 dimensions overlap by chance.
 
 # %% tags=["export"]
-from transformer_lens import FactoredMatrix
-
-
 def random_composition_baseline(model, n_samples: int = 50, seed: int = 0) -> tuple[float, float]:
     """Mean and standard deviation of the composition score of random rank-d_head matrices."""
     generator = torch.Generator().manual_seed(seed)
     d_model, d_head = model.cfg.d_model, model.cfg.d_head
 
-    def random_matrix() -> FactoredMatrix:
-        return FactoredMatrix(torch.randn(d_model, d_head, generator=generator), torch.randn(d_head, d_model, generator=generator))
+    def random_matrix() -> Float[Tensor, "d_model d_model"]:
+        return torch.randn(d_model, d_head, generator=generator) @ torch.randn(d_head, d_model, generator=generator)
 
     scores = []
     for _ in range(n_samples):

@@ -299,7 +299,9 @@ def copying_diagonal_is_max(model, embedding, token_ids, heads):
 # 3.8 -----------------------------------------------------------------------------------------
 def _scores(model, source_layer, target_layer, score):
     n = model.cfg.n_heads
-    return torch.tensor([[score(model.QK[target_layer, j], model.OV[source_layer, i]) for j in range(n)] for i in range(n)])
+    qk = [model.W_Q[target_layer, j] @ model.W_K[target_layer, j].T for j in range(n)]
+    ov = [model.W_V[source_layer, i] @ model.W_O[source_layer, i] for i in range(n)]
+    return torch.tensor([[score(qk[j], ov[i]) for j in range(n)] for i in range(n)])
 
 
 def composition_q(model, source_layer, target_layer):

@@ -366,9 +366,10 @@ def _composition_expectations(source_layer: int, target_layer: int):
         expected = ref.k_composition_scores(model, source_layer, target_layer)
         q_comp, v_comp, untransposed, unnormalised = (torch.zeros(n, n) for _ in range(4))
         for i in range(n):
-            ov = model.OV[source_layer, i]
+            ov = model.W_V[source_layer, i] @ model.W_O[source_layer, i]
             for j in range(n):
-                qk, ov2 = model.QK[target_layer, j], model.OV[target_layer, j]
+                qk = model.W_Q[target_layer, j] @ model.W_K[target_layer, j].T
+                ov2 = model.W_V[target_layer, j] @ model.W_O[target_layer, j]
                 norms = qk.norm() * ov.norm()
                 q_comp[i, j] = (ov @ qk).norm() / norms
                 v_comp[i, j] = (ov @ ov2).norm() / (ov.norm() * ov2.norm())

@@ -272,14 +272,11 @@ def k_composition_scores(model, source_layer: int, target_layer: int) -> Float[T
     """How much each target head's keys read each source head's output, from the weights alone."""
     scores = torch.zeros(model.cfg.n_heads, model.cfg.n_heads)
     for i in range(model.cfg.n_heads):
-        ov = model.OV[source_layer, i]
+        ov = model.W_V[source_layer, i] @ model.W_O[source_layer, i]  # [d_model, d_model]
         for j in range(model.cfg.n_heads):
-            qk = model.QK[target_layer, j]
-            scores[i, j] = ((qk @ ov.T).norm() / (qk.norm() * ov.norm())).item()
+            qk = model.W_Q[target_layer, j] @ model.W_K[target_layer, j].T  # [d_model, d_model]
+            scores[i, j] = (qk @ ov.T).norm() / (qk.norm() * ov.norm())  # Frobenius norms
     return scores
-
-
-from transformer_lens import FactoredMatrix
 
 
 def random_composition_baseline(model, n_samples: int = 50, seed: int = 0) -> tuple[float, float]:
@@ -287,8 +284,8 @@ def random_composition_baseline(model, n_samples: int = 50, seed: int = 0) -> tu
     generator = torch.Generator().manual_seed(seed)
     d_model, d_head = model.cfg.d_model, model.cfg.d_head
 
-    def random_matrix() -> FactoredMatrix:
-        return FactoredMatrix(torch.randn(d_model, d_head, generator=generator), torch.randn(d_head, d_model, generator=generator))
+    def random_matrix() -> Float[Tensor, "d_model d_model"]:
+        return torch.randn(d_model, d_head, generator=generator) @ torch.randn(d_head, d_model, generator=generator)
 
     scores = []
     for _ in range(n_samples):
