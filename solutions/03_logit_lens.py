@@ -1056,7 +1056,10 @@ bars(torch.cat([comparison["direct"], comparison["ablation drop"]]),
 # %%
 if env.hub_online:
     gpt2 = load_model("gpt2-small")
-    gpt2_ioi = prompt_set("ioi", "test", n=64, seed=0)
+    gpt2_ioi = prompt_set("ioi", "test", n=96, seed=0)
+    one_token = lambda word: len(gpt2.tokenizer(word, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
+    gpt2_ioi = gpt2_ioi.subset([i for i, (c, w) in enumerate(zip(gpt2_ioi.correct, gpt2_ioi.wrong))
+                                if one_token(c) and one_token(w)])  # names GPT-2 spells with one token
     gpt2_heads = head_attribution(gpt2, gpt2_ioi).mean(-1)  # [layer, head]
     order = gpt2_heads.flatten().argsort(descending=True)
     name = lambda i: f"{i // gpt2.cfg.n_heads}.{i % gpt2.cfg.n_heads}"  # noqa: E731
