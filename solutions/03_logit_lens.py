@@ -1066,8 +1066,8 @@ if env.hub_online:
     print("GPT-2 IOI, top heads: " + " ".join(f"{name(i)} {gpt2_heads.flatten()[i]:.2f}" for i in order[:4].tolist()))
     print("GPT-2 IOI, most negative: " + " ".join(f"{name(i)} {gpt2_heads.flatten()[i]:.2f}" for i in order[-3:].tolist()))
     gpt2_lens = logit_lens(gpt2, *[t.to(gpt2.cfg.device) for t in tokenize(gpt2, gpt2_ioi.prompts)])
-    print("GPT-2 IOI, logit-lens top-1 by point:", (answer_rank(gpt2_lens, answer_ids(gpt2, gpt2_ioi.correct)) == 0)
-          .float().mean(-1).round(decimals=2).tolist())
+    gpt2_top1 = (answer_rank(gpt2_lens, answer_ids(gpt2, gpt2_ioi.correct)) == 0).float().mean(-1)  # [point]
+    print("GPT-2 IOI, logit-lens top-1 by point: " + " ".join(f"{v:.2f}" for v in gpt2_top1.tolist()))
     gpt2_repeats = repeated_tokens(gpt2, 50, batch=8, seed=0, vocabulary=list(range(1000, 20000)))
     gpt2_induction = induction_scores(all_patterns(gpt2, gpt2_repeats), 50).flatten()
     print("GPT-2 induction heads: " + " ".join(f"{name(i)} {gpt2_induction[i]:.2f}" for i in gpt2_induction.topk(6).indices.tolist()))
