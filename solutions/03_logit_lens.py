@@ -417,7 +417,7 @@ kl = lens_kl_by_point(model, lens_train, lens_test)
 for name, values in kl.items():
     print(f"{name:<11} KL to the final distribution (nats): " + " ".join(f"{v:.2f}" for v in values.tolist()))
 lines(kl, x=points, title="How far each lens is from the model's final distribution (held out)",
-      x_label="residual point (last token)", y_label="KL(final || lens), nats")
+      x_label="residual point (every position)", y_label="KL(final || lens), nats")
 
 # %% [markdown]
 # The tuned lens is closer to the final distribution at every point before the last, and the gap is
@@ -425,7 +425,8 @@ lines(kl, x=points, title="How far each lens is from the model's final distribut
 # point both lenses are the model itself (KL 0). Two cautions. A translator is a *trained* probe: at
 # the embeddings it can learn the usual next word after each token from the token alone, so it reports
 # what can be *predicted* from the point, which may be more than what the model has computed there.
-# And both lenses read the residual stream through the last layer's eyes only.
+# And both lenses read the residual stream only through the final LayerNorm and unembedding: what a
+# later block would *do* with a point, they cannot say.
 #
 # ## 4. Direct logit attribution
 #
@@ -498,7 +499,7 @@ for family in LENS_FAMILIES:
     heads, mlps = by_head[family], by_component[family][[i for i, l in enumerate(component_labels) if "mlp" in l]]
     best = divmod(int(heads.argmax()), model.cfg.n_heads)
     print(f"{family:<10} all heads together {heads.sum():5.2f}   all MLPs {mlps.sum():5.2f}   "
-          f"largest MLP {component_labels[int(by_component[family].argmax())]} {by_component[family].max():.2f}   "
+          f"largest component {component_labels[int(by_component[family].argmax())]} {by_component[family].max():.2f}   "
           f"top head L{best[0]}H{best[1]} {heads.max():.2f}")
 
 # %%
