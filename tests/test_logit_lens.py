@@ -1,0 +1,344 @@
+"""Chapter 03 (logit lens and attribution): properties of its helpers, and the claims its text makes
+about the organism.
+
+The organism tests re-measure what the chapter's prose says: where each family's answer appears
+in the logit lens, that a tuned lens beats it, which components write each family's logit
+difference, which heads are previous-token and induction heads, what their weights say against a
+random baseline, and that L3H1's direct attribution and its ablation effect disagree. If a
+retrained organism breaks a claim, a test here fails and the prose needs another look.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+
+import torch
+
+from utils.build import ROOT
+from utils.models import hub_is_reachable, load_model
+from utils.organism import world
+from utils.references import ch02_probing as ch02
+from utils.references import ch03_logit_lens as ref
+
+torch.set_grad_enabled(False)
+
+
+@functools.cache
+def model():
+    return load_model(verbose=False, device="cpu")
+
+
+@functools.cache
+def family_prompts(family: str):
+    return world.prompt_set(family, "test", n=128, seed=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------
+def test_at_last_reads_each_rows_own_position():
+    values = torch.arange(2 * 3 * 4 * 2, dtype=torch.float).reshape(2, 3, 4, 2)  # [extra, batch, pos, d]
+    last = torch.tensor([3, 0, 2])
+    picked = ref.at_last(values, last)
+    assert picked.shape == (2, 3, 2)
+    for row, position in enumerate(last.tolist()):
+        assert torch.equal(picked[:, row], values[:, row, position])
+
+
+def test_answer_rank_and_probability():
+    logits = torch.tensor([[[1.0, 3.0, 2.0], [0.0, 0.0, 5.0]]])  # [point, batch, vocab]
+    ids = torch.tensor([2, 2])
+    assert ref.answer_rank(logits, ids).tolist() == [[1, 0]]
+    assert torch.allclose(ref.answer_probability(logits, ids)[0], torch.stack([logits[0, 0].softmax(-1)[2],
+                                                                               logits[0, 1].softmax(-1)[2]]))
+
+
+def test_detectors_score_one_on_ideal_patterns():
+    seq_len, n = 5, 11
+    previous = torch.zeros(n, n)
+    previous[0, 0] = 1
+    previous[torch.arange(1, n), torch.arange(n - 1)] = 1
+    induction = torch.eye(n)
+    second = torch.arange(seq_len + 1, n)
+    induction[second] = 0
+    induction[second, second - seq_len + 1] = 1
+    patterns = torch.stack([previous, induction])[:, None, None]  # [layer, batch, head, dest, src]
+    assert torch.allclose(ref.previous_token_scores(patterns)[:, 0], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(ref.induction_scores(patterns, seq_len)[:, 0], torch.tensor([0.0, 1.0]))
+
+
+def test_repeated_tokens_repeat_distinct_world_words_after_one_start_token():
+    tokens = ref.repeated_tokens(model(), 7, batch=3, seed=1)
+    assert tokens.shape == (3, 15)
+    assert (tokens[:, 0] == model().tokenizer.bos_token_id).all()
+    assert torch.equal(tokens[:, 1:8], tokens[:, 8:])
+    assert all(len(set(row.tolist())) == 7 for row in tokens[:, 1:8])
+    assert not torch.equal(tokens, ref.repeated_tokens(model(), 7, batch=3, seed=2))
+
+
+def test_abc_prompts_replace_the_repeated_name_and_keep_the_length():
+    clean = world.prompt_set("ioi", "test", n=40, seed=1)
+    corrupted = ref.abc_prompts(clean)
+    for prompt, other, io, s in zip(clean.prompts, corrupted.prompts, clean.labels["io"], clean.labels["s"]):
+        assert prompt.count(s) == 2 and other.count(s) == 1 and other.count(io) == 1
+    clean_tokens, clean_last = ch02.tokenize(model(), clean.prompts)
+    corrupted_tokens, corrupted_last = ch02.tokenize(model(), corrupted.prompts)
+    assert torch.equal(clean_last, corrupted_last)
+    assert (clean_tokens != corrupted_tokens).sum(-1).eq(1).all()  # exactly one token differs
+
+
+def test_bridge_layernorm_is_centre_and_scale_and_unembedding_is_centred():
+    """The text: LayerNorm weights are folded (a LayerNorm only centres and divides by the scale), and the
+    unembedding is centred, so a raw logit moved by a constant and only differences are meaningful."""
+    x = torch.randn(5, model().cfg.d_model, generator=torch.Generator().manual_seed(0)) * 30 + 2
+    centred = x - x.mean(-1, keepdim=True)
+    by_hand = centred / (centred.pow(2).mean(-1, keepdim=True) + model().cfg.eps).sqrt()
+    assert torch.allclose(model().ln_final(x), by_hand, atol=1e-4)
+    assert model().W_U.mean(-1).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------------
+# Section 1: the residual stream as a sum
+# ------------------------------------------------------------------------------------------
+def test_shares_add_up_to_the_logit_difference_only_with_the_frozen_final_scale():
+    prompts = family_prompts("ioi")
+    tokens, last, final_logits, cache = ref.run_prompts(model(), prompts)
+    parts = ref.at_last(cache.decompose_resid(layer=-1), last)
+    scale = ref.at_last(cache["ln_final.hook_scale"], last)[:, 0]
+    directions = ref.logit_diff_directions(model(), prompts)
+    correct, wrong = ch02.answer_ids(model(), prompts.correct), ch02.answer_ids(model(), prompts.wrong)
+    rows = torch.arange(len(prompts))
+    diff = final_logits[rows, correct] - final_logits[rows, wrong]
+    bias = model().b_U[correct] - model().b_U[wrong]
+    total = ref.residual_stack_to_logit_diff(parts, scale, directions).sum(0) + bias
+    assert (total - diff).abs().max() < 1e-3
+    centred = parts - parts.mean(-1, keepdim=True)
+    own = torch.einsum("cbd,bd->cb", centred / centred.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt(), directions)
+    assert ((own.sum(0) + bias).mean() - diff.mean()).abs() > 0.1 * diff.mean().abs()
+
+
+# ------------------------------------------------------------------------------------------
+# Section 2: the logit lens
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def lens():
+    return ref.lens_by_family(model())
+
+
+def test_lens_last_point_is_the_model():
+    prompts = family_prompts("facts")
+    tokens, last = ch02.tokenize(model(), prompts.prompts)
+    logits = ref.logit_lens(model(), tokens, last)
+    assert logits.shape == (model().cfg.n_layers + 1, len(prompts), model().cfg.d_vocab)
+    assert torch.allclose(logits[-1], ref.at_last(model()(tokens), last), atol=1e-3)
+
+
+def test_nothing_is_known_at_the_embeddings():
+    for family, measured in lens().items():
+        assert measured["top1"][0] < 0.05, family
+
+
+def test_facts_truth_and_sentiment_are_answered_after_block_0_and_ioi_only_after_the_last():
+    summary = lens()
+    for family in ("facts", "truth", "sentiment"):
+        assert ref.first_top1_point(summary[family]["top1"]) == 1, (family, summary[family]["top1"])
+        probability = summary[family]["probability"]
+        assert probability[2:].max() > probability[1], (family, probability)  # later blocks add confidence
+    ioi = summary["ioi"]["top1"]
+    assert ref.first_top1_point(ioi) == model().cfg.n_layers
+    assert ioi[:-1].max() < 0.1 and ioi[-1] > 0.95, ioi
+
+
+# ------------------------------------------------------------------------------------------
+# Section 3: the tuned lens
+# ------------------------------------------------------------------------------------------
+def test_tuned_lens_is_closer_to_the_final_distribution_before_the_last_point():
+    kl = ref.lens_kl_by_point(model(), ref.lens_data(model(), 100, "train"), ref.lens_data(model(), 64, "test"),
+                              progress=False)
+    logit, tuned = kl["logit lens"], kl["tuned lens"]
+    assert (tuned[:-1] < logit[:-1]).all(), kl
+    assert logit[-1] == tuned[-1] == 0
+    gap = logit[:-1] - tuned[:-1]
+    assert int(gap.argmax()) == 0, kl  # the gap is largest at the embeddings
+
+
+# ------------------------------------------------------------------------------------------
+# Section 4: direct logit attribution
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def attribution(family: str):
+    shares, labels = ref.component_attribution(model(), family_prompts(family))
+    heads = ref.head_attribution(model(), family_prompts(family)).mean(-1)  # [layer, head]
+    components = dict(zip(labels, shares.mean(-1).tolist()))
+    mlps = {label: value for label, value in components.items() if "mlp" in label}
+    return components, mlps, heads
+
+
+def test_facts_and_sentiment_are_written_by_mlps_not_heads():
+    for family in ("facts", "sentiment"):
+        components, mlps, heads = attribution(family)
+        assert abs(heads.sum()) < 0.1 * sum(mlps.values()), family
+    components, mlps, _ = attribution("sentiment")
+    assert max(components, key=components.get) == "1_mlp_out"
+    assert mlps["1_mlp_out"] > 0.5 * sum(mlps.values())
+    _, mlps, _ = attribution("facts")
+    assert min(mlps.values()) > 0.1 * sum(mlps.values()) and max(mlps.values()) < 0.5 * sum(mlps.values()), mlps
+
+
+def test_truth_is_written_mostly_by_mlp0_and_mlp2():
+    components, mlps, heads = attribution("truth")
+    assert set(sorted(components, key=components.get)[-2:]) == {"0_mlp_out", "2_mlp_out"}, components
+    assert abs(heads.sum()) < 0.2 * sum(mlps.values())
+
+
+def test_ioi_has_one_large_head_some_negative_heads_and_mlp3_largest():
+    components, _, heads = attribution("ioi")
+    assert max(components, key=components.get) == "3_mlp_out"
+    flat = heads.flatten()
+    top, second = flat.topk(2).values
+    assert int(flat.argmax()) == 3 * model().cfg.n_heads + 1  # L3H1
+    assert top > 2.5 * second
+    assert (heads[3] < -0.2).sum() >= 2, heads[3]  # a few heads in layer 3 write against the answer
+
+
+# ------------------------------------------------------------------------------------------
+# Section 5: attention patterns and detectors
+# ------------------------------------------------------------------------------------------
+SEQ_LEN = 20
+
+
+@functools.cache
+def repeats():
+    return ref.repeated_tokens(model(), SEQ_LEN, batch=16, seed=0)
+
+
+@functools.cache
+def detectors():
+    patterns = ref.all_patterns(model(), repeats())
+    return {"previous": ref.previous_token_scores(patterns), "induction": ref.induction_scores(patterns, SEQ_LEN)}
+
+
+def test_loss_collapses_on_the_second_copy():
+    loss = ref.per_token_loss(model(), repeats()).mean(0)
+    first, second = loss[:SEQ_LEN].mean(), loss[SEQ_LEN + 1:].mean()
+    assert first > 0.9 * math.log(len(world.INDUCTION_POOL)), first
+    assert second < 0.05 * first, (first, second)
+
+
+def test_two_previous_token_heads_in_layer_0():
+    previous = detectors()["previous"]
+    best = previous.flatten().topk(3)
+    assert all(i // model().cfg.n_heads == 0 for i in best.indices[:2].tolist())
+    assert best.values[1] > 0.8 and best.values[2] < 0.5, best
+
+
+def induction_heads() -> list[tuple[int, int]]:
+    scores = detectors()["induction"]
+    return [(int(l), int(h)) for l, h in (scores > 0.5).nonzero()]
+
+
+def test_several_induction_heads_all_in_the_last_layer():
+    heads = induction_heads()
+    assert len(heads) >= 2 and all(layer == model().cfg.n_layers - 1 for layer, _ in heads), heads
+    scores = detectors()["induction"]
+    assert all(scores[l, h] > 0.9 for l, h in heads)
+
+
+def test_library_detector_caps_near_one_half_and_agrees_on_the_heads():
+    from transformer_lens.head_detector import detect_head
+
+    texts = [model().to_string(repeats()[i, 1:]) for i in range(4)]
+    library = detect_head(model(), texts, "induction_head")
+    ours = detectors()["induction"]
+    assert library.max() < 0.5 and ours.max() > 0.9
+    for layer, head in induction_heads():
+        assert 0.4 < library[layer, head] / ours[layer, head] < 0.55
+    assert set(library.flatten().topk(len(induction_heads())).indices.tolist()) == \
+        {layer * model().cfg.n_heads + head for layer, head in induction_heads()}
+
+
+# ------------------------------------------------------------------------------------------
+# Section 6: weights
+# ------------------------------------------------------------------------------------------
+def previous_heads() -> list[tuple[int, int]]:
+    return [(0, int(h)) for h in detectors()["previous"][0].topk(2).indices]
+
+
+def test_previous_token_heads_look_one_back_from_position_embeddings_alone():
+    for layer, head in previous_heads():
+        assert ref.looks_one_back(ref.positional_qk(model(), layer, head, 128)) > 0.9
+    others = [h for h in range(model().cfg.n_heads) if (0, h) not in previous_heads()]
+    assert min(ref.looks_one_back(ref.positional_qk(model(), 0, h, 128)) for h in others) < 0.1
+
+
+@functools.cache
+def copying():
+    ids = torch.tensor([model().to_single_token(" " + word) for word in world.INDUCTION_POOL])
+    raw, effective = model().W_E[ids], ref.effective_embedding(model(), ids)
+    heads = induction_heads()
+    return {
+        "raw": [ref.copying_score(model(), raw, ids, [h]) for h in heads],
+        "effective": [ref.copying_score(model(), effective, ids, [h]) for h in heads],
+        "summed": ref.copying_score(model(), effective, ids, heads),
+        "raw summed": ref.copying_score(model(), raw, ids, heads),
+        "baseline": max(ref.random_head_copying_score(model(), effective, ids, seed) for seed in range(3)),
+        "raw circuit": raw @ sum(model().W_V[l, h] @ model().W_O[l, h] for l, h in heads) @ model().W_U[:, ids],
+    }
+
+
+def test_induction_heads_do_not_copy_through_raw_embeddings():
+    measured = copying()
+    assert max(measured["raw"]) < 0.05 and measured["raw summed"] < 0.05
+    circuit = measured["raw circuit"]
+    rank = (circuit > circuit.diagonal()[:, None]).sum(-1).float()
+    assert rank.median() > 0.75 * len(rank)  # the diagonal is near the bottom of each row
+
+
+def test_induction_heads_copy_through_the_effective_embedding_and_share_the_work():
+    measured = copying()
+    assert min(measured["effective"]) > 0.4 and max(measured["effective"]) > 0.75, measured["effective"]
+    assert measured["summed"] > 0.95
+    assert measured["baseline"] < 0.02 and min(measured["effective"]) > 20 * measured["baseline"]
+
+
+def test_previous_token_heads_k_compose_with_the_induction_heads():
+    scores = ref.k_composition_scores(model(), 0, model().cfg.n_layers - 1)
+    baseline, _ = ref.random_composition_baseline(model())
+    targets = [h for _, h in induction_heads()]
+    sources = [h for _, h in previous_heads()]
+    others = [h for h in range(model().cfg.n_heads) if h not in sources]
+    into = scores[sources][:, targets]
+    assert into.min() > 3 * baseline, (into, baseline)
+    assert into.min() > 1.5 * scores[others][:, targets].max()
+
+
+# ------------------------------------------------------------------------------------------
+# Section 7: when attribution misleads
+# ------------------------------------------------------------------------------------------
+def test_ablating_l3h1_costs_far_more_than_its_direct_share_about_mlp3s_share():
+    prompts = family_prompts("ioi")
+    measured = ref.dla_versus_ablation(model(), prompts, [(3, 1), (3, 5)])
+    components, _, _ = attribution("ioi")
+    (direct, direct_l3h5), (drop, drop_l3h5) = measured["direct"].tolist(), measured["ablation drop"].tolist()
+    assert drop > 2 * direct, measured
+    assert abs(drop - components["3_mlp_out"]) < 0.3 * components["3_mlp_out"], (drop, components["3_mlp_out"])
+    assert direct_l3h5 > 0.3 and abs(drop_l3h5) < 0.25 * direct_l3h5, measured  # a write the corruption does not change
+
+
+# ------------------------------------------------------------------------------------------
+# Section 8: the real model is skipped at once offline
+# ------------------------------------------------------------------------------------------
+def test_real_model_cell_is_gated_on_the_hub_check_and_the_check_is_fast_offline():
+    notebook = json.loads((ROOT / "solutions" / "03_logit_lens.ipynb").read_text())
+    cells = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    gpt2_cells = [cell for cell in cells if "gpt2-small" in cell]
+    assert gpt2_cells and all(cell.startswith("if env.hub_online:") for cell in gpt2_cells)
+    assert all("offline: skipped" in cell for cell in gpt2_cells)
+    if os.environ.get("HF_HUB_OFFLINE"):
+        start = time.perf_counter()
+        assert not hub_is_reachable()
+        assert time.perf_counter() - start < 2
