@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from utils.checks import (NOT_ATTEMPTED, NotAttempted, Wrong, call, call_on_inputs, check_exercise, exercise,
-                          expect_close, expect_equal, expect_tensor, grade, hooks_reset)
+                          expect_close, expect_equal, expect_tensor, get_exercise, grade, hooks_reset)
 
 
 def test_expect_tensor_names_shape_dtype_nan_and_values():
@@ -315,3 +315,11 @@ def test_an_input_changed_in_place_is_reported():
     with pytest.raises(Wrong, match=r"changed its input argument 1\['a'\] in place"):
         call(edits_a_dict_value, {"a": torch.ones(2)})
     assert torch.equal(call(lambda x: x - x.mean(), torch.arange(3.0)), torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_a_verdict_does_not_depend_on_the_global_gradient_mode():
+    verdicts = []
+    for enabled in (True, False):
+        with torch.set_grad_enabled(enabled):
+            verdicts.append(str(grade("0.2", get_exercise("0.2").reference)))
+    assert verdicts[0] == verdicts[1] and "passed" in verdicts[0]

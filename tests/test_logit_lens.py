@@ -16,6 +16,7 @@ import math
 import os
 import time
 
+import pytest
 import torch
 
 from utils.build import ROOT
@@ -24,7 +25,13 @@ from utils.organism import world
 from utils.references import ch02_probing as ch02
 from utils.references import ch03_logit_lens as ref
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def without_gradients():
+    """These tests only read the model; gradients stay off inside them and nowhere else."""
+    with torch.no_grad():
+        yield
 
 
 @functools.cache

@@ -423,7 +423,7 @@ MISTAKES = {
             (copying_whole_vocabulary, "token_ids only"),
             (copying_first_head_only, "sum the OV circuits")],
     "3.8": [(composition_q, "Q-composition"),
-            (composition_untransposed, "transposed"),
+            (composition_untransposed, "the OV circuit goes in transposed"),
             (composition_unnormalised, "divide by both norms"),
             (composition_target_by_source, "[source_head, target_head]")],
     "3.9": [(ablation_zero, "not by zero"),
