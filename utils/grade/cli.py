@@ -21,11 +21,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from utils.build import ROOT, reference_module_name
-from utils.grade import ERROR, MISSING, TAMPERED, TIMEOUT, Row
+from utils.grade import ERROR, MISSING, NOT_ATTEMPTED, TAMPERED, TIMEOUT, Row
 from utils.grade.execute import Limits
 from utils.grade.notebook import (Unreadable, chapter_stems, identify_chapter, match_exercises, official_chapter,
                                   read_notebook, submitted_code_cells)
 from utils.grade.tamper import scan_submission
+
+STUB_MESSAGE = "Replace the NotImplementedError with your code"  # utils.checks.grade's verdict on a stub
 
 
 
@@ -47,8 +49,8 @@ def find_submissions(paths: list[Path]) -> dict[str, Path]:
     students: dict[str, Path] = {}
     for notebook, base in found:
         parts = list(notebook.relative_to(base).with_suffix("").parts)
-        if len(parts) > 1 and re.match(r"\d\d_", parts[-1]):
-            parts.pop()
+        if re.match(r"\d\d_", parts[-1]):  # named like a chapter: the folder names the student
+            parts = parts[:-1] or [notebook.parent.name]
         name = "/".join(parts)
         unique, n = name, 2
         while unique in students:
@@ -81,9 +83,23 @@ def grade_submission(student: str, path: Path, limits: Limits, chapter: str | No
     if findings:
         more = f" (and {len(findings) - 2} more)" if len(findings) > 2 else ""
         return _rows_for(student, found, TAMPERED, "; ".join(findings[:2]) + more + "; the notebook was not run")
+    if all(m.source is None or m.source.strip() == slot.stub_source.strip() for slot, m in zip(official.slots, matches.values())):
+        return untouched_rows(student, official, matches)  # nothing to run: what the checks say of stubs
     job = {"student": student, "chapter": found, "limits": asdict(limits),
            "sources": {key: m.source for key, m in matches.items()}, "cells": {key: m.cell for key, m in matches.items()}}
     return run_job(job, limits)
+
+
+def untouched_rows(student: str, chapter, matches: dict) -> list[Row]:
+    """The rows of a submission with no exercise attempted: each stub "not attempted" (the
+    verdict `utils.checks.grade` gives a stub), each absent function "missing"."""
+    rows = []
+    for slot in chapter.slots:
+        if matches[slot.id].source is None:
+            rows.append(Row(student, chapter.stem, slot.id, MISSING, f"no cell defines {slot.name} (renamed or deleted?)", 0.0, slot.title))
+        else:
+            rows.append(Row(student, chapter.stem, slot.id, NOT_ATTEMPTED, STUB_MESSAGE, 0.0, slot.title))
+    return rows
 
 
 def kernel_environment(workdir: Path) -> dict[str, str]:

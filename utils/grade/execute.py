@@ -5,7 +5,7 @@ own process and session; JOB is the JSON that `cli.py` writes (the student's cel
 exercise, the limits), RESULT the JSON of rows this writes back. The memory limit is set on this
 process (`resource.setrlimit`), so the kernel it starts inherits it.
 
-The notebook run is the official student notebook of the chapter, where
+The notebook run (through jupyter_client, one cell at a time) is the official student notebook of the chapter, where
 - a first cell starts the grader's side of the kernel (`kernel.start`), before any student code;
 - each stub cell holds the student's cell for that exercise (the stub when there is none);
 - each check cell calls `kernel.check` with a one-time code, and the verdict is read only from
@@ -20,18 +20,16 @@ that exercise set back to its stub, so one crash costs one exercise.
 from __future__ import annotations
 
 import json
-import math
 import resource
 import secrets
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from queue import Empty
 from time import monotonic
 
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from jupyter_client import KernelManager
 
 from utils.grade import (ERROR, MISSING, NOT_ATTEMPTED, OUT_OF_MEMORY, PASSED, TAMPERED, TIMEOUT, WRONG, Row)
 from utils.grade.kernel import MIMETYPE
@@ -110,63 +108,108 @@ def graded_cells(chapter: Chapter, sources: dict[str, str | None], codes: dict[s
     return cells
 
 
-def _kernel_death(client: NotebookClient) -> tuple[str, str]:
-    """(status, reason) for a kernel that died, from its exit code where the OS tells it."""
-    process = getattr(getattr(client.km, "provisioner", None), "process", None)
-    code = process.poll() if process is not None else None
-    if code == -signal.SIGKILL:
-        return OUT_OF_MEMORY, "the kernel was killed (SIGKILL), most likely for using too much memory"
-    if code is not None and code < 0:
-        return ERROR, f"the kernel crashed ({signal.Signals(-code).name})"
-    if code is not None:
-        return ERROR, f"the kernel exited with code {code} (os._exit or a fatal error)"
-    return ERROR, "the kernel died"
+class CellTimeout(Exception):
+    """A cell ran past its limit."""
 
 
-def _answers_after_interrupt(client: NotebookClient, index: int) -> bool:
-    """Interrupt the kernel; True when it then runs a trivial cell within PROBE_SECONDS."""
-    client.km.interrupt_kernel()
-    client.timeout = PROBE_SECONDS
-    try:
-        client.execute_cell(nbformat.v4.new_code_cell("pass"), index)
-    except (CellTimeoutError, DeadKernelError):
-        return False
-    return True
+class KernelDied(Exception):
+    """The kernel process ended while a cell ran."""
+
+
+class Kernel:
+    """A fresh kernel, driven one cell at a time: send the code, collect its outputs until the
+    kernel is idle again. Messages left over from an interrupted cell are told apart by their
+    parent message and ignored."""
+
+    def __init__(self, workdir: Path):
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(cwd=str(workdir))
+        self.client = self.manager.blocking_client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=120)
+
+    def run(self, source: str, timeout: float) -> list[dict]:
+        """The outputs of one cell, as a notebook stores them; CellTimeout or KernelDied."""
+        message_id = self.client.execute(source, store_history=True, allow_stdin=False, stop_on_error=False)
+        outputs, deadline = [], monotonic() + timeout
+        while True:
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                raise CellTimeout()
+            try:
+                message = self.client.get_iopub_msg(timeout=min(remaining, 1.0))
+            except Empty:
+                if not self.manager.is_alive():
+                    raise KernelDied() from None
+                continue
+            if message["parent_header"].get("msg_id") != message_id:
+                continue
+            kind, content = message["msg_type"], message["content"]
+            if kind == "status" and content.get("execution_state") == "idle":
+                return outputs
+            if kind in ("stream", "display_data", "execute_result", "error"):
+                outputs.append({"output_type": kind, **content})
+
+    def answers_after_interrupt(self) -> bool:
+        """Interrupt the kernel; True when it then runs a trivial cell within PROBE_SECONDS."""
+        self.manager.interrupt_kernel()
+        try:
+            self.run("pass", PROBE_SECONDS)
+        except (CellTimeout, KernelDied):
+            return False
+        return True
+
+    def death(self) -> tuple[str, str]:
+        """(status, reason) for a kernel that died, from its exit code where the OS tells it."""
+        process = getattr(getattr(self.manager, "provisioner", None), "process", None)
+        code = process.poll() if process is not None else None
+        if code == -signal.SIGKILL:
+            return OUT_OF_MEMORY, "the kernel was killed (SIGKILL), most likely for using too much memory"
+        if code is not None and code < 0:
+            return ERROR, f"the kernel crashed ({signal.Signals(-code).name})"
+        if code is not None:
+            return ERROR, f"the kernel exited with code {code} (os._exit or a fatal error)"
+        return ERROR, "the kernel died"
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        try:
+            self.manager.shutdown_kernel(now=True)
+        except Exception:  # noqa: BLE001 - a kernel that already died has nothing to shut down
+            pass
 
 
 def run_once(cells: list[tuple[str, str | None, str]], limits: Limits, deadline: float,
              workdir: Path) -> tuple[list[CellResult], Stop | None]:
     """Execute `cells` in a fresh kernel; the results of the cells that ran, and why it stopped early."""
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for _, _, source in cells])
-    client = NotebookClient(notebook, kernel_name="python3", allow_errors=True, interrupt_on_timeout=False,
-                            shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir)}})
+    kernel = Kernel(workdir)
     results: list[CellResult] = []
-    with client.setup_kernel():
-        for index, ((kind, exercise, _), cell) in enumerate(zip(cells, notebook.cells)):
+    try:
+        for kind, exercise, source in cells:
             remaining = deadline - monotonic()
             student_code = kind in ("solution", "check")
             limit = min(limits.cell_seconds, remaining) if student_code else remaining
             if limit <= 0:
-                return results, Stop(exercise, TIMEOUT, f"not graded: the notebook ran past its {limits.notebook_seconds:g} s limit")
-            client.timeout = max(1, math.ceil(limit))
+                return results, Stop(exercise, TIMEOUT, f"the notebook ran past its {limits.notebook_seconds:g} s limit")
             start = monotonic()
             try:
-                client.execute_cell(cell, index)
-            except CellTimeoutError:
-                results.append(CellResult(monotonic() - start, list(cell.outputs), timed_out=True))
+                outputs = kernel.run(source, limit)
+                results.append(CellResult(monotonic() - start, outputs))
+            except CellTimeout:
+                results.append(CellResult(monotonic() - start, timed_out=True))
                 if not student_code or limit < limits.cell_seconds:
                     return results, Stop(exercise, TIMEOUT, f"the notebook ran past its {limits.notebook_seconds:g} s limit")
-                if not _answers_after_interrupt(client, index):
+                if not kernel.answers_after_interrupt():
                     return results, Stop(exercise, TIMEOUT, f"your code ran past the {limits.cell_seconds:g} s limit "
                                                             "for one cell and did not stop when interrupted")
-                continue
-            except DeadKernelError:
-                results.append(CellResult(monotonic() - start, list(cell.outputs)))
-                status, reason = _kernel_death(client)
+            except KernelDied:
+                results.append(CellResult(monotonic() - start))
+                status, reason = kernel.death()
                 where = {"solution": "while running your cell", "check": "while the check ran your code"}.get(kind, "")
                 return results, Stop(exercise, status, f"{reason} {where}".strip())
-            results.append(CellResult(monotonic() - start, list(cell.outputs)))
-    return results, None
+        return results, None
+    finally:
+        kernel.close()
 
 
 def _is_memory_error(text: str) -> bool:
@@ -214,33 +257,46 @@ def exercise_outcome(slot, cell_number: int | None, solution: CellResult | None,
 
 
 def grade_job(job: dict, workdir: Path) -> list[Row]:
-    """Every row of one submission: run the notebook, again without an exercise that stopped it."""
+    """Every row of one submission: run the notebook, and again without an exercise that stopped
+    it (exercises that ran out of time keep their row and are not run again either)."""
     chapter = official_chapter(job["chapter"])
     limits = Limits(**job["limits"])
     deadline = monotonic() + limits.notebook_seconds
-    sources, numbers = job["sources"], job["cells"]
-    settled: dict[str, tuple[str, str, float]] = {}  # exercise -> (status, message, seconds), from a stop
+    settled: dict[str, tuple[str, str, float]] = {}  # exercise -> (status, message, seconds), not run again
+    changed: list[str] = []  # what the checks found replaced at run time, in any run
     for _ in range(MAX_RUNS):
         codes = {key: secrets.token_hex(16) for key in [slot.id for slot in chapter.slots] + ["finish"]}
-        cells = graded_cells(chapter, {k: (None if k in settled else v) for k, v in sources.items()}, codes)
+        sources = {key: None if key in settled else source for key, source in job["sources"].items()}
+        cells = graded_cells(chapter, sources, codes)
         results, stop = run_once(cells, limits, deadline, workdir)
-        seconds = {}
-        for (kind, exercise, _), result in zip(cells, results):
-            if exercise:
-                seconds[exercise] = seconds.get(exercise, 0.0) + result.seconds
+        outcomes, seen, extras = _outcomes(job, chapter, cells, results, codes, stop, settled, limits)
+        changed += seen
         if stop is None or stop.exercise is None or stop.exercise in settled or monotonic() >= deadline - 1:
             break
-        settled[stop.exercise] = (stop.status, stop.message, seconds.get(stop.exercise, 0.0))
-    return _rows(job, chapter, cells, results, codes, stop, settled, seconds, limits)
+        ran_out = {exercise for (_, exercise, _), result in zip(cells, results) if exercise and result.timed_out}
+        settled.update({key: outcomes[key] for key in ran_out | {stop.exercise}})
+    rows = [Row(job["student"], chapter.stem, slot.id, status, message, round(seconds, 1), slot.title)
+            for slot in chapter.slots for status, message, seconds in [outcomes[slot.id]]]
+    rows += [Row(job["student"], chapter.stem, str(e.get("exercise")), str(e.get("status")), str(e.get("message")),
+                 0.0, str(e.get("title", ""))) for e in extras if isinstance(e, dict)]
+    if changed:
+        unique = list(dict.fromkeys(changed))
+        message = "changed at run time: " + ", ".join(unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
+        rows = [Row(r.student, r.chapter, r.exercise, TAMPERED, message, r.seconds, r.title) for r in rows]
+    return rows
 
 
-def _rows(job, chapter, cells, results, codes, stop, settled, seconds, limits) -> list[Row]:
+def _outcomes(job, chapter, cells, results, codes, stop, settled, limits):
+    """({exercise: (status, message, seconds)}, what changed at run time, extra verdicts) of one run."""
     by_cell = {(kind, exercise): result for (kind, exercise, _), result in zip(cells, results)}
+    seconds: dict[str, float] = {}
+    for (_, exercise, _), result in zip(cells, results):
+        if exercise:
+            seconds[exercise] = seconds.get(exercise, 0.0) + result.seconds
     outcomes, changed = {}, []
     for slot in chapter.slots:
         if slot.id in settled:
-            status, message, spent = settled[slot.id]
-            outcomes[slot.id] = (status, message, spent)
+            outcomes[slot.id] = settled[slot.id]
             continue
         number = job["cells"].get(slot.id)
         solution, check = by_cell.get(("solution", slot.id)), by_cell.get(("check", slot.id))
@@ -254,21 +310,12 @@ def _rows(job, chapter, cells, results, codes, stop, settled, seconds, limits) -
                 message = f"not graded: the run stopped at {where} ({stop.message})"
         changed += [f"{name} (seen at exercise {slot.id})" for name in seen]
         outcomes[slot.id] = (status, message, seconds.get(slot.id, 0.0))
-    finish = by_cell.get(("finish", None))
-    extras = []
+    finish, extras = by_cell.get(("finish", None)), []
     for payload in finish.payloads() if finish else []:
         if isinstance(payload, dict) and payload.get("code") == codes["finish"]:
             extras = payload.get("extras", [])
             changed += [f"{name} (seen at the end)" for name in payload.get("changed", [])]
-    rows = [Row(job["student"], chapter.stem, slot.id, *outcomes[slot.id][:2], round(outcomes[slot.id][2], 1), slot.title)
-            for slot in chapter.slots]
-    rows += [Row(job["student"], chapter.stem, str(e["exercise"]), str(e["status"]), str(e["message"]), 0.0,
-                 str(e.get("title", ""))) for e in extras]
-    if changed:
-        unique = list(dict.fromkeys(changed))
-        message = "changed at run time: " + ", ".join(unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
-        rows = [Row(r.student, r.chapter, r.exercise, TAMPERED, message, r.seconds, r.title) for r in rows]
-    return rows
+    return outcomes, changed, extras
 
 
 def main() -> None:
