@@ -127,7 +127,7 @@ def build_class(folder: Path) -> None:
     _save(correct(), folder / "bob" / f"{CHAPTER}.ipynb")
     _save(_load("chapters"), folder / "stub.ipynb")
     _save(mixed(), folder / "Copy of 00_orientation (2).ipynb")
-    _save(runaway(), folder / "runaway.ipynb")
+    _save(runaway(), folder / "Runaway.ipynb")  # sorts first: its three runs start at once
     _save(tampered(), folder / "tampered.ipynb")
     _save(sneaky(), folder / "sneaky.ipynb")
     (folder / "malformed.ipynb").write_text('{"cells": [{"cell_type": "code", "source": ', encoding="utf-8")
@@ -151,7 +151,7 @@ def statuses(rows: dict, student: str) -> list[str]:
 
 def test_every_submission_gets_a_row_per_exercise(graded):
     _, out, rows = graded
-    students = {"bob", "stub", "Copy of 00_orientation (2)", "runaway", "tampered", "sneaky", "malformed",
+    students = {"bob", "stub", "Copy of 00_orientation (2)", "Runaway", "tampered", "sneaky", "malformed",
                 "other_chapter"}
     assert {student for student, _ in rows} == students
     assert set(rows) == {(student, exercise) for student in students for exercise in EXERCISES}
@@ -177,11 +177,11 @@ def test_renamed_reordered_resaved_and_faked_outputs(graded):
 
 def test_loops_memory_and_crashes_cost_only_their_exercise(graded):
     _, _, rows = graded
-    assert statuses(rows, "runaway") == ["timeout", "out of memory", "error", "error", "passed"]
-    assert f"{CELL_SECONDS} s limit" in rows[("runaway", "0.1")]["message"]
-    assert "allocate memory" in rows[("runaway", "0.2")]["message"]
-    assert "exited with code 3" in rows[("runaway", "0.3")]["message"]
-    assert "SIGSEGV" in rows[("runaway", "0.4")]["message"]
+    assert statuses(rows, "Runaway") == ["timeout", "out of memory", "error", "error", "passed"]
+    assert f"{CELL_SECONDS} s limit" in rows[("Runaway", "0.1")]["message"]
+    assert "allocate memory" in rows[("Runaway", "0.2")]["message"]
+    assert "exited with code 3" in rows[("Runaway", "0.3")]["message"]
+    assert "SIGSEGV" in rows[("Runaway", "0.4")]["message"]
 
 
 def test_tampering_is_reported_and_not_run(graded):
@@ -205,7 +205,7 @@ def test_reports_are_written_offline_and_escaped(graded):
     _, out, _ = graded
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "pass rate" in page and "inclusive" in page and "Students who may need help" in page
-    assert "runaway" in page.split("Students who may need help")[1]
+    assert "Runaway" in page.split("Students who may need help")[1]
     feedback = sorted(p.name for p in (out / "feedback").glob("*.html"))
     assert len(feedback) == 8 and "bob.html" in feedback
     for path in [out / "report.html", *(out / "feedback").glob("*.html")]:
@@ -220,8 +220,7 @@ def test_a_rerun_gives_the_same_grades(graded, tmp_path):
     """Part of the class again (the submission that takes most paths through a kernel run, an
     unreadable file, another chapter): every column but `seconds` is identical."""
     folder, _, first = graded
-    subset = [folder / "Copy of 00_orientation (2).ipynb", folder / "malformed.ipynb", folder / "other_chapter.ipynb",
-              folder / "bob" / f"{CHAPTER}.ipynb"]
+    subset = [folder / "Copy of 00_orientation (2).ipynb", folder / "malformed.ipynb", folder / "other_chapter.ipynb"]
     cli.main([*map(str, subset), "--out", str(tmp_path), *OPTIONS])
     again = report.read_csv(tmp_path / "grades.csv")
     assert again, "the rerun wrote no rows"
@@ -300,4 +299,5 @@ def test_students_are_named_by_file_or_folder(tmp_path):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("{}")
     assert list(cli.find_submissions([tmp_path])) == ["a/alice", "b/bob", "c"]
+    assert list(cli.find_submissions([tmp_path / "b" / "bob" / f"{CHAPTER}.ipynb"])) == ["bob"]
     assert copy.copy(cli.resolve_chapter("0")) == CHAPTER
