@@ -14,11 +14,12 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
-from utils.build import ROOT
+from utils.book import BOOK, generated_pages
+from utils.build import ROOT, chapter_sources, exercise_headings, reference_module_name
 from utils.checks import Verdict
-from utils.grade import CSV_COLUMNS, Row
-from utils.grade import cli, kernel, report
+from utils.grade import CSV_COLUMNS, Row, cli, kernel, report, teachers
 from utils.grade.notebook import identify_chapter, official_chapter, read_notebook
 from utils.grade.tamper import scan_cell
 
@@ -257,6 +258,9 @@ def test_the_chapter_comes_from_the_exercises_not_the_file_name(tmp_path):
     "open('utils/checks.py', 'w').write('')",
     "import inspect",
     "import threading",
+    "_workbook_grader = None",
+    "class Fake(torch.Tensor):\n    @classmethod\n    def __torch_function__(cls, *a, **k):\n        return True",
+    "class Close(float):\n    def __sub__(self, other):\n        return 0.0",
 ])
 def test_tampering_constructs_are_found(code):
     assert scan_cell(code, REFERENCE, executed=True), code
@@ -271,6 +275,7 @@ def test_tampering_constructs_are_found(code):
     "from utils.references.ch02_probing import residual_stack",
     "def f(x):\n    return x  # syntax fine; the next cell is not\n",
     "def broken(:\n",
+    "class Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n    def forward(self, x):\n        return x",
 ])
 def test_ordinary_code_is_not_tampering(code):
     assert scan_cell(code, REFERENCE, executed=True) == [], code
@@ -301,3 +306,27 @@ def test_students_are_named_by_file_or_folder(tmp_path):
     assert list(cli.find_submissions([tmp_path])) == ["a/alice", "b/bob", "c"]
     assert list(cli.find_submissions([tmp_path / "b" / "bob" / f"{CHAPTER}.ipynb"])) == ["bob"]
     assert copy.copy(cli.resolve_chapter("0")) == CHAPTER
+
+
+def test_a_changed_workbook_stops_the_class(monkeypatch):
+    digests = iter(["before", "after"])
+    monkeypatch.setattr(cli, "workbook_digest", lambda: next(digests))
+    monkeypatch.setattr(cli, "grade_submission", lambda *args: [])
+    with pytest.raises(cli.WorkbookChanged, match="'alice'"):
+        cli.grade_class({"alice": Path("alice.ipynb")}, cli.Limits(), show_progress=False)
+
+
+def test_the_teachers_page_is_in_the_book_with_its_generated_parts():
+    pages = generated_pages()
+    toc = yaml.safe_load(pages[BOOK / "_toc.yml"])
+    assert toc["parts"][-1] == {"caption": "For teachers", "chapters": [{"file": "teachers"}]}
+    page = (BOOK / "teachers.md").read_text(encoding="utf-8")
+    assert "_generated/schedule.md" in page and "_generated/planted.md" in page and "python -m utils.grade" in page
+    schedule, planted = pages[BOOK / "_generated" / "schedule.md"], pages[BOOK / "_generated" / "planted.md"]
+    for source in chapter_sources():
+        for heading in exercise_headings(source):
+            assert f"| {heading['id']} | {heading['title']} | {heading['difficulty']}/3 | {heading['minutes']} |" in schedule
+        module = ROOT / "tests" / "planted" / f"{reference_module_name(source.stem)}.py"
+        for exercise, mistakes in teachers.planted_mistakes(module).items():
+            for _, _, hint in mistakes:
+                assert any(hint in line and line.startswith(f"| {exercise} ") for line in planted.splitlines()), hint

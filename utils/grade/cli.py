@@ -9,6 +9,7 @@ Several notebooks run at once, up to the cores available (`--jobs`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -23,8 +24,8 @@ from pathlib import Path
 from utils.build import ROOT, reference_module_name
 from utils.grade import ERROR, MISSING, NOT_ATTEMPTED, TAMPERED, TIMEOUT, Row
 from utils.grade.execute import Limits
-from utils.grade.notebook import (Unreadable, chapter_stems, identify_chapter, match_exercises, official_chapter,
-                                  read_notebook, submitted_code_cells)
+from utils.grade.notebook import (Unreadable, chapter_stems, identify_chapter, match_exercises, missing_message,
+                                  official_chapter, read_notebook, submitted_code_cells)
 from utils.grade.tamper import scan_submission
 
 STUB_MESSAGE = "Replace the NotImplementedError with your code"  # utils.checks.grade's verdict on a stub
@@ -83,7 +84,8 @@ def grade_submission(student: str, path: Path, limits: Limits, chapter: str | No
     if findings:
         more = f" (and {len(findings) - 2} more)" if len(findings) > 2 else ""
         return _rows_for(student, found, TAMPERED, "; ".join(findings[:2]) + more + "; the notebook was not run")
-    if all(m.source is None or m.source.strip() == slot.stub_source.strip() for slot, m in zip(official.slots, matches.values())):
+    if all(matches[slot.id].source is None or matches[slot.id].source.strip() == slot.stub_source.strip()
+           for slot in official.slots):
         return untouched_rows(student, official, matches)  # nothing to run: what the checks say of stubs
     job = {"student": student, "chapter": found, "limits": asdict(limits),
            "sources": {key: m.source for key, m in matches.items()}, "cells": {key: m.cell for key, m in matches.items()}}
@@ -96,7 +98,7 @@ def untouched_rows(student: str, chapter, matches: dict) -> list[Row]:
     rows = []
     for slot in chapter.slots:
         if matches[slot.id].source is None:
-            rows.append(Row(student, chapter.stem, slot.id, MISSING, f"no cell defines {slot.name} (renamed or deleted?)", 0.0, slot.title))
+            rows.append(Row(student, chapter.stem, slot.id, MISSING, missing_message(slot), 0.0, slot.title))
         else:
             rows.append(Row(student, chapter.stem, slot.id, NOT_ATTEMPTED, STUB_MESSAGE, 0.0, slot.title))
     return rows
@@ -144,17 +146,39 @@ def run_job(job: dict, limits: Limits) -> list[Row]:
                              f"the grader could not run this notebook ({tail[0][:200] if tail else 'no log'})")
 
 
+class WorkbookChanged(RuntimeError):
+    """The workbook's own code changed while a class was graded: the grades cannot be trusted."""
+
+
+def workbook_digest(root: Path = ROOT) -> str:
+    """A hash of the code every grade depends on: utils/ and the official student notebooks."""
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "utils").rglob("*.py"), *(root / "chapters").glob("*.ipynb")]):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def grade_class(submissions: dict[str, Path], limits: Limits, chapter: str | None = None, jobs: int | None = None,
                 show_progress: bool = True) -> list[Row]:
-    """Every row of every submission, in student and exercise order; `jobs` notebooks at once."""
+    """Every row of every submission, in student and exercise order; `jobs` notebooks at once.
+
+    Raises WorkbookChanged, and grades nothing more, if a submission's code changed the workbook's
+    own files (which the reading in tamper.py should have caught)."""
     from utils.session import progress_bar
 
     rows: list[Row] = []
+    before = workbook_digest()
     with ThreadPoolExecutor(max_workers=max(1, jobs or available_cores())) as pool:
-        futures = [pool.submit(grade_submission, student, path, limits, chapter) for student, path in submissions.items()]
+        futures = {pool.submit(grade_submission, student, path, limits, chapter): student
+                   for student, path in submissions.items()}
         for future in progress_bar(as_completed(futures), show=show_progress, total=len(futures),
                                    desc="grading", unit="notebook"):
             rows += future.result()
+            if workbook_digest() != before:
+                for pending in futures:
+                    pending.cancel()
+                raise WorkbookChanged(f"the workbook's files (utils/, chapters/) changed while {futures[future]!r} "
+                                      "was graded: restore them (git checkout -- utils chapters) and grade again")
     return sorted(rows, key=row_order)
 
 
@@ -193,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     if not submissions:
         raise SystemExit("no notebook found in " + " ".join(map(str, args.submissions)))
     limits = Limits(args.cell_timeout, args.notebook_timeout, args.memory_gib)
-    rows = grade_class(submissions, limits, resolve_chapter(args.chapter), args.jobs)
+    try:
+        rows = grade_class(submissions, limits, resolve_chapter(args.chapter), args.jobs)
+    except WorkbookChanged as error:
+        raise SystemExit(str(error)) from None
     for path in write_reports(rows, args.out):
         print("wrote:", path)

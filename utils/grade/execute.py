@@ -5,7 +5,8 @@ own process and session; JOB is the JSON that `cli.py` writes (the student's cel
 exercise, the limits), RESULT the JSON of rows this writes back. The memory limit is set on this
 process (`resource.setrlimit`), so the kernel it starts inherits it.
 
-The notebook run (through jupyter_client, one cell at a time) is the official student notebook of the chapter, where
+The notebook run, one cell at a time through jupyter_client, is the official student notebook of
+the chapter, where
 - a first cell starts the grader's side of the kernel (`kernel.start`), before any student code;
 - each stub cell holds the student's cell for that exercise (the stub when there is none);
 - each check cell calls `kernel.check` with a one-time code, and the verdict is read only from
@@ -33,8 +34,10 @@ from jupyter_client import KernelManager
 
 from utils.grade import (ERROR, MISSING, NOT_ATTEMPTED, OUT_OF_MEMORY, PASSED, TAMPERED, TIMEOUT, WRONG, Row)
 from utils.grade.kernel import MIMETYPE
-from utils.grade.notebook import Chapter, official_chapter
+from utils.grade.notebook import Chapter, missing_message, official_chapter
 
+# Every grader cell imports the grader afresh, so no name the student's code could rebind is used.
+GRADER_IMPORT = "import utils.grade.kernel as _workbook_grader"
 MAX_RUNS = 4          # one first run, then one more per exercise that stops the kernel
 PROBE_SECONDS = 10    # how long an interrupted kernel has to answer again
 MEMORY_WORDS = ("MemoryError", "can't allocate memory", "out of memory", "not enough memory", "Cannot allocate memory")
@@ -86,11 +89,12 @@ def limit_memory(gib: float) -> None:
         pass  # not enforceable here: the notebook limit still stops a runaway
 
 
-def graded_cells(chapter: Chapter, sources: dict[str, str | None], codes: dict[str, str]) -> list[tuple[str, str | None, str]]:
+def graded_cells(chapter: Chapter, sources: dict[str, str | None],
+                 codes: dict[str, str]) -> list[tuple[str, str | None, str]]:
     """(kind, exercise id, source) of every code cell to run: start, chapter, solution, check, finish."""
     stubs = {slot.stub_index: slot for slot in chapter.slots}
     checks = {slot.check_index: slot for slot in chapter.slots}
-    cells = [("start", None, f"import utils.grade.kernel as _workbook_grader\n_workbook_grader.start({chapter.stem!r})")]
+    cells = [("start", None, f"{GRADER_IMPORT}\n_workbook_grader.start({chapter.stem!r})")]
     for index, (kind, source) in enumerate(chapter.cells):
         if kind != "code":
             continue
@@ -100,11 +104,11 @@ def graded_cells(chapter: Chapter, sources: dict[str, str | None], codes: dict[s
             cells.append(("solution", slot.id, slot.stub_source if student is None else student))
         elif index in checks:
             slot = checks[index]
-            cells.append(("check", slot.id, f"{slot.name} = _workbook_grader.check("
-                                            f"{slot.id!r}, globals(), {slot.name!r}, {codes[slot.id]!r})"))
+            cells.append(("check", slot.id, f"{GRADER_IMPORT}\n"
+                                            f"{slot.name} = _workbook_grader.check({slot.id!r}, {slot.name!r}, {codes[slot.id]!r})"))
         else:
             cells.append(("chapter", None, source))
-    cells.append(("finish", None, f"_workbook_grader.finish(globals(), {codes['finish']!r})"))
+    cells.append(("finish", None, f"{GRADER_IMPORT}\n_workbook_grader.finish({codes['finish']!r})"))
     return cells
 
 
@@ -231,7 +235,7 @@ def exercise_outcome(slot, cell_number: int | None, solution: CellResult | None,
     if len(payloads) != len(valid) or len(valid) > 1:
         changed.append(f"a forged verdict for exercise {slot.id}")
     if cell_number is None:
-        return MISSING, f"no cell defines {slot.name} (renamed or deleted?)", changed
+        return MISSING, missing_message(slot), changed
     if solution is not None and solution.timed_out:
         return TIMEOUT, f"your cell (cell {cell_number}) ran past the {limits.cell_seconds:g} s limit for one cell", changed
     if solution is not None and solution.error:
@@ -240,7 +244,7 @@ def exercise_outcome(slot, cell_number: int | None, solution: CellResult | None,
     if check is None:
         return ERROR, "not graded: the kernel stopped before this exercise", changed
     if check.timed_out:
-        return TIMEOUT, f"your code ran past the {limits.cell_seconds:g} s limit for one cell while the check called it", changed
+        return TIMEOUT, f"your code ran past the {limits.cell_seconds:g} s limit while the check called it", changed
     if not valid:
         if check.error:
             return _error_row(check.error, "the check") + (changed,)
@@ -281,7 +285,8 @@ def grade_job(job: dict, workdir: Path) -> list[Row]:
                  0.0, str(e.get("title", ""))) for e in extras if isinstance(e, dict)]
     if changed:
         unique = list(dict.fromkeys(changed))
-        message = "changed at run time: " + ", ".join(unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
+        more = f" and {len(unique) - 3} more" if len(unique) > 3 else ""
+        message = "changed at run time: " + ", ".join(unique[:3]) + more
         rows = [Row(r.student, r.chapter, r.exercise, TAMPERED, message, r.seconds, r.title) for r in rows]
     return rows
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import sys
 from collections.abc import Callable
 
 MIMETYPE = "application/vnd.workbook.verdict+json"
@@ -80,11 +81,16 @@ def _send(payload: dict) -> None:
     _state["display"]({MIMETYPE: payload}, raw=True)
 
 
-def check(exercise_id: str, namespace: dict, name: str, code: str):
+def _notebook_namespace() -> dict:
+    """The variables of the notebook: the globals of the cell that called the grader."""
+    return sys._getframe(2).f_globals
+
+
+def check(exercise_id: str, name: str, code: str):
     """What `check_exercise` does (print the verdict, record it, hand back the learner's object
     when it passed and the reference otherwise), and send the verdict to the grader."""
     exercise = _state["exercises"][exercise_id]
-    candidate = namespace.get(name, _MISSING)
+    candidate = _notebook_namespace().get(name, _MISSING)
     if candidate is _MISSING:
         payload = {"code": code, "exercise": exercise_id, "defined": False, "changed": _changed()}
         _send(payload)
@@ -116,7 +122,7 @@ def extra_verdicts(module, namespace: dict) -> list[dict]:
                  "message": f"{EXTRAS_HOOK} failed: {type(error).__name__}: {error}"}]
 
 
-def finish(namespace: dict, code: str) -> None:
+def finish(code: str) -> None:
     """Send the chapter's extra verdicts and a last look at what changed. Runs after every cell."""
     module = importlib.import_module(f"utils.exercises.ch{_state['chapter']}")
-    _send({"code": code, "extras": extra_verdicts(module, namespace), "changed": _changed()})
+    _send({"code": code, "extras": extra_verdicts(module, _notebook_namespace()), "changed": _changed()})

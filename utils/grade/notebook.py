@@ -121,7 +121,8 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     except UnicodeDecodeError:
         raise Unreadable("not a notebook: the file is not UTF-8 text") from None
     except json.JSONDecodeError as error:
-        raise Unreadable(f"not a notebook: malformed JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+        where = f"line {error.lineno}, column {error.colno}"
+        raise Unreadable(f"not a notebook: malformed JSON ({error.msg} at {where})") from None
     except Exception as error:  # nbformat's own complaints about structure
         raise Unreadable(f"not a notebook: {type(error).__name__}: {str(error).splitlines()[0][:120]}") from None
 
@@ -151,7 +152,7 @@ class Match:
 def match_exercises(notebook, chapter: Chapter) -> dict[str, Match]:
     """For each exercise, the last code cell that defines its name, preferring one that is not
     the untouched stub (a learner who copied the cell and filled in the copy)."""
-    code = [(number, source_of(cell)) for number, cell in enumerate(notebook.cells, 1) if cell.get("cell_type") == "code"]
+    code = submitted_code_cells(notebook)
     matches = {}
     for slot in chapter.slots:
         found = [(number, source) for number, source in code if slot.name in defined_names(source)]
@@ -159,6 +160,10 @@ def match_exercises(notebook, chapter: Chapter) -> dict[str, Match]:
         number, source = (edited or found or [(None, None)])[-1]
         matches[slot.id] = Match(source, number)
     return matches
+
+
+def missing_message(slot: Slot) -> str:
+    return f"no cell defines {slot.name} (renamed or deleted?)"
 
 
 def submitted_code_cells(notebook) -> list[tuple[int, str]]:

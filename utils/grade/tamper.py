@@ -6,7 +6,9 @@ are not run at all: there, only an attempt to rebind the checks or patch a modul
 Cells left exactly as the official notebook has them are not read.
 
 What counts, in an exercise cell:
-- binding `check_exercise` or `grade` (assignment, def, import from elsewhere);
+- binding `check_exercise`, `grade` or the grader's own name (assignment, def, import from elsewhere);
+- a class that defines how its objects compare or compute (`__eq__`, `__sub__`,
+  `__torch_function__`...): a returned object of that class could pass any comparison;
 - assigning or deleting an attribute or item of the workbook's modules, torch, numpy, builtins,
   sys or IPython, or of anything imported from them (`utils.checks.grade = ...`, `torch.allclose
   = ...`, `REGISTRY["0.1"] = ...`), `setattr`/`delattr` on them, assigning `__code__` and friends;
@@ -27,7 +29,8 @@ import re
 
 from IPython.core.inputtransformer2 import TransformerManager
 
-PROTECTED_NAMES = {"check_exercise": "the workbook's check", "grade": "the workbook's grading function"}
+PROTECTED_NAMES = {"check_exercise": "the workbook's check", "grade": "the workbook's grading function",
+                   "_workbook_grader": "the grader"}
 GENUINE_SOURCES = {"utils", "utils.checks"}  # `from utils import check_exercise` is the real one
 PATCHABLE_ROOTS = {"utils", "torch", "numpy", "builtins", "sys", "IPython", "transformer_lens", "jaxtyping"}
 GRADING_MODULES = ("utils.checks", "utils.exercises", "utils.grade", "utils.progress")
@@ -44,6 +47,11 @@ OS_CALLS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "r
             "replace", "rmdir", "removedirs", "chmod", "truncate", "putenv", "spawnl", "spawnv", "execv", "execl"}
 FILE_METHODS = {"write_text", "write_bytes", "unlink", "rmtree", "rmdir", "chmod", "symlink_to", "hardlink_to"}
 ALLOWED_MAGICS = {"time", "timeit"}
+# Methods through which a returned object could fool a comparison: never needed by an exercise.
+SPOOFING_METHODS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__sub__", "__rsub__", "__abs__",
+                    "__bool__", "__float__", "__int__", "__index__", "__hash__", "__torch_function__",
+                    "__torch_dispatch__", "__array__", "__array_ufunc__", "__instancecheck__", "__subclasscheck__",
+                    "__getattribute__", "__getattr__", "__class_getitem__", "__init_subclass__", "__del__"}
 
 
 def python_source(cell_source: str) -> str:
@@ -154,7 +162,16 @@ class _Scanner(ast.NodeVisitor):
             self.flag(node, f"rebinds {node.name}, {PROTECTED_NAMES[node.name]}")
         self.generic_visit(node)
 
-    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        if node.name in PROTECTED_NAMES:
+            self.flag(node, f"rebinds {node.name}, {PROTECTED_NAMES[node.name]}")
+        if self.executed:
+            for method in node.body:
+                if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) and method.name in SPOOFING_METHODS:
+                    self.flag(method, f"defines {node.name}.{method.name}, which can make a wrong result look right")
+        self.generic_visit(node)
 
     # --- calls and names that reach the machinery ---
     def visit_Call(self, node: ast.Call) -> None:

@@ -88,7 +88,8 @@ def planted_section(sources: list[Path], root: Path = ROOT) -> str:
             continue
         titles = {e["id"]: e["title"] for e in exercise_headings(source)}
         messages = check_messages(checks) if checks.exists() else []
-        lines += [f"### {chapter_header(source)['title']}", "", "| exercise | the mistake | the hint the learner sees |", "|---|---|---|"]
+        lines += [f"### {chapter_header(source)['title']}: the mistakes its checks name", "",
+                  "| exercise | the mistake | the hint the learner sees |", "|---|---|---|"]
         for exercise, entries in planted_mistakes(planted).items():
             for name, docstring, hint in entries:
                 full = next((m for m in messages if hint in m), hint)
