@@ -8,7 +8,6 @@ every column but `seconds` (how long the cells took, which no rerun repeats exac
 
 from __future__ import annotations
 
-import copy
 import json
 import types
 from pathlib import Path
@@ -128,7 +127,7 @@ def build_class(folder: Path) -> None:
     _save(correct(), folder / "bob" / f"{CHAPTER}.ipynb")
     _save(_load("chapters"), folder / "stub.ipynb")
     _save(mixed(), folder / "Copy of 00_orientation (2).ipynb")
-    _save(runaway(), folder / "Runaway.ipynb")  # sorts first: its three runs start at once
+    _save(runaway(), folder / "Runaway.ipynb")  # sorts second: its three runs start at once
     _save(tampered(), folder / "tampered.ipynb")
     _save(sneaky(), folder / "sneaky.ipynb")
     (folder / "malformed.ipynb").write_text('{"cells": [{"cell_type": "code", "source": ', encoding="utf-8")
@@ -138,10 +137,16 @@ def build_class(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> tuple[Path, Path, dict]:
-    """The class, graded once: (class folder, output folder, {(student, exercise): row})."""
+    """The class, graded once: (class folder, output folder, {(student, exercise): row}).
+
+    The teacher's own progress file must stay untouched: every kernel records to a scratch one."""
     folder, out = tmp_path_factory.mktemp("class"), tmp_path_factory.mktemp("grades")
+    teachers_record = tmp_path_factory.mktemp("teacher") / "progress.json"
     build_class(folder)
-    cli.main([str(folder), "--out", str(out), *OPTIONS])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBOOK_PROGRESS", str(teachers_record))
+        cli.main([str(folder), "--out", str(out), *OPTIONS])
+    assert not teachers_record.exists(), "grading wrote to the teacher's progress file"
     rows = report.read_csv(out / "grades.csv")
     return folder, out, {(row["student"], row["exercise"]): row for row in rows}
 
@@ -305,7 +310,7 @@ def test_students_are_named_by_file_or_folder(tmp_path):
         (tmp_path / path).write_text("{}")
     assert list(cli.find_submissions([tmp_path])) == ["a/alice", "b/bob", "c"]
     assert list(cli.find_submissions([tmp_path / "b" / "bob" / f"{CHAPTER}.ipynb"])) == ["bob"]
-    assert copy.copy(cli.resolve_chapter("0")) == CHAPTER
+    assert cli.resolve_chapter("0") == cli.resolve_chapter("00_orientation") == CHAPTER
 
 
 def test_a_changed_workbook_stops_the_class(monkeypatch):

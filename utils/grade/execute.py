@@ -21,6 +21,7 @@ that exercise set back to its stub, so one crash costs one exercise.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import secrets
 import signal
@@ -39,6 +40,7 @@ from utils.grade.notebook import Chapter, missing_message, official_chapter
 # Every grader cell imports the grader afresh, so no name the student's code could rebind is used.
 GRADER_IMPORT = "import utils.grade.kernel as _workbook_grader"
 MAX_RUNS = 4          # one first run, then one more per exercise that stops the kernel
+MESSAGE_LIMIT = 300   # characters of a message in grades.csv
 PROBE_SECONDS = 10    # how long an interrupted kernel has to answer again
 MEMORY_WORDS = ("MemoryError", "can't allocate memory", "out of memory", "not enough memory", "Cannot allocate memory")
 
@@ -216,6 +218,13 @@ def run_once(cells: list[tuple[str, str | None, str]], limits: Limits, deadline:
         kernel.close()
 
 
+def stable(message: str, workdir: Path) -> str:
+    """The message as one line, the same on every run: no memory addresses, no scratch folder."""
+    message = str(message).replace(str(workdir), "<scratch>")
+    message = " ".join(re.sub(r"0x[0-9a-fA-F]{6,}", "0x...", message).split())
+    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 3] + "..."
+
+
 def _is_memory_error(text: str) -> bool:
     return any(word in text for word in MEMORY_WORDS)
 
@@ -279,10 +288,10 @@ def grade_job(job: dict, workdir: Path) -> list[Row]:
             break
         ran_out = {exercise for (_, exercise, _), result in zip(cells, results) if exercise and result.timed_out}
         settled.update({key: outcomes[key] for key in ran_out | {stop.exercise}})
-    rows = [Row(job["student"], chapter.stem, slot.id, status, message, round(seconds, 1), slot.title)
+    rows = [Row(job["student"], chapter.stem, slot.id, status, stable(message, workdir), round(seconds, 1), slot.title)
             for slot in chapter.slots for status, message, seconds in [outcomes[slot.id]]]
-    rows += [Row(job["student"], chapter.stem, str(e.get("exercise")), str(e.get("status")), str(e.get("message")),
-                 0.0, str(e.get("title", ""))) for e in extras if isinstance(e, dict)]
+    rows += [Row(job["student"], chapter.stem, str(e.get("exercise")), str(e.get("status")),
+                 stable(str(e.get("message")), workdir), 0.0, str(e.get("title", ""))) for e in extras if isinstance(e, dict)]
     if changed:
         unique = list(dict.fromkeys(changed))
         more = f" and {len(unique) - 3} more" if len(unique) > 3 else ""
