@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Tests and notebooks run offline and record progress in a scratch file, never the learner's.
 TEST_ENV := HF_HUB_OFFLINE=1 WORKBOOK_PROGRESS=$(CURDIR)/$(VENV)/test-progress.json
 
-.PHONY: install lab test build check-build bench organism evaluate clean book book-test chromium
+.PHONY: install lab test check build check-build bench organism evaluate clean book book-test chromium
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,20 @@ install: $(STAMP)
 lab: install
 	$(BIN)/jupyter lab --ServerApp.root_dir=chapters
 
+# The suite runs on JOBS workers, each handed whole files (a notebook's cells share one kernel),
+# longest first (conftest.py). One torch thread per worker and per notebook kernel: several
+# threads each on two cores spin against each other and ran the suite 2-3x slower.
+JOBS ?= 2
+SUITE_ENV := $(TEST_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PYTEST_SUITE := -n $(JOBS) --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile tests chapters solutions --nbval-lax
+	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests chapters solutions --nbval-lax
+
+# The author's loop: every unit test, every exercise check five ways, the build in sync; no
+# notebook is executed (make test does that). Within 3 minutes on 2 cores.
+check: install
+	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests
 
 build: install
 	$(BIN)/python -m utils.build
@@ -53,12 +65,13 @@ evaluate: install
 
 # The book (Jupyter Book 1.x) builds in its own environment, .venv-book: it needs markdown-it-py 3,
 # the workbook pins 4. The chapters execute in .venv's kernel (JUPYTER_PATH finds it first), offline
-# like the tests, with no progress bars (a page shows a bar as its first frame: "0%"); MathJax comes
+# like the tests, with no progress bars (a page shows a bar as its first frame: "0%") and with plotly.js
+# inlined in each page's figures (a learner's notebook keeps only plotly's JSON); MathJax comes
 # from npm (book/package.json). CHAPTERS="00 03" builds only those.
 BOOK_VENV := .venv-book
 BOOK_STAMP := $(BOOK_VENV)/.installed
 MATHJAX := book/node_modules/mathjax/es5/tex-chtml.js
-BOOK_ENV := $(TEST_ENV) JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter PYDEVD_DISABLE_FILE_VALIDATION=1 TQDM_DISABLE=1
+BOOK_ENV := $(TEST_ENV) JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter PYDEVD_DISABLE_FILE_VALIDATION=1 TQDM_DISABLE=1 WORKBOOK_PLOT_RENDERER=plotly_mimetype+notebook
 CHAPTERS ?=
 
 $(BOOK_STAMP): requirements-book.txt constraints-book.txt

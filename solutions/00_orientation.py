@@ -332,8 +332,10 @@ for name in ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", f"
 # %% [markdown]
 # ### Exercise 0.5: rebuild the residual stream (difficulty 2/3, ~15 min)
 # Write `residual_from_components(cache, n_layers)` that adds up the token embedding, the
-# positional embedding, and the output of every attention layer and every MLP, giving a tensor of
-# shape `[batch, pos, d_model]`. It should equal `cache[f"blocks.{n_layers - 1}.hook_resid_post"]`.
+# positional embedding, and the output of every attention layer and every MLP of the first
+# `n_layers` blocks, giving a tensor of shape `[batch, pos, d_model]`. It should equal
+# `cache[f"blocks.{n_layers - 1}.hook_resid_post"]` (the check also tries `n_layers` smaller than
+# the model's).
 #
 # <details><summary>Hint 1</summary>
 #

@@ -281,6 +281,8 @@ class LinearProbe(nn.Module):
 # Write `train_probe(x, y, steps, lr, weight_decay)`: build `LinearProbe(x)`, then take `steps`
 # full-batch steps of `torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)` on
 # the binary cross-entropy between the probe's logits and the 0/1 labels `y`. Return the probe.
+# (The check tests what any such training gives: the first few steps, a probe that fits, and
+# weights that a large `weight_decay` shrinks. So `AdamW`, or a summed loss, passes too.)
 #
 # <details><summary>Hint 1</summary>
 #
@@ -615,10 +617,12 @@ for name, labels in (("real labels", d["y_train"]), ("shuffled labels", shuffled
 #
 # ### Exercise 2.7: control-task labels (difficulty 2/3, ~10 min)
 # Write `control_task_labels(keys, seed)`. `keys` is a list of strings, one per prompt (for example
-# each review's adjective). Sort the *distinct* keys, draw
-# `torch.randperm(number_of_distinct_keys, generator=torch.Generator().manual_seed(seed))`, and give
-# the `i`-th distinct key the label `permutation[i] % 2` (so the two labels are balanced). Return a
-# long tensor with the label of each prompt's key, shape `[batch]`.
+# each review's adjective). Give each *distinct* key a random label, 0 or 1, with half the distinct
+# keys on each label (rounded either way), drawn from a generator seeded with `seed`: the labels
+# may depend only on the set of keys and the seed, never on the order of the prompts. Return a
+# long tensor with the label of each prompt's key, shape `[batch]`. One way: sort the distinct
+# keys, draw `torch.randperm(number_of_distinct_keys, generator=torch.Generator().manual_seed(seed))`,
+# and give the `i`-th distinct key the label `permutation[i] % 2`.
 #
 # <details><summary>Hint 1</summary>
 #

@@ -1,9 +1,13 @@
-"""The check framework: one-line verdicts, mistake hints, fallback to the reference."""
+"""The check framework: one-line verdicts, mistake hints, fallback to the reference, and the rules
+every check relies on (stubs told from library errors, no state leaks, several inputs)."""
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from utils.checks import Wrong, check_exercise, expect_close, expect_equal, expect_tensor, grade
+from utils.checks import (NOT_ATTEMPTED, NotAttempted, Wrong, call, call_on_inputs, check_exercise, exercise,
+                          expect_close, expect_equal, expect_tensor, grade, hooks_reset)
 
 
 def test_expect_tensor_names_shape_dtype_nan_and_values():
@@ -18,7 +22,7 @@ def test_expect_tensor_names_shape_dtype_nan_and_values():
         expect_tensor(expected * float("nan"), expected)
     wrong = expected.clone()
     wrong[1, 2] = 9
-    with pytest.raises(Wrong, match=r"up to 4 \(at index \[1, 2\]: got 9, expected 5\)"):
+    with pytest.raises(Wrong, match=r"differ by up to 4 \(at index \[1, 2\]: got 9, expected 5; 1 of 6 entries are off\)"):
         expect_tensor(wrong, expected)
     expect_tensor(expected + 1e-6, expected)  # within tolerance
 
@@ -74,3 +78,240 @@ def test_learner_exception_becomes_a_verdict():
 def test_unknown_exercise_id():
     with pytest.raises(KeyError, match="no exercise '9.9'"):
         grade("9.9", lambda: None)
+
+
+# ------------------------------------------------------------------------------------------
+# The framework's rules
+# ------------------------------------------------------------------------------------------
+def test_a_stub_is_not_attempted_but_a_library_not_implemented_error_is_an_error():
+    def stub(x):
+        raise NotImplementedError("write this")
+
+    class NoForward(nn.Module):  # torch raises NotImplementedError from inside nn.Module
+        pass
+
+    def uses_a_module_without_forward(x):
+        return NoForward()(x)
+
+    with pytest.raises(NotAttempted):
+        call(stub, torch.ones(2))
+    with pytest.raises(Wrong, match=r"your function raised NotImplementedError.*line \d+: return NoForward\(\)\(x\)"):
+        call(uses_a_module_without_forward, torch.ones(2))
+
+
+def test_a_stub_defined_in_exec_source_is_not_attempted():
+    namespace = {}
+    exec("def stub(x):\n    raise NotImplementedError\n", namespace)  # noqa: S102 - how a notebook cell runs
+    with pytest.raises(NotAttempted):
+        call(namespace["stub"], 1)
+
+
+def test_calling_with_wrong_arguments_names_the_call_not_a_line_of_ours():
+    with pytest.raises(Wrong, match=r"^calling your function raised TypeError") as raised:
+        call(lambda: 0, 1, 2)
+    assert "(line" not in str(raised.value)
+
+
+@pytest.mark.parametrize("answer", [np.arange(600.0).reshape(20, 30), "line one\nline two\n" * 50,
+                                    {"a": torch.arange(400).reshape(20, 20)}])
+def test_odd_answers_give_one_line_verdicts(answer):
+    exercise("9.1", "a test exercise", "99_test", lambda: None)(
+        lambda candidate: expect_tensor(call(candidate), torch.zeros(3)))
+    try:
+        verdict = grade("9.1", lambda: answer)
+    finally:
+        del grade.__globals__["REGISTRY"]["9.1"]
+    assert verdict.status == "wrong" and "\n" not in str(verdict) and len(str(verdict)) < 500, str(verdict)
+    if isinstance(answer, np.ndarray):
+        assert "a numpy ndarray of shape [20, 30]" in verdict.message
+
+
+def test_a_multi_line_error_message_gives_a_one_line_verdict():
+    def raises_long(x):
+        raise ValueError("first line\nsecond line\n" + "x" * 1000)
+
+    with pytest.raises(Wrong) as raised:
+        call(raises_long, 1)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) <= 400
+
+
+def test_call_on_inputs_calls_once_per_case_in_order():
+    seen = []
+
+    def record(x, scale=1):
+        seen.append((x, scale))
+        return x * scale
+
+    assert call_on_inputs(record, [((1,), {}), ((2,), {"scale": 3}), ((4,), {"scale": -1})]) == [1, 6, -4]
+    assert seen == [(1, 1), (2, 3), (4, -1)]
+
+
+def test_call_on_inputs_catches_a_memoised_answer():
+    memo = {}
+
+    def memoised(x):
+        return memo.setdefault("first", x * 2)
+
+    results = call_on_inputs(memoised, [((torch.tensor(1.0),), {}), ((torch.tensor(5.0),), {})])
+    with pytest.raises(Wrong, match="is 2, expected 10"):
+        for result, x in zip(results, (1.0, 5.0)):
+            expect_close(result, 2 * x)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def test_hooks_reset_removes_raw_torch_hooks_and_restores_training_mode_and_weights():
+    model = _Tiny().eval()
+    x = torch.ones(1, 2)
+    before = model(x).detach()
+
+    def leaky(model):
+        model.layer.register_forward_hook(lambda module, inputs, output: output * 0)
+        model.layer.register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,))
+        model.train()
+        model.layer.weight.requires_grad_(False)
+        with torch.no_grad():
+            model.layer.bias.add_(10.0)
+        torch.set_grad_enabled(False)
+
+    with pytest.raises(Wrong, match=r"left hooks on 1 hook points of the model \(layer\)"):
+        call(leaky, model)  # call() resets every model it passes on, and says what was left
+    assert torch.is_grad_enabled()
+    assert not model.training and model.layer.weight.requires_grad
+    assert not model.layer._forward_hooks and not model.layer._forward_pre_hooks
+    assert torch.equal(model(x).detach(), before)
+
+
+def test_hooks_reset_keeps_the_hooks_a_model_had_when_first_seen():
+    model = _Tiny()
+    model.layer.register_forward_hook(lambda module, inputs, output: output + 1)
+    with hooks_reset(model):
+        model.layer.register_forward_hook(lambda module, inputs, output: output * 0)
+    assert len(model.layer._forward_hooks) == 1
+
+
+@pytest.fixture(scope="module")
+def organism():
+    from utils.models import load_model
+
+    return load_model(verbose=False, device="cpu")
+
+
+def test_hooks_reset_removes_transformer_lens_hooks(organism):
+    tokens = organism.to_tokens("The capital of France is")
+    with torch.no_grad():
+        before = organism(tokens)
+
+    def leaky(model):
+        model.add_hook("blocks.0.hook_resid_post", lambda resid, hook: resid * 0)
+        model.blocks[1].hook_resid_post.add_hook(lambda resid, hook: resid + 1)
+        model.train()
+
+    with pytest.raises(Wrong, match=r"left hooks on 2 hook points of the model \(blocks.0.hook_out, blocks.1.hook_out\)"):
+        call(leaky, organism)
+    with torch.no_grad():
+        after = organism(tokens)
+    assert torch.equal(after, before) and not organism.training
+    with hooks_reset(organism):
+        leaky(organism)
+    with torch.no_grad():
+        assert torch.equal(organism(tokens), before)
+
+
+def test_a_hint_never_fires_for_a_correct_answer():
+    expected = torch.tensor([1.0, 0.0, 2.0])
+    same_as_correct_here = {"you forgot the ReLU": torch.tensor([1.0, 0.0, 2.0])}
+    expect_tensor(expected.clone(), expected, mistakes=same_as_correct_here)
+    expect_tensor(expected.double(), expected, mistakes=same_as_correct_here)  # any float dtype
+    close_to_both = {"off by a little": expected + 1.5e-4}  # within tolerance of the answer, not equal to it
+    expect_tensor(expected + 0.8e-4, expected, mistakes=close_to_both)
+    expect_equal(" Mary", " Mary", mistakes={"used the first position": " Mary"})
+    expect_close(0.5, 0.5, mistakes={"used >= 0": 0.5})
+    expect_close(0.5004, 0.5, mistakes={"used >= 0": 0.5008})
+
+
+def test_a_hint_gives_the_numbers_that_show_it():
+    expected = torch.tensor([1.0, -2.0, 3.0])
+    with pytest.raises(Wrong, match=r"^forgot the ReLU \(differs by up to 2 \(at index \[1\]: got 0, expected -2\)\)$"):
+        expect_tensor(torch.relu(expected), expected, mistakes={"forgot the ReLU": torch.relu(expected)})
+    with pytest.raises(Wrong, match=r"took the mean \(shape \[\], expected \[3\]\)"):
+        expect_tensor(expected.mean(), expected, mistakes={"took the mean": expected.mean()})
+    labels = torch.tensor([True, False, True, True])
+    with pytest.raises(Wrong, match=r"inclusive \(1 of 4 entries differ; first at index \[1\]: got True, expected False\)"):
+        expect_tensor(torch.ones(4, dtype=torch.bool), labels, mistakes={"inclusive": torch.ones(4, dtype=torch.bool)})
+    with pytest.raises(Wrong, match=r"reversed \(got -0.5, expected 0.5\)"):
+        expect_close(-0.5, 0.5, mistakes={"reversed": -0.5})
+    with pytest.raises(Wrong, match=r"first position \(got ' John', expected ' Mary'\)"):
+        expect_equal(" John", " Mary", mistakes={"first position": " John"})
+
+
+def test_a_float64_answer_is_compared_like_a_float32_one():
+    expected = torch.linspace(0, 1, 5)
+    expect_tensor(expected.double(), expected)
+    with pytest.raises(Wrong, match="and the reference differ by up to"):
+        expect_tensor(expected.double() + 1, expected)
+
+
+def test_weights_edited_in_place_are_restored_and_reported():
+    model = _Tiny()
+    before = model.layer.weight.detach().clone()
+
+    def edits(model):
+        with torch.no_grad():
+            model.layer.weight.mul_(0)
+        return 1
+
+    with pytest.raises(Wrong, match=r"changed 1 of the model's weights in place \(layer.weight\)"):
+        call(edits, model)
+    assert torch.equal(model.layer.weight, before)
+
+
+def test_hooks_that_clean_up_after_themselves_are_fine():
+    model = _Tiny()
+
+    def tidy(model):
+        handle = model.layer.register_forward_hook(lambda module, inputs, output: output * 2)
+        try:
+            return model(torch.ones(1, 2))
+        finally:
+            handle.remove()
+
+    assert call(tidy, model).shape == (1, 2)
+
+
+def test_mistakes_that_coincide_on_an_input_are_named_together():
+    expected = torch.tensor([1.0, 2.0])
+    wrong = torch.tensor([0.0, 0.0])
+    with pytest.raises(Wrong, match=r"^one of these mistakes: scored on train; or trained on test \("):
+        expect_tensor(wrong, expected, mistakes={"scored on train": wrong, "trained on test": wrong.clone()})
+
+
+def test_the_learners_code_sees_a_freshly_seeded_global_generator_and_keeps_its_own():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, second = call(torch.rand, 3), call(torch.rand, 3)
+    assert torch.equal(first, second)  # the same verdict on every run, even without a generator
+    assert torch.equal(torch.get_rng_state(), state)  # the learner's own random stream is untouched
+
+
+def test_an_input_changed_in_place_is_reported():
+    def centres_in_place(x, extra):
+        x -= x.mean()
+        return x
+
+    def edits_a_dict_value(values):
+        values["a"].mul_(2)
+        return values["a"]
+
+    with pytest.raises(Wrong, match=r"changed its input argument 1 in place"):
+        call(centres_in_place, torch.arange(3.0), 1)
+    with pytest.raises(Wrong, match=r"changed its input argument 1\['a'\] in place"):
+        call(edits_a_dict_value, {"a": torch.ones(2)})
+    assert torch.equal(call(lambda x: x - x.mean(), torch.arange(3.0)), torch.tensor([-1.0, 0.0, 1.0]))

@@ -1,9 +1,12 @@
-"""Every registered exercise, four ways: the reference passes, the untouched stub is "not
-attempted", each planted realistic mistake is rejected with its hint, and malformed answers get a
-verdict instead of a crash."""
+"""Every registered exercise, five ways: the reference passes, the untouched stub is "not
+attempted", each planted realistic mistake is rejected with its hint, at least two correct
+alternatives pass, and malformed answers get a verdict instead of a crash. Then the rules that hold
+across exercises: a named hint fires only for its own mistake, and no verdict depends on what was
+graded before it in the same process."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import re
@@ -13,7 +16,7 @@ import pytest
 import torch
 
 from utils.build import ROOT, chapter_sources, exercise_headings, reference_module_name
-from utils.checks import NOT_ATTEMPTED, PASSED, WRONG, grade, load_all_exercises
+from utils.checks import NOT_ATTEMPTED, PASSED, WRONG, Verdict, grade, load_all_exercises
 
 EXERCISES = load_all_exercises()
 CHECK_CALL = re.compile(r'check_exercise\("(?P<id>\d+\.\d+)", (?P<name>\w+)\)')
@@ -58,14 +61,25 @@ def test_every_heading_has_a_check_and_every_check_a_heading():
     assert declared == {i: EXERCISES[i].title for i in EXERCISES}
 
 
-def test_every_exercise_has_a_stub_and_planted_mistakes():
+@functools.cache
+def verdict_of(exercise_id: str, answer) -> Verdict:
+    """The verdict on one answer, graded once and shared by the tests below."""
+    return grade(exercise_id, answer)
+
+
+def test_every_exercise_has_a_stub_planted_mistakes_and_two_correct_alternatives():
     assert set(STUBS) == set(EXERCISES)
     assert set(MISTAKES) == set(EXERCISES)
+    assert set(ALTERNATIVES) == set(EXERCISES)
+    few = {i: len(ALTERNATIVES[i]) for i in IDS if len(ALTERNATIVES[i]) < 2}
+    assert not few, f"exercises with fewer than two correct alternatives: {few}"
+    reused = {i for i in IDS if any(a is EXERCISES[i].reference for a in ALTERNATIVES[i])}
+    assert not reused, f"an alternative must be written independently, not be the reference: {reused}"
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_reference_passes(exercise_id):
-    verdict = grade(exercise_id, EXERCISES[exercise_id].reference)
+    verdict = verdict_of(exercise_id, EXERCISES[exercise_id].reference)
     assert verdict.status == PASSED, str(verdict)
 
 
@@ -78,16 +92,49 @@ def test_stub_is_not_attempted(exercise_id):
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_planted_mistakes_are_rejected_with_their_hint(exercise_id):
     for mistaken, hint in MISTAKES[exercise_id]:
-        verdict = grade(exercise_id, mistaken)
+        verdict = verdict_of(exercise_id, mistaken)
         assert verdict.status == WRONG, f"{mistaken.__name__}: {verdict}"
         assert hint in verdict.message, f"{mistaken.__name__}: {verdict}"
 
 
-@pytest.mark.parametrize("exercise_id", sorted(ALTERNATIVES))
+@pytest.mark.parametrize("exercise_id", IDS)
 def test_correct_alternatives_pass(exercise_id):
     for alternative in ALTERNATIVES[exercise_id]:
-        verdict = grade(exercise_id, alternative)
+        verdict = verdict_of(exercise_id, alternative)
         assert verdict.status == PASSED, f"{alternative.__name__}: {verdict}"
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_each_named_hint_fires_only_for_its_own_mistake(exercise_id):
+    """Not for the reference, not for a correct alternative, not for a mistake whose hint differs."""
+    answers = [(mistaken, own) for mistaken, own in MISTAKES[exercise_id]]
+    answers += [(correct, None) for correct in [EXERCISES[exercise_id].reference, *ALTERNATIVES[exercise_id]]]
+    for _, hint in MISTAKES[exercise_id]:
+        for answer, own in answers:
+            if own != hint:
+                verdict = verdict_of(exercise_id, answer)
+                assert hint not in verdict.message, f"the hint {hint!r} fired for {answer.__name__}: {verdict}"
+
+
+def test_verdicts_do_not_depend_on_what_was_graded_before():
+    """Every exercise graded twice in one process, in both orders, each time right after a planted
+    mistake (the last one listed: where there is one, a mistake that leaves hooks on a model or
+    remembers its first call): the verdicts never change."""
+    def grade_all(order: list[str]) -> dict[tuple[str, str], str]:
+        verdicts = {}
+        for exercise_id in order:
+            for answer in (MISTAKES[exercise_id][-1][0], EXERCISES[exercise_id].reference):
+                verdicts[exercise_id, answer.__name__] = str(grade(exercise_id, answer))
+        return verdicts
+
+    forward, backward = grade_all(IDS), grade_all(IDS[::-1])
+    changed = {key: (forward[key], backward[key]) for key in forward if forward[key] != backward[key]}
+    assert not changed, f"verdicts that changed with the order: {changed}"
+    for exercise_id in IDS:
+        reference = EXERCISES[exercise_id].reference
+        assert forward[exercise_id, reference.__name__] == str(verdict_of(exercise_id, reference))
+        mistaken = MISTAKES[exercise_id][-1][0]
+        assert forward[exercise_id, mistaken.__name__] == str(verdict_of(exercise_id, mistaken))
 
 
 def _raises(*args, **kwargs):

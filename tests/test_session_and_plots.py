@@ -1,5 +1,7 @@
 """setup(), progress bars and the plot helpers."""
 
+from pathlib import Path
+
 import plotly.io as pio
 import pytest
 import torch
@@ -18,7 +20,15 @@ def test_setup_is_seeded_offline_and_says_so_in_one_line(capsys, monkeypatch):
     assert env.hub_online is False and not env.in_colab
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "offline" in out and "seed 5" in out
-    assert pio.renderers.default == env.plot_renderer == "plotly_mimetype+notebook"
+    assert pio.renderers.default == env.plot_renderer == "plotly_mimetype"
+
+
+def test_the_book_asks_for_an_html_copy_of_each_figure(monkeypatch):
+    monkeypatch.setenv("WORKBOOK_PLOT_RENDERER", "plotly_mimetype+notebook")
+    assert setup(verbose=False).plot_renderer == pio.renderers.default == "plotly_mimetype+notebook"
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    book_env = next(line for line in makefile.splitlines() if line.startswith("BOOK_ENV"))
+    assert "WORKBOOK_PLOT_RENDERER=plotly_mimetype+notebook" in book_env
 
 
 def test_colab_gets_colabs_renderer(monkeypatch):
@@ -48,3 +58,16 @@ def test_progress_bar_hides_when_asked_or_when_the_environment_says_so(monkeypat
     assert list(progress_bar(range(3), show=False)) == [0, 1, 2]
     monkeypatch.setenv("TQDM_DISABLE", "1")  # what the book's build sets
     assert progress_bar(range(3), show=True).disable
+
+
+def test_a_finished_bar_is_saved_as_text_so_a_reopened_chapter_shows_no_widget_error():
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = "from utils import progress_bar\nfor _ in progress_bar(range(5), desc='five steps'):\n    pass"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    lines = [o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
+    assert len(lines) == 1 and lines[0].startswith("five steps: 100%") and "5/5" in lines[0]

@@ -2,6 +2,8 @@
 
 - the organism: `load_model()` time and a full-cache forward pass on 32 x 128 tokens;
 - each chapter benchmark in `utils/benchmarks/` (its `run()` prints its own lines);
+- the test suite as `make test` runs it: wall time, the slowest items, seconds per file (saved to
+  tests/durations.json, which orders the next runs longest first: see conftest.py);
 - every notebook in solutions/ and chapters/: execution time and the kernel's peak memory.
 """
 
@@ -10,15 +12,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DURATIONS = ROOT / "tests" / "durations.json"
+
+
+# What `make test` runs (keep in step with the Makefile's SUITE_ENV and PYTEST_SUITE).
+SUITE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SUITE_ARGS = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder", "tests", "chapters", "solutions", "--nbval-lax"]
 
 
 def _median_time(function, repeats: int) -> float:
@@ -75,6 +87,50 @@ def notebook_timings(paths: list[Path], repeats: int = 3) -> dict[str, dict[str,
     return results
 
 
+def suite_timings(pytest_args: list[str], slowest: int = 15, busy_core: bool = False) -> dict[str, float]:
+    """Run the test suite once with `pytest_args`; print its wall time, slowest items and files.
+
+    With `busy_core`, a stand-in load keeps one core busy for the whole run (a spinning Python
+    process), to see how the suite fares on a shared machine. Returns the seconds spent in each
+    file (setup, call and teardown of its items), which `main` saves as tests/durations.json.
+    """
+    load = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
+    try:
+        return _timed_suite(pytest_args, slowest, "with one core kept busy" if busy_core else "idle")
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+
+
+def _timed_suite(pytest_args: list[str], slowest: int, condition: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "suite.xml"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pytest", *pytest_args, f"--junitxml={report}", "-q"], cwd=ROOT,
+                       check=False, stdout=subprocess.DEVNULL, env={**os.environ, **SUITE_ENV})
+        wall = time.perf_counter() - start
+        cases = [(case.get("classname", ""), case.get("name", ""), float(case.get("time", 0)))
+                 for case in ElementTree.parse(report).iter("testcase")]
+    per_file: Counter = Counter()
+    for classname, _, seconds in cases:
+        per_file[_file_of(classname)] += seconds
+    print(f"suite ({condition}): {wall:.0f}s wall for {len(cases)} items (pytest {' '.join(pytest_args)})")
+    for classname, name, seconds in sorted(cases, key=lambda case: -case[2])[:slowest]:
+        print(f"  {seconds:7.1f}s  {_file_of(classname)}::{name}")
+    for path, seconds in per_file.most_common():
+        print(f"  {seconds:7.1f}s  {path} (whole file)")
+    return {path: round(seconds, 1) for path, seconds in sorted(per_file.items())}
+
+
+def _file_of(classname: str) -> str:
+    """The file of a JUnit classname: `tests.test_x` or `chapters.00_orientation.ipynb`."""
+    if classname.endswith(".ipynb"):
+        folder, _, stem = classname[: -len(".ipynb")].partition(".")
+        return f"{folder}/{stem}.ipynb"
+    return classname.split("::")[0].replace(".", "/") + ".py"
+
+
 def chapter_benchmarks() -> None:
     """Run every `utils/benchmarks/*.py` module's `run()`, in name order."""
     import utils.benchmarks
@@ -88,16 +144,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--execute-one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-notebooks", action="store_true", help="only the organism and chapter benchmarks")
+    parser.add_argument("--no-notebooks", action="store_true", help="skip the per-notebook medians")
+    parser.add_argument("--no-suite", action="store_true", help="skip the timed run of the test suite")
+    parser.add_argument("--suite-args", default="", help="extra pytest arguments for the suite run")
+    parser.add_argument("--busy-core", action="store_true", help="time the suite with one core kept busy")
+    parser.add_argument("--suite-only", action="store_true", help="only the timed run of the test suite")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
     args = parser.parse_args()
     if args.execute_one:
         print(json.dumps(execute_once(args.execute_one.resolve())))
         return
-    for name, seconds in organism_timings().items():
-        print(f"organism {name}: median {seconds:.3f}s of 5")
-    chapter_benchmarks()
-    if args.no_notebooks:
+    if not args.suite_only:
+        for name, seconds in organism_timings().items():
+            print(f"organism {name}: median {seconds:.3f}s of 5")
+        chapter_benchmarks()
+    if not args.no_suite:
+        durations = suite_timings(SUITE_ARGS + args.suite_args.split(), busy_core=args.busy_core)
+        if not args.busy_core:  # the order is planned for an idle machine
+            DURATIONS.write_text(json.dumps(durations, indent=1) + "\n")
+            print(f"wrote {DURATIONS.relative_to(ROOT)}")
+    if args.no_notebooks or args.suite_only:
         return
     paths = [p.resolve() for p in args.notebooks] or sorted((ROOT / "solutions").glob("*.ipynb")) + sorted(
         (ROOT / "chapters").glob("*.ipynb"))

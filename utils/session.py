@@ -42,11 +42,16 @@ def seed_everything(seed: int) -> None:
 
 
 def choose_plot_renderer(colab: bool) -> str:
-    """Plotly output that draws with no network: Colab's own renderer there; elsewhere the
-    JupyterLab mimetype plus an HTML copy with plotly.js inlined (classic notebook, the book)."""
+    """Plotly output that draws with no network and keeps a saved chapter small.
+
+    Colab gets its own renderer; JupyterLab, Notebook 7 and VS Code draw plotly's mimetype
+    (JupyterLab through the jupyterlab-plotly extension that ships with plotly). The book's
+    build asks for `plotly_mimetype+notebook` through WORKBOOK_PLOT_RENDERER: its pages need an
+    HTML copy with plotly.js inlined, about 4.6 MB a notebook, which a learner's file is spared.
+    """
     import plotly.io as pio
 
-    renderer = "colab" if colab else "plotly_mimetype+notebook"
+    renderer = os.environ.get("WORKBOOK_PLOT_RENDERER") or ("colab" if colab else "plotly_mimetype")
     pio.renderers.default = renderer
     return renderer
 
@@ -55,12 +60,51 @@ def progress_bar(iterable, show: bool = True, **tqdm_options):
     """A tqdm bar over `iterable`; a silent one when `show` is False or TQDM_DISABLE is set.
 
     The book's build sets TQDM_DISABLE=1: a page would show a bar's first frame, "0%". tqdm's
-    notebook bar ignores that variable, so it is read here.
+    notebook bar ignores that variable, so it is read here. In a notebook the bar is a widget
+    while it runs and plain text once it ends (see `_text_when_done_bar`).
     """
     from tqdm.auto import tqdm
 
     hidden = not show or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    if not hidden and _in_notebook_kernel(tqdm):
+        return _text_when_done_bar()(iterable, **tqdm_options)
     return tqdm(iterable, disable=hidden, **tqdm_options)
+
+
+def _in_notebook_kernel(auto_tqdm) -> bool:
+    """Whether tqdm.auto chose its widget bar, i.e. this is a Jupyter kernel with ipywidgets."""
+    try:
+        from tqdm.notebook import tqdm as notebook_tqdm
+    except ImportError:
+        return False
+    return issubclass(auto_tqdm, notebook_tqdm)
+
+
+def _text_when_done_bar():
+    """tqdm's widget bar, replaced by its final line of plain text when it closes.
+
+    A saved notebook keeps no widget state, so a widget left in an output reads "Error
+    displaying widget: model not found" when the chapter is reopened. Text reopens as it was.
+    """
+    from IPython.display import display
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    class TextWhenDoneBar(notebook_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, display=False, **kwargs)
+            self._handle = None if self.disable else display(self.container, display_id=True)
+            self.displayed = True
+
+        def close(self):
+            was_open = not self.disable and self._handle is not None
+            super().close()
+            if was_open:
+                final_line = self.format_meter(**self.format_dict)
+                self._handle.update({"text/plain": final_line}, raw=True)
+                self._handle = None
+                self.container.close()
+
+    return TextWhenDoneBar
 
 
 def setup(seed: int = 0, device: str = "auto", verbose: bool = True) -> Environment:

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from utils.checks import Wrong, call, exercise, expect_equal, expect_tensor
+from utils.checks import Wrong, call, call_on_inputs, exercise, expect_equal, expect_tensor
 from utils.models import load_model
 from utils.references import ch00_orientation as ref
 
@@ -31,23 +31,26 @@ def _applicants() -> torch.Tensor:
     return torch.cat([ref.applicant_grid(21), edges])  # [batch, 2]
 
 
+def _risk_mistakes(age: torch.Tensor, income: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "'below' is strict: use <, not <=, so an applicant exactly on a threshold (age 0.3, income 0.5 or 0.2) "
+        "is not below it": ((age <= 0.3) & (income <= 0.5)) | (income <= 0.2),
+        "the second rule is missing: income below 0.2 is high risk at any age": (age < 0.3) & (income < 0.5),
+        "the two conditions of the first rule need 'and' (&), not 'or' (|)":
+            (age < 0.3) | (income < 0.5) | (income < 0.2),
+    }
+
+
 @exercise("0.1", "a rule-based model", CHAPTER, ref.rule_based_risk)
 def check_rule_based_risk(candidate) -> None:
     x = _applicants()
-    age, income = x[:, 0], x[:, 1]
-    expected = ref.rule_based_risk(age, income)
-    got = call(candidate, age.clone(), income.clone())
-    expect_tensor(got, expected, "your risk labels", mistakes={
-        "a threshold is inclusive: 'below 0.3' means age < 0.3, not age <= 0.3":
-            ((age <= 0.3) & (income <= 0.5)) | (income <= 0.2),
-        "the second rule is missing: income below 0.2 is high risk at any age":
-            (age < 0.3) & (income < 0.5),
-        "the two conditions of the first rule need 'and' (&), not 'or' (|)":
-            (age < 0.3) | (income < 0.5) | (income < 0.2),
-    })
-    age_2d, income_2d = age[-6:].reshape(3, 2), income[-6:].reshape(3, 2)  # any shape must work
-    expect_tensor(call(candidate, age_2d, income_2d), ref.rule_based_risk(age_2d, income_2d),
-                  "your labels for a 2-D batch")
+    edges = x[-6:]  # the points on the thresholds
+    inputs = {"your risk labels": (x[:, 0], x[:, 1]),
+              "your labels for a 2-D batch": (edges[:, 0].reshape(3, 2), edges[:, 1].reshape(3, 2)),  # any shape
+              "your labels for float64 inputs": (edges[:, 0].double(), edges[:, 1].double())}
+    results = call_on_inputs(candidate, [((age.clone(), income.clone()), {}) for age, income in inputs.values()])
+    for (name, (age, income)), got in zip(inputs.items(), results):
+        expect_tensor(got, ref.rule_based_risk(age, income), name, mistakes=_risk_mistakes(age, income))
 
 
 @exercise("0.2", "hidden activations by hand", CHAPTER, ref.hidden_activations)
@@ -78,9 +81,10 @@ def check_unit_contributions(candidate) -> None:
             "leave the output bias out: it belongs to no unit": bias_split,
         })
         with torch.no_grad():
-            total = got.sum(-1) + network.output.bias
-            if not torch.allclose(total, network(x), atol=1e-4):
-                raise Wrong("your contributions plus the bias do not add up to network(x)")
+            total = got.double().sum(-1) + network.output.bias.double()  # any float dtype is fine
+            gap = (total - network(x).double()).abs().max().item()
+        if gap > 1e-4:
+            raise Wrong(f"your contributions plus the bias miss network(x) by up to {gap:.3g}")
 
 
 PROMPTS = [
@@ -107,22 +111,39 @@ def check_predict_next_token(candidate) -> None:
         })
 
 
+def residual_caches() -> list:
+    """Two cached runs of the organism on prompts of different lengths and batch sizes (made
+    afresh for every check, so that nothing an answer does to one can reach another check)."""
+    model = organism()
+    batches = [["When Mary and John went to the store, John gave a drink to",
+                "The capital of France is Paris. That is true."],
+               ["red fox Monday blue cat red fox"]]
+    with torch.no_grad():
+        return [model.run_with_cache(prompts)[1] for prompts in batches]
+
+
 @exercise("0.5", "rebuild the residual stream", CHAPTER, ref.residual_from_components)
 def check_residual_from_components(candidate) -> None:
-    model = organism()
-    _, cache = model.run_with_cache(["When Mary and John went to the store, John gave a drink to",
-                                     "The capital of France is Paris. That is true."])
-    n_layers = model.cfg.n_layers
+    n_model_layers = organism().cfg.n_layers
+    for cache, n_layers in zip(residual_caches() * 2, (n_model_layers, n_model_layers, 2, 1)):
+        _check_residual(candidate, cache, n_layers)
+
+
+def _check_residual(candidate, cache, n_layers: int) -> None:
+    """One cache, the first `n_layers` blocks: the sum must be blocks.{n_layers - 1}.hook_resid_post."""
     expected = ref.residual_from_components(cache, n_layers)
+    last = n_layers - 1
     without_positions = expected - cache["hook_pos_embed"]
     last_layer_only = (cache["hook_embed"] + cache["hook_pos_embed"]
-                       + cache[f"blocks.{n_layers - 1}.hook_attn_out"] + cache[f"blocks.{n_layers - 1}.hook_mlp_out"])
+                       + cache[f"blocks.{last}.hook_attn_out"] + cache[f"blocks.{last}.hook_mlp_out"])
     no_mlps = expected - sum(cache[f"blocks.{layer}.hook_mlp_out"] for layer in range(n_layers))
     got = call(candidate, cache, n_layers)
-    expect_tensor(got, expected, "your residual stream", atol=1e-3, mistakes={
+    name = f"your residual stream with n_layers={n_layers}"
+    expect_tensor(got, expected, name, atol=1e-3, mistakes={
         "the positional embedding (hook_pos_embed) is missing": without_positions,
         "only the last layer was added: loop over every layer": last_layer_only,
         "the MLP outputs (hook_mlp_out) are missing": no_mlps,
     })
-    if not torch.allclose(got, cache[f"blocks.{n_layers - 1}.hook_resid_post"], atol=1e-3):
-        raise Wrong("your sum does not match the model's final residual stream")
+    gap = (got.detach().double() - cache[f"blocks.{last}.hook_resid_post"].double()).abs().max().item()
+    if gap > 1e-3:
+        raise Wrong(f"{name} misses blocks.{last}.hook_resid_post by up to {gap:.3g}")

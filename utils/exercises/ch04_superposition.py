@@ -55,23 +55,29 @@ def _expect_uniform_values(batch: torch.Tensor, name: str) -> None:
     if active.numel() == 0:
         raise Wrong(f"{name} is all zeros: no feature is ever on")
     if (active == 1).float().mean() > 0.5:
-        raise Wrong(f"{name}: active features should take a random value in [0, 1), not always 1")
+        raise Wrong(f"{name}: active features should take a random value in [0, 1), not always 1 "
+                    f"({(active == 1).float().mean():.0%} of the active values are exactly 1)")
     if abs(active.mean().item() - 0.5) > 0.05:
         raise Wrong(f"{name}: active values average {active.mean():.3f}; uniform values on [0, 1) average 0.5")
 
 
-def _distinct(mistakes: dict[str, torch.Tensor], expected: torch.Tensor, atol: float = 1e-4) -> dict:
-    """Only the mistakes that these inputs can tell apart from the right answer."""
-    return {hint: wrong for hint, wrong in mistakes.items()
-            if wrong.shape != expected.shape or not torch.allclose(wrong.double(), expected.double(), atol=10 * atol)}
-
-
-def _expect_reproducible(candidate, *args, name: str) -> None:
+def _expect_seeded(candidate, *args, name: str) -> None:
+    """A generator's draws: the same seed gives the same batch; the next call on one generator and
+    another seed give new ones (so neither a re-seeding nor a generator-ignoring answer passes)."""
     first = call(candidate, *args, _seeded(7))
-    second = call(candidate, *args, _seeded(7))
-    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and not torch.equal(first, second):
-        raise Wrong(f"{name}: two calls with the same seeded generator gave different batches; "
-                    "pass generator=generator to every torch.rand")
+    again = call(candidate, *args, _seeded(7))
+    if isinstance(first, torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(first, again):
+        differ = int((first != again).sum()) if first.shape == again.shape else "all"
+        raise Wrong(f"{name}: two calls with generators seeded alike gave different batches ({differ} of "
+                    f"{first.numel()} entries differ); pass generator=generator to every torch.rand")
+    generator = _seeded(7)
+    successive = [call(candidate, *args, generator) for _ in range(2)]
+    other_seed = call(candidate, *args, _seeded(8))
+    for what, batch in (("the next call on the same generator", successive[1]), ("seed 8", other_seed)):
+        if isinstance(batch, torch.Tensor) and batch.shape == first.shape and torch.equal(batch, first):
+            raise Wrong(f"{name}: {what} gave exactly the batch of seed 7 again ({batch.numel()} equal entries): "
+                        "draw from the generator you are given (generator=generator in every torch.rand), never re-seed it "
+                        "or make a new one")
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,6 +88,16 @@ def _feature_probabilities() -> torch.Tensor:
     return torch.tensor([[0.05, 0.1, 0.2, 0.3, 0.4],
                          [0.3, 0.3, 0.3, 0.3, 0.3],
                          [1.0, 0.9, 0.7, 0.5, 0.02]])
+
+
+def _expect_extremes(candidate) -> None:
+    """Another shape, with probabilities 0 and 1: never on, and always on."""
+    probability = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # [2 instances, 2 feats]
+    batch = _expect_batch(call(candidate, 200, probability.clone(), _seeded(1)), (200, 2, 2), "your batch for p = 0 or 1")
+    on = (batch > 0).double().mean(0)  # [instances, feats]
+    if not torch.equal(on == 0, probability == 0) or (on[probability == 1] < 0.99).any():
+        raise Wrong(f"with probabilities {probability.tolist()} features are on in {on.tolist()} of examples: "
+                    "a feature with p = 0 is never on, one with p = 1 always")
 
 
 @exercise("4.1", "sparse synthetic features", CHAPTER, ref.generate_features)
@@ -96,8 +112,9 @@ def check_generate_features(candidate) -> None:
     p = probability.double()
     tolerance = 5 * (p * (1 - p) / batch_size).sqrt() + 0.005  # five standard errors
     if ((frequency - (1 - p)).abs() <= tolerance).all():
-        raise Wrong("you switched features on with probability 1 - p: feature_probability is the chance a "
-                    "feature is ON (use rand < p)")
+        raise Wrong(f"you switched features on with probability 1 - p: feature_probability is the chance a "
+                    f"feature is ON (use rand < p); feature 0 of instance 0 is on in {frequency[0, 0]:.3f} of "
+                    f"examples, its probability is {p[0, 0]:.3f}")
     if not ((frequency - p).abs() <= tolerance).all():
         index = tuple(int(i) for i in torch.unravel_index(((frequency - p).abs() / tolerance).argmax(), p.shape))
         raise Wrong(f"feature {index[1]} of instance {index[0]} is on in {frequency[index]:.3f} of examples, "
@@ -109,8 +126,10 @@ def check_generate_features(candidate) -> None:
                     "independent ones would give 0.09): draw one coin per feature, with the output's full shape")
     both_on = (on[:, 1, 0] * on[:, 1, 1]).bool()
     if both_on.any() and torch.equal(batch[:, 1, 0][both_on], batch[:, 1, 1][both_on]):
-        raise Wrong("every feature of an example gets the same value: draw one value per feature")
-    _expect_reproducible(candidate, 50, probability.clone(), name="your generator")
+        raise Wrong(f"every feature of an example gets the same value (features 0 and 1 agree in all "
+                    f"{int(both_on.sum())} examples where both are on): draw one value per feature")
+    _expect_extremes(candidate)
+    _expect_seeded(candidate, 50, probability.clone(), name="your generator")
 
 
 # ------------------------------------------------------------------------------------------
@@ -144,24 +163,32 @@ def _toy_mistakes(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @exercise("4.2", "the toy model, batched over instances", CHAPTER, ref.ToyModel)
 def check_toy_model(candidate) -> None:
-    x = ref.generate_features(16, torch.full((3, 6), 0.5), _seeded(3))  # [batch, instances, feats]
-    for nonlinear in (True, False):
-        reference = _reference_model(nonlinear)
-        model = call(candidate, 3, 6, 2, nonlinear=nonlinear, seed=1)
-        for name in ("W", "b_final"):
-            if not isinstance(getattr(model, name, None), torch.nn.Parameter):
-                raise Wrong(f"the model has no parameter {name!r}: keep __init__ as given")
-        with torch.no_grad():
-            model.W.copy_(reference.W)
-            model.b_final.copy_(reference.b_final)
-        expected = reference(x).detach()
-        got = call(model, x.clone())
-        kind = "ReLU" if nonlinear else "linear"
-        expect_tensor(got, expected, f"your {kind} model's output", atol=1e-5,
-                      mistakes=_distinct(_toy_mistakes(reference, x), expected))
-        if not got.requires_grad:
-            raise Wrong("the output is not connected to W: don't detach or use torch.no_grad in forward, "
-                        "or training cannot compute gradients")
+    for nonlinear, sizes in ((True, (3, 6, 2)), (False, (3, 6, 2)), (True, (2, 5, 3))):
+        _check_toy_model(candidate, nonlinear, *sizes)
+
+
+def _check_toy_model(candidate, nonlinear: bool, n_instances: int, n_feats: int, n_hidden: int) -> None:
+    x = ref.generate_features(16, torch.full((n_instances, n_feats), 0.5), _seeded(3))  # [batch, instances, feats]
+    reference = _reference_model(nonlinear, n_instances, n_feats, n_hidden)
+    model = call(candidate, n_instances, n_feats, n_hidden, nonlinear=nonlinear, seed=1)
+    for name in ("W", "b_final"):
+        if not isinstance(getattr(model, name, None), torch.nn.Parameter):
+            raise Wrong(f"the model has no parameter {name!r}: keep __init__ as given")
+    for name in ("W", "b_final"):
+        if getattr(model, name).shape != getattr(reference, name).shape:
+            raise Wrong(f"the model's {name} has shape {list(getattr(model, name).shape)}, expected "
+                        f"{list(getattr(reference, name).shape)}: keep __init__ as given")
+    with torch.no_grad():
+        model.W.copy_(reference.W)
+        model.b_final.copy_(reference.b_final)
+    expected = reference(x).detach()
+    got = call(model, x.clone())
+    kind = "ReLU" if nonlinear else "linear"
+    expect_tensor(got, expected, f"your {kind} model's output ({n_instances} instances, {n_feats} features, "
+                  f"{n_hidden} hidden)", atol=1e-5, mistakes=_toy_mistakes(reference, x))
+    if not got.requires_grad:
+        raise Wrong("the output is not connected to W (requires_grad is False): don't detach or use "
+                    "torch.no_grad in forward, or training cannot compute gradients")
 
 
 # ------------------------------------------------------------------------------------------
@@ -169,14 +196,19 @@ def check_toy_model(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 @exercise("4.3", "the importance-weighted loss", CHAPTER, ref.importance_weighted_loss)
 def check_importance_weighted_loss(candidate) -> None:
-    generator = _seeded(4)
-    features = ref.generate_features(32, torch.full((3, 5), 0.5), generator)  # [batch, instances, feats]
-    output = torch.rand(32, 3, 5, generator=generator)
-    importance = torch.rand(3, 5, generator=generator) + 0.1  # [instances, feats]
+    for batch, instances, feats in ((32, 3, 5), (7, 2, 4)):
+        _check_loss(candidate, batch, instances, feats)
+
+
+def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
+    generator = _seeded(4 + batch)
+    features = ref.generate_features(batch, torch.full((instances, feats), 0.5), generator)  # [batch, instances, feats]
+    output = torch.rand(batch, instances, feats, generator=generator)
+    importance = torch.rand(instances, feats, generator=generator) + 0.1  # [instances, feats]
     expected = ref.importance_weighted_loss(output, features, importance)
     squared = (features - output) ** 2  # [batch, instances, feats]
     got = call(candidate, output.clone(), features.clone(), importance.clone())
-    expect_tensor(got, expected, "your loss", atol=1e-5, mistakes=_distinct({
+    expect_tensor(got, expected, f"your loss (batch {batch})", atol=1e-5, mistakes={
         "the importance is missing: multiply each feature's squared error by its importance":
             squared.sum(-1).mean(0),
         "the importance multiplies the squared error once, it is not squared with it":
@@ -189,7 +221,7 @@ def check_importance_weighted_loss(candidate) -> None:
             expected.sum(),
         "return one loss per instance, shape [instances]: don't average over instances":
             expected.mean(),
-    }, expected))
+    })
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,8 +241,8 @@ def _weight_examples() -> list[torch.Tensor]:
 def _expect_no_nan(got, expected: torch.Tensor, name: str) -> None:
     if isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype.is_floating_point:
         if torch.isnan(got).any() and not torch.isnan(expected).any():
-            raise Wrong(f"{name} is NaN for a feature with W_i = 0: clamp the norm before dividing "
-                        "(e.g. .clamp(min=1e-8))")
+            raise Wrong(f"{name} is NaN for a feature with W_i = 0 ({int(torch.isnan(got).sum())} of {got.numel()} "
+                        "entries): clamp the norm before dividing (e.g. .clamp(min=1e-8))")
 
 
 def _overlaps(W: torch.Tensor, normalise: str = "first") -> torch.Tensor:
@@ -232,7 +264,7 @@ def check_interference(candidate) -> None:
         norms = W.norm(dim=1)  # [instances, feats]
         got = call(candidate, W.clone())
         _expect_no_nan(got, expected, "your interference")
-        expect_tensor(got, expected, "your interference", mistakes=_distinct({
+        expect_tensor(got, expected, "your interference", mistakes={
             "leave out the j = i term: a feature does not interfere with itself":
                 expected + norms ** 2,
             "normalise W_i (the feature whose interference you measure) to unit length before the dot product":
@@ -241,7 +273,7 @@ def check_interference(candidate) -> None:
                 _off_diagonal_sum(_overlaps(W, "both") ** 2),
             "square each dot product before summing (negative overlaps interfere too)":
                 _off_diagonal_sum(_overlaps(W)),
-        }, expected))
+        })
 
 
 @exercise("4.5", "classify the extra feature", CHAPTER, ref.extra_feature_phase)
@@ -270,7 +302,7 @@ def check_extra_feature_phase(candidate) -> None:
             mistakes["a feature pointing the negative way is still represented: compare its norm, not its weight"] = \
                 signed.long() + (signed & (overlap[:, -1] > 0.25)).long()
         got = call(candidate, W.clone())
-        expect_tensor(got, expected, "your phases", mistakes=_distinct(mistakes, expected))
+        expect_tensor(got, expected, "your phases", mistakes=mistakes)
     default = ref.extra_feature_phase(examples[0], threshold=0.8)
     expect_tensor(call(candidate, examples[0].clone(), threshold=0.8), default,
                   "your phases with threshold=0.8 (use the threshold argument, not 0.5)")
@@ -283,14 +315,14 @@ def check_feature_dimensionality(candidate) -> None:
         norms = W.norm(dim=1)  # [instances, feats]
         got = call(candidate, W.clone())
         _expect_no_nan(got, expected, "your dimensionality")
-        expect_tensor(got, expected, "your dimensionality", mistakes=_distinct({
+        expect_tensor(got, expected, "your dimensionality", mistakes={
             "the sum in the denominator includes j = i (the feature's own ||W_i||^2)":
                 norms ** 2 / _off_diagonal_sum(_overlaps(W) ** 2).clamp(min=1e-12),
             "normalise W_i inside the dot products of the denominator (W_i_hat . W_j)":
                 norms ** 2 / (_overlaps(W, "none") ** 2).sum(-1).clamp(min=1e-12),
             "the numerator is the squared norm ||W_i||^2":
                 norms / (_overlaps(W) ** 2).sum(-1).clamp(min=1e-12),
-        }, expected))
+        })
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,8 +344,9 @@ def check_anticorrelated_features(candidate) -> None:
     p = probability.double()[..., None].expand_as(frequency)
     tolerance = 5 * (p * (1 - p) / batch_size).sqrt() + 0.005
     if ((frequency - p / 2).abs() <= tolerance).all():
-        raise Wrong("each feature is on with probability p / 2: a pair must be active with probability 2p, "
-                    "so that each of its features is still on with probability p")
+        raise Wrong(f"each feature is on with probability p / 2: a pair must be active with probability 2p, "
+                    f"so that each of its features is still on with probability p (feature 0 of instance 0 is on "
+                    f"in {frequency[0, 0, 0]:.3f} of examples, its pair's probability is {p[0, 0, 0]:.3f})")
     if not ((frequency - p).abs() <= tolerance).all():
         index = tuple(int(i) for i in torch.unravel_index(((frequency - p).abs() / tolerance).argmax(), p.shape))
         raise Wrong(f"feature {2 * index[1] + index[2]} of instance {index[0]} is on in {frequency[index]:.3f} "
@@ -325,7 +358,7 @@ def check_anticorrelated_features(candidate) -> None:
     if abs(both - 0.2) > 0.05:
         raise Wrong(f"pairs should switch on independently of each other, but pairs 1 and 2 of instance 1 are "
                     f"active together in {both:.3f} of examples (independent pairs: 0.200)")
-    _expect_reproducible(candidate, 50, probability.clone(), name="your generator")
+    _expect_seeded(candidate, 50, probability.clone(), name="your generator")
 
 
 # ------------------------------------------------------------------------------------------
@@ -346,15 +379,16 @@ def check_features_per_neuron(candidate) -> None:
         got = call(candidate, W.clone())
         if isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype.is_floating_point \
                 and torch.isnan(got).any():
-            raise Wrong("a neuron with no positive weight gives NaN: clamp the denominator so it counts as 0")
-        expect_tensor(got, expected, "your features per neuron", mistakes=_distinct({
+            raise Wrong(f"a neuron with no positive weight gives NaN ({int(torch.isnan(got).sum())} of "
+                        f"{got.numel()} neurons): clamp the denominator so it counts as 0")
+        expect_tensor(got, expected, "your features per neuron", mistakes={
             "only positive weights make a ReLU neuron fire: take F.relu(W) before squaring":
                 _participation_ratio(W),
             "weigh each feature by its squared weight w_i^2 (you used |w_i|)":
                 _participation_ratio(F.relu(W), power=1),
             "count features per neuron (sum over the last dimension, feats), not neurons per feature":
                 ref.features_per_neuron(W.transpose(1, 2)),
-        }, expected))
+        })
 
 
 # ------------------------------------------------------------------------------------------
@@ -384,7 +418,7 @@ def _check_sparse_code(candidate) -> None:
     for l1, steps in ((0.05, 7), (0.01, 60)):
         expected = ref.sparse_code(h, W, l1=l1, steps=steps)
         got = call(candidate, h.clone(), W.clone(), l1=l1, steps=steps)
-        expect_tensor(got, expected, f"your code with l1={l1}, steps={steps}", atol=1e-4, mistakes=_distinct({
+        expect_tensor(got, expected, f"your code with l1={l1}, steps={steps}", atol=1e-4, mistakes={
             "the L1 penalty is missing: subtract eta * l1 as well as the gradient step, before the ReLU":
                 _ista(h, W, 0.0, steps, eta),
             "the ReLU is missing: the code must stay non-negative, c <- ReLU(c - eta * (gradient + l1))":
@@ -395,4 +429,4 @@ def _check_sparse_code(candidate) -> None:
                 _ista(h, W, l1, steps + 1, eta),
             "step downhill: subtract eta * (W^T (W c - h) + l1), don't add it":
                 _ista(h, W, l1, steps, eta, sign=-1.0),
-        }, expected))
+        })

@@ -1,0 +1,33 @@
+"""Suite-wide order: the files expected to take longest run first.
+
+`make test` hands whole files to its workers one at a time, in collection order
+(`--dist loadfile --no-loadscope-reorder`). Sorting the files longest first, by the seconds
+`make bench` last measured for each (tests/durations.json), keeps one long notebook from
+starting last and running alone while the other workers sit idle. Within a file, nothing moves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DURATIONS = Path(__file__).parent / "tests" / "durations.json"
+# A file `make bench` has not measured yet: a new notebook is assumed long, a new test file short.
+UNMEASURED_SECONDS = {".ipynb": 150.0, ".py": 10.0}
+
+
+def expected_seconds(durations: dict[str, float], path: str) -> float:
+    return durations.get(path, UNMEASURED_SECONDS.get(Path(path).suffix, 10.0))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    durations = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    first_seen = {}
+    for item in items:
+        first_seen.setdefault(item.nodeid.split("::")[0], len(first_seen))
+
+    def order(item):
+        path = item.nodeid.split("::")[0]
+        return (-expected_seconds(durations, path), first_seen[path])
+
+    items.sort(key=order)  # a stable sort: the items of one file keep their order

@@ -1,0 +1,46 @@
+"""The suite's file order (conftest.py): longest expected first, a file's own items kept in order."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+root_conftest = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(root_conftest)
+
+
+def _items(*nodeids):
+    return [SimpleNamespace(nodeid=nodeid) for nodeid in nodeids]
+
+
+def test_longest_files_first_and_items_of_a_file_keep_their_order(tmp_path, monkeypatch):
+    durations = tmp_path / "durations.json"
+    durations.write_text('{"tests/test_a.py": 5, "tests/test_b.py": 50, "chapters/00_x.ipynb": 20}')
+    monkeypatch.setattr(root_conftest, "DURATIONS", durations)
+    items = _items("tests/test_a.py::one", "tests/test_b.py::one", "chapters/00_x.ipynb::Cell 0",
+                   "tests/test_a.py::two", "tests/test_b.py::two", "chapters/00_x.ipynb::Cell 1",
+                   "chapters/09_new.ipynb::Cell 0", "tests/test_new.py::one")
+    root_conftest.pytest_collection_modifyitems(None, None, items)
+    assert [item.nodeid for item in items] == [
+        "chapters/09_new.ipynb::Cell 0",  # not measured yet: a notebook is assumed long
+        "tests/test_b.py::one", "tests/test_b.py::two",
+        "chapters/00_x.ipynb::Cell 0", "chapters/00_x.ipynb::Cell 1",
+        "tests/test_new.py::one",  # not measured yet: a test file is assumed short
+        "tests/test_a.py::one", "tests/test_a.py::two",
+    ]
+
+
+def test_without_a_durations_file_files_keep_their_collection_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(root_conftest, "DURATIONS", tmp_path / "missing.json")
+    items = _items("tests/test_a.py::one", "tests/test_b.py::one", "tests/test_a.py::two")
+    root_conftest.pytest_collection_modifyitems(None, None, items)
+    assert [item.nodeid for item in items] == ["tests/test_a.py::one", "tests/test_a.py::two", "tests/test_b.py::one"]
+
+
+def test_the_makefile_keeps_the_order_and_one_thread_per_worker():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-loadscope-reorder" in makefile and "--dist loadfile" in makefile
+    assert "OMP_NUM_THREADS=1" in makefile
