@@ -8,13 +8,17 @@ every column but `seconds` (how long the cells took, which no rerun repeats exac
 
 from __future__ import annotations
 
+import html
+import inspect
 import json
+import textwrap
 import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.planted import ch00_orientation as planted
 from utils.book import BOOK, generated_pages
 from utils.build import ROOT, chapter_sources, exercise_headings, reference_module_name
 from utils.checks import Verdict
@@ -29,6 +33,7 @@ CELL_SECONDS = 15  # the check of 0.2 trains two networks before it calls the an
 OPTIONS = ["--chapter", "00", "--jobs", "2", "--cell-timeout", str(CELL_SECONDS), "--notebook-timeout", "300",
            "--memory-gib", "3"]
 EXERCISES = [slot.id for slot in official_chapter(CHAPTER).slots]
+WRONG_0_1, WRONG_0_1_HINT = planted.MISTAKES["0.1"][0]  # a planted mistake and the hint its check gives
 
 
 def _load(folder: str) -> dict:
@@ -54,6 +59,12 @@ def _replace_body(notebook: dict, name: str, body: str) -> None:
     cell["source"] = "\n".join(lines[:docstring + 1] + ["    " + line for line in body.strip().splitlines()])
 
 
+def _body(function) -> str:
+    """The body of a function, as source, dedented."""
+    lines = textwrap.dedent(inspect.getsource(function)).splitlines()
+    return textwrap.dedent("\n".join(lines[1:]))
+
+
 def _append(notebook: dict, name: str, code: str) -> None:
     cell = _cell(notebook, name)
     cell["source"] = _source(cell) + "\n" + code
@@ -74,7 +85,7 @@ def mixed() -> dict:
     raising after its function."""
     notebook = _load("chapters")
     notebook["metadata"]["kernelspec"] = {"name": "conda-env-old-py", "display_name": "Old", "language": "python"}
-    _replace_body(notebook, "rule_based_risk", "return ((age <= 0.3) & (income <= 0.5)) | (income <= 0.2)")
+    _replace_body(notebook, "rule_based_risk", _body(WRONG_0_1))
     _append(notebook, "rule_based_risk",
             'print("Exercise 0.1 (a rule-based model): passed.")\n'
             "from IPython.display import display\n"
@@ -175,7 +186,7 @@ def test_renamed_reordered_resaved_and_faked_outputs(graded):
     _, _, rows = graded
     student = "Copy of 00_orientation (2)"
     assert statuses(rows, student) == ["wrong", "not attempted", "passed", "missing", "error"]
-    assert "inclusive" in rows[(student, "0.1")]["message"]  # the forged print and display count for nothing
+    assert WRONG_0_1_HINT in rows[(student, "0.1")]["message"]  # the forged print and display count for nothing
     assert rows[(student, "0.2")]["message"] == rows[("stub", "0.2")]["message"]  # the check's, and the shortcut's
     assert "predict_next_token" in rows[(student, "0.4")]["message"]
     assert "ValueError: half done" in rows[(student, "0.5")]["message"]
@@ -210,7 +221,7 @@ def test_unreadable_and_other_chapter_notebooks(graded):
 def test_reports_are_written_offline_and_escaped(graded):
     _, out, _ = graded
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert "pass rate" in page and "inclusive" in page and "Students who may need help" in page
+    assert "pass rate" in page and html.escape(WRONG_0_1_HINT) in page and "Students who may need help" in page
     assert "Runaway" in page.split("Students who may need help")[1]
     feedback = sorted(p.name for p in (out / "feedback").glob("*.html"))
     assert len(feedback) == 8 and "bob.html" in feedback
