@@ -47,6 +47,15 @@ check-build: install
 bench: install
 	$(TEST_ENV) $(BIN)/python -m utils.bench
 
+# Grade a class's notebooks (book/teachers.md): make grade SUBMISSIONS=class/ GRADES=grades/ CHAPTER=00
+# writes GRADES/grades.csv, report.html and feedback/; CHAPTER (optional) is the chapter that was set.
+SUBMISSIONS ?= submissions
+GRADES ?= grades
+CHAPTER ?=
+.PHONY: grade
+grade: install
+	$(BIN)/python -m utils.grade $(SUBMISSIONS) --out $(GRADES) $(if $(CHAPTER),--chapter $(CHAPTER))
+
 organism: install
 	$(BIN)/python -m utils.organism.train
 	$(BIN)/python -m utils.organism.evaluate
