@@ -125,7 +125,7 @@ def train_with_amsgrad_and_normalize(sae, batches, steps, l1, lr=3e-3, progress_
         loss.backward()
         optimizer.step()
         sae.W_dec.data = F.normalize(sae.W_dec.data, dim=-1)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
