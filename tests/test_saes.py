@@ -31,35 +31,42 @@ def toy():
     return reports
 
 
-def test_moderate_l1_recovers_the_true_features_at_about_the_true_l0(toy):
+def _l1(toy, index):
+    return toy[f"L1 {ref.TOY_L1S[index]}"]
+
+
+def test_tiny_l1_finds_the_directions_but_no_sparse_code(toy):
     true_l0 = ref.TOY_FEATS * ref.TOY_PROBABILITY
-    best = max((name for name in toy if name.startswith("L1")), key=lambda name: toy[name]["recovery"])
-    assert toy[best]["recovery"] > 0.9, toy
-    assert toy[best]["L0"] < 2 * true_l0, toy
-
-
-def test_tiny_l1_spreads_over_more_latents_and_recovers_less(toy):
-    tiny, moderate = toy[f"L1 {ref.TOY_L1S[0]}"], toy[f"L1 {ref.TOY_L1S[2]}"]
-    assert tiny["L0"] > 2 * moderate["L0"], toy
-    assert tiny["recovery"] < moderate["recovery"] - 0.05, toy
+    tiny = _l1(toy, 0)
+    assert tiny["recovery"] > 0.9, toy
+    assert tiny["L0"] > 5 * true_l0, toy
     assert tiny["explained variance"] > 0.95, toy
 
 
-def test_large_l1_shrinks_and_kills_latents(toy):
-    large = toy[f"L1 {ref.TOY_L1S[-1]}"]
-    assert large["L2 ratio"] < 0.9, toy
-    assert large["dead fraction"] > 0.1, toy
-    ratios = [toy[f"L1 {l1}"]["L2 ratio"] for l1 in ref.TOY_L1S]
+def test_l1_buys_sparsity_with_shrinkage(toy):
+    l0s = [_l1(toy, i)["L0"] for i in range(len(ref.TOY_L1S))]
+    ratios = [_l1(toy, i)["L2 ratio"] for i in range(len(ref.TOY_L1S))]
+    assert l0s == sorted(l0s, reverse=True), l0s
     assert ratios == sorted(ratios, reverse=True), ratios
+    sparse = _l1(toy, -1)  # L0 near the true one: much too short, much variance lost
+    assert sparse["L0"] < 2 * ref.TOY_FEATS * ref.TOY_PROBABILITY, toy
+    assert sparse["L2 ratio"] < 0.8 and sparse["explained variance"] < 0.6, toy
 
 
-def test_topk_has_no_shrinkage_and_recovers_as_well_as_l1(toy):
-    best_l1 = max(toy[f"L1 {l1}"]["recovery"] for l1 in ref.TOY_L1S)
+def test_no_l1_sae_dies_with_this_initialisation(toy):
+    assert all(_l1(toy, i)["dead fraction"] == 0 for i in range(len(ref.TOY_L1S))), toy
+
+
+def test_topk_beats_l1_at_the_same_sparsity_but_loses_latents(toy):
+    topk = toy[f"TopK {ref.TOY_KS[-1]}"]
+    # the L1 SAE closest in L0
+    l1 = min((_l1(toy, i) for i in range(len(ref.TOY_L1S))), key=lambda r: abs(r["L0"] - topk["L0"]))
+    assert topk["explained variance"] > l1["explained variance"], toy
+    assert topk["L2 ratio"] > l1["L2 ratio"] + 0.05, toy
+    assert topk["recovery"] >= l1["recovery"] - 0.01, toy
     for k in ref.TOY_KS:
-        report = toy[f"TopK {k}"]
-        assert abs(report["L2 ratio"] - 1) < 0.05, toy
-        assert report["L0"] <= k + 1e-6, toy
-    assert max(toy[f"TopK {k}"]["recovery"] for k in ref.TOY_KS) > best_l1 - 0.03, toy
+        assert toy[f"TopK {k}"]["L0"] <= k + 1e-6, toy
+        assert toy[f"TopK {k}"]["dead fraction"] >= 0.15, toy  # "a fifth or more"
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,11 +144,9 @@ def test_start_positions_are_outliers_and_the_mean_is_far_from_zero(model):
     assert 0.3 < mean_norm / typical < 0.7  # "about half a typical activation"
 
 
-def test_l1_sae_on_the_organism_shrinks(model, held, shipped):
-    rows = organism_sae.world_rows(model.tokenizer, 2 ** 16, organism_sae.TRAIN_SEED)
-    activations, _ = organism_sae.cache_activations(model, rows, progress=False)
-    l1_sae = organism_sae.train_with_sae_lens(activations, "standard", l1_coefficient=30.0, steps=200, progress=False)
-    _, held_acts, _ = held
+def test_l1_sae_on_the_organism_shrinks(held, shipped):
+    _, held_acts, _ = held  # a short run on the held-out activations is enough to show the shrinkage
+    l1_sae = organism_sae.train_with_sae_lens(held_acts, "standard", l1_coefficient=30.0, steps=100, progress=False)
     l1, topk = ref.organism_metrics(l1_sae, held_acts), ref.organism_metrics(shipped, held_acts)
     assert l1["l2_ratio"] < topk["l2_ratio"] - 0.05, (l1, topk)
     assert abs(topk["l2_ratio"] - 1) < 0.05, topk
@@ -154,10 +159,10 @@ def test_l1_sae_on_the_organism_shrinks(model, held, shipped):
 def recovery(model, held, shipped):
     _, held_acts, held_tokens = held
     baseline = ref.random_init_model(seed=0)
-    train_rows = organism_sae.world_rows(model.tokenizer, organism_sae.RECIPE["train_tokens"], organism_sae.TRAIN_SEED)
-    baseline_acts, _ = organism_sae.cache_activations(baseline, train_rows[:512], progress=False)
-    baseline_sae, _ = ref.train_organism_topk(baseline_acts, steps=150, progress_bar=False)
-    _, baseline_held, _ = organism_sae.held_out_data(baseline)
+    train_rows = organism_sae.world_rows(model.tokenizer, 2 ** 17, organism_sae.TRAIN_SEED)
+    baseline_acts, _ = organism_sae.cache_activations(baseline, train_rows[:256], progress=False)
+    baseline_sae, _ = ref.train_organism_topk(baseline_acts, steps=100, progress_bar=False)
+    baseline_held, _ = organism_sae.cache_activations(baseline, held[0][:64], progress=False)
     n = ref.DETECTION_TOKENS
     masks = ref.token_label_masks(held_tokens, model.tokenizer)
     context, baseline_context = ref.context_label_data(model), ref.context_label_data(baseline)
@@ -216,18 +221,28 @@ def _country_ids(model):
     return {c: model.tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in ref.world.COUNTRIES}
 
 
-def test_nearly_one_latent_per_country(model, held, codes):
+def test_a_handful_of_latents_carry_the_countries(model, held, codes):
     per_country = ref.top_latent_per_word(codes, held[2], _country_ids(model))
     assert len(per_country) == len(ref.world.COUNTRIES)
-    assert len(set(per_country.values())) >= 0.75 * len(per_country), per_country
+    counts = torch.bincount(torch.tensor(list(per_country.values())))
+    assert 3 <= int((counts > 0).sum()) <= len(per_country) // 2, per_country  # a handful, shared
+    assert counts.max() >= 0.2 * len(per_country), per_country  # one strongest on many countries
+    assert int((counts > 1).sum()) >= 3, per_country  # and others shared by small groups
 
 
-def test_the_country_latent_has_absorbed_members(model, held, codes):
+def test_the_country_latent_has_absorbed_members(model, held, codes, shipped):
     masks = ref.token_label_masks(held[2], model.tokenizer)
     _, latent = ref.best_column_auroc(codes, masks["country"], codes, masks["country"])
-    recall = torch.tensor(list(ref.member_recall(codes, held[2], latent, _country_ids(model)).values()))
-    assert recall.median() > 0.5, recall  # a general latent...
-    assert recall.min() < 0.5, recall  # ...with holes
+    recall = ref.member_recall(codes, held[2], latent, _country_ids(model))
+    values = torch.tensor(list(recall.values()))
+    assert values.median() > 0.5, recall  # a general latent...
+    assert values.min() < 0.5, recall  # ...with holes
+    per_country = ref.top_latent_per_word(codes, held[2], _country_ids(model))
+    direction = shipped.W_dec[latent].detach()
+    for country in sorted(recall, key=recall.get)[:3]:  # the three the chapter prints
+        assert recall[country] < 0.5 and per_country[country] != latent, (country, recall)
+        other = shipped.W_dec[per_country[country]].detach()
+        assert torch.nn.functional.cosine_similarity(direction, other, dim=0) < 0.3  # "small cosines"
 
 
 def test_many_latents_are_explained_by_one_word(model, held, codes):
@@ -237,8 +252,8 @@ def test_many_latents_are_explained_by_one_word(model, held, codes):
     explanations = [ref.explain_latent(codes, held[2], masks, int(i), model.tokenizer) for i in sample]
     by_word = sum(name.startswith("the word") for name, _, _ in explanations)
     good = sum(score > 0.9 for _, score, _ in explanations)
-    assert by_word >= 25, explanations
-    assert good < len(sample), explanations  # not everything is explained
+    assert by_word >= 0.75 * len(sample), explanations  # "for nearly every latent the best candidate is a word"
+    assert 0 < good < 0.5 * len(sample), explanations  # "only a minority ... above 0.9"
 
 
 # ------------------------------------------------------------------------------------------

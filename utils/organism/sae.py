@@ -212,6 +212,8 @@ def load_card_metrics() -> dict:
 
 
 def write_card(metrics: dict, seconds: float, n_train: int) -> None:
+    """README.md (the card) and metrics.json, from the same rounded numbers."""
+    metrics = {key: round(value, 5) for key, value in metrics.items()}
     met = {
         "explained_variance": metrics["explained_variance"] >= BARS["explained_variance"],
         "l0": metrics["l0"] <= BARS["l0"],
@@ -251,7 +253,7 @@ Other numbers: MSE per token {metrics['mse']:.2f} (summed over d_model); L2 rati
 """
     (SAE_DIR / "README.md").write_text(text)
     (SAE_DIR / "metrics.json").write_text(json.dumps(
-        {**{key: round(value, 5) for key, value in metrics.items()}, "train_seconds": round(seconds, 1),
+        {**metrics, "train_seconds": round(seconds, 1),
          "train_tokens": n_train, "meets_bars": all(met.values())}, indent=2) + "\n")
 
 

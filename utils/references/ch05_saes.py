@@ -100,7 +100,9 @@ def mean_max_cosine(learned: Float[Tensor, "d_sae d"], true: Float[Tensor, "feat
     return (true_unit @ learned_unit.T).max(dim=1).values.mean().item()  # [feats, d_sae] -> [feats] -> mean
 
 
-TOY_D_SAE, TOY_STEPS = 96, 1500
+TOY_D_SAE, TOY_STEPS = 96, 1000
+TOY_L1S = (0.003, 0.03, 0.3, 1.0)  # the L1 sweep of the table below
+TOY_KS = (2, 4)  # and the TopK SAEs after Exercise 5.5
 
 
 def toy_report(sae: SparseAutoencoder, features: Float[Tensor, "feats d"], seed: int = 123) -> dict[str, float]:
@@ -133,7 +135,7 @@ def topk_activation(pre_activation: Float[Tensor, "batch d_sae"], k: int) -> Flo
 
 
 def train_organism_topk(activations: Float[Tensor, "token d_model"], d_sae: int = 1024, k: int = 32,
-                        steps: int = 300, batch_size: int = 1024, lr: float = 1e-3, seed: int = 0,
+                        steps: int = 200, batch_size: int = 1024, lr: float = 1e-3, seed: int = 0,
                         progress_bar: bool = True) -> tuple[SparseAutoencoder, list[float]]:
     """Our TopK SAE on cached activations, b_dec started at their mean; returns it and its losses."""
     sae = SparseAutoencoder(activations.shape[1], d_sae, k=k, seed=seed)
@@ -225,7 +227,7 @@ CONTEXT_LABELS = {
 }
 
 
-DETECTION_TOKENS = 8000  # held-out tokens for the token labels: enough positives, and cheap to rank
+DETECTION_TOKENS = 6000  # held-out tokens for the token labels: enough positives, and cheap to rank
 
 
 def token_label_masks(tokens: Int[Tensor, "token"], tokenizer) -> dict[str, Bool[Tensor, "token"]]:
@@ -300,12 +302,19 @@ def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict
     return pd.DataFrame(rows).T
 
 
+def top_latent_per_word(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"],
+                        word_ids: dict[str, int]) -> dict[str, int]:
+    """For each word (that occurs), the latent with the largest mean activation on its occurrences."""
+    return {word: int(codes[tokens == token_id].mean(0).argmax()) for word, token_id in word_ids.items()
+            if (tokens == token_id).any()}
+
+
 def member_recall(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"], latent: int,
-                  member_ids: dict[str, int]) -> dict[str, float]:
-    """For each member word, the fraction of its occurrences on which `latent` fires (nan if absent)."""
+                  word_ids: dict[str, int]) -> dict[str, float]:
+    """For each word that occurs, the fraction of its occurrences on which `latent` fires."""
     fires = codes[:, latent] > 0
-    return {word: fires[tokens == token_id].float().mean().item() if (tokens == token_id).any() else float("nan")
-            for word, token_id in member_ids.items()}
+    return {word: fires[tokens == token_id].float().mean().item() for word, token_id in word_ids.items()
+            if (tokens == token_id).any()}
 
 
 import html
@@ -313,36 +322,45 @@ import html
 import plotly.graph_objects as go
 
 
-def explain_latent(codes: Float[Tensor, "token d_sae"], masks: dict[str, Bool[Tensor, "token"]],
-                   latent: int) -> tuple[str, float, dict[str, float]]:
-    """The label that best explains `latent` (chosen on one half), its AUROC on the other half, and all labels' AUROCs."""
+def explain_latent(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"],
+                   masks: dict[str, Bool[Tensor, "token"]], latent: int, tokenizer,
+                   top: int = 20) -> tuple[str, float, dict[str, float]]:
+    """The best explanation of `latent` (chosen on one half), its AUROC on the other half, and every candidate's.
+
+    Candidates: each word class in `masks`, and "the word w" for the commonest token among the
+    latent's `top` activations on the first half.
+    """
     train, test = halves(len(codes))
-    scores = {name: column_aurocs(codes[train, latent:latent + 1], mask[train])[0].item() for name, mask in masks.items()}
+    values = codes[train, latent]
+    commonest = int(tokens[train][values.topk(top).indices].mode().values)
+    word = f"the word '{tokenizer.decode([commonest]).strip()}'"
+    candidates = {**masks, word: tokens == commonest}
+    scores = {name: column_aurocs(codes[train, latent:latent + 1], mask[train])[0].item()
+              for name, mask in candidates.items()}
     best = max(scores, key=scores.get)
-    return best, column_aurocs(codes[test, latent:latent + 1], masks[best][test])[0].item(), scores
+    return best, column_aurocs(codes[test, latent:latent + 1], candidates[best][test])[0].item(), scores
 
 
 def top_contexts_html(codes: Float[Tensor, "token d_sae"], rows: Int[Tensor, "row pos"], keep: Bool[Tensor, "row pos"],
                       latent: int, tokenizer, n: int = 6, window: int = 8) -> str:
     """The `n` held-out contexts where `latent` fires most, each token shaded by the latent's activation."""
     where = keep.nonzero()  # [token, 2]: (row, position) of each code
-    values = codes[:, latent]
-    peak = values.max().clamp(min=1e-6)
+    grid = torch.zeros(rows.shape)  # [row, pos]: the latent's activation at every kept position
+    grid[keep] = codes[:, latent]
+    peak = max(grid.max().item(), 1e-6)
     lines = []
-    for index in values.topk(n).indices.tolist():
+    for index in codes[:, latent].topk(n).indices.tolist():
         row, position = where[index].tolist()
         pieces = []
         for p in range(max(0, position - window), min(rows.shape[1], position + 3)):
-            flat = (where[:, 0] == row) & (where[:, 1] == p)
-            strength = values[flat.nonzero()[0, 0]].item() / peak.item() if flat.any() else 0.0
             word = html.escape(tokenizer.decode([int(rows[row, p])]))
             border = "border-bottom:2px solid #333;" if p == position else ""
-            pieces.append(f'<span style="background:rgba(255,120,0,{strength:.2f});{border}">{word}</span>')
-        lines.append(f"<div style='font-family:monospace'>{values[index]:.1f}: {''.join(pieces)}</div>")
+            pieces.append(f'<span style="background:rgba(255,120,0,{grid[row, p] / peak:.2f});{border}">{word}</span>')
+        lines.append(f"<div style='font-family:monospace'>{grid[row, position]:.1f}: {''.join(pieces)}</div>")
     return "".join(lines)
 
 
-def latent_dashboard(sae, model, codes, rows, keep, masks, latent: int) -> tuple[go.Figure, str]:
+def latent_dashboard(sae, model, codes, tokens, rows, keep, masks, latent: int) -> tuple[go.Figure, str]:
     """A plotly figure (activation histogram, top and bottom logits, label AUROCs) and an HTML panel of top contexts."""
     from plotly.subplots import make_subplots
 
@@ -350,16 +368,16 @@ def latent_dashboard(sae, model, codes, rows, keep, masks, latent: int) -> tuple
     logit_effect = direction @ model.W_U.detach().cpu()  # [d_vocab]
     top, bottom = logit_effect.topk(8), (-logit_effect).topk(8)
     words = lambda ids: [model.tokenizer.decode([i]) for i in ids.tolist()]
-    label, score, scores = explain_latent(codes, masks, latent)
-    figure = make_subplots(rows=1, cols=3, column_widths=[0.35, 0.35, 0.3], subplot_titles=[
+    label, score, scores = explain_latent(codes, tokens, masks, latent, model.tokenizer)
+    figure = make_subplots(rows=1, cols=3, column_widths=[0.35, 0.3, 0.35], subplot_titles=[
         f"activation where active ({(codes[:, latent] > 0).float().mean():.2%} of tokens)",
-        "direct effect on logits (W_dec @ W_U)", "world labels (AUROC)"])
+        "direct effect on logits (W_dec @ W_U)", "explanations (AUROC)"])
     figure.add_trace(go.Histogram(x=codes[:, latent][codes[:, latent] > 0], nbinsx=40, showlegend=False), row=1, col=1)
     figure.add_trace(go.Bar(y=words(top.indices)[::-1] + words(bottom.indices),
                             x=top.values.tolist()[::-1] + (-bottom.values).tolist(), orientation="h",
                             showlegend=False), row=1, col=2)
     names = sorted(scores, key=scores.get)
     figure.add_trace(go.Bar(y=names, x=[scores[n] for n in names], orientation="h", showlegend=False), row=1, col=3)
-    figure.update_layout(title=f"Latent {latent}: explained as '{label}', held-out AUROC {score:.3f}", height=420)
+    figure.update_layout(title=f"Latent {latent}: explained as {label!r}, held-out AUROC {score:.3f}", height=440)
     panel = f"<b>Top contexts of latent {latent}</b>" + top_contexts_html(codes, rows, keep, latent, model.tokenizer)
     return figure, panel
