@@ -579,7 +579,11 @@ ce_loss_recovered = check_exercise("5.7", ce_loss_recovered)
 # %%
 eval_rows = held_rows[:16].to(model.cfg.device)
 eval_keep = organism_sae.kept_positions(held_rows[:16], model.tokenizer.eos_token_id).to(model.cfg.device)
-metric_table["ce_loss_recovered"] = [ce_loss_recovered(model, sae, eval_rows, eval_keep, HOOK) for sae in trained.values()]
+import copy
+
+# the SAEs live on the CPU, next to the cached activations; a copy goes to the model's device
+metric_table["ce_loss_recovered"] = [ce_loss_recovered(model, copy.deepcopy(sae).to(model.cfg.device), eval_rows,
+                                                       eval_keep, HOOK) for sae in trained.values()]
 metric_table.round(3)
 
 # %% [markdown]
@@ -588,16 +592,19 @@ metric_table.round(3)
 # sufficient: the few percent that *doesn't* come back is exactly the part of the model the SAE
 # does not explain, and Chapter 06 would call the rest of the model's behaviour on it untested.
 #
-# **A cross-check with SAELens's own evaluation.** SAELens computes the same metrics
-# (`sae_lens.evals.run_evals`, which needs its `ActivationsStore`). Its definitions differ in the
-# details (its explained variance is averaged per batch; its MSE is per dimension), so compare
-# orders of magnitude, not digits; the shipped SAE's card (Section 6) and the chapter's tests hold
-# the numbers measured both by `utils.organism.sae` and by the functions you wrote.
+# **SAELens's own evaluation.** SAELens computes the same family of metrics with
+# `sae_lens.evals.run_evals`, which reads batches from its own `ActivationsStore` and runs the model
+# itself; check each metric's definition in its documentation before comparing digits. This
+# chapter computes them directly from the cached activations with the definitions above. The
+# shipped SAE's card (below) holds the numbers that `utils.organism.sae` measured with its own
+# code, and the chapter's tests check that the functions you wrote give the same ones.
 #
 # ### The feature-density histogram
-# How often each latent fires, on a log scale. A healthy dictionary has most latents between one
-# token in ten thousand and one in a hundred; a spike at the far left is dead latents, one at the
-# right dense latents that fire on almost everything.
+# How often each latent fires, on a log scale. With 32 of 1024 latents active per token, the
+# average latent fires on about 3% of tokens; a healthy dictionary spreads around that, with no
+# spike at the far left (dead latents) and few latents past the "dense" line (more than one token
+# in ten), which are usually a bias direction in disguise. In large SAEs the bulk sits much
+# further left, between one token in ten thousand and one in a hundred.
 
 # %% tags=["export"]
 def firing_frequencies(sae, activations: Float[Tensor, "token d_model"]) -> Float[Tensor, "d_sae"]:
@@ -931,8 +938,9 @@ for country in order[:3]:
 # "country" part of the activation is written by neither latent alone, and a reader of either
 # would miss it. That is why "this latent means X" needs a recall check on
 # every member of X: a label read off the top activations (all countries) can be right and still
-# incomplete. **Splitting** is the same pressure seen across widths: a narrower dictionary's
-# single "country" latent becomes, in a wider one, several latents (by continent, by word).
+# incomplete. **Splitting** is the same pressure seen across widths, as reported for large models:
+# a narrow dictionary's single latent for a concept becomes several finer ones in a wider
+# dictionary, so which "features" an SAE has depends on its width as much as on the model.
 #
 # ## 6. Reading one latent: a dashboard and an explanation
 #

@@ -119,6 +119,12 @@ def test_card_meets_the_bars_and_matches_a_fresh_measurement(held, shipped, card
     assert f"{card['explained_variance']:.3f}" in text and f"{card['ce_loss_recovered']:.3f}" in text
 
 
+def test_shipped_sae_has_few_dense_latents(held, shipped):
+    density = ref.firing_frequencies(shipped, held[1])
+    assert (density > 0.1).float().mean() < 0.15, density  # "few latents past the dense line"
+    assert 0.003 < density.median() < 0.1, density  # spread around the average of 32 / 1024
+
+
 def test_spliced_sae_recovers_nearly_all_of_the_loss(model, held, shipped, card):
     rows, _, _ = held
     tokens = rows[:32]
