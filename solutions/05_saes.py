@@ -589,16 +589,26 @@ metric_table.round(3)
 # %% [markdown]
 # Zeroing the residual stream after block 1 wipes out nearly everything the model computed; with
 # any of these SAEs spliced in, nearly all of the loss comes back. A high number is necessary, not
-# sufficient: the few percent that *doesn't* come back is exactly the part of the model the SAE
-# does not explain, and Chapter 06 would call the rest of the model's behaviour on it untested.
+# sufficient: the small part that *doesn't* come back is exactly the part of the model's
+# computation the SAE does not explain, and no reading of the latents can say what it was.
 #
-# **SAELens's own evaluation.** SAELens computes the same family of metrics with
-# `sae_lens.evals.run_evals`, which reads batches from its own `ActivationsStore` and runs the model
-# itself; check each metric's definition in its documentation before comparing digits. This
-# chapter computes them directly from the cached activations with the definitions above. The
-# shipped SAE's card (below) holds the numbers that `utils.organism.sae` measured with its own
-# code, and the chapter's tests check that the functions you wrote give the same ones.
-#
+# **A cross-check with SAELens.** SAELens's `sae_lens.evals.run_evals` computes these metrics from
+# batches of its own `ActivationsStore`, running the model itself. The explained variance it
+# reports comes from `sae_lens.evals.ExplainedVarianceCalculator`, which we can feed our cached
+# activations directly. Its definition is the one above (one minus the mean squared error over
+# the total variance, both summed over dimensions), and it should agree with yours to the digits:
+
+# %%
+from sae_lens.evals import ExplainedVarianceCalculator
+
+for name, sae in trained.items():
+    calculator = ExplainedVarianceCalculator()
+    with torch.no_grad():
+        calculator.add_batch(sae_output=sae.decode(sae.encode(held_acts)), hidden_acts=held_acts)
+    print(f"{name}: explained variance by SAELens's calculator {calculator.compute():.4f}, "
+          f"by sae_metrics {metric_table.loc[name, 'explained_variance']:.4f}")
+
+# %% [markdown]
 # ### The feature-density histogram
 # How often each latent fires, on a log scale. With 32 of 1024 latents active per token, the
 # average latent fires on about 3% of tokens; a healthy dictionary spreads around that, with no

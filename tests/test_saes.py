@@ -119,6 +119,16 @@ def test_card_meets_the_bars_and_matches_a_fresh_measurement(held, shipped, card
     assert f"{card['explained_variance']:.3f}" in text and f"{card['ce_loss_recovered']:.3f}" in text
 
 
+def test_explained_variance_agrees_with_saelens(held, shipped):
+    from sae_lens.evals import ExplainedVarianceCalculator
+
+    activations = held[1]
+    calculator = ExplainedVarianceCalculator()
+    with torch.no_grad():
+        calculator.add_batch(sae_output=shipped.decode(shipped.encode(activations)), hidden_acts=activations)
+    assert calculator.compute() == pytest.approx(ref.organism_metrics(shipped, activations)["explained_variance"], abs=1e-4)
+
+
 def test_shipped_sae_has_few_dense_latents(held, shipped):
     density = ref.firing_frequencies(shipped, held[1])
     assert (density > 0.1).float().mean() < 0.15, density  # "few latents past the dense line"
