@@ -124,7 +124,7 @@ def train_toy_sae(features: Float[Tensor, "feats d"], l1: float = 0.0, k: int | 
                   steps: int = TOY_STEPS, seed: int = 0) -> SparseAutoencoder:
     """A toy SAE with TOY_D_SAE latents, trained with train_sae on the toy's activations."""
     sae = SparseAutoencoder(features.shape[1], TOY_D_SAE, k=k, seed=seed)
-    train_sae(sae, toy_batches(features, seed=seed), steps, l1)
+    train_sae(sae, toy_batches(features, batch_size=512, seed=seed), steps, l1)
     return sae
 
 
