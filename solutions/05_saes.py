@@ -588,7 +588,8 @@ metric_table.round(3)
 
 # %% [markdown]
 # Zeroing the residual stream after block 1 wipes out nearly everything the model computed; with
-# any of these SAEs spliced in, nearly all of the loss comes back. A high number is necessary, not
+# either TopK SAE spliced in, nearly all of the loss comes back, and the L1 SAE, whose
+# reconstructions are too short, gives back clearly less. A high number is necessary, not
 # sufficient: the small part that *doesn't* come back is exactly the part of the model's
 # computation the SAE does not explain, and no reading of the latents can say what it was.
 #

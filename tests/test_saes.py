@@ -160,12 +160,16 @@ def test_start_positions_are_outliers_and_the_mean_is_far_from_zero(model):
     assert 0.3 < mean_norm / typical < 0.7  # "about half a typical activation"
 
 
-def test_l1_sae_on_the_organism_shrinks(held, shipped):
-    _, held_acts, _ = held  # a short run on the held-out activations is enough to show the shrinkage
+def test_l1_sae_on_the_organism_shrinks_and_recovers_less_loss(model, held, shipped):
+    rows, held_acts, _ = held  # a short run on the held-out activations is enough to show the shrinkage
     l1_sae = organism_sae.train_with_sae_lens(held_acts, "standard", l1_coefficient=30.0, steps=100, progress=False)
     l1, topk = ref.organism_metrics(l1_sae, held_acts), ref.organism_metrics(shipped, held_acts)
     assert l1["l2_ratio"] < topk["l2_ratio"] - 0.05, (l1, topk)
     assert abs(topk["l2_ratio"] - 1) < 0.05, topk
+    keep = organism_sae.kept_positions(rows[:16], model.tokenizer.eos_token_id)
+    recovered = {name: ref.ce_loss_recovered(model, sae, rows[:16], keep, organism_sae.HOOK_NAME)
+                 for name, sae in (("l1", l1_sae), ("topk", shipped))}
+    assert recovered["l1"] < recovered["topk"] - 0.02, recovered  # "gives back clearly less"
 
 
 # ------------------------------------------------------------------------------------------
