@@ -110,12 +110,18 @@ def _timed_suite(pytest_args: list[str], slowest: int, condition: str) -> dict[s
         subprocess.run([sys.executable, "-m", "pytest", *pytest_args, f"--junitxml={report}", "-q"], cwd=ROOT,
                        check=False, stdout=subprocess.DEVNULL, env={**os.environ, **SUITE_ENV})
         wall = time.perf_counter() - start
+        tree = ElementTree.parse(report)
         cases = [(case.get("classname", ""), case.get("name", ""), float(case.get("time", 0)))
-                 for case in ElementTree.parse(report).iter("testcase")]
+                 for case in tree.iter("testcase")]
+        failed = [f"{_file_of(case.get('classname', ''))}::{case.get('name')}" for case in tree.iter("testcase")
+                  if case.find("failure") is not None or case.find("error") is not None]
     per_file: Counter = Counter()
     for classname, _, seconds in cases:
         per_file[_file_of(classname)] += seconds
-    print(f"suite ({condition}): {wall:.0f}s wall for {len(cases)} items (pytest {' '.join(pytest_args)})")
+    print(f"suite ({condition}): {wall:.0f}s wall for {len(cases)} items, {len(failed)} failed "
+          f"(pytest {' '.join(pytest_args)})")
+    for nodeid in failed:
+        print(f"  FAILED {nodeid}")
     for classname, name, seconds in sorted(cases, key=lambda case: -case[2])[:slowest]:
         print(f"  {seconds:7.1f}s  {_file_of(classname)}::{name}")
     for path, seconds in per_file.most_common():
