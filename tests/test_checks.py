@@ -323,3 +323,17 @@ def test_a_verdict_does_not_depend_on_the_global_gradient_mode():
         with torch.set_grad_enabled(enabled):
             verdicts.append(str(grade("0.2", get_exercise("0.2").reference)))
     assert verdicts[0] == verdicts[1] and "passed" in verdicts[0]
+
+
+def test_an_argument_the_exercise_asks_to_change_is_left_changed_and_not_reported():
+    def train_in_place(module):
+        with torch.no_grad():
+            module.weight += 1.0
+        return module
+
+    trained, untouched = nn.Linear(2, 2), nn.Linear(2, 2)
+    before = trained.weight.detach().clone()
+    call(train_in_place, trained, allow_changes_to=(trained,))
+    assert torch.allclose(trained.weight, before + 1.0)
+    with pytest.raises(Wrong, match="in place"):
+        call(train_in_place, untouched)

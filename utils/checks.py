@@ -128,7 +128,7 @@ def _error_line(error: BaseException) -> str:
     return one_line(f"your function raised {type(error).__name__}: {error} (line {where.lineno}: {where.line})")
 
 
-def call(candidate: Callable, *args, **kwargs):
+def call(candidate: Callable, *args, allow_changes_to: tuple = (), **kwargs):
     """Call the learner's function; a stub becomes NotAttempted, any other error a Wrong.
 
     Only a NotImplementedError raised by the learner's own code counts as "not attempted"; one
@@ -137,9 +137,14 @@ def call(candidate: Callable, *args, **kwargs):
     leaves on it leaks into later calls or other checks. The learner's code runs with torch's
     global random generator seeded afresh (and put back afterwards), so even an answer that
     ignores the generator it is given gets the same verdict on every run.
+
+    `allow_changes_to` names the arguments the exercise asks the learner to change (a module a
+    training loop trains in place): those are neither reset nor reported.
     """
-    models = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.nn.Module)]
-    inputs = _tensor_arguments(args, kwargs)
+    meant_to_change = {id(value) for value in allow_changes_to}
+    models = [value for value in (*args, *kwargs.values())
+              if isinstance(value, torch.nn.Module) and id(value) not in meant_to_change]
+    inputs = [(label, tensor) for label, tensor in _tensor_arguments(args, kwargs) if id(tensor) not in meant_to_change]
     versions = [tensor._version for _, tensor in inputs]
     try:
         with hooks_reset(*models) as left_behind, _seeded_global_rng():

@@ -356,7 +356,7 @@ MISTAKES = {
             (SAEDecodeWithoutBias, "add b_dec back"), (SAEDecodeWithEncoderTranspose, "decode with W_dec"),
             (SAEDetached, "not connected")],
     "5.2": [(loss_without_l1, "L1 penalty is missing"), (loss_mean_over_dimensions, "sum the squared error"),
-            (loss_summed_over_batch, "average over the batch"), (loss_with_norm, "squared error")],
+            (loss_summed_over_batch, "average over the batch"), (loss_with_norm, "not the norm ||x - x_hat||")],
     "5.3": [(train_without_normalising, "unit length"), (train_on_one_batch, "next(batches)"),
             (train_ignoring_l1, "larger l1"), (train_returning_last_loss, "list of the")],
     "5.4": [(cosine_over_learned, "for each TRUE feature"), (cosine_unnormalised, "normalise both"),

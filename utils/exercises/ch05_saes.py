@@ -162,7 +162,7 @@ def _train_candidate(candidate, features: torch.Tensor, l1: float, seed: int):
     sae = ref.SparseAutoencoder(CHECK_DIMS, CHECK_D_SAE, seed=seed)
     before = sae.W_enc.detach().clone()
     batches = _CountingBatches(features, seed)
-    losses = call(candidate, sae, batches, CHECK_STEPS, l1, lr=CHECK_LR)
+    losses = call(candidate, sae, batches, CHECK_STEPS, l1, lr=CHECK_LR, allow_changes_to=(sae,))
     try:
         losses = [float(loss) for loss in losses]
     except (TypeError, ValueError):
