@@ -104,7 +104,7 @@ def random_init_model(seed: int = 0, folder: str | None = None, device: str = "c
 
 
 # %%
-baseline = random_init_model(seed=0)
+baseline = random_init_model(seed=0, device=model.cfg.device)
 print(f"baseline: {baseline.cfg.n_layers} layers, d_model {baseline.cfg.d_model}, same tokenizer: "
       f"{baseline.tokenizer.get_vocab() == model.tokenizer.get_vocab()}")
 
@@ -125,10 +125,11 @@ def tokenize(model, prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[T
     tokenizer = model.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long)
+    device = model.cfg.device  # the model's embeddings live there: so must the ids (CPU, CUDA or MPS)
+    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long, device=device)
     for row, ids in enumerate(encoded):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    last = torch.tensor([len(ids) - 1 for ids in encoded])
+        tokens[row, : len(ids)] = torch.tensor(ids, device=device)
+    last = torch.tensor([len(ids) - 1 for ids in encoded], device=device)
     return tokens, last
 
 
@@ -399,7 +400,7 @@ def answer_ids(model, answers: list[str]) -> Int[Tensor, "batch"]:
     bad = [answer for answer, i in zip(answers, ids) if len(i) != 1]
     if bad:
         raise ValueError(f"answers that are not single tokens for this model: {bad[:5]}")
-    return torch.tensor([i[0] for i in ids])
+    return torch.tensor([i[0] for i in ids], device=model.cfg.device)
 
 
 @torch.no_grad()
@@ -410,7 +411,7 @@ def logit_diffs(model, prompts: PromptSet, fwd_hooks: list = (), batch_size: int
     for start in range(0, len(prompts), batch_size):
         tokens, last = tokenize(model, prompts.prompts[start:start + batch_size])
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [batch, pos, d_vocab]
-        rows = torch.arange(len(last))
+        rows = torch.arange(len(last), device=logits.device)
         final = logits[rows, last]  # [batch, d_vocab]
         chunks.append(final[rows, correct[start:start + batch_size]] - final[rows, wrong[start:start + batch_size]])
     return torch.cat(chunks)
@@ -826,10 +827,12 @@ logit_diffs_without = check_exercise("2.9", logit_diffs_without)
 from utils.plotting import bars
 
 names = residual_hook_names(model.cfg.n_layers)
-random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+# The directions were computed from activations kept on the CPU; the hooks apply them to the
+# model's residual stream, so they move to the model's device first.
+random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(model.cfg.device)
 ablation, ablated_diffs = {}, {}
 for label in ("sentiment", "io_gender"):
-    own = [row["mean_direction"] for row in comparison[label]]
+    own = [row["mean_direction"].to(model.cfg.device) for row in comparison[label]]
     runs = {
         "nothing removed": {},
         "random direction, last point": {names[-1]: random_direction},
@@ -861,7 +864,7 @@ bars([v for values in ablation.values() for v in values.values()],
 # %%
 ioi_test = test_sets["io_gender"]
 same_gender = torch.tensor([(io in world.FEMALE_NAMES) == (s in world.FEMALE_NAMES)
-                            for io, s in zip(ioi_test.labels["io"], ioi_test.labels["s"])])
+                            for io, s in zip(ioi_test.labels["io"], ioi_test.labels["s"])], device=model.cfg.device)
 for run, diffs in ablated_diffs["io_gender"].items():
     print(f"{run:<35} same-gender pairs {diffs[same_gender].mean():6.2f}   mixed pairs {diffs[~same_gender].mean():6.2f}")
 

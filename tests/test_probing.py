@@ -94,6 +94,19 @@ def test_tokenize_prepends_one_bos_and_pads_on_the_right():
     assert model.to_string(tokens[0, last[0]]) == " I"
 
 
+def test_tokens_and_answer_ids_are_made_on_the_models_device():
+    """On CUDA or MPS the embeddings live on the GPU, so the ids must too. With no GPU here, a model
+    whose cfg names the "meta" device stands in: whatever tokenize builds must follow cfg.device."""
+    from types import SimpleNamespace
+
+    model = models()["organism"]
+    assert ref.tokenize(model, ["The movie was dreadful. I"])[0].device == torch.device(model.cfg.device)
+    elsewhere = SimpleNamespace(tokenizer=model.tokenizer, cfg=SimpleNamespace(device="meta"))
+    tokens, last = ref.tokenize(elsewhere, ["The movie was dreadful. I", "I loved it, so I"])
+    assert tokens.device.type == "meta" and last.device.type == "meta"
+    assert ref.answer_ids(elsewhere, [" loved", " hated"]).device.type == "meta"
+
+
 def test_nothing_is_readable_from_the_embeddings_of_the_last_token():
     for model_name in ("organism", "baseline"):
         for family, label in (("truth", "truth"), ("sentiment", "sentiment"), ("ioi", "io_gender")):

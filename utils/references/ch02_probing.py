@@ -34,10 +34,11 @@ def tokenize(model, prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[T
     tokenizer = model.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long)
+    device = model.cfg.device  # the model's embeddings live there: so must the ids (CPU, CUDA or MPS)
+    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long, device=device)
     for row, ids in enumerate(encoded):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    last = torch.tensor([len(ids) - 1 for ids in encoded])
+        tokens[row, : len(ids)] = torch.tensor(ids, device=device)
+    last = torch.tensor([len(ids) - 1 for ids in encoded], device=device)
     return tokens, last
 
 
@@ -147,7 +148,7 @@ def answer_ids(model, answers: list[str]) -> Int[Tensor, "batch"]:
     bad = [answer for answer, i in zip(answers, ids) if len(i) != 1]
     if bad:
         raise ValueError(f"answers that are not single tokens for this model: {bad[:5]}")
-    return torch.tensor([i[0] for i in ids])
+    return torch.tensor([i[0] for i in ids], device=model.cfg.device)
 
 
 @torch.no_grad()
@@ -158,7 +159,7 @@ def logit_diffs(model, prompts: PromptSet, fwd_hooks: list = (), batch_size: int
     for start in range(0, len(prompts), batch_size):
         tokens, last = tokenize(model, prompts.prompts[start:start + batch_size])
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [batch, pos, d_vocab]
-        rows = torch.arange(len(last))
+        rows = torch.arange(len(last), device=logits.device)
         final = logits[rows, last]  # [batch, d_vocab]
         chunks.append(final[rows, correct[start:start + batch_size]] - final[rows, wrong[start:start + batch_size]])
     return torch.cat(chunks)
