@@ -56,6 +56,22 @@ def hidden_activations(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Flo
     return torch.relu(x @ network.hidden.weight.T + network.hidden.bias)
 
 
+def decision_line(network: RiskNetwork, units: list[int]) -> tuple[float, float, float]:
+    """(a, b, c) with logit = a * age + b * income + c wherever exactly `units` are active."""
+    w_in, b_in = network.hidden.weight[units], network.hidden.bias[units]  # [units, 2], [units]
+    w_out = network.output.weight[0, units]  # [units]
+    a, b = (w_out @ w_in).tolist()
+    c = (w_out @ b_in + network.output.bias[0]).item()
+    return a, b, c
+
+
+def line_agreement(network: RiskNetwork, units: list[int], x: Float[Tensor, "batch 2"]) -> float:
+    """Share of inputs where the straight line of `decision_line` gives the network's own verdict."""
+    a, b, c = decision_line(network, units)
+    with torch.no_grad():
+        return ((a * x[:, 0] + b * x[:, 1] + c > 0) == (network(x) > 0)).float().mean().item()
+
+
 def unit_contributions(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Float[Tensor, "batch n_hidden"]:
     """Each hidden unit's additive share of the output logit."""
     return hidden_activations(network, x) * network.output.weight[0]
