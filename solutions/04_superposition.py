@@ -275,8 +275,11 @@ def train_toy_models(model: ToyModel, feature_probability: Tensor, importance: F
 # Twenty features, five hidden dimensions, importance falling geometrically (`I_i = 0.9^i`, so
 # feature 0 matters most), and one instance per sparsity, from dense (`S = 0`) to extremely sparse
 # (`S = 0.999`, each feature on in one example in a thousand). The same sweep trains a linear
-# model for contrast. The setup follows Elhage et al. (2022), with fewer training steps. Both
-# sweeps together take well under a minute on a laptop CPU.
+# model for contrast. The setup follows Elhage et al. (2022) with two changes: fewer training steps,
+# and a slower decay of importance than the paper's `0.7^i`. With `0.7^i` the last of the twenty
+# features would weigh `0.7^19`, about 0.001 of the first; with `0.9^i` it weighs about 0.14, so even
+# the least important features are worth storing in a short training run. Both sweeps together take
+# well under a minute on a laptop CPU.
 
 # %% tags=["export"]
 SWEEP_SPARSITIES = (0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999)
@@ -523,11 +526,12 @@ figure = go.Figure(go.Heatmap(
     colorbar=dict(tickvals=[0, 1, 2], ticktext=phase_names)))
 figure.update_layout(title="What happens to the extra feature (2 features, 1 dimension)", height=500,
                      xaxis_title="relative importance r of the extra feature",
-                     yaxis_title="feature probability p (top: dense)")
+                     yaxis_title="feature probability p (top: dense)",
+                     yaxis_autorange="reversed")  # the first row, p = 1, at the top
 
 # %% [markdown]
-# With dense features (top rows) there is no superposition at all: the single dimension goes to
-# whichever feature is more important, and the boundary sits at `r = 1`. As the features get
+# With dense features (top row) there is no superposition away from the tie at `r = 1`: the single
+# dimension goes to whichever feature is more important, and the boundary sits at `r = 1`. As the features get
 # sparser, a superposed region opens around `r = 1` and widens: sharing becomes worth it even when
 # the extra feature matters much less than feature 0. The change between regions is abrupt, a
 # phase change: move a little across a boundary and the optimal weights jump.
@@ -667,10 +671,11 @@ figure.add_trace(go.Scatter(x=x_axis, y=dimensions_per_feature(W).tolist(), mode
 for fraction, name in [(1, "1"), (3 / 4, "3/4 (tetrahedron)"), (2 / 3, "2/3 (triangle)"),
                        (1 / 2, "1/2 (antipodal pair)"), (2 / 5, "2/5 (pentagon)"), (3 / 8, "3/8 (square antiprism)")]:
     figure.add_hline(y=fraction, line_dash="dot", line_color="grey", annotation_text=name,
-                     annotation_position="right")
+                     annotation_position="bottom right" if fraction == 3 / 8 else "top right")
 figure.update_layout(title=f"Fractional dimensionality of each feature ({GEOMETRY_FEATS} features, "
                      f"{GEOMETRY_HIDDEN} dimensions)", xaxis_type="log", xaxis_title="1 / (1 - S)",
-                     yaxis_title="D_i", height=480)
+                     xaxis_dtick=1,  # label powers of ten only
+                     yaxis_title="D_i", height=480, legend=dict(orientation="h", y=-0.2))
 
 # %% [markdown]
 # Dense, the model uses its 10 dimensions for 10 features' worth of norm (the black line at 1);
@@ -678,8 +683,9 @@ figure.update_layout(title=f"Fractional dimensionality of each feature ({GEOMETR
 # individual `D_i` are scattered. As sparsity grows the black line falls in steps, and at each step
 # nearly every represented feature sits at the same special fraction: first all antipodal pairs at
 # `1/2` (20 features in 10 dimensions), then pentagons at `2/5`, then lower fractions. The line
-# lingers at those values instead of sliding smoothly, because a model gains little from a shape
-# it cannot complete. (Our model is smaller and trained for less time than the paper's, so expect
+# lingers at those values instead of sliding smoothly. Elhage et al. observe this stickiness and tie
+# it to particular polytopes; *why* it happens is not settled. One guess, ours and not the paper's,
+# is that a model gains little from a shape it cannot complete. (Our model is smaller and trained for less time than the paper's, so expect
 # some stragglers between the lines.)
 #
 # ## 5. Correlated and anticorrelated features
@@ -803,9 +809,10 @@ for name, (W, losses) in correlation_runs.items():
 # The best anticorrelated models put each pair exactly antipodal, and their loss is essentially
 # zero: the two features are never on together, so the ReLU removes all of their interference.
 # (Some seeds get stuck pairing the wrong features, at a clearly higher loss.) Correlated pairs sit
-# at right angles in every seed: the model spends its two dimensions keeping the features that
-# fire together apart, and lets the two *pairs* share instead (features 0 and 2 point in opposite
-# directions, and pairs fire independently, so they rarely collide). With independent features,
+# at right angles in every low-loss seed: the model spends its two dimensions keeping the features
+# that fire together apart, and lets the two *pairs* share instead (one feature of each pair points
+# opposite to one feature of the other pair; which ones is up to the seed; and pairs fire
+# independently, so they rarely collide). With independent features,
 # which features end up antipodal is up to the seed.
 #
 # ## 6. A privileged basis and polysemantic neurons
@@ -816,7 +823,7 @@ for name, (W, losses) in correlation_runs.items():
 # and we can ask whether it is **monosemantic** (it responds to one feature) or **polysemantic**
 # (several).
 #
-# A ReLU neuron fires for feature `i` only if feature `i`'s weight onto it is positive. So a
+# When feature `i` is on by itself, a ReLU neuron fires only if feature `i`'s weight onto it is positive. So a
 # natural measure of how many features a neuron carries looks at the positive weights
 # `w_i = max(W[neuron, i], 0)` and computes their *participation ratio*
 #
@@ -886,14 +893,16 @@ neuron_model = train_neuron_sweep()
 W = neuron_model.W.detach()
 per_neuron = features_per_neuron(W)  # [instances, hidden]
 figure = make_subplots(rows=1, cols=len(NEURON_SPARSITIES), shared_yaxes=True, horizontal_spacing=0.015,
-                       subplot_titles=[f"S = {s}<br>{per_neuron[k][per_neuron[k] > 0].mean():.2f} feats/neuron"
+                       subplot_titles=[f"S = {s}<br>{per_neuron[k][per_neuron[k] > 0].mean():.2f}"
                                        for k, s in enumerate(NEURON_SPARSITIES)])
+figure.update_annotations(font_size=12)  # seven narrow panels: short titles that do not collide
 for k in range(len(NEURON_SPARSITIES)):
     for i in range(NEURON_FEATS):  # stacked bars: each feature's positive weight onto each neuron
         figure.add_trace(go.Bar(x=[f"n{j}" for j in range(NEURON_HIDDEN)], y=F.relu(W[k, :, i]).tolist(),
                                 marker_color=f"hsl({36 * i},65%,50%)", name=f"feature {i}",
                                 showlegend=k == 0), row=1, col=k + 1)
-figure.update_layout(barmode="stack", title="Positive weight of each feature (colour) onto each neuron",
+figure.update_layout(barmode="stack", title="Positive weight of each feature (colour) onto each neuron; "
+                     "under each S: features per neuron",
                      height=420, margin=dict(t=100), legend=dict(font_size=10))
 
 # %% [markdown]
@@ -901,8 +910,11 @@ figure.update_layout(barmode="stack", title="Positive weight of each feature (co
 # one per neuron, and the neurons are monosemantic (1.0 features per neuron). As sparsity grows,
 # less important features are packed onto neurons that already carry others: the neurons become
 # polysemantic, three or four features each at `S = 0.9` and beyond. Nothing about the features
-# changed; only how often they fire. (Unlike the directions of Section 2, neurons cannot be rotated
-# freely: the hidden ReLU would destroy information. That is what "privileged" means.)
+# changed; only how often they fire. (Unlike the directions of Section 2, the neurons cannot be
+# rotated freely. Rotate the hidden space of the linear-hidden model, and the inverse rotation in
+# `W^T` undoes it: the same function. Do it here, and the ReLU, which acts on each coordinate on its
+# own, is applied in a different basis: a *different* function. That is what "privileged" means:
+# the architecture singles out these axes, so they are worth reading one by one.)
 # A real model's neurons, reading many sparse features, end up like the right-hand panels, which
 # is why "what does neuron 1,234 do?" so often has no clean answer.
 #

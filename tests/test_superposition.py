@@ -157,6 +157,34 @@ def test_correlated_features_are_orthogonal(correlation_runs):
     assert (cosines.abs() < 0.2).all(), cosines
 
 
+def test_correlated_pairs_share_antipodally_one_feature_each(correlation_runs):
+    """The text: in the best correlated model, one feature of each pair points opposite to one
+    feature of the other pair; and the pairs sit at right angles in every low-loss seed."""
+    W, losses = correlation_runs["correlated"]
+    directions = torch.nn.functional.normalize(W[int(losses.argmin())], dim=0)  # [hidden, feats]
+    across = directions[:, :2].T @ directions[:, 2:]  # [pair 0-1 feature, pair 2-3 feature]
+    assert across.min() < -0.95, across
+    low_loss = losses < 2 * losses.min()
+    assert low_loss.sum() >= 2, losses
+    assert (ref.pair_cosines(W[low_loss]).abs() < 0.2).all(), ref.pair_cosines(W)
+
+
+def test_only_the_relu_hidden_layer_is_privileged():
+    """Rotating the hidden space leaves the linear-hidden model's function unchanged and changes the
+    ReLU-hidden one's: the meaning of "privileged" the text gives."""
+    generator = torch.Generator().manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator))  # [hidden, hidden], orthogonal
+    x = ref.generate_features(256, torch.full((1, 20), 0.2), generator)  # [batch, 1, feats]
+    changes = {}
+    for name, kind in (("linear hidden", ref.ToyModel), ("relu hidden", ref.NeuronModel)):
+        model = kind(1, n_feats=20, n_hidden=5, seed=1)
+        with torch.no_grad():
+            before = model(x)
+            model.W.copy_(rotation @ model.W[0])
+            changes[name] = (model(x) - before).abs().max().item()
+    assert changes["linear hidden"] < 1e-5 and changes["relu hidden"] > 0.05, changes
+
+
 def test_privileged_basis_neurons_become_polysemantic_with_sparsity():
     per_neuron = ref.features_per_neuron(ref.train_neuron_sweep(progress_bar=False).W.detach())
     firing = [row[row > 0].mean().item() for row in per_neuron]
