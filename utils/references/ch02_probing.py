@@ -187,6 +187,20 @@ def cosine_similarity_matrix(directions: Float[Tensor, "k d_model"]) -> Float[Te
     return unit @ unit.T
 
 
+def shuffled_label_accuracies(x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
+                              x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                              n_shuffles: int = 20) -> dict[str, Tensor]:
+    """Train and held-out accuracy of probes trained on `n_shuffles` seeded shuffles of `y_train`."""
+    train_accuracy, test_accuracy = [], []
+    for seed in range(n_shuffles):
+        labels = y_train[torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))]
+        probe = train_probe(x_train, labels)
+        with torch.no_grad():
+            train_accuracy.append(((probe(x_train) > 0) == labels.bool()).float().mean())
+            test_accuracy.append(((probe(x_test) > 0) == y_test.bool()).float().mean())
+    return {"train": torch.stack(train_accuracy), "test": torch.stack(test_accuracy)}  # [n_shuffles] each
+
+
 def control_task_labels(keys: list[str], seed: int = 0) -> Int[Tensor, "batch"]:
     """A random but fixed 0/1 label for each distinct key, looked up for every prompt."""
     distinct = sorted(set(keys))
@@ -206,3 +220,10 @@ def logit_diffs_without(model, prompts: PromptSet, directions: dict[str, Tensor]
     hooks = [(name, lambda resid, hook, direction=direction: remove_direction(resid, direction))
              for name, direction in directions.items()]
     return logit_diffs(model, prompts, fwd_hooks=hooks)
+
+
+def logit_diffs_with_added(model, prompts: PromptSet, hook_name: str, vector: Float[Tensor, "d_model"]
+                           ) -> Float[Tensor, "batch"]:
+    """Per-prompt logit differences with `vector` added to the residual stream at every position of `hook_name`."""
+    vector = vector.to(model.cfg.device)
+    return logit_diffs(model, prompts, fwd_hooks=[(hook_name, lambda resid, hook: resid + vector)])
