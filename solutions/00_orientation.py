@@ -9,7 +9,8 @@
 # %% [markdown]
 # # Chapter 00: Orientation
 #
-# **Time:** about 60 minutes. **Exercises:** 5, each checked as soon as you run the cell after it.
+# **Time:** about 75 minutes. **Exercises:** 5, each checked as soon as you run the cell after it.
+# *Run All* takes well under a minute on a laptop CPU (longer on a busy machine).
 #
 # **You will learn to**
 # - tell a *behavioural* account of a model (what it does) from a *mechanistic* one (how it does it);
@@ -24,8 +25,9 @@
 # ## How this workbook works
 # Each exercise gives a statement, then hints that go from gentle to nearly the answer. Write your
 # code where it says `raise NotImplementedError`, then run the check cell below it. The verdict is
-# one line: *passed*, *not attempted yet*, or *wrong* with the likely mistake. If you skip an
-# exercise, the chapter carries on with the reference solution, so every later cell still runs.
+# one line: *passed*, *not attempted*, or *wrong* with the likely mistake. If you skip an exercise
+# (or get it wrong), a second line says that the chapter carries on with the reference solution, so
+# every later cell still runs.
 # `show_progress()` prints your record at any time.
 
 # %%

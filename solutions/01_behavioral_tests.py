@@ -9,7 +9,8 @@
 # %% [markdown]
 # # Chapter 01: Behavioral tests
 #
-# **Time:** about 90 minutes. **Exercises:** 6, each checked as soon as you run the cell after it.
+# **Time:** about 2 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
+# *Run All* takes about a minute on a laptop CPU.
 #
 # **You will learn to**
 # - measure a behaviour with the two standard task metrics, **accuracy** and **logit difference**,
