@@ -199,3 +199,30 @@ def test_sparse_code_recovers_single_features_that_linear_readouts_cannot(sweep_
     sparse, model_readout, pinv = (errors[name][single].mean() for name in
                                    ("sparse code", "model read-out", "pseudo-inverse"))
     assert sparse < 0.1 * pinv and sparse < model_readout, (sparse, model_readout, pinv)
+
+
+def _sorted_dimensionality(W: torch.Tensor) -> torch.Tensor:
+    return ref.feature_dimensionality(W[None])[0].sort().values
+
+
+def test_the_sparsity_slider_shows_antipodal_pairs_then_a_pentagon():
+    W = ref.train_five_in_two(ref.SLIDER_PROBABILITIES)  # [probability, 2, 5]
+    pairs = torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5])
+    for k, p in enumerate(ref.SLIDER_PROBABILITIES):
+        expected = pairs if p >= 0.3 else torch.full((5,), 0.4)
+        assert torch.allclose(_sorted_dimensionality(W[k]), expected, atol=0.06), (p, _sorted_dimensionality(W[k]))
+    figure = ref.sparsity_slider_figure(ref.SLIDER_PROBABILITIES, W)
+    steps = figure.layout.sliders[0].steps
+    assert len(figure.data) == 5 * len(ref.SLIDER_PROBABILITIES) and len(steps) == len(ref.SLIDER_PROBABILITIES)
+    for k, step in enumerate(steps):
+        visible = step.args[0]["visible"]
+        assert sum(visible) == 5 and all(visible[5 * k: 5 * k + 5])
+
+
+def test_moving_the_live_slider_retrains_and_redraws():
+    explorer = ref.SparsityExplorer(probability=0.3)
+    assert torch.allclose(_sorted_dimensionality(explorer.W), torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5]), atol=0.06)
+    explorer.slider.value = 0.05  # what dragging the slider does: the observer retrains
+    assert torch.allclose(_sorted_dimensionality(explorer.W), torch.full((5,), 0.4), atol=0.06), explorer.dimensionality
+    assert "p = 0.050" in explorer.figure.layout.title.text
+    assert explorer.widget().children == (explorer.slider, explorer.output)
