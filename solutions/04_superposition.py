@@ -10,6 +10,8 @@
 # # Chapter 04: Superposition toy models
 #
 # **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# *Run All* takes about 2 minutes on a laptop CPU, mostly training small models behind progress
+# bars (JupyterLab shows the last cell: scroll up to watch them).
 #
 # **You will learn to**
 # - build the toy model of superposition: many sparse features squeezed into fewer dimensions and
