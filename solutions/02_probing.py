@@ -388,8 +388,8 @@ for label in LABELS:
 #   that the last block brings the indirect object's *name* to the last token (it has to say it
 #   next), and the gender comes along with the name. The random model's blurred average of the
 #   earlier tokens holds both names, which lets its probe guess better than chance. Before the last
-#   block the organism's gender probe scores *below* chance, by two or three standard errors
-#   (`sqrt(0.25 / 300)`, about 0.03). That is not "nothing": a probe reliably wrong on new prompts has
+#   block the organism's gender probe scores *below* chance at every point, at worst by about three
+#   standard errors (`sqrt(0.25 / 300)`, about 0.03). That is not "nothing": a probe reliably wrong on new prompts has
 #   learned a rule that the held-out split reverses. Here the test split holds out *name pairs*,
 #   so a probe that keys on which names are present, rather than on which is the indirect object,
 #   can learn associations that the new pairings turn around. Below-chance held-out accuracy is a
@@ -654,8 +654,7 @@ figure
 # from the same trick. **Selectivity** is the accuracy on the real task minus the accuracy on the
 # control task. (This is an adaptation. Hewitt and Liang key the control label to the word type
 # of the *probed* token; our probed token is always ` I`, so we key it to an earlier word, the
-# adjective. Their main use of selectivity, choosing how powerful a probe may be, linear or
-# multi-layer, is not repeated here.)
+# adjective. Their main use of selectivity, choosing how powerful a probe may be, comes just below.)
 #
 # ### Exercise 2.7: control-task labels (difficulty 2/3, ~10 min)
 # Write `control_task_labels(keys, seed)`. `keys` is a list of strings, one per prompt (for example
@@ -714,6 +713,61 @@ lines({f"{kind} ({model_name})": values for model_name in MODELS for kind, value
 # and remembers its label, and "sentiment" is just one more labelling of 60 adjectives. Selectivity
 # is about zero. On the organism, sentiment is perfect while the arbitrary labelling is much harder:
 # the last token carries the review's sentiment more plainly than the adjective's identity.
+#
+# **How powerful may a probe be?** This is what Hewitt and Liang designed control tasks for. A
+# probe with more capacity reads more, the meaningless labelling included. Give the probe one
+# hidden layer of 64 ReLU units and run both tasks on the organism again:
+
+# %% tags=["export"]
+class MLPProbe(nn.Module):
+    """A probe with one hidden ReLU layer, on the same centred, rescaled activations as LinearProbe."""
+
+    def __init__(self, x_train: Float[Tensor, "batch d_model"], hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mean", x_train.mean(0))
+        self.register_buffer("scale", ((x_train - x_train.mean(0)).norm(dim=-1).mean() / x_train.shape[1] ** 0.5).clamp_min(1e-6))
+        self.net = nn.Sequential(nn.Linear(x_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
+        return self.net((x - self.mean) / self.scale).squeeze(-1)
+
+
+def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
+                                x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+    """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
+    accuracies = []
+    for layer in range(x_train.shape[0]):
+        torch.manual_seed(seed)
+        probe = MLPProbe(x_train[layer])
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = nn.functional.binary_cross_entropy_with_logits(probe(x_train[layer]), y_train.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracies.append(((probe(x_test[layer]) > 0) == y_test.bool()).float().mean())
+    return torch.stack(accuracies)
+
+
+# %%
+d = data["organism", "sentiment"]
+mlp_sentiment = mlp_probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
+mlp_control = mlp_probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
+for name, real, fake in (("linear probe", accuracy["organism", "sentiment"], control_accuracy["organism"]),
+                         ("MLP probe", mlp_sentiment, mlp_control)):
+    print(f"{name:<13} sentiment " + " ".join(f"{a:.2f}" for a in real.tolist())
+          + " | control task " + " ".join(f"{a:.2f}" for a in fake.tolist())
+          + " | selectivity " + " ".join(f"{a:+.2f}" for a in (real - fake).tolist()))
+
+# %% [markdown]
+# The MLP probe learns the random labelling perfectly from the first block on: it can recognise the
+# adjective from the blurred last token and look its label up. Its selectivity is zero, so its
+# perfect sentiment score says nothing about how the organism stores sentiment. That is the
+# argument for linear probes made in Section 1, now measured: a probe powerful enough to compute
+# the label itself tells you about the probe. Hewitt and Liang's rule: among probes that do well,
+# prefer the one with the highest selectivity.
 #
 # **Control 3: hold out whole words.** A known world lets us ask the sharper question directly.
 # The test split above holds out *(subject, adjective) pairs*, so every test adjective was in the

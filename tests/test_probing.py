@@ -303,3 +303,16 @@ def test_sentiment_removed_after_block_0_is_not_rebuilt_and_the_last_point_is_th
     after = ref.logit_diffs_without(model, prompts, {names[1]: own[1]})
     assert (before > 0).float().mean() > 0.95
     assert (after > 0).float().mean() < 0.65 and after.mean().abs() < 0.2 * before.mean(), (after > 0).float().mean()
+
+
+def test_an_mlp_probe_learns_the_control_task_so_its_selectivity_vanishes():
+    adjectives = [world.prompt_set("sentiment", split, n=n, seed=0).labels["adjective"]
+                  for split, n in (("train", 600), ("test", 300))]
+    control = ref.control_task_labels(adjectives[0] + adjectives[1], seed=1)
+    data = measured("organism", "sentiment", "sentiment")
+    mlp_control = ref.mlp_probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
+    mlp_sentiment = ref.mlp_probe_accuracy_by_layer(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+    linear_control = ref.probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
+    assert mlp_control[1:].min() > 0.95, mlp_control
+    assert (mlp_sentiment - mlp_control)[1:].abs().max() < 0.05
+    assert (mlp_control - linear_control)[1:].min() > 0.1, (mlp_control, linear_control)

@@ -209,6 +209,38 @@ def control_task_labels(keys: list[str], seed: int = 0) -> Int[Tensor, "batch"]:
     return torch.tensor([label_of[key] for key in keys], dtype=torch.long)
 
 
+class MLPProbe(nn.Module):
+    """A probe with one hidden ReLU layer, on the same centred, rescaled activations as LinearProbe."""
+
+    def __init__(self, x_train: Float[Tensor, "batch d_model"], hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mean", x_train.mean(0))
+        self.register_buffer("scale", ((x_train - x_train.mean(0)).norm(dim=-1).mean() / x_train.shape[1] ** 0.5).clamp_min(1e-6))
+        self.net = nn.Sequential(nn.Linear(x_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
+        return self.net((x - self.mean) / self.scale).squeeze(-1)
+
+
+def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
+                                x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+    """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
+    accuracies = []
+    for layer in range(x_train.shape[0]):
+        torch.manual_seed(seed)
+        probe = MLPProbe(x_train[layer])
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = nn.functional.binary_cross_entropy_with_logits(probe(x_train[layer]), y_train.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracies.append(((probe(x_test[layer]) > 0) == y_test.bool()).float().mean())
+    return torch.stack(accuracies)
+
+
 def remove_direction(resid: Float[Tensor, "... d_model"], direction: Float[Tensor, "d_model"]) -> Float[Tensor, "... d_model"]:
     """`resid` with its component along `direction` projected out."""
     unit = direction / direction.norm()
