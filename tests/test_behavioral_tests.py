@@ -164,6 +164,8 @@ def test_the_training_curves_the_chapter_describes():
     early = steps < 600
     assert truth[early][0] < 0.65 and truth[early][-1] > 0.85  # from chance to about 90% in the first phase
     assert truth[~early].min() > 0.8  # and kept
+    facts = torch.tensor(curves["facts_top1"])
+    assert facts[early][-1] > 0.95  # the facts, too, are learnt in the first phase
     flat = induction > 0.9
     assert steps[flat].max() >= 2000 and flat[: int(flat.sum())].all()  # flat first, for more than 2,000 steps
     formed = int(steps[induction < 0.1].min())
