@@ -579,6 +579,35 @@ for label in LABELS:
 # do with the label (here, most of all, *which* name it is). Two methods, two "gender directions":
 # which one is "the" representation is a question a probe cannot settle.
 #
+# What does "classify with a direction" look like? Project every held-out prompt onto the
+# difference-of-means direction at the last residual point, and draw one histogram per class, with
+# the halfway threshold of Exercise 2.5:
+
+# %%
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+last_point = len(points) - 1
+figure = make_subplots(rows=1, cols=2, subplot_titles=["sentiment", "io_gender"], horizontal_spacing=0.1)
+for column, label in enumerate(("sentiment", "io_gender"), start=1):
+    d = data["organism", label]
+    direction = comparison[label][last_point]["mean_direction"]
+    train_projection, test_projection = d["x_train"][-1] @ direction, d["x_test"][-1] @ direction  # [batch] each
+    threshold = (train_projection[d["y_train"] == 0].mean() + train_projection[d["y_train"] == 1].mean()) / 2
+    for value, colour in ((0, "#4c78a8"), (1, "#e45756")):
+        figure.add_trace(go.Histogram(x=test_projection[d["y_test"] == value].tolist(), name=f"{label} = {value}",
+                                      marker_color=colour, opacity=0.6, nbinsx=40), row=1, col=column)
+    figure.add_vline(x=threshold.item(), line_dash="dot", row=1, col=column)
+figure.update_layout(barmode="overlay", height=380, legend=dict(orientation="h", y=-0.25),
+                     title=f"Held-out prompts projected on the difference of means ({points[last_point]}); dotted: threshold")
+figure.update_xaxes(title_text="projection")
+figure
+
+# %% [markdown]
+# Sentiment's two classes sit in two separate humps, one on each side of the threshold. Gender's
+# overlap: the direction carries the label, but weakly next to everything else that varies
+# along it, which is why the difference of means classifies gender worse than sentiment.
+#
 # The same tool asks whether the three labels share directions. They come from different prompt
 # families, but they live in the same residual space:
 

@@ -316,3 +316,18 @@ def test_an_mlp_probe_learns_the_control_task_so_its_selectivity_vanishes():
     assert mlp_control[1:].min() > 0.95, mlp_control
     assert (mlp_sentiment - mlp_control)[1:].abs().max() < 0.05
     assert (mlp_control - linear_control)[1:].min() > 0.1, (mlp_control, linear_control)
+
+
+def test_the_difference_of_means_separates_sentiment_cleanly_and_gender_weakly():
+    """The projection histograms: sentiment's classes in two humps on either side of the threshold,
+    gender's overlapping, so the difference of means classifies gender worse."""
+    accuracy = {}
+    for family, label in (("sentiment", "sentiment"), ("ioi", "io_gender")):
+        data = measured("organism", family, label)
+        direction = ref.mean_difference_direction(data["x_train"][-1], data["y_train"])
+        accuracy[label] = ref.direction_accuracy(direction, data["x_train"][-1], data["y_train"],
+                                                 data["x_test"][-1], data["y_test"])
+        if label == "sentiment":
+            projection = data["x_test"][-1] @ direction
+            assert projection[data["y_test"] == 0].max() < projection[data["y_test"] == 1].min()  # no overlap
+    assert accuracy["sentiment"] > 0.97 and accuracy["io_gender"] < accuracy["sentiment"] - 0.1, accuracy
