@@ -118,3 +118,45 @@ def test_each_block_adds_attention_then_the_mlp_to_the_stream():
     assert torch.allclose(pattern.sum(-1), torch.ones_like(pattern[..., 0]), atol=1e-5)
     assert pattern.triu(diagonal=1).abs().max() == 0  # no head looks ahead
     assert pattern.diagonal(dim1=-2, dim2=-1).max() > 0  # the current position is among those averaged
+
+
+# ------------------------------------------------------------------------------------------
+# The slider over networks, and the live explorer
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def variant_summaries() -> list[dict]:
+    grid = ref.applicant_grid()
+    return [ref.network_summary(trained(seed, n), grid) for seed, n in ref.NETWORK_VARIANTS]
+
+
+def test_every_variant_agrees_about_93_percent_and_draws_about_the_same_boundary():
+    summaries = variant_summaries()
+    assert all(0.90 < summary["agreement"] < 0.96 for summary in summaries), [s["agreement"] for s in summaries]
+    first = summaries[0]["says"]
+    assert all((summary["says"] == first).float().mean() > 0.95 for summary in summaries[1:])
+
+
+def test_the_variants_differ_in_their_dead_units_and_wider_ones_lose_more():
+    dead = {variant: summary["dead"] for variant, summary in zip(ref.NETWORK_VARIANTS, variant_summaries())}
+    assert min(dead.values()) == 0 and max(dead.values()) >= 2, dead  # "some none dead, some several"
+    three = [d for (seed, n), d in dead.items() if n == 3]
+    eight = [d for (seed, n), d in dead.items() if n == 8]
+    assert sum(eight) / len(eight) > sum(three) / len(three), dead
+
+
+def test_the_static_slider_shows_one_network_at_a_time():
+    figure = ref.variants_slider_figure(ref.NETWORK_VARIANTS, variant_summaries())
+    steps = figure.layout.sliders[0].steps
+    assert len(steps) == len(ref.NETWORK_VARIANTS) == len(figure.data) - 1
+    for k, step in enumerate(steps):
+        visible = step.args[0]["visible"]
+        assert visible[k] and visible[-1] and sum(visible) == 2  # its own map and the rule's boundary
+        assert "agreement" in step.args[1]["title"]
+
+
+def test_moving_the_live_sliders_retrains_the_network():
+    explorer = ref.NetworkExplorer(seed=0, n_hidden=3)
+    assert explorer.summary["dead"] == variant_summaries()[0]["dead"]
+    explorer.n_hidden.value = 8  # what dragging does: the observer retrains with eight units
+    assert explorer.network.hidden.out_features == 8
+    assert explorer.summary["dead"] == variant_summaries()[ref.NETWORK_VARIANTS.index((0, 8))]["dead"]
