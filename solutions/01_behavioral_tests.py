@@ -767,6 +767,25 @@ for model_name, classifier in [("shortcut model", shortcut), ("control model", c
 # nothing and the lungs carry the diagnosis. The attribution tells the same story as the weights,
 # now scan by scan.
 #
+# The same numbers as pictures, for two scans where the marker lies: a healthy patient *with* the
+# marker and a sick patient *without* it. Red pushes towards "sick", blue towards "healthy".
+
+# %%
+liars = {"healthy, with marker": next(i for i, g in enumerate(groups) if g == "healthy, marker"),
+         "sick, no marker": next(i for i, g in enumerate(groups) if g == "sick, no marker")}
+figure = make_subplots(rows=2, cols=2, vertical_spacing=0.12, horizontal_spacing=0.08,
+                       subplot_titles=[f"{model_name}: {scan}" for model_name in ("shortcut", "control") for scan in liars])
+for row, classifier in enumerate((shortcut, control), start=1):
+    with torch.no_grad():
+        parts = pixel_contributions(classifier, test_images[list(liars.values())])  # [2, height, width]
+    for col in (1, 2):
+        figure.add_trace(go.Heatmap(z=parts[col - 1].tolist(), coloraxis="coloraxis"), row=row, col=col)
+        figure.update_yaxes(autorange="reversed", scaleanchor=f"x{2 * (row - 1) + col if (row, col) != (1, 1) else ''}",
+                            row=row, col=col)
+figure.update_layout(title="Pixel contributions to the 'sick' logit (row 0 at the top, as in the images)", height=620,
+                     coloraxis=dict(colorscale="RdBu", reversescale=True, cmid=0))
+figure
+
 # Two things made this easy, and neither holds for a language model. The model was linear, so its
 # weights *are* its explanation; and we *knew* which cue to look for, because we planted it. In a
 # transformer the "marker" could be a token position, a template word, or a name's frequency, and
