@@ -608,6 +608,46 @@ figure
 # overlap: the direction carries the label, but weakly next to everything else that varies
 # along it, which is why the difference of means classifies gender worse than sentiment.
 #
+# Both directions so far were found *with* the labels. What if we ask the activations alone where
+# they vary most? The **principal components** of the training activations are the directions of
+# largest variance, found without any label. Plot the held-out prompts on the first two:
+
+# %% tags=["export"]
+def principal_directions(x: Float[Tensor, "batch d_model"], k: int = 2) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k"]]:
+    """The top `k` principal directions of `x` (unit rows) and the share of the variance each explains."""
+    centred = x - x.mean(0)  # [batch, d_model]
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions: [rank, d_model]
+    share = singular ** 2 / (singular ** 2).sum()  # [rank]
+    return directions[:k], share[:k]
+
+
+# %%
+figure = make_subplots(rows=1, cols=3, subplot_titles=list(LABELS), horizontal_spacing=0.08)
+for column, label in enumerate(LABELS, start=1):
+    d = data["organism", label]
+    directions, share = principal_directions(d["x_train"][-1])
+    coordinates = (d["x_test"][-1] - d["x_train"][-1].mean(0)) @ directions.T  # [batch_test, 2]
+    for value, colour in ((0, "#4c78a8"), (1, "#e45756")):
+        rows = d["y_test"] == value
+        figure.add_trace(go.Scatter(x=coordinates[rows, 0].tolist(), y=coordinates[rows, 1].tolist(), mode="markers",
+                                    marker=dict(color=colour, size=4, opacity=0.6), name=f"label {value}",
+                                    showlegend=column == 1), row=1, col=column)
+    figure.update_xaxes(title_text=f"PC1 ({share[0]:.0%} of variance)", row=1, col=column)
+    figure.update_yaxes(title_text=f"PC2 ({share[1]:.0%})", row=1, col=column)
+    pc1_accuracy = direction_accuracy(directions[0], d["x_train"][-1], d["y_train"], d["x_test"][-1], d["y_test"])
+    print(f"{label:<10} the first principal direction alone classifies {pc1_accuracy:.2f} of held-out prompts")
+figure.update_layout(title=f"Held-out prompts on the first two principal components ({points[last_point]}); "
+                     "colour: the label", height=400, legend=dict(orientation="h", y=-0.3))
+figure
+
+# %% [markdown]
+# For truth and sentiment, the direction along which the last token varies most *is* the label:
+# the first principal component, found without labels, splits the held-out prompts almost
+# perfectly. Whether a statement is true, or a review positive, is the biggest thing going on at
+# that point. Gender is not: no principal direction separates it, because which *names* appear
+# varies far more than their gender. Looking for structure without labels is the idea behind the
+# sparse autoencoders of Chapter 05.
+#
 # The same tool asks whether the three labels share directions. They come from different prompt
 # families, but they live in the same residual space:
 

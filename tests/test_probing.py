@@ -331,3 +331,15 @@ def test_the_difference_of_means_separates_sentiment_cleanly_and_gender_weakly()
             projection = data["x_test"][-1] @ direction
             assert projection[data["y_test"] == 0].max() < projection[data["y_test"] == 1].min()  # no overlap
     assert accuracy["sentiment"] > 0.97 and accuracy["io_gender"] < accuracy["sentiment"] - 0.1, accuracy
+
+
+def test_the_first_principal_direction_is_the_label_for_truth_and_sentiment_not_gender():
+    for family, label in (("truth", "truth"), ("sentiment", "sentiment"), ("ioi", "io_gender")):
+        data = measured("organism", family, label)
+        directions, share = ref.principal_directions(data["x_train"][-1], k=3)
+        accuracies = [ref.direction_accuracy(direction, data["x_train"][-1], data["y_train"], data["x_test"][-1],
+                                             data["y_test"]) for direction in directions]
+        if label == "io_gender":
+            assert max(accuracies) < 0.65, accuracies  # no principal direction separates it
+        else:
+            assert accuracies[0] > 0.95 and share[0] > 2 * share[1], (label, accuracies, share)

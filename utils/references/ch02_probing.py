@@ -187,6 +187,14 @@ def cosine_similarity_matrix(directions: Float[Tensor, "k d_model"]) -> Float[Te
     return unit @ unit.T
 
 
+def principal_directions(x: Float[Tensor, "batch d_model"], k: int = 2) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k"]]:
+    """The top `k` principal directions of `x` (unit rows) and the share of the variance each explains."""
+    centred = x - x.mean(0)  # [batch, d_model]
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions: [rank, d_model]
+    share = singular ** 2 / (singular ** 2).sum()  # [rank]
+    return directions[:k], share[:k]
+
+
 def shuffled_label_accuracies(x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
                               x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"],
                               n_shuffles: int = 20) -> dict[str, Tensor]:
