@@ -397,6 +397,16 @@ for (age, income), share, logit in zip(applicants.tolist(), shares, network(appl
     parts = ", ".join(f"unit {i}: {s:+.2f}" for i, s in enumerate(share.tolist()))
     print(f"age {age:.1f}, income {income:.1f} -> logit {logit:+.2f} = {parts}, bias {network.output.bias.item():+.2f}")
 
+# Each applicant's logit as a stack of its parts: bars above zero push towards "high risk".
+names = [f"age {age:.1f}, income {income:.1f}" for age, income in applicants.tolist()]
+stack = go.Figure([go.Bar(x=names, y=shares[:, unit].tolist(), name=f"unit {unit}") for unit in range(shares.shape[1])]
+                  + [go.Bar(x=names, y=[network.output.bias.item()] * len(names), name="output bias")])
+stack.add_trace(go.Scatter(x=names, y=network(applicants).detach().tolist(), mode="markers", name="logit (the sum)",
+                           marker=dict(color="black", size=12, symbol="diamond")))
+stack.update_layout(barmode="relative", title="Each applicant's logit, split into unit contributions",
+                    yaxis_title="contribution to the logit", height=400)
+stack
+
 # %% [markdown]
 # The young, poor applicant is high risk *because* particular units fire; the decision list gave the
 # same verdict *because* of a threshold. Same behaviour, different mechanism: that difference is
