@@ -9,7 +9,8 @@
 # %% [markdown]
 # # Chapter 00: Orientation
 #
-# **Time:** about 60 minutes. **Exercises:** 5, each checked as soon as you run the cell after it.
+# **Time:** about 75 minutes. **Exercises:** 5, each checked as soon as you run the cell after it.
+# *Run All* takes well under a minute on a laptop CPU (longer on a busy machine).
 #
 # **You will learn to**
 # - tell a *behavioural* account of a model (what it does) from a *mechanistic* one (how it does it);
@@ -24,8 +25,9 @@
 # ## How this workbook works
 # Each exercise gives a statement, then hints that go from gentle to nearly the answer. Write your
 # code where it says `raise NotImplementedError`, then run the check cell below it. The verdict is
-# one line: *passed*, *not attempted yet*, or *wrong* with the likely mistake. If you skip an
-# exercise, the chapter carries on with the reference solution, so every later cell still runs.
+# one line: *passed*, *not attempted*, or *wrong* with the likely mistake. If you skip an exercise
+# (or get it wrong), a second line says that the chapter carries on with the reference solution, so
+# every later cell still runs.
 # `show_progress()` prints your record at any time.
 
 # %%
@@ -45,8 +47,10 @@ env = setup()
 #
 # Why bother, when behaviour is what we care about? Because behaviour is only ever sampled. A
 # model can pass every test we thought of and still compute its answer in a way that breaks on the
-# inputs we didn't think of. Chapter 01 shows such a model. Knowing the mechanism lets us predict
-# failures, spot hidden objectives, and fix a model surgically rather than by retraining.
+# inputs we didn't think of. Chapter 01 shows such a model. Knowing the mechanism would, in
+# principle, let us predict failures, spot hidden objectives, and fix a model surgically rather than
+# by retraining. How far that promise reaches in real models is still an open question; this
+# workbook lets you test it where the answer is known.
 #
 # We start with the smallest possible contrast: a rule you can read, and a network trained to
 # imitate it.
@@ -91,9 +95,9 @@ rule_based_risk = check_exercise("0.1", rule_based_risk)
 
 # %% [markdown]
 # ### A network trained to imitate the rule
-# Now we train a tiny neural network, 2 inputs, 3 hidden ReLU units and 1 output, on applicants
-# labelled by that rule. Its *behaviour* will match the rule almost everywhere. But nothing in its
-# weights says "age below 0.3". Our task is to find out what it computes instead.
+# Now we train a tiny neural network, 2 inputs, 3 hidden ReLU units and 1 output, on 4,000 random
+# applicants labelled by that rule. Nothing in its weights can say "age below 0.3" directly: our task
+# is to find out what it computes instead, and how close that is to the rule.
 
 # %% tags=["export"]
 from torch import nn
@@ -135,6 +139,9 @@ def train_risk_network(seed: int = 0, n_hidden: int = 3, steps: int = 1500) -> R
 
 
 # %%
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
 from utils.plotting import heatmap
 
 network = train_risk_network()
@@ -144,14 +151,20 @@ with torch.no_grad():
 rule_says = rule_based_risk(grid[:, 0], grid[:, 1])
 print(f"the network agrees with the rule on {(network_says == rule_says).float().mean():.1%} of the grid")
 
-ticks = [f"{v:.2f}" for v in torch.linspace(0, 1, 41)]
-heatmap((network_says.float() - rule_says.float()).reshape(41, 41).T, x=ticks, y=ticks,
-        title="Where the network disagrees with the rule (+1: only the network says high risk)",
-        x_label="age", y_label="income")
+ticks = torch.linspace(0, 1, 41).tolist()  # the grid's age and income values
+disagreement = heatmap((network_says.float() - rule_says.float()).reshape(41, 41).T, x=ticks, y=ticks,
+                       title="Where the network and the rule disagree (+1: only the network says high risk)",
+                       x_label="age", y_label="income")
+disagreement.update_yaxes(autorange=True)  # income 0 at the bottom, as in every map of this chapter
+disagreement.add_trace(go.Scatter(x=[0, 0.3, 0.3, 1], y=[0.5, 0.5, 0.2, 0.2], mode="lines", name="the rule's boundary",
+                                  line=dict(color="black", width=2)))
+disagreement.update_layout(legend=dict(orientation="h", y=-0.2))
+disagreement
 
 # %% [markdown]
-# Behaviourally, the two models are nearly the same. Mechanistically, they are not: the rule is a
-# pair of thresholds, the network a weighted sum of three bent lines. Let's read the network.
+# About 93% agreement: a score that would pass many tests. Before reading on, look at *where* the
+# two disagree. The errors are not scattered: they run along the rule's boundary, on both sides of
+# the step at age 0.3. Let's read the network to see why.
 #
 # ### Exercise 0.2: hidden activations by hand (difficulty 1/3, ~10 min)
 # Write `hidden_activations(network, x)`, returning the hidden units' activations
@@ -180,13 +193,11 @@ def hidden_activations(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Flo
 hidden_activations = check_exercise("0.2", hidden_activations)
 
 # %% [markdown]
-# Now look at each unit over the whole grid. A unit that is zero over most of the square and rises
-# along one edge is a detector for that region: "income is low", "the applicant is young"...
+# Now look at each unit over the whole grid. Decide first what you expect: to copy the rule, you
+# might hope for units that are zero over most of the square and rise along one edge, detectors for
+# "income is low" or "the applicant is young".
 
 # %%
-from plotly.subplots import make_subplots
-import plotly.graph_objects as go
-
 with torch.no_grad():
     activations = hidden_activations(network, grid)  # [41 * 41, n_hidden]
 figure = make_subplots(rows=1, cols=activations.shape[1],
@@ -200,12 +211,155 @@ figure
 
 # %% [markdown]
 # Write down, in a sentence each, what you think the units detect. Then check your reading
-# against the weights:
+# against the weights, and count where each unit is active at all:
 
 # %%
 print("hidden weights [unit, (age, income)]:\n", network.hidden.weight.data.round(decimals=2))
 print("hidden biases:", network.hidden.bias.data.round(decimals=2))
 print("output weights:", network.output.weight.data.round(decimals=2), "bias:", network.output.bias.data.round(decimals=2))
+print("share of the grid where each unit is active:", (activations > 0).float().mean(0).round(decimals=3).tolist())
+
+# %% [markdown]
+# This is not the picture we hoped for:
+# - **A dead unit.** One unit is active nowhere on the square: its weights and bias make its input
+#   negative for every applicant, so its ReLU outputs 0 everywhere. A dead unit also gets no
+#   gradient, so training never brings it back. The network has, in effect, two units.
+# - **No region detectors.** The two living units are active over most of the square, and *both*
+#   are active everywhere along the decision boundary. Where every unit is active, a ReLU network is
+#   just a linear function of its input. So near the boundary the network is linear, and its
+#   boundary is a single straight, tilted line:
+#
+# `decision_line` reads that line off the weights (the logit is `a * age + b * income + c` where the
+# given units are active), and `line_agreement` counts how often "logit > 0 on that line" gives the
+# network's own verdict.
+
+# %% tags=["export"]
+def decision_line(network: RiskNetwork, units: list[int]) -> tuple[float, float, float]:
+    """(a, b, c) with logit = a * age + b * income + c wherever exactly `units` are active."""
+    w_in, b_in = network.hidden.weight[units], network.hidden.bias[units]  # [units, 2], [units]
+    w_out = network.output.weight[0, units]  # [units]
+    a, b = (w_out @ w_in).tolist()
+    c = (w_out @ b_in + network.output.bias[0]).item()
+    return a, b, c
+
+
+def line_agreement(network: RiskNetwork, units: list[int], x: Float[Tensor, "batch 2"]) -> float:
+    """Share of inputs where the straight line of `decision_line` gives the network's own verdict."""
+    a, b, c = decision_line(network, units)
+    with torch.no_grad():
+        return ((a * x[:, 0] + b * x[:, 1] + c > 0) == (network(x) > 0)).float().mean().item()
+
+
+# %%
+with torch.no_grad():
+    alive = [unit for unit in range(activations.shape[1]) if (activations[:, unit] > 0).any()]
+    a, b, c = decision_line(network, alive)
+print(f"living units {alive}: high risk where {-a:.1f} * age + {-b:.1f} * income < {c:.1f}")
+print(f"that straight line gives the network's verdict on {line_agreement(network, alive, grid):.1%} of the grid")
+ages = torch.tensor([0.0, 1.0])
+disagreement.add_trace(go.Scatter(x=ages.tolist(), y=((-c - a * ages) / b).tolist(), mode="lines",
+                                  name="the network's boundary", line=dict(color="black", dash="dash", width=2)))
+disagreement
+
+# %% [markdown]
+# Now the disagreement map makes sense. A line cannot turn a corner, so the network replaced the
+# rule's step with a slope. It calls young applicants with incomes just under 0.5 low risk, and it
+# runs past age 0.3 into older applicants with incomes above 0.2 (and misses those whose income
+# is just under 0.2 at the oldest ages). The corner of the rule is never learnt.
+#
+# Nothing in the 93% told us any of this. Behaviourally the network is "nearly the rule";
+# mechanistically it is a different, simpler rule, and we could say exactly which applicants it
+# gets wrong without testing a single one.
+#
+# ### Same behaviour, different networks
+# Is this network a fluke? Train it again with other seeds and more units, and compare. Drag the
+# slider below: each position is a network trained in advance. Watch the agreement, and the number
+# of dead units, before you look at the map.
+
+# %% tags=["export"]
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+NETWORK_VARIANTS = ((0, 3), (1, 3), (2, 3), (0, 8), (1, 8))  # (seed, n_hidden)
+
+
+def network_summary(network: RiskNetwork, grid: Float[Tensor, "batch 2"]) -> dict:
+    """The network's verdict on `grid`, its agreement with the rule, and its units that never fire there."""
+    with torch.no_grad():
+        says = network(grid) > 0  # [batch]
+        active = hidden_activations(network, grid) > 0  # [batch, n_hidden]
+    agreement = (says == rule_based_risk(grid[:, 0], grid[:, 1])).float().mean().item()
+    return {"says": says, "agreement": agreement, "dead": int((~active.any(0)).sum())}
+
+
+def verdict_map(summary: dict, steps: int, visible: bool = True) -> go.Heatmap:
+    """Where one network says high risk, on the `steps` x `steps` applicant grid (income 0 at the bottom)."""
+    values = torch.linspace(0, 1, steps).tolist()
+    return go.Heatmap(z=summary["says"].float().reshape(steps, steps).T.tolist(), x=values, y=values,
+                      colorscale=[[0, "#f0f0f0"], [1, "#e45756"]], showscale=False, visible=visible)
+
+
+def variants_slider_figure(variants, summaries: list[dict], steps: int = 41) -> go.Figure:
+    """A static figure with a plotly slider over trained networks: it works with no kernel (the book)."""
+    figure = go.Figure([verdict_map(summary, steps, visible=k == 0) for k, summary in enumerate(summaries)])
+    figure.add_trace(go.Scatter(x=[0, 0.3, 0.3, 1], y=[0.5, 0.5, 0.2, 0.2], mode="lines", name="the rule's boundary",
+                                line=dict(color="black", width=2)))
+    titles = [f"seed {seed}, {n} units: {summary['agreement']:.1%} agreement, {summary['dead']} dead unit(s)"
+              for (seed, n), summary in zip(variants, summaries)]
+    steps_ = [dict(method="update", label=f"seed {seed}, {n} units",
+                   args=[{"visible": [j == k for j in range(len(summaries))] + [True]}, {"title": titles[k]}])
+              for k, (seed, n) in enumerate(variants)]
+    figure.update_layout(title=titles[0], height=480, xaxis_title="age", yaxis_title="income (red: high risk)",
+                         sliders=[dict(steps=steps_, pad=dict(t=50))], legend=dict(orientation="h", y=1.02))
+    return figure
+
+
+class NetworkExplorer:
+    """Sliders for the seed and the number of hidden units; each move retrains (about a second) and redraws."""
+
+    def __init__(self, seed: int = 0, n_hidden: int = 3):
+        self.seed = widgets.IntSlider(value=seed, min=0, max=9, description="seed", continuous_update=False)
+        self.n_hidden = widgets.IntSlider(value=n_hidden, min=1, max=8, description="units", continuous_update=False)
+        self.output = widgets.Output()
+        for slider in (self.seed, self.n_hidden):
+            slider.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        self.network = train_risk_network(seed=self.seed.value, n_hidden=self.n_hidden.value)
+        self.summary = network_summary(self.network, applicant_grid())
+        self.figure = variants_slider_figure([(self.seed.value, self.n_hidden.value)], [self.summary])
+        self.figure.update_layout(sliders=[])
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.seed, self.n_hidden]), self.output])
+
+
+# %%
+variant_networks = [train_risk_network(seed=seed, n_hidden=n) for seed, n in NETWORK_VARIANTS]
+variant_summaries = [network_summary(variant, grid) for variant in variant_networks]
+for (seed, n), summary in zip(NETWORK_VARIANTS, variant_summaries):
+    print(f"seed {seed}, {n} units: agreement {summary['agreement']:.1%}, dead units {summary['dead']}")
+variants_slider_figure(NETWORK_VARIANTS, variant_summaries)
+
+# %% [markdown]
+# Every network lands at about the same agreement, 93%, and draws about the same tilted line. Their
+# units are not the same: some have none dead, some several, and with eight units more of them die.
+# Same behaviour, different mechanisms, even among networks of one architecture trained on one
+# task. More units do not buy the corner.
+#
+# To retrain with any seed and width as you drag, set `live = True` and run the cell again. It is
+# off by default because a live widget cannot be saved with the notebook: reopened later, it would
+# show an error in its place.
+
+# %%
+live = False
+if live:
+    display(NetworkExplorer().widget())
 
 # %% [markdown]
 # ### Exercise 0.3: split the output into unit contributions (difficulty 2/3, ~10 min)
@@ -243,10 +397,64 @@ for (age, income), share, logit in zip(applicants.tolist(), shares, network(appl
     parts = ", ".join(f"unit {i}: {s:+.2f}" for i, s in enumerate(share.tolist()))
     print(f"age {age:.1f}, income {income:.1f} -> logit {logit:+.2f} = {parts}, bias {network.output.bias.item():+.2f}")
 
+# Each applicant's logit as a stack of its parts: bars above zero push towards "high risk".
+names = [f"age {age:.1f}, income {income:.1f}" for age, income in applicants.tolist()]
+stack = go.Figure([go.Bar(x=names, y=shares[:, unit].tolist(), name=f"unit {unit}") for unit in range(shares.shape[1])]
+                  + [go.Bar(x=names, y=[network.output.bias.item()] * len(names), name="output bias")])
+stack.add_trace(go.Scatter(x=names, y=network(applicants).detach().tolist(), mode="markers", name="logit (the sum)",
+                           marker=dict(color="black", size=12, symbol="diamond")))
+stack.update_layout(barmode="relative", title="Each applicant's logit, split into unit contributions",
+                    yaxis_title="contribution to the logit", height=400)
+stack
+
 # %% [markdown]
 # The young, poor applicant is high risk *because* particular units fire; the decision list gave the
 # same verdict *because* of a threshold. Same behaviour, different mechanism: that difference is
 # what the rest of this workbook is about, at the scale of a language model.
+#
+# ## 1b. Features, circuits, and what the field hopes to do with them
+# A few words the rest of the workbook relies on.
+#
+# - A **feature** is a property of the input that a network represents inside itself: "income is
+#   low", "this review is positive", "the next name should be Mary". In our small network a feature
+#   could live in one unit; in a language model it is usually pictured as a *direction* in the space
+#   of activations, read by a dot product (the linear representation hypothesis, Chapter 02).
+# - A **circuit** is a part of the network, features joined by the weights between them, that
+#   computes something: the two living units and their output weights above form the whole circuit
+#   for "high risk". In the language model, Chapter 06 traces the heads that find the indirect
+#   object of a sentence.
+#
+# Three hypotheses, named in the "Zoom In" essay on vision models (Olah et al., 2020), frame the
+# field. They are working bets, not results:
+# 1. **Features** are the fundamental units of a network's computation, and they correspond to
+#    directions. Chapter 04 shows the complication: a model can hold more features than it has
+#    dimensions (superposition), so features need not line up with neurons.
+# 2. **Circuits**: features are connected by weights into circuits that can be read and checked
+#    one by one (Chapters 03 and 06).
+# 3. **Universality**: similar features and circuits form in different models trained on similar
+#    data. Comparing the organism with GPT-2 small, which every chapter offers when you are online,
+#    is a small test of it.
+#
+# Methods come in two kinds. **Observational** methods read activations and change nothing:
+# probes (Chapter 02), the logit lens and attribution (Chapter 03), sparse autoencoders (Chapter 05).
+# They show what is *present*. **Interventional** methods change the computation and watch the
+# output: ablation and activation patching (Chapter 06), steering and editing (Chapter 07). Only
+# they show what is *used*. Chapter 02 meets a feature that is present and not used.
+#
+# Why would this matter for safety? Each **theory of impact** is a bet on what understanding buys.
+# The ones this workbook touches, and where:
+#
+# | end goal | the idea | where you work on it |
+# |---|---|---|
+# | trust and auditing | check *why* a model behaves well, not only *that* it does | 01 (tests and their limits), 08 (audit a model) |
+# | **enumerative safety** | list every feature a model uses and check that none is dangerous | 05 (can an SAE list them all?), 08 |
+# | **retargeting the search** | if a model carries an internal goal, find it and point it elsewhere; speculative today | 07 (steering and editing, the small-scale version) |
+# | **relaxed adversarial training** | search for bad behaviour by perturbing the model's *activations*, not only its inputs, and train it away | 07 (attacks on latents) |
+# | **mechanistic anomaly detection** | flag inputs where the model gives the usual answer for an unusual reason | 08 (a planted trigger) |
+# | scaling up | the same experiments on models no laptop holds | 09 (nnsight) |
+#
+# None of these works yet at the scale of frontier models; each chapter ends with what its method
+# cannot tell you.
 #
 # ## 2. The workbook's language model
 # Every chapter runs on a small GPT-2-style model that this workbook trained itself, on a world it
@@ -298,8 +506,8 @@ for text in [prompt, "The capital of France is", "The movie was dreadful. I", "r
 
 # %% [markdown]
 # How does the model get from a prompt to its prediction? Part of the answer is **attention**: at
-# each position, each attention head takes a weighted average of the earlier positions, and its
-# weights, its *pattern*, say where it looks. Below are the last layer's heads on our prompt: pick a
+# each position, each attention head takes a weighted average of *value vectors* computed from the
+# earlier positions, the current one included, and its weights, its *pattern*, say where it looks. Below are the last layer's heads on our prompt: pick a
 # head, then hover over a token to see which earlier tokens it attends to. Chapter 03 reads these
 # patterns properly, and Chapter 06 tests which of them matter.
 
@@ -314,10 +522,31 @@ attention_patterns(model.to_str_tokens(prompt), attention_cache[f"blocks.{last_l
 # ## 3. The residual stream is a sum
 # Inside the transformer, each position carries a vector of size `d_model`, the **residual
 # stream**. The token and position embeddings start it; then every attention layer and every MLP
-# *reads* from it and *adds* its output back. Nothing is ever overwritten. So the stream after the
-# last layer is exactly the sum of everything written into it, and the logits are a linear map of
-# that sum (after a final normalisation). That is why we can ask of each component: what did *you*
-# add?
+# *reads* from it and *adds* its output back. Components only ever add; but adding can also cancel,
+# since a later component can write the negative of what an earlier one wrote. So the stream after
+# the last layer is exactly the sum of everything written into it. That is why we can ask of each
+# component: what did *you* add?
+#
+# ### What one block computes
+# Our model has 4 blocks (GPT-2 small has 12). Block `l` turns the stream `x` at every position
+# into
+#
+# `x_mid = x + Attention(LN1(x))`, then `x_out = x_mid + MLP(LN2(x_mid))`.
+#
+# - **LN** (LayerNorm) subtracts each vector's mean and divides by its standard deviation, then
+#   applies a learned scale and shift. Each component reads a normalised *copy*; the stream itself
+#   is never normalised in place.
+# - **Attention** is where information moves between positions. Each of the 8 heads computes, at
+#   every position `i`, a query `q_i = W_Q x_i`, a key `k_i = W_K x_i` and a value `v_i = W_V x_i`
+#   (32 numbers each here). Its pattern at `i` is `softmax_j(q_i . k_j / sqrt(32))` over positions
+#   `j <= i` (it cannot look ahead), and its output is `W_O` times the pattern-weighted average of
+#   the `v_j`. The heads' outputs are summed: that sum is `hook_attn_out`.
+# - **The MLP** works on each position on its own: `W_out GELU(W_in x + b_in) + b_out`, with 1,024
+#   hidden neurons here. It cannot move information between positions; it transforms what is there.
+# - After the last block, a final LayerNorm and the **unembedding** `W_U` turn the stream into
+#   logits. The logits are a linear function of the stream *once that last normalisation's scale is
+#   fixed*, but the scale depends on the whole stream. Chapter 03 freezes it to attribute the logits
+#   to components, and that caveat comes with every such attribution.
 #
 # `model.run_with_cache(prompt)` runs the model and keeps every intermediate activation, named by
 # hook: `hook_embed`, `hook_pos_embed`, `blocks.{layer}.hook_attn_out`,

@@ -9,7 +9,8 @@
 # %% [markdown]
 # # Chapter 01: Behavioral tests
 #
-# **Time:** about 90 minutes. **Exercises:** 6, each checked as soon as you run the cell after it.
+# **Time:** about 2 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
+# *Run All* takes about a minute on a laptop CPU.
 #
 # **You will learn to**
 # - measure a behaviour with the two standard task metrics, **accuracy** and **logit difference**,
@@ -176,8 +177,64 @@ for (family, split), d in diffs.items():
 # %% [markdown]
 # Compare the two splits of each family. The held-out IOI prompts pair names that never met in
 # training, and the held-out facts ask about a country in a phrasing never used for it: a model
-# that had memorised its training combinations would drop there. Then look for a family near 50%,
-# the score of a coin flip.
+# that had memorised its training combinations would drop there. Every family passes, on both
+# splits. Section 2 shows why that is not the end of the story.
+#
+# ### Behaviour over training
+# A score at the end of training hides *how* the model got there. The organism's training log
+# (`training_log.jsonl`, shipped with its weights) scored held-out prompts every 200 steps. Looking
+# at behaviour across training, and asking what changed inside the model when it jumped, is the
+# start of **developmental interpretability**. For the first 600 steps the documents were almost
+# all facts and true/false statements (the "facts-first" phase); then the full mix began.
+
+# %% tags=["export"]
+import json
+
+import utils.models
+
+TRAINING_CURVES = {  # log key -> what it measures on held-out prompts
+    "facts_top1": "facts: capital named first",
+    "truth_accuracy": "truth: verdict right",
+    "sentiment_accuracy": "sentiment: word right",
+    "ioi_accuracy": "IOI: indirect object preferred",
+    "induction_loss_ratio": "induction: loss on repeat / first copy (lower is better)",
+}
+
+
+def training_curves(path=None) -> dict[str, list[float]]:
+    """The evaluation rows of the organism's training log: 'step' and each key of TRAINING_CURVES."""
+    path = path or utils.models.ORGANISM_DIR / "training_log.jsonl"
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    evaluated = [row for row in rows if "ioi_accuracy" in row]
+    return {key: [row[key] for row in evaluated] for key in ["step", *TRAINING_CURVES]}
+
+
+# %%
+curves = training_curves()
+figure = go.Figure([go.Scatter(x=curves["step"], y=curves[key], mode="lines+markers", name=name)
+                    for key, name in TRAINING_CURVES.items()])
+figure.add_vline(x=600, line_dash="dot", annotation_text="facts-first phase ends", annotation_position="top left")
+figure.update_layout(title="The organism's behaviour on held-out prompts during training",
+                     xaxis_title="training step", yaxis_title="score", height=450, legend=dict(orientation="h", y=-0.2))
+figure
+
+# %% [markdown]
+# Three different stories in one plot:
+# - **Facts and verdicts come first, and early.** During the facts-first phase the truth verdict
+#   climbs from chance to about 90%, and it stays above 80% once the other documents arrive.
+#   (The training loss, not plotted, *jumps* at step 600: the new documents are harder to predict,
+#   not the model worse.)
+# - **Induction appears suddenly.** For more than 2,000 steps, repeating a sequence does not make
+#   it easier to predict (the ratio sits near 1). Then, within about 600 steps, the loss on the
+#   repeat falls to under a tenth of the first copy's: a *phase change*, the signature of
+#   induction heads forming (Olsson et al., 2022). Chapter 06 finds those heads.
+# - **IOI switches on last.** Its accuracy sits at chance for 3,000 steps, then jumps to 100%
+#   between two evaluations, and only after induction has formed. Whether IOI *needs* induction is a
+#   question the curves cannot answer; finding the circuit (Chapter 06) can.
+#
+# A final score of 100% says none of this. Abrupt jumps are also a warning for evaluations: a
+# model checked a few hundred steps earlier would have failed IOI entirely.
 #
 # ### How sure are we of an accuracy?
 # The facts test set has only 30 prompts. If the model gets 28 of them right, is it a 93% model? Its
@@ -342,8 +399,10 @@ print("\nweakest groups:", ", ".join(f"{name} {acc:.0%} (n={n})" for acc, name, 
 #   an irrelevant sentence before the prompt, a distractor);
 # - **directional**: a change that should change the answer in a known way (a negation flips a
 #   review and a statement);
-# - **minimum functionality**: simple cases of the skill on inputs of a new kind (the IOI pattern
-#   with words that are not names at all).
+# - **minimum functionality**: simple, unit-test-like cases of one capability.
+#
+# Our suite uses the first two, plus one test of **generalisation** that CheckList does not name:
+# the IOI pattern with words that are not names at all (days of the week).
 #
 # Our model has a fixed vocabulary: a word it has never seen becomes the unknown token, and a test
 # built on unknown tokens tests nothing. So every shifted prompt is made of known words, and we
@@ -511,8 +570,10 @@ print("clear failures:", *failures, sep="\n  ")
 # inside with saliency maps, DeGrave et al. (2021) found that it relied partly on things outside the
 # lungs: text markers, the position of the patient, traces of the scanner, which differed between
 # the hospitals the sick and the healthy images came from. On images from a new hospital the model
-# fell apart. It had passed its test for the wrong reason, and no test drawn from the same hospitals
-# could have shown it.
+# fell apart. It had passed its test for the wrong reason. In their data the confound was nearly
+# total (the sick and the healthy images came from different sources), so no test drawn from the
+# same sources could have shown it. Ours is milder, which, as we will see, gives a same-hospital
+# test a chance.
 #
 # We rebuild that story at toy scale. Our "X-rays" are 16 x 16 images: two lungs, patient-to-patient
 # brightness, noise. A sick patient has a **hazy lung** (one lung is brighter). Sick patients in
@@ -706,6 +767,25 @@ for model_name, classifier in [("shortcut model", shortcut), ("control model", c
 # nothing and the lungs carry the diagnosis. The attribution tells the same story as the weights,
 # now scan by scan.
 #
+# The same numbers as pictures, for two scans where the marker lies: a healthy patient *with* the
+# marker and a sick patient *without* it. Red pushes towards "sick", blue towards "healthy".
+
+# %%
+liars = {"healthy, with marker": next(i for i, g in enumerate(groups) if g == "healthy, marker"),
+         "sick, no marker": next(i for i, g in enumerate(groups) if g == "sick, no marker")}
+figure = make_subplots(rows=2, cols=2, vertical_spacing=0.12, horizontal_spacing=0.08,
+                       subplot_titles=[f"{model_name}: {scan}" for model_name in ("shortcut", "control") for scan in liars])
+for row, classifier in enumerate((shortcut, control), start=1):
+    with torch.no_grad():
+        parts = pixel_contributions(classifier, test_images[list(liars.values())])  # [2, height, width]
+    for col in (1, 2):
+        figure.add_trace(go.Heatmap(z=parts[col - 1].tolist(), coloraxis="coloraxis"), row=row, col=col)
+        figure.update_yaxes(autorange="reversed", scaleanchor=f"x{2 * (row - 1) + col if (row, col) != (1, 1) else ''}",
+                            row=row, col=col)
+figure.update_layout(title="Pixel contributions to the 'sick' logit (row 0 at the top, as in the images)", height=620,
+                     coloraxis=dict(colorscale="RdBu", reversescale=True, cmid=0))
+figure
+
 # Two things made this easy, and neither holds for a language model. The model was linear, so its
 # weights *are* its explanation; and we *knew* which cue to look for, because we planted it. In a
 # transformer the "marker" could be a token position, a template word, or a name's frequency, and
@@ -757,7 +837,9 @@ else:
 # - **Whether a failure is one bug or many.** Low accuracy on negated reviews could be one missing
 #   mechanism or several interacting ones; the number is the same.
 # - **How much to trust a small number.** With 30 prompts, 100% accuracy is consistent with a true
-#   rate near 89%. Intervals keep this honest; they cannot make a small test large.
+#   rate near 89%. Intervals keep this honest; they cannot make a small test large. And they assume
+#   independent prompts: ours share templates and names, so the effective number of prompts is
+#   smaller and the true intervals wider.
 # - **Anything about rare cases the tests never contain.** A model can behave well on every test
 #   and differently on a trigger nobody tested (Chapter 08).
 #

@@ -9,7 +9,9 @@
 # %% [markdown]
 # # Chapter 02: Probing
 #
-# **Time:** about 2 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# **Time:** two and a half to three hours. **Exercises:** 9, each checked as soon as you run the
+# cell after it. *Run All* takes about a minute on a laptop CPU (JupyterLab then shows the last cell:
+# scroll up to watch the progress bars).
 #
 # **You will learn to**
 # - collect residual-stream activations at chosen positions for prompts whose labels you know;
@@ -39,14 +41,16 @@ env = setup()
 # the property well on inputs it was not trained on, we say the property is *decodable* from that
 # layer. Probing is an **observational** method: it reads activations and changes nothing.
 #
-# The method is older than language models. A well-known study probed the chess engine AlphaZero
+# The method is not specific to language models (its modern form dates from probes of image
+# networks, Alain and Bengio, 2016). A well-known study probed the chess engine AlphaZero
 # (McGrath et al., 2022): linear probes on its activations, trained on positions labelled with
 # human chess concepts (material balance, whether a piece is threatened, king safety...), found
 # many of those concepts readable, and showed *when during training* and *in which layer* each one
-# appeared. A second game model, Othello-GPT, trained only to predict legal moves, turned out to
-# carry the state of the board: first found with non-linear probes (Li et al., 2023), then with
-# linear ones once the board was described as "mine / theirs" instead of "black / white" (Nanda et
-# al., 2023).
+# appeared. A second game model, Othello-GPT, was trained to predict the next move in games of
+# random legal moves and never shown the board. It turned out to carry the state of the board:
+# first found with non-linear probes (Li et al., 2023), who also *edited* that representation and
+# watched the model's moves change accordingly, then with linear probes once the board was
+# described as "mine / theirs" instead of "black / white" (Nanda et al., 2023).
 #
 # That second story is evidence for the **linear representation hypothesis**: a model stores the
 # features it computes as *directions* in activation space, so a feature's value is read by a dot
@@ -104,7 +108,7 @@ def random_init_model(seed: int = 0, folder: str | None = None, device: str = "c
 
 
 # %%
-baseline = random_init_model(seed=0)
+baseline = random_init_model(seed=0, device=model.cfg.device)
 print(f"baseline: {baseline.cfg.n_layers} layers, d_model {baseline.cfg.d_model}, same tokenizer: "
       f"{baseline.tokenizer.get_vocab() == model.tokenizer.get_vocab()}")
 
@@ -125,10 +129,11 @@ def tokenize(model, prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[T
     tokenizer = model.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long)
+    device = model.cfg.device  # the model's embeddings live there: so must the ids (CPU, CUDA or MPS)
+    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long, device=device)
     for row, ids in enumerate(encoded):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    last = torch.tensor([len(ids) - 1 for ids in encoded])
+        tokens[row, : len(ids)] = torch.tensor(ids, device=device)
+    last = torch.tensor([len(ids) - 1 for ids in encoded], device=device)
     return tokens, last
 
 
@@ -381,12 +386,20 @@ for label in LABELS:
 #   (a random vector each) are the positive ones. High accuracy, and no learning at all behind it.
 #   Section 4 takes this apart.
 # - **The indirect object's gender** becomes readable from the organism only after its last block.
-#   That block is where the organism brings the indirect object's *name* to the last token (it has to
-#   say it next), and the gender comes along with the name. The random model's blurred average of
-#   the earlier tokens holds both names, which lets its probe guess better than chance.
+#   A probe cannot say why. One natural reading, which the logit lens of Chapter 03 can test, is
+#   that the last block brings the indirect object's *name* to the last token (it has to say it
+#   next), and the gender comes along with the name. The random model's blurred average of the
+#   earlier tokens holds both names, which lets its probe guess better than chance. Before the last
+#   block the organism's gender probe scores *below* chance at every point, at worst by about three
+#   standard errors (`sqrt(0.25 / 300)`, about 0.03). That is not "nothing": a probe reliably wrong on new prompts has
+#   learned a rule that the held-out split reverses. Here the test split holds out *name pairs*,
+#   so a probe that keys on which names are present, rather than on which is the indirect object,
+#   can learn associations that the new pairings turn around. Below-chance held-out accuracy is a
+#   message about the split.
 # - **Truth** needs the country and the stated value *combined*. The random model cannot combine
-#   them and stays at chance. The organism's first block already does most of the work, and the
-#   later blocks sharpen it: the verdict is computed early, well before the model has to say it.
+#   them and stays at chance. On the organism the verdict is readable after the first block already,
+#   and the later blocks sharpen it: readable early, well before the model has to say it. Whether
+#   the first block *computes* it there is a claim a probe cannot make; Section 5 intervenes.
 #
 # ### The payoff of a known world
 # With a real model we would have to guess what the model does with these labels. Here we can check:
@@ -401,7 +414,7 @@ def answer_ids(model, answers: list[str]) -> Int[Tensor, "batch"]:
     bad = [answer for answer, i in zip(answers, ids) if len(i) != 1]
     if bad:
         raise ValueError(f"answers that are not single tokens for this model: {bad[:5]}")
-    return torch.tensor([i[0] for i in ids])
+    return torch.tensor([i[0] for i in ids], device=model.cfg.device)
 
 
 @torch.no_grad()
@@ -412,7 +425,7 @@ def logit_diffs(model, prompts: PromptSet, fwd_hooks: list = (), batch_size: int
     for start in range(0, len(prompts), batch_size):
         tokens, last = tokenize(model, prompts.prompts[start:start + batch_size])
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [batch, pos, d_vocab]
-        rows = torch.arange(len(last))
+        rows = torch.arange(len(last), device=logits.device)
         final = logits[rows, last]  # [batch, d_vocab]
         chunks.append(final[rows, correct[start:start + batch_size]] - final[rows, wrong[start:start + batch_size]])
     return torch.cat(chunks)
@@ -430,12 +443,9 @@ for label in LABELS:
 # Three stories:
 # - **Sentiment:** probe and output agree, both perfect.
 # - **Truth:** probe and output agree again, both right on about 98% of the prompts. That
-#   agreement is a finding, not a given. An earlier organism, trained on the same world without a
-#   facts-first phase, never learned the verdict: its output sat at chance while a truth probe
-#   still read 0.6. On a model that cannot do the task, that is what a *weak* probe result can mean,
-#   and without the known answer it would be tempting to call it "a partial representation of
-#   truth". Another trial showed the opposite: a probe at 0.99 while the output was right only 60%
-#   of the time. Probe and behaviour can disagree in both directions.
+#   agreement is a finding, not a given: a probe can read a label that the output gets wrong, and a
+#   weak probe result on a model that cannot do the task is easily misread as "a partial
+#   representation". Only the known answer lets us compare the two.
 # - **Gender:** the output here is a *name*: "right" means the indirect object beats the repeated
 #   name. Nobody asks the model for a gender, yet the probe reads it. Section 5 asks whether the
 #   answer depends on it.
@@ -571,6 +581,75 @@ for label in LABELS:
 # do with the label (here, most of all, *which* name it is). Two methods, two "gender directions":
 # which one is "the" representation is a question a probe cannot settle.
 #
+# What does "classify with a direction" look like? Project every held-out prompt onto the
+# difference-of-means direction at the last residual point, and draw one histogram per class, with
+# the halfway threshold of Exercise 2.5:
+
+# %%
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+last_point = len(points) - 1
+figure = make_subplots(rows=1, cols=2, subplot_titles=["sentiment", "io_gender"], horizontal_spacing=0.1)
+for column, label in enumerate(("sentiment", "io_gender"), start=1):
+    d = data["organism", label]
+    direction = comparison[label][last_point]["mean_direction"]
+    train_projection, test_projection = d["x_train"][-1] @ direction, d["x_test"][-1] @ direction  # [batch] each
+    threshold = (train_projection[d["y_train"] == 0].mean() + train_projection[d["y_train"] == 1].mean()) / 2
+    for value, colour in ((0, "#4c78a8"), (1, "#e45756")):
+        figure.add_trace(go.Histogram(x=test_projection[d["y_test"] == value].tolist(), name=f"{label} = {value}",
+                                      marker_color=colour, opacity=0.6, nbinsx=40), row=1, col=column)
+    figure.add_vline(x=threshold.item(), line_dash="dot", row=1, col=column)
+figure.update_layout(barmode="overlay", height=380, legend=dict(orientation="h", y=-0.25),
+                     title=f"Held-out prompts projected on the difference of means ({points[last_point]}); dotted: threshold")
+figure.update_xaxes(title_text="projection")
+figure
+
+# %% [markdown]
+# Sentiment's two classes sit in two separate humps, one on each side of the threshold. Gender's
+# overlap: the direction carries the label, but weakly next to everything else that varies
+# along it, which is why the difference of means classifies gender worse than sentiment.
+#
+# Both directions so far were found *with* the labels. What if we ask the activations alone where
+# they vary most? The **principal components** of the training activations are the directions of
+# largest variance, found without any label. Plot the held-out prompts on the first two:
+
+# %% tags=["export"]
+def principal_directions(x: Float[Tensor, "batch d_model"], k: int = 2) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k"]]:
+    """The top `k` principal directions of `x` (unit rows) and the share of the variance each explains."""
+    centred = x - x.mean(0)  # [batch, d_model]
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions: [rank, d_model]
+    share = singular ** 2 / (singular ** 2).sum()  # [rank]
+    return directions[:k], share[:k]
+
+
+# %%
+figure = make_subplots(rows=1, cols=3, subplot_titles=list(LABELS), horizontal_spacing=0.08)
+for column, label in enumerate(LABELS, start=1):
+    d = data["organism", label]
+    directions, share = principal_directions(d["x_train"][-1])
+    coordinates = (d["x_test"][-1] - d["x_train"][-1].mean(0)) @ directions.T  # [batch_test, 2]
+    for value, colour in ((0, "#4c78a8"), (1, "#e45756")):
+        rows = d["y_test"] == value
+        figure.add_trace(go.Scatter(x=coordinates[rows, 0].tolist(), y=coordinates[rows, 1].tolist(), mode="markers",
+                                    marker=dict(color=colour, size=4, opacity=0.6), name=f"label {value}",
+                                    showlegend=column == 1), row=1, col=column)
+    figure.update_xaxes(title_text=f"PC1 ({share[0]:.0%} of variance)", row=1, col=column)
+    figure.update_yaxes(title_text=f"PC2 ({share[1]:.0%})", row=1, col=column)
+    pc1_accuracy = direction_accuracy(directions[0], d["x_train"][-1], d["y_train"], d["x_test"][-1], d["y_test"])
+    print(f"{label:<10} the first principal direction alone classifies {pc1_accuracy:.2f} of held-out prompts")
+figure.update_layout(title=f"Held-out prompts on the first two principal components ({points[last_point]}); "
+                     "colour: the label", height=400, legend=dict(orientation="h", y=-0.3))
+figure
+
+# %% [markdown]
+# For truth and sentiment, the direction along which the last token varies most *is* the label:
+# the first principal component, found without labels, splits the held-out prompts almost
+# perfectly. Whether a statement is true, or a review positive, is the biggest thing going on at
+# that point. Gender is not: no principal direction separates it, because which *names* appear
+# varies far more than their gender. Looking for structure without labels is the idea behind the
+# sparse autoencoders of Chapter 05.
+#
 # The same tool asks whether the three labels share directions. They come from different prompt
 # families, but they live in the same residual space:
 
@@ -590,30 +669,63 @@ heatmap(cosine_similarity_matrix(label_directions), x=list(LABELS), y=list(LABEL
 # fit a great deal. Three controls separate the two.
 #
 # **Control 1: random labels.** Shuffle the truth labels and train again. Any accuracy on the
-# training prompts is then pure fitting; accuracy on held-out prompts must fall to chance.
+# training prompts is then pure fitting; accuracy on held-out prompts must fall to chance. One
+# shuffle is one draw from a distribution, so we draw 20.
+
+# %% tags=["export"]
+def shuffled_label_accuracies(x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
+                              x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                              n_shuffles: int = 20) -> dict[str, Tensor]:
+    """Train and held-out accuracy of probes trained on `n_shuffles` seeded shuffles of `y_train`."""
+    train_accuracy, test_accuracy = [], []
+    for seed in range(n_shuffles):
+        labels = y_train[torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))]
+        probe = train_probe(x_train, labels)
+        with torch.no_grad():
+            train_accuracy.append(((probe(x_train) > 0) == labels.bool()).float().mean())
+            test_accuracy.append(((probe(x_test) > 0) == y_test.bool()).float().mean())
+    return {"train": torch.stack(train_accuracy), "test": torch.stack(test_accuracy)}  # [n_shuffles] each
+
 
 # %%
+import plotly.graph_objects as go
+
 d = data["organism", "truth"]
-shuffled = d["y_train"][torch.randperm(len(d["y_train"]), generator=torch.Generator().manual_seed(0))]
-for name, labels in (("real labels", d["y_train"]), ("shuffled labels", shuffled)):
-    probe = train_probe(d["x_train"][-1], labels)
-    with torch.no_grad():
-        train_accuracy = ((probe(d["x_train"][-1]) > 0) == labels.bool()).float().mean()
-        test_accuracy = ((probe(d["x_test"][-1]) > 0) == d["y_test"].bool()).float().mean()
-    print(f"truth, {name:<16} accuracy on training prompts {train_accuracy:.2f}, on held-out prompts {test_accuracy:.2f}")
+real_probe = train_probe(d["x_train"][-1], d["y_train"])
+with torch.no_grad():
+    real_test = ((real_probe(d["x_test"][-1]) > 0) == d["y_test"].bool()).float().mean().item()
+shuffles = shuffled_label_accuracies(d["x_train"][-1], d["y_train"], d["x_test"][-1], d["y_test"])
+coin_flip_se = (0.25 / len(d["y_test"])) ** 0.5
+print(f"real labels: held-out accuracy {real_test:.2f}")
+print(f"20 shuffles: training accuracy {shuffles['train'].mean():.2f} on average; held-out accuracy "
+      f"{shuffles['test'].mean():.2f} on average, spread {shuffles['test'].std():.3f} "
+      f"(coin flips on {len(d['y_test'])} prompts would spread {coin_flip_se:.3f}), "
+      f"from {shuffles['test'].min():.2f} to {shuffles['test'].max():.2f}")
+figure = go.Figure(go.Histogram(x=shuffles["test"].tolist(), xbins=dict(start=0.3, end=1.0, size=0.02),
+                                name="shuffled labels"))
+figure.add_vline(x=real_test, line_color="black", annotation_text="real labels")
+figure.add_vline(x=0.5, line_dash="dot", annotation_text="chance", annotation_position="top left")
+figure.update_layout(title="Held-out accuracy of truth probes trained on shuffled labels (20 shuffles)",
+                     xaxis_title="held-out accuracy", yaxis_title="shuffles", height=350, showlegend=False)
+figure
 
 # %% [markdown]
 # With labels that mean nothing, the probe still gets about two training prompts in three right:
 # that much is pure fitting, 257 parameters against 720 prompts. On held-out prompts it has nothing
-# to go on and lands at chance or below (a meaningless labelling swings widely on 180 prompts). Only
-# the held-out split tells real from shuffled. Training accuracy is not evidence.
+# to go on: the shuffles centre near chance. They also spread more widely than coin flips would,
+# and a single unlucky shuffle can land well below 0.5. The held-out prompts are not independent
+# draws: each held-out country-relation pair appears in several of them, so a probe's errors come
+# in clusters. Only the held-out split tells real from shuffled, and only a distribution of
+# shuffles tells you how far from chance "chance" can land. Training accuracy is not evidence.
 #
 # **Control 2: a control task** (Hewitt and Liang, 2019). Give every *word type* a random label and
 # keep it fixed: every review with the adjective "dull" gets the same random label, whatever the
 # review says. A probe can only learn this task by recognising which adjective is in the prompt.
 # If the probe does as well on the control task as on sentiment, its sentiment accuracy may come
 # from the same trick. **Selectivity** is the accuracy on the real task minus the accuracy on the
-# control task.
+# control task. (This is an adaptation. Hewitt and Liang key the control label to the word type
+# of the *probed* token; our probed token is always ` I`, so we key it to an earlier word, the
+# adjective. Their main use of selectivity, choosing how powerful a probe may be, comes just below.)
 #
 # ### Exercise 2.7: control-task labels (difficulty 2/3, ~10 min)
 # Write `control_task_labels(keys, seed)`. `keys` is a list of strings, one per prompt (for example
@@ -675,6 +787,61 @@ lines({f"{kind} ({model_name})": values for model_name in MODELS for kind, value
 # is about zero. On the organism, sentiment is perfect while the arbitrary labelling is much harder:
 # the last token carries the review's sentiment more plainly than the adjective's identity.
 #
+# **How powerful may a probe be?** This is what Hewitt and Liang designed control tasks for. A
+# probe with more capacity reads more, the meaningless labelling included. Give the probe one
+# hidden layer of 64 ReLU units and run both tasks on the organism again:
+
+# %% tags=["export"]
+class MLPProbe(nn.Module):
+    """A probe with one hidden ReLU layer, on the same centred, rescaled activations as LinearProbe."""
+
+    def __init__(self, x_train: Float[Tensor, "batch d_model"], hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mean", x_train.mean(0))
+        self.register_buffer("scale", ((x_train - x_train.mean(0)).norm(dim=-1).mean() / x_train.shape[1] ** 0.5).clamp_min(1e-6))
+        self.net = nn.Sequential(nn.Linear(x_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
+        return self.net((x - self.mean) / self.scale).squeeze(-1)
+
+
+def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
+                                x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+    """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
+    accuracies = []
+    for layer in range(x_train.shape[0]):
+        torch.manual_seed(seed)
+        probe = MLPProbe(x_train[layer])
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = nn.functional.binary_cross_entropy_with_logits(probe(x_train[layer]), y_train.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracies.append(((probe(x_test[layer]) > 0) == y_test.bool()).float().mean())
+    return torch.stack(accuracies)
+
+
+# %%
+d = data["organism", "sentiment"]
+mlp_sentiment = mlp_probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
+mlp_control = mlp_probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
+for name, real, fake in (("linear probe", accuracy["organism", "sentiment"], control_accuracy["organism"]),
+                         ("MLP probe", mlp_sentiment, mlp_control)):
+    print(f"{name:<13} sentiment " + " ".join(f"{a:.2f}" for a in real.tolist())
+          + " | control task " + " ".join(f"{a:.2f}" for a in fake.tolist())
+          + " | selectivity " + " ".join(f"{a:+.2f}" for a in (real - fake).tolist()))
+
+# %% [markdown]
+# The MLP probe learns the random labelling perfectly from the first block on: it can recognise the
+# adjective from the blurred last token and look its label up. Its selectivity is zero, so its
+# perfect sentiment score says nothing about how the organism stores sentiment. That is the
+# argument for linear probes made in Section 1, now measured: a probe powerful enough to compute
+# the label itself tells you about the probe. Hewitt and Liang's rule: among probes that do well,
+# prefer the one with the highest selectivity.
+#
 # **Control 3: hold out whole words.** A known world lets us ask the sharper question directly.
 # The test split above holds out *(subject, adjective) pairs*, so every test adjective was in the
 # probe's training set. If instead we hold out whole adjectives, a probe that remembers adjectives has
@@ -699,6 +866,40 @@ for model_name in MODELS:
 # The random model's "sentiment" is gone, and what is left on the organism is a direction that
 # generalises to adjectives the probe never saw. The best control is a split designed around the
 # shortcut you fear, and a known world lets you design it.
+#
+# ### Does the truth probe transfer across relations?
+# The same question, for truth: is there one "true vs false" direction, or one per kind of fact?
+# The truth prompts state three relations (a country's capital, its language, its continent).
+# Train a probe on the statements of one relation only, and test it on the held-out statements of
+# each relation:
+
+# %%
+relations = ("capital", "language", "continent")
+truth_relations = {split: prompt_set("truth", split, seed=0).labels["relation"] for split in ("train", "test")}
+d = data["organism", "truth"]
+transfer = {}
+for point in (1, last_point):
+    rows = []
+    for source in relations:
+        train_rows = [i for i, r in enumerate(truth_relations["train"]) if r == source]
+        probe = train_probe(d["x_train"][point][train_rows], d["y_train"][train_rows])
+        row = []
+        for target in relations:
+            test_rows = [i for i, r in enumerate(truth_relations["test"]) if r == target]
+            with torch.no_grad():
+                row.append(((probe(d["x_test"][point][test_rows]) > 0) == d["y_test"][test_rows].bool()).float().mean())
+        rows.append(torch.stack(row))
+    transfer[point] = torch.stack(rows)  # [trained on, tested on]
+    print(f"{points[point]}: worst transfer {transfer[point].min():.2f}")
+heatmap(transfer[1], x=[f"tested on {r}" for r in relations], y=[f"trained on {r}" for r in relations],
+        diverging=False, text_auto=".2f", title=f"A truth probe trained on one relation, tested on each ({points[1]})")
+
+# %% [markdown]
+# A probe trained on capitals alone reads the truth of language and continent statements almost as
+# well as its own, from the first block on. That is what one shared "truth" direction would give,
+# and it is the central result of probing studies of truth in large models (Marks and Tegmark, 2023,
+# "The Geometry of Truth"). It still does not show that the model *uses* that direction, which is
+# the next section's question.
 #
 # ### Where sentiment first becomes linearly available
 # With the word split as our honest test, we can now draw the map a chess study draws for its
@@ -772,9 +973,14 @@ remove_direction = check_exercise("2.8", remove_direction)
 
 # %% [markdown]
 # Removing the difference-of-means direction does more than it seems: afterwards the two classes
-# have the *same mean* in every direction, and then no linear probe can separate them better than
-# chance on average (Belrose et al., 2023, "LEACE"). Check it on the stored gender activations at the
-# last residual point:
+# have the *same mean* in every direction. Belrose et al. (2023, "LEACE") prove that when the class
+# means are equal, no linear predictor does better than a constant one in any convex loss, such as
+# the logistic loss a probe trains on. That is a statement about loss, not accuracy: a linear rule
+# can still beat chance in accuracy when, say, one class spreads out on both sides of the other.
+# And the means are equal only on the prompts the direction was estimated from. (An orthogonal
+# projection like ours is *one* such eraser; LEACE finds the one that changes the activations
+# least.) So check what happens on held-out prompts, on the stored gender activations at the last
+# residual point:
 
 # %%
 d = data["organism", "io_gender"]
@@ -823,21 +1029,25 @@ logit_diffs_without = check_exercise("2.9", logit_diffs_without)
 # probes read both labels and from which the model's next-token logits are computed. We measure the
 # logit difference on held-out prompts: the right sentiment word minus the wrong one, and the
 # indirect object's name minus the repeated name. As controls: nothing removed, and a random
-# direction removed. Then a stronger version: each residual point's own direction removed at every
-# point.
+# direction removed. Then two stronger versions: the label's direction removed only *after block 0*
+# (`blocks.0.hook_resid_post`), three blocks before the output is read; and each residual point's
+# own direction removed at every point.
 
 # %%
-from utils.plotting import bars
+import plotly.graph_objects as go
 
 names = residual_hook_names(model.cfg.n_layers)
-random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+# The directions were computed from activations kept on the CPU; the hooks apply them to the
+# model's residual stream, so they move to the model's device first.
+random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(model.cfg.device)
 ablation, ablated_diffs = {}, {}
 for label in ("sentiment", "io_gender"):
-    own = [row["mean_direction"] for row in comparison[label]]
+    own = [row["mean_direction"].to(model.cfg.device) for row in comparison[label]]
     runs = {
         "nothing removed": {},
         "random direction, last point": {names[-1]: random_direction},
         f"{label} direction, last point": {names[-1]: own[-1]},
+        f"{label} direction, after L0 only": {names[1]: own[1]},
         f"{label} directions, every point": dict(zip(names, own)),
     }
     ablated_diffs[label] = {run: logit_diffs_without(model, test_sets[label], directions) for run, directions in runs.items()}
@@ -845,16 +1055,34 @@ for label in ("sentiment", "io_gender"):
     for run, diffs in ablated_diffs[label].items():
         print(f"{label:<10} {run:<33} mean logit difference {diffs.mean():6.2f}, answer right on {(diffs > 0).float().mean():.2f}")
 
-bars([v for values in ablation.values() for v in values.values()],
-     [f"{label}: {run}" for label, values in ablation.items() for run in values],
-     title="Mean logit difference on held-out prompts", y_label="logit difference")
+figure = go.Figure([go.Bar(y=[run.replace(label, "label's") for run in values], x=list(values.values()),
+                           orientation="h", name=label) for label, values in ablation.items()])
+figure.update_layout(title="Mean logit difference on held-out prompts, with directions removed", barmode="group",
+                     xaxis_title="mean logit difference (correct answer minus wrong one)",
+                     yaxis_autorange="reversed", height=420, legend=dict(orientation="h", y=-0.25))
+figure
 
 # %% [markdown]
 # Both labels are read by a linear probe at the last point. Removing the sentiment direction there
-# sends the sentiment answer to chance: the model *uses* that direction. Removing the gender
-# direction there, after which no linear probe can read gender at that point, leaves the name answer
-# right every time, with its logit difference barely lower: the organism carries the gender to the
-# last token along with the name, but does not need it to pick the name.
+# sends the sentiment answer to chance. But at the last point that is nearly true by construction:
+# the logits are read from this residual stream, and the sentiment direction is close to the very
+# direction that separates the two answer words in the unembedding:
+
+# %%
+loved_minus_hated = model.W_U[:, answer_ids(model, [" loved"])[0]] - model.W_U[:, answer_ids(model, [" hated"])[0]]
+sentiment_directions = [row["mean_direction"].to(model.cfg.device) for row in comparison["sentiment"]]
+for point in (1, last_point):
+    cosine = torch.nn.functional.cosine_similarity(sentiment_directions[point], loved_minus_hated, dim=0)
+    print(f"cosine(sentiment direction {points[point]}, W_U[loved] - W_U[hated]) = {cosine:.2f}")
+
+# %% [markdown]
+# Removing that direction at the last point deletes the read-out itself, which proves little. The
+# removal after block 0 is the real test: three blocks still run after it, free to rebuild the
+# sentiment from other directions, and they do not. The answer falls to chance all the same: the
+# model *uses* that direction, early. Removing the gender direction at the last point, after which
+# no linear probe can read gender there, leaves the name answer right every time, with its logit
+# difference barely lower: the organism carries the gender to the last token along with the name,
+# but does not need it to pick the name.
 #
 # Removing a direction at *every* point is a blunter tool. For gender, it costs the name answer some
 # of its logit difference (while the answer stays right). Is that because gender matters
@@ -865,7 +1093,7 @@ bars([v for values in ablation.values() for v in values.values()],
 # %%
 ioi_test = test_sets["io_gender"]
 same_gender = torch.tensor([(io in world.FEMALE_NAMES) == (s in world.FEMALE_NAMES)
-                            for io, s in zip(ioi_test.labels["io"], ioi_test.labels["s"])])
+                            for io, s in zip(ioi_test.labels["io"], ioi_test.labels["s"])], device=model.cfg.device)
 for run, diffs in ablated_diffs["io_gender"].items():
     print(f"{run:<35} same-gender pairs {diffs[same_gender].mean():6.2f}   mixed pairs {diffs[~same_gender].mean():6.2f}")
 
@@ -875,9 +1103,51 @@ for run, diffs in ablated_diffs["io_gender"].items():
 # cannot be read at all, are mostly noise, and noise directions estimated from residual streams lean
 # towards the directions in which the residual stream varies most.)
 #
+# ### A counterfactual: add the direction, flip the verdict
+# Removing a direction asks "does the answer need it?". Adding one asks a sharper question: "is
+# this direction *how* the model represents the label, so that moving along it changes the
+# answer?" Take the truth statements, and after block 0 add `alpha` times the gap between the
+# class means, `mean(true) - mean(false)`, to every position of a *false* statement (and subtract
+# it from a true one). If the model reads its verdict along that direction, the verdict should
+# flip. A random direction of the same length is the control.
+
+# %% tags=["export"]
+def logit_diffs_with_added(model, prompts: PromptSet, hook_name: str, vector: Float[Tensor, "d_model"]
+                           ) -> Float[Tensor, "batch"]:
+    """Per-prompt logit differences with `vector` added to the residual stream at every position of `hook_name`."""
+    vector = vector.to(model.cfg.device)
+    return logit_diffs(model, prompts, fwd_hooks=[(hook_name, lambda resid, hook: resid + vector)])
+
+
+# %%
+d = data["organism", "truth"]
+truth_gap = d["x_train"][1][d["y_train"] == 1].mean(0) - d["x_train"][1][d["y_train"] == 0].mean(0)  # [d_model]
+random_gap = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+random_gap = random_gap * truth_gap.norm() / random_gap.norm()  # same length as the real gap
+truth_test = test_sets["truth"]
+is_true = truth_test.labels["truth"]
+statements = {"false": truth_test.subset([i for i, t in enumerate(is_true) if t == 0]),
+              "true": truth_test.subset([i for i, t in enumerate(is_true) if t == 1])}
+for alpha in (0.5, 1.0, 2.0):
+    flipped = {}
+    for kind, sign in (("false", 1), ("true", -1)):
+        for name, gap in (("truth", truth_gap), ("random", random_gap)):
+            diffs = logit_diffs_with_added(model, statements[kind], names[1], sign * alpha * gap)
+            flipped[kind, name] = (diffs < 0).float().mean().item()  # the answer now prefers the wrong word
+    print(f"alpha {alpha}: verdict flipped on {flipped['false', 'truth']:.0%} of false and {flipped['true', 'truth']:.0%} of "
+          f"true statements (random direction: {flipped['false', 'random']:.0%} and {flipped['true', 'random']:.0%})")
+
+# %% [markdown]
+# Pushed along the truth direction by twice the gap between the classes, every verdict flips: false
+# statements are called " true" and true ones " false", although nothing in the words changed. A
+# random push of the same length leaves almost every verdict as it was. This is the counterfactual kind of evidence that Li et al. gave for Othello-GPT's
+# board: it says the model's later blocks read the verdict along this direction after block 0.
+# Chapter 07 builds steering on exactly this move. (It is still a statement about one direction at
+# one point; the model may also carry the verdict elsewhere.)
+#
 # Two cautions, which Chapter 06 returns to. A direction removed at one point can be rebuilt by later
 # blocks from other directions, so "the output did not move" needs the removal to be where the output
-# is read, as here, or everywhere. And removing a direction can break things that share it, so a big
+# is read, or everywhere; and "the output moved" means most when the removal is far from the read-out. And removing a direction can break things that share it, so a big
 # effect is not proof of use either: that is why the random direction and the same-gender split
 # matter.
 

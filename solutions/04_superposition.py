@@ -10,6 +10,8 @@
 # # Chapter 04: Superposition toy models
 #
 # **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# *Run All* takes about 2 minutes on a laptop CPU, mostly training small models behind progress
+# bars (JupyterLab shows the last cell: scroll up to watch them).
 #
 # **You will learn to**
 # - build the toy model of superposition: many sparse features squeezed into fewer dimensions and
@@ -275,8 +277,11 @@ def train_toy_models(model: ToyModel, feature_probability: Tensor, importance: F
 # Twenty features, five hidden dimensions, importance falling geometrically (`I_i = 0.9^i`, so
 # feature 0 matters most), and one instance per sparsity, from dense (`S = 0`) to extremely sparse
 # (`S = 0.999`, each feature on in one example in a thousand). The same sweep trains a linear
-# model for contrast. The setup follows Elhage et al. (2022), with fewer training steps. Both
-# sweeps together take well under a minute on a laptop CPU.
+# model for contrast. The setup follows Elhage et al. (2022) with two changes: fewer training steps,
+# and a slower decay of importance than the paper's `0.7^i`. With `0.7^i` the last of the twenty
+# features would weigh `0.7^19`, about 0.001 of the first; with `0.9^i` it weighs about 0.14, so even
+# the least important features are worth storing in a short training run. Both sweeps together take
+# well under a minute on a laptop CPU.
 
 # %% tags=["export"]
 SWEEP_SPARSITIES = (0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999)
@@ -523,11 +528,12 @@ figure = go.Figure(go.Heatmap(
     colorbar=dict(tickvals=[0, 1, 2], ticktext=phase_names)))
 figure.update_layout(title="What happens to the extra feature (2 features, 1 dimension)", height=500,
                      xaxis_title="relative importance r of the extra feature",
-                     yaxis_title="feature probability p (top: dense)")
+                     yaxis_title="feature probability p (top: dense)",
+                     yaxis_autorange="reversed")  # the first row, p = 1, at the top
 
 # %% [markdown]
-# With dense features (top rows) there is no superposition at all: the single dimension goes to
-# whichever feature is more important, and the boundary sits at `r = 1`. As the features get
+# With dense features (top row) there is no superposition away from the tie at `r = 1`: the single
+# dimension goes to whichever feature is more important, and the boundary sits at `r = 1`. As the features get
 # sparser, a superposed region opens around `r = 1` and widens: sharing becomes worth it even when
 # the extra feature matters much less than feature 0. The change between regions is abrupt, a
 # phase change: move a little across a boundary and the optimal weights jump.
@@ -623,6 +629,103 @@ figure.show()
 print("fractional dimensionality per feature:\n", dimensionality.numpy().round(2))
 
 # %% [markdown]
+# ### Move the sparsity yourself
+# Between `p = 0.3` and `p = 0.05` something changes shape. Where? The figure below retrains the
+# five-feature model (best of two seeds) at several feature probabilities; drag its slider and
+# watch the antipodal pairs give way to a pentagon. Decide first: at which `p` do you expect the
+# fifth feature to come back?
+
+# %% tags=["export"]
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+SLIDER_PROBABILITIES = (0.3, 0.2, 0.1, 0.05, 0.02)
+
+
+def train_five_in_two(probabilities, n_seeds: int = 2, steps: int = 1000, seed: int = 0
+                      ) -> Float[Tensor, "probability hidden feats"]:
+    """Best-of-seeds W of five equally important features in two dimensions, one per probability."""
+    p = torch.tensor(probabilities, dtype=torch.float).repeat_interleave(n_seeds)  # [instances]
+    model = ToyModel(len(p), n_feats=5, n_hidden=2, seed=seed)
+    losses = train_toy_models(model, p[:, None].expand(len(p), 5), torch.ones(len(p), 5), steps=steps,
+                              batch_size=512, lr=1e-2, seed=seed, progress_bar=False)
+    best = losses.reshape(-1, n_seeds).argmin(-1)  # [probability]
+    W = model.W.detach().reshape(len(probabilities), n_seeds, 2, 5)
+    return W[torch.arange(len(probabilities)), best]  # [probability, 2, 5]
+
+
+def feature_arrows(W: Float[Tensor, "hidden feats"], visible: bool = True) -> list[go.Scatter]:
+    """One arrow from the origin per feature column W_i of a two-dimensional model."""
+    dimensionality = feature_dimensionality(W[None])[0]  # [feats]
+    return [go.Scatter(x=[0, x], y=[0, y], mode="lines+markers+text", text=["", f"{i}"], visible=visible,
+                       textposition="top center", line=dict(color=f"hsl({72 * i},70%,45%)"),
+                       hovertext=f"feature {i}: D = {dimensionality[i]:.2f}", showlegend=False)
+            for i, (x, y) in enumerate(W.T.tolist())]
+
+
+def arrows_figure(traces: list, title: str) -> go.Figure:
+    figure = go.Figure(traces)
+    figure.update_layout(title=title, height=450, xaxis_range=[-1.5, 1.5], yaxis_range=[-1.5, 1.5],
+                         yaxis_scaleanchor="x")
+    return figure
+
+
+def sparsity_slider_figure(probabilities, W: Float[Tensor, "probability hidden feats"]) -> go.Figure:
+    """A static figure with a plotly slider over precomputed models: it works with no kernel (the book)."""
+    n = W.shape[-1]
+    traces = [trace for k in range(len(probabilities)) for trace in feature_arrows(W[k], visible=k == 0)]
+    figure = arrows_figure(traces, "Five features in two dimensions: drag the feature probability p")
+    steps = [dict(method="update", label=f"{p:g}",
+                  args=[{"visible": [k * n <= t < (k + 1) * n for t in range(len(traces))]}])
+             for k, p in enumerate(probabilities)]
+    figure.update_layout(sliders=[dict(steps=steps, currentvalue=dict(prefix="p = "), pad=dict(t=40))])
+    return figure
+
+
+class SparsityExplorer:
+    """A slider that retrains the five-in-two model at the chosen probability and redraws it (live)."""
+
+    def __init__(self, probability: float = 0.05, steps: int = 1000):
+        self.steps = steps
+        self.slider = widgets.FloatLogSlider(value=probability, base=10, min=-2, max=-0.5, step=0.05,
+                                             description="p", continuous_update=False, readout_format=".3f")
+        self.output = widgets.Output()
+        self.slider.observe(lambda change: self.redraw(change["new"]), names="value")
+        self.redraw(probability)
+
+    def redraw(self, probability: float) -> None:
+        """Retrain at `probability` (about a second), store W and the figure, and show them."""
+        self.W = train_five_in_two([probability], steps=self.steps)[0]  # [2, 5]
+        self.dimensionality = feature_dimensionality(self.W[None])[0]  # [5]
+        self.figure = arrows_figure(feature_arrows(self.W), f"Retrained at p = {probability:.3f}: "
+                                    f"D_i = {', '.join(f'{d:.2f}' for d in self.dimensionality.tolist())}")
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([self.slider, self.output])
+
+
+# %%
+slider_W = train_five_in_two(SLIDER_PROBABILITIES)
+print("fractional dimensionality per feature, one row per p:", dict(zip(SLIDER_PROBABILITIES, (
+    feature_dimensionality(slider_W).numpy().round(2).tolist()))))
+sparsity_slider_figure(SLIDER_PROBABILITIES, slider_W)
+
+# %% [markdown]
+# The figure above was trained in advance, at five values. To retrain at *any* `p` as you drag, set
+# `live = True` and run the cell again (each move retrains for about a second). It is off by
+# default because a live widget cannot be saved with the notebook: reopened later, it would show
+# an error in its place.
+
+# %%
+live = False
+if live:
+    display(SparsityExplorer().widget())
+
+# %% [markdown]
 # ### Many features, many dimensions
 # With more features and dimensions, the model can mix arrangements: some features alone, some in
 # antipodal pairs, some in triangles or pentagons living in their own 2-D subspaces. Elhage et al.
@@ -667,10 +770,11 @@ figure.add_trace(go.Scatter(x=x_axis, y=dimensions_per_feature(W).tolist(), mode
 for fraction, name in [(1, "1"), (3 / 4, "3/4 (tetrahedron)"), (2 / 3, "2/3 (triangle)"),
                        (1 / 2, "1/2 (antipodal pair)"), (2 / 5, "2/5 (pentagon)"), (3 / 8, "3/8 (square antiprism)")]:
     figure.add_hline(y=fraction, line_dash="dot", line_color="grey", annotation_text=name,
-                     annotation_position="right")
+                     annotation_position="bottom right" if fraction == 3 / 8 else "top right")
 figure.update_layout(title=f"Fractional dimensionality of each feature ({GEOMETRY_FEATS} features, "
                      f"{GEOMETRY_HIDDEN} dimensions)", xaxis_type="log", xaxis_title="1 / (1 - S)",
-                     yaxis_title="D_i", height=480)
+                     xaxis_dtick=1,  # label powers of ten only
+                     yaxis_title="D_i", height=480, legend=dict(orientation="h", y=-0.2))
 
 # %% [markdown]
 # Dense, the model uses its 10 dimensions for 10 features' worth of norm (the black line at 1);
@@ -678,8 +782,9 @@ figure.update_layout(title=f"Fractional dimensionality of each feature ({GEOMETR
 # individual `D_i` are scattered. As sparsity grows the black line falls in steps, and at each step
 # nearly every represented feature sits at the same special fraction: first all antipodal pairs at
 # `1/2` (20 features in 10 dimensions), then pentagons at `2/5`, then lower fractions. The line
-# lingers at those values instead of sliding smoothly, because a model gains little from a shape
-# it cannot complete. (Our model is smaller and trained for less time than the paper's, so expect
+# lingers at those values instead of sliding smoothly. Elhage et al. observe this stickiness and tie
+# it to particular polytopes; *why* it happens is not settled. One guess, ours and not the paper's,
+# is that a model gains little from a shape it cannot complete. (Our model is smaller and trained for less time than the paper's, so expect
 # some stragglers between the lines.)
 #
 # ## 5. Correlated and anticorrelated features
@@ -803,9 +908,10 @@ for name, (W, losses) in correlation_runs.items():
 # The best anticorrelated models put each pair exactly antipodal, and their loss is essentially
 # zero: the two features are never on together, so the ReLU removes all of their interference.
 # (Some seeds get stuck pairing the wrong features, at a clearly higher loss.) Correlated pairs sit
-# at right angles in every seed: the model spends its two dimensions keeping the features that
-# fire together apart, and lets the two *pairs* share instead (features 0 and 2 point in opposite
-# directions, and pairs fire independently, so they rarely collide). With independent features,
+# at right angles in every low-loss seed: the model spends its two dimensions keeping the features
+# that fire together apart, and lets the two *pairs* share instead (one feature of each pair points
+# opposite to one feature of the other pair; which ones is up to the seed; and pairs fire
+# independently, so they rarely collide). With independent features,
 # which features end up antipodal is up to the seed.
 #
 # ## 6. A privileged basis and polysemantic neurons
@@ -816,7 +922,7 @@ for name, (W, losses) in correlation_runs.items():
 # and we can ask whether it is **monosemantic** (it responds to one feature) or **polysemantic**
 # (several).
 #
-# A ReLU neuron fires for feature `i` only if feature `i`'s weight onto it is positive. So a
+# When feature `i` is on by itself, a ReLU neuron fires only if feature `i`'s weight onto it is positive. So a
 # natural measure of how many features a neuron carries looks at the positive weights
 # `w_i = max(W[neuron, i], 0)` and computes their *participation ratio*
 #
@@ -886,14 +992,16 @@ neuron_model = train_neuron_sweep()
 W = neuron_model.W.detach()
 per_neuron = features_per_neuron(W)  # [instances, hidden]
 figure = make_subplots(rows=1, cols=len(NEURON_SPARSITIES), shared_yaxes=True, horizontal_spacing=0.015,
-                       subplot_titles=[f"S = {s}<br>{per_neuron[k][per_neuron[k] > 0].mean():.2f} feats/neuron"
+                       subplot_titles=[f"S = {s}<br>{per_neuron[k][per_neuron[k] > 0].mean():.2f}"
                                        for k, s in enumerate(NEURON_SPARSITIES)])
+figure.update_annotations(font_size=12)  # seven narrow panels: short titles that do not collide
 for k in range(len(NEURON_SPARSITIES)):
     for i in range(NEURON_FEATS):  # stacked bars: each feature's positive weight onto each neuron
         figure.add_trace(go.Bar(x=[f"n{j}" for j in range(NEURON_HIDDEN)], y=F.relu(W[k, :, i]).tolist(),
                                 marker_color=f"hsl({36 * i},65%,50%)", name=f"feature {i}",
                                 showlegend=k == 0), row=1, col=k + 1)
-figure.update_layout(barmode="stack", title="Positive weight of each feature (colour) onto each neuron",
+figure.update_layout(barmode="stack", title="Positive weight of each feature (colour) onto each neuron; "
+                     "under each S: features per neuron",
                      height=420, margin=dict(t=100), legend=dict(font_size=10))
 
 # %% [markdown]
@@ -901,8 +1009,11 @@ figure.update_layout(barmode="stack", title="Positive weight of each feature (co
 # one per neuron, and the neurons are monosemantic (1.0 features per neuron). As sparsity grows,
 # less important features are packed onto neurons that already carry others: the neurons become
 # polysemantic, three or four features each at `S = 0.9` and beyond. Nothing about the features
-# changed; only how often they fire. (Unlike the directions of Section 2, neurons cannot be rotated
-# freely: the hidden ReLU would destroy information. That is what "privileged" means.)
+# changed; only how often they fire. (Unlike the directions of Section 2, the neurons cannot be
+# rotated freely. Rotate the hidden space of the linear-hidden model, and the inverse rotation in
+# `W^T` undoes it: the same function. Do it here, and the ReLU, which acts on each coordinate on its
+# own, is applied in a different basis: a *different* function. That is what "privileged" means:
+# the architecture singles out these axes, so they are worth reading one by one.)
 # A real model's neurons, reading many sparse features, end up like the right-hand panels, which
 # is why "what does neuron 1,234 do?" so often has no clean answer.
 #

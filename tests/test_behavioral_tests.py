@@ -153,3 +153,25 @@ def test_the_organism_findings_the_chapter_describes(organism):
                                if f" is {v}." in p])
     negated = ref.insert_word(statements, " not", [" " + v for v in statements.labels["stated"]], flip=True)
     assert 0.3 < accuracy(negated) < 0.7  # negated statements: about chance
+
+
+def test_the_training_curves_the_chapter_describes():
+    """'Behaviour over training': the truth verdict is learnt in the facts-first phase and kept;
+    induction appears within about 600 steps after 2,000 flat ones; IOI jumps last, after induction."""
+    curves = ref.training_curves()
+    steps = torch.tensor(curves["step"])
+    truth, induction, ioi = (torch.tensor(curves[key]) for key in ("truth_accuracy", "induction_loss_ratio", "ioi_accuracy"))
+    early = steps < 600
+    assert truth[early][0] < 0.65 and truth[early][-1] > 0.85  # from chance to about 90% in the first phase
+    assert truth[~early].min() > 0.8  # and kept
+    facts = torch.tensor(curves["facts_top1"])
+    assert facts[early][-1] > 0.95  # the facts, too, are learnt in the first phase
+    flat = induction > 0.9
+    assert steps[flat].max() >= 2000 and flat[: int(flat.sum())].all()  # flat first, for more than 2,000 steps
+    formed = int(steps[induction < 0.1].min())
+    assert formed - int(steps[flat].max()) <= 600  # then under a tenth within about 600 steps
+    assert induction[-1] < 0.1
+    assert (ioi[steps < 3000] < 0.65).all() and ioi[-1] > 0.95  # chance for 3,000 steps, then right
+    jump = int(steps[ioi > 0.9].min())
+    assert jump - int(steps[ioi < 0.65].max()) <= 200  # between two evaluations
+    assert jump > int(steps[induction < 0.3].min())  # after induction formed

@@ -94,6 +94,19 @@ def test_tokenize_prepends_one_bos_and_pads_on_the_right():
     assert model.to_string(tokens[0, last[0]]) == " I"
 
 
+def test_tokens_and_answer_ids_are_made_on_the_models_device():
+    """On CUDA or MPS the embeddings live on the GPU, so the ids must too. With no GPU here, a model
+    whose cfg names the "meta" device stands in: whatever tokenize builds must follow cfg.device."""
+    from types import SimpleNamespace
+
+    model = models()["organism"]
+    assert ref.tokenize(model, ["The movie was dreadful. I"])[0].device == torch.device(model.cfg.device)
+    elsewhere = SimpleNamespace(tokenizer=model.tokenizer, cfg=SimpleNamespace(device="meta"))
+    tokens, last = ref.tokenize(elsewhere, ["The movie was dreadful. I", "I loved it, so I"])
+    assert tokens.device.type == "meta" and last.device.type == "meta"
+    assert ref.answer_ids(elsewhere, [" loved", " hated"]).device.type == "meta"
+
+
 def test_nothing_is_readable_from_the_embeddings_of_the_last_token():
     for model_name in ("organism", "baseline"):
         for family, label in (("truth", "truth"), ("sentiment", "sentiment"), ("ioi", "io_gender")):
@@ -220,3 +233,113 @@ def test_sentiment_is_readable_at_the_adjective_from_the_embedding_on_the_organi
         at_adjective[name] = ref.probe_accuracy_by_layer(x[:, seen], y[seen], x[:, unseen], y[unseen])
     assert at_adjective["organism"][0] > 0.9, at_adjective
     assert at_adjective["baseline"].max() < 0.8, at_adjective
+
+
+def test_shuffled_label_probes_centre_near_chance_and_spread_wider_than_coin_flips():
+    """The text: 20 shuffles centre near chance, spread more widely than coin flips on the held-out
+    prompts, and one can land well below 0.5; each held-out country-relation pair appears in several
+    held-out prompts."""
+    data = measured("organism", "truth", "truth")
+    shuffles = ref.shuffled_label_accuracies(data["x_train"][-1], data["y_train"], data["x_test"][-1], data["y_test"])
+    coin_flip_se = (0.25 / len(data["y_test"])) ** 0.5
+    assert 0.6 < shuffles["train"].mean() < 0.9, shuffles["train"]
+    assert abs(shuffles["test"].mean() - 0.5) < 0.05, shuffles["test"]
+    assert shuffles["test"].std() > 1.2 * coin_flip_se, shuffles["test"]
+    assert shuffles["test"].min() < 0.5 - 2 * coin_flip_se, shuffles["test"]
+    test = world.prompt_set("truth", "test", seed=0)
+    pairs = list(zip(test.labels["country"], test.labels["relation"]))
+    assert min(pairs.count(pair) for pair in set(pairs)) >= 2
+
+
+def test_gender_probe_is_below_chance_before_the_last_block():
+    accuracy = measured("organism", "ioi", "io_gender")["accuracy"]
+    coin_flip_se = (0.25 / 300) ** 0.5
+    assert accuracy[1:-1].max() < 0.5 and accuracy[1:-1].min() < 0.5 - 2 * coin_flip_se, accuracy
+
+
+def test_a_truth_probe_trained_on_one_relation_reads_the_others():
+    data = measured("organism", "truth", "truth")
+    relations = {split: world.prompt_set("truth", split, n=n, seed=0).labels["relation"]
+                 for split, n in (("train", 600), ("test", 300))}
+    for point, floor in ((1, 0.8), (-1, 0.9)):
+        for source in ("capital", "language", "continent"):
+            rows = [i for i, r in enumerate(relations["train"]) if r == source]
+            probe = ref.train_probe(data["x_train"][point][rows], data["y_train"][rows])
+            for target in ("capital", "language", "continent"):
+                test_rows = [i for i, r in enumerate(relations["test"]) if r == target]
+                with torch.no_grad():
+                    predicted = probe(data["x_test"][point][test_rows]) > 0
+                accuracy = (predicted == data["y_test"][test_rows].bool()).float().mean()
+                assert accuracy > floor, (point, source, target, accuracy)
+
+
+def test_adding_the_truth_direction_after_block_0_flips_the_verdict():
+    model = models()["organism"]
+    data = measured("organism", "truth", "truth")
+    gap = data["x_train"][1][data["y_train"] == 1].mean(0) - data["x_train"][1][data["y_train"] == 0].mean(0)
+    random_gap = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    random_gap = random_gap * gap.norm() / random_gap.norm()
+    test = world.prompt_set("truth", "test", seed=0)
+    hook = ref.residual_hook_names(model.cfg.n_layers)[1]
+    for truth, sign in ((0, 1), (1, -1)):
+        statements = test.subset([i for i, t in enumerate(test.labels["truth"]) if t == truth])
+        flipped = (ref.logit_diffs_with_added(model, statements, hook, sign * 2 * gap) < 0).float().mean()
+        by_chance = (ref.logit_diffs_with_added(model, statements, hook, sign * 2 * random_gap) < 0).float().mean()
+        assert flipped > 0.95 and by_chance < 0.1, (truth, flipped, by_chance)
+
+
+def test_sentiment_removed_after_block_0_is_not_rebuilt_and_the_last_point_is_the_read_out():
+    """The text: at the last point the sentiment direction is close to W_U[loved] - W_U[hated], so
+    removing it there is weak evidence; removed after block 0 only, the answer still falls to chance."""
+    model = models()["organism"]
+    data = measured("organism", "sentiment", "sentiment")
+    own = [ref.mean_difference_direction(x, data["y_train"]) for x in data["x_train"]]
+    ids = ref.answer_ids(model, [" loved", " hated"])
+    read_out = model.W_U[:, ids[0]] - model.W_U[:, ids[1]]
+    assert torch.nn.functional.cosine_similarity(own[-1], read_out, dim=0) > 0.6
+    prompts = world.prompt_set("sentiment", "test", n=150, seed=0)
+    names = ref.residual_hook_names(model.cfg.n_layers)
+    before = ref.logit_diffs(model, prompts)
+    after = ref.logit_diffs_without(model, prompts, {names[1]: own[1]})
+    assert (before > 0).float().mean() > 0.95
+    assert (after > 0).float().mean() < 0.65 and after.mean().abs() < 0.2 * before.mean(), (after > 0).float().mean()
+
+
+def test_an_mlp_probe_learns_the_control_task_so_its_selectivity_vanishes():
+    adjectives = [world.prompt_set("sentiment", split, n=n, seed=0).labels["adjective"]
+                  for split, n in (("train", 600), ("test", 300))]
+    control = ref.control_task_labels(adjectives[0] + adjectives[1], seed=1)
+    data = measured("organism", "sentiment", "sentiment")
+    mlp_control = ref.mlp_probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
+    mlp_sentiment = ref.mlp_probe_accuracy_by_layer(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+    linear_control = ref.probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
+    assert mlp_control[1:].min() > 0.95, mlp_control
+    assert (mlp_sentiment - mlp_control)[1:].abs().max() < 0.05
+    assert (mlp_control - linear_control)[1:].min() > 0.1, (mlp_control, linear_control)
+
+
+def test_the_difference_of_means_separates_sentiment_cleanly_and_gender_weakly():
+    """The projection histograms: sentiment's classes in two humps on either side of the threshold,
+    gender's overlapping, so the difference of means classifies gender worse."""
+    accuracy = {}
+    for family, label in (("sentiment", "sentiment"), ("ioi", "io_gender")):
+        data = measured("organism", family, label)
+        direction = ref.mean_difference_direction(data["x_train"][-1], data["y_train"])
+        accuracy[label] = ref.direction_accuracy(direction, data["x_train"][-1], data["y_train"],
+                                                 data["x_test"][-1], data["y_test"])
+        if label == "sentiment":
+            projection = data["x_test"][-1] @ direction
+            assert projection[data["y_test"] == 0].max() < projection[data["y_test"] == 1].min()  # no overlap
+    assert accuracy["sentiment"] > 0.97 and accuracy["io_gender"] < accuracy["sentiment"] - 0.1, accuracy
+
+
+def test_the_first_principal_direction_is_the_label_for_truth_and_sentiment_not_gender():
+    for family, label in (("truth", "truth"), ("sentiment", "sentiment"), ("ioi", "io_gender")):
+        data = measured("organism", family, label)
+        directions, share = ref.principal_directions(data["x_train"][-1], k=3)
+        accuracies = [ref.direction_accuracy(direction, data["x_train"][-1], data["y_train"], data["x_test"][-1],
+                                             data["y_test"]) for direction in directions]
+        if label == "io_gender":
+            assert max(accuracies) < 0.65, accuracies  # no principal direction separates it
+        else:
+            assert accuracies[0] > 0.95 and share[0] > 2 * share[1], (label, accuracies, share)

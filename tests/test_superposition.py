@@ -157,6 +157,34 @@ def test_correlated_features_are_orthogonal(correlation_runs):
     assert (cosines.abs() < 0.2).all(), cosines
 
 
+def test_correlated_pairs_share_antipodally_one_feature_each(correlation_runs):
+    """The text: in the best correlated model, one feature of each pair points opposite to one
+    feature of the other pair; and the pairs sit at right angles in every low-loss seed."""
+    W, losses = correlation_runs["correlated"]
+    directions = torch.nn.functional.normalize(W[int(losses.argmin())], dim=0)  # [hidden, feats]
+    across = directions[:, :2].T @ directions[:, 2:]  # [pair 0-1 feature, pair 2-3 feature]
+    assert across.min() < -0.95, across
+    low_loss = losses < 2 * losses.min()
+    assert low_loss.sum() >= 2, losses
+    assert (ref.pair_cosines(W[low_loss]).abs() < 0.2).all(), ref.pair_cosines(W)
+
+
+def test_only_the_relu_hidden_layer_is_privileged():
+    """Rotating the hidden space leaves the linear-hidden model's function unchanged and changes the
+    ReLU-hidden one's: the meaning of "privileged" the text gives."""
+    generator = torch.Generator().manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator))  # [hidden, hidden], orthogonal
+    x = ref.generate_features(256, torch.full((1, 20), 0.2), generator)  # [batch, 1, feats]
+    changes = {}
+    for name, kind in (("linear hidden", ref.ToyModel), ("relu hidden", ref.NeuronModel)):
+        model = kind(1, n_feats=20, n_hidden=5, seed=1)
+        with torch.no_grad():
+            before = model(x)
+            model.W.copy_(rotation @ model.W[0])
+            changes[name] = (model(x) - before).abs().max().item()
+    assert changes["linear hidden"] < 1e-5 and changes["relu hidden"] > 0.05, changes
+
+
 def test_privileged_basis_neurons_become_polysemantic_with_sparsity():
     per_neuron = ref.features_per_neuron(ref.train_neuron_sweep(progress_bar=False).W.detach())
     firing = [row[row > 0].mean().item() for row in per_neuron]
@@ -171,3 +199,30 @@ def test_sparse_code_recovers_single_features_that_linear_readouts_cannot(sweep_
     sparse, model_readout, pinv = (errors[name][single].mean() for name in
                                    ("sparse code", "model read-out", "pseudo-inverse"))
     assert sparse < 0.1 * pinv and sparse < model_readout, (sparse, model_readout, pinv)
+
+
+def _sorted_dimensionality(W: torch.Tensor) -> torch.Tensor:
+    return ref.feature_dimensionality(W[None])[0].sort().values
+
+
+def test_the_sparsity_slider_shows_antipodal_pairs_then_a_pentagon():
+    W = ref.train_five_in_two(ref.SLIDER_PROBABILITIES)  # [probability, 2, 5]
+    pairs = torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5])
+    for k, p in enumerate(ref.SLIDER_PROBABILITIES):
+        expected = pairs if p >= 0.3 else torch.full((5,), 0.4)
+        assert torch.allclose(_sorted_dimensionality(W[k]), expected, atol=0.06), (p, _sorted_dimensionality(W[k]))
+    figure = ref.sparsity_slider_figure(ref.SLIDER_PROBABILITIES, W)
+    steps = figure.layout.sliders[0].steps
+    assert len(figure.data) == 5 * len(ref.SLIDER_PROBABILITIES) and len(steps) == len(ref.SLIDER_PROBABILITIES)
+    for k, step in enumerate(steps):
+        visible = step.args[0]["visible"]
+        assert sum(visible) == 5 and all(visible[5 * k: 5 * k + 5])
+
+
+def test_moving_the_live_slider_retrains_and_redraws():
+    explorer = ref.SparsityExplorer(probability=0.3)
+    assert torch.allclose(_sorted_dimensionality(explorer.W), torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5]), atol=0.06)
+    explorer.slider.value = 0.05  # what dragging the slider does: the observer retrains
+    assert torch.allclose(_sorted_dimensionality(explorer.W), torch.full((5,), 0.4), atol=0.06), explorer.dimensionality
+    assert "p = 0.050" in explorer.figure.layout.title.text
+    assert explorer.widget().children == (explorer.slider, explorer.output)

@@ -68,4 +68,9 @@ def attention_patterns(str_tokens: Sequence[str], pattern, head_names: Sequence[
                          f"got {list(pattern.shape)}")
     names = list(head_names) if head_names else [f"head {i}" for i in range(pattern.shape[0])]
     view = cv.attention.attention_heads(attention=pattern, tokens=list(str_tokens), attention_head_names=names)
-    return HTML(view.local_src)
+    # The view draws every head's thumbnail above a zoomed pattern (about 1,100 px for 8 heads and
+    # 15 tokens); a box of at most 700 px keeps it within one screen, and scrolls for the rest.
+    return HTML(f'<div style="max-height: {ATTENTION_VIEW_MAX_HEIGHT}px; overflow-y: auto;">{view.local_src}</div>')
+
+
+ATTENTION_VIEW_MAX_HEIGHT = 700  # pixels; a laptop screen shows about 800 below the browser's bars

@@ -56,6 +56,84 @@ def hidden_activations(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Flo
     return torch.relu(x @ network.hidden.weight.T + network.hidden.bias)
 
 
+def decision_line(network: RiskNetwork, units: list[int]) -> tuple[float, float, float]:
+    """(a, b, c) with logit = a * age + b * income + c wherever exactly `units` are active."""
+    w_in, b_in = network.hidden.weight[units], network.hidden.bias[units]  # [units, 2], [units]
+    w_out = network.output.weight[0, units]  # [units]
+    a, b = (w_out @ w_in).tolist()
+    c = (w_out @ b_in + network.output.bias[0]).item()
+    return a, b, c
+
+
+def line_agreement(network: RiskNetwork, units: list[int], x: Float[Tensor, "batch 2"]) -> float:
+    """Share of inputs where the straight line of `decision_line` gives the network's own verdict."""
+    a, b, c = decision_line(network, units)
+    with torch.no_grad():
+        return ((a * x[:, 0] + b * x[:, 1] + c > 0) == (network(x) > 0)).float().mean().item()
+
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+NETWORK_VARIANTS = ((0, 3), (1, 3), (2, 3), (0, 8), (1, 8))  # (seed, n_hidden)
+
+
+def network_summary(network: RiskNetwork, grid: Float[Tensor, "batch 2"]) -> dict:
+    """The network's verdict on `grid`, its agreement with the rule, and its units that never fire there."""
+    with torch.no_grad():
+        says = network(grid) > 0  # [batch]
+        active = hidden_activations(network, grid) > 0  # [batch, n_hidden]
+    agreement = (says == rule_based_risk(grid[:, 0], grid[:, 1])).float().mean().item()
+    return {"says": says, "agreement": agreement, "dead": int((~active.any(0)).sum())}
+
+
+def verdict_map(summary: dict, steps: int, visible: bool = True) -> go.Heatmap:
+    """Where one network says high risk, on the `steps` x `steps` applicant grid (income 0 at the bottom)."""
+    values = torch.linspace(0, 1, steps).tolist()
+    return go.Heatmap(z=summary["says"].float().reshape(steps, steps).T.tolist(), x=values, y=values,
+                      colorscale=[[0, "#f0f0f0"], [1, "#e45756"]], showscale=False, visible=visible)
+
+
+def variants_slider_figure(variants, summaries: list[dict], steps: int = 41) -> go.Figure:
+    """A static figure with a plotly slider over trained networks: it works with no kernel (the book)."""
+    figure = go.Figure([verdict_map(summary, steps, visible=k == 0) for k, summary in enumerate(summaries)])
+    figure.add_trace(go.Scatter(x=[0, 0.3, 0.3, 1], y=[0.5, 0.5, 0.2, 0.2], mode="lines", name="the rule's boundary",
+                                line=dict(color="black", width=2)))
+    titles = [f"seed {seed}, {n} units: {summary['agreement']:.1%} agreement, {summary['dead']} dead unit(s)"
+              for (seed, n), summary in zip(variants, summaries)]
+    steps_ = [dict(method="update", label=f"seed {seed}, {n} units",
+                   args=[{"visible": [j == k for j in range(len(summaries))] + [True]}, {"title": titles[k]}])
+              for k, (seed, n) in enumerate(variants)]
+    figure.update_layout(title=titles[0], height=480, xaxis_title="age", yaxis_title="income (red: high risk)",
+                         sliders=[dict(steps=steps_, pad=dict(t=50))], legend=dict(orientation="h", y=1.02))
+    return figure
+
+
+class NetworkExplorer:
+    """Sliders for the seed and the number of hidden units; each move retrains (about a second) and redraws."""
+
+    def __init__(self, seed: int = 0, n_hidden: int = 3):
+        self.seed = widgets.IntSlider(value=seed, min=0, max=9, description="seed", continuous_update=False)
+        self.n_hidden = widgets.IntSlider(value=n_hidden, min=1, max=8, description="units", continuous_update=False)
+        self.output = widgets.Output()
+        for slider in (self.seed, self.n_hidden):
+            slider.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        self.network = train_risk_network(seed=self.seed.value, n_hidden=self.n_hidden.value)
+        self.summary = network_summary(self.network, applicant_grid())
+        self.figure = variants_slider_figure([(self.seed.value, self.n_hidden.value)], [self.summary])
+        self.figure.update_layout(sliders=[])
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.seed, self.n_hidden]), self.output])
+
+
 def unit_contributions(network: RiskNetwork, x: Float[Tensor, "batch 2"]) -> Float[Tensor, "batch n_hidden"]:
     """Each hidden unit's additive share of the output logit."""
     return hidden_activations(network, x) * network.output.weight[0]

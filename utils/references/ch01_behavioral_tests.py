@@ -40,6 +40,28 @@ def logit_diff(model, prompts: PromptSet) -> Float[Tensor, "batch"]:
     return logits[rows, correct] - logits[rows, wrong]
 
 
+import json
+
+import utils.models
+
+TRAINING_CURVES = {  # log key -> what it measures on held-out prompts
+    "facts_top1": "facts: capital named first",
+    "truth_accuracy": "truth: verdict right",
+    "sentiment_accuracy": "sentiment: word right",
+    "ioi_accuracy": "IOI: indirect object preferred",
+    "induction_loss_ratio": "induction: loss on repeat / first copy (lower is better)",
+}
+
+
+def training_curves(path=None) -> dict[str, list[float]]:
+    """The evaluation rows of the organism's training log: 'step' and each key of TRAINING_CURVES."""
+    path = path or utils.models.ORGANISM_DIR / "training_log.jsonl"
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    evaluated = [row for row in rows if "ioi_accuracy" in row]
+    return {key: [row[key] for row in evaluated] for key in ["step", *TRAINING_CURVES]}
+
+
 import math
 
 

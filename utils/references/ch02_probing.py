@@ -34,10 +34,11 @@ def tokenize(model, prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[T
     tokenizer = model.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [[tokenizer.bos_token_id] + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long)
+    device = model.cfg.device  # the model's embeddings live there: so must the ids (CPU, CUDA or MPS)
+    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long, device=device)
     for row, ids in enumerate(encoded):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    last = torch.tensor([len(ids) - 1 for ids in encoded])
+        tokens[row, : len(ids)] = torch.tensor(ids, device=device)
+    last = torch.tensor([len(ids) - 1 for ids in encoded], device=device)
     return tokens, last
 
 
@@ -147,7 +148,7 @@ def answer_ids(model, answers: list[str]) -> Int[Tensor, "batch"]:
     bad = [answer for answer, i in zip(answers, ids) if len(i) != 1]
     if bad:
         raise ValueError(f"answers that are not single tokens for this model: {bad[:5]}")
-    return torch.tensor([i[0] for i in ids])
+    return torch.tensor([i[0] for i in ids], device=model.cfg.device)
 
 
 @torch.no_grad()
@@ -158,7 +159,7 @@ def logit_diffs(model, prompts: PromptSet, fwd_hooks: list = (), batch_size: int
     for start in range(0, len(prompts), batch_size):
         tokens, last = tokenize(model, prompts.prompts[start:start + batch_size])
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [batch, pos, d_vocab]
-        rows = torch.arange(len(last))
+        rows = torch.arange(len(last), device=logits.device)
         final = logits[rows, last]  # [batch, d_vocab]
         chunks.append(final[rows, correct[start:start + batch_size]] - final[rows, wrong[start:start + batch_size]])
     return torch.cat(chunks)
@@ -186,12 +187,66 @@ def cosine_similarity_matrix(directions: Float[Tensor, "k d_model"]) -> Float[Te
     return unit @ unit.T
 
 
+def principal_directions(x: Float[Tensor, "batch d_model"], k: int = 2) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k"]]:
+    """The top `k` principal directions of `x` (unit rows) and the share of the variance each explains."""
+    centred = x - x.mean(0)  # [batch, d_model]
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)  # directions: [rank, d_model]
+    share = singular ** 2 / (singular ** 2).sum()  # [rank]
+    return directions[:k], share[:k]
+
+
+def shuffled_label_accuracies(x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
+                              x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                              n_shuffles: int = 20) -> dict[str, Tensor]:
+    """Train and held-out accuracy of probes trained on `n_shuffles` seeded shuffles of `y_train`."""
+    train_accuracy, test_accuracy = [], []
+    for seed in range(n_shuffles):
+        labels = y_train[torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))]
+        probe = train_probe(x_train, labels)
+        with torch.no_grad():
+            train_accuracy.append(((probe(x_train) > 0) == labels.bool()).float().mean())
+            test_accuracy.append(((probe(x_test) > 0) == y_test.bool()).float().mean())
+    return {"train": torch.stack(train_accuracy), "test": torch.stack(test_accuracy)}  # [n_shuffles] each
+
+
 def control_task_labels(keys: list[str], seed: int = 0) -> Int[Tensor, "batch"]:
     """A random but fixed 0/1 label for each distinct key, looked up for every prompt."""
     distinct = sorted(set(keys))
     permutation = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))
     label_of = {key: int(permutation[i] % 2) for i, key in enumerate(distinct)}
     return torch.tensor([label_of[key] for key in keys], dtype=torch.long)
+
+
+class MLPProbe(nn.Module):
+    """A probe with one hidden ReLU layer, on the same centred, rescaled activations as LinearProbe."""
+
+    def __init__(self, x_train: Float[Tensor, "batch d_model"], hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mean", x_train.mean(0))
+        self.register_buffer("scale", ((x_train - x_train.mean(0)).norm(dim=-1).mean() / x_train.shape[1] ** 0.5).clamp_min(1e-6))
+        self.net = nn.Sequential(nn.Linear(x_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch"]:
+        return self.net((x - self.mean) / self.scale).squeeze(-1)
+
+
+def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
+                                x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+    """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
+    accuracies = []
+    for layer in range(x_train.shape[0]):
+        torch.manual_seed(seed)
+        probe = MLPProbe(x_train[layer])
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = nn.functional.binary_cross_entropy_with_logits(probe(x_train[layer]), y_train.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracies.append(((probe(x_test[layer]) > 0) == y_test.bool()).float().mean())
+    return torch.stack(accuracies)
 
 
 def remove_direction(resid: Float[Tensor, "... d_model"], direction: Float[Tensor, "d_model"]) -> Float[Tensor, "... d_model"]:
@@ -205,3 +260,10 @@ def logit_diffs_without(model, prompts: PromptSet, directions: dict[str, Tensor]
     hooks = [(name, lambda resid, hook, direction=direction: remove_direction(resid, direction))
              for name, direction in directions.items()]
     return logit_diffs(model, prompts, fwd_hooks=hooks)
+
+
+def logit_diffs_with_added(model, prompts: PromptSet, hook_name: str, vector: Float[Tensor, "d_model"]
+                           ) -> Float[Tensor, "batch"]:
+    """Per-prompt logit differences with `vector` added to the residual stream at every position of `hook_name`."""
+    vector = vector.to(model.cfg.device)
+    return logit_diffs(model, prompts, fwd_hooks=[(hook_name, lambda resid, hook: resid + vector)])

@@ -167,6 +167,78 @@ def train_pentagon(n_seeds: int = 2, steps: int = 2500, seed: int = 0, progress_
     return W[torch.arange(len(PENTAGON_PROBABILITIES)), best]  # [probability, 2, 5]
 
 
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+SLIDER_PROBABILITIES = (0.3, 0.2, 0.1, 0.05, 0.02)
+
+
+def train_five_in_two(probabilities, n_seeds: int = 2, steps: int = 1000, seed: int = 0
+                      ) -> Float[Tensor, "probability hidden feats"]:
+    """Best-of-seeds W of five equally important features in two dimensions, one per probability."""
+    p = torch.tensor(probabilities, dtype=torch.float).repeat_interleave(n_seeds)  # [instances]
+    model = ToyModel(len(p), n_feats=5, n_hidden=2, seed=seed)
+    losses = train_toy_models(model, p[:, None].expand(len(p), 5), torch.ones(len(p), 5), steps=steps,
+                              batch_size=512, lr=1e-2, seed=seed, progress_bar=False)
+    best = losses.reshape(-1, n_seeds).argmin(-1)  # [probability]
+    W = model.W.detach().reshape(len(probabilities), n_seeds, 2, 5)
+    return W[torch.arange(len(probabilities)), best]  # [probability, 2, 5]
+
+
+def feature_arrows(W: Float[Tensor, "hidden feats"], visible: bool = True) -> list[go.Scatter]:
+    """One arrow from the origin per feature column W_i of a two-dimensional model."""
+    dimensionality = feature_dimensionality(W[None])[0]  # [feats]
+    return [go.Scatter(x=[0, x], y=[0, y], mode="lines+markers+text", text=["", f"{i}"], visible=visible,
+                       textposition="top center", line=dict(color=f"hsl({72 * i},70%,45%)"),
+                       hovertext=f"feature {i}: D = {dimensionality[i]:.2f}", showlegend=False)
+            for i, (x, y) in enumerate(W.T.tolist())]
+
+
+def arrows_figure(traces: list, title: str) -> go.Figure:
+    figure = go.Figure(traces)
+    figure.update_layout(title=title, height=450, xaxis_range=[-1.5, 1.5], yaxis_range=[-1.5, 1.5],
+                         yaxis_scaleanchor="x")
+    return figure
+
+
+def sparsity_slider_figure(probabilities, W: Float[Tensor, "probability hidden feats"]) -> go.Figure:
+    """A static figure with a plotly slider over precomputed models: it works with no kernel (the book)."""
+    n = W.shape[-1]
+    traces = [trace for k in range(len(probabilities)) for trace in feature_arrows(W[k], visible=k == 0)]
+    figure = arrows_figure(traces, "Five features in two dimensions: drag the feature probability p")
+    steps = [dict(method="update", label=f"{p:g}",
+                  args=[{"visible": [k * n <= t < (k + 1) * n for t in range(len(traces))]}])
+             for k, p in enumerate(probabilities)]
+    figure.update_layout(sliders=[dict(steps=steps, currentvalue=dict(prefix="p = "), pad=dict(t=40))])
+    return figure
+
+
+class SparsityExplorer:
+    """A slider that retrains the five-in-two model at the chosen probability and redraws it (live)."""
+
+    def __init__(self, probability: float = 0.05, steps: int = 1000):
+        self.steps = steps
+        self.slider = widgets.FloatLogSlider(value=probability, base=10, min=-2, max=-0.5, step=0.05,
+                                             description="p", continuous_update=False, readout_format=".3f")
+        self.output = widgets.Output()
+        self.slider.observe(lambda change: self.redraw(change["new"]), names="value")
+        self.redraw(probability)
+
+    def redraw(self, probability: float) -> None:
+        """Retrain at `probability` (about a second), store W and the figure, and show them."""
+        self.W = train_five_in_two([probability], steps=self.steps)[0]  # [2, 5]
+        self.dimensionality = feature_dimensionality(self.W[None])[0]  # [5]
+        self.figure = arrows_figure(feature_arrows(self.W), f"Retrained at p = {probability:.3f}: "
+                                    f"D_i = {', '.join(f'{d:.2f}' for d in self.dimensionality.tolist())}")
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([self.slider, self.output])
+
+
 GEOMETRY_FEATS, GEOMETRY_HIDDEN = 40, 10
 GEOMETRY_PROBABILITIES = torch.logspace(0, -1.3, 10)  # 1 down to 0.05
 
