@@ -136,6 +136,7 @@ def colab_like_environment(where: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git to clone the working tree")
+@pytest.mark.slow
 def test_simulated_colab_installs_the_workbook_and_runs_the_first_cell(tmp_path):
     clone = tmp_path / "clone"
     clone.mkdir()

@@ -166,6 +166,7 @@ def statuses(rows: dict, student: str) -> list[str]:
     return [rows[(student, exercise)]["status"] for exercise in EXERCISES]
 
 
+@pytest.mark.slow
 def test_every_submission_gets_a_row_per_exercise(graded):
     _, out, rows = graded
     students = {"bob", "stub", "Copy of 00_orientation (2)", "Runaway", "tampered", "sneaky", "malformed",
@@ -176,12 +177,14 @@ def test_every_submission_gets_a_row_per_exercise(graded):
     assert {row["chapter"] for row in rows.values()} == {CHAPTER}
 
 
+@pytest.mark.slow
 def test_correct_and_untouched(graded):
     _, _, rows = graded
     assert statuses(rows, "bob") == ["passed"] * 5
     assert statuses(rows, "stub") == ["not attempted"] * 5
 
 
+@pytest.mark.slow
 def test_renamed_reordered_resaved_and_faked_outputs(graded):
     _, _, rows = graded
     student = "Copy of 00_orientation (2)"
@@ -192,6 +195,7 @@ def test_renamed_reordered_resaved_and_faked_outputs(graded):
     assert "ValueError: half done" in rows[(student, "0.5")]["message"]
 
 
+@pytest.mark.slow
 def test_loops_memory_and_crashes_cost_only_their_exercise(graded):
     _, _, rows = graded
     assert statuses(rows, "Runaway") == ["timeout", "out of memory", "error", "error", "passed"]
@@ -201,6 +205,7 @@ def test_loops_memory_and_crashes_cost_only_their_exercise(graded):
     assert "SIGSEGV" in rows[("Runaway", "0.4")]["message"]
 
 
+@pytest.mark.slow
 def test_tampering_is_reported_and_not_run(graded):
     _, _, rows = graded
     assert statuses(rows, "tampered") == ["tampered"] * 5
@@ -210,6 +215,7 @@ def test_tampering_is_reported_and_not_run(graded):
     assert "torch.allclose" in rows[("sneaky", "0.1")]["message"]
 
 
+@pytest.mark.slow
 def test_unreadable_and_other_chapter_notebooks(graded):
     _, _, rows = graded
     assert statuses(rows, "malformed") == ["error"] * 5
@@ -218,6 +224,7 @@ def test_unreadable_and_other_chapter_notebooks(graded):
     assert "chapter 01_behavioral_tests" in rows[("other_chapter", "0.1")]["message"]
 
 
+@pytest.mark.slow
 def test_reports_are_written_offline_and_escaped(graded):
     _, out, _ = graded
     page = (out / "report.html").read_text(encoding="utf-8")
@@ -233,6 +240,7 @@ def test_reports_are_written_offline_and_escaped(graded):
     assert "&lt;script&gt;" in report.class_report([row], {})
 
 
+@pytest.mark.slow
 def test_a_rerun_gives_the_same_grades(graded, tmp_path):
     """Part of the class again (the submission that takes most paths through a kernel run, an
     unreadable file, another chapter): every column but `seconds` is identical."""

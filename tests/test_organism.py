@@ -39,6 +39,7 @@ def test_weights_are_safetensors_only_and_small():
     assert (ORGANISM_DIR / "model.safetensors").stat().st_size <= 25 * 2**20
 
 
+@pytest.mark.slow
 def test_smoke_training_lowers_the_loss(tmp_path):
     log = train(tmp_path, {"steps": 30, "batch_size": 8, "warmup": 5, "eval_every": 0}, quiet=True)
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5

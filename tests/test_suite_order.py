@@ -44,3 +44,5 @@ def test_the_makefile_keeps_the_order_and_one_thread_per_worker():
     makefile = (ROOT / "Makefile").read_text()
     assert "--no-loadscope-reorder" in makefile and "--dist loadfile" in makefile
     assert "OMP_NUM_THREADS=1" in makefile
+    check = makefile.split("\ncheck: install\n", 1)[1].splitlines()[0]
+    assert 'tests -m "not slow"' in check and "--nbval" not in check
