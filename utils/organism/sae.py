@@ -15,6 +15,7 @@ activations are outliers, several times the typical norm, that an SAE would spen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -97,7 +98,6 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
     The decoder starts with unit-norm rows (`decoder_init_norm=None`; SAELens's default of 0.1
     left a tenth of the latents dead on this data) and `b_dec` at the activations' mean.
     """
-    import contextlib
     import io
 
     from sae_lens import (LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig,
@@ -121,8 +121,25 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
                               n_batches_for_norm_estimate=1, logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=config, sae=sae, data_provider=random_batches(activations, batch_size, seed))
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
-    with quiet:
+    with quiet, _workbook_bar_for_sae_lens(progress):
         return trainer.fit()
+
+
+@contextlib.contextmanager
+def _workbook_bar_for_sae_lens(show: bool):
+    """Give SAETrainer the workbook's progress bar: hidden when `show` is False or in the book's
+    build (TQDM_DISABLE), and plain text once done, like every other bar of the course."""
+    from unittest import mock
+
+    from sae_lens.training import sae_trainer
+
+    from utils.session import progress_bar
+
+    def bar(*args, **tqdm_options):
+        return progress_bar(args[0] if args else None, show=show, **tqdm_options)
+
+    with mock.patch.object(sae_trainer, "tqdm", bar):
+        yield
 
 
 # ----------------------------------------------------------------------------------------------
