@@ -33,7 +33,8 @@ SUITE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SUITE_ARGS = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder", "tests", "chapters", "solutions", "--nbval-lax"]
 
 
-def _median_time(function, repeats: int) -> float:
+def median_time(function, repeats: int = 3) -> float:
+    """The median of `repeats` timed calls of `function`, in seconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -48,11 +49,11 @@ def organism_timings(repeats: int = 5) -> dict[str, float]:
 
     from utils.models import load_model
 
-    load_seconds = _median_time(lambda: load_model(verbose=False, device="cpu"), repeats)
+    load_seconds = median_time(lambda: load_model(verbose=False, device="cpu"), repeats)
     model = load_model(verbose=False, device="cpu")
     tokens = torch.randint(2, model.cfg.d_vocab, (32, 128))
     model.run_with_cache(tokens)  # warm-up
-    forward_seconds = _median_time(lambda: model.run_with_cache(tokens), repeats)
+    forward_seconds = median_time(lambda: model.run_with_cache(tokens), repeats)
     return {"load_model_s": load_seconds, "forward_with_cache_32x128_s": forward_seconds}
 
 

@@ -188,6 +188,23 @@ def _seeded_global_rng(seed: int = 0) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a block on one torch thread: a check's loop of tiny tensors gains nothing from
+    splitting every operation between threads, and loses time doing it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed`: a check's inputs are the same on every run."""
+    return torch.Generator().manual_seed(seed)
+
+
 def call_on_inputs(candidate: Callable, cases: Iterable[tuple[tuple, dict]]) -> list:
     """Call the learner's function once per `(args, kwargs)` case, in order, and return the results.
 

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
-import time
 
 import torch
 
+from utils.bench import median_time
+
 STEPS, BATCH, REPEATS = 100, 1024, 3
-
-
-def _median_seconds(function, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run() -> None:
@@ -36,10 +27,10 @@ def run() -> None:
         model = load_model(device="cpu", verbose=False)
         rows = organism_sae.world_rows(model.tokenizer, 2 ** 17, organism_sae.TRAIN_SEED)
         activations, _ = organism_sae.cache_activations(model, rows, progress=False)
-        ours = _median_seconds(lambda: ref.train_organism_topk(activations, steps=STEPS, batch_size=BATCH,
+        ours = median_time(lambda: ref.train_organism_topk(activations, steps=STEPS, batch_size=BATCH,
                                                                progress_bar=False))
         with contextlib.redirect_stderr(io.StringIO()):
-            theirs = _median_seconds(lambda: organism_sae.train_with_sae_lens(
+            theirs = median_time(lambda: organism_sae.train_with_sae_lens(
                 activations, "topk", k=32, steps=STEPS, batch_size=BATCH, progress=False))
     finally:
         torch.set_num_threads(threads)

@@ -6,31 +6,19 @@ of many standard errors); every other check compares with the reference on fixed
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
-from utils.checks import Wrong, call, exercise, expect_tensor
+from utils.checks import Wrong, call, exercise, expect_tensor, one_thread, seeded_generator
 from utils.references import ch04_superposition as ref
 
 CHAPTER = "04_superposition"
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny tensors in a loop: one thread avoids the cost of splitting every operation between several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _expect_batch(got, shape: tuple, name: str) -> torch.Tensor:
@@ -61,18 +49,18 @@ def _expect_uniform_values(batch: torch.Tensor, name: str) -> None:
         raise Wrong(f"{name}: active values average {active.mean():.3f}; uniform values on [0, 1) average 0.5")
 
 
-def _expect_seeded(candidate, *args, name: str) -> None:
+def _expectseeded_generator(candidate, *args, name: str) -> None:
     """A generator's draws: the same seed gives the same batch; the next call on one generator and
     another seed give new ones (so neither a re-seeding nor a generator-ignoring answer passes)."""
-    first = call(candidate, *args, _seeded(7))
-    again = call(candidate, *args, _seeded(7))
+    first = call(candidate, *args, seeded_generator(7))
+    again = call(candidate, *args, seeded_generator(7))
     if isinstance(first, torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(first, again):
         differ = int((first != again).sum()) if first.shape == again.shape else "all"
         raise Wrong(f"{name}: two calls with generators seeded alike gave different batches ({differ} of "
                     f"{first.numel()} entries differ); pass generator=generator to every torch.rand")
-    generator = _seeded(7)
+    generator = seeded_generator(7)
     successive = [call(candidate, *args, generator) for _ in range(2)]
-    other_seed = call(candidate, *args, _seeded(8))
+    other_seed = call(candidate, *args, seeded_generator(8))
     for what, batch in (("the next call on the same generator", successive[1]), ("seed 8", other_seed)):
         if isinstance(batch, torch.Tensor) and batch.shape == first.shape and torch.equal(batch, first):
             raise Wrong(f"{name}: {what} gave exactly the batch of seed 7 again ({batch.numel()} equal entries): "
@@ -93,7 +81,7 @@ def _feature_probabilities() -> torch.Tensor:
 def _expect_extremes(candidate) -> None:
     """Another shape, with probabilities 0 and 1: never on, and always on."""
     probability = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # [2 instances, 2 feats]
-    batch = _expect_batch(call(candidate, 200, probability.clone(), _seeded(1)), (200, 2, 2), "your batch for p = 0 or 1")
+    batch = _expect_batch(call(candidate, 200, probability.clone(), seeded_generator(1)), (200, 2, 2), "your batch for p = 0 or 1")
     on = (batch > 0).double().mean(0)  # [instances, feats]
     if not torch.equal(on == 0, probability == 0) or (on[probability == 1] < 0.99).any():
         raise Wrong(f"with probabilities {probability.tolist()} features are on in {on.tolist()} of examples: "
@@ -104,7 +92,7 @@ def _expect_extremes(candidate) -> None:
 def check_generate_features(candidate) -> None:
     probability = _feature_probabilities()
     batch_size = 6000
-    batch = _expect_batch(call(candidate, batch_size, probability.clone(), _seeded(0)),
+    batch = _expect_batch(call(candidate, batch_size, probability.clone(), seeded_generator(0)),
                           (batch_size, *probability.shape), "your batch")
     _expect_uniform_values(batch, "your batch")
     on = (batch > 0).double()  # [batch, instances, feats]
@@ -129,7 +117,7 @@ def check_generate_features(candidate) -> None:
         raise Wrong(f"every feature of an example gets the same value (features 0 and 1 agree in all "
                     f"{int(both_on.sum())} examples where both are on): draw one value per feature")
     _expect_extremes(candidate)
-    _expect_seeded(candidate, 50, probability.clone(), name="your generator")
+    _expectseeded_generator(candidate, 50, probability.clone(), name="your generator")
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,7 +127,7 @@ def _reference_model(nonlinear: bool, n_instances: int = 3, n_feats: int = 6, n_
     """A reference model with random weights and a non-zero bias, so the bias and the ReLU both matter."""
     model = ref.ToyModel(n_instances, n_feats, n_hidden, nonlinear=nonlinear, seed=1)
     with torch.no_grad():
-        model.b_final.copy_(0.3 * torch.randn(n_instances, n_feats, generator=_seeded(2)))
+        model.b_final.copy_(0.3 * torch.randn(n_instances, n_feats, generator=seeded_generator(2)))
     return model
 
 
@@ -168,7 +156,7 @@ def check_toy_model(candidate) -> None:
 
 
 def _check_toy_model(candidate, nonlinear: bool, n_instances: int, n_feats: int, n_hidden: int) -> None:
-    x = ref.generate_features(16, torch.full((n_instances, n_feats), 0.5), _seeded(3))  # [batch, instances, feats]
+    x = ref.generate_features(16, torch.full((n_instances, n_feats), 0.5), seeded_generator(3))  # [batch, instances, feats]
     reference = _reference_model(nonlinear, n_instances, n_feats, n_hidden)
     model = call(candidate, n_instances, n_feats, n_hidden, nonlinear=nonlinear, seed=1)
     for name in ("W", "b_final"):
@@ -201,7 +189,7 @@ def check_importance_weighted_loss(candidate) -> None:
 
 
 def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
-    generator = _seeded(4 + batch)
+    generator = seeded_generator(4 + batch)
     features = ref.generate_features(batch, torch.full((instances, feats), 0.5), generator)  # [batch, instances, feats]
     output = torch.rand(batch, instances, feats, generator=generator)
     importance = torch.rand(instances, feats, generator=generator) + 0.1  # [instances, feats]
@@ -229,7 +217,7 @@ def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
 # ------------------------------------------------------------------------------------------
 def _weight_examples() -> list[torch.Tensor]:
     """Random weights (one feature zeroed), an antipodal pair, and a regular pentagon, as W tensors."""
-    random = torch.randn(4, 3, 7, generator=_seeded(5))  # [instances, hidden, feats]
+    random = torch.randn(4, 3, 7, generator=seeded_generator(5))  # [instances, hidden, feats]
     random[1, :, 2] = 0  # a dropped feature: no direction at all
     random[2] *= 0.3
     angles = torch.arange(5) * 2 * math.pi / 5
@@ -278,7 +266,7 @@ def check_interference(candidate) -> None:
 
 @exercise("4.5", "classify the extra feature", CHAPTER, ref.extra_feature_phase)
 def check_extra_feature_phase(candidate) -> None:
-    generator = _seeded(6)
+    generator = seeded_generator(6)
     examples = [
         torch.randn(200, 1, 2, generator=generator) * 0.8,  # two features, one dimension
         torch.randn(200, 2, 3, generator=generator) * 0.7,  # three features, two dimensions
@@ -333,7 +321,7 @@ def check_anticorrelated_features(candidate) -> None:
     probability = torch.tensor([[0.05, 0.2, 0.4], [0.3, 0.1, 0.5]])  # [instances, pairs]
     batch_size = 6000
     shape = (batch_size, probability.shape[0], 2 * probability.shape[1])
-    batch = _expect_batch(call(candidate, batch_size, probability.clone(), _seeded(0)), shape, "your batch")
+    batch = _expect_batch(call(candidate, batch_size, probability.clone(), seeded_generator(0)), shape, "your batch")
     _expect_uniform_values(batch, "your batch")
     on = (batch > 0).double().unflatten(-1, (-1, 2))  # [batch, instances, pairs, 2]
     together = (on[..., 0] * on[..., 1]).mean().item()
@@ -358,7 +346,7 @@ def check_anticorrelated_features(candidate) -> None:
     if abs(both - 0.2) > 0.05:
         raise Wrong(f"pairs should switch on independently of each other, but pairs 1 and 2 of instance 1 are "
                     f"active together in {both:.3f} of examples (independent pairs: 0.200)")
-    _expect_seeded(candidate, 50, probability.clone(), name="your generator")
+    _expectseeded_generator(candidate, 50, probability.clone(), name="your generator")
 
 
 # ------------------------------------------------------------------------------------------
@@ -371,7 +359,7 @@ def _participation_ratio(weights: torch.Tensor, power: int = 2) -> torch.Tensor:
 
 @exercise("4.8", "features per neuron", CHAPTER, ref.features_per_neuron)
 def check_features_per_neuron(candidate) -> None:
-    random = torch.randn(3, 4, 8, generator=_seeded(8))  # [instances, hidden, feats]
+    random = torch.randn(3, 4, 8, generator=seeded_generator(8))  # [instances, hidden, feats]
     random[0, 1] = -random[0, 1].abs()  # a neuron that never fires
     random[1, 2] = torch.zeros(8).index_fill(0, torch.tensor([3]), 1.2)  # a monosemantic neuron
     for W in (random, random[:, :2, :3].contiguous() * 2):
@@ -405,12 +393,12 @@ def _ista(h, W, l1, steps, step_size, sign: float = 1.0, clip: bool = True):
 
 @exercise("4.9", "a sparse code for the hidden vector", CHAPTER, ref.sparse_code)
 def check_sparse_code(candidate) -> None:
-    with _one_thread():
+    with one_thread():
         _check_sparse_code(candidate)
 
 
 def _check_sparse_code(candidate) -> None:
-    generator = _seeded(9)
+    generator = seeded_generator(9)
     W = torch.randn(2, 3, 8, generator=generator) * 0.6  # [instances, hidden, feats]
     x = ref.generate_features(24, torch.full((2, 8), 0.15), generator)  # [batch, instances, feats]
     h = torch.einsum("bif,ihf->bih", x, W)  # [batch, instances, hidden]

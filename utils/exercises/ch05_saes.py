@@ -9,31 +9,19 @@ the reference on several inputs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 import torch.nn.functional as F
 
-from utils.checks import Wrong, call, exercise, expect_close, expect_tensor, hooks_reset
+from utils.checks import Wrong, call, exercise, expect_close, expect_tensor, hooks_reset, one_thread, seeded_generator
 from utils.references import ch05_saes as ref
 
 CHAPTER = "05_saes"
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Small matrices in a loop: one thread avoids the cost of splitting each operation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _distinct(mistakes: dict, expected: torch.Tensor, atol: float = 1e-4) -> dict:
@@ -52,7 +40,7 @@ def _distinct_numbers(mistakes: dict[str, float], expected: float, atol: float) 
 def _randomised_reference(d_in: int, d_sae: int, seed: int):
     """A reference SAE with random encoder weights and non-zero biases, so every term matters."""
     sae = ref.SparseAutoencoder(d_in, d_sae, seed=seed)
-    generator = _seeded(seed + 100)
+    generator = seeded_generator(seed + 100)
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=generator) * 0.5)
         sae.b_enc.copy_(torch.randn(d_sae, generator=generator) * 0.3)
@@ -75,7 +63,7 @@ def check_sparse_autoencoder(candidate) -> None:
                 getattr(sae, name).copy_(getattr(reference, name))
         W_enc, W_dec = reference.W_enc.detach(), reference.W_dec.detach()
         b_enc, b_dec = reference.b_enc.detach(), reference.b_dec.detach()
-        x = torch.randn(24, d_in, generator=_seeded(seed + 7)) + 0.5  # [batch, d_in]
+        x = torch.randn(24, d_in, generator=seeded_generator(seed + 7)) + 0.5  # [batch, d_in]
         expected = reference.encode(x).detach()
         expect_tensor(call(sae.encode, x.clone()), expected, "your code (encode)", atol=1e-5, mistakes=_distinct({
             "subtract b_dec from x before the encoder: (x - b_dec) @ W_enc + b_enc":
@@ -86,7 +74,7 @@ def check_sparse_autoencoder(candidate) -> None:
                 (x - b_dec) @ W_enc + b_enc,
             "the encoder bias b_enc is missing": F.relu((x - b_dec) @ W_enc),
         }, expected))
-        codes = F.relu(torch.randn(24, d_sae, generator=_seeded(seed + 8)))  # [batch, d_sae]
+        codes = F.relu(torch.randn(24, d_sae, generator=seeded_generator(seed + 8)))  # [batch, d_sae]
         expected = reference.decode(codes).detach()
         expect_tensor(call(sae.decode, codes.clone()), expected, "your reconstruction (decode)", atol=1e-5,
                       mistakes=_distinct({
@@ -104,7 +92,7 @@ def check_sparse_autoencoder(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 @exercise("5.2", "the loss", CHAPTER, ref.sae_loss)
 def check_sae_loss(candidate) -> None:
-    generator = _seeded(3)
+    generator = seeded_generator(3)
     for batch, d_in, d_sae, l1 in ((16, 5, 9, 0.3), (7, 3, 4, 2.0)):
         x = torch.randn(batch, d_in, generator=generator)
         x_hat = x + 0.5 * torch.randn(batch, d_in, generator=generator)
@@ -150,7 +138,7 @@ class _CountingBatches:
 
 
 def _toy_quality(sae, features: torch.Tensor) -> dict[str, float]:
-    h, _ = ref.toy_batch(4096, features, probability=0.06, generator=_seeded(99))
+    h, _ = ref.toy_batch(4096, features, probability=0.06, generator=seeded_generator(99))
     with torch.no_grad():
         h_hat, codes = ref.SparseAutoencoder.forward(sae, h)
     return {"recovery": ref.mean_max_cosine(sae.W_dec.detach(), features),
@@ -186,7 +174,7 @@ def _check_features() -> torch.Tensor:
 
 @exercise("5.3", "the training loop", CHAPTER, ref.train_sae)
 def check_train_sae(candidate) -> None:
-    with _one_thread():
+    with one_thread():
         _check_train_sae(candidate)
 
 
@@ -226,7 +214,7 @@ def _unit(rows: torch.Tensor) -> torch.Tensor:
 
 @exercise("5.4", "how many true features did it find?", CHAPTER, ref.mean_max_cosine)
 def check_mean_max_cosine(candidate) -> None:
-    generator = _seeded(5)
+    generator = seeded_generator(5)
     true = torch.randn(7, 5, generator=generator) * torch.tensor([0.5, 1, 2, 3, 1, 4, 0.2])[:, None]
     learned = torch.randn(12, 5, generator=generator) * 3
     learned[0] = -2 * true[0]  # a latent pointing exactly against a true feature
@@ -253,7 +241,7 @@ def check_mean_max_cosine(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 @exercise("5.5", "TopK", CHAPTER, ref.topk_activation)
 def check_topk_activation(candidate) -> None:
-    generator = _seeded(6)
+    generator = seeded_generator(6)
     pre = torch.randn(8, 10, generator=generator)
     pre[0] = -pre[0].abs() - 0.1  # a row with no positive entry
     pre[1, :8] = -pre[1, :8].abs() - 0.1  # a row with two positive entries
@@ -280,7 +268,7 @@ METRIC_KEYS = ("l0", "mse", "explained_variance", "l2_ratio", "dead_fraction")
 
 
 def _metric_cases():
-    generator = _seeded(7)
+    generator = seeded_generator(7)
     x = torch.randn(60, 8, generator=generator) + 3.0  # activations far from zero on average
     x_hat = 0.8 * x + 0.3 * torch.randn(60, 8, generator=generator)
     codes = F.relu(torch.randn(60, 12, generator=generator) - 0.5)
@@ -380,7 +368,7 @@ def check_ce_loss_recovered(candidate) -> None:
 # 5.8
 # ------------------------------------------------------------------------------------------
 def _auroc_cases():
-    generator = _seeded(8)
+    generator = seeded_generator(8)
     labels = torch.rand(300, generator=generator) < 0.3
     signal = labels.float()[:, None] * torch.tensor([1.0, 0.5, 0.0, -0.8, 2.0, 0.3])
     scores = F.relu(torch.randn(300, 6, generator=generator) + signal - 0.4)  # sparse: many exact zeros
