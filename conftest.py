@@ -1,4 +1,4 @@
-"""Suite-wide order: the files expected to take longest run first.
+"""Suite-wide order (the files expected to take longest run first) and nbval's output wait.
 
 `make test` hands whole files to its workers one at a time, in collection order
 (`--dist loadfile --no-loadscope-reorder`). Sorting the files longest first, by the seconds
@@ -14,6 +14,10 @@ from pathlib import Path
 DURATIONS = Path(__file__).parent / "tests" / "durations.json"
 # A file `make bench` has not measured yet: a new notebook is assumed long, a new test file short.
 UNMEASURED_SECONDS = {".ipynb": 150.0, ".py": 10.0}
+# nbval waits 5 s for each output message of a cell that has finished; on a loaded 2-core machine a
+# kernel can take longer to send one, and the cell then fails "waiting for output". A cell that is
+# still running is bounded by nbval's own cell timeout, not by this.
+NBVAL_OUTPUT_WAIT_SECONDS = 60
 
 
 def expected_seconds(durations: dict[str, float], path: str) -> float:
@@ -31,3 +35,6 @@ def pytest_collection_modifyitems(session, config, items):
         return (-expected_seconds(durations, path), first_seen[path])
 
     items.sort(key=order)  # a stable sort: the items of one file keep their order
+    for item in items:
+        if hasattr(item, "output_timeout"):  # an nbval cell
+            item.output_timeout = max(item.output_timeout, NBVAL_OUTPUT_WAIT_SECONDS)

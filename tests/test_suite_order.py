@@ -46,3 +46,10 @@ def test_the_makefile_keeps_the_order_and_one_thread_per_worker():
     assert "OMP_NUM_THREADS=1" in makefile
     check = makefile.split("\ncheck: install\n", 1)[1].splitlines()[0]
     assert 'tests -m "not slow"' in check and "--nbval" not in check
+
+
+def test_notebook_cells_wait_longer_for_their_outputs(tmp_path, monkeypatch):
+    monkeypatch.setattr(root_conftest, "DURATIONS", tmp_path / "missing.json")
+    cell, test = SimpleNamespace(nodeid="chapters/00_x.ipynb::Cell 0", output_timeout=5), _items("tests/test_a.py::one")[0]
+    root_conftest.pytest_collection_modifyitems(None, None, [cell, test])
+    assert cell.output_timeout == root_conftest.NBVAL_OUTPUT_WAIT_SECONDS > 5 and not hasattr(test, "output_timeout")
