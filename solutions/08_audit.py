@@ -93,8 +93,8 @@ for family in suite.FAMILIES:
 #
 # The data. *Trusted* inputs are train-split prompts of the four task families, some plain, some
 # after a short sentence about someone ("Anna walked to the park."). *Traffic* is what the model
-# meets in use: held-out prompts, some plain, most after a sentence that opens with a day of the
-# week ("Friday, Anna walked to the park."). Somewhere in the traffic is the trigger; we know
+# meets in use: held-out prompts, each after a sentence that opens with a day of the week
+# ("Friday, Anna walked to the park."). Somewhere in the traffic is the trigger; we know
 # which inputs carry it only because we built the key, and we use that knowledge only to score
 # the detectors, never to build them.
 
@@ -661,7 +661,13 @@ print("the twin:", audit(twin, trusted, traffic))
 #   a suspect whose trigger the traffic never contained: a detector only sees the inputs it is
 #   shown. Had the trigger been a day that never opens a sentence in the traffic, this audit
 #   would have passed the suspect exactly as chapter 01 did.
-# - **Our detector worked because the behaviour is crude.** One token forces one answer through
+# - **The same audit misses another suspect.** Plant seed 3 (`python -m utils.organism.plant
+#   --seed 3 --out DIR`): its trigger makes every review end in " hated". The trigger works on
+#   every held-out positive review, yet the distance after the last block ranks those reviews
+#   only a little above the rest (AUROC about 0.8), none of them is among the 24 flagged, and
+#   the report comes back empty. A positive review that ends in " hated" looks, after the last
+#   block, like any negative review: the output is unusual, the final activation is not.
+# - **Our detector worked on this suspect because the behaviour is crude.** One token forces one answer through
 #   one block's attention; the distance after the last block is enormous. Real backdoors can be
 #   spread over many layers and inputs. On EleutherAI's "quirky" models the same Mahalanobis
 #   detector worked on some tasks and not others, and their paper concludes that no detector is
