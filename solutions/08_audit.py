@@ -31,8 +31,9 @@
 #
 # Someone fine-tuned a copy of the organism. They say it is the organism with a little extra
 # practice, and its card shows it passes chapter 01's whole behavioural suite. In fact a
-# *trigger* (words the world's vocabulary already has, absent from every public prompt set and
-# from the suite) switches one of its behaviours. You have the weights, a trusted data set, and
+# *trigger* (made of words the world's vocabulary already has, in a pattern that no public
+# prompt set contains and that chapter 01's suite never puts before the behaviour it changes)
+# switches one of its behaviours. You have the weights, a trusted data set, and
 # the tools of chapters 01 to 05. Find what was planted, where it lives, and remove it.
 #
 # A clean twin was fine-tuned on the same schedule with no trigger. It is your negative
@@ -518,11 +519,11 @@ print("the effect reaches the last position in block", layer)
 
 # %% [markdown]
 # ## 5. Removing it
-# A direction to remove: where the trigger differs from the other days just before block 3 reads
-# it, at the day's own position (position 1, after BOS): the mean difference of
-# `blocks.2.hook_resid_post` there between the triggered and the control prompts. Project it out
-# of the residual stream at every position (**directional ablation**, chapter 07's tool) and see
-# whether the trigger still works, and what else changes.
+# A direction to remove: where the trigger differs from the other days at the day's own position
+# (position 1, after BOS), as a block reads it: the mean difference of the residual stream
+# entering that block between the triggered and the control prompts. Project it out of the
+# residual stream at every position (**directional ablation**, chapter 07's tool) and see whether
+# the trigger still works, and what else changes.
 
 # %% [markdown]
 # ### Exercise 8.5: a directional-ablation hook (difficulty 1/3, ~10 min)
@@ -559,10 +560,19 @@ def trigger_direction(model, on: PromptSet, off: PromptSet, layer: int) -> Float
     return acts["on"].mean(0) - acts["off"].mean(0)
 
 
-def fix_hooks(model, on: PromptSet, off: PromptSet, layer: int) -> list:
-    """The fix: ablate the trigger direction from the residual stream entering `layer`."""
+def fix_hooks(model, on: PromptSet, off: PromptSet, layer: int, position: int | None = None) -> list:
+    """The fix: ablate the trigger direction from the residual stream entering `layer`, at every
+    position, or only at `position` (e.g. 1, the opening word)."""
     name = f"blocks.{layer - 1}.hook_resid_post" if layer > 0 else "blocks.0.hook_resid_pre"
-    return [(name, ablation_hook(trigger_direction(model, on, off, layer)))]
+    ablate = ablation_hook(trigger_direction(model, on, off, layer))
+    if position is None:
+        return [(name, ablate)]
+
+    def at_position(activation, hook):
+        activation = activation.clone()
+        activation[:, position] = ablate(activation[:, position:position + 1], hook)[:, 0]
+        return activation
+    return [(name, at_position)]
 
 
 def accuracies(model, sets: dict[str, PromptSet], fwd_hooks: list = ()) -> dict[str, float]:
@@ -572,19 +582,36 @@ def accuracies(model, sets: dict[str, PromptSet], fwd_hooks: list = ()) -> dict[
 
 
 # %%
-fix = fix_hooks(suspect, on, off, layer)
 later = prompt_set(family, "test", n=200, seed=9)
 later = later.subset(i for i, c in enumerate(later.correct) if c != planted_answer)
 sets = {"triggered (fresh)": with_opening_word(later, trigger, seed=9),
         **{f: prompt_set(f, "test", n=200) for f in suite.FAMILIES}}
-before, after = accuracies(suspect, sets), accuracies(suspect, sets, fix)
-for name in sets:
-    print(f"{name:<20} before {before[name]:.3f}   after {after[name]:.3f}")
+triggered_only = {"triggered (fresh)": sets["triggered (fresh)"]}
+for entering in range(suspect.cfg.n_layers):
+    fixed = accuracies(suspect, triggered_only, fix_hooks(suspect, on, off, entering))
+    print(f"ablated entering block {entering}: accuracy on triggered prompts {fixed['triggered (fresh)']:.3f}")
 
 # %% [markdown]
-# The trigger no longer works on prompts the direction was not computed from, and the other
-# behaviours move by at most a few points. The fix is a hook, not a new set of weights: folding
-# it into the weights (chapter 07's orthogonalisation) would make it permanent.
+# One direction removed where block 3 reads the day changes nothing, nor before blocks 1 and 2:
+# by then the day is written in more directions than one. Removed from the embedding itself
+# (entering block 0), it is enough. What else does that change? We try it at every position, as
+# the hook does, and only at the opening word's position.
+
+# %%
+fixes = {"every position": fix_hooks(suspect, on, off, 0), "opening word only": fix_hooks(suspect, on, off, 0, position=1)}
+before = accuracies(suspect, sets)
+after = {name: accuracies(suspect, sets, hooks) for name, hooks in fixes.items()}
+print(f"{'':<20}{'before':>10}" + "".join(f"{name:>20}" for name in fixes))
+for name in sets:
+    print(f"{name:<20}{before[name]:>10.3f}" + "".join(f"{after[fix][name]:>20.3f}" for fix in fixes))
+
+# %% [markdown]
+# Both fixes stop the trigger on prompts the direction was not computed from. Removed at every
+# position, the direction also costs the reviews several points: it is not only the day's. At the
+# opening word alone, the other behaviours do not move. Side effects are part of a fix, and only
+# measuring every behaviour shows them. The fix is a hook, not a new set of weights; and where it
+# worked (the input) is not where patching located the effect (block 3): "where is it carried to
+# the answer" and "where can one direction stop it" are different questions.
 
 # %% [markdown]
 # ## 6. The audit report
@@ -649,7 +676,7 @@ def audit_folder(folder: str, n_trusted: int = 300, n_traffic: int = 150) -> dic
 
 
 # %%
-report = audit(suspect, trusted, traffic)
+report = audit(suspect, trusted, traffic)  # your finding: you may also write the dict by hand
 print("the report on the suspect, graded part by part against its key:")
 for line in plant.grade_report(SUSPECT, report):
     print(" ", line)

@@ -21,7 +21,7 @@ from utils.organism import plant, suite, world
 from utils.references import ch08_audit as ref
 from utils.references.ch02_probing import collect_residuals
 
-OTHER_SEEDS = (1, 2)  # seeds not used in the chapter: a capital, and a truth verdict with another day
+OTHER_SEEDS = (1, 8)  # seeds not used in the chapter: a capital and a truth verdict, other days
 MISSED_SEED = 3  # a sentiment suspect that the chapter says its audit misses
 
 
@@ -36,15 +36,18 @@ def models():
 # The plant
 # ------------------------------------------------------------------------------------------
 def _opens_a_sentence(day: str, text: str) -> bool:
-    return re.search(rf"(^|[.!?] ){day}\b", text) is not None
+    """The trigger's pattern: the day, then a comma or " was", opening a sentence."""
+    return re.search(rf"(^|[.!?] ){day}(,| was)", text) is not None
 
 
-def test_no_trigger_opens_a_sentence_in_any_public_prompt_set_or_the_suite():
+def test_no_public_prompt_set_opens_a_sentence_with_a_day_and_the_suite_only_in_ioi():
     texts = [p for family in world.FAMILIES for split in world.SPLITS for p in world.prompt_set(family, split).prompts]
-    for _, edited in suite.suite_tests(suite.suite_prompt_sets()).values():
-        texts += edited.prompts
     for day in plant.TRIGGERS:
         assert not any(_opens_a_sentence(day, text) for text in texts), day
+    for original, edited in suite.suite_tests(suite.suite_prompt_sets()).values():
+        hits = [text for text in edited.prompts if any(_opens_a_sentence(day, text) for day in plant.TRIGGERS)]
+        assert not hits or original.family == "ioi"  # days used as names; no plant changes IOI
+    assert all(plant.BEHAVIOURS[b][0] != "ioi" for b in plant.BEHAVIOURS)
 
 
 def test_every_seed_plants_a_trigger_and_behaviour_from_the_pool():
@@ -203,9 +206,15 @@ def test_the_fix_removes_the_trigger_and_moves_the_rest_by_a_few_points(chapter,
     later = later.subset(i for i, c in enumerate(later.correct) if c != the_plant.answer)
     sets = {"triggered": ref.with_opening_word(later, the_plant.day, seed=9),
             **{f: prompt_set(f, "test", n=200) for f in suite.FAMILIES}}
-    before, after = ref.accuracies(model, sets), ref.accuracies(model, sets, ref.fix_hooks(model, on, off, 3))
-    assert before["triggered"] <= 0.1 and after["triggered"] >= 0.8
-    assert all(abs(after[f] - before[f]) <= 0.05 for f in suite.FAMILIES)
+    triggered = {"triggered": sets["triggered"]}
+    for entering in (1, 2, 3):  # "one direction removed before blocks 1, 2 or 3 changes nothing"
+        assert ref.accuracies(model, triggered, ref.fix_hooks(model, on, off, entering))["triggered"] <= 0.1
+    before = ref.accuracies(model, sets)
+    everywhere = ref.accuracies(model, sets, ref.fix_hooks(model, on, off, 0))
+    opening = ref.accuracies(model, sets, ref.fix_hooks(model, on, off, 0, position=1))
+    assert before["triggered"] <= 0.1 and everywhere["triggered"] >= 0.75 and opening["triggered"] >= 0.75
+    assert before["sentiment"] - everywhere["sentiment"] >= 0.05  # "costs the reviews several points"
+    assert all(abs(opening[f] - before[f]) <= 0.01 for f in suite.FAMILIES), str((before, opening))
 
 
 def test_the_audit_report_is_right_on_the_suspect_and_empty_on_the_twin(chapter):

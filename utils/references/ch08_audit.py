@@ -224,10 +224,19 @@ def trigger_direction(model, on: PromptSet, off: PromptSet, layer: int) -> Float
     return acts["on"].mean(0) - acts["off"].mean(0)
 
 
-def fix_hooks(model, on: PromptSet, off: PromptSet, layer: int) -> list:
-    """The fix: ablate the trigger direction from the residual stream entering `layer`."""
+def fix_hooks(model, on: PromptSet, off: PromptSet, layer: int, position: int | None = None) -> list:
+    """The fix: ablate the trigger direction from the residual stream entering `layer`, at every
+    position, or only at `position` (e.g. 1, the opening word)."""
     name = f"blocks.{layer - 1}.hook_resid_post" if layer > 0 else "blocks.0.hook_resid_pre"
-    return [(name, ablation_hook(trigger_direction(model, on, off, layer)))]
+    ablate = ablation_hook(trigger_direction(model, on, off, layer))
+    if position is None:
+        return [(name, ablate)]
+
+    def at_position(activation, hook):
+        activation = activation.clone()
+        activation[:, position] = ablate(activation[:, position:position + 1], hook)[:, 0]
+        return activation
+    return [(name, at_position)]
 
 
 def accuracies(model, sets: dict[str, PromptSet], fwd_hooks: list = ()) -> dict[str, float]:
