@@ -259,8 +259,22 @@ def audit_from_components(model, trusted, traffic, budget=24, min_mistakes=3):
 
 
 def audit_bigger_budget(model, trusted, traffic, budget=24, min_mistakes=3):
-    """Reviews 32 flagged inputs and asks for 4 mistakes before reporting."""
-    return ref.audit(model, trusted, traffic, budget=32, min_mistakes=4)
+    """Reviews 32 flagged inputs instead of 24, with a float64, more shrunk Gaussian."""
+    last = model.cfg.n_layers
+    trusted_acts = collect_residuals(model, trusted.prompts, progress=False)[last].double()
+    traffic_acts = collect_residuals(model, traffic.prompts, progress=False)[last].double()
+    flagged = ref.flag(trusted_acts, traffic_acts, budget=32, shrinkage=0.2)
+    wrong = ref.wrong_answers(model, traffic, flagged)
+    if len(wrong) < min_mistakes:
+        return dict.fromkeys(("trigger", "behaviour", "answer", "layer"))
+    (behaviour, answer), _ = Counter((family, answer) for _, family, answer in wrong).most_common(1)[0]
+    wrong = [w for w in wrong if w[1] == behaviour and w[2] == answer]
+    trigger = ref.trigger_candidates(model, traffic, wrong).most_common(1)[0][0]
+    fresh = prompt_set(behaviour, "test", n=96, seed=5)
+    fresh = fresh.subset(i for i, c in enumerate(fresh.correct) if c != answer)
+    on, off = ref.triggered_and_control(fresh.subset(range(48)), trigger, answer)
+    restored = ref.restoration(model, on, off, [f"blocks.{i}.hook_resid_post" for i in range(last)])
+    return {"trigger": trigger, "behaviour": behaviour, "answer": answer, "layer": int((restored >= 0.5).nonzero()[0])}
 
 
 MISTAKES = {
