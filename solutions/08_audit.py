@@ -10,6 +10,7 @@
 # # Chapter 08: Capstone, audit a model
 #
 # **Time:** about 3 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
+# *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - run chapter 01's behavioural audit on a *suspect* model and its *clean twin*, and see both pass;
@@ -185,12 +186,20 @@ print({name: tuple(a["traffic"].shape) for name, a in activations.items()}, "[po
 #
 # <details><summary>Hint 1</summary>
 #
-# `torch.cov(trusted.T)` is the unbiased covariance of the columns; `torch.eye(d)` the identity.
+# Everything is fitted on `trusted` only: its mean and its covariance. `test` is only centred and
+# measured.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `centred = test - mu`, then `(centred @ torch.linalg.inv(C_s) * centred).sum(-1)`, or use
-# `torch.linalg.solve` instead of the inverse.
+# Shapes: `mu` is `[d]`, `C` and `C_s` are `[d, d]`, the centred test points `[m, d]`, the answer
+# `[m]`. `torch.cov(trusted.T)` is the unbiased covariance of the columns; `torch.eye(d)` the
+# identity (on the activations' device).
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `centred = test - mu`, then `(centred @ torch.linalg.inv(C_s) * centred).sum(-1)`: row `i` of
+# `centred @ inv` dotted with row `i` of `centred`. `torch.linalg.solve` does it without the
+# inverse.
 # </details>
 
 # %% tags=["export"]
@@ -218,10 +227,19 @@ mahalanobis = check_exercise("8.1", mahalanobis)
 # Write `auroc(scores, labels)` for a score tensor and a boolean tensor of the same length
 # (`True` = anomalous), directly from that definition.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# Compare every positive score with every negative score: `pos[:, None] > neg[None, :]` is a
-# `[n_pos, n_neg]` table; add half of the `==` table, and take the mean.
+# "A random positive and a random negative": average over every pair of one of each.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Split the scores with the mask: `positive = scores[labels]`, `negative = scores[~labels]`, then
+# compare every positive with every negative at once by broadcasting.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `positive[:, None] > negative[None, :]` is a `[n_pos, n_neg]` table of wins; add half of the
+# `==` table, and take the mean (`.item()` for a float).
 # </details>
 
 # %% tags=["export"]
@@ -341,12 +359,19 @@ for name in models:
 #
 # <details><summary>Hint 1</summary>
 #
-# One forward pass for the original prompts, then one per position with `tokens[:, p]` replaced
-# (on a copy). Each prompt's last index is its own length minus one.
+# One forward pass for the original prompts, then one per position with that position's token
+# replaced in every prompt at once (on a copy of the tokens).
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `drop = diff_original - diff_occluded`, and `mask = p <= last` keeps only real positions.
+# Shapes: `tokens` `[batch, pos]`; `last` `[batch]`, each prompt's own length minus one
+# (`model.to_tokens(prompt).shape[1] - 1`); the logit difference at `last` is `[batch]`; the
+# answer `[batch, pos]`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# For each `p` in `range(1, pos)`: `occluded = tokens.clone(); occluded[:, p] = replacement`, then
+# `drops[:, p] = torch.where(p <= last, original - diff(occluded), 0.0)`.
 # </details>
 
 # %% tags=["export"]
@@ -448,13 +473,20 @@ for day in world.DAYS:
 #
 # <details><summary>Hint 1</summary>
 #
-# One `run_with_cache` of the control tokens gives every activation to patch in; then one
-# `run_with_hooks` per hook name.
+# Three kinds of run: the triggered prompts, the control prompts, and the triggered prompts with
+# one hook patched. The metric of each is one number.
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# One `run_with_cache` of the control tokens gives every activation to patch in; then one
+# `run_with_hooks` per hook name. `rows = torch.arange(batch)` and `last` (`[batch]`) pick each
+# prompt's last position.
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # In the hook, `activation[rows, last] = cache[name][rows, last]`, and return the activation.
-# Bind `name` as a default argument of the hook so each hook patches its own point.
+# Bind `name` as a default argument (`def patch(activation, hook, name=name)`) so each hook
+# patches its own point.
 # </details>
 
 # %% tags=["export"]
@@ -514,8 +546,7 @@ print("the effect reaches the last position in block", layer)
 # %% [markdown]
 # Patching the whole residual stream at the last position does nothing until block 3, and then
 # everything: the trigger's information reaches the answer position in block 3, and block 3's
-# attention output carries most of it (its MLP adds part). Earlier blocks hold the day only at
-# the day's own position.
+# attention output carries most of it (its MLP adds part).
 
 # %% [markdown]
 # ## 5. Removing it
@@ -531,6 +562,21 @@ print("the effect reaches the last position in block", layer)
 # returns the activation (shape `[batch, pos, d_model]`) with its component along `direction`
 # removed at every position: `x - (x . u) u` with `u` the unit vector along `direction`. It must
 # not change the activation it is given in place.
+#
+# <details><summary>Hint 1</summary>
+#
+# A function that returns a function: compute `u` once, outside, and use it inside the hook.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `activation @ u` is `[batch, pos]`, the component at each position; to scale `u` by it, add a
+# last axis: `[batch, pos, 1] * [d_model]`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `unit = direction / direction.norm()`, and the hook returns
+# `activation - (activation @ unit)[..., None] * unit`.
+# </details>
 
 # %% tags=["export"]
 def ablation_hook(direction: Float[Tensor, "d_model"]):
@@ -632,9 +678,20 @@ for name in sets:
 # prompts built from 48 held-out prompts of that family (`prompt_set(behaviour, "test", n=96,
 # seed=5)`, without those whose right answer is the planted one).
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
 # It is sections 2 to 4 in order; every function you need is defined above.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# The steps: `collect_residuals(model, prompts, progress=False)[model.cfg.n_layers]` for both
+# sets; `flag`; `wrong_answers`; two `Counter`s over the wrong answers; `trigger_candidates`;
+# `triggered_and_control`; `restoration` over the four `hook_resid_post` names.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `layer = next(i for i, value in enumerate(restoration(model, on, off, points)) if value >= 0.5)`,
+# and return early with every part `None` when `len(wrong) < min_mistakes`.
 # </details>
 
 # %% tags=["export"]
