@@ -242,9 +242,11 @@ for where in (False, "local"):
           + " ".join(f"{v:.2f}" for v in top1.tolist()) + f" (first majority at point {first_top1_point(top1)})")
 
 # %% [markdown]
-# The rehearsal takes longer: it serialises the block, rebuilds it, runs it and sends the saved
-# tensor back through `torch.save`, as a server would. That overhead is fixed, so on NDIF, where
-# each request also waits in a queue, **one trace that does a lot beats many small ones**.
+# The rehearsal does more work for the same numbers: it serialises the block, rebuilds it, runs it
+# and sends the saved tensor back through `torch.save`, as a server would. On NDIF each request
+# also waits in a queue, so **one trace that does a lot beats many small ones**. As in Chapter 03,
+# the lens finds the right name top-1 only after the last block: on the organism, IOI is decided
+# late.
 #
 # ## 4. The remote contract
 #
@@ -407,23 +409,34 @@ for step in ("before nnsight.register", "after nnsight.register"):
 # the same story with the two names swapped, so the right answer of one is the wrong answer of the
 # other; the metric is the clean answer's logit minus the clean wrong name's, at the last position.
 #
-# In nnsight, two prompts in one trace are two **invokes**: `with tracer.invoke(clean):` and
-# `with tracer.invoke(corrupt):` run as one batch, each block seeing only its own rows. A value read
-# in the first invoke is used in the second only after a **barrier**: `barrier = tracer.barrier(2)`
-# before them, `barrier()` at the end of the first and at the start of the second. Without it the
-# second block runs before the first has read anything, and fails with `NameError`. And to pay the
-# queue once for several traces, wrap them in a **session**: `with lm.session(**trace_options(lm,
-# remote)):` with plain `lm.trace()` blocks inside sends them as one request, and values flow
-# between them without being saved; only what leaves the session must be.
+# nnsight gives two ways to bring a value from one prompt's run into another's:
+# - **A session.** `with lm.session(**trace_options(lm, remote)):` with plain `lm.trace(...)` blocks
+#   inside runs them in order and sends them as **one request** (on NDIF: one wait in the queue).
+#   A value read in one trace can be used in a later one without being saved; only what leaves
+#   the session must be. One more rule for a session that runs remotely (or rehearsed): nnsight
+#   0.8.1 rebuilds its body from the syntax tree, which drops comment lines and joins a statement
+#   spread over several lines into one, so the traces nested after it are looked for at the wrong
+#   lines and fail (`WithBlockNotFoundError`). Inside a remote session, write **one line per
+#   statement**, with comments at the ends of lines.
+# - **Invokes.** Inside one `lm.trace()`, `with tracer.invoke(clean):` and `with
+#   tracer.invoke(corrupt):` run as one batch, each block seeing only its own rows. A value read in
+#   the first is used in the second only after a **barrier**: `barrier = tracer.barrier(2)`
+#   before them, `barrier()` at the end of the first and at the start of the second. Without it,
+#   a second block that uses the value before it touches the model runs before the first has
+#   read anything, and fails with `NameError`.
+#
+# Do not mix the two here: in nnsight 0.8.1, traces with a barrier between invokes, repeated in a
+# loop inside one session, give wrong numbers from the second trace on (a test in the workbook
+# keeps watch). The reference below uses a session.
 #
 # ### Exercise 9.4: a patching sweep in nnsight form (difficulty 3/3, ~25 min)
 # Write `patching_sweep(lm, clean, corrupt, answer, wrong, layers=None, remote=False)`. `clean` and
 # `corrupt` are one prompt each, `[1, pos]`, of the same length and without padding (so the last
 # position is `-1`); `answer` and `wrong` are token ids. For each layer in `layers` (all layers
-# when `None`) and each position `p`, run the corrupt prompt with its residual stream *before* that
-# layer (`blocks.{layer}.hook_resid_pre`) at position `p` replaced by the clean run's, and measure
-# `logit[answer] - logit[wrong]` at the last position. Return `[len(layers), pos]` on the CPU; the
-# whole sweep is one request (`remote` goes to a session, or to a single trace).
+# when `None`), in that order, and each position `p`, run the corrupt prompt with its residual
+# stream *before* that layer (`blocks.{layer}.hook_resid_pre`) at position `p` replaced by the
+# clean run's, and measure `logit[answer] - logit[wrong]` at the last position. Return
+# `[len(layers), pos]` on the CPU. Aim for one request for the whole sweep.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -433,32 +446,29 @@ for step in ("before nnsight.register", "after nnsight.register"):
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Per layer, one `lm.trace()` with two invokes and a barrier: the clean invoke reads
-# `read_activation(lm, name)[0]` (`[pos, d_model]`) and calls `barrier()`; the corrupt invoke calls
-# `barrier()`, clones its own `read_activation(lm, name)`, patches it, `write_activation(lm, name,
-# patched)`, then reads `lm.lm_head.output[:, -1]`. Collect each layer's `[pos]` row in a list made
-# inside the session with `nnsight.save([])`.
+# In a session: one trace of `clean` that reads `read_activation(lm, name)[0]` (`[pos, d_model]`)
+# for every layer, in forward order; then, per layer, one trace of the expanded corrupt prompt that
+# clones its own `read_activation(lm, name)`, patches it, `write_activation(lm, name, patched)`,
+# and reads `lm.lm_head.output[:, -1]`. Collect each layer's `[pos]` row in a list made inside the
+# session with `nnsight.save([])`.
 # </details>
 # <details><summary>Hint 3</summary>
 #
 # ```python
 # with lm.session(**trace_options(lm, remote)):
-#     rows_out = nnsight.save([])
+#     with lm.trace(clean):
+#         clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0]
+#                        for layer in sorted(set(layers))}
+#     by_layer = nnsight.save([])
 #     for layer in layers:
 #         name = f"blocks.{layer}.hook_resid_pre"
-#         with lm.trace() as tracer:
-#             barrier = tracer.barrier(2)
-#             with tracer.invoke(clean):
-#                 clean_resid = read_activation(lm, name)[0]
-#                 barrier()
-#             with tracer.invoke(corrupt.expand(n_pos, -1)):
-#                 barrier()
-#                 patched = read_activation(lm, name).clone()
-#                 patched[rows, rows] = clean_resid
-#                 write_activation(lm, name, patched)
-#                 final = lm.lm_head.output[:, -1]
-#                 rows_out.append((final[:, answer] - final[:, wrong]).detach().cpu())
-# return torch.stack(rows_out)
+#         with lm.trace(corrupt.expand(n_pos, -1)):
+#             patched = read_activation(lm, name).clone()
+#             patched[rows, rows] = clean_resid[layer]
+#             write_activation(lm, name, patched)
+#             final = lm.lm_head.output[:, -1]
+#             by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
+# return torch.stack(list(by_layer))
 # ```
 # </details>
 
@@ -467,25 +477,21 @@ def patching_sweep(lm, clean: Int[Tensor, "1 pos"], corrupt: Int[Tensor, "1 pos"
                    layers: list[int] | None = None, remote: bool | str = False) -> Float[Tensor, "layer pos"]:
     """Logit difference of the corrupt run with resid_pre at one (layer, position) patched from the clean run."""
     ### BEGIN SOLUTION
-    layers = range(lm.config.num_hidden_layers) if layers is None else layers
+    layers = list(range(lm.config.num_hidden_layers)) if layers is None else list(layers)
     n_pos = clean.shape[-1]
     rows = torch.arange(n_pos, device=clean.device)
     with lm.session(**trace_options(lm, remote)):
+        with lm.trace(clean):
+            clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0] for layer in sorted(set(layers))}
         by_layer = nnsight.save([])
         for layer in layers:
             name = f"blocks.{layer}.hook_resid_pre"
-            with lm.trace() as tracer:
-                barrier = tracer.barrier(2)
-                with tracer.invoke(clean):
-                    clean_resid = read_activation(lm, name)[0]  # [pos, d_model]
-                    barrier()
-                with tracer.invoke(corrupt.expand(n_pos, -1)):  # row p patches position p
-                    barrier()
-                    patched = read_activation(lm, name).clone()  # [pos(row), pos, d_model]
-                    patched[rows, rows] = clean_resid
-                    write_activation(lm, name, patched)
-                    final = lm.lm_head.output[:, -1]  # [pos(row), d_vocab]
-                    by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
+            with lm.trace(corrupt.expand(n_pos, -1)):  # row p patches position p
+                patched = read_activation(lm, name).clone()  # [pos(row), pos, d_model]
+                patched[rows, rows] = clean_resid[layer]
+                write_activation(lm, name, patched)
+                final = lm.lm_head.output[:, -1]  # [pos(row), d_vocab]
+                by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
     return torch.stack(list(by_layer))
     ### END SOLUTION
 
@@ -529,25 +535,42 @@ heatmap(sweep, x=labels, y=[f"resid_pre {layer}" for layer in range(lm.config.nu
 # %% [markdown]
 # Patching a position whose token is the same in both prompts before block 0 changes nothing (the
 # residual stream there is just that token's embedding), so the first row is the corrupt run's
-# logit difference everywhere except at the name tokens. Deeper in the model, information has
-# moved: other positions start to matter, and the last position gains what the names lose. The same
-# sweep in TransformerLens, with a hook on the bridge, at the strongest patch:
+# logit difference everywhere except at the name tokens. Deeper in, the patch at the later mention
+# of a name (the subject, just before the verb) does less and the patch at the last position
+# more: what the model needs from the names is being moved to the end, where it answers. The
+# effects, as the rise of the logit difference over the corrupt run's:
 
 # %%
-layer, position = divmod(int(sweep.argmax()), sweep.shape[1])
+changed = (clean != corrupt)[0].nonzero().flatten().tolist()  # the name positions
+effect = sweep - corrupt_diff  # [layer, pos]
+for position in [*changed, clean.shape[1] - 1]:
+    print(f"position {position:2} ({lm.tokenizer.decode([clean[0, position].item()])!r:>10}): "
+          + "  ".join(f"layer {layer} {effect[layer, position]:+6.2f}" for layer in range(len(effect))))
+
+# %% [markdown]
+# The same sweep in TransformerLens, with a hook on the bridge (Chapter 06's way), one forward
+# pass per patch:
+
+# %%
 clean_tl, _ = tokenize(model, [pair.prompts[0]])
+corrupt_tl = corrupt.to(model.cfg.device)
 _, clean_cache = model.run_with_cache(clean_tl)
 
 
-def patch_one_position(value, hook):
-    value[:, position] = clean_cache[hook.name][:, position]
-    return value
+def patch_position(position: int):
+    """A bridge hook that puts the clean run's value back at one position."""
+    def hook(value, hook):
+        value[:, position] = clean_cache[hook.name][:, position]
+        return value
+    return hook
 
 
-corrupt_tl = corrupt.to(model.cfg.device)
-patched_logits = model.run_with_hooks(corrupt_tl, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch_one_position)])
-tl_diff = (patched_logits[0, -1, answer] - patched_logits[0, -1, wrong]).item()
-print(f"layer {layer}, position {position}: nnsight {sweep[layer, position]:.3f}, TransformerLens {tl_diff:.3f}")
+tl_sweep = torch.zeros_like(sweep)
+for layer in range(model.cfg.n_layers):
+    for position in range(clean_tl.shape[1]):
+        patched = model.run_with_hooks(corrupt_tl, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch_position(position))])
+        tl_sweep[layer, position] = (patched[0, -1, answer] - patched[0, -1, wrong]).item()
+print(f"largest gap between the nnsight and TransformerLens sweeps: {(sweep - tl_sweep).abs().max():.1e}")
 
 # %% [markdown]
 # ## 6. A steering vector
@@ -684,6 +707,10 @@ for coefficient in (0.0, COEFFICIENT):
           f"{(answer_rank(facts_steered, facts_correct) == 0).float().mean():.2f}")
 
 # %% [markdown]
+# The vector turns the negative reviews, in both libraries alike, and it is not free: the same push
+# on the capital-city prompts costs some of their right answers. A coefficient is a trade-off
+# between the effect and the damage, which Chapter 07 measures in full.
+#
 # ## 7. The same functions on a model no laptop holds
 #
 # Everything above took `remote` as an argument and read activations by their workbook names, so

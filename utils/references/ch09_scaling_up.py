@@ -86,25 +86,21 @@ def resid_at(lm, tokens: Int[Tensor, "batch pos"], position: int, layer: int,
 def patching_sweep(lm, clean: Int[Tensor, "1 pos"], corrupt: Int[Tensor, "1 pos"], answer: int, wrong: int,
                    layers: list[int] | None = None, remote: bool | str = False) -> Float[Tensor, "layer pos"]:
     """Logit difference of the corrupt run with resid_pre at one (layer, position) patched from the clean run."""
-    layers = range(lm.config.num_hidden_layers) if layers is None else layers
+    layers = list(range(lm.config.num_hidden_layers)) if layers is None else list(layers)
     n_pos = clean.shape[-1]
     rows = torch.arange(n_pos, device=clean.device)
     with lm.session(**trace_options(lm, remote)):
+        with lm.trace(clean):
+            clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0] for layer in sorted(set(layers))}
         by_layer = nnsight.save([])
         for layer in layers:
             name = f"blocks.{layer}.hook_resid_pre"
-            with lm.trace() as tracer:
-                barrier = tracer.barrier(2)
-                with tracer.invoke(clean):
-                    clean_resid = read_activation(lm, name)[0]  # [pos, d_model]
-                    barrier()
-                with tracer.invoke(corrupt.expand(n_pos, -1)):  # row p patches position p
-                    barrier()
-                    patched = read_activation(lm, name).clone()  # [pos(row), pos, d_model]
-                    patched[rows, rows] = clean_resid
-                    write_activation(lm, name, patched)
-                    final = lm.lm_head.output[:, -1]  # [pos(row), d_vocab]
-                    by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
+            with lm.trace(corrupt.expand(n_pos, -1)):  # row p patches position p
+                patched = read_activation(lm, name).clone()  # [pos(row), pos, d_model]
+                patched[rows, rows] = clean_resid[layer]
+                write_activation(lm, name, patched)
+                final = lm.lm_head.output[:, -1]  # [pos(row), d_vocab]
+                by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
     return torch.stack(list(by_layer))
 
 
