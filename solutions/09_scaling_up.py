@@ -416,8 +416,8 @@ for step in ("before nnsight.register", "after nnsight.register"):
 #   the session must be. One more rule for a session that runs remotely (or rehearsed): nnsight
 #   0.8.1 rebuilds its body from the syntax tree, which drops comment lines and joins a statement
 #   spread over several lines into one, so the traces nested after it are looked for at the wrong
-#   lines and fail (`WithBlockNotFoundError`). Inside a remote session, write **one line per
-#   statement**, with comments at the ends of lines.
+#   lines and fail (`WithBlockNotFoundError`, or a value read "outside of interleaving"). Inside
+#   a remote session, write **one line per statement**, with comments at the ends of lines.
 # - **Invokes.** Inside one `lm.trace()`, `with tracer.invoke(clean):` and `with
 #   tracer.invoke(corrupt):` run as one batch, each block seeing only its own rows. A value read in
 #   the first is used in the second only after a **barrier**: `barrier = tracer.barrier(2)`
@@ -457,8 +457,7 @@ for step in ("before nnsight.register", "after nnsight.register"):
 # ```python
 # with lm.session(**trace_options(lm, remote)):
 #     with lm.trace(clean):
-#         clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0]
-#                        for layer in sorted(set(layers))}
+#         clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0] for layer in sorted(set(layers))}
 #     by_layer = nnsight.save([])
 #     for layer in layers:
 #         name = f"blocks.{layer}.hook_resid_pre"
@@ -734,10 +733,12 @@ for coefficient in (0.0, COEFFICIENT):
 #
 # Offline, or without a key, it prints one line saying why and skips the rest.
 
+# %% tags=["export"]
+NDIF_MODEL = "meta-llama/Llama-3.1-70B"  # print(nnsight.status()) lists the models NDIF runs now
+
 # %%
 from utils.models import ModelUnavailableError
 
-NDIF_MODEL = "meta-llama/Llama-3.1-70B"
 try:
     big = load_nnsight_model(NDIF_MODEL, remote=True)
 except (ModelUnavailableError, ValueError) as reason:

@@ -137,3 +137,6 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
         write_activation(lm, name, read_activation(lm, name) + push)
         steered = unembed(lm).output[torch.arange(len(last)), last].log_softmax(-1).detach().cpu().save()
     return steered
+
+
+NDIF_MODEL = "meta-llama/Llama-3.1-70B"  # print(nnsight.status()) lists the models NDIF runs now
