@@ -27,7 +27,7 @@
 # program sent to where the weights are); what a remote server can and cannot send back.
 #
 # The organism fits in a laptop's memory, and so does GPT-2 small. Llama 3.1 70B does not: its
-# weights alone are 140 GB. The field's answer is [NDIF](https://ndif.us), a shared facility that
+# weights alone are about 140 GB in 16-bit precision. The field's answer is [NDIF](https://ndif.us), a shared facility that
 # keeps large models loaded on its GPUs and runs *your* experiment on them. You describe the
 # experiment with [nnsight](https://nnsight.net): inside a `with model.trace(...)` block you read
 # and write activations as if the model were here, and nnsight records the block, sends it to where
@@ -726,7 +726,7 @@ for coefficient in (0.0, COEFFICIENT):
 # for Llama 3.1 70B (80 layers, `d_model` 8192, a vocabulary of 128256 tokens):
 #
 # ```text
-# logit lens: [81, 8, 128256]; IOI top-1 by point: ... (the answer appears in the last third)
+# logit lens: [81, 8, 128256]; IOI top-1 by point: <81 rates, one per residual point>
 # patching sweep at layers [0, 20, 40, 60]: [4, <pos>]
 # steering vector at layer 40: [8192]; negative reviews with ' loved' above ' hated': <before> -> <after>
 # ```
