@@ -375,9 +375,10 @@ resid_at = check_exercise("9.3", resid_at)
 # **The fourth rule: your helper modules must travel with the request.** `read_activation` lives in
 # this workbook, not on NDIF's servers. nnsight scans your session once, at the first remote
 # request, and ships every module that is not an installed package *by value* with each request
-# (the rehearsal does the same, hiding them while it rebuilds). A module you create or import
-# *after* that first request is not shipped: the server fails with `ModuleNotFoundError` until you
-# call `nnsight.register(module)`. A throwaway module shows it:
+# (the rehearsal does the same, hiding them while it rebuilds; `trace_options` also registers the
+# workbook's own package, which an install would keep out of that scan). A module you create or
+# import *after* that first request is not shipped: the server fails with `ModuleNotFoundError`
+# until you call `nnsight.register(module)`. A throwaway module shows it:
 
 # %%
 import importlib.util
