@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 09: Scaling up
 #
-# **Time:** about 1.5 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
+# **Time:** about 1.5 hours. **Exercises:** 7, each checked as soon as you run the cell after it.
 #
 # **You will learn to**
 # - write an experiment in **nnsight** form, once, and run it three ways: here on the organism, in
@@ -378,7 +378,7 @@ resid_at = check_exercise("9.3", resid_at)
 # (the rehearsal does the same, hiding them while it rebuilds; `trace_options` also registers the
 # workbook's own package, which an install would keep out of that scan). A module you create or
 # import *after* that first request is not shipped: the server fails with `ModuleNotFoundError`
-# until you call `nnsight.register(module)`. A throwaway module shows it:
+# until you call `nnsight.register(module)`. A throwaway module, made here and now, shows it:
 
 # %%
 import importlib.util
@@ -387,20 +387,45 @@ import tempfile
 from pathlib import Path
 
 folder = Path(tempfile.mkdtemp())
-(folder / "my_helpers.py").write_text("def last_position(lm):\n    return lm.transformer.h[0].output[:, -1]\n")
+(folder / "my_helpers.py").write_text("def summary(lm):\n    return lm.transformer.h[0].output[:, -1]\n")
 spec = importlib.util.spec_from_file_location("my_helpers", folder / "my_helpers.py")
 my_helpers = importlib.util.module_from_spec(spec)
 sys.modules["my_helpers"] = my_helpers  # importable by name, as `import my_helpers` would make it
 spec.loader.exec_module(my_helpers)
-for step in ("before nnsight.register", "after nnsight.register"):
-    if step.startswith("after"):
-        nnsight.register(my_helpers)
-    try:
-        with lm.trace(ioi_tokens[:1], **trace_options(lm, "local")):
-            value = my_helpers.last_position(lm).detach().clone().save()
-        print(f"{step}: {list(value.shape)} came back")
-    except ModuleNotFoundError as error:
-        print(f"{step}: the server side failed with ModuleNotFoundError: {error}")
+try:
+    with lm.trace(ioi_tokens[:1], **trace_options(lm, "local")):
+        value = my_helpers.summary(lm).detach().clone().save()
+    print(f"{list(value.shape)} came back")
+except ModuleNotFoundError as error:
+    print(f"the server side failed with ModuleNotFoundError: {error}")
+
+# %% [markdown]
+# ### Exercise 9.4: send your helper module along (difficulty 1/3, ~10 min)
+# Write `run_helper(lm, tokens, helpers, remote=False)`: in one trace of `tokens`, call
+# `helpers.summary(lm)` (a function of a helper module that reads some activation of `lm`) and
+# return its value on the CPU. `helpers` is a module made after the first remote request, like
+# `my_helpers` above: with `remote="local"` (and on NDIF) it must still work.
+#
+# <details><summary>Hint 1</summary>
+#
+# `nnsight.register(helpers)`, before the trace: the request is serialised when the block ends, so
+# registering inside the block, or after it, is too late.
+# </details>
+
+# %% tags=["export"]
+def run_helper(lm, tokens: Int[Tensor, "batch pos"], helpers, remote: bool | str = False) -> Tensor:
+    """`helpers.summary(lm)` computed in one trace of `tokens`, with the helper module sent along."""
+    ### BEGIN SOLUTION
+    nnsight.register(helpers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    return value
+    ### END SOLUTION
+
+
+# %%
+run_helper = check_exercise("9.4", run_helper)
+print("with run_helper:", list(run_helper(lm, ioi_tokens[:1], my_helpers, remote="local").shape), "came back")
 
 # %% [markdown]
 # ## 5. Activation patching between two prompts
@@ -430,7 +455,7 @@ for step in ("before nnsight.register", "after nnsight.register"):
 # loop inside one session, give wrong numbers from the second trace on (a test in the workbook
 # keeps watch). The reference below uses a session.
 #
-# ### Exercise 9.4: a patching sweep in nnsight form (difficulty 3/3, ~25 min)
+# ### Exercise 9.5: a patching sweep in nnsight form (difficulty 3/3, ~25 min)
 # Write `patching_sweep(lm, clean, corrupt, answer, wrong, layers=None, remote=False)`. `clean` and
 # `corrupt` are one prompt each, `[1, pos]`, of the same length and without padding (so the last
 # position is `-1`); `answer` and `wrong` are token ids. For each layer in `layers` (all layers
@@ -497,7 +522,7 @@ def patching_sweep(lm, clean: Int[Tensor, "1 pos"], corrupt: Int[Tensor, "1 pos"
 
 
 # %%
-patching_sweep = check_exercise("9.4", patching_sweep)
+patching_sweep = check_exercise("9.5", patching_sweep)
 
 # %% [markdown]
 # The pair, and the sweep, here and in the rehearsal:
@@ -585,7 +610,7 @@ print(f"largest gap between the nnsight and TransformerLens sweeps: {(sweep - tl
 # constant changes nothing downstream, because the next LayerNorm subtracts the mean of whatever it
 # is given; the steered probabilities agree.
 #
-# ### Exercise 9.5: a mean-difference steering vector (difficulty 2/3, ~15 min)
+# ### Exercise 9.6: a mean-difference steering vector (difficulty 2/3, ~15 min)
 # Write `steering_vector(lm, positive, positive_last, negative, negative_last, layer,
 # remote=False)`: `positive` and `negative` are right-padded token ids `[batch, pos]` (not
 # necessarily the same batch size or length), with each prompt's last index. Return the mean over
@@ -628,10 +653,10 @@ def steering_vector(lm, positive: Int[Tensor, "batch pos"], positive_last: Int[T
 
 
 # %%
-steering_vector = check_exercise("9.5", steering_vector)
+steering_vector = check_exercise("9.6", steering_vector)
 
 # %% [markdown]
-# ### Exercise 9.6: steer (difficulty 2/3, ~15 min)
+# ### Exercise 9.7: steer (difficulty 2/3, ~15 min)
 # Write `steer(lm, tokens, last, vector, layer, coefficient, remote=False)`: run `tokens` with
 # `coefficient * vector` added to the residual stream before `layer` at **every** position, and
 # return the log-probabilities at each prompt's last position, `[batch, d_vocab]`, on the CPU.
@@ -661,7 +686,7 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
 
 
 # %%
-steer = check_exercise("9.6", steer)
+steer = check_exercise("9.7", steer)
 
 # %% [markdown]
 # The vector from 64 training reviews, then steered held-out negative reviews, here and in the
@@ -714,7 +739,7 @@ for coefficient in (0.0, COEFFICIENT):
 # ## 7. The same functions on a model no laptop holds
 #
 # Everything above took `remote` as an argument and read activations by their workbook names, so
-# the same six functions run on NDIF unchanged: the hook table knows Llama's module paths
+# the same functions run on NDIF unchanged: the hook table knows Llama's module paths
 # (`model.layers[i]`, `model.norm`), and `nnsight_tokenize` uses the model's own tokenizer. You
 # need an NDIF API key (sign up at https://login.ndif.us and set it as the `NDIF_API_KEY`
 # environment variable, or as a Colab secret of that name), the network, and the model running on

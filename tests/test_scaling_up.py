@@ -348,7 +348,7 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.mark.parametrize("remote", WHERE)
-def test_the_six_functions_run_unchanged_on_a_llama(tiny_llama, remote):
+def test_the_chapter_functions_run_unchanged_on_a_llama(tiny_llama, remote):
     folder, llama = tiny_llama
     assert llama.config.model_type == "llama"
     ioi = prompt_set("ioi", "test", n=4, seed=3)

@@ -135,6 +135,36 @@ def resid_contiguous_float64(lm, tokens, position, layer, remote=False):
 
 
 # 9.4 -----------------------------------------------------------------------------------------
+def helper_not_registered(lm, tokens, helpers, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    return value
+
+
+def helper_registered_too_late(lm, tokens, helpers, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    nnsight.register(helpers)
+    return value
+
+
+def helper_registered_by_name(lm, tokens, helpers, remote=False):
+    """Registered by the module's name, run through run_trace."""
+    nnsight.register(helpers.__name__)
+    return run_trace(lm, tokens, lambda model: helpers.summary(model).detach().cpu().clone().save(), remote=remote)
+
+
+def helper_registered_with_cloudpickle(lm, tokens, helpers, remote=False):
+    """cloudpickle's own registration, which nnsight.register wraps; float64 copy."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(helpers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).double().save()
+    return value
+
+
+# 9.5 -----------------------------------------------------------------------------------------
 def _layers(lm, layers):
     return list(range(lm.config.num_hidden_layers)) if layers is None else list(layers)
 
@@ -236,7 +266,7 @@ def sweep_one_trace_per_patch_in_a_session(lm, clean, corrupt, answer, wrong, la
     return torch.stack(list(grid)).view(len(layers), n_pos).double()
 
 
-# 9.5 -----------------------------------------------------------------------------------------
+# 9.6 -----------------------------------------------------------------------------------------
 def _mean_at(lm, tokens, last, name, minus_one=False):
     value = read_activation(lm, name)
     return (value[:, -1] if minus_one else value[_rows(last), last]).mean(0)
@@ -295,7 +325,7 @@ def vector_sums_in_float64(lm, positive, positive_last, negative, negative_last,
     return plus / len(positive_last) - minus / len(negative_last)
 
 
-# 9.6 -----------------------------------------------------------------------------------------
+# 9.7 -----------------------------------------------------------------------------------------
 def _steered(lm, tokens, last, push, name, remote, at_last_only=False, minus_one=False, log_probs=True):
     rows = _rows(last)
     with lm.trace(tokens, **trace_options(lm, remote)):
@@ -363,13 +393,15 @@ MISTAKES = {
             (predicts_plain_python, "nothing runs as plain Python")],
     "9.3": [(resid_saved_view, "a slice is a view"), (resid_sliced_after_the_trace, "a slice is a view"),
             (resid_before_the_block, "not before it (hook_resid_pre)"), (resid_centred, "do not centre")],
-    "9.4": [(sweep_corrupt_into_clean, "not the corrupt run's into the clean one"),
+    "9.4": [(helper_registered_too_late, "nnsight.register(helpers)"),
+            (helper_not_registered, "nnsight.register(helpers)")],
+    "9.5": [(sweep_corrupt_into_clean, "not the corrupt run's into the clean one"),
             (sweep_after_the_layer, "not after it (resid_post)"), (sweep_metric_reversed, "not the other way round"),
             (sweep_whole_layer_at_once, "patch one position per row"),
             (sweep_every_layer_regardless, "only the layers given"), (sweep_without_barrier, "tracer.barrier(2)")],
-    "9.5": [(vector_at_minus_one, "right-padded"), (vector_reversed, "positive minus negative"),
+    "9.6": [(vector_at_minus_one, "right-padded"), (vector_reversed, "positive minus negative"),
             (vector_after_the_block, "not after it (hook_resid_post)"), (vector_centred, "do not centre")],
-    "9.6": [(steer_last_position_only, "at every position"), (steer_after_the_block, "not after it (hook_resid_post)"),
+    "9.7": [(steer_last_position_only, "at every position"), (steer_after_the_block, "not after it (hook_resid_post)"),
             (steer_without_coefficient, "multiply the vector by `coefficient`"),
             (steer_read_at_minus_one, "right-padded"), (steer_returns_logits, "return log-probabilities")],
 }
@@ -378,7 +410,8 @@ ALTERNATIVES = {
     "9.1": [lens_saved_list, lens_through_run_trace_float64],
     "9.2": [predicts_by_keywords, predicts_from_rules],
     "9.3": [resid_through_the_module, resid_contiguous_float64],
-    "9.4": [sweep_in_one_batch, sweep_one_trace_per_patch_in_a_session, sweep_invokes_with_barriers],
-    "9.5": [vector_two_traces, vector_sums_in_float64],
-    "9.6": [steer_through_the_block_input, steer_in_place_float64_result],
+    "9.4": [helper_registered_by_name, helper_registered_with_cloudpickle],
+    "9.5": [sweep_in_one_batch, sweep_one_trace_per_patch_in_a_session, sweep_invokes_with_barriers],
+    "9.6": [vector_two_traces, vector_sums_in_float64],
+    "9.7": [steer_through_the_block_input, steer_in_place_float64_result],
 }

@@ -3,7 +3,14 @@ run here (remote=False); answers are also run in the rehearsal of a remote run (
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
+import itertools
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -164,6 +171,65 @@ def check_resid_at(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 9.4
 # ------------------------------------------------------------------------------------------
+HELPER_SOURCES = {
+    "last position after block 0": "def summary(lm):\n    return lm.transformer.h[0].output[:, -1]\n",
+    "norms after block 2": "def summary(lm):\n    return lm.transformer.h[2].output.norm(dim=-1)\n",
+}
+_helper_count = itertools.count()
+
+
+@contextlib.contextmanager
+def fresh_helper_module(source: str):
+    """A module made now, importable by name, outside every path nnsight scans; forgotten afterwards."""
+    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+
+    name = f"workbook_check_helpers_{next(_helper_count)}"
+    folder = Path(tempfile.mkdtemp())
+    (folder / f"{name}.py").write_text(source)
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        _PICKLE_BY_VALUE_MODULES.discard(name)  # whatever the learner registered
+        sys.modules.pop(name, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@functools.cache
+def _helper_expectation(kind: str, family: str, n: int, seed: int) -> torch.Tensor:
+    lm = organism()
+    tokens, _ = tokenized(family, n, seed)
+    with fresh_helper_module(HELPER_SOURCES[kind]) as helpers:
+        with lm.trace(tokens):
+            value = helpers.summary(lm).detach().clone().save()
+    return value
+
+
+@exercise("9.4", "send your helper module along", CHAPTER, ref.run_helper)
+def check_run_helper(candidate) -> None:
+    lm = organism()
+    for (kind, family, n, seed), remote in ((("last position after block 0", "ioi", 3, 16), "local"),
+                                            (("norms after block 2", "sentiment", 4, 17), "local"),
+                                            (("norms after block 2", "facts", 2, 18), False)):
+        tokens, _ = tokenized(family, n, seed)
+        with fresh_helper_module(HELPER_SOURCES[kind]) as helpers:
+            try:
+                got = call_where(candidate, lm, tokens.clone(), helpers, remote=remote)
+            except Wrong as error:
+                if "ModuleNotFoundError" not in str(error):
+                    raise
+                raise Wrong("the server side could not import your helper module: call nnsight.register(helpers) "
+                            f"before the trace, so that its code travels with the request ({error})") from error
+        expect_tensor(got, _helper_expectation(kind, family, n, seed), f"your result ({kind})", atol=1e-4)
+        expect_on_cpu(got, "your result")
+
+
+# ------------------------------------------------------------------------------------------
+# 9.5
+# ------------------------------------------------------------------------------------------
 def _sweep_variant(lm, clean, corrupt, answer: int, wrong: int, layers, hook: str = "hook_resid_pre",
                    one_position: bool = True) -> torch.Tensor:
     """A patching sweep written plainly (one trace per layer and position block), with a mistake's switches."""
@@ -208,7 +274,7 @@ def _sweep_expectations(seed: int, index: int, layers: tuple | None):
     return (clean, corrupt, answer, wrong), expected, mistakes
 
 
-@exercise("9.4", "a patching sweep in nnsight form", CHAPTER, ref.patching_sweep)
+@exercise("9.5", "a patching sweep in nnsight form", CHAPTER, ref.patching_sweep)
 def check_patching_sweep(candidate) -> None:
     lm = organism()
     for (seed, index, layers), remote in (((5, 0, None), False), ((5, 1, (3, 1)), "local"), ((6, 2, (0, 2)), False)):
@@ -227,7 +293,7 @@ def check_patching_sweep(candidate) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# 9.5
+# 9.6
 # ------------------------------------------------------------------------------------------
 def _mean_at_last(lm, tokens, last, name: str, minus_one: bool = False) -> torch.Tensor:
     with lm.trace(tokens):
@@ -267,7 +333,7 @@ def _vector_expectations(case: int):
     return expected, mistakes
 
 
-@exercise("9.5", "a mean-difference steering vector", CHAPTER, ref.steering_vector)
+@exercise("9.6", "a mean-difference steering vector", CHAPTER, ref.steering_vector)
 def check_steering_vector(candidate) -> None:
     lm = organism()
     for case, (positive, positive_last, negative, negative_last, layer, remote) in enumerate(_vector_cases()):
@@ -279,7 +345,7 @@ def check_steering_vector(candidate) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# 9.6
+# 9.7
 # ------------------------------------------------------------------------------------------
 def _steer_variant(lm, tokens, last, push, name: str, where: str = "every", minus_one: bool = False,
                    log_probs: bool = True) -> torch.Tensor:
@@ -328,7 +394,7 @@ def _steer_expectations(case: int):
     return expected, mistakes
 
 
-@exercise("9.6", "steer", CHAPTER, ref.steer)
+@exercise("9.7", "steer", CHAPTER, ref.steer)
 def check_steer(candidate) -> None:
     lm = organism()
     for case, (tokens, last, vector, layer, coefficient, remote) in enumerate(_steer_cases()):

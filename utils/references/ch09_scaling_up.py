@@ -83,6 +83,14 @@ def resid_at(lm, tokens: Int[Tensor, "batch pos"], position: int, layer: int,
     return value
 
 
+def run_helper(lm, tokens: Int[Tensor, "batch pos"], helpers, remote: bool | str = False) -> Tensor:
+    """`helpers.summary(lm)` computed in one trace of `tokens`, with the helper module sent along."""
+    nnsight.register(helpers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    return value
+
+
 def patching_sweep(lm, clean: Int[Tensor, "1 pos"], corrupt: Int[Tensor, "1 pos"], answer: int, wrong: int,
                    layers: list[int] | None = None, remote: bool | str = False) -> Float[Tensor, "layer pos"]:
     """Logit difference of the corrupt run with resid_pre at one (layer, position) patched from the clean run."""
