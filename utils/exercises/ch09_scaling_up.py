@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import itertools
 import shutil
 import sys
 import tempfile
@@ -175,7 +174,7 @@ HELPER_SOURCES = {
     "last position after block 0": "def summary(lm):\n    return lm.transformer.h[0].output[:, -1]\n",
     "norms after block 2": "def summary(lm):\n    return lm.transformer.h[2].output.norm(dim=-1)\n",
 }
-_helper_count = itertools.count()
+HELPER_NAME = "helpers_made_late"  # the same name every time (verdicts quote it); forgotten after each call
 
 
 @contextlib.contextmanager
@@ -183,7 +182,7 @@ def fresh_helper_module(source: str):
     """A module made now, importable by name, outside every path nnsight scans; forgotten afterwards."""
     from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
 
-    name = f"workbook_check_helpers_{next(_helper_count)}"
+    name = HELPER_NAME
     folder = Path(tempfile.mkdtemp())
     (folder / f"{name}.py").write_text(source)
     spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
