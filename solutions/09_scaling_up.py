@@ -752,12 +752,14 @@ for coefficient in (0.0, COEFFICIENT):
 # for Llama 3.1 70B (80 layers, `d_model` 8192, a vocabulary of 128256 tokens):
 #
 # ```text
-# logit lens: [81, 8, 128256]; IOI top-1 by point: <81 rates, one per residual point>
+# logit lens: [81, 2, 128256]; IOI top-1 by point: <81 rates, one per residual point>
 # patching sweep at layers [0, 20, 40, 60]: [4, <pos>]
 # steering vector at layer 40: [8192]; negative reviews with ' loved' above ' hated': <before> -> <after>
 # ```
 #
-# Offline, or without a key, it prints one line saying why and skips the rest.
+# Mind the sizes: the lens sends back a log-probability for every one of the 128256 tokens at each
+# of 81 points, about 40 MB per prompt, so the cell runs it on two prompts only. Offline, or
+# without a key, it prints one line saying why and skips the rest.
 
 # %% tags=["export"]
 NDIF_MODEL = "meta-llama/Llama-3.1-70B"  # print(nnsight.status()) lists the models NDIF runs now
@@ -773,13 +775,18 @@ except (ModelUnavailableError, ValueError) as reason:
 
 if big is not None:
     ioi_big = prompt_set("ioi", "test", n=8, seed=0)
-    big_tokens, big_last = nnsight_tokenize(big, ioi_big.prompts)
+    big_tokens, big_last = nnsight_tokenize(big, ioi_big.prompts[:2])  # two prompts: about 80 MB come back
     big_lens = nnsight_logit_lens(big, big_tokens, big_last, remote=True)
-    big_correct = torch.tensor([first_token(big, word) for word in ioi_big.correct])
+    big_correct = torch.tensor([first_token(big, word) for word in ioi_big.correct[:2]])
     big_top1 = (answer_rank(big_lens, big_correct) == 0).float().mean(-1)
     print(f"logit lens: {list(big_lens.shape)}; IOI top-1 by point: " + " ".join(f"{v:.2f}" for v in big_top1.tolist()))
 
-    big_clean, big_corrupt, big_answer, big_wrong = swapped_names(big, ioi_big, 0)
+    for index in range(len(ioi_big)):  # the first prompt whose two names have the same token length
+        try:
+            big_clean, big_corrupt, big_answer, big_wrong = swapped_names(big, ioi_big, index)
+            break
+        except ValueError:
+            continue
     big_layers = list(range(0, big.config.num_hidden_layers, big.config.num_hidden_layers // 4))
     big_sweep = patching_sweep(big, big_clean, big_corrupt, big_answer, big_wrong, layers=big_layers, remote=True)
     print(f"patching sweep at layers {big_layers}: {list(big_sweep.shape)}")

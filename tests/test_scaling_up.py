@@ -433,3 +433,38 @@ def test_the_ndif_cell_with_an_unknown_model_name(no_network):
     assert "unknown model name" in message
     assert isinstance(pytest.raises(NdifUnavailableError, load_nnsight_model, remote=True).value,
                       ModelUnavailableError)  # the organism exists only here: the cell's except catches it too
+
+
+def chapter_cell(marker: str) -> str:
+    """The source of the chapter's code cell that contains `marker`."""
+    source = (ORGANISM_DIR.parents[2] / "solutions" / "09_scaling_up.py").read_text()
+    cells = [cell.split("\n", 1)[1] for cell in source.split("\n# %%")[1:] if not cell.startswith(" [markdown]")]
+    return next(cell for cell in cells if marker in cell)
+
+
+def test_the_ndif_cell_runs_against_a_stand_in(tmp_path, monkeypatch, capsys):
+    """The online branch, with a random four-layer Llama in NDIF's place and remote=True rehearsed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1125, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=0)
+    with quiet_transformers():
+        LlamaForCausalLM(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ORGANISM_DIR / name, tmp_path)
+    stand_in = load_nnsight_model(str(tmp_path), device="cpu", verbose=False)
+    real_options = ref.trace_options
+    monkeypatch.setattr(ref, "trace_options", lambda lm, remote=False: real_options(lm, "local" if remote is True
+                                                                                     else remote))
+    train = prompt_set("sentiment", "train", n=16, seed=0)
+    held_out = prompt_set("sentiment", "test", n=16, seed=1)
+    namespace = {**vars(ref), "torch": torch, "prompt_set": prompt_set, "answer_rank": ch03.answer_rank,
+                 "load_nnsight_model": lambda name, remote=False: stand_in, "train": train,
+                 "is_positive": torch.tensor(train.labels["sentiment"]) == 1,
+                 "negative": [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if not label]}
+    exec(chapter_cell("big = load_nnsight_model(NDIF_MODEL, remote=True)"), namespace)  # noqa: S102 - our chapter
+    printed = capsys.readouterr().out
+    assert "logit lens: [5, 2, 1125]" in printed and "patching sweep at layers [0, 1, 2, 3]: [4, " in printed
+    assert "steering vector at layer 2: [64]" in printed and "skipped" not in printed
