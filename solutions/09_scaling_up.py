@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 09: Scaling up
 #
-# **Time:** about 1.5 hours. **Exercises:** 7, each checked as soon as you run the cell after it.
+# **Time:** about 2 hours. **Exercises:** 7, each checked as soon as you run the cell after it.
 #
 # **You will learn to**
 # - write an experiment in **nnsight** form, once, and run it three ways: here on the organism, in
@@ -324,8 +324,8 @@ for where in (False, "local"):
 #
 # **The third rule: send back a copy, not a view.** A slice such as `output[:, 3]` is a *view*: it
 # shares its storage with the whole `[batch, pos, d_model]` output, and saving it sends the whole
-# storage. On a server's GPU, `.detach().cpu()` makes the copy (and a GPU tensor could not be
-# opened on your laptop anyway); on a CPU, `.cpu()` changes nothing, and `.clone()` is the copy.
+# storage. On a server's GPU, `.detach().cpu()` makes the copy, and moves it off the GPU as
+# NDIF's documentation asks; on a CPU, `.cpu()` changes nothing, and `.clone()` is the copy.
 # `RehearsalBackend.last_result_bytes` is the size of what the last rehearsal sent back:
 
 # %%
