@@ -236,7 +236,7 @@ def _safe_cases():
     return [
         # exactly-at-tolerance drops are safe (all values exact in binary)
         ([0.25, 0.5, 1.0, 2.0], {"flipped": t([0.1, 0.5, 0.9, 1.0]), "ioi": t([1.0, 1.0, 0.75, 0.5]),
-                                 "facts": t([0.5, 0.5, 0.5, 0.5])}, {"ioi": 1.0, "facts": 0.5}, 0.25),
+                                 "facts": t([0.5, 0.5, 0.5, 0.375])}, {"ioi": 1.0, "facts": 0.5}, 0.25),
         # a failure, then recovery
         ([0.1, 0.3, 0.6, 1.2, 2.4], {"ioi": t([1.0, 0.5, 0.97, 0.98, 0.2]), "truth": t([0.9, 0.9, 0.9, 0.88, 0.5])},
          {"ioi": 1.0, "truth": 0.9}, 0.05),
@@ -369,14 +369,27 @@ def check_orthogonalize_weights(candidate) -> None:
 # 7.7
 # ------------------------------------------------------------------------------------------
 class FitSpy:
-    """A fit function that remembers what it was fitted on."""
+    """A fit function that remembers what it was fitted on, and what its erasers were applied to."""
 
     def __init__(self, fit):
-        self.fit, self.seen = fit, []
+        self.fit, self.seen, self.applied = fit, [], []
 
     def __call__(self, x, y):
         self.seen.append(x.detach().clone())
-        return self.fit(x, y)
+        eraser = self.fit(x, y)
+
+        def spied_eraser(values):
+            self.applied.append(values.detach().reshape(-1, values.shape[-1]).clone())
+            return eraser(values)
+
+        return spied_eraser
+
+    def erased_every_row_of(self, x) -> bool:
+        """Whether every row of `x` went through one of the erasers (alone or inside a larger batch)."""
+        if not self.applied:
+            return False
+        applied = torch.cat(self.applied).to(x.dtype)  # [rows seen, d]
+        return bool((x[:, None, :] == applied[None]).all(-1).any(-1).all())
 
 
 def _identity_fit(x, y):
@@ -413,7 +426,7 @@ def _erased_variant(fit, x_train, y_train, x_test, y_test, *, on_test=False, era
 
 ERASED_MISTAKES = {
     "erase the test activations too: the probe is graded on erased data": dict(erase_test=False),
-    "erase the training activations before training the probe": dict(erase_train=False),
+    "erase the training activations before training the probe: a probe trained on the originals": dict(erase_train=False),
 }
 FITS = {"LEACE": ref.fit_leace, "mean difference": ref.fit_mean_difference_eraser, "none": _identity_fit}
 
@@ -437,6 +450,10 @@ def check_erased_probe_accuracy(candidate) -> None:
         if any(seen.shape != x_train.shape or not torch.equal(seen, x_train) for seen in spy.seen):
             raise Wrong("fit the eraser on the training split only (fit_eraser(x_train, y_train)): an eraser fitted "
                         "on the test split has seen the data it is graded on")
+        for hint, kind in ERASED_MISTAKES.items():
+            split = x_test if kind.get("erase_test") is False else x_train
+            if not spy.erased_every_row_of(split):
+                raise Wrong(hint)
         expected, mistakes = _erased_expectation(case, fit_name)
         tolerance = 1.5 / len(y_test)  # one borderline prediction either way
         expect_close(got, expected, f"the fresh probe's accuracy ({fit_name} eraser)", atol=tolerance,
