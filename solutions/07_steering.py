@@ -216,33 +216,41 @@ def truth_subsets(prompts: PromptSet) -> tuple[PromptSet, PromptSet]:
             prompts.subset([i for i, t in enumerate(labels) if t == 1]))
 
 
-# %%
+# %% tags=["export"]
 from utils.organism.sae import load_organism_sae
 from utils.references.ch05_saes import column_aurocs
 
+
+def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None) -> tuple[dict[str, Tensor], dict]:
+    """The four "positive minus negative" vectors at `hook_name`: one contrast pair, the mean difference over
+    `train`, the direction of a probe trained on `train`, and the decoder row of the SAE latent that best
+    detects sentiment (the shipped organism SAE by default). Also returns the latent's index and AUROC."""
+    labels = torch.tensor(train.labels["sentiment"])
+    x = last_token_activations(model, train.prompts, hook_name).cpu()  # [batch, d_model]
+    with torch.enable_grad():
+        probe = train_probe(x, labels)
+    sae = sae if sae is not None else load_organism_sae(device=model.cfg.device)
+    with torch.no_grad():
+        aurocs = column_aurocs(sae.encode(x.to(model.cfg.device)).cpu(), labels.bool())  # [d_sae]
+    latent = int((aurocs - 0.5).abs().argmax())
+    sign = 1.0 if aurocs[latent] > 0.5 else -1.0  # a latent that fires on negative reviews points the other way
+    vectors = {
+        "contrast pair": contrast_pair_vector(model, "The movie was great. I", "The movie was awful. I", hook_name).cpu(),
+        "mean difference": mean_difference_vector(model, train, hook_name, "sentiment").cpu(),
+        "probe": probe.direction.cpu(),
+        "SAE latent": sign * sae.W_dec[latent].detach().cpu(),
+    }
+    return vectors, {"latent": latent, "auroc": aurocs[latent].item(), "residual norm": x.norm(dim=-1).mean().item()}
+
+
+# %%
 HOOK = "blocks.1.hook_resid_post"
 sentiment_train = prompt_set("sentiment", "train", n=600, seed=0)
-sentiment_labels = torch.tensor(sentiment_train.labels["sentiment"])
-train_x = last_token_activations(model, sentiment_train.prompts, HOOK).cpu()  # [600, d_model]
-
-with torch.enable_grad():
-    probe = train_probe(train_x, sentiment_labels)
-sae = load_organism_sae(device=model.cfg.device)
-codes = sae.encode(train_x.to(model.cfg.device)).cpu()  # [600, d_sae]
-aurocs = column_aurocs(codes, sentiment_labels.bool())  # [d_sae]
-sae_latent = int((aurocs - 0.5).abs().argmax())
-sae_sign = 1.0 if aurocs[sae_latent] > 0.5 else -1.0  # a latent that fires on negative reviews points the other way
-
-vectors = {
-    "contrast pair": contrast_pair_vector(model, "The movie was great. I", "The movie was awful. I", HOOK).cpu(),
-    "mean difference": mean_difference_vector(model, sentiment_train, HOOK, "sentiment").cpu(),
-    "probe": probe.direction.cpu(),
-    "SAE latent": sae_sign * sae.W_dec[sae_latent].detach().cpu(),
-}
+vectors, sae_latent = sentiment_steering_vectors(model, HOOK, sentiment_train)
 units = torch.stack([v / v.norm() for v in vectors.values()])  # [4, d_model]
-print(f"SAE latent {sae_latent}: AUROC for positive reviews {aurocs[sae_latent]:.3f}")
+print(f"SAE latent {sae_latent['latent']}: AUROC for positive reviews {sae_latent['auroc']:.3f}")
 print("norms:", {name: round(v.norm().item(), 1) for name, v in vectors.items()},
-      f" residual norm at the last token: {train_x.norm(dim=-1).mean():.1f}")
+      f" residual norm at the last token: {sae_latent['residual norm']:.1f}")
 
 # %%
 from utils.plotting import heatmap
@@ -353,7 +361,8 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # model's later layers *read*.
 #
 # The side effects grow with the coefficient: a large enough push along "sentiment" breaks the
-# indirect-object task and the truth verdicts, which have nothing to do with it. The honest summary
+# indirect-object task (more than one prompt in ten wrong at $\alpha = 1.5$) and starts to cost the
+# truth verdicts, neither of which has anything to do with reviews. The honest summary
 # of a steering vector is therefore a coefficient *and* a cost. We fix a tolerance (no family may
 # lose more than 5 points of accuracy) and ask for the largest coefficient that stays within it.
 #

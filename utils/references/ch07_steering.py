@@ -80,6 +80,32 @@ def truth_subsets(prompts: PromptSet) -> tuple[PromptSet, PromptSet]:
             prompts.subset([i for i, t in enumerate(labels) if t == 1]))
 
 
+from utils.organism.sae import load_organism_sae
+from utils.references.ch05_saes import column_aurocs
+
+
+def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None) -> tuple[dict[str, Tensor], dict]:
+    """The four "positive minus negative" vectors at `hook_name`: one contrast pair, the mean difference over
+    `train`, the direction of a probe trained on `train`, and the decoder row of the SAE latent that best
+    detects sentiment (the shipped organism SAE by default). Also returns the latent's index and AUROC."""
+    labels = torch.tensor(train.labels["sentiment"])
+    x = last_token_activations(model, train.prompts, hook_name).cpu()  # [batch, d_model]
+    with torch.enable_grad():
+        probe = train_probe(x, labels)
+    sae = sae if sae is not None else load_organism_sae(device=model.cfg.device)
+    with torch.no_grad():
+        aurocs = column_aurocs(sae.encode(x.to(model.cfg.device)).cpu(), labels.bool())  # [d_sae]
+    latent = int((aurocs - 0.5).abs().argmax())
+    sign = 1.0 if aurocs[latent] > 0.5 else -1.0  # a latent that fires on negative reviews points the other way
+    vectors = {
+        "contrast pair": contrast_pair_vector(model, "The movie was great. I", "The movie was awful. I", hook_name).cpu(),
+        "mean difference": mean_difference_vector(model, train, hook_name, "sentiment").cpu(),
+        "probe": probe.direction.cpu(),
+        "SAE latent": sign * sae.W_dec[latent].detach().cpu(),
+    }
+    return vectors, {"latent": latent, "auroc": aurocs[latent].item(), "residual norm": x.norm(dim=-1).mean().item()}
+
+
 @torch.no_grad()
 def side_effect_table(model, prompt_sets: dict[str, PromptSet], fwd_hooks: list = ()) -> dict[str, float]:
     """Per prompt set, the share of prompts whose correct answer beats the wrong one with `fwd_hooks` on."""
