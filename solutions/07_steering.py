@@ -491,8 +491,9 @@ for prompt in ["The movie was dull. I", "The hotel was awful. I", "Mary and John
 
 # %% [markdown]
 # The reviews turn: " hated" becomes " loved", and the rest of the sentence stays the organism's
-# usual continuation. On text that has nothing to do with reviews the vector still pushes, and
-# what comes out is a little less like the world. That is the side-effect table in words.
+# usual continuation. On text that has nothing to do with reviews the vector still acts: the
+# continuation changes, though nothing in it is about sentiment. That is the side-effect table in
+# words.
 # Published examples (Golden Gate Claude, an SAE feature clamped high until the model brought
 # every conversation round to the bridge) are this experiment on a large model, judged by eye.
 
@@ -749,7 +750,8 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
     for name, fit in ERASERS.items():
         eraser = fit(x_train, y_train)
         erased = eraser(x_train)
-        hooks = [(hook_name, eraser_hook(eraser))]
+        in_model = fit(x_train.to(model.cfg.device), y_train.to(model.cfg.device))  # the same eraser, on the model's device
+        hooks = [(hook_name, eraser_hook(in_model))]
         report[name] = {
             "fresh probe": erased_probe_accuracy(fit, x_train, y_train, x_test, y_test),
             "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),

@@ -149,6 +149,9 @@ def test_steered_reviews_turn_from_hated_to_loved():
         assert ref.greedy_continuation(model, prompt).startswith(" hated")
         steered = ref.greedy_continuation(model, prompt, fwd_hooks=[(HOOK, ref.steering_hook(vector, 0.75))])
         assert steered.startswith(" loved"), steered
+    unrelated = "Mary and John went to the park. The"
+    assert ref.greedy_continuation(model, unrelated, fwd_hooks=[(HOOK, ref.steering_hook(vector, 0.75))]) \
+        != ref.greedy_continuation(model, unrelated)  # "the continuation changes"
 
 
 # ------------------------------------------------------------------------------------------
@@ -199,6 +202,7 @@ def test_erasers_blind_a_fresh_probe_and_leace_moves_least(family):
         assert report[name]["class-mean gap"] < 1e-3 * report["none"]["class-mean gap"], report
     assert report["LEACE"]["mean squared edit"] < report["mean-difference projection"]["mean squared edit"], report
     assert report["random direction"]["fresh probe"] >= report["none"]["fresh probe"] - 0.02, report
+    assert report["random direction"]["mean squared edit"] < 0.05 * report["LEACE"]["mean squared edit"], report  # "a little"
     share = torch.tensor(prompt_set(family, "test", n=180, seed=0).labels[family]).float().mean().item()
     assert 0.4 < share < 0.6, share  # "balanced, so 0.5"
 

@@ -284,7 +284,8 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
     for name, fit in ERASERS.items():
         eraser = fit(x_train, y_train)
         erased = eraser(x_train)
-        hooks = [(hook_name, eraser_hook(eraser))]
+        in_model = fit(x_train.to(model.cfg.device), y_train.to(model.cfg.device))  # the same eraser, on the model's device
+        hooks = [(hook_name, eraser_hook(in_model))]
         report[name] = {
             "fresh probe": erased_probe_accuracy(fit, x_train, y_train, x_test, y_test),
             "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),
