@@ -821,7 +821,9 @@ print_report(sentiment_erasure)
 #
 # an outer product of `[d_mlp]` and `[d_model]` (TransformerLens's orientation: `out = hidden @
 # W_out`, so `W_out` is `[d_mlp, d_model]`). The change is along $C^{-1} k$, which other keys
-# (uncorrelated with $k$ under $C$) barely touch.
+# (uncorrelated with $k$ under $C$) barely touch. Many other edits also give $k W'_{out} = v^*$,
+# for instance rewriting the whole row of the hidden unit where $k$ is largest; but that row is
+# read by every input that uses the unit, and all of them would change.
 #
 # ### Exercise 7.8: a rank-one update (difficulty 2/3, ~20 min)
 # Write `rank_one_update(weight, key, value, second_moment)`: `weight` is `[d_in, d_out]` (used as

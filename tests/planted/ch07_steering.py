@@ -352,6 +352,13 @@ def update_overwrites(weight, key, value, second_moment):
     return torch.outer(c_inv_k, value) / (c_inv_k @ key)
 
 
+def update_one_unit_row(weight, key, value, second_moment):
+    unit = int(key.abs().argmax())
+    new = weight.clone()
+    new[unit] = weight[unit] + (value - key @ weight) / key[unit]
+    return new
+
+
 def update_with_inverse_float64(weight, key, value, second_moment):
     c_inv_k = torch.linalg.inv(second_moment.double()) @ key.double()
     new = weight.double() + c_inv_k[:, None] * (value.double() - key.double() @ weight.double())[None] / (key.double() @ c_inv_k)
@@ -384,7 +391,8 @@ MISTAKES = {
             (erased_test_only, "erase the training activations before training the probe"),
             (erased_fitted_on_test, "fit the eraser on the training split only")],
     "7.8": [(update_identity_moment, "weight the change by the keys' second moment"),
-            (update_adds_value, "the numerator is the residual"), (update_overwrites, "keep the old weight")],
+            (update_adds_value, "the numerator is the residual"), (update_overwrites, "keep the old weight"),
+            (update_one_unit_row, "overwriting the whole row of one hidden unit")],
 }
 
 ALTERNATIVES = {

@@ -492,6 +492,9 @@ def check_rank_one_update(candidate) -> None:
     for weight, key, value, moment in _edit_cases():
         expected = ref.rank_one_update(weight, key, value, moment)
         c_inv_k = torch.linalg.solve(moment, key)
+        unit = int(key.abs().argmax())
+        one_row = weight.clone()
+        one_row[unit] = one_row[unit] + (value - key @ weight) / key[unit]
         got = call(candidate, weight.clone(), key.clone(), value.clone(), moment.clone())
         expect_tensor_distinct(got, expected, "your new weight", atol=1e-3, rtol=1e-3, mistakes={
             "weight the change by the keys' second moment: the direction is C^-1 k, and the denominator k^T C^-1 k "
@@ -500,6 +503,8 @@ def check_rank_one_update(candidate) -> None:
                 weight + torch.outer(c_inv_k, value) / (c_inv_k @ key),
             "keep the old weight: the edit adds a rank-one change to it, it does not replace the whole matrix":
                 torch.outer(c_inv_k, value) / (c_inv_k @ key),
+            "spread the change along C^-1 k: overwriting the whole row of one hidden unit also gives key @ W = value, "
+            "but changes the output of every input that uses that unit": one_row,
         })
         if not torch.allclose((key @ got.double().to(key.dtype)), value, atol=1e-2 * max(1.0, value.abs().max().item())):
             raise Wrong("after the update, key @ new_weight should equal value")
