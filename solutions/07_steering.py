@@ -124,7 +124,7 @@ steering_hook = check_exercise("7.1", steering_hook)
 # %% [markdown]
 # With a hook in hand, steering is a context manager around anything that runs the model: every
 # forward pass inside the `with` block is steered, and the hook is gone afterwards, even after an
-# error. Chapters 08 and 09 use the same helpers.
+# error. Later chapters reuse these helpers on other models and behaviours.
 
 # %% tags=["export"]
 @contextlib.contextmanager
