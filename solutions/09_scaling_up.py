@@ -605,6 +605,10 @@ print(f"largest gap between the nnsight and TransformerLens sweeps: {(sweep - tl
 # positive reviews minus that of negative ones, at one layer. Added back with a coefficient, it
 # pushes negative reviews towards " loved".
 #
+# Chapter 07 scales its push by each position's residual norm and leaves the first token alone.
+# Here the push is plain, `coefficient * vector` at every position: coefficient 1 adds the whole
+# mean difference, and the TransformerLens comparison below makes the same plain addition.
+#
 # A subtlety of conventions: nnsight's residual stream is not centred, the bridge's is, so the two
 # libraries' mean-difference vectors differ by a constant along the all-ones direction. That
 # constant changes nothing downstream, because the next LayerNorm subtracts the mean of whatever it
@@ -694,13 +698,18 @@ steer = check_exercise("9.7", steer)
 # measured, as Chapter 07 always does: the capital-city facts, steered the same way.
 
 # %%
+from utils.references.ch07_steering import mean_difference_vector
+
 STEER_LAYER, COEFFICIENT = 2, 1.0
 train = prompt_set("sentiment", "train", n=64, seed=0)
 is_positive = torch.tensor(train.labels["sentiment"]) == 1
 train_tokens, train_last = nnsight_tokenize(lm, train.prompts)
 vector = steering_vector(lm, train_tokens[is_positive], train_last[is_positive],
                          train_tokens[~is_positive], train_last[~is_positive], STEER_LAYER)
-print(f"steering vector at layer {STEER_LAYER}: {list(vector.shape)}, norm {vector.norm():.1f}")
+print(f"steering vector at layer {STEER_LAYER}: {list(vector.shape)}, norm {vector.norm():.1f}, mean {vector.mean():.2f}")
+chapter_07_vector = mean_difference_vector(model, train, f"blocks.{STEER_LAYER}.hook_resid_pre", "sentiment").cpu()
+print("Chapter 07's vector (the bridge's, so centred) against ours minus its mean: largest gap "
+      f"{(vector - vector.mean() - chapter_07_vector).abs().max():.1e}")
 
 held_out = prompt_set("sentiment", "test", n=64, seed=1)
 negative = [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if label == 0]

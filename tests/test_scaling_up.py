@@ -2,8 +2,9 @@
 here and in the rehearsal of a remote run; what the text says about the organism, the remote contract
 and nnsight 0.8.1's traps; the same functions on a Llama; the NDIF cell's offline error paths.
 
-Nothing here reaches the network. The patching and steering cross-checks use small
-TransformerLens hook implementations on the bridge, written here.
+Nothing here reaches the network. The steering cross-check uses Chapter 07's reference on the
+bridge; the patching cross-check, a small TransformerLens hook sweep written here (Chapter 06's
+reference is not in the workbook yet).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from utils.nnsight_models import (NdifUnavailableError, RehearsalBackend, load_n
                                   trace_options, write_activation)
 from utils.organism.world import prompt_set
 from utils.references import ch03_logit_lens as ch03
+from utils.references import ch07_steering as ch07
 from utils.references import ch09_scaling_up as ref
 from utils.references.ch02_probing import answer_ids, tokenize
 
@@ -292,18 +294,15 @@ def test_the_vector_is_the_bridges_up_to_a_constant_and_steers_alike(lm, bridge,
     layer = 2
     vector = ref.steering_vector(lm, tokens[positive], last[positive], tokens[~positive], last[~positive], layer,
                                  remote=remote)
-    _, cache = bridge.run_with_cache(tokens)
-    resid = cache[f"blocks.{layer}.hook_resid_pre"][torch.arange(len(last)), last]  # [batch, d_model], centred
-    bridge_vector = resid[positive].mean(0) - resid[~positive].mean(0)
-    assert torch.allclose(vector - vector.mean(), bridge_vector, atol=1e-3)
+    bridge_vector = ch07.mean_difference_vector(bridge, train, f"blocks.{layer}.hook_resid_pre", "sentiment")
+    assert torch.allclose(vector - vector.mean(), bridge_vector, atol=1e-3)  # the bridge's stream is centred
     assert vector.mean().abs() > 1e-2  # the constant is really there
 
     held_out = prompt_set("sentiment", "test", n=16, seed=1)
     test_tokens, test_last = ref.nnsight_tokenize(lm, held_out.prompts)
     got = ref.steer(lm, test_tokens, test_last, vector, layer, 1.5, remote=remote)
-    steered = bridge.run_with_hooks(test_tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre",
-                                                             lambda value, hook: value + 1.5 * bridge_vector)])
-    expected = steered[torch.arange(len(test_last)), test_last].log_softmax(-1)
+    plain_addition = (f"blocks.{layer}.hook_resid_pre", lambda value, hook: value + 1.5 * bridge_vector)
+    expected = ch07.last_logits(bridge, held_out, fwd_hooks=[plain_addition]).log_softmax(-1)
     assert torch.allclose(got, expected, atol=1e-3), (got - expected).abs().max()
 
 
