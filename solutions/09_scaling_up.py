@@ -646,11 +646,13 @@ def steering_vector(lm, positive: Int[Tensor, "batch pos"], positive_last: Int[T
     """Mean residual stream before `layer` at the last positions of `positive`, minus that of `negative`."""
     ### BEGIN SOLUTION
     name = f"blocks.{layer}.hook_resid_pre"
+    plus_rows = torch.arange(len(positive_last), device=positive_last.device)
+    minus_rows = torch.arange(len(negative_last), device=negative_last.device)
     with lm.session(**trace_options(lm, remote)):
         with lm.trace(positive):
-            plus = read_activation(lm, name)[torch.arange(len(positive_last)), positive_last].mean(0)  # [d_model]
+            plus = read_activation(lm, name)[plus_rows, positive_last].mean(0)  # [d_model]
         with lm.trace(negative):
-            minus = read_activation(lm, name)[torch.arange(len(negative_last)), negative_last].mean(0)
+            minus = read_activation(lm, name)[minus_rows, negative_last].mean(0)
         vector = (plus - minus).detach().cpu().save()
     return vector
     ### END SOLUTION
@@ -684,7 +686,8 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
     push = coefficient * vector.to(tokens.device)  # [d_model], added at every position
     with lm.trace(tokens, **trace_options(lm, remote)):
         write_activation(lm, name, read_activation(lm, name) + push)
-        steered = unembed(lm).output[torch.arange(len(last)), last].log_softmax(-1).detach().cpu().save()
+        rows = torch.arange(len(last), device=last.device)
+        steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
     return steered
     ### END SOLUTION
 
@@ -715,7 +718,7 @@ held_out = prompt_set("sentiment", "test", n=64, seed=1)
 negative = [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if label == 0]
 negative_tokens, negative_last = nnsight_tokenize(lm, negative)
 loved, hated = first_token(lm, " loved"), first_token(lm, " hated")
-rows = torch.arange(len(negative))
+rows = torch.arange(len(negative), device=negative_last.device)
 with lm.trace(negative_tokens):
     unsteered = lm.lm_head.output[rows, negative_last].log_softmax(-1).cpu().save()
 print(f"{len(negative)} negative reviews, ' loved' above ' hated' before steering: "
@@ -729,7 +732,7 @@ bridge_tokens, bridge_last = tokenize(model, negative)
 push = COEFFICIENT * vector.to(model.cfg.device)
 bridge_steered = model.run_with_hooks(bridge_tokens, fwd_hooks=[(f"blocks.{STEER_LAYER}.hook_resid_pre",
                                                                  lambda value, hook: value + push)])
-bridge_steered = bridge_steered[torch.arange(len(negative)), bridge_last].log_softmax(-1).cpu()
+bridge_steered = bridge_steered[torch.arange(len(negative), device=bridge_last.device), bridge_last].log_softmax(-1).cpu()
 print(f"largest gap to the same edit through a bridge hook (log-probabilities): {(steered - bridge_steered).abs().max():.1e}")
 
 facts = prompt_set("facts", "test", n=64, seed=0)

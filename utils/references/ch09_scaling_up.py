@@ -127,11 +127,13 @@ def steering_vector(lm, positive: Int[Tensor, "batch pos"], positive_last: Int[T
                     remote: bool | str = False) -> Float[Tensor, "d_model"]:
     """Mean residual stream before `layer` at the last positions of `positive`, minus that of `negative`."""
     name = f"blocks.{layer}.hook_resid_pre"
+    plus_rows = torch.arange(len(positive_last), device=positive_last.device)
+    minus_rows = torch.arange(len(negative_last), device=negative_last.device)
     with lm.session(**trace_options(lm, remote)):
         with lm.trace(positive):
-            plus = read_activation(lm, name)[torch.arange(len(positive_last)), positive_last].mean(0)  # [d_model]
+            plus = read_activation(lm, name)[plus_rows, positive_last].mean(0)  # [d_model]
         with lm.trace(negative):
-            minus = read_activation(lm, name)[torch.arange(len(negative_last)), negative_last].mean(0)
+            minus = read_activation(lm, name)[minus_rows, negative_last].mean(0)
         vector = (plus - minus).detach().cpu().save()
     return vector
 
@@ -143,7 +145,8 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
     push = coefficient * vector.to(tokens.device)  # [d_model], added at every position
     with lm.trace(tokens, **trace_options(lm, remote)):
         write_activation(lm, name, read_activation(lm, name) + push)
-        steered = unembed(lm).output[torch.arange(len(last)), last].log_softmax(-1).detach().cpu().save()
+        rows = torch.arange(len(last), device=last.device)
+        steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
     return steered
 
 
