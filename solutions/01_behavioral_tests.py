@@ -10,7 +10,7 @@
 # # Chapter 01: Behavioral tests
 #
 # **Time:** about 2 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
-# *Run All* takes about a minute on a laptop CPU.
+# *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - measure a behaviour with the two standard task metrics, **accuracy** and **logit difference**,
@@ -141,6 +141,11 @@ def final_logits(model, prompts: list[str], batch_size: int = 256) -> Float[Tens
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# The plan: the last-token logits, `[batch, d_vocab]`; two id tensors of shape `[batch]`, one for
+# `prompts.correct` and one for `prompts.wrong`; one logit per row from each; their difference.
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # With `rows = torch.arange(len(prompts))`, `logits[rows, correct_ids]` picks one logit per prompt.
 # </details>
 
@@ -262,8 +267,14 @@ figure
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Compute `centre` and `half_width` from the formula, both divided by `1 + z**2 / n`; return
-# `p, centre - half_width, centre + half_width`.
+# The formula has two parts over one denominator, `1 + z**2 / n`: a centre, pulled from `p` towards
+# one half, and a half-width. A check on your arithmetic: with 30 right out of 30, the low end is
+# close to 0.89.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Compute `centre` and `half_width` from the formula, both divided by `1 + z**2 / n`; return `p, centre -
+# half_width, centre + half_width` as Python floats.
 # </details>
 
 # %% tags=["export"]
@@ -342,6 +353,11 @@ accuracy_bars({split: {family: accuracy_interval(diffs[family, split]) for famil
 # `dict.fromkeys(groups)` lists each distinct label once, in order of first appearance.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The plan: for each distinct label, a boolean mask of shape `[batch]` saying which prompts carry
+# it; the accuracy of the `diffs` under that mask; one dict entry per label.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # For one label `g`: `members = torch.tensor([value == g for value in groups])`, then
 # `(diffs[members] > 0).float().mean().item()`.
@@ -456,8 +472,14 @@ def replace_names(prompts: PromptSet, io_words: list[str], s_words: list[str]) -
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `PromptSet(prompts.family, prompts.split, new_prompts, correct, wrong, labels)`; build new lists
-# rather than editing `prompts.prompts` in place.
+# The plan: one loop over `zip(prompts.prompts, anchors)` that builds a new list of prompts; `flip`
+# only decides which list becomes `correct` and which `wrong`; copy the `labels` dict and its lists,
+# so the new set shares nothing with the old one.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `prompt[:at] + word + prompt[at:]` for each prompt; then `PromptSet(prompts.family, prompts.split,
+# new_prompts, correct, wrong, labels)`, with new lists rather than `prompts.prompts` edited in place.
 # </details>
 
 # %% tags=["export"]
@@ -732,6 +754,12 @@ figure
 # `classifier.linear.weight` has shape `[1, height * width]`; reshape it to `[height, width]`.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The shapes: `images` is `[batch, height, width]` and the reshaped weight `[height, width]`, so an
+# element-wise product broadcasts over the batch. To test yourself, sum the result over the last two
+# dimensions and add the bias: you should get `classifier(images)`.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # `images * classifier.linear.weight.reshape(images.shape[1:])` broadcasts over the batch.
 # </details>

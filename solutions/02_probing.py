@@ -10,8 +10,8 @@
 # # Chapter 02: Probing
 #
 # **Time:** two and a half to three hours. **Exercises:** 9, each checked as soon as you run the
-# cell after it. *Run All* takes about a minute on a laptop CPU (JupyterLab then shows the last cell:
-# scroll up to watch the progress bars).
+# cell after it. *Run All* takes under 2 minutes on a 2-core laptop CPU (longer when the machine is
+# busy; JupyterLab then shows the last cell: scroll up to watch the progress bars).
 #
 # **You will learn to**
 # - collect residual-stream activations at chosen positions for prompts whose labels you know;
@@ -296,6 +296,12 @@ class LinearProbe(nn.Module):
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# The plan: `probe = LinearProbe(x)`; one optimizer over `probe.parameters()`; then `steps` steps on
+# the whole batch at once (no minibatches). `probe(x)` gives one logit per prompt, `[batch]`, the
+# shape of `y`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # Each step: compute the loss, `optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`.
 # Without `zero_grad` the gradients of all earlier steps pile up.
 # </details>
@@ -332,6 +338,12 @@ train_probe = check_exercise("2.2", train_probe)
 # A logit above 0 means a probability above 0.5, so the prediction for label 1 is `probe(x) > 0`.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The shapes: `x_train[layer]` is `[batch, d_model]`, the input `train_probe` wants with `y_train`;
+# `probe(x_test[layer])` gives `[batch_test]` logits. Evaluating needs no gradients
+# (`torch.no_grad()`). One accuracy per residual point, `x_train.shape[0]` of them.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # `((probe(x_test[layer]) > 0) == y_test.bool()).float().mean()` inside a loop over
 # `range(x_train.shape[0])`; then `torch.stack` the results.
@@ -463,11 +475,16 @@ for label in LABELS:
 #
 # <details><summary>Hint 1</summary>
 #
-# Boolean indexing: `x[y == 1].mean(0)`.
+# Boolean indexing: `x[y == 1]` keeps the rows whose label is 1.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `difference / difference.norm()`.
+# The shapes: `x[y == 1]` is `[n_1, d_model]`, and `.mean(0)` averages over the prompts (dimension
+# 0), giving `[d_model]`. The same for label 0; the difference of the two means is `[d_model]` too.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Divide the difference by its `.norm()`.
 # </details>
 
 # %% tags=["export"]
@@ -499,8 +516,14 @@ mean_difference_direction = check_exercise("2.4", mean_difference_direction)
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# With `mean_0, mean_1` the two training means of the projections, predict 1 where
-# `(projection - (mean_0 + mean_1) / 2) * (mean_1 - mean_0) > 0`.
+# The plan and the shapes: the projections `x_train @ direction` (`[batch]`) and `x_test @ direction`
+# (`[batch_test]`); two training means, one per label (numbers); the threshold halfway between them;
+# label 1's side is given by the sign of `mean_1 - mean_0`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# With `mean_0, mean_1` the two training means of the projections, predict 1 where `(projection - (mean_0 +
+# mean_1) / 2) * (mean_1 - mean_0) > 0`; compare with `y_test.bool()` and `.item()` the mean.
 # </details>
 
 # %% tags=["export"]
@@ -533,7 +556,13 @@ direction_accuracy = check_exercise("2.5", direction_accuracy)
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `unit = directions / directions.norm(dim=-1, keepdim=True)`; `unit @ unit.T`.
+# `directions.norm(dim=-1, keepdim=True)` has shape `[k, 1]`, so dividing by it scales every row to
+# length 1. (Without `keepdim` the shapes do not line up.)
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# One matrix product of the unit rows with their transpose, `[k, d_model] @ [d_model, k]`, gives the
+# `[k, k]` matrix: `unit @ unit.T`.
 # </details>
 
 # %% tags=["export"]
@@ -727,7 +756,7 @@ figure
 # of the *probed* token; our probed token is always ` I`, so we key it to an earlier word, the
 # adjective. Their main use of selectivity, choosing how powerful a probe may be, comes just below.)
 #
-# ### Exercise 2.7: control-task labels (difficulty 2/3, ~10 min)
+# ### Exercise 2.7: control-task labels (difficulty 1/3, ~10 min)
 # Write `control_task_labels(keys, seed)`. `keys` is a list of strings, one per prompt (for example
 # each review's adjective). Give each *distinct* key a random label, 0 or 1, with half the distinct
 # keys on each label (rounded either way), drawn from a generator seeded with `seed`: the labels
@@ -742,7 +771,14 @@ figure
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# The same key must get the same label everywhere: draw one label per *distinct key*, not per prompt.
+# The same key must get the same label everywhere: draw one label per *distinct key*, not per
+# prompt. Then look each prompt's key up in the dict.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `permutation = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))`;
+# `label_of = {key: int(permutation[i] % 2) for i, key in enumerate(distinct)}`; a long tensor of
+# `label_of[key]` for every key of `keys`.
 # </details>
 
 # %% tags=["export"]
@@ -955,8 +991,18 @@ figure
 #
 # <details><summary>Hint 1</summary>
 #
-# `(resid @ u)` has the leading shape of `resid`; add a trailing axis with `[..., None]` to
-# multiply by `u`.
+# First scale the direction, `u = direction / direction.norm()`; the component of a vector along `u`
+# is its dot product with `u`, times `u`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# The shapes: `resid @ u` has the leading shape of `resid` (one number per vector); add a trailing
+# axis with `[..., None]` so that it multiplies `u`, `[d_model]`, back into `[..., d_model]`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `resid - (resid @ u)[..., None] * u`. To test yourself: `(result @ u)` should be about zero
+# everywhere.
 # </details>
 
 # %% tags=["export"]
@@ -1000,14 +1046,21 @@ print(f"gender probe at {points[last_point]}: {accuracy['organism', 'io_gender']
 #
 # <details><summary>Hint 1</summary>
 #
-# A hook is a function `hook_fn(activation, hook)` that returns the new activation; `fwd_hooks` is
-# a list of `(hook_name, hook_fn)` pairs.
+# A hook is a function `hook_fn(activation, hook)` that returns the new activation; `fwd_hooks` is a
+# list of `(hook_name, hook_fn)` pairs.
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# The plan: one `(name, hook_fn)` pair per item of `directions`, each `hook_fn` returning
+# `remove_direction(resid, direction)` with *its own* direction; then hand the list to
+# `logit_diffs(model, prompts, fwd_hooks=...)`, which adds the hooks for one run and removes them
+# after. (`model.add_hook` would leave them on the model.)
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # Beware of closures in a loop: `lambda resid, hook: remove_direction(resid, direction)` made in a
-# loop sees the *last* `direction`. Bind it with a default argument,
-# `lambda resid, hook, direction=direction: ...`, or build each hook in a helper function.
+# loop sees the *last* `direction`. Bind it with a default argument, `lambda resid, hook, direction=direction:
+# ...`, or build each hook in a helper function.
 # </details>
 
 # %% tags=["export"]
