@@ -611,34 +611,136 @@ for label in LABELS:
 # which one is "the" representation is a question a probe cannot settle.
 #
 # What does "classify with a direction" look like? Project every held-out prompt onto the
-# difference-of-means direction at the last residual point, and draw one histogram per class, with
-# the halfway threshold of Exercise 2.5:
+# difference-of-means direction, and draw one histogram per class, with the halfway threshold of
+# Exercise 2.5 (label 1 is true, positive, male). The figure starts at the last residual point; its
+# slider moves through the residual points, one histogram per label at each. Decide first: at the
+# embeddings, what should every histogram look like?
 
-# %%
+# %% tags=["export"]
+import ipywidgets as widgets
 import plotly.graph_objects as go
+from IPython.display import display
 from plotly.subplots import make_subplots
 
+CLASS_COLOURS = ("#4c78a8", "#e45756")  # label 0, label 1
+
+
+def projection_histogram(x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
+                         x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                         bins: int = 30) -> dict:
+    """Held-out projections on the training difference of means, counted per class.
+
+    Returns the bin centres `[bins]`, the counts `[2, bins]` (label 0, then label 1), the halfway
+    threshold, and the accuracy of thresholding there (Exercise 2.5's rule).
+    """
+    direction = mean_difference_direction(x_train, y_train)  # [d_model]
+    train_projection, test_projection = x_train @ direction, x_test @ direction  # [batch], [batch_test]
+    threshold = (train_projection[y_train == 0].mean() + train_projection[y_train == 1].mean()).item() / 2
+    low = min(test_projection.min().item(), threshold)
+    high = max(test_projection.max().item(), threshold)
+    counts = torch.stack([torch.histc(test_projection[y_test == value], bins, low, high) for value in (0, 1)])
+    width = (high - low) / bins
+    return {"centres": low + width * (torch.arange(bins) + 0.5), "counts": counts, "width": width,
+            "threshold": threshold, "accuracy": direction_accuracy(direction, x_train, y_train, x_test, y_test)}
+
+
+def histogram_traces(histogram: dict, visible: bool = True, legend: bool = True) -> list:
+    """One bar trace per class and a dotted vertical line at the threshold."""
+    traces = [go.Bar(x=histogram["centres"].tolist(), y=histogram["counts"][value].tolist(), width=histogram["width"],
+                     name=f"label {value}", marker_color=colour, opacity=0.6, visible=visible, showlegend=legend)
+              for value, colour in enumerate(CLASS_COLOURS)]
+    top = histogram["counts"].max().item()
+    traces.append(go.Scatter(x=[histogram["threshold"]] * 2, y=[0, top], mode="lines", name="threshold",
+                             line=dict(dash="dot", color="black"), visible=visible, showlegend=legend))
+    return traces
+
+
+def projection_slider_figure(data: dict[str, dict], points: list[str], start: int = -1) -> go.Figure:
+    """A static figure with a plotly slider over residual points, one histogram per label: no kernel needed."""
+    labels, start = list(data), start % len(points)
+    figure = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.06)
+    subtitles = []  # [point][label]
+    for point in range(len(points)):
+        subtitles.append([])
+        for column, label in enumerate(labels, start=1):
+            d = data[label]
+            histogram = projection_histogram(d["x_train"][point], d["y_train"], d["x_test"][point], d["y_test"])
+            for trace in histogram_traces(histogram, visible=point == start, legend=column == 1):
+                figure.add_trace(trace, row=1, col=column)
+            subtitles[point].append(f"{label}: accuracy {histogram['accuracy']:.2f}")
+    per_point = len(figure.data) // len(points)
+    steps = [dict(method="update", label=name,
+                  args=[{"visible": [t // per_point == k for t in range(len(figure.data))]},
+                        {f"annotations[{i}].text": text for i, text in enumerate(subtitles[k])}])
+             for k, name in enumerate(points)]
+    for annotation, text in zip(figure.layout.annotations, subtitles[start]):
+        annotation.text = text
+    figure.update_layout(title="Held-out prompts on the difference of means", barmode="overlay", height=450,
+                         legend=dict(orientation="h", x=1, xanchor="right", y=1.2),
+                         sliders=[dict(steps=steps, active=start, currentvalue=dict(prefix="residual point: "),
+                                       pad=dict(t=60))])
+    figure.update_xaxes(title_text="projection")
+    figure.update_yaxes(title_text="held-out prompts", col=1)
+    return figure
+
+
+class ProjectionExplorer:
+    """Menus for the model and the label and a slider over residual points, redrawing the histogram (live)."""
+
+    def __init__(self, data: dict[tuple[str, str], dict], points: list[str], label: str | None = None,
+                 point: int = -1):
+        self.data, self.points = data, list(points)
+        models, labels = list(dict.fromkeys(key[0] for key in data)), list(dict.fromkeys(key[1] for key in data))
+        self.model = widgets.Dropdown(options=models, value=models[0], description="model")
+        self.label = widgets.Dropdown(options=labels, value=label or labels[0], description="label")
+        self.point = widgets.SelectionSlider(options=self.points, value=self.points[point], description="point",
+                                             continuous_update=False)
+        self.output = widgets.Output()
+        for control in (self.model, self.label, self.point):
+            control.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Recompute the histogram for the chosen model, label and point, store it and the figure, show them."""
+        d, k = self.data[self.model.value, self.label.value], self.points.index(self.point.value)
+        self.histogram = projection_histogram(d["x_train"][k], d["y_train"], d["x_test"][k], d["y_test"])
+        self.figure = go.Figure(histogram_traces(self.histogram))
+        self.figure.update_layout(title=f"{self.model.value}, {self.label.value} at {self.point.value}: "
+                                  f"accuracy {self.histogram['accuracy']:.2f}", barmode="overlay", height=380,
+                                  xaxis_title="projection", yaxis_title="held-out prompts")
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.model, self.label, self.point]), self.output])
+
+
+# %%
 last_point = len(points) - 1
-figure = make_subplots(rows=1, cols=2, subplot_titles=["sentiment", "io_gender"], horizontal_spacing=0.1)
-for column, label in enumerate(("sentiment", "io_gender"), start=1):
-    d = data["organism", label]
-    direction = comparison[label][last_point]["mean_direction"]
-    train_projection, test_projection = d["x_train"][-1] @ direction, d["x_test"][-1] @ direction  # [batch] each
-    threshold = (train_projection[d["y_train"] == 0].mean() + train_projection[d["y_train"] == 1].mean()) / 2
-    for value, colour in ((0, "#4c78a8"), (1, "#e45756")):
-        figure.add_trace(go.Histogram(x=test_projection[d["y_test"] == value].tolist(), name=f"{label} = {value}",
-                                      marker_color=colour, opacity=0.6, nbinsx=40), row=1, col=column)
-    figure.add_vline(x=threshold.item(), line_dash="dot", row=1, col=column)
-figure.update_layout(barmode="overlay", height=380, legend=dict(orientation="h", y=-0.25),
-                     title=f"Held-out prompts projected on the difference of means ({points[last_point]}); dotted: threshold")
-figure.update_xaxes(title_text="projection")
-figure
+projection_slider_figure({label: data["organism", label] for label in LABELS}, points)
 
 # %% [markdown]
-# Sentiment's two classes sit in two separate humps, one on each side of the threshold. Gender's
-# overlap: the direction carries the label, but weakly next to everything else that varies
-# along it, which is why the difference of means classifies gender worse than sentiment.
+# At the last point, sentiment's two classes sit in two separate humps, one on each side of the
+# threshold. Gender's overlap: the direction carries the label, but weakly next to everything else
+# that varies along it, which is why the difference of means classifies gender worse than
+# sentiment. Drag the slider back. At `embed` every label's two classes lie on top of each other,
+# as they must: the last token is the same word in every prompt of a family. Sentiment splits
+# into two humps after one block and stays split. Truth splits after one block too, with some
+# overlap, and the later blocks pull the humps further apart. Gender overlaps at every point, and
+# before the last block its held-out accuracy is below one half (Section 2 said why).
 #
+# The figure above was computed in advance. To choose the model (the organism or the random
+# baseline), the label and the point with menus and a slider that recompute as you move them, set
+# `live = True` and run the cell again. It is off by default because a live widget cannot be saved
+# with the notebook: reopened later, it would show an error in its place.
+
+# %%
+live = False
+if live:
+    display(ProjectionExplorer(data, points, label="sentiment").widget())
+
+# %% [markdown]
 # Both directions so far were found *with* the labels. What if we ask the activations alone where
 # they vary most? The **principal components** of the training activations are the directions of
 # largest variance, found without any label. Plot the held-out prompts on the first two:
