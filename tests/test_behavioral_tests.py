@@ -175,3 +175,51 @@ def test_the_training_curves_the_chapter_describes():
     jump = int(steps[ioi > 0.9].min())
     assert jump - int(steps[ioi < 0.65].max()) <= 200  # between two evaluations
     assert jump > int(steps[induction < 0.3].min())  # after induction formed
+
+
+# ------------------------------------------------------------------------------------------
+# Wald vs Wilson: the coverage the text reports, re-simulated (another seed), and the slider
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def coverage(n: int, seed: int = 1) -> dict:
+    return ref.interval_coverage(ref.COVERAGE_RATES, n, seed=seed)
+
+
+def test_the_vectorised_wilson_interval_is_the_one_of_exercise_1_3():
+    for right, n in ((30, 30), (28, 30), (3, 10), (150, 300)):
+        _, low, high = ref.accuracy_interval(torch.tensor([1.0] * right + [-1.0] * (n - right)))
+        wilson = ref.wilson_interval(torch.tensor(float(right)), n)
+        assert abs(wilson[0].item() - low) < 1e-6 and abs(wilson[1].item() - high) < 1e-6
+
+
+def test_wald_covers_about_half_near_the_edge_at_30_prompts_and_wilson_keeps_its_promise():
+    """The text: at n = 30 and p >= 0.95, Wald about half, Wilson about 95%; Wald's failing band
+    narrows with n but at n = 300 still falls below 80%; Wilson averages 95% at every n."""
+    high = ref.COVERAGE_RATES >= 0.95
+    at_30 = coverage(30)
+    assert 0.35 < at_30["Wald"][high].mean() < 0.65 and 0.92 < at_30["Wilson"][high].mean() < 0.98
+    wald_means = [coverage(n)["Wald"].mean().item() for n in ref.COVERAGE_SIZES]
+    assert wald_means == sorted(wald_means) and wald_means[-1] < 0.95
+    assert coverage(300)["Wald"].min() < 0.8
+    for n in ref.COVERAGE_SIZES:
+        assert abs(coverage(n)["Wilson"].mean() - 0.95) < 0.01, n
+    zero_width = ref.wald_interval(torch.tensor(30.0), 30)  # every prompt right: Wald's interval is [1, 1]
+    assert zero_width[0] == zero_width[1] == 1
+
+
+def test_the_coverage_slider_shows_one_n_at_a_time_and_the_live_sliders_resimulate():
+    figure = ref.coverage_slider_figure(ref.COVERAGE_SIZES, ref.COVERAGE_RATES)
+    steps = figure.layout.sliders[0].steps
+    assert len(figure.data) == 2 * len(ref.COVERAGE_SIZES) == 2 * len(steps)
+    for k, step in enumerate(steps):
+        visible = step.args[0]["visible"]
+        assert visible[2 * k] and visible[2 * k + 1] and sum(visible) == 2
+        assert step.label == str(ref.COVERAGE_SIZES[k])
+    explorer = ref.CoverageExplorer(n=30)
+    assert torch.equal(explorer.coverage["Wald"], ref.interval_coverage(ref.COVERAGE_RATES, 30)["Wald"])
+    explorer.n.value = 300  # what dragging the slider does: the observer re-simulates
+    assert torch.equal(explorer.coverage["Wilson"], ref.interval_coverage(ref.COVERAGE_RATES, 300)["Wilson"])
+    explorer.level.value = "80%"
+    assert abs(explorer.coverage["Wilson"].mean() - 0.8) < 0.02
+    assert "80%" in explorer.figure.layout.title.text and "n = 300" in explorer.figure.layout.title.text
+    assert explorer.figure.layout.shapes[0].y0 == pytest.approx(0.8, abs=1e-3)  # the promised line moves too
