@@ -223,3 +223,32 @@ def test_the_coverage_slider_shows_one_n_at_a_time_and_the_live_sliders_resimula
     assert abs(explorer.coverage["Wilson"].mean() - 0.8) < 0.02
     assert "80%" in explorer.figure.layout.title.text and "n = 300" in explorer.figure.layout.title.text
     assert explorer.figure.layout.shapes[0].y0 == pytest.approx(0.8, abs=1e-3)  # the promised line moves too
+
+
+# ------------------------------------------------------------------------------------------
+# The marker agreement in training: the curves the text describes, and the live sliders
+# ------------------------------------------------------------------------------------------
+def test_a_stronger_marker_habit_keeps_the_headline_and_costs_the_worst_group():
+    """The text: the same-hospital score stays above 90% and peaks at the strongest habit; the worst
+    group falls from about 84% to nothing; the new hospital falls to a coin flip; at 0.8 the worst
+    group is below one half while the headline has barely moved from the no-marker hospital's."""
+    curves = ref.shortcut_curves()
+    agreements = list(ref.SHORTCUT_AGREEMENTS)
+    same, worst = curves["same hospital: accuracy"], curves["same hospital: worst group"]
+    new = curves["new hospital (0.5): accuracy"]
+    assert min(same) > 0.9 and max(same) == same[-1], same
+    assert worst == sorted(worst, reverse=True) and 0.78 < worst[0] < 0.9 and worst[-1] < 0.05, worst
+    assert new == sorted(new, reverse=True) and new[-1] < 0.55, new
+    at = agreements.index(0.8)
+    assert worst[at] < 0.5 and abs(same[at] - same[0]) < 0.03, (worst[at], same[at], same[0])
+
+
+def test_the_shortcut_explorer_retrains_only_when_the_training_slider_moves():
+    explorer = ref.ShortcutExplorer(train_agreement=0.95, test_agreement=0.95)
+    first = explorer.classifier
+    assert explorer.scores["worst"] < 0.1
+    explorer.test.value = 0.5  # moving the test slider rescores without retraining
+    assert explorer.classifier is first and explorer.scores["accuracy"] < 0.6
+    explorer.train.value = 0.5  # moving the training slider retrains
+    assert explorer.classifier is not first and explorer.scores["worst"] > 0.75
+    assert "worst group" in explorer.figure.layout.title.text and len(explorer.figure.data[0].x) == 5
