@@ -793,6 +793,16 @@ heatmap(cosine_similarity_matrix(label_directions), x=list(LABELS), y=list(LABEL
         title=f"Cosine similarity of difference-of-means directions ({points[last_point]})")
 
 # %% [markdown]
+# The three directions are close to orthogonal. Gender shares almost nothing with the other two.
+# Truth and sentiment share a little, about 0.15: more than the spread of two random directions
+# (about 0.06), and in the sign a "valence" story would predict, with *true* on the side of
+# *positive*. Is there one shared "good" direction? A cosine this small cannot say: residual
+# directions are not spread evenly (some directions vary far more than others, and difference-of-means
+# directions lean towards them), so "mostly separate, slightly aligned" is all it supports. An
+# intervention could test it: add the sentiment direction to a truth statement and see whether the
+# verdict moves (Chapter 07's steering).
+
+# %% [markdown]
 # ## 4. Control tasks: high accuracy proves little
 #
 # A probe's accuracy mixes two things: what the activations hold, and what the probe can learn on

@@ -439,3 +439,15 @@ def test_at_matched_length_the_difference_of_means_flips_more_verdicts_than_the_
     at_one, at_two = alphas.index(1.0), alphas.index(2.0)
     assert 0.5 < means["false"][at_one] < 0.85 and probe["false"][at_one] < 0.35, (means["false"], probe["false"])
     assert 0.3 < probe["false"][at_two] < 0.75, probe["false"]  # "only about half"
+
+
+def test_the_three_label_directions_are_nearly_orthogonal_with_truth_and_sentiment_slightly_aligned():
+    """The text under the heatmap: gender shares almost nothing with truth or sentiment; truth and
+    sentiment share a little (about 0.15, above the random spread of 1/sqrt(d_model)), true on the
+    side of positive."""
+    directions = torch.stack([ref.mean_difference_direction(data["x_train"][-1], data["y_train"])
+                              for data in (measured("organism", family, label) for family, label in PROJECTED)])
+    cosine = ref.cosine_similarity_matrix(directions)  # truth, sentiment, io_gender
+    random_spread = directions.shape[-1] ** -0.5
+    assert cosine[0, 2].abs() < random_spread * 1.6 and cosine[1, 2].abs() < random_spread * 1.6, cosine
+    assert 1.5 * random_spread < cosine[0, 1] < 0.25, cosine
