@@ -19,7 +19,8 @@
 # - find a direction with a difference of means and compare it with the probe's direction;
 # - tell a probe that reads a *concept* from one that memorises *words*, with random labels,
 #   control tasks, a random-weights baseline and a better held-out split;
-# - show that information a probe can read is not necessarily information the model uses.
+# - show that information a probe can read is not necessarily information the model uses, and
+#   push along a direction to find out which of two directions the model reads.
 #
 # **Seed concepts:** probing classifiers; observational methods and their limit (what is
 # represented vs what is used); the linear representation hypothesis; the chess-model example.
