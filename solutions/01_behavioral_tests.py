@@ -367,7 +367,7 @@ def coverage_figure(traces: list, title: str, z: float = 1.96) -> go.Figure:
 def coverage_slider_figure(sizes, rates: Tensor) -> go.Figure:
     """A static figure with a plotly slider over the number of prompts: it works with no kernel (the book)."""
     traces = [trace for k, n in enumerate(sizes) for trace in coverage_traces(interval_coverage(rates, n), rates, k == 1)]
-    figure = coverage_figure(traces, "Simulated coverage of the 95% intervals: drag the number of prompts n")
+    figure = coverage_figure(traces, "Simulated coverage of the 95% intervals (drag n)")
     steps = [dict(method="update", label=f"{n}", args=[{"visible": [t // 2 == k for t in range(len(traces))]}])
              for k, n in enumerate(sizes)]
     figure.update_layout(sliders=[dict(steps=steps, active=1, currentvalue=dict(prefix="n = "), pad=dict(t=50))])
@@ -934,7 +934,7 @@ for name, values in curves.items():
     print(f"{name:<30}", "  ".join(f"{value:.0%}" for value in values))
 figure = go.Figure([go.Scatter(x=list(SHORTCUT_AGREEMENTS), y=values, mode="lines+markers", name=name)
                     for name, values in curves.items()])
-figure.update_layout(title="The stronger the marker habit in training, the more the rare groups pay",
+figure.update_layout(title="A stronger marker habit in training: the rare groups pay",
                      xaxis_title="marker agreement in the training hospital", yaxis_title="accuracy",
                      yaxis_range=[0, 1.05], height=420, legend=dict(orientation="h", y=-0.25))
 figure

@@ -668,7 +668,7 @@ def projection_slider_figure(data: dict[str, dict], points: list[str], start: in
             histogram = projection_histogram(d["x_train"][point], d["y_train"], d["x_test"][point], d["y_test"])
             for trace in histogram_traces(histogram, visible=point == start, legend=column == 1):
                 figure.add_trace(trace, row=1, col=column)
-            subtitles[point].append(f"{label}: accuracy {histogram['accuracy']:.2f}")
+            subtitles[point].append(f"{label}: {histogram['accuracy']:.2f}")
     per_point = len(figure.data) // len(points)
     steps = [dict(method="update", label=name,
                   args=[{"visible": [t // per_point == k for t in range(len(figure.data))]},
@@ -676,8 +676,8 @@ def projection_slider_figure(data: dict[str, dict], points: list[str], start: in
              for k, name in enumerate(points)]
     for annotation, text in zip(figure.layout.annotations, subtitles[start]):
         annotation.text = text
-    figure.update_layout(title="Held-out prompts on the difference of means", barmode="overlay", height=450,
-                         legend=dict(orientation="h", x=1, xanchor="right", y=1.2),
+    figure.update_layout(title="Held-out prompts on the difference of means, and each label's accuracy", barmode="overlay", height=450,
+                         legend=dict(orientation="h", x=1, xanchor="right", y=1.27), margin=dict(t=110),
                          sliders=[dict(steps=steps, active=start, currentvalue=dict(prefix="residual point: "),
                                        pad=dict(t=60))])
     figure.update_xaxes(title_text="projection")
@@ -1353,7 +1353,7 @@ for name, colour in (("difference of means", "#4c78a8"), ("probe", "#e45756")):
                                     name=f"{name}, {kind} statements", line=dict(color=colour, dash=dash)))
         print(f"{name:<20} {kind:<5} statements: verdict flipped on " + ", ".join(
             f"{rate:.0%}" for rate in flips[name][kind].tolist()) + f"  (alpha = {', '.join(map(str, ALPHAS))})")
-figure.update_layout(title="Verdicts flipped by a push after block 0, at the same length for both directions",
+figure.update_layout(title="Verdicts flipped by a push of the same length after block 0",
                      xaxis_title="alpha (multiples of the gap between the class means)",
                      yaxis_title="share of verdicts flipped", yaxis_range=[0, 1.05], height=420,
                      legend=dict(orientation="h", y=-0.3))

@@ -376,7 +376,7 @@ def test_the_projection_slider_shows_when_each_label_splits_into_two_humps():
             d = data[label]
             expected = ref.direction_accuracy(ref.mean_difference_direction(d["x_train"][k], d["y_train"]),
                                               d["x_train"][k], d["y_train"], d["x_test"][k], d["y_test"])
-            assert step.args[1][f"annotations[{i}].text"] == f"{label}: accuracy {expected:.2f}"
+            assert step.args[1][f"annotations[{i}].text"] == f"{label}: {expected:.2f}"
             accuracy[label, k] = expected
             histogram = ref.projection_histogram(d["x_train"][k], d["y_train"], d["x_test"][k], d["y_test"])
             assert histogram["counts"].sum(1).tolist() == [(d["y_test"] == v).sum().item() for v in (0, 1)]
