@@ -715,6 +715,98 @@ print("clear failures:", *failures, sep="\n  ")
 # on.
 
 # %% [markdown]
+# ### Your own edits
+# A suite grows from guesses like these. To test one of your own, write a prompt and two answers:
+# `try_prompt` prints the logit difference and the model's top next tokens, and warns about any
+# word the organism's vocabulary lacks (such a word reaches the model as one "unknown" token, so
+# the prompt says less than you meant). For example, a double negation:
+
+# %% tags=["export"]
+import re
+
+
+def unknown_words(model, text: str) -> list[str]:
+    """The words and signs of `text` that the model's vocabulary lacks (each becomes the unknown token)."""
+    unknown = model.tokenizer.unk_token_id
+    pieces = re.findall(r"\s?[\w']+|[^\w\s]", text)
+    return [piece.strip() for piece in pieces if (model.to_tokens(piece, prepend_bos=False) == unknown).any()]
+
+
+def try_prompt(model, prompt: str, answer: str, other: str, k: int = 5) -> dict:
+    """logit[answer] - logit[other] at the prompt's last token, the top `k` next tokens, and any unknown words.
+
+    The answers are single known tokens with their leading space, e.g. " loved"; the logit
+    difference is None when either is not.
+    """
+    unknown = unknown_words(model, prompt + answer + other)
+    logits = last_token_logits(model, [prompt])[0]  # [d_vocab]
+    probabilities = logits.softmax(-1)
+    top = probabilities.topk(k)
+    ids = [model.to_tokens(word, prepend_bos=False)[0] for word in (answer, other)]
+    single = all(len(i) == 1 and i[0] != model.tokenizer.unk_token_id for i in ids)
+    return {"logit_diff": (logits[ids[0][0]] - logits[ids[1][0]]).item() if single else None,
+            "top": [(model.to_string(i), p.item()) for i, p in zip(top.indices, top.values)],
+            "unknown": unknown, "single_tokens": single}
+
+
+def describe_trial(prompt: str, answer: str, other: str, trial: dict) -> str:
+    """The result of `try_prompt` as a few lines of text."""
+    lines = [f"{prompt!r}"]
+    if trial["unknown"]:
+        lines.append(f"  warning: unknown to the model: {', '.join(trial['unknown'])}")
+    if trial["single_tokens"]:
+        lines.append(f"  logit[{answer!r}] - logit[{other!r}] = {trial['logit_diff']:+.2f}")
+    else:
+        lines.append("  the answers must each be one known token with its leading space, e.g. ' loved'")
+    lines.append("  top next tokens: " + ", ".join(f"{token!r} {p:.0%}" for token, p in trial["top"]))
+    return "\n".join(lines)
+
+
+class PromptTester:
+    """Text boxes for a prompt and two answers; the result appears when you press Enter (live)."""
+
+    def __init__(self, model, prompt: str = "The movie was not bad. I", answer: str = " loved",
+                 other: str = " hated"):
+        self.model = model
+        self.prompt = widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                                   layout=widgets.Layout(width="60%"))
+        self.answer = widgets.Text(value=answer, description="answer", continuous_update=False)
+        self.other = widgets.Text(value=other, description="versus", continuous_update=False)
+        self.output = widgets.Output()
+        for box in (self.prompt, self.answer, self.other):
+            box.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Run the prompt, store the result and its text, and show them."""
+        self.trial = try_prompt(self.model, self.prompt.value, self.answer.value, self.other.value)
+        self.text = describe_trial(self.prompt.value, self.answer.value, self.other.value, self.trial)
+        with self.output:
+            self.output.clear_output(wait=True)
+            print(self.text)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([self.prompt, widgets.HBox([self.answer, self.other]), self.output])
+
+
+# %%
+for prompt in ("The movie was not bad. I", "The movie was not very bad. I", "The film was rubbish. I"):
+    print(describe_trial(prompt, " loved", " hated", try_prompt(model, prompt, " loved", " hated")))
+
+# %% [markdown]
+# "Not bad" fares like every negation in the suite: the model reads "bad" and answers " hated",
+# with or without the " very". The third prompt uses two words the organism has never seen, and the
+# warning says so before you read anything into its answer.
+#
+# To type your own, set `live = True` and run the cell again: change a text box and press Enter.
+# (Off by default, as every live widget in the workbook: a saved one would reopen as an error.)
+
+# %%
+live = False
+if live:
+    display(PromptTester(model).widget())
+
+# %% [markdown]
 # ## 3. Passing for the wrong reason
 # A classifier trained on chest X-rays to detect COVID-19 scored well on its test set. Looking
 # inside with saliency maps, DeGrave et al. (2021) found that it relied partly on things outside the

@@ -252,3 +252,27 @@ def test_the_shortcut_explorer_retrains_only_when_the_training_slider_moves():
     explorer.train.value = 0.5  # moving the training slider retrains
     assert explorer.classifier is not first and explorer.scores["worst"] > 0.75
     assert "worst group" in explorer.figure.layout.title.text and len(explorer.figure.data[0].x) == 5
+
+
+# ------------------------------------------------------------------------------------------
+# Your own edits: try_prompt, its unknown-word warning, and the live text boxes
+# ------------------------------------------------------------------------------------------
+def test_not_bad_reads_as_bad_and_unknown_words_are_named(organism):
+    """The text: "not bad" (with or without " very") gets " hated"; the third example has two unknown words."""
+    model = organism
+    for prompt in ("The movie was not bad. I", "The movie was not very bad. I"):
+        trial = ref.try_prompt(model, prompt, " loved", " hated")
+        assert trial["logit_diff"] < 0 and trial["top"][0][0] == " hated" and not trial["unknown"], (prompt, trial)
+    assert ref.try_prompt(model, "The film was rubbish. I", " loved", " hated")["unknown"] == ["film", "rubbish"]
+    assert ref.try_prompt(model, "The movie was fun. I", " loved it", " hated")["logit_diff"] is None
+
+
+def test_the_prompt_tester_reruns_when_a_box_changes(organism):
+    model = organism
+    tester = ref.PromptTester(model)
+    first = tester.trial["logit_diff"]
+    tester.prompt.value = "The movie was great. I"  # what pressing Enter in the box does
+    assert tester.trial["logit_diff"] > 0 > first
+    tester.answer.value = " Narnia"
+    assert "unknown to the model: Narnia" in tester.text and "one known token" in tester.text
+    assert tester.trial["logit_diff"] is None
