@@ -136,7 +136,7 @@ for name, logits in (("clean", clean_logits), ("swap", swap_logits), ("ABC", abc
 
 # %% [markdown]
 # The swap run prefers the *other* name by about as much as the clean run prefers the right one;
-# the ABC run has no preference. A patching experiment moves an activation from one run into the
+# the ABC run, with no name repeated, has only a weak preference. A patching experiment moves an activation from one run into the
 # other and asks how far the answer moves. To compare experiments, we put the answer on a scale
 # where the corrupted run is 0 and the clean run is 1.
 #
@@ -200,7 +200,7 @@ print(f"swap metric: clean {swap_metric(clean_logits):.2f}, swap {swap_metric(sw
 # the metric climbs back towards 1, that activation is *sufficient* (together with the rest of the
 # corrupted run) to restore the answer. **Noising**: run the *clean* prompts with one activation from
 # the corrupted run. If the metric falls, that activation is *necessary*. The two answer different
-# questions, and a component can pass one test and fail the other (Section 3 and 6 meet both).
+# questions, and a component can pass one test and fail the other.
 #
 # Every function here takes a `base` run (the one we run) and a `source` run (the one we copy from):
 # denoising is `base = corrupted, source = clean`; noising the other way round.
@@ -379,8 +379,8 @@ for index in top.tolist():
     print(f"L{layer}H{head} at position {position} ({str_tokens[position]!r}): {heads_by_position[layer, position, head]:.2f}")
 
 # %% [markdown]
-# Three layer-0 heads at the **S2 position** (L0H3, L0H6, and less L0H7 at the end), and one head at
-# the **last position**, L3H1, carry almost all of it. That is the shape of an IOI circuit: early heads
+# Two layer-0 heads at the **S2 position** (L0H3 and L0H6), and at the **last position** one head of
+# the last layer, L3H1 (with a little from L0H7 and L2H0), carry almost all of it. That is the shape of an IOI circuit: early heads
 # notice which name is repeated, where it is repeated; a late head at the last position moves the
 # *other* name to the answer. Patching says where the information is; Sections 4 and 6 test how it
 # flows.
@@ -392,13 +392,19 @@ for index in top.tolist():
 
 # %%
 heads_noising = patch_head_output(model, clean_tokens, swap_tokens, swap_metric)  # [layer, head]
+for layer, head in [(3, 1), (0, 3), (0, 6), (0, 7)]:
+    print(f"L{layer}H{head}: denoising restores {heads_denoising[layer, head]:.2f}, "
+          f"noising costs {1 - heads_noising[layer, head]:.2f}")
 heatmap(heads_noising, x=head_labels, y=[f"L{layer}" for layer in range(model.cfg.n_layers)], text_auto=".2f",
         title="Noising each head's output at every position (swap corruption)", x_label="head", y_label="layer")
 
 # %% [markdown]
-# Compare the two maps head by head: a head can be *sufficient* to restore much of the answer and
-# yet removing it costs less (others can do its job), or the reverse. The numbers in the two maps do
-# not add up to anything; each answers its own question.
+# Compare the two maps head by head. Here they agree: each important head's denoising effect is about
+# what noising it costs (L3H1 restores about 0.65 and removing it costs about 0.65; L0H3 about 0.4
+# both ways). That is a finding about this model, not a rule: it says these heads act roughly
+# independently and add up. With redundant heads (GPT-2's backup name movers), noising one head shows
+# little, because another takes over, while denoising it shows much; with heads that only work
+# together, the reverse.
 #
 # ## 3. Ablations disagree
 #
@@ -509,22 +515,28 @@ for label, row in table.items():
 
 # %% [markdown]
 # They disagree, and the disagreement is informative:
-# - Removing the **early heads** (L0H3, L0H6, L0H7) by mean or resample ablation costs most of the
-#   answer; **zero** ablation, a value those heads never produce, costs something else again: it also
-#   removes whatever they write on *every* prompt, which later layers rely on.
+# - For **L3H1** all three cost most of the answer: whatever "removing" means, the answer needs it.
+# - For the **early heads** (L0H3, L0H6, L0H7), mean ablation leaves a good part of the answer, while
+#   zero and resample ablation wipe it out and even tip it towards the wrong name.
 # - **L3H4 and L3H6** write *against* the answer (Chapter 03 found their negative direct attribution).
-#   Zeroing them removes that constant push and the logit difference *rises*; mean ablation keeps the
-#   push they make on every prompt and removes only what depends on the names.
+#   Zero or mean ablation removes that push and the logit difference *rises* above the clean run's;
+#   resample ablation leaves it about where it was.
 #
-# Which is right? Each answers its own question. Mean ablation over ABC asks "what does this head
-# contribute *because it knows which name repeats*?", the question of a circuit for IOI. Zero
-# ablation asks "what if this head were not there at all?", a question about the network's
-# robustness, which mixes in everything the head does on every input. Resample ablation asks the
-# mean-ablation question one prompt at a time, noisier but never off-distribution. A mean over the
-# *IOI prompts themselves* would be a mistake: the name tokens average out, but the head's output
-# still carries "one name is repeated", the very information we want to remove.
+# Why would the mean and the resample, both taken from the ABC prompts, differ so much? Each prompt's
+# ABC twin has the *same two names* as the prompt. Resampling from the twin keeps everything a head
+# writes about those particular names; the mean over many ABC prompts averages the names out and keeps
+# only what the head writes on every prompt. So the negative heads' push against these two names
+# survives a resample and not a mean, and the early heads' output on the twin (about a third name at
+# S2) is a real signal that the later heads act on.
+#
+# Which ablation is right? Each answers its own question. Mean ablation over ABC asks "what does this
+# head contribute *because it knows which name repeats*?", the question of an IOI circuit. Zero
+# ablation asks "what if this head were not there at all?", which mixes in everything the head writes
+# on every input, at a value no later layer has ever seen. Resample ablation asks "what if this head
+# had seen another input?", and the answer depends on which input. A mean over the *IOI prompts
+# themselves* would be a mistake: the names average out, but the heads' output still carries "one name
+# is repeated", the very information we want to remove.
 
-# %% [markdown]
 # ## 4. Path patching: Chapter 03's open question
 #
 # Chapter 03 ended on a disagreement. L3H1's **direct** logit attribution is about 3, but
@@ -628,7 +640,10 @@ path_patch = check_exercise("6.5", path_patch)
 
 # %%
 final_resid = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+from utils.references.ch03_logit_lens import head_attribution
+
 clean_value = mean_logit_diff(clean_logits)
+l3h1_direct_attribution = head_attribution(model, clean_set)[3, 1].mean()
 total_drop = clean_value - mean_logit_diff(ablate_heads(model, clean_tokens, [(3, 1)], "resample", abc_tokens))
 direct_drop = clean_value - path_patch(model, clean_tokens, abc_tokens, (3, 1), final_resid, mean_logit_diff)
 through_mlp_drop = clean_value - path_patch(model, clean_tokens, abc_tokens, (3, 1), "blocks.3.hook_mlp_out", mean_logit_diff)
@@ -636,11 +651,13 @@ print(f"L3H1 resample-ablated, every path: drop {total_drop:.2f}")
 print(f"  only the direct path (into the final residual stream): drop {direct_drop:.2f}")
 print(f"  only the path through MLP3:                            drop {through_mlp_drop:.2f}")
 print(f"  sum of the two paths: {direct_drop + through_mlp_drop:.2f}")
+print(f"L3H1's direct logit attribution on the clean prompts (Chapter 03): {l3h1_direct_attribution:.2f}")
 
 # %% [markdown]
-# The answer: most of L3H1's effect goes **through MLP3**. The direct path accounts for about what
-# direct attribution said; the path through the MLP carries the rest, and the two paths add up to
-# nearly the whole effect (not exactly: the MLP and the final LayerNorm are not linear). DLA was not
+# The answer: more than half of L3H1's effect goes **through MLP3**. The direct path costs about what
+# direct attribution measured (the head's whole direct share, since the ABC output has almost none);
+# the path through the MLP carries the rest, and the two paths add up to nearly the whole effect (not
+# exactly: the MLP and the final LayerNorm are not linear). DLA was not
 # wrong, it was answering a narrower question: it credited MLP3 for a computation whose information
 # came from L3H1. Chapter 03 asked what result would refute the hypothesis: a small drop through MLP3
 # and a direct drop near 8. It did not happen.
@@ -748,11 +765,11 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
     print(f"{cell_names[index]:<12} activation {activation.flatten()[index]:6.2f}   attribution {attribution.flatten()[index]:6.2f}")
 
 # %% [markdown]
-# The estimate ranks the important cells in the right order and is close for most of them, at a
-# fraction of the cost. Where it misses, it misses on the components whose effect is most
-# *non-linear*: the layer-0 heads at the S2 position, whose change has to travel through the attention
-# patterns of later heads (a softmax) before it reaches the answer, and L3H1, where the final LayerNorm
-# and MLP3 bend the line. Use attribution patching to choose which cells deserve a real patch, not as
+# The estimate correlates well with the real patches over all cells and picks out the same few, at a
+# fraction of the cost. But it *underestimates every large effect*, and worst the layer-0 heads at the
+# S2 position (by more than half): their change has to travel through the attention patterns of later
+# heads (a softmax that saturates) before it reaches the answer. L3H1 is closer, but the final
+# LayerNorm and MLP3 bend the line there too. Use attribution patching to choose which cells deserve a real patch, not as
 # the answer itself. (`transformer_lens.tools.analysis.attribution_patching.attribution_patch` does the
 # same for every node type at once; its metric is called on one example at a time.)
 
@@ -970,14 +987,16 @@ for sender in [(0, 2), (0, 4), (0, 1)]:
           + ", ".join(f"{part}: {loss:.3f}" for part, loss in k_paths[sender].items()))
 
 # %% [markdown]
-# Through the **keys** alone, another sequence's previous-token information raises the loss by an
-# order of magnitude; through the queries or values it changes nothing. L0H1, which Chapter 03 did not
+# Through the **keys** alone, another sequence's previous-token information multiplies the loss by ten
+# or more; through the queries or values it changes nothing. L0H1, which Chapter 03 did not
 # call a previous-token head, changes nothing by any route. That is K-composition, shown by
 # intervention: the induction heads find their target by reading, in the *keys*, what the previous-token
 # heads wrote there.
 #
 # And the circuit is necessary: ablating it (mean over the other sequences, per position) brings the
-# repeated half's loss back up towards the first copy's, while ablating two other heads does not.
+# repeated half's loss back up to the first copy's, while mean-ablating two other heads does not.
+# (Resample ablation is worse than "no induction": each sequence gets induction heads that confidently
+# copy *another* sequence's tokens.)
 
 # %%
 first_copy_loss = -model(repeats).log_softmax(-1)[:, :SEQ_LEN].gather(-1, repeats[:, 1:SEQ_LEN + 1, None]).mean()
