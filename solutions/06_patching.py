@@ -60,13 +60,10 @@ torch.set_grad_enabled(False)  # patching only runs the model; section 5 turns g
 # rest.
 
 # %% tags=["export"]
-import random
-
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from utils import progress_bar
 from utils.organism import world
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, tokenize
