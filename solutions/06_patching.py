@@ -914,6 +914,26 @@ def ioi_circuit() -> list[Node]:
 ioi_circuit = check_exercise("6.8", ioi_circuit)
 
 # %% [markdown]
+# The check graded your circuit on 24 other held-out prompts of the same template (prompts 64 to 87 of
+# the held-out split, with their own ABC twins). Its report there:
+
+# %%
+held_out_set = ioi_prompts("test", start=64, n=24)
+held_out_tokens, held_out_abc, held_out_last = paired_tokens(model, held_out_set.prompts,
+                                                             abc_prompts(held_out_set, seed=1).prompts)
+held_out_correct = answer_ids(model, held_out_set.correct).to(model.cfg.device)
+held_out_wrong = answer_ids(model, held_out_set.wrong).to(model.cfg.device)
+
+
+def held_out_logit_diff(logits):
+    return logit_diff(logits, held_out_correct, held_out_wrong, held_out_last).mean()
+
+
+held_out_report = circuit_report(model, held_out_tokens, held_out_abc, ioi_circuit(), held_out_logit_diff)
+print(f"your circuit {sorted(ioi_circuit())} on held-out prompts: "
+      + "  ".join(f"{key} {value:.2f}" for key, value in held_out_report.items()))
+
+# %% [markdown]
 # Finding a circuit by hand, cell by cell, does not scale. **ACDC** (automated circuit discovery,
 # Conmy et al., 2023) automates this loop: it walks the graph from the output backwards and prunes
 # every edge whose patching changes the metric by less than a threshold. **Causal scrubbing** (Chan et
