@@ -230,6 +230,8 @@ def test_l3h1_acts_more_through_mlp3_than_directly():
     assert abs(direct + through_mlp - total) < 0.05 * total, "the two paths add up to nearly the whole effect"
     assert abs(direct - attribution) < 0.25 * attribution, "the direct path costs about the direct attribution"
     assert total > 2 * attribution, "Chapter 03's disagreement: the total effect is far above the direct attribution"
+    on_abc = ch03.head_attribution(m, ref.abc_prompts(runs["set"], seed=0))[3, 1].mean()
+    assert abs(on_abc) < 0.25 * attribution, "the head's output on the ABC prompts has almost no direct share"
 
 
 # ------------------------------------------------------------------------------------------
@@ -244,6 +246,8 @@ def test_attribution_correlates_but_underestimates_the_large_effects():
         assert attribution[layer, position, head] < activation[layer, position, head]
     for layer, head in [(0, 3), (0, 6)]:
         assert attribution[layer, S2, head] < 0.5 * activation[layer, S2, head], "worst on the early heads at S2"
+    l3h1 = attribution[3, END, 1] / activation[3, END, 1]
+    assert l3h1 > attribution[0, S2, 3] / activation[0, S2, 3], "L3H1 is closer"
 
 
 # ------------------------------------------------------------------------------------------
