@@ -10,6 +10,7 @@
 # # Chapter 06: Activation patching and circuits
 #
 # **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - build clean and corrupted runs whose difference you know, and a **normalised metric** that
@@ -154,8 +155,18 @@ for name, logits in (("clean", clean_logits), ("swap", swap_logits), ("ABC", abc
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `clean_value = logit_diff(clean_logits, correct, wrong, last).mean()`; likewise the corrupted value;
-# then `def metric(logits): return (logit_diff(logits, ...).mean() - corrupted_value) / (clean_value - corrupted_value)`.
+# Two numbers computed once, outside `metric`: the clean run's mean logit difference and the corrupted
+# run's. Inside `metric`, one more mean logit difference, then the rescaling.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# clean_value = logit_diff(clean_logits, correct, wrong, last).mean()
+# corrupted_value = logit_diff(corrupted_logits, correct, wrong, last).mean()
+# def metric(logits):
+#     return (logit_diff(logits, correct, wrong, last).mean() - corrupted_value) / (clean_value - corrupted_value)
+# return metric
+# ```
 # </details>
 
 # %% tags=["export"]
@@ -218,6 +229,19 @@ print(f"swap metric: clean {swap_metric(clean_logits):.2f}, swap {swap_metric(sw
 #
 # A hook defined in a loop captures the loop variable by reference; pass it as a default argument
 # (`def hook(resid, hook, position=position)`) or build the hook in a small function.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# check_same_shape(base_tokens, source_tokens)
+# _, cache = model.run_with_cache(source_tokens)
+# for layer in range(n_layers):
+#     name = f"blocks.{layer}.hook_resid_pre"
+#     for position in range(n_pos):
+#         logits = model.run_with_hooks(base_tokens, fwd_hooks=[(name, residual_patch_hook(cache[name], position))])
+#         results[layer, position] = metric(logits)
+# ```
+# (`residual_patch_hook(source, position)`, just above your function, builds the hook.)
 # </details>
 
 # %% tags=["export"]
@@ -292,6 +316,14 @@ heatmap(resid_denoising, x=position_labels, y=layer_labels, text_auto=".2f",
 # In the hook, `z.view(n, batch, pos, head, d_head)`, and
 # `torch.where(mask[:, None, :, :, None], source_z[None], z)`. Afterwards
 # `logits.view(n, batch, pos, d_vocab)` and one metric call per variant.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `head_variant_masks(n_pos, n_heads, by_position, device)` gives the masks. For each layer and each
+# `chunk` of `masks.split(chunk_size)`: run `base_tokens.repeat(len(chunk), 1)` with a hook on
+# `hook_z` that returns `torch.where(chunk[:, None, :, :, None], source_z[None], z.view(...)).flatten(0, 1)`;
+# collect `metric(variant_logits)` for every variant; at the end reshape to `[layer, head]` or
+# `[layer, pos, head]` (variants are numbered `position * n_heads + head`).
 # </details>
 
 # %% tags=["export"]
@@ -433,6 +465,19 @@ heatmap(heads_noising, x=head_labels, y=[f"L{layer}" for layer in range(model.cf
 #
 # Group the heads by layer: one hook per layer, `z[:, :, head_list] = replacement[:, :, head_list]`.
 # </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# layers = sorted({layer for layer, _ in heads})
+# replacements = head_replacements(model, tokens, layers, method, reference_tokens)  # checks the shapes too
+# hooks = []
+# for layer in layers:
+#     mask = torch.zeros(n_pos, n_heads, dtype=torch.bool)
+#     mask[:, [h for l, h in heads if l == layer]] = True
+#     hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(replacements[layer], mask)))
+# return model.run_with_hooks(tokens, fwd_hooks=hooks)
+# ```
+# </details>
 
 # %% tags=["export"]
 ABLATIONS = ("zero", "mean", "resample")
@@ -573,6 +618,14 @@ for label, row in table.items():
 # available on every model; add one more hook that stores the receiver's value in a dict.
 # Do not freeze the receiver in step 1, or it cannot change.
 # </details>
+# <details><summary>Hint 3</summary>
+#
+# Step 1's hooks: `freeze_hook(base_cache[name])` on every `hook_z` and `hook_mlp_out` except the
+# receiver, with the sender's layer replaced by `sender_hook(base_z, source_z, head)`, plus
+# `store_hook(recorded, receiver)` on the receiver. Step 2: `freeze_hook(recorded[receiver])` on the
+# receiver alone (for `receiver_heads`, first copy the base run's receiver and overwrite only those
+# heads), and return `metric` of the logits.
+# </details>
 
 # %% tags=["export"]
 def freeze_hook(value: Tensor):
@@ -700,6 +753,19 @@ print(f"L3H1's direct logit attribution on the clean prompts (Chapter 03): {l3h1
 # over the batch is right because the metric is a mean over the batch (the gradient already carries
 # the 1/batch).
 # </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# was_training = model.training
+# model.eval()
+# ...clean cache without gradients...
+# with torch.enable_grad():
+#     logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, keeper(name)) for name in names])
+#     gradients = torch.autograd.grad(metric(logits), [stored[name] for name in names])
+# model.train(was_training)
+# return torch.stack([(g * (clean_cache[n] - stored[n].detach())).sum(dim=(0, 3)) for n, g in zip(names, gradients)])
+# ```
+# </details>
 
 # %% tags=["export"]
 def attribution_patch_heads(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
@@ -806,6 +872,17 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
 # `head_replacements(model, tokens, range(n_layers), "mean", reference_tokens)` gives the means;
 # one `replace_heads_hook(means[layer], mask[layer])` per layer.
 # </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# ablate = torch.ones(n_layers, n_pos, n_heads, dtype=torch.bool)
+# for layer, head, position in nodes:
+#     ablate[layer, position, head] = False
+# means = head_replacements(model, tokens, range(n_layers), "mean", reference_tokens)
+# hooks = [(f"blocks.{l}.attn.hook_z", replace_heads_hook(means[l], ablate[l])) for l in range(n_layers)]
+# return model.run_with_hooks(tokens, fwd_hooks=hooks)
+# ```
+# </details>
 
 # %% tags=["export"]
 Node = tuple[int, int, int]  # (layer, head, position)
@@ -901,6 +978,12 @@ for label, nodes in {"L3H1 at the end": [(3, 1, 14)],
 #
 # Removing a node one at a time (`circuit_report`'s minimality) tells you which nodes are dead weight.
 # </details>
+# <details><summary>Hint 3</summary>
+#
+# Two layer-0 heads at position 10 and the layer-3 head at position 14 already carry most of it;
+# `circuit_report(model, clean_tokens, abc_tokens, candidate, mean_logit_diff)` says whether a
+# fourth cell at position 14 earns its place.
+# </details>
 
 # %% tags=["export"]
 def ioi_circuit() -> list[Node]:
@@ -965,6 +1048,17 @@ print(f"your circuit {sorted(ioi_circuit())} on held-out prompts: "
 #
 # The second copy sits at positions `seq_len + 1` to `2 * seq_len`; you want the tokens at
 # `seq_len + 2` to `2 * seq_len`, predicted by the logits one position earlier.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `logits.log_softmax(-1)` gives log-probabilities; `.gather(-1, targets[..., None])` picks each
+# target's. Slice the logits and the tokens so that they line up before gathering.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `log_probs = logits.log_softmax(-1)[:, seq_len + 1:2 * seq_len]`,
+# `targets = tokens[:, seq_len + 2:2 * seq_len + 1]`, then
+# `-log_probs.gather(-1, targets[..., None]).mean()`.
 # </details>
 
 # %% tags=["export"]
