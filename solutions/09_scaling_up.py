@@ -10,6 +10,7 @@
 # # Chapter 09: Scaling up
 #
 # **Time:** about 2 hours. **Exercises:** 7, each checked as soon as you run the cell after it.
+# *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - write an experiment in **nnsight** form, once, and run it three ways: here on the organism, in
@@ -284,6 +285,11 @@ for where in (False, "local"):
 # Only values marked with `.save()` (or `nnsight.save(...)`) are sent back. A list made with
 # `nnsight.save([])` is itself a saved value, whatever is appended to it inside the block.
 # </details>
+# <details><summary>Hint 3</summary>
+#
+# `outside` is your own list, and the server filled its copy: it stays empty here. `inside` comes
+# back with one entry per layer. `hidden` was never saved; `kept` was.
+# </details>
 
 # %% tags=["export"]
 def remote_contract_demo(lm, tokens: Int[Tensor, "batch pos"], n_layers: int, remote: bool | str = "local") -> dict:
@@ -354,7 +360,13 @@ for how in ("a view", "a copy"):
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `read_activation(lm, name)[:, position].detach().cpu().clone().save()`.
+# `[:, position]` on `[batch, pos, d_model]` is a view of the whole tensor. Make a copy of the
+# slice before `.save()`: `.clone()` copies anywhere, `.detach().cpu()` only off a GPU.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `read_activation(lm, f"blocks.{layer}.hook_resid_post")[:, position].detach().cpu().clone().save()`,
+# inside `with lm.trace(tokens, **trace_options(lm, remote)):`.
 # </details>
 
 # %% tags=["export"]
@@ -408,8 +420,21 @@ except ModuleNotFoundError as error:
 #
 # <details><summary>Hint 1</summary>
 #
-# `nnsight.register(helpers)`, before the trace: the request is serialised when the block ends, so
-# registering inside the block, or after it, is too late.
+# The server has no copy of `helpers`: its code has to travel inside the request, by value.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `nnsight.register(helpers)` marks a module to be sent by value. Call it before the trace: the
+# request is serialised when the block ends, so registering after the block is too late.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# nnsight.register(helpers)
+# with lm.trace(tokens, **trace_options(lm, remote)):
+#     value = helpers.summary(lm).detach().cpu().clone().save()
+# return value
+# ```
 # </details>
 
 # %% tags=["export"]
@@ -573,29 +598,15 @@ for position in [*changed, clean.shape[1] - 1]:
           + "  ".join(f"layer {layer} {effect[layer, position]:+6.2f}" for layer in range(len(effect))))
 
 # %% [markdown]
-# The same sweep in TransformerLens, with a hook on the bridge (Chapter 06's way), one forward
-# pass per patch:
+# The same sweep in TransformerLens: Chapter 06's `patch_residual`, a hook on the bridge, one
+# forward pass per patch:
 
 # %%
-clean_tl, _ = tokenize(model, [pair.prompts[0]])
-corrupt_tl = corrupt.to(model.cfg.device)
-_, clean_cache = model.run_with_cache(clean_tl)
+from utils.references.ch06_patching import patch_residual
 
-
-def patch_position(position: int):
-    """A bridge hook that puts the clean run's value back at one position."""
-    def hook(value, hook):
-        value[:, position] = clean_cache[hook.name][:, position]
-        return value
-    return hook
-
-
-tl_sweep = torch.zeros_like(sweep)
-for layer in range(model.cfg.n_layers):
-    for position in range(clean_tl.shape[1]):
-        patched = model.run_with_hooks(corrupt_tl, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch_position(position))])
-        tl_sweep[layer, position] = (patched[0, -1, answer] - patched[0, -1, wrong]).item()
-print(f"largest gap between the nnsight and TransformerLens sweeps: {(sweep - tl_sweep).abs().max():.1e}")
+tl_sweep = patch_residual(model, corrupt.to(model.cfg.device), clean.to(model.cfg.device),
+                          metric=lambda logits: logits[0, -1, answer] - logits[0, -1, wrong]).cpu()  # [layer, pos]
+print(f"largest gap between the nnsight sweep and Chapter 06's patch_residual: {(sweep - tl_sweep).abs().max():.1e}")
 
 # %% [markdown]
 # ## 6. A steering vector
@@ -628,6 +639,12 @@ print(f"largest gap between the nnsight and TransformerLens sweeps: {(sweep - tl
 # `value[torch.arange(len(last)), last]`, never `value[:, -1]`.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# Two traces in one session: one over `positive`, one over `negative`. In each, take the last
+# positions (`[batch, d_model]`) and `.mean(0)`; subtract after the second, and save only the
+# difference.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # ```python
 # with lm.session(**trace_options(lm, remote)):
@@ -675,6 +692,17 @@ steering_vector = check_exercise("9.6", steering_vector)
 # <details><summary>Hint 2</summary>
 #
 # Then `lm.lm_head.output[torch.arange(len(last)), last].log_softmax(-1).detach().cpu().save()`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# name = f"blocks.{layer}.hook_resid_pre"
+# with lm.trace(tokens, **trace_options(lm, remote)):
+#     write_activation(lm, name, read_activation(lm, name) + coefficient * vector.to(tokens.device))
+#     rows = torch.arange(len(last), device=last.device)
+#     steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
+# return steered
+# ```
 # </details>
 
 # %% tags=["export"]

@@ -2,9 +2,8 @@
 here and in the rehearsal of a remote run; what the text says about the organism, the remote contract
 and nnsight 0.8.1's traps; the same functions on a Llama; the NDIF cell's offline error paths.
 
-Nothing here reaches the network. The steering cross-check uses Chapter 07's reference on the
-bridge; the patching cross-check, a small TransformerLens hook sweep written here (Chapter 06's
-reference is not in the workbook yet).
+Nothing here reaches the network. The cross-checks use Chapter 06's and Chapter 07's references
+on the bridge (TransformerLens hooks).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from utils.nnsight_models import (NdifUnavailableError, RehearsalBackend, load_n
                                   trace_options, write_activation)
 from utils.organism.world import prompt_set
 from utils.references import ch03_logit_lens as ch03
+from utils.references import ch06_patching as ch06
 from utils.references import ch07_steering as ch07
 from utils.references import ch09_scaling_up as ref
 from utils.references.ch02_probing import answer_ids, tokenize
@@ -236,17 +236,9 @@ def test_without_a_barrier_a_value_used_before_the_model_is_a_name_error(lm):
 
 
 def bridge_sweep(bridge, clean, corrupt, answer: int, wrong: int, layers) -> torch.Tensor:
-    """Chapter 06's way: one run_with_hooks per (layer, position), the clean cache's value put back."""
-    _, cache = bridge.run_with_cache(clean)
-    out = torch.zeros(len(layers), clean.shape[1])
-    for row, layer in enumerate(layers):
-        for position in range(clean.shape[1]):
-            def patch(value, hook, position=position):
-                value[:, position] = cache[hook.name][:, position]
-                return value
-            logits = bridge.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch)])
-            out[row, position] = logits[0, -1, answer] - logits[0, -1, wrong]
-    return out
+    """Chapter 06's patch_residual on the bridge (every layer), the rows of `layers`: [layer, pos]."""
+    every = ch06.patch_residual(bridge, corrupt, clean, metric=lambda logits: logits[0, -1, answer] - logits[0, -1, wrong])
+    return every[list(layers)].cpu()
 
 
 @pytest.mark.parametrize("remote", WHERE)
