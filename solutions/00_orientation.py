@@ -10,7 +10,7 @@
 # # Chapter 00: Orientation
 #
 # **Time:** about 75 minutes. **Exercises:** 5, each checked as soon as you run the cell after it.
-# *Run All* takes well under a minute on a laptop CPU (longer on a busy machine).
+# *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - tell a *behavioural* account of a model (what it does) from a *mechanistic* one (how it does it);
@@ -23,11 +23,12 @@
 # safety (finding what tests miss).
 #
 # ## How this workbook works
-# Each exercise gives a statement, then hints that go from gentle to nearly the answer. Write your
-# code where it says `raise NotImplementedError`, then run the check cell below it. The verdict is
-# one line: *passed*, *not attempted*, or *wrong* with the likely mistake. If you skip an exercise
-# (or get it wrong), a second line says that the chapter carries on with the reference solution, so
-# every later cell still runs.
+# Each exercise gives a statement, then three hints, folded away until you open them: a gentle
+# nudge, then a plan or the shapes of the tensors, then nearly the answer. Write your code where it
+# says `raise NotImplementedError`, then run the check cell below it. The verdict is one line:
+# *passed*, *not attempted*, or *wrong* with the likely mistake. If you skip an exercise (or get it
+# wrong), a second line says that the chapter carries on with the reference solution, so every
+# later cell still runs.
 # `show_progress()` prints your record at any time.
 
 # %%
@@ -70,11 +71,18 @@ env = setup()
 #
 # <details><summary>Hint 1</summary>
 #
-# Comparisons on tensors give boolean tensors: `age < 0.3`.
+# Comparisons on tensors work element by element and give boolean tensors: `age < 0.3` has the shape
+# of `age`.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Combine boolean tensors with `&` (and) and `|` (or); put each comparison in brackets.
+# The policy names two ways to be high risk: *young and on a modest income*, or *on a very low
+# income*. Build one boolean tensor for each way, then combine the two.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Combine boolean tensors with `&` (and) and `|` (or), not Python's `and`/`or`, and put every
+# comparison in brackets, because `&` binds more tightly than `<`: `((age < 0.3) & (income < 0.5)) | (...)`.
 # </details>
 
 # %% tags=["export"]
@@ -178,7 +186,12 @@ disagreement
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `torch.relu(x @ network.hidden.weight.T + network.hidden.bias)`
+# The shapes: `x` is `[batch, 2]` and `network.hidden.weight.T` is `[2, n_hidden]`, so their product
+# is `[batch, n_hidden]`; the bias, `[n_hidden]`, broadcasts over the batch. The ReLU comes last.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `torch.relu(x @ network.hidden.weight.T + ...)`, with the bias in place of the dots.
 # </details>
 
 # %% tags=["export"]
@@ -362,7 +375,7 @@ if live:
     display(NetworkExplorer().widget())
 
 # %% [markdown]
-# ### Exercise 0.3: split the output into unit contributions (difficulty 2/3, ~10 min)
+# ### Exercise 0.3: split the output into unit contributions (difficulty 1/3, ~10 min)
 # The output logit is `sum_i w_i * h_i + b`, where `h_i` are the hidden activations and `w_i` the
 # output weights. Write `unit_contributions(network, x)` returning `w_i * h_i` for each unit and
 # each input, shape `[batch, n_hidden]`. Summed over units, plus the output bias, it must give
@@ -375,7 +388,14 @@ if live:
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Broadcasting: `hidden_activations(network, x) * network.output.weight[0]`.
+# The shapes: the activations are `[batch, n_hidden]` and `network.output.weight[0]` is
+# `[n_hidden]`, one weight per unit. An element-wise product broadcasts the weights over the batch.
+# Do not sum over units: the check adds them up itself.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Multiply `hidden_activations(network, x)` by `network.output.weight[0]`; broadcasting does the
+# rest.
 # </details>
 
 # %% tags=["export"]
@@ -485,7 +505,14 @@ print(model.to_str_tokens(prompt))
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Take `logits[0, -1]`, its `argmax()`, and `model.to_string(...)` of that token id.
+# The plan: one prompt, so batch index 0; the prediction for the *next* token sits at the last
+# position; the most likely token is the largest logit over the vocabulary; then turn its id back
+# into text.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Take `logits[0, -1]`, its `argmax()`, and `model.to_string(...)` of that token id. (With a single
+# prompt there is no padding, so `-1` is its real last token.)
 # </details>
 
 # %% tags=["export"]
@@ -572,7 +599,14 @@ for name in ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", f"
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Inside the loop add `cache[f"blocks.{layer}.hook_attn_out"]` and `cache[f"blocks.{layer}.hook_mlp_out"]`.
+# Every term has the shape `[batch, pos, d_model]`. After block `L` the stream holds the two
+# embeddings plus, for every layer from 0 to `L`, what its attention wrote and what its MLP wrote: a
+# loop over `range(n_layers)` with two additions per layer.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Inside the loop add `cache[f"blocks.{layer}.hook_attn_out"]` and
+# `cache[f"blocks.{layer}.hook_mlp_out"]`.
 # </details>
 
 # %% tags=["export"]

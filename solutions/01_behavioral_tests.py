@@ -10,7 +10,7 @@
 # # Chapter 01: Behavioral tests
 #
 # **Time:** about 2 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
-# *Run All* takes about a minute on a laptop CPU.
+# *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - measure a behaviour with the two standard task metrics, **accuracy** and **logit difference**,
@@ -141,6 +141,11 @@ def final_logits(model, prompts: list[str], batch_size: int = 256) -> Float[Tens
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# The plan: the last-token logits, `[batch, d_vocab]`; two id tensors of shape `[batch]`, one for
+# `prompts.correct` and one for `prompts.wrong`; one logit per row from each; their difference.
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # With `rows = torch.arange(len(prompts))`, `logits[rows, correct_ids]` picks one logit per prompt.
 # </details>
 
@@ -262,8 +267,14 @@ figure
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Compute `centre` and `half_width` from the formula, both divided by `1 + z**2 / n`; return
-# `p, centre - half_width, centre + half_width`.
+# The formula has two parts over one denominator, `1 + z**2 / n`: a centre, pulled from `p` towards
+# one half, and a half-width. A check on your arithmetic: with 30 right out of 30, the low end is
+# close to 0.89.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Compute `centre` and `half_width` from the formula, both divided by `1 + z**2 / n`; return `p, centre -
+# half_width, centre + half_width` as Python floats.
 # </details>
 
 # %% tags=["export"]
@@ -289,6 +300,134 @@ accuracy_interval = check_exercise("1.3", accuracy_interval)
 for right in (28, 30):
     acc, low, high = accuracy_interval(torch.tensor([1.0] * right + [-1.0] * (30 - right)))
     print(f"{right} of 30 right: accuracy {acc:.1%}, 95% interval [{low:.1%}, {high:.1%}]")
+
+# %% [markdown]
+# ### Do the intervals keep their promise?
+# A 95% interval promises to contain the true rate in 95% of the test sets we could have drawn. That
+# share is its **coverage**, and we can measure it by simulation: fix a true rate `p`, draw
+# thousands of test sets of `n` prompts (each prompt right with probability `p`), compute both
+# intervals on each, and count how often they contain `p`. Decide first: for which true rates do you
+# expect Wald's interval to break its promise?
+
+# %% tags=["export"]
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+COVERAGE_RATES = torch.arange(100, 200) / 200  # true rates 0.500, 0.505, ..., 0.995
+COVERAGE_SIZES = (10, 30, 100, 300)  # numbers of prompts for the slider
+
+
+def wald_interval(successes: Float[Tensor, "*shape"], n: int, z: float = 1.96) -> tuple[Tensor, Tensor]:
+    """The textbook interval p +- z sqrt(p (1 - p) / n) for counts of successes out of `n` (any shape)."""
+    p = successes / n
+    half_width = z * (p * (1 - p) / n).sqrt()
+    return p - half_width, p + half_width
+
+
+def wilson_interval(successes: Float[Tensor, "*shape"], n: int, z: float = 1.96) -> tuple[Tensor, Tensor]:
+    """The Wilson score interval of Exercise 1.3, for counts of successes out of `n` (any shape)."""
+    p = successes / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half_width = z * (p * (1 - p) / n + z**2 / (4 * n**2)).sqrt() / denominator
+    return centre - half_width, centre + half_width
+
+
+def interval_coverage(rates: Float[Tensor, "rate"], n: int, z: float = 1.96, n_draws: int = 4000,
+                      seed: int = 0) -> dict[str, Tensor]:
+    """For each true rate, the share of `n_draws` simulated test sets of `n` prompts whose interval contains it."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.full((n_draws, len(rates)), float(n))  # [draw, rate]
+    successes = torch.binomial(counts, rates.expand(n_draws, -1).contiguous(), generator=generator)  # [draw, rate]
+    coverage = {}
+    for name, interval in (("Wald", wald_interval), ("Wilson", wilson_interval)):
+        low, high = interval(successes, n, z)
+        coverage[name] = ((low <= rates) & (rates <= high)).float().mean(0)  # [rate]
+    return coverage
+
+
+def coverage_traces(coverage: dict[str, Tensor], rates: Tensor, visible: bool = True) -> list[go.Scatter]:
+    """One line per interval: its simulated coverage against the true rate."""
+    colours = {"Wald": "#e45756", "Wilson": "#4c78a8"}
+    return [go.Scatter(x=rates.tolist(), y=values.tolist(), mode="lines", name=name, visible=visible,
+                       line=dict(color=colours[name])) for name, values in coverage.items()]
+
+
+def coverage_figure(traces: list, title: str, z: float = 1.96) -> go.Figure:
+    nominal = 2 * torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(z)).item() - 1  # 0.95 for z = 1.96
+    figure = go.Figure(traces)
+    figure.add_hline(y=nominal, line_dash="dot", annotation_text=f"promised: {nominal:.0%}",
+                     annotation_position="bottom left")
+    figure.update_layout(title=title, xaxis_title="true rate p", yaxis_title="coverage (share of test sets)",
+                         yaxis_range=[0, 1.02], height=430, legend=dict(orientation="h", y=1.1, x=1, xanchor="right"))
+    return figure
+
+
+def coverage_slider_figure(sizes, rates: Tensor) -> go.Figure:
+    """A static figure with a plotly slider over the number of prompts: it works with no kernel (the book)."""
+    traces = [trace for k, n in enumerate(sizes) for trace in coverage_traces(interval_coverage(rates, n), rates, k == 1)]
+    figure = coverage_figure(traces, "Simulated coverage of the 95% intervals (drag n)")
+    steps = [dict(method="update", label=f"{n}", args=[{"visible": [t // 2 == k for t in range(len(traces))]}])
+             for k, n in enumerate(sizes)]
+    figure.update_layout(sliders=[dict(steps=steps, active=1, currentvalue=dict(prefix="n = "), pad=dict(t=50))])
+    return figure
+
+
+class CoverageExplorer:
+    """Sliders for the number of prompts and the confidence level that re-simulate the coverage (live)."""
+
+    LEVELS = {"80%": 1.2816, "90%": 1.6449, "95%": 1.96, "99%": 2.5758}  # confidence level: z
+
+    def __init__(self, n: int = 30, level: str = "95%"):
+        self.n = widgets.IntSlider(value=n, min=5, max=500, step=5, description="n", continuous_update=False)
+        self.level = widgets.Dropdown(options=list(self.LEVELS), value=level, description="level")
+        self.output = widgets.Output()
+        for control in (self.n, self.level):
+            control.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Simulate the coverage for the chosen n and level, store it and the figure, and show them."""
+        z = self.LEVELS[self.level.value]
+        self.coverage = interval_coverage(COVERAGE_RATES, self.n.value, z)
+        self.figure = coverage_figure(coverage_traces(self.coverage, COVERAGE_RATES),
+                                      f"Coverage of the {self.level.value} intervals at n = {self.n.value}", z)
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.n, self.level]), self.output])
+
+
+# %%
+for n in COVERAGE_SIZES:
+    coverage = interval_coverage(COVERAGE_RATES, n)
+    high = COVERAGE_RATES >= 0.95
+    print(f"n = {n:>3}: Wald covers {coverage['Wald'].mean():.0%} on average ({coverage['Wald'][high].mean():.0%} "
+          f"for p >= 0.95, {coverage['Wald'].min():.0%} at worst); Wilson {coverage['Wilson'].mean():.0%} "
+          f"({coverage['Wilson'][high].mean():.0%}, {coverage['Wilson'].min():.0%} at worst)")
+coverage_slider_figure(COVERAGE_SIZES, COVERAGE_RATES)
+
+# %% [markdown]
+# At `n = 30`, the size of our facts test, and a true rate of 95% or more, Wald's "95%" interval
+# contains the truth only about half the time, most of all because a test set with every prompt
+# right gives it zero width. Wilson's keeps its promise there, at about 95%. Drag `n` up: Wald's failing band
+# near the edge narrows, but does not vanish, and even at `n = 300` it still falls below 80% for the
+# highest rates. Wilson's coverage wobbles from rate to rate (a count is a whole number, so it
+# cannot hit 95% exactly), but it averages 95% at every `n`. That is why Exercise 1.3 asked for
+# Wilson. (Both intervals assume independent prompts, which ours are not: see the end of the
+# chapter.)
+#
+# To try any `n` and other confidence levels, set `live = True` and run the cell again (each move
+# re-simulates in a fraction of a second). It is off by default because a live widget cannot be
+# saved with the notebook: reopened later, it would show an error in its place.
+
+# %%
+live = False
+if live:
+    display(CoverageExplorer().widget())
 
 # %% [markdown]
 # For the mean logit difference, the usual interval is the mean plus or minus `z` standard errors:
@@ -342,6 +481,11 @@ accuracy_bars({split: {family: accuracy_interval(diffs[family, split]) for famil
 # `dict.fromkeys(groups)` lists each distinct label once, in order of first appearance.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The plan: for each distinct label, a boolean mask of shape `[batch]` saying which prompts carry
+# it; the accuracy of the `diffs` under that mask; one dict entry per label.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # For one label `g`: `members = torch.tensor([value == g for value in groups])`, then
 # `(diffs[members] > 0).float().mean().item()`.
@@ -456,8 +600,14 @@ def replace_names(prompts: PromptSet, io_words: list[str], s_words: list[str]) -
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `PromptSet(prompts.family, prompts.split, new_prompts, correct, wrong, labels)`; build new lists
-# rather than editing `prompts.prompts` in place.
+# The plan: one loop over `zip(prompts.prompts, anchors)` that builds a new list of prompts; `flip`
+# only decides which list becomes `correct` and which `wrong`; copy the `labels` dict and its lists,
+# so the new set shares nothing with the old one.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `prompt[:at] + word + prompt[at:]` for each prompt; then `PromptSet(prompts.family, prompts.split,
+# new_prompts, correct, wrong, labels)`, with new lists rather than `prompts.prompts` edited in place.
 # </details>
 
 # %% tags=["export"]
@@ -563,6 +713,98 @@ print("clear failures:", *failures, sep="\n  ")
 # could keep adding tests forever. We do not know *why* it passes the others, so we cannot say which
 # untested input breaks it next. That is the question mechanistic methods answer, from Chapter 03
 # on.
+
+# %% [markdown]
+# ### Your own edits
+# A suite grows from guesses like these. To test one of your own, write a prompt and two answers:
+# `try_prompt` prints the logit difference and the model's top next tokens, and warns about any
+# word the organism's vocabulary lacks (such a word reaches the model as one "unknown" token, so
+# the prompt says less than you meant). For example, a double negation:
+
+# %% tags=["export"]
+import re
+
+
+def unknown_words(model, text: str) -> list[str]:
+    """The words and signs of `text` that the model's vocabulary lacks (each becomes the unknown token)."""
+    unknown = model.tokenizer.unk_token_id
+    pieces = re.findall(r"\s?[\w']+|[^\w\s]", text)
+    return [piece.strip() for piece in pieces if (model.to_tokens(piece, prepend_bos=False) == unknown).any()]
+
+
+def try_prompt(model, prompt: str, answer: str, other: str, k: int = 5) -> dict:
+    """logit[answer] - logit[other] at the prompt's last token, the top `k` next tokens, and any unknown words.
+
+    The answers are single known tokens with their leading space, e.g. " loved"; the logit
+    difference is None when either is not.
+    """
+    unknown = unknown_words(model, prompt + answer + other)
+    logits = last_token_logits(model, [prompt])[0]  # [d_vocab]
+    probabilities = logits.softmax(-1)
+    top = probabilities.topk(k)
+    ids = [model.to_tokens(word, prepend_bos=False)[0] for word in (answer, other)]
+    single = all(len(i) == 1 and i[0] != model.tokenizer.unk_token_id for i in ids)
+    return {"logit_diff": (logits[ids[0][0]] - logits[ids[1][0]]).item() if single else None,
+            "top": [(model.to_string(i), p.item()) for i, p in zip(top.indices, top.values)],
+            "unknown": unknown, "single_tokens": single}
+
+
+def describe_trial(prompt: str, answer: str, other: str, trial: dict) -> str:
+    """The result of `try_prompt` as a few lines of text."""
+    lines = [f"{prompt!r}"]
+    if trial["unknown"]:
+        lines.append(f"  warning: unknown to the model: {', '.join(trial['unknown'])}")
+    if trial["single_tokens"]:
+        lines.append(f"  logit[{answer!r}] - logit[{other!r}] = {trial['logit_diff']:+.2f}")
+    else:
+        lines.append("  the answers must each be one known token with its leading space, e.g. ' loved'")
+    lines.append("  top next tokens: " + ", ".join(f"{token!r} {p:.0%}" for token, p in trial["top"]))
+    return "\n".join(lines)
+
+
+class PromptTester:
+    """Text boxes for a prompt and two answers; the result appears when you press Enter (live)."""
+
+    def __init__(self, model, prompt: str = "The movie was not bad. I", answer: str = " loved",
+                 other: str = " hated"):
+        self.model = model
+        self.prompt = widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                                   layout=widgets.Layout(width="60%"))
+        self.answer = widgets.Text(value=answer, description="answer", continuous_update=False)
+        self.other = widgets.Text(value=other, description="versus", continuous_update=False)
+        self.output = widgets.Output()
+        for box in (self.prompt, self.answer, self.other):
+            box.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Run the prompt, store the result and its text, and show them."""
+        self.trial = try_prompt(self.model, self.prompt.value, self.answer.value, self.other.value)
+        self.text = describe_trial(self.prompt.value, self.answer.value, self.other.value, self.trial)
+        with self.output:
+            self.output.clear_output(wait=True)
+            print(self.text)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([self.prompt, widgets.HBox([self.answer, self.other]), self.output])
+
+
+# %%
+for prompt in ("The movie was not bad. I", "The movie was not very bad. I", "The film was rubbish. I"):
+    print(describe_trial(prompt, " loved", " hated", try_prompt(model, prompt, " loved", " hated")))
+
+# %% [markdown]
+# "Not bad" fares like every negation in the suite: the model reads "bad" and answers " hated",
+# with or without the " very". The third prompt uses two words the organism has never seen, and the
+# warning says so before you read anything into its answer.
+#
+# To type your own, set `live = True` and run the cell again: change a text box and press Enter.
+# (Off by default, as every live widget in the workbook: a saved one would reopen as an error.)
+
+# %%
+live = False
+if live:
+    display(PromptTester(model).widget())
 
 # %% [markdown]
 # ## 3. Passing for the wrong reason
@@ -703,6 +945,110 @@ for model_name, classifier in [("shortcut model", shortcut), ("control model", c
     print(f"{model_name:<15}", "  ".join(f"{g}: {acc:.0%} (n={groups.count(g)})" for g, acc in sorted(by_group.items())))
 
 # %% [markdown]
+# How strong must the marker habit be before it hurts, and would the usual test notice? Train the
+# same classifier on hospitals where the marker agrees with the diagnosis more and more often, and
+# score each one three ways. Decide first: as the agreement grows, which of the three numbers moves
+# most?
+
+# %% tags=["export"]
+import ipywidgets as widgets
+from IPython.display import display
+
+SHORTCUT_AGREEMENTS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # marker agreement in the training hospital
+
+
+def scan_group(sick: bool, marker: bool) -> str:
+    return f"{'sick' if sick else 'healthy'}, {'marker' if marker else 'no marker'}"
+
+
+def shortcut_classifier(train_agreement: float, n: int = 4000) -> ScanClassifier:
+    """A scan classifier trained on `n` scans from a hospital with the given marker agreement."""
+    images, sick, _ = scanner_images(n, marker_agreement=train_agreement, seed=0)
+    return train_scan_classifier(images, sick, seed=0)
+
+
+def shortcut_scores(classifier: ScanClassifier, test_agreement: float, n: int = 2000) -> dict:
+    """Accuracy on fresh scans from a hospital with `test_agreement`, overall and per (diagnosis, marker) group."""
+    images, sick, marker = scanner_images(n, marker_agreement=test_agreement, seed=2)
+    margins = scan_margins(classifier, images, sick)  # [batch]
+    by_group = group_accuracy(margins, [scan_group(s, m) for s, m in zip(sick.tolist(), marker.tolist())])
+    return {"accuracy": (margins > 0).float().mean().item(), "groups": by_group, "worst": min(by_group.values())}
+
+
+def shortcut_curves(agreements=SHORTCUT_AGREEMENTS) -> dict[str, list[float]]:
+    """Per training agreement: same-hospital accuracy, its worst group, and new-hospital (0.5) accuracy."""
+    curves = {"same hospital: accuracy": [], "same hospital: worst group": [], "new hospital (0.5): accuracy": []}
+    for agreement in agreements:
+        classifier = shortcut_classifier(agreement)
+        same, new = shortcut_scores(classifier, agreement), shortcut_scores(classifier, 0.5)
+        curves["same hospital: accuracy"].append(same["accuracy"])
+        curves["same hospital: worst group"].append(same["worst"])
+        curves["new hospital (0.5): accuracy"].append(new["accuracy"])
+    return curves
+
+
+class ShortcutExplorer:
+    """Sliders for the marker agreement in the training and the test hospital; bars per group (live)."""
+
+    def __init__(self, train_agreement: float = 0.95, test_agreement: float = 0.95):
+        self.train = widgets.FloatSlider(value=train_agreement, min=0.5, max=0.99, step=0.01,
+                                         description="train", continuous_update=False)
+        self.test = widgets.FloatSlider(value=test_agreement, min=0.01, max=0.99, step=0.01,
+                                        description="test", continuous_update=False)
+        self.output = widgets.Output()
+        self.trained_at, self.classifier = None, None
+        for slider in (self.train, self.test):
+            slider.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Retrain if the training agreement moved (about a second), score on the test hospital, show the bars."""
+        if self.trained_at != self.train.value:
+            self.trained_at, self.classifier = self.train.value, shortcut_classifier(self.train.value)
+        self.scores = shortcut_scores(self.classifier, self.test.value)
+        groups = sorted(self.scores["groups"])
+        self.figure = go.Figure(go.Bar(x=["all scans", *groups],
+                                       y=[self.scores["accuracy"], *(self.scores["groups"][g] for g in groups)]))
+        self.figure.update_layout(title=f"Trained at agreement {self.train.value:.2f}, tested at {self.test.value:.2f}: "
+                                  f"worst group {self.scores['worst']:.0%}", yaxis_title="accuracy",
+                                  yaxis_range=[0, 1.05], height=380)
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.train, self.test]), self.output])
+
+
+# %%
+curves = shortcut_curves()
+for name, values in curves.items():
+    print(f"{name:<30}", "  ".join(f"{value:.0%}" for value in values))
+figure = go.Figure([go.Scatter(x=list(SHORTCUT_AGREEMENTS), y=values, mode="lines+markers", name=name)
+                    for name, values in curves.items()])
+figure.update_layout(title="A stronger marker habit in training: the rare groups pay",
+                     xaxis_title="marker agreement in the training hospital", yaxis_title="accuracy",
+                     yaxis_range=[0, 1.05], height=420, legend=dict(orientation="h", y=-0.25))
+figure
+
+# %% [markdown]
+# The usual score, on fresh scans from the training hospital, never drops: it stays above 90%,
+# and it is highest where the marker habit is strongest. Meanwhile the worst group falls from about
+# 84% to nothing, and the accuracy in a new hospital falls to a coin flip. By an agreement of 0.8
+# the model already fails more than half of its worst group, while its headline number has barely
+# moved from the no-marker hospital's. Only the group breakdown, or a second hospital, shows it.
+#
+# To try any pair of hospitals, set `live = True` and run the cell again: one slider sets the
+# marker agreement where the model is trained (each move retrains for about a second), the other
+# where it is tested. It is off by default because a live widget cannot be saved with the
+# notebook: reopened later, it would show an error in its place.
+
+# %%
+live = False
+if live:
+    display(ShortcutExplorer().widget())
+
+# %% [markdown]
 # ### A first look inside
 # The tests tell us *that* the shortcut model fails. For a linear model, looking inside is easy:
 # its weights are an image, one weight per pixel.
@@ -732,6 +1078,12 @@ figure
 # `classifier.linear.weight` has shape `[1, height * width]`; reshape it to `[height, width]`.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The shapes: `images` is `[batch, height, width]` and the reshaped weight `[height, width]`, so an
+# element-wise product broadcasts over the batch. To test yourself, sum the result over the last two
+# dimensions and add the bias: you should get `classifier(images)`.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # `images * classifier.linear.weight.reshape(images.shape[1:])` broadcasts over the batch.
 # </details>

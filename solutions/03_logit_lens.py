@@ -10,6 +10,7 @@
 # # Chapter 03: Logit lens and attribution
 #
 # **Time:** about 2.5 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - write the final residual stream as a sum of everything the embeddings, heads and MLPs wrote,
@@ -195,7 +196,14 @@ print(f"sum of the shares, each part with its own scale:       {(own_scale_share
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `model.ln_final` takes `[..., d_model]`, so stack the points first and call it once.
+# The shapes: each point gives `[batch, d_model]` at the last positions; stack them into `[point, batch,
+# d_model]`. `model.ln_final` works on the last dimension, and `model.W_U` is `[d_model, d_vocab]`, so the
+# result is `[point, batch, d_vocab]`. To test yourself, compare the last point with the model's own
+# logits at `last`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Stack the points first and call `model.ln_final` once: `model.ln_final(resid) @ model.W_U + model.b_U`.
 # </details>
 
 # %% tags=["export"]
@@ -363,10 +371,16 @@ print("training vectors:", list(lens_train["resid"].shape), " held out:", list(l
 #
 # <details><summary>Hint 1</summary>
 #
-# The order matters: KL(final || lens) puts the *final* distribution first. The reverse,
-# KL(lens || final), is a different loss with a different minimum.
+# The order matters: KL(final || lens) puts the *final* distribution first. The reverse, KL(lens ||
+# final), is a different loss with a different minimum.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The shapes: `resid[rows]` is `[batch_size, d_model]`, and so is `translator(resid[rows])`;
+# `lens_logits(model, ...)` turns it into `[batch_size, d_vocab]`, the shape of
+# `final_logits[rows]`. `kl_from_final` gives one number per row, so take the `.mean()`.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # Each step: the rows, the loss, `optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`.
 # Draw the rows from the generator in that order, one `randint` per step, so that your minibatches
@@ -443,14 +457,23 @@ lines(kl, x=points, title="How far each lens is from the model's final distribut
 #
 # <details><summary>Hint 1</summary>
 #
-# `stack_head_results` returns `[layer * head, batch, pos, d_model]`, ordered L0H0, L0H1, ...;
-# `at_last` picks the last positions; `.reshape(n_layers, n_heads, batch)` at the end.
+# Three things from one cached run: every head's output at each prompt's last position, the final
+# LayerNorm's scale (`ln_final.hook_scale`) there, and each prompt's logit-difference direction.
+# Exercise 3.1's function combines them.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# The direction of the logit difference is `W_U[:, correct] - W_U[:, wrong]`
-# (`logit_diff_directions`). The correct answer's column alone would measure a raw logit, which
-# the centred unembedding makes meaningless.
+# `stack_head_results` returns `[layer * head, batch, pos, d_model]`, ordered L0H0, L0H1, ...;
+# `at_last` picks the last positions; `.reshape(n_layers, n_heads, batch)` at the end. The direction
+# is `W_U[:, correct] - W_U[:, wrong]` (`logit_diff_directions`): the correct answer's column alone
+# would measure a raw logit, which the centred unembedding makes meaningless.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# With `tokens, last, _, cache = run_prompts(model, prompts)`: `heads =
+# at_last(cache.stack_head_results(layer=-1), last)`, `scale = at_last(cache["ln_final.hook_scale"],
+# last)[:, 0]`, then `residual_stack_to_logit_diff(heads, scale, logit_diff_directions(model,
+# prompts))` and the reshape.
 # </details>
 
 # %% tags=["export"]
@@ -614,13 +637,18 @@ attention_patterns(repeat_str, patterns[3, 0], [f"L3H{h}" for h in range(model.c
 #
 # <details><summary>Hint 1</summary>
 #
-# The axes are (destination, source): row `d` of a pattern is where position `d` looks. The entry for
-# "one back" is `pattern[d, d - 1]`, below the diagonal.
+# The axes are (destination, source): row `d` of a pattern is where position `d` looks. The entry
+# for "one back" is `pattern[d, d - 1]`, below the diagonal.
 # </details>
 # <details><summary>Hint 2</summary>
 #
 # `patterns.diagonal(offset=-offset, dim1=-2, dim2=-1)` gives `[..., n_destinations]` with the
 # entries `(d, d - offset)` for `d = offset, offset + 1, ...`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# The diagonal has the shape `[layer, batch, head, dest - offset]`: average over the batch and the
+# destinations, dimensions 1 and 3, with `.mean(dim=(1, 3))`.
 # </details>
 
 # %% tags=["export"]
@@ -645,13 +673,19 @@ previous_token_scores = check_exercise("3.5", previous_token_scores)
 #
 # <details><summary>Hint 1</summary>
 #
-# The token at destination `d` (second copy) last occurred at `d - seq_len`; the token after it is at
-# `d - seq_len + 1`.
+# The token at destination `d` (second copy) last occurred at `d - seq_len`; the token after it is
+# at `d - seq_len + 1`.
 # </details>
 # <details><summary>Hint 2</summary>
 #
 # The destinations of the second copy are `seq_len + 1, ..., 2 * seq_len`. In the diagonal at offset
 # `-(seq_len - 1)`, destination `d` is entry `d - (seq_len - 1)`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `patterns.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1)` starts at destination `seq_len - 1`;
+# its first two entries (destinations `seq_len - 1` and `seq_len`) are still in the first copy. Drop
+# them, `[..., 2:]`, and average over dimensions 1 and 3.
 # </details>
 
 # %% tags=["export"]
@@ -774,8 +808,16 @@ heatmap(positional_qk(model, layer, head).softmax(-1), x=list(range(24)), y=list
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# The shapes: `embedding` `[n_tokens, d_model]` times the summed OV `[d_model, d_model]` times
+# `W_U[:, token_ids]` `[d_model, n_tokens]` gives `[n_tokens, n_tokens]`. Sum the heads' OV matrices
+# first (a sum of products with the same factors on each side), and put `token_ids` on the model's
+# device before indexing `W_U`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # Row `i` is "token `i` attended to"; its largest entry is `circuit[i].argmax()`. Compare
-# `circuit.argmax(dim=-1)` with `torch.arange(n_tokens)`.
+# `circuit.argmax(dim=-1)` with `torch.arange(n_tokens)` and take the mean of the matches as a
+# float.
 # </details>
 
 # %% tags=["export"]
@@ -864,14 +906,19 @@ print(f"random heads (baseline), effective embedding: "
 #
 # <details><summary>Hint 1</summary>
 #
-# The full matrices are small here (256 x 256): `model.W_Q[layer, head] @ model.W_K[layer, head].T` and
-# `model.W_V[layer, head] @ model.W_O[layer, head]`; a tensor's `.norm()` is its Frobenius norm.
+# The full matrices are small here (256 x 256): `model.W_Q[layer, head] @ model.W_K[layer, head].T`
+# and `model.W_V[layer, head] @ model.W_O[layer, head]`; a tensor's `.norm()` is its Frobenius norm.
 # (`model.QK` and `model.OV` give the same as `FactoredMatrix` objects, with `.T` and `.norm()`.)
 # </details>
 # <details><summary>Hint 2</summary>
 #
 # The keys read the source head's *output*: the OV circuit goes in transposed, on the right of the
 # QK circuit. With it on the left you measure Q-composition; with two OV circuits, V-composition.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Two loops, over the source heads `i` and the target heads `j`, filling a `[n_heads, n_heads]`
+# tensor: `scores[i, j] = (qk @ ov.T).norm() / (qk.norm() * ov.norm())`.
 # </details>
 
 # %% tags=["export"]
@@ -970,12 +1017,18 @@ def abc_prompts(prompts: PromptSet, seed: int = 0) -> PromptSet:
 #
 # <details><summary>Hint 1</summary>
 #
-# A hook `hook_fn(z, hook)` can change `z` in place, `z[:, :, head] = corrupted_z[:, :, head]`, and
-# return it.
+# Two runs. First a cached run on the corrupted prompts, keeping only `blocks.{layer}.attn.hook_z`;
+# then the clean prompts through `logit_diffs`, with one hook that uses that cache.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `logit_diffs` tokenizes the clean prompts the same way `tokenize` does, so the corrupted cache's
+# A hook `hook_fn(z, hook)` can change `z` in place, `z[:, :, head] = corrupted_z[:, :, head]`, and
+# return it. `z` is `[batch, pos, head, d_head]`, so `[:, :, head]` is one head at every position.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Tokenize the corrupted prompts with `tokenize` and cache them with `model.run_with_cache(tokens,
+# names_filter=name)`. `logit_diffs` tokenizes the clean prompts the same way, so the corrupted cache's
 # positions line up with the clean run's.
 # </details>
 

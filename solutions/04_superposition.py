@@ -10,8 +10,8 @@
 # # Chapter 04: Superposition toy models
 #
 # **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
-# *Run All* takes about 2 minutes on a laptop CPU, mostly training small models behind progress
-# bars (JupyterLab shows the last cell: scroll up to watch them).
+# *Run All* takes under 2 minutes on a 2-core laptop CPU (longer when the machine is busy), mostly
+# training small models behind progress bars (JupyterLab shows the last cell: scroll up to watch them).
 #
 # **You will learn to**
 # - build the toy model of superposition: many sparse features squeezed into fewer dimensions and
@@ -157,14 +157,19 @@ heatmap(example[:, 1], title="A batch of sparse features (model 2, p = 0.2)", x_
 # <details><summary>Hint 1</summary>
 #
 # `torch.einsum` names each dimension with a letter and sums over the letters missing from the
-# output: `torch.einsum("bif,ihf->bih", features, self.W)` keeps batch `b` and instance `i` and
-# sums over features `f`.
+# output: `torch.einsum("bif,ihf->bih", features, self.W)` keeps batch `b` and instance `i` and sums
+# over features `f`.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# The readout is the same matrix the other way round: sum over the hidden letter instead,
-# `"bih,ihf->bif"`. Then add `self.b_final` (it broadcasts over the batch) and apply `F.relu` only
-# if `self.nonlinear`.
+# The shapes: `features` is `[batch, instances, feats]` and `W` `[instances, hidden, feats]`; the
+# hidden vector is `[batch, instances, hidden]`; the read-out goes back to `[batch, instances, feats]`,
+# where `b_final`, `[instances, feats]`, broadcasts over the batch.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# The read-out is the same matrix the other way round: sum over the hidden letter instead,
+# `"bih,ihf->bif"`. Then add `self.b_final` and apply `F.relu` only if `self.nonlinear`.
 # </details>
 
 # %% tags=["export"]
@@ -207,8 +212,12 @@ ToyModel = check_exercise("4.2", ToyModel)
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `(importance * (features - output) ** 2).sum(-1).mean(0)`: sum over the last dimension
-# (features), then average over the first (batch).
+# The shapes: the weighted squared error is `[batch, instances, feats]`; summing over the features
+# leaves `[batch, instances]`; averaging over the batch leaves `[instances]`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `(importance * (features - output) ** 2)`, then `.sum(-1)` (features) and `.mean(0)` (batch).
 # </details>
 
 # %% tags=["export"]
@@ -498,6 +507,12 @@ def train_phase_diagram(n_seeds: int = 3, steps: int = 2500, seed: int = 0,
 # </details>
 # <details><summary>Hint 2</summary>
 #
+# The plan: two boolean tensors of shape `[instances]`, *represented* (norm above `threshold`) and
+# *superposed* (interference above `threshold ** 2`). Phase 2 needs both; phase 1 is represented but
+# not superposed; everything else is phase 0.
+# </details>
+# <details><summary>Hint 3</summary>
+#
 # `torch.where(condition, a, b)` picks between two tensors; nest two of them, or start from zeros
 # and add: `represented.long() + (represented & superposed).long()`.
 # </details>
@@ -571,8 +586,13 @@ for name, (i, j) in {"dense, r < 1": (1, 0), "dense, r > 1": (PHASE_GRID - 2, 0)
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# `norms = feature_norms(W)`; `norms ** 2 / (interference(W) + norms ** 2).clamp(min=1e-12)`.
-# For a zero feature the numerator is 0, so the clamp makes the result 0.
+# The shapes: `feature_norms(W)` and `interference(W)` are both `[instances, feats]`, so the whole
+# formula is element-wise. For a zero feature it reads 0 / 0: keep the denominator away from zero.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `norms = feature_norms(W)`; `norms ** 2 / (interference(W) + norms ** 2).clamp(min=1e-12)`. For a
+# zero feature the numerator is 0, so the clamp makes the result 0.
 # </details>
 
 # %% tags=["export"]
@@ -828,9 +848,15 @@ def correlated_features(batch_size: int, pair_probability: Float[Tensor, "instan
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# With `shape = (batch_size, *pair_probability.shape)`: `pair_on = torch.rand(shape, ...) < 2 * p`,
-# `first = torch.rand(shape, ...) < 0.5`, then stack `pair_on & first` and `pair_on & ~first` along
-# a new last dimension, multiply by uniform values of shape `(*shape, 2)`, and `.flatten(-2)`.
+# The shapes: three draws from the generator, `pair_on` and `first` of shape `shape = (batch_size,
+# *pair_probability.shape)` (`[batch, instances, pairs]`), and the values of shape `(*shape, 2)`. Feature `2k`
+# is on where `pair_on & first`, feature `2k + 1` where `pair_on & ~first`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `pair_on = torch.rand(shape, ...) < 2 * p`, `first = torch.rand(shape, ...) < 0.5`; stack the two
+# masks along a new last dimension, multiply by the values, and `.flatten(-2)` to `[batch, instances, 2 *
+# pairs]`.
 # </details>
 
 # %% tags=["export"]
@@ -951,6 +977,13 @@ class NeuronModel(ToyModel):
 # Neurons are the rows of each `W[k]`, so the sums run over the last dimension (features).
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# The plan: keep only the positive weights (`F.relu(W)`), square them, and compute the participation
+# ratio per neuron, `(sum of squares) ** 2 / (sum of fourth powers)`. Both sums over the features
+# give `[instances, hidden]`; a neuron with no positive weight gives 0 / 0, so clamp the
+# denominator.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # `squared = F.relu(W) ** 2`; `squared.sum(-1) ** 2 / (squared ** 2).sum(-1).clamp(min=1e-12)`.
 # </details>

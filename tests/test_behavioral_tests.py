@@ -175,3 +175,104 @@ def test_the_training_curves_the_chapter_describes():
     jump = int(steps[ioi > 0.9].min())
     assert jump - int(steps[ioi < 0.65].max()) <= 200  # between two evaluations
     assert jump > int(steps[induction < 0.3].min())  # after induction formed
+
+
+# ------------------------------------------------------------------------------------------
+# Wald vs Wilson: the coverage the text reports, re-simulated (another seed), and the slider
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def coverage(n: int, seed: int = 1) -> dict:
+    return ref.interval_coverage(ref.COVERAGE_RATES, n, seed=seed)
+
+
+def test_the_vectorised_wilson_interval_is_the_one_of_exercise_1_3():
+    for right, n in ((30, 30), (28, 30), (3, 10), (150, 300)):
+        _, low, high = ref.accuracy_interval(torch.tensor([1.0] * right + [-1.0] * (n - right)))
+        wilson = ref.wilson_interval(torch.tensor(float(right)), n)
+        assert abs(wilson[0].item() - low) < 1e-6 and abs(wilson[1].item() - high) < 1e-6
+
+
+def test_wald_covers_about_half_near_the_edge_at_30_prompts_and_wilson_keeps_its_promise():
+    """The text: at n = 30 and p >= 0.95, Wald about half, Wilson about 95%; Wald's failing band
+    narrows with n but at n = 300 still falls below 80%; Wilson averages 95% at every n."""
+    high = ref.COVERAGE_RATES >= 0.95
+    at_30 = coverage(30)
+    assert 0.35 < at_30["Wald"][high].mean() < 0.65 and 0.92 < at_30["Wilson"][high].mean() < 0.98
+    wald_means = [coverage(n)["Wald"].mean().item() for n in ref.COVERAGE_SIZES]
+    assert wald_means == sorted(wald_means) and wald_means[-1] < 0.95
+    assert coverage(300)["Wald"].min() < 0.8
+    for n in ref.COVERAGE_SIZES:
+        assert abs(coverage(n)["Wilson"].mean() - 0.95) < 0.01, n
+    zero_width = ref.wald_interval(torch.tensor(30.0), 30)  # every prompt right: Wald's interval is [1, 1]
+    assert zero_width[0] == zero_width[1] == 1
+
+
+def test_the_coverage_slider_shows_one_n_at_a_time_and_the_live_sliders_resimulate():
+    figure = ref.coverage_slider_figure(ref.COVERAGE_SIZES, ref.COVERAGE_RATES)
+    steps = figure.layout.sliders[0].steps
+    assert len(figure.data) == 2 * len(ref.COVERAGE_SIZES) == 2 * len(steps)
+    for k, step in enumerate(steps):
+        visible = step.args[0]["visible"]
+        assert visible[2 * k] and visible[2 * k + 1] and sum(visible) == 2
+        assert step.label == str(ref.COVERAGE_SIZES[k])
+    explorer = ref.CoverageExplorer(n=30)
+    assert torch.equal(explorer.coverage["Wald"], ref.interval_coverage(ref.COVERAGE_RATES, 30)["Wald"])
+    explorer.n.value = 300  # what dragging the slider does: the observer re-simulates
+    assert torch.equal(explorer.coverage["Wilson"], ref.interval_coverage(ref.COVERAGE_RATES, 300)["Wilson"])
+    explorer.level.value = "80%"
+    assert abs(explorer.coverage["Wilson"].mean() - 0.8) < 0.02
+    assert "80%" in explorer.figure.layout.title.text and "n = 300" in explorer.figure.layout.title.text
+    assert explorer.figure.layout.shapes[0].y0 == pytest.approx(0.8, abs=1e-3)  # the promised line moves too
+
+
+# ------------------------------------------------------------------------------------------
+# The marker agreement in training: the curves the text describes, and the live sliders
+# ------------------------------------------------------------------------------------------
+def test_a_stronger_marker_habit_keeps_the_headline_and_costs_the_worst_group():
+    """The text: the same-hospital score stays above 90% and peaks at the strongest habit; the worst
+    group falls from about 84% to nothing; the new hospital falls to a coin flip; at 0.8 the worst
+    group is below one half while the headline has barely moved from the no-marker hospital's."""
+    curves = ref.shortcut_curves()
+    agreements = list(ref.SHORTCUT_AGREEMENTS)
+    same, worst = curves["same hospital: accuracy"], curves["same hospital: worst group"]
+    new = curves["new hospital (0.5): accuracy"]
+    assert min(same) > 0.9 and max(same) == same[-1], same
+    assert worst == sorted(worst, reverse=True) and 0.78 < worst[0] < 0.9 and worst[-1] < 0.05, worst
+    assert new == sorted(new, reverse=True) and new[-1] < 0.55, new
+    at = agreements.index(0.8)
+    assert worst[at] < 0.5 and abs(same[at] - same[0]) < 0.03, (worst[at], same[at], same[0])
+
+
+def test_the_shortcut_explorer_retrains_only_when_the_training_slider_moves():
+    explorer = ref.ShortcutExplorer(train_agreement=0.95, test_agreement=0.95)
+    first = explorer.classifier
+    assert explorer.scores["worst"] < 0.1
+    explorer.test.value = 0.5  # moving the test slider rescores without retraining
+    assert explorer.classifier is first and explorer.scores["accuracy"] < 0.6
+    explorer.train.value = 0.5  # moving the training slider retrains
+    assert explorer.classifier is not first and explorer.scores["worst"] > 0.75
+    assert "worst group" in explorer.figure.layout.title.text and len(explorer.figure.data[0].x) == 5
+
+
+# ------------------------------------------------------------------------------------------
+# Your own edits: try_prompt, its unknown-word warning, and the live text boxes
+# ------------------------------------------------------------------------------------------
+def test_not_bad_reads_as_bad_and_unknown_words_are_named(organism):
+    """The text: "not bad" (with or without " very") gets " hated"; the third example has two unknown words."""
+    model = organism
+    for prompt in ("The movie was not bad. I", "The movie was not very bad. I"):
+        trial = ref.try_prompt(model, prompt, " loved", " hated")
+        assert trial["logit_diff"] < 0 and trial["top"][0][0] == " hated" and not trial["unknown"], (prompt, trial)
+    assert ref.try_prompt(model, "The film was rubbish. I", " loved", " hated")["unknown"] == ["film", "rubbish"]
+    assert ref.try_prompt(model, "The movie was fun. I", " loved it", " hated")["logit_diff"] is None
+
+
+def test_the_prompt_tester_reruns_when_a_box_changes(organism):
+    model = organism
+    tester = ref.PromptTester(model)
+    first = tester.trial["logit_diff"]
+    tester.prompt.value = "The movie was great. I"  # what pressing Enter in the box does
+    assert tester.trial["logit_diff"] > 0 > first
+    tester.answer.value = " Narnia"
+    assert "unknown to the model: Narnia" in tester.text and "one known token" in tester.text
+    assert tester.trial["logit_diff"] is None

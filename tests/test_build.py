@@ -4,6 +4,7 @@ stubs replace solutions, and a learner's notebook is never overwritten."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 
@@ -101,3 +102,32 @@ def test_chapter_stems_are_ascii_snake_case():
     for source in build.chapter_sources():
         assert source.stem.isascii() and source.stem[:3].rstrip("_").isdigit()
         assert source.stem == source.stem.lower() and " " not in source.stem
+
+
+LADDER_CHAPTERS = ("00", "01", "02", "03", "04")  # the chapters whose hints follow the full ladder
+
+
+def _exercise_blocks(text: str) -> dict[str, str]:
+    """Each exercise's markdown, from its heading to the next code cell."""
+    blocks = {}
+    for match in build.EXERCISE_HEADING.finditer(text):
+        end = text.find("\n# %%", match.end())
+        blocks[match["id"]] = text[match.end():end]
+    return blocks
+
+
+def test_every_exercise_has_a_three_step_hint_ladder_and_the_chapter_says_how_long_run_all_takes():
+    """A gentle hint, a middle step (a plan or the shapes) and nearly the answer, each folded in a
+    <details> block; and a line near the top giving the time of Run All."""
+    sources = [source for source in build.chapter_sources() if source.stem[:2] in LADDER_CHAPTERS]
+    assert len(sources) == len(LADDER_CHAPTERS)
+    for source in sources:
+        text = source.read_text()
+        blocks = _exercise_blocks(text)
+        assert blocks, source.name
+        for exercise, block in blocks.items():
+            hints = [int(n) for n in re.findall(r"<details><summary>Hint (\d)</summary>", block)]
+            assert hints[:3] == [1, 2, 3], (source.name, exercise, hints)
+            assert block.count("<details>") == block.count("</details>"), (source.name, exercise)
+        top = text[:text.find("\n# %%", text.find("# %% [markdown]") + 1)]
+        assert re.search(r"\*Run All\* takes (under|at most) ", top), source.name

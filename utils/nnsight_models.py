@@ -18,6 +18,7 @@ that says why, never a hang.
 from __future__ import annotations
 
 import io
+import linecache
 import os
 import re
 import socket
@@ -394,6 +395,19 @@ def to_bridge_convention(model, hook_name: str, value: torch.Tensor) -> torch.Te
 # Running a trace here, in a rehearsal, or on NDIF
 
 
+def _restore_source_lines(before: dict) -> None:
+    """Put back the source lines Python keeps for our files (`linecache`), as they were in `before`.
+
+    Rebuilding a request registers the rebuilt code's lines under the original file names. A
+    server does that in its own process; here it would leave our files' cached lines wrong, and
+    the next request, which reads its functions' source from those lines, would fail.
+    """
+    for name in set(linecache.cache) - set(before):
+        if os.path.exists(name):
+            del linecache.cache[name]
+    linecache.cache.update(before)
+
+
 class RehearsalBackend:
     """Runs a trace as NDIF would, on this machine: what `remote="local"` means in the workbook.
 
@@ -403,9 +417,13 @@ class RehearsalBackend:
     runs the rebuilt block on the rebuilt copies, keeps only the values marked with `.save()`,
     and sends them back through `torch.save` / `torch.load`. So a list appended outside the
     trace stays empty here exactly as on NDIF, and an unsaved value never comes back.
-    `result_bytes` is the size of what came back. Built on nnsight 0.8.1's own pieces (the
-    pinned version; tests/test_nnsight.py fails if they change).
+    `result_bytes` is the size of what came back; `RehearsalBackend.last_result_bytes`, that of
+    the latest rehearsal anywhere (a check reads it when the learner's code made the backend).
+    Built on nnsight 0.8.1's own pieces (the pinned version; tests/test_nnsight.py fails if they
+    change).
     """
+
+    last_result_bytes: int | None = None
 
     def __init__(self, model) -> None:
         from nnsight.intervention.backends.local import LocalSimulationBackend
@@ -422,21 +440,40 @@ class RehearsalBackend:
 
         pull_env()  # ship this project's modules by value, as a remote request does
         request = RequestModel.serialize(tracer, compress=False)
-        hidden = self.simulation._hide_local_modules()
+        source_lines = dict(linecache.cache)
         try:
-            server_side = RequestModel.deserialize(request, self.model._remoteable_persistent_objects())
+            hidden = self.simulation._hide_local_modules()
+            try:
+                server_side = RequestModel.deserialize(request, self.model._remoteable_persistent_objects())
+            finally:
+                self.simulation._restore(hidden)
+            server_side.execute(server_side.info.code)  # runs on the copies; saved names land in its frame
         finally:
-            self.simulation._restore(hidden)
-        server_side.execute(server_side.info.code)  # runs on the copies; saved names land in its frame
+            _restore_source_lines(source_lines)
         saved = {name: value for name, value in server_side.info.frame.f_locals.items() if id(value) in _saves()}
         response = io.BytesIO()
         torch.save(saved, response)  # what travels back over the network
-        self.result_bytes = response.tell()
+        self.result_bytes = RehearsalBackend.last_result_bytes = response.tell()
         # Our own bytes from two lines up, loaded the way nnsight's client loads NDIF's answer.
         returned = torch.load(io.BytesIO(response.getvalue()), map_location="cpu", weights_only=False)
         for value in returned.values():
             mark(value)  # saved again, so that they reach the caller's frame
         push(tracer.info.frame, returned)
+
+
+def ship_workbook_by_value() -> None:
+    """Send the workbook's own code (the `utils` package) with every remote request, by value.
+
+    nnsight ships only modules that are not installed packages; after `pip install -e .` the
+    workbook counts as installed, so a trace that calls a workbook helper (`read_activation`, a
+    chapter's reference) would fail on NDIF, which does not have the workbook, with
+    ModuleNotFoundError. Registering the package (its submodules follow) avoids that.
+    """
+    import nnsight
+
+    import utils
+
+    nnsight.register(utils)
 
 
 def trace_options(model, remote: bool | str = False) -> dict[str, Any]:
@@ -448,6 +485,7 @@ def trace_options(model, remote: bool | str = False) -> dict[str, Any]:
     """
     if remote is False:
         return {}
+    ship_workbook_by_value()
     if remote == "local":
         return {"backend": RehearsalBackend(model)}
     if remote is True:

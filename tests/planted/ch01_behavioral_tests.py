@@ -100,6 +100,12 @@ def insert_before_first(prompts, word, anchors, flip=False):
     return PromptSet(prompts.family, prompts.split, texts, list(correct), list(wrong), dict(prompts.labels))
 
 
+def insert_with_str_replace(prompts, word, anchors, flip=False):
+    texts = [p.replace(a, word + a) for p, a in zip(prompts.prompts, anchors)]
+    correct, wrong = (prompts.wrong, prompts.correct) if flip else (prompts.correct, prompts.wrong)
+    return PromptSet(prompts.family, prompts.split, texts, list(correct), list(wrong), dict(prompts.labels))
+
+
 def insert_with_extra_space(prompts, word, anchors, flip=False):
     return ref.insert_word(prompts, " " + word, anchors, flip)
 
@@ -258,7 +264,8 @@ MISTAKES = {
     "1.4": [(group_counts, "divide by the group's size"), (group_mean_diff, "mean logit difference"),
             (group_overall, "select each group's own prompts")],
     "1.5": [(insert_without_flip, "swap correct and wrong"), (insert_after_anchor, "not after it"),
-            (insert_before_first, "last occurrence"), (insert_with_extra_space, "double space"),
+            (insert_before_first, "last occurrence"), (insert_with_str_replace, "before every occurrence"),
+            (insert_with_extra_space, "double space"),
             (insert_in_place, "changed the original PromptSet")],
     "1.6": [(contributions_are_weights, "weights alone"), (contributions_with_bias, "leave the bias out"),
             (contributions_absolute, "keep the sign")],

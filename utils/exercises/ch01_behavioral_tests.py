@@ -232,6 +232,7 @@ def check_insert_word(candidate) -> None:
         after = [p[:p.rindex(a) + len(a)] + word + p[p.rindex(a) + len(a):] for p, a in pairs]
         first = [p[:p.index(a)] + word + p[p.index(a):] for p, a in pairs]
         double_space = [p[:p.rindex(a)] + " " + word + p[p.rindex(a):] for p, a in pairs]
+        everywhere = [p.replace(a, word + a) for p, a in pairs]
         got = call(candidate, prompts, word, list(anchors), flip)
         if prompts.prompts != original.prompts or prompts.correct != original.correct or prompts.wrong != original.wrong:
             changed = sum(a != b for a, b in zip(prompts.prompts, original.prompts))
@@ -243,6 +244,7 @@ def check_insert_word(candidate) -> None:
             f"the word goes before the anchor ({anchors[0]!r}), not after it": after,
             "insert before the last occurrence of the anchor (str.rindex), not the first": first,
             "the word already starts with a space; adding another gives a double space": double_space,
+            "str.replace inserts before every occurrence of the anchor; insert before the last one only": everywhere,
         })
         kept = sum(a == b for a, b in zip(got.correct, original.correct))
         if flip and got.correct == original.correct:

@@ -75,6 +75,97 @@ def accuracy_interval(diffs: Float[Tensor, "batch"], z: float = 1.96) -> tuple[f
     return p, centre - half_width, centre + half_width
 
 
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+COVERAGE_RATES = torch.arange(100, 200) / 200  # true rates 0.500, 0.505, ..., 0.995
+COVERAGE_SIZES = (10, 30, 100, 300)  # numbers of prompts for the slider
+
+
+def wald_interval(successes: Float[Tensor, "*shape"], n: int, z: float = 1.96) -> tuple[Tensor, Tensor]:
+    """The textbook interval p +- z sqrt(p (1 - p) / n) for counts of successes out of `n` (any shape)."""
+    p = successes / n
+    half_width = z * (p * (1 - p) / n).sqrt()
+    return p - half_width, p + half_width
+
+
+def wilson_interval(successes: Float[Tensor, "*shape"], n: int, z: float = 1.96) -> tuple[Tensor, Tensor]:
+    """The Wilson score interval of Exercise 1.3, for counts of successes out of `n` (any shape)."""
+    p = successes / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half_width = z * (p * (1 - p) / n + z**2 / (4 * n**2)).sqrt() / denominator
+    return centre - half_width, centre + half_width
+
+
+def interval_coverage(rates: Float[Tensor, "rate"], n: int, z: float = 1.96, n_draws: int = 4000,
+                      seed: int = 0) -> dict[str, Tensor]:
+    """For each true rate, the share of `n_draws` simulated test sets of `n` prompts whose interval contains it."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.full((n_draws, len(rates)), float(n))  # [draw, rate]
+    successes = torch.binomial(counts, rates.expand(n_draws, -1).contiguous(), generator=generator)  # [draw, rate]
+    coverage = {}
+    for name, interval in (("Wald", wald_interval), ("Wilson", wilson_interval)):
+        low, high = interval(successes, n, z)
+        coverage[name] = ((low <= rates) & (rates <= high)).float().mean(0)  # [rate]
+    return coverage
+
+
+def coverage_traces(coverage: dict[str, Tensor], rates: Tensor, visible: bool = True) -> list[go.Scatter]:
+    """One line per interval: its simulated coverage against the true rate."""
+    colours = {"Wald": "#e45756", "Wilson": "#4c78a8"}
+    return [go.Scatter(x=rates.tolist(), y=values.tolist(), mode="lines", name=name, visible=visible,
+                       line=dict(color=colours[name])) for name, values in coverage.items()]
+
+
+def coverage_figure(traces: list, title: str, z: float = 1.96) -> go.Figure:
+    nominal = 2 * torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(z)).item() - 1  # 0.95 for z = 1.96
+    figure = go.Figure(traces)
+    figure.add_hline(y=nominal, line_dash="dot", annotation_text=f"promised: {nominal:.0%}",
+                     annotation_position="bottom left")
+    figure.update_layout(title=title, xaxis_title="true rate p", yaxis_title="coverage (share of test sets)",
+                         yaxis_range=[0, 1.02], height=430, legend=dict(orientation="h", y=1.1, x=1, xanchor="right"))
+    return figure
+
+
+def coverage_slider_figure(sizes, rates: Tensor) -> go.Figure:
+    """A static figure with a plotly slider over the number of prompts: it works with no kernel (the book)."""
+    traces = [trace for k, n in enumerate(sizes) for trace in coverage_traces(interval_coverage(rates, n), rates, k == 1)]
+    figure = coverage_figure(traces, "Simulated coverage of the 95% intervals (drag n)")
+    steps = [dict(method="update", label=f"{n}", args=[{"visible": [t // 2 == k for t in range(len(traces))]}])
+             for k, n in enumerate(sizes)]
+    figure.update_layout(sliders=[dict(steps=steps, active=1, currentvalue=dict(prefix="n = "), pad=dict(t=50))])
+    return figure
+
+
+class CoverageExplorer:
+    """Sliders for the number of prompts and the confidence level that re-simulate the coverage (live)."""
+
+    LEVELS = {"80%": 1.2816, "90%": 1.6449, "95%": 1.96, "99%": 2.5758}  # confidence level: z
+
+    def __init__(self, n: int = 30, level: str = "95%"):
+        self.n = widgets.IntSlider(value=n, min=5, max=500, step=5, description="n", continuous_update=False)
+        self.level = widgets.Dropdown(options=list(self.LEVELS), value=level, description="level")
+        self.output = widgets.Output()
+        for control in (self.n, self.level):
+            control.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Simulate the coverage for the chosen n and level, store it and the figure, and show them."""
+        z = self.LEVELS[self.level.value]
+        self.coverage = interval_coverage(COVERAGE_RATES, self.n.value, z)
+        self.figure = coverage_figure(coverage_traces(self.coverage, COVERAGE_RATES),
+                                      f"Coverage of the {self.level.value} intervals at n = {self.n.value}", z)
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.n, self.level]), self.output])
+
+
 def mean_interval(values: Float[Tensor, "batch"], z: float = 1.96) -> tuple[float, float, float]:
     """The mean of `values` and a normal-approximation interval: (mean, low, high)."""
     mean = values.mean().item()
@@ -128,6 +219,73 @@ def insert_word(prompts: PromptSet, word: str, anchors: list[str], flip: bool = 
     correct, wrong = (prompts.wrong, prompts.correct) if flip else (prompts.correct, prompts.wrong)
     labels = {name: list(values) for name, values in prompts.labels.items()}
     return PromptSet(prompts.family, prompts.split, new_prompts, list(correct), list(wrong), labels)
+
+
+import re
+
+
+def unknown_words(model, text: str) -> list[str]:
+    """The words and signs of `text` that the model's vocabulary lacks (each becomes the unknown token)."""
+    unknown = model.tokenizer.unk_token_id
+    pieces = re.findall(r"\s?[\w']+|[^\w\s]", text)
+    return [piece.strip() for piece in pieces if (model.to_tokens(piece, prepend_bos=False) == unknown).any()]
+
+
+def try_prompt(model, prompt: str, answer: str, other: str, k: int = 5) -> dict:
+    """logit[answer] - logit[other] at the prompt's last token, the top `k` next tokens, and any unknown words.
+
+    The answers are single known tokens with their leading space, e.g. " loved"; the logit
+    difference is None when either is not.
+    """
+    unknown = unknown_words(model, prompt + answer + other)
+    logits = last_token_logits(model, [prompt])[0]  # [d_vocab]
+    probabilities = logits.softmax(-1)
+    top = probabilities.topk(k)
+    ids = [model.to_tokens(word, prepend_bos=False)[0] for word in (answer, other)]
+    single = all(len(i) == 1 and i[0] != model.tokenizer.unk_token_id for i in ids)
+    return {"logit_diff": (logits[ids[0][0]] - logits[ids[1][0]]).item() if single else None,
+            "top": [(model.to_string(i), p.item()) for i, p in zip(top.indices, top.values)],
+            "unknown": unknown, "single_tokens": single}
+
+
+def describe_trial(prompt: str, answer: str, other: str, trial: dict) -> str:
+    """The result of `try_prompt` as a few lines of text."""
+    lines = [f"{prompt!r}"]
+    if trial["unknown"]:
+        lines.append(f"  warning: unknown to the model: {', '.join(trial['unknown'])}")
+    if trial["single_tokens"]:
+        lines.append(f"  logit[{answer!r}] - logit[{other!r}] = {trial['logit_diff']:+.2f}")
+    else:
+        lines.append("  the answers must each be one known token with its leading space, e.g. ' loved'")
+    lines.append("  top next tokens: " + ", ".join(f"{token!r} {p:.0%}" for token, p in trial["top"]))
+    return "\n".join(lines)
+
+
+class PromptTester:
+    """Text boxes for a prompt and two answers; the result appears when you press Enter (live)."""
+
+    def __init__(self, model, prompt: str = "The movie was not bad. I", answer: str = " loved",
+                 other: str = " hated"):
+        self.model = model
+        self.prompt = widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                                   layout=widgets.Layout(width="60%"))
+        self.answer = widgets.Text(value=answer, description="answer", continuous_update=False)
+        self.other = widgets.Text(value=other, description="versus", continuous_update=False)
+        self.output = widgets.Output()
+        for box in (self.prompt, self.answer, self.other):
+            box.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Run the prompt, store the result and its text, and show them."""
+        self.trial = try_prompt(self.model, self.prompt.value, self.answer.value, self.other.value)
+        self.text = describe_trial(self.prompt.value, self.answer.value, self.other.value, self.trial)
+        with self.output:
+            self.output.clear_output(wait=True)
+            print(self.text)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([self.prompt, widgets.HBox([self.answer, self.other]), self.output])
 
 
 from torch import nn
@@ -199,6 +357,75 @@ def scan_margins(classifier: ScanClassifier, images: Float[Tensor, "batch height
                  sick: Tensor) -> Float[Tensor, "batch"]:
     """The classifier's logit difference (right class minus wrong class): +logit if sick, else -logit."""
     return torch.where(sick, 1.0, -1.0) * classifier(images)
+
+
+import ipywidgets as widgets
+from IPython.display import display
+
+SHORTCUT_AGREEMENTS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # marker agreement in the training hospital
+
+
+def scan_group(sick: bool, marker: bool) -> str:
+    return f"{'sick' if sick else 'healthy'}, {'marker' if marker else 'no marker'}"
+
+
+def shortcut_classifier(train_agreement: float, n: int = 4000) -> ScanClassifier:
+    """A scan classifier trained on `n` scans from a hospital with the given marker agreement."""
+    images, sick, _ = scanner_images(n, marker_agreement=train_agreement, seed=0)
+    return train_scan_classifier(images, sick, seed=0)
+
+
+def shortcut_scores(classifier: ScanClassifier, test_agreement: float, n: int = 2000) -> dict:
+    """Accuracy on fresh scans from a hospital with `test_agreement`, overall and per (diagnosis, marker) group."""
+    images, sick, marker = scanner_images(n, marker_agreement=test_agreement, seed=2)
+    margins = scan_margins(classifier, images, sick)  # [batch]
+    by_group = group_accuracy(margins, [scan_group(s, m) for s, m in zip(sick.tolist(), marker.tolist())])
+    return {"accuracy": (margins > 0).float().mean().item(), "groups": by_group, "worst": min(by_group.values())}
+
+
+def shortcut_curves(agreements=SHORTCUT_AGREEMENTS) -> dict[str, list[float]]:
+    """Per training agreement: same-hospital accuracy, its worst group, and new-hospital (0.5) accuracy."""
+    curves = {"same hospital: accuracy": [], "same hospital: worst group": [], "new hospital (0.5): accuracy": []}
+    for agreement in agreements:
+        classifier = shortcut_classifier(agreement)
+        same, new = shortcut_scores(classifier, agreement), shortcut_scores(classifier, 0.5)
+        curves["same hospital: accuracy"].append(same["accuracy"])
+        curves["same hospital: worst group"].append(same["worst"])
+        curves["new hospital (0.5): accuracy"].append(new["accuracy"])
+    return curves
+
+
+class ShortcutExplorer:
+    """Sliders for the marker agreement in the training and the test hospital; bars per group (live)."""
+
+    def __init__(self, train_agreement: float = 0.95, test_agreement: float = 0.95):
+        self.train = widgets.FloatSlider(value=train_agreement, min=0.5, max=0.99, step=0.01,
+                                         description="train", continuous_update=False)
+        self.test = widgets.FloatSlider(value=test_agreement, min=0.01, max=0.99, step=0.01,
+                                        description="test", continuous_update=False)
+        self.output = widgets.Output()
+        self.trained_at, self.classifier = None, None
+        for slider in (self.train, self.test):
+            slider.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Retrain if the training agreement moved (about a second), score on the test hospital, show the bars."""
+        if self.trained_at != self.train.value:
+            self.trained_at, self.classifier = self.train.value, shortcut_classifier(self.train.value)
+        self.scores = shortcut_scores(self.classifier, self.test.value)
+        groups = sorted(self.scores["groups"])
+        self.figure = go.Figure(go.Bar(x=["all scans", *groups],
+                                       y=[self.scores["accuracy"], *(self.scores["groups"][g] for g in groups)]))
+        self.figure.update_layout(title=f"Trained at agreement {self.train.value:.2f}, tested at {self.test.value:.2f}: "
+                                  f"worst group {self.scores['worst']:.0%}", yaxis_title="accuracy",
+                                  yaxis_range=[0, 1.05], height=380)
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.train, self.test]), self.output])
 
 
 def pixel_contributions(classifier: ScanClassifier,

@@ -187,6 +187,105 @@ def cosine_similarity_matrix(directions: Float[Tensor, "k d_model"]) -> Float[Te
     return unit @ unit.T
 
 
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+from plotly.subplots import make_subplots
+
+CLASS_COLOURS = ("#4c78a8", "#e45756")  # label 0, label 1
+
+
+def projection_histogram(x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
+                         x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"],
+                         bins: int = 30) -> dict:
+    """Held-out projections on the training difference of means, counted per class.
+
+    Returns the bin centres `[bins]`, the counts `[2, bins]` (label 0, then label 1), the halfway
+    threshold, and the accuracy of thresholding there (Exercise 2.5's rule).
+    """
+    direction = mean_difference_direction(x_train, y_train)  # [d_model]
+    train_projection, test_projection = x_train @ direction, x_test @ direction  # [batch], [batch_test]
+    threshold = (train_projection[y_train == 0].mean() + train_projection[y_train == 1].mean()).item() / 2
+    low = min(test_projection.min().item(), threshold)
+    high = max(test_projection.max().item(), threshold)
+    counts = torch.stack([torch.histc(test_projection[y_test == value], bins, low, high) for value in (0, 1)])
+    width = (high - low) / bins
+    return {"centres": low + width * (torch.arange(bins) + 0.5), "counts": counts, "width": width,
+            "threshold": threshold, "accuracy": direction_accuracy(direction, x_train, y_train, x_test, y_test)}
+
+
+def histogram_traces(histogram: dict, visible: bool = True, legend: bool = True) -> list:
+    """One bar trace per class and a dotted vertical line at the threshold."""
+    traces = [go.Bar(x=histogram["centres"].tolist(), y=histogram["counts"][value].tolist(), width=histogram["width"],
+                     name=f"label {value}", marker_color=colour, opacity=0.6, visible=visible, showlegend=legend)
+              for value, colour in enumerate(CLASS_COLOURS)]
+    top = histogram["counts"].max().item()
+    traces.append(go.Scatter(x=[histogram["threshold"]] * 2, y=[0, top], mode="lines", name="threshold",
+                             line=dict(dash="dot", color="black"), visible=visible, showlegend=legend))
+    return traces
+
+
+def projection_slider_figure(data: dict[str, dict], points: list[str], start: int = -1) -> go.Figure:
+    """A static figure with a plotly slider over residual points, one histogram per label: no kernel needed."""
+    labels, start = list(data), start % len(points)
+    figure = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.06)
+    subtitles = []  # [point][label]
+    for point in range(len(points)):
+        subtitles.append([])
+        for column, label in enumerate(labels, start=1):
+            d = data[label]
+            histogram = projection_histogram(d["x_train"][point], d["y_train"], d["x_test"][point], d["y_test"])
+            for trace in histogram_traces(histogram, visible=point == start, legend=column == 1):
+                figure.add_trace(trace, row=1, col=column)
+            subtitles[point].append(f"{label}: {histogram['accuracy']:.2f}")
+    per_point = len(figure.data) // len(points)
+    steps = [dict(method="update", label=name,
+                  args=[{"visible": [t // per_point == k for t in range(len(figure.data))]},
+                        {f"annotations[{i}].text": text for i, text in enumerate(subtitles[k])}])
+             for k, name in enumerate(points)]
+    for annotation, text in zip(figure.layout.annotations, subtitles[start]):
+        annotation.text = text
+    figure.update_layout(title="Held-out prompts on the difference of means, and each label's accuracy", barmode="overlay", height=450,
+                         legend=dict(orientation="h", x=1, xanchor="right", y=1.27), margin=dict(t=110),
+                         sliders=[dict(steps=steps, active=start, currentvalue=dict(prefix="residual point: "),
+                                       pad=dict(t=60))])
+    figure.update_xaxes(title_text="projection")
+    figure.update_yaxes(title_text="held-out prompts", col=1)
+    return figure
+
+
+class ProjectionExplorer:
+    """Menus for the model and the label and a slider over residual points, redrawing the histogram (live)."""
+
+    def __init__(self, data: dict[tuple[str, str], dict], points: list[str], label: str | None = None,
+                 point: int = -1):
+        self.data, self.points = data, list(points)
+        models, labels = list(dict.fromkeys(key[0] for key in data)), list(dict.fromkeys(key[1] for key in data))
+        self.model = widgets.Dropdown(options=models, value=models[0], description="model")
+        self.label = widgets.Dropdown(options=labels, value=label or labels[0], description="label")
+        self.point = widgets.SelectionSlider(options=self.points, value=self.points[point], description="point",
+                                             continuous_update=False)
+        self.output = widgets.Output()
+        for control in (self.model, self.label, self.point):
+            control.observe(lambda change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Recompute the histogram for the chosen model, label and point, store it and the figure, show them."""
+        d, k = self.data[self.model.value, self.label.value], self.points.index(self.point.value)
+        self.histogram = projection_histogram(d["x_train"][k], d["y_train"], d["x_test"][k], d["y_test"])
+        self.figure = go.Figure(histogram_traces(self.histogram))
+        self.figure.update_layout(title=f"{self.model.value}, {self.label.value} at {self.point.value}: "
+                                  f"accuracy {self.histogram['accuracy']:.2f}", barmode="overlay", height=380,
+                                  xaxis_title="projection", yaxis_title="held-out prompts")
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+    def widget(self) -> widgets.VBox:
+        return widgets.VBox([widgets.HBox([self.model, self.label, self.point]), self.output])
+
+
 def principal_directions(x: Float[Tensor, "batch d_model"], k: int = 2) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k"]]:
     """The top `k` principal directions of `x` (unit rows) and the share of the variance each explains."""
     centred = x - x.mean(0)  # [batch, d_model]
@@ -267,3 +366,21 @@ def logit_diffs_with_added(model, prompts: PromptSet, hook_name: str, vector: Fl
     """Per-prompt logit differences with `vector` added to the residual stream at every position of `hook_name`."""
     vector = vector.to(model.cfg.device)
     return logit_diffs(model, prompts, fwd_hooks=[(hook_name, lambda resid, hook: resid + vector)])
+
+
+def flip_rates(model, statements: dict[str, PromptSet], hook_name: str, vector: Float[Tensor, "d_model"],
+               alphas) -> dict[str, Tensor]:
+    """Share of verdicts flipped by pushing along `vector`, per alpha: `+alpha * vector` added to false
+    statements (flipped: now called true) and `-alpha * vector` to true ones (now called false)."""
+    flipped = {}
+    for kind, sign in (("false", 1), ("true", -1)):
+        flipped[kind] = torch.tensor([(logit_diffs_with_added(model, statements[kind], hook_name, sign * alpha * vector)
+                                       < 0).float().mean().item() for alpha in alphas])  # [alpha]
+    return flipped
+
+
+def matched_directions(x: Float[Tensor, "batch d_model"], y: Int[Tensor, "batch"]) -> dict[str, Tensor]:
+    """The gap between the class means and the probe's direction rescaled to the same length, pointing the same way."""
+    gap = x[y == 1].mean(0) - x[y == 0].mean(0)  # [d_model]
+    probe_direction = train_probe(x, y).direction.detach()  # unit length, towards label 1
+    return {"difference of means": gap, "probe": probe_direction * gap.norm() / probe_direction.norm()}

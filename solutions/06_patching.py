@@ -1,0 +1,1232 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Chapter 06: Activation patching and circuits
+#
+# **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy).
+#
+# **You will learn to**
+# - build clean and corrupted runs whose difference you know, and a **normalised metric** that
+#   reads 1 on the clean run and 0 on the corrupted one;
+# - **patch** activations from one run into another, by layer and position and by attention head,
+#   in batched sweeps, and tell **denoising** (is it sufficient?) from **noising** (is it necessary?);
+# - see that **zero, mean and resample ablation** ask different questions and give different answers;
+# - separate a head's direct effect from its effect through later components with **path patching**,
+#   and answer Chapter 03's open question about head L3H1;
+# - estimate every patch at once with **attribution patching** (gradient times difference), and find
+#   where its linear approximation fails;
+# - submit a **circuit** for IOI and have it graded by faithfulness on name pairs the model never saw;
+#   confirm the **induction circuit** by path patching into the induction heads' keys, and watch
+#   induction **form during training**.
+#
+# **Seed concepts:** activation patching and ablation; tracing a circuit backwards and forwards; the
+# circuits hypothesis; self-repair; the IOI task; attribution patching (AtP); automated circuit
+# discovery (ACDC) and causal scrubbing as named methods; faithfulness; developmental
+# interpretability (induction heads form suddenly in training).
+#
+# Chapter 03 read the model: where each answer appears, which components write it. Reading is not
+# causing. This chapter *intervenes*: it changes one activation and measures what happens to the
+# answer. Everything is graded against the organism's known world.
+
+# %%
+import torch
+
+from utils import check_exercise, load_model, setup, show_progress
+
+env = setup()
+model = load_model()
+torch.set_grad_enabled(False)  # patching only runs the model; section 5 turns gradients on where it needs them
+
+# %% [markdown]
+# ## 1. Clean and corrupted runs
+#
+# A patching experiment compares two runs that differ in one thing we control. For IOI ("When Kate
+# and Rose went to the restaurant, Rose gave a drink to" → " Kate"), the world's generator gives us
+# two natural corruptions of the **second mention of the subject** (S2), the one token that decides
+# the answer:
+# - **swap**: S2 becomes the *other* name ("..., Kate gave a drink to"): the right answer flips;
+# - **ABC**: S2 becomes a third name ("..., Anna gave a drink to"): no name is repeated, so neither
+#   name is the answer.
+#
+# Patching compares positions across runs, so every prompt of a batch must have the same length and
+# the same role at each position. We take one template of the world's five, and the held-out split
+# (name pairs never seen in training). Chapter 02's `tokenize` and Chapter 03's `abc_prompts` do the
+# rest.
+
+# %% tags=["export"]
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from utils.organism import world
+from utils.organism.world import PromptSet, prompt_set
+from utils.references.ch02_probing import answer_ids, tokenize
+from utils.references.ch03_logit_lens import abc_prompts
+
+
+def ioi_prompts(split: str = "test", template: int = 0, start: int = 0, n: int | None = None, seed: int = 0) -> PromptSet:
+    """IOI prompts of one template (every prompt the same length, the same role at each position)."""
+    prompts = prompt_set("ioi", split, seed=seed)
+    keep = [i for i, t in enumerate(prompts.labels["template"]) if t == template]
+    return prompts.subset(keep[start:] if n is None else keep[start:start + n])
+
+
+def swapped_prompts(prompts: PromptSet) -> PromptSet:
+    """The same prompts with the repeated subject (S2) replaced by the other name: the answer flips."""
+    corrupted = []
+    for prompt, io, s in zip(prompts.prompts, prompts.labels["io"], prompts.labels["s"]):
+        cut = prompt.rfind(s)
+        corrupted.append(prompt[:cut] + io + prompt[cut + len(s):])
+    return PromptSet(prompts.family, prompts.split, corrupted, prompts.correct, prompts.wrong, dict(prompts.labels))
+
+
+def paired_tokens(model, clean: list[str], corrupted: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """Tokens of clean and corrupted prompts, and the last positions; raises if any pair differs in length."""
+    clean_tokens, last = tokenize(model, clean)
+    corrupted_tokens, corrupted_last = tokenize(model, corrupted)
+    check_same_shape(clean_tokens, corrupted_tokens)
+    if not torch.equal(last, corrupted_last):
+        bad = int((last != corrupted_last).nonzero()[0])
+        raise ValueError(f"prompt {bad} has {int(last[bad])} tokens clean and {int(corrupted_last[bad])} corrupted: "
+                         "patching compares positions, so each pair must have the same length")
+    device = model.cfg.device
+    return clean_tokens.to(device), corrupted_tokens.to(device), last.to(device)
+
+
+def check_same_shape(tokens: Tensor, other: Tensor) -> None:
+    """Raise a clear error when two token batches cannot be patched into each other."""
+    if tokens.shape != other.shape:
+        raise ValueError(f"the two runs have token shapes {list(tokens.shape)} and {list(other.shape)}: patching "
+                         "copies activations position by position, so both runs need the same batch and length")
+
+
+def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], correct: Int[Tensor, "batch"], wrong: Int[Tensor, "batch"],
+               last: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+    """Each prompt's logit difference (correct minus wrong) at its own last position."""
+    rows = torch.arange(len(last), device=logits.device)
+    final = logits[rows, last.to(logits.device)]  # [batch, d_vocab]
+    return final[rows, correct.to(logits.device)] - final[rows, wrong.to(logits.device)]
+
+
+# %%
+clean_set = ioi_prompts("test", n=16)
+abc_set = abc_prompts(clean_set, seed=0)
+swap_set = swapped_prompts(clean_set)
+clean_tokens, swap_tokens, last = paired_tokens(model, clean_set.prompts, swap_set.prompts)
+_, abc_tokens, _ = paired_tokens(model, clean_set.prompts, abc_set.prompts)
+correct = answer_ids(model, clean_set.correct).to(model.cfg.device)
+wrong = answer_ids(model, clean_set.wrong).to(model.cfg.device)
+str_tokens = model.to_str_tokens(clean_tokens[0])
+position_labels = [f"{i} {t}" for i, t in enumerate(str_tokens)]
+print("clean:  ", clean_set.prompts[0], "->", clean_set.correct[0])
+print("swap:   ", swap_set.prompts[0])
+print("ABC:    ", abc_set.prompts[0])
+clean_logits, swap_logits, abc_logits = model(clean_tokens), model(swap_tokens), model(abc_tokens)
+for name, logits in (("clean", clean_logits), ("swap", swap_logits), ("ABC", abc_logits)):
+    print(f"{name:<6} mean logit difference (clean answer minus repeated name): {logit_diff(logits, correct, wrong, last).mean():6.2f}")
+
+# %% [markdown]
+# The swap run prefers the *other* name by about as much as the clean run prefers the right one;
+# the ABC run, with no name repeated, has only a weak preference. A patching experiment moves an activation from one run into the
+# other and asks how far the answer moves. To compare experiments, we put the answer on a scale
+# where the corrupted run is 0 and the clean run is 1.
+#
+# ### Exercise 6.1: a normalised metric (difficulty 1/3, ~10 min)
+# Write `normalised_logit_diff_metric(clean_logits, corrupted_logits, correct, wrong, last)`. Compute
+# the mean logit difference (with `logit_diff`, over the batch) of the clean run and of the
+# corrupted run **once**, and return a function `metric(logits)` that maps a run's logits
+# `[batch, pos, d_vocab]` to
+#
+# $$\frac{\overline{\text{LD}}(\text{logits}) - \overline{\text{LD}}(\text{corrupted})}{\overline{\text{LD}}(\text{clean}) - \overline{\text{LD}}(\text{corrupted})},$$
+#
+# a 0-dimensional tensor: 1 on the clean logits, 0 on the corrupted ones. Take the mean over the
+# batch *before* normalising. Keep it differentiable (no `.item()`): Section 5 takes its gradient.
+#
+# <details><summary>Hint 1</summary>
+#
+# A function can define and return another function that uses the first one's variables (a closure).
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Two numbers computed once, outside `metric`: the clean run's mean logit difference and the corrupted
+# run's. Inside `metric`, one more mean logit difference, then the rescaling.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# clean_value = logit_diff(clean_logits, correct, wrong, last).mean()
+# corrupted_value = logit_diff(corrupted_logits, correct, wrong, last).mean()
+# def metric(logits):
+#     return (logit_diff(logits, correct, wrong, last).mean() - corrupted_value) / (clean_value - corrupted_value)
+# return metric
+# ```
+# </details>
+
+# %% tags=["export"]
+from collections.abc import Callable
+
+Metric = Callable[[Tensor], Tensor]
+
+
+def normalised_logit_diff_metric(clean_logits: Float[Tensor, "batch pos d_vocab"],
+                                 corrupted_logits: Float[Tensor, "batch pos d_vocab"], correct: Int[Tensor, "batch"],
+                                 wrong: Int[Tensor, "batch"], last: Int[Tensor, "batch"]) -> Metric:
+    """A metric on logits: the mean logit difference rescaled so that corrupted = 0 and clean = 1."""
+    ### BEGIN SOLUTION
+    clean_value = logit_diff(clean_logits, correct, wrong, last).mean()
+    corrupted_value = logit_diff(corrupted_logits, correct, wrong, last).mean()
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        return (logit_diff(logits, correct, wrong, last).mean() - corrupted_value) / (clean_value - corrupted_value)
+
+    return metric
+    ### END SOLUTION
+
+
+# %%
+normalised_logit_diff_metric = check_exercise("6.1", normalised_logit_diff_metric)
+
+# %%
+swap_metric = normalised_logit_diff_metric(clean_logits, swap_logits, correct, wrong, last)
+abc_metric = normalised_logit_diff_metric(clean_logits, abc_logits, correct, wrong, last)
+print(f"swap metric: clean {swap_metric(clean_logits):.2f}, swap {swap_metric(swap_logits):.2f}, ABC {swap_metric(abc_logits):.2f}")
+
+# %% [markdown]
+# On the swap scale the ABC run sits near the middle: it removed the model's reason for the answer
+# without giving it a reason for the other name.
+#
+# ## 2. Patching by hand
+#
+# **Denoising**: run the *corrupted* prompts, and copy one activation from the clean run into it. If
+# the metric climbs back towards 1, that activation is *sufficient* (together with the rest of the
+# corrupted run) to restore the answer. **Noising**: run the *clean* prompts with one activation from
+# the corrupted run. If the metric falls, that activation is *necessary*. The two answer different
+# questions, and a component can pass one test and fail the other.
+#
+# Every function here takes a `base` run (the one we run) and a `source` run (the one we copy from):
+# denoising is `base = corrupted, source = clean`; noising the other way round.
+#
+# ### Exercise 6.2: patch the residual stream (difficulty 2/3, ~20 min)
+# Write `patch_residual(model, base_tokens, source_tokens, metric)`. First raise a `ValueError` if
+# the two token batches differ in shape (`check_same_shape` does it). Cache
+# `blocks.{layer}.hook_resid_pre` on the source run; then, for every layer and every position, run
+# the base tokens with a hook that replaces the residual stream **at that position only** (all
+# prompts) by the source's, and record `metric(logits)`. Return `[layer, pos]`.
+#
+# <details><summary>Hint 1</summary>
+#
+# `model.run_with_hooks(base_tokens, fwd_hooks=[(name, hook_fn)])`; the hook gets `resid`
+# `[batch, pos, d_model]` and returns it after `resid[:, position] = source[:, position]`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# A hook defined in a loop captures the loop variable by reference; pass it as a default argument
+# (`def hook(resid, hook, position=position)`) or build the hook in a small function.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# check_same_shape(base_tokens, source_tokens)
+# _, cache = model.run_with_cache(source_tokens)
+# for layer in range(n_layers):
+#     name = f"blocks.{layer}.hook_resid_pre"
+#     for position in range(n_pos):
+#         logits = model.run_with_hooks(base_tokens, fwd_hooks=[(name, residual_patch_hook(cache[name], position))])
+#         results[layer, position] = metric(logits)
+# ```
+# (`residual_patch_hook(source, position)`, just above your function, builds the hook.)
+# </details>
+
+# %% tags=["export"]
+def residual_patch_hook(source: Float[Tensor, "batch pos d_model"], position: int):
+    """A hook that replaces the residual stream at `position` by the source run's."""
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid[:, position] = source[:, position]
+        return resid
+    return hook
+
+
+@torch.no_grad()
+def patch_residual(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                   metric: Metric) -> Float[Tensor, "layer pos"]:
+    """The metric after copying the source run's residual stream (hook_resid_pre) into the base run, per (layer, position)."""
+    ### BEGIN SOLUTION
+    check_same_shape(base_tokens, source_tokens)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    _, source_cache = model.run_with_cache(source_tokens, names_filter=lambda name: name in names)
+    results = torch.zeros(model.cfg.n_layers, base_tokens.shape[1], device=model.cfg.device)
+    for layer, name in enumerate(names):
+        for position in range(base_tokens.shape[1]):
+            logits = model.run_with_hooks(base_tokens, fwd_hooks=[(name, residual_patch_hook(source_cache[name], position))])
+            results[layer, position] = metric(logits)
+    return results
+    ### END SOLUTION
+
+
+# %%
+patch_residual = check_exercise("6.2", patch_residual)
+
+# %%
+from utils.plotting import heatmap, lines
+
+layer_labels = [f"resid_pre {layer}" for layer in range(model.cfg.n_layers)]
+resid_denoising = patch_residual(model, swap_tokens, clean_tokens, swap_metric)  # [layer, pos]
+heatmap(resid_denoising, x=position_labels, y=layer_labels, text_auto=".2f",
+        title="Denoising the residual stream (swap corruption): metric after patching one (layer, position)")
+
+# %% [markdown]
+# The picture has two bright places, and they tell a story of information moving:
+# - At the **S2 position** (the repeated name), patching restores the answer in every layer up to
+#   the last: whatever the model computes from "which name was repeated" still sits there.
+# - At the **last position** ("to"), patching helps from layer 1 on, more in later layers: the
+#   information has started to arrive where the answer is written. Nothing in between matters.
+#
+# Only attention moves information between positions, so the heads that read S2 and write at the last
+# position are what to look for next.
+#
+# ### Patching heads
+# A head's output is `hook_z` (`[batch, pos, head, d_head]`) times its `W_O`, so patching a head's
+# `hook_z` patches its output. A sweep over every head (and every position) is many forward passes;
+# batching makes it a few. For layer `l`, stack one copy of the base batch per (head, position)
+# variant, let a single hook on `blocks.{l}.attn.hook_z` patch variant `v`'s own head and position in
+# its own copy, and cut the logits back into variants for the metric.
+#
+# ### Exercise 6.3: patch head outputs, batched (difficulty 3/3, ~25 min)
+# Write `patch_head_output(model, base_tokens, source_tokens, metric, by_position=False, chunk_size=16)`.
+# Raise a `ValueError` on token shapes that differ. With `by_position=False` return `[layer, head]`:
+# the metric with head (layer, head) patched from the source **at every position**; with
+# `by_position=True` return `[layer, pos, head]`: the head patched at that position only (the layout
+# of `transformer_lens.patching`). Run at most `chunk_size` variants per forward pass; any
+# `chunk_size` must give the same answer.
+#
+# <details><summary>Hint 1</summary>
+#
+# Make a boolean mask `[variant, pos, head]` that is True where variant `v` patches. The base batch
+# repeated `n` times is `base_tokens.repeat(n, 1)` (`[n * batch, pos]`): variant-major.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# In the hook, `z.view(n, batch, pos, head, d_head)`, and
+# `torch.where(mask[:, None, :, :, None], source_z[None], z)`. Afterwards
+# `logits.view(n, batch, pos, d_vocab)` and one metric call per variant.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `head_variant_masks(n_pos, n_heads, by_position, device)` gives the masks. For each layer and each
+# `chunk` of `masks.split(chunk_size)`: run `base_tokens.repeat(len(chunk), 1)` with a hook on
+# `hook_z` that returns `torch.where(chunk[:, None, :, :, None], source_z[None], z.view(...)).flatten(0, 1)`;
+# collect `metric(variant_logits)` for every variant; at the end reshape to `[layer, head]` or
+# `[layer, pos, head]` (variants are numbered `position * n_heads + head`).
+# </details>
+
+# %% tags=["export"]
+def head_variant_masks(n_pos: int, n_heads: int, by_position: bool, device) -> Bool[Tensor, "variant pos head"]:
+    """One mask per patching variant: a head at every position, or a (position, head) pair."""
+    if by_position:
+        eye = torch.eye(n_pos * n_heads, dtype=torch.bool, device=device)
+        return eye.view(n_pos * n_heads, n_pos, n_heads)  # variant = position * n_heads + head
+    heads = torch.eye(n_heads, dtype=torch.bool, device=device)  # [variant, head]
+    return heads[:, None, :].expand(n_heads, n_pos, n_heads)
+
+
+@torch.no_grad()
+def patch_head_output(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                      metric: Metric, by_position: bool = False, chunk_size: int = 16) -> Tensor:
+    """The metric after patching each head's output (hook_z) from the source run: [layer, head] or [layer, pos, head]."""
+    ### BEGIN SOLUTION
+    check_same_shape(base_tokens, source_tokens)
+    batch, n_pos = base_tokens.shape
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, source_cache = model.run_with_cache(source_tokens, names_filter=lambda name: name in names)
+    masks = head_variant_masks(n_pos, model.cfg.n_heads, by_position, base_tokens.device)  # [variant, pos, head]
+    scores = []
+    for name in names:
+        source_z = source_cache[name]  # [batch, pos, head, d_head]
+        for chunk in masks.split(chunk_size):
+            n = len(chunk)
+
+            def patch(z, hook, chunk=chunk, n=n, source_z=source_z):
+                z = z.view(n, batch, *z.shape[1:])  # [variant, batch, pos, head, d_head]
+                return torch.where(chunk[:, None, :, :, None], source_z[None], z).flatten(0, 1)
+
+            logits = model.run_with_hooks(base_tokens.repeat(n, 1), fwd_hooks=[(name, patch)])
+            logits = logits.view(n, batch, *logits.shape[1:])  # [variant, batch, pos, d_vocab]
+            scores += [metric(variant_logits) for variant_logits in logits]
+    scores = torch.stack(scores).view(model.cfg.n_layers, len(masks))  # [layer, variant]
+    return scores.view(model.cfg.n_layers, n_pos, model.cfg.n_heads) if by_position else scores
+    ### END SOLUTION
+
+
+# %%
+patch_head_output = check_exercise("6.3", patch_head_output)
+
+# %%
+import math
+import time
+
+head_labels = [f"H{h}" for h in range(model.cfg.n_heads)]
+heads_denoising = patch_head_output(model, swap_tokens, clean_tokens, swap_metric)  # [layer, head]
+started = time.perf_counter()
+heads_by_position = patch_head_output(model, swap_tokens, clean_tokens, swap_metric, by_position=True)  # [layer, pos, head]
+ours_seconds = time.perf_counter() - started
+heatmap(heads_denoising, x=head_labels, y=[f"L{layer}" for layer in range(model.cfg.n_layers)], text_auto=".2f",
+        title="Denoising each head's output at every position (swap corruption)", x_label="head", y_label="layer")
+
+# %%
+from transformer_lens import patching
+
+_, clean_cache = model.run_with_cache(clean_tokens)
+library_all = patching.get_act_patch_attn_head_out_all_pos(model, swap_tokens, clean_cache, swap_metric)
+started = time.perf_counter()
+library_by_position = patching.get_act_patch_attn_head_out_by_pos(model, swap_tokens, clean_cache, swap_metric)
+library_seconds = time.perf_counter() - started
+print(f"largest difference from transformer_lens.patching: all positions "
+      f"{(library_all - heads_denoising).abs().max():.1e}, by position {(library_by_position - heads_by_position).abs().max():.1e}")
+print(f"head-by-position sweep ({heads_by_position[0].numel() * model.cfg.n_layers} cells): ours (batched) "
+      f"{ours_seconds:.1f} s, transformer_lens.patching {library_seconds:.1f} s")
+
+# %% [markdown]
+# The library gives the same numbers (it patches the same `hook_z`, one forward pass per cell). On a
+# CPU the organism's forward pass is already compute-bound at small batches, so batching saves
+# little here; on a GPU, or with a slower per-call overhead, the batched sweep is many times faster
+# (`make bench` measures both).
+#
+# Which heads, at which position? Each head's best position:
+
+# %%
+top = heads_by_position.flatten().argsort(descending=True)[:6]
+for index in top.tolist():
+    layer, rest = divmod(index, heads_by_position.shape[1] * model.cfg.n_heads)
+    position, head = divmod(rest, model.cfg.n_heads)
+    print(f"L{layer}H{head} at position {position} ({str_tokens[position]!r}): {heads_by_position[layer, position, head]:.2f}")
+
+# %% [markdown]
+# Two layer-0 heads at the **S2 position** (L0H3 and L0H6), and at the **last position** one head of
+# the last layer, L3H1 (with a little from L0H7 and L2H0), carry almost all of it. That is the shape of an IOI circuit: early heads
+# notice which name is repeated, where it is repeated; a late head at the last position moves the
+# *other* name to the answer. Patching says where the information is; Sections 4 and 6 test how it
+# flows.
+#
+# ### Noising: necessary, not just sufficient
+# Denoising asked "does this restore the answer?". Noising asks "does removing it break the answer?".
+# Here is the same head sweep, noising the clean run with the swap run's outputs. On this scale the
+# clean run is 1: a head that matters pulls it down.
+
+# %%
+heads_noising = patch_head_output(model, clean_tokens, swap_tokens, swap_metric)  # [layer, head]
+for layer, head in [(3, 1), (0, 3), (0, 6), (0, 7)]:
+    print(f"L{layer}H{head}: denoising restores {heads_denoising[layer, head]:.2f}, "
+          f"noising costs {1 - heads_noising[layer, head]:.2f}")
+heatmap(heads_noising, x=head_labels, y=[f"L{layer}" for layer in range(model.cfg.n_layers)], text_auto=".2f",
+        title="Noising each head's output at every position (swap corruption)", x_label="head", y_label="layer")
+
+# %% [markdown]
+# Compare the two maps head by head. Here they agree: each important head's denoising effect is about
+# what noising it costs (L3H1 restores about 0.65 and removing it costs about 0.65; L0H3 about 0.4
+# both ways). That is a finding about this model, not a rule: it says these heads act roughly
+# independently and add up. With redundant heads (GPT-2's backup name movers), noising one head shows
+# little, because another takes over, while denoising it shows much; with heads that only work
+# together, the reverse.
+#
+# ## 3. Ablations disagree
+#
+# To **ablate** a component is to remove what it does, and there is more than one way to "remove":
+# - **zero ablation** sets the output to 0, a value the head never produces (the next layers have
+#   never seen it);
+# - **mean ablation** sets it to its mean over a *reference distribution*; with the ABC prompts
+#   (no name repeated) as reference, it removes the head's knowledge of which name repeats but keeps
+#   everything the head always writes;
+# - **resample ablation** sets it to its value on one reference prompt (here, each prompt's own ABC
+#   twin): a realistic value, but a noisy one.
+#
+# Each is a patch from a different source, so each asks a different question.
+#
+# ### Exercise 6.4: ablate a set of heads (difficulty 2/3, ~20 min)
+# Write `ablate_heads(model, tokens, heads, method, reference_tokens=None)` that runs `tokens` with
+# every `(layer, head)` in `heads` ablated at every position and returns the logits. `method` is
+# `"zero"`, `"mean"` (the mean of the head's `hook_z` over the reference batch, **per position**) or
+# `"resample"` (the reference run's value, prompt by prompt). For `"mean"` the reference needs the
+# same number of positions; for `"resample"` the same shape (raise a `ValueError` otherwise; reference
+# tokens are not needed for `"zero"`).
+#
+# <details><summary>Hint 1</summary>
+#
+# Cache `blocks.{layer}.attn.hook_z` on the reference tokens; the mean over the batch is
+# `.mean(0, keepdim=True)` (`[1, pos, head, d_head]`), which broadcasts over the batch.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Group the heads by layer: one hook per layer, `z[:, :, head_list] = replacement[:, :, head_list]`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# layers = sorted({layer for layer, _ in heads})
+# replacements = head_replacements(model, tokens, layers, method, reference_tokens)  # checks the shapes too
+# hooks = []
+# for layer in layers:
+#     mask = torch.zeros(n_pos, n_heads, dtype=torch.bool)
+#     mask[:, [h for l, h in heads if l == layer]] = True
+#     hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(replacements[layer], mask)))
+# return model.run_with_hooks(tokens, fwd_hooks=hooks)
+# ```
+# </details>
+
+# %% tags=["export"]
+ABLATIONS = ("zero", "mean", "resample")
+
+
+@torch.no_grad()
+def head_replacements(model, tokens: Int[Tensor, "batch pos"], layers, method: str,
+                      reference_tokens: Int[Tensor, "ref_batch pos"] | None) -> dict[int, Tensor]:
+    """The value each ablation puts in `hook_z` of each layer: [batch or 1, pos, head, d_head]."""
+    if method not in ABLATIONS:
+        raise ValueError(f"unknown ablation {method!r}; choose one of {', '.join(ABLATIONS)}")
+    if method == "zero":
+        shape = (1, tokens.shape[1], model.cfg.n_heads, model.cfg.d_head)
+        return {layer: torch.zeros(shape, device=model.cfg.device) for layer in layers}
+    if reference_tokens is None:
+        raise ValueError(f"{method} ablation needs reference_tokens")
+    if method == "resample":
+        check_same_shape(tokens, reference_tokens)
+    elif reference_tokens.shape[1] != tokens.shape[1]:
+        raise ValueError(f"mean ablation needs references of {tokens.shape[1]} positions, got {reference_tokens.shape[1]}")
+    names = {f"blocks.{layer}.attn.hook_z" for layer in layers}
+    _, cache = model.run_with_cache(reference_tokens, names_filter=lambda name: name in names)
+    values = {layer: cache[f"blocks.{layer}.attn.hook_z"] for layer in layers}  # [ref_batch, pos, head, d_head]
+    return {layer: z.mean(0, keepdim=True) for layer, z in values.items()} if method == "mean" else values
+
+
+def replace_heads_hook(replacement: Float[Tensor, "batch pos head d_head"], mask: Bool[Tensor, "pos head"]):
+    """A hook on hook_z that puts `replacement` wherever `mask` is True."""
+    def hook(z: Float[Tensor, "batch pos head d_head"], hook) -> Float[Tensor, "batch pos head d_head"]:
+        return torch.where(mask[None, :, :, None], replacement.to(z.dtype), z)
+    return hook
+
+
+@torch.no_grad()
+def ablate_heads(model, tokens: Int[Tensor, "batch pos"], heads: list[tuple[int, int]], method: str = "mean",
+                 reference_tokens: Int[Tensor, "ref_batch pos"] | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with every (layer, head) in `heads` zero-, mean- or resample-ablated at every position."""
+    ### BEGIN SOLUTION
+    layers = sorted({layer for layer, _ in heads})
+    replacements = head_replacements(model, tokens, layers, method, reference_tokens)
+    hooks = []
+    for layer in layers:
+        mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=model.cfg.device)  # [pos, head]
+        mask[:, [head for l, head in heads if l == layer]] = True
+        hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(replacements[layer], mask)))
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+    ### END SOLUTION
+
+
+# %%
+ablate_heads = check_exercise("6.4", ablate_heads)
+
+# %% [markdown]
+# Now the same three head sets under the three ablations, on the clean prompts, with the ABC prompts
+# as reference. The numbers are mean logit differences (the clean run's is first).
+
+# %% tags=["export"]
+@torch.no_grad()
+def ablation_table(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "batch pos"],
+                   head_sets: dict[str, list[tuple[int, int]]], score: Metric) -> dict[str, dict[str, float]]:
+    """`score` of the logits with each head set ablated each way: {set name: {method: value}}."""
+    return {label: {method: float(score(ablate_heads(model, tokens, heads, method, reference_tokens)))
+                    for method in ABLATIONS} for label, heads in head_sets.items()}
+
+
+# %%
+def mean_logit_diff(logits):
+    return logit_diff(logits, correct, wrong, last).mean()
+
+
+head_sets = {"L3H1": [(3, 1)], "L0H3, L0H6, L0H7": [(0, 3), (0, 6), (0, 7)], "L3H4, L3H6": [(3, 4), (3, 6)]}
+table = ablation_table(model, clean_tokens, abc_tokens, head_sets, mean_logit_diff)
+print(f"clean mean logit difference {mean_logit_diff(clean_logits):.2f}")
+print(f"{'ablated':<20}" + "".join(f"{method:>10}" for method in ABLATIONS))
+for label, row in table.items():
+    print(f"{label:<20}" + "".join(f"{row[method]:10.2f}" for method in ABLATIONS))
+
+# %% [markdown]
+# They disagree, and the disagreement is informative:
+# - For **L3H1** all three cost most of the answer: whatever "removing" means, the answer needs it.
+# - For the **early heads** (L0H3, L0H6, L0H7), mean ablation leaves a good part of the answer, while
+#   zero and resample ablation wipe it out and even tip it towards the wrong name.
+# - **L3H4 and L3H6** write *against* the answer (Chapter 03 found their negative direct attribution).
+#   Zero or mean ablation removes that push and the logit difference *rises* above the clean run's;
+#   resample ablation leaves it about where it was.
+#
+# Why would the mean and the resample, both taken from the ABC prompts, differ so much? Each prompt's
+# ABC twin has the *same two names* as the prompt. Resampling from the twin keeps everything a head
+# writes about those particular names; the mean over many ABC prompts averages the names out and keeps
+# only what the head writes on every prompt. So the negative heads' push against these two names
+# survives a resample and not a mean, and the early heads' output on the twin (about a third name at
+# S2) is a real signal that the later heads act on.
+#
+# Which ablation is right? Each answers its own question. Mean ablation over ABC asks "what does this
+# head contribute *because it knows which name repeats*?", the question of an IOI circuit. Zero
+# ablation asks "what if this head were not there at all?", which mixes in everything the head writes
+# on every input, at a value no later layer has ever seen. Resample ablation asks "what if this head
+# had seen another input?", and the answer depends on which input. A mean over the *IOI prompts
+# themselves* would be a mistake: the names average out, but the heads' output still carries "one name
+# is repeated", the very information we want to remove.
+
+# ## 4. Path patching: Chapter 03's open question
+#
+# Chapter 03 ended on a disagreement. L3H1's **direct** logit attribution is about 3, but
+# resample-ablating it costs about 8: as much as MLP3's whole direct share. The hypothesis: MLP3 reads
+# L3H1's output and writes the answer itself. A head in the last layer has exactly two ways to reach
+# the logits: **directly** (its output goes down the residual stream to the unembedding) and
+# **through MLP3** (the MLP of its own block reads it). Path patching separates them: change the
+# head's output *only as one receiver sees it*, and hold everything else at its base value.
+#
+# The recipe, with a sender head and a receiver (an activation downstream):
+# 1. Run the base prompts with the sender's `hook_z` taken from the source run, and **freeze** every
+#    other head's `hook_z` and every MLP's output (`hook_mlp_out`) at the base run's values, except
+#    the receiver itself. The receiver then sees the base run plus *only* the sender's change.
+#    Record the receiver's activation.
+# 2. Run the base prompts again, with only the receiver's activation replaced by the recorded one.
+#    Measure.
+#
+# The receivers we use: `blocks.3.hook_mlp_out` (the path through MLP3), the last block's
+# `hook_resid_post` (the residual stream the unembedding reads: the direct path), and, in Section 7,
+# `blocks.3.attn.hook_k` restricted to some heads (the path into their keys).
+#
+# ### Exercise 6.5: path patching (difficulty 3/3, ~30 min)
+# Write `path_patch(model, base_tokens, source_tokens, sender, receiver, metric, receiver_heads=None)`.
+# `sender` is `(layer, head)`; `receiver` is a hook name. Follow the recipe above; when
+# `receiver_heads` is given (a list of heads), the receiver is an attention hook with a head axis
+# (`hook_q`, `hook_k`, `hook_v`: `[batch, pos, head, d_head]`) and step 2 replaces only those heads.
+# Return `metric(logits)` of step 2. Raise a `ValueError` on token shapes that differ.
+#
+# <details><summary>Hint 1</summary>
+#
+# One cache of the base run (every `hook_z` and `hook_mlp_out`) and one of the source run (the
+# sender's `hook_z`) are all step 1 needs. Freezing a hook is a hook that returns the cached value.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Step 1: `model.run_with_cache(base_tokens, fwd_hooks=..., names_filter=receiver)` is not
+# available on every model; add one more hook that stores the receiver's value in a dict.
+# Do not freeze the receiver in step 1, or it cannot change.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Step 1's hooks: `freeze_hook(base_cache[name])` on every `hook_z` and `hook_mlp_out` except the
+# receiver, with the sender's layer replaced by `sender_hook(base_z, source_z, head)`, plus
+# `store_hook(recorded, receiver)` on the receiver. Step 2: `freeze_hook(recorded[receiver])` on the
+# receiver alone (for `receiver_heads`, first copy the base run's receiver and overwrite only those
+# heads), and return `metric` of the logits.
+# </details>
+
+# %% tags=["export"]
+def freeze_hook(value: Tensor):
+    """A hook that returns a stored value (the activation of another run)."""
+    def hook(activation: Tensor, hook) -> Tensor:
+        return value.clone()
+    return hook
+
+
+def store_hook(store: dict, name: str):
+    """A hook that keeps the activation it sees in `store[name]`.
+
+    (Keyed by the name we asked for: on a TransformerBridge `hook.name` can be another alias of it.)
+    """
+    def hook(activation: Tensor, hook) -> Tensor:
+        store[name] = activation.detach().clone()
+        return activation
+    return hook
+
+
+def sender_hook(base_z: Tensor, source_z: Tensor, head: int):
+    """A hook on hook_z: every head frozen at the base run, the sender head from the source run."""
+    def hook(z: Tensor, hook) -> Tensor:
+        patched = base_z.clone()
+        patched[:, :, head] = source_z[:, :, head]
+        return patched
+    return hook
+
+
+@torch.no_grad()
+def path_patch(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+               sender: tuple[int, int], receiver: str, metric: Metric, receiver_heads: list[int] | None = None) -> Tensor:
+    """The metric when only `receiver` sees the sender head's output from the source run (all else frozen)."""
+    ### BEGIN SOLUTION
+    check_same_shape(base_tokens, source_tokens)
+    sender_layer, sender_head = sender
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda name: name in z_names + mlp_names)
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[sender_layer])
+    frozen = {name: freeze_hook(base[name]) for name in z_names + mlp_names}
+    frozen[z_names[sender_layer]] = sender_hook(base[z_names[sender_layer]], source[z_names[sender_layer]], sender_head)
+    frozen.pop(receiver, None)  # the receiver must be free to change
+    recorded = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, store_hook(recorded, receiver))])
+    value = recorded[receiver]
+    if receiver_heads is not None:  # only those heads' part of the receiver changes
+        _, base_receiver = model.run_with_cache(base_tokens, names_filter=receiver)
+        patched = base_receiver[receiver].clone()
+        patched[:, :, receiver_heads] = value[:, :, receiver_heads]
+        value = patched
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
+    ### END SOLUTION
+
+
+# %%
+path_patch = check_exercise("6.5", path_patch)
+
+# %% [markdown]
+# L3H1's output taken from the ABC run (a resample ablation, as in Chapter 03), seen by one receiver
+# at a time. The metric is the mean logit difference, so each drop is in logits.
+
+# %%
+final_resid = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+from utils.references.ch03_logit_lens import head_attribution
+
+clean_value = mean_logit_diff(clean_logits)
+l3h1_direct_attribution = head_attribution(model, clean_set)[3, 1].mean()
+total_drop = clean_value - mean_logit_diff(ablate_heads(model, clean_tokens, [(3, 1)], "resample", abc_tokens))
+direct_drop = clean_value - path_patch(model, clean_tokens, abc_tokens, (3, 1), final_resid, mean_logit_diff)
+through_mlp_drop = clean_value - path_patch(model, clean_tokens, abc_tokens, (3, 1), "blocks.3.hook_mlp_out", mean_logit_diff)
+print(f"L3H1 resample-ablated, every path: drop {total_drop:.2f}")
+print(f"  only the direct path (into the final residual stream): drop {direct_drop:.2f}")
+print(f"  only the path through MLP3:                            drop {through_mlp_drop:.2f}")
+print(f"  sum of the two paths: {direct_drop + through_mlp_drop:.2f}")
+print(f"L3H1's direct logit attribution on the clean prompts (Chapter 03): {l3h1_direct_attribution:.2f}")
+
+# %% [markdown]
+# The answer: more than half of L3H1's effect goes **through MLP3**. The direct path costs about what
+# direct attribution measured (the head's whole direct share, since the ABC output has almost none);
+# the path through the MLP carries the rest, and the two paths add up to nearly the whole effect (not
+# exactly: the MLP and the final LayerNorm are not linear). DLA was not
+# wrong, it was answering a narrower question: it credited MLP3 for a computation whose information
+# came from L3H1. Chapter 03 asked what result would refute the hypothesis: a small drop through MLP3
+# and a direct drop near 8. It did not happen.
+
+# %% [markdown]
+# ## 5. Attribution patching
+#
+# The head-by-position sweep took hundreds of forward passes. **Attribution patching** (AtP) estimates
+# every cell of it from *one* forward and *one* backward pass. Write the metric as a function of one
+# activation $a$, run on the corrupted prompts; patching in the clean value changes $a$ by
+# $a_\text{clean} - a_\text{corrupted}$, and to first order the metric changes by
+#
+# $$\Delta M \approx \nabla_a M\big|_{a_\text{corrupted}} \cdot (a_\text{clean} - a_\text{corrupted}).$$
+#
+# One backward pass gives the gradient with respect to every activation at once. The estimate is
+# exact when the metric is linear in $a$ along that segment, and wrong where it is not (an attention
+# pattern that saturates, a LayerNorm scale that changes a lot).
+#
+# ### Exercise 6.6: attribution patching of head outputs (difficulty 3/3, ~25 min)
+# Write `attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric)`: the attribution
+# estimate of **denoising** each head at each position, `[layer, pos, head]` (the layout of Exercise
+# 6.3 with `by_position=True`, minus the corrupted baseline: an estimate of
+# `metric(patched) - metric(corrupted)`). Cache every `hook_z` on the clean run; run the corrupted
+# tokens with hooks that keep each layer's `hook_z` (with its graph) and take the gradient of
+# `metric(logits)` with respect to them (`torch.autograd.grad`). Multiply by (clean − corrupted) and
+# sum over `d_head`. Raise a `ValueError` on token shapes that differ.
+#
+# Run the model in **eval mode** (`model.eval()`, and put the mode back afterwards): a model in train
+# mode applies dropout, and the gradient is then a gradient of a noisy model. The check hands you a
+# model in train mode with dropout switched on. Gradients are off in this chapter; turn them on inside
+# your function with `torch.enable_grad()`.
+#
+# <details><summary>Hint 1</summary>
+#
+# A hook that stores `z` in a dict (under the name you registered it with) and returns it unchanged
+# keeps it in the graph:
+# `torch.autograd.grad(metric(logits), [stored[name] for name in names])` returns one gradient per
+# layer, each `[batch, pos, head, d_head]`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `(gradient * (clean_z - corrupted_z)).sum(dim=(0, 3))` gives `[pos, head]` for one layer; the sum
+# over the batch is right because the metric is a mean over the batch (the gradient already carries
+# the 1/batch).
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# was_training = model.training
+# model.eval()
+# ...clean cache without gradients...
+# with torch.enable_grad():
+#     logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, keeper(name)) for name in names])
+#     gradients = torch.autograd.grad(metric(logits), [stored[name] for name in names])
+# model.train(was_training)
+# return torch.stack([(g * (clean_cache[n] - stored[n].detach())).sum(dim=(0, 3)) for n, g in zip(names, gradients)])
+# ```
+# </details>
+
+# %% tags=["export"]
+def attribution_patch_heads(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+                            metric: Metric) -> Float[Tensor, "layer pos head"]:
+    """First-order estimate of metric(denoised) - metric(corrupted) for every head at every position."""
+    ### BEGIN SOLUTION
+    check_same_shape(clean_tokens, corrupted_tokens)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, clean_cache = model.run_with_cache(clean_tokens, names_filter=lambda name: name in names)
+        with torch.enable_grad():
+            stored = {}
+
+            def keeper(name):
+                def keep(z, hook):
+                    stored[name] = z  # still in the graph
+                    return z
+                return keep
+
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, keeper(name)) for name in names])
+            gradients = torch.autograd.grad(metric(logits), [stored[name] for name in names])
+    finally:
+        model.train(was_training)
+    return torch.stack([(gradient * (clean_cache[name] - stored[name].detach())).sum(dim=(0, 3))
+                        for name, gradient in zip(names, gradients)])  # [layer, pos, head]
+    ### END SOLUTION
+
+
+# %%
+attribution_patch_heads = check_exercise("6.6", attribution_patch_heads)
+
+# %% [markdown]
+# Side by side with the activation-patching sweep of Section 2 (same prompts, same metric; on this
+# scale the corrupted baseline is 0, so the patched metric is itself the change):
+
+# %%
+import plotly.graph_objects as go
+
+started = time.perf_counter()
+attribution = attribution_patch_heads(model, clean_tokens, swap_tokens, swap_metric)  # [layer, pos, head]
+attribution_seconds = time.perf_counter() - started
+activation, activation_seconds = heads_by_position, ours_seconds  # Section 2's sweep: [layer, pos, head]
+correlation = torch.corrcoef(torch.stack([attribution.flatten(), activation.flatten()]))[0, 1]
+print(f"attribution patching {attribution_seconds:.2f} s, activation patching {activation_seconds:.1f} s "
+      f"({activation_seconds / attribution_seconds:.0f}x); correlation {correlation:.3f}")
+cell_names = [f"L{layer}H{head}@{position}" for layer in range(model.cfg.n_layers)
+              for position in range(activation.shape[1]) for head in range(model.cfg.n_heads)]
+figure = go.Figure(go.Scatter(x=activation.flatten().tolist(), y=attribution.flatten().tolist(), mode="markers",
+                              text=cell_names, hovertemplate="%{text}: patched %{x:.2f}, estimated %{y:.2f}"))
+figure.update_layout(title="Attribution patching vs activation patching, every head at every position",
+                     xaxis_title="activation patching (metric)", yaxis_title="attribution estimate", height=450)
+figure
+
+# %%
+error = (attribution - activation).flatten()
+for index in error.abs().argsort(descending=True)[:5].tolist():
+    print(f"{cell_names[index]:<12} activation {activation.flatten()[index]:6.2f}   attribution {attribution.flatten()[index]:6.2f}")
+
+# %% [markdown]
+# The estimate correlates well with the real patches over all cells and picks out the same few, at a
+# fraction of the cost. But it *underestimates every large effect*, and worst the layer-0 heads at the
+# S2 position (by more than half): their change has to travel through the attention patterns of later
+# heads (a softmax that saturates) before it reaches the answer. L3H1 is closer, but the final
+# LayerNorm and MLP3 bend the line there too. Use attribution patching to choose which cells deserve a real patch, not as
+# the answer itself. (`transformer_lens.tools.analysis.attribution_patching.attribution_patch` does the
+# same for every node type at once; its metric is called on one example at a time.)
+
+# %% [markdown]
+# ## 6. The IOI circuit of the organism
+#
+# The **circuits hypothesis**: a behaviour is carried by a small subgraph of the network, a circuit,
+# that could be cut out and still do the job. To test a proposed circuit, keep it and remove
+# *everything else*: mean-ablate (over the ABC distribution) every head at every position that is not
+# in the circuit, and see how much of the behaviour survives. The MLPs and embeddings stay; a node
+# here is a head at a position, `(layer, head, position)`.
+#
+# Three numbers grade a circuit $C$ inside the model $M$, each on the normalised scale
+# $F(X) = \frac{\text{LD}(X) - \text{LD}(\varnothing)}{\text{LD}(M) - \text{LD}(\varnothing)}$, where
+# $\text{LD}(X)$ is the mean logit difference with every head outside $X$ ablated, so $F(M) = 1$ and
+# the empty circuit scores 0:
+# - **faithfulness** $F(C)$: how much of the behaviour the circuit alone carries;
+# - **completeness**: for each node $v$ of $C$, removing it from the circuit and from the whole model
+#   should hurt both about equally; the largest gap $|F(C \setminus v) - F(M \setminus v)|$ is
+#   reported (a circuit that misses a backup path shows a large gap);
+# - **minimality**: each node should matter; the smallest drop $F(C) - F(C \setminus v)$ over the
+#   nodes is reported (a node that adds nothing has a drop near 0).
+#
+# ### Exercise 6.7: keep a circuit, ablate the rest (difficulty 2/3, ~20 min)
+# Write `circuit_logits(model, tokens, reference_tokens, nodes)`. `nodes` is a collection of
+# `(layer, head, position)`. Run `tokens` with every head at every position **not** in `nodes`
+# replaced by its **mean over the reference batch at that position** (`hook_z`), and return the logits.
+# `head_replacements` (Section 3) and `replace_heads_hook` do the work once you have the masks.
+#
+# <details><summary>Hint 1</summary>
+#
+# `mask = torch.ones(n_layers, pos, n_heads, dtype=torch.bool)`, then `mask[layer, position, head] =
+# False` for every node: True means "ablate".
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `head_replacements(model, tokens, range(n_layers), "mean", reference_tokens)` gives the means;
+# one `replace_heads_hook(means[layer], mask[layer])` per layer.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# ablate = torch.ones(n_layers, n_pos, n_heads, dtype=torch.bool)
+# for layer, head, position in nodes:
+#     ablate[layer, position, head] = False
+# means = head_replacements(model, tokens, range(n_layers), "mean", reference_tokens)
+# hooks = [(f"blocks.{l}.attn.hook_z", replace_heads_hook(means[l], ablate[l])) for l in range(n_layers)]
+# return model.run_with_hooks(tokens, fwd_hooks=hooks)
+# ```
+# </details>
+
+# %% tags=["export"]
+Node = tuple[int, int, int]  # (layer, head, position)
+
+
+@torch.no_grad()
+def circuit_logits(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                   nodes) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with every head at every position outside `nodes` mean-ablated over the reference batch."""
+    ### BEGIN SOLUTION
+    n_layers, n_pos = model.cfg.n_layers, tokens.shape[1]
+    ablate = torch.ones(n_layers, n_pos, model.cfg.n_heads, dtype=torch.bool, device=model.cfg.device)  # [layer, pos, head]
+    for layer, head, position in nodes:
+        ablate[layer, position, head] = False
+    means = head_replacements(model, tokens, range(n_layers), "mean", reference_tokens)
+    hooks = [(f"blocks.{layer}.attn.hook_z", replace_heads_hook(means[layer], ablate[layer])) for layer in range(n_layers)]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+    ### END SOLUTION
+
+
+# %%
+circuit_logits = check_exercise("6.7", circuit_logits)
+
+# %% tags=["export"]
+def all_nodes(model, n_pos: int) -> list[Node]:
+    """Every head at every position: the whole model as a circuit."""
+    return [(layer, head, position) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
+            for position in range(n_pos)]
+
+
+@torch.no_grad()
+def circuit_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                         nodes, score: Metric) -> float:
+    """F(C): `score` with only `nodes` kept, on a scale where the empty circuit is 0 and the full model is 1."""
+    full = score(model(tokens))
+    empty = score(circuit_logits(model, tokens, reference_tokens, []))
+    return float((score(circuit_logits(model, tokens, reference_tokens, nodes)) - empty) / (full - empty))
+
+
+@torch.no_grad()
+def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                   nodes, score: Metric) -> dict[str, float]:
+    """Faithfulness, completeness (largest gap) and minimality (smallest drop) of a circuit."""
+    nodes = sorted(set(nodes))
+    everything = all_nodes(model, tokens.shape[1])
+    full = score(model(tokens))
+    empty = score(circuit_logits(model, tokens, reference_tokens, []))
+
+    def normalised(kept) -> float:
+        return float((score(circuit_logits(model, tokens, reference_tokens, kept)) - empty) / (full - empty))
+
+    faithfulness = normalised(nodes)
+    without = {node: normalised([n for n in nodes if n != node]) for node in nodes}
+    gaps = [abs(without[node] - normalised([n for n in everything if n != node])) for node in nodes]
+    drops = [faithfulness - without[node] for node in nodes]
+    return {"faithfulness": faithfulness, "completeness gap": max(gaps, default=0.0),
+            "minimality": min(drops, default=0.0), "nodes": len(nodes)}
+
+
+# %% [markdown]
+# First, two circuits to calibrate the scale: the single head with the largest patching effect, and
+# the four cells that lit up in Section 2. (Positions 2 and 4 hold the first and the second name, which
+# is the indirect object in half the prompts and the subject in the other half; only the S2 position,
+# 10, and the last, 14, mean the same thing in every prompt.)
+
+# %%
+print("position of each token:", " ".join(position_labels))
+for label, nodes in {"L3H1 at the end": [(3, 1, 14)],
+                     "Section 2's four cells": [(3, 1, 14), (0, 3, 10), (0, 6, 10), (0, 7, 14)]}.items():
+    report = circuit_report(model, clean_tokens, abc_tokens, nodes, mean_logit_diff)
+    print(f"{label:<24} " + "  ".join(f"{key} {value:.2f}" for key, value in report.items()))
+
+# %% [markdown]
+# L3H1 alone carries almost nothing: without the early heads it has nothing to read. With the
+# early heads at S2 it carries the whole behaviour, and more (faithfulness above 1: the circuit leaves
+# out the heads that write *against* the answer). The completeness gap says something is still missing:
+# some node's removal hurts the circuit more than it hurts the whole model, so the full model has
+# another route that this circuit lacks.
+#
+# ### Exercise 6.8: submit the IOI circuit (difficulty 2/3, ~20 min)
+# Write `ioi_circuit()` returning your circuit: a list of `(layer, head, position)` nodes, positions
+# in this template's 15 tokens. The check grades it with `circuit_report` on **other** held-out
+# prompts (name pairs the model never saw, none of the prompts above), with ABC mean ablation. To pass,
+# it needs faithfulness of at least 0.8, at most 8 nodes, and every node must matter (minimality at
+# least 0.02). Use the patching maps above, and `circuit_report` to try candidates.
+#
+# <details><summary>Hint 1</summary>
+#
+# The by-position head sweep of Section 2 ranks the candidates; the largest effects are at positions 10
+# and 14.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Removing a node one at a time (`circuit_report`'s minimality) tells you which nodes are dead weight.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Two layer-0 heads at position 10 and the layer-3 head at position 14 already carry most of it;
+# `circuit_report(model, clean_tokens, abc_tokens, candidate, mean_logit_diff)` says whether a
+# fourth cell at position 14 earns its place.
+# </details>
+
+# %% tags=["export"]
+def ioi_circuit() -> list[Node]:
+    """The organism's IOI circuit as (layer, head, position) nodes of template 0."""
+    ### BEGIN SOLUTION
+    return [(0, 3, 10), (0, 6, 10), (0, 7, 14), (3, 1, 14)]
+    ### END SOLUTION
+
+
+# %%
+ioi_circuit = check_exercise("6.8", ioi_circuit)
+
+# %% [markdown]
+# The check graded your circuit on 24 other held-out prompts of the same template (prompts 64 to 87 of
+# the held-out split, with their own ABC twins). Its report there:
+
+# %%
+held_out_set = ioi_prompts("test", start=64, n=24)
+held_out_tokens, held_out_abc, held_out_last = paired_tokens(model, held_out_set.prompts,
+                                                             abc_prompts(held_out_set, seed=1).prompts)
+held_out_correct = answer_ids(model, held_out_set.correct).to(model.cfg.device)
+held_out_wrong = answer_ids(model, held_out_set.wrong).to(model.cfg.device)
+
+
+def held_out_logit_diff(logits):
+    return logit_diff(logits, held_out_correct, held_out_wrong, held_out_last).mean()
+
+
+held_out_report = circuit_report(model, held_out_tokens, held_out_abc, ioi_circuit(), held_out_logit_diff)
+print(f"your circuit {sorted(ioi_circuit())} on held-out prompts: "
+      + "  ".join(f"{key} {value:.2f}" for key, value in held_out_report.items()))
+
+# %% [markdown]
+# Finding a circuit by hand, cell by cell, does not scale. **ACDC** (automated circuit discovery,
+# Conmy et al., 2023) automates this loop: it walks the graph from the output backwards and prunes
+# every edge whose patching changes the metric by less than a threshold. **Causal scrubbing** (Chan et
+# al., 2022) goes further and tests a full *hypothesis* (which activations may be resampled from which
+# inputs without changing the behaviour). Both are patching, done systematically; both inherit every
+# caveat of Section 10.
+#
+# ### Self-repair, or its absence
+# In GPT-2 small, ablating the main name-mover head costs *less* than its direct effect: other heads
+# ("backup name movers") take over, the **Hydra effect**. Here Section 4 found the opposite for L3H1:
+# its two paths add up to its total effect, so nothing compensated for its loss.
+#
+# ## 7. The induction circuit
+#
+# Chapter 03 found the induction circuit in the weights: previous-token heads L0H2 and L0H4, whose
+# output the induction heads L3H4, L3H5 and L3H7 read through their keys (K-composition). Path patching
+# can test that claim on real inputs. The base run is a repeated random sequence; the source run is
+# another one. Patch a previous-token head's output only into the induction heads' **queries**, only
+# into their **keys**, or only into their **values**, and measure the loss on the repeated half.
+#
+# ### Exercise 6.9: the loss on the repeated half (difficulty 1/3, ~10 min)
+# Write `repeated_half_loss(logits, tokens, seq_len)` for sequences laid out as Chapter 03's
+# `repeated_tokens` makes them: a start token, `seq_len` tokens, the same tokens again (anything after
+# that is ignored). Return the mean (over the batch and the positions) loss, $-\log p$, of the tokens
+# of the **second copy from its second token on** (its first token is not predictable), a
+# 0-dimensional tensor. The logits at position $t$ predict the token at $t + 1$.
+#
+# <details><summary>Hint 1</summary>
+#
+# The second copy sits at positions `seq_len + 1` to `2 * seq_len`; you want the tokens at
+# `seq_len + 2` to `2 * seq_len`, predicted by the logits one position earlier.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `logits.log_softmax(-1)` gives log-probabilities; `.gather(-1, targets[..., None])` picks each
+# target's. Slice the logits and the tokens so that they line up before gathering.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `log_probs = logits.log_softmax(-1)[:, seq_len + 1:2 * seq_len]`,
+# `targets = tokens[:, seq_len + 2:2 * seq_len + 1]`, then
+# `-log_probs.gather(-1, targets[..., None]).mean()`.
+# </details>
+
+# %% tags=["export"]
+def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
+                       seq_len: int) -> Float[Tensor, ""]:
+    """Mean loss on the second copy of a repeated sequence, from its second token to its end."""
+    ### BEGIN SOLUTION
+    log_probs = logits.log_softmax(-1)[:, seq_len + 1:2 * seq_len]  # predicting tokens seq_len + 2 .. 2 * seq_len
+    targets = tokens[:, seq_len + 2:2 * seq_len + 1]
+    return -log_probs.gather(-1, targets[..., None].to(logits.device)).mean()
+    ### END SOLUTION
+
+
+# %%
+repeated_half_loss = check_exercise("6.9", repeated_half_loss)
+
+# %%
+from utils.references.ch03_logit_lens import repeated_tokens
+
+SEQ_LEN = 10
+repeats = repeated_tokens(model, SEQ_LEN, batch=16, seed=0)
+other_repeats = repeated_tokens(model, SEQ_LEN, batch=16, seed=1)
+
+
+def induction_loss(logits):
+    return repeated_half_loss(logits, repeats, SEQ_LEN)
+
+
+induction_heads = [4, 5, 7]  # in layer 3
+print(f"loss on the repeated half: {induction_loss(model(repeats)):.3f} nats "
+      f"(a uniform guess among the world's words: about {math.log(len(world.INDUCTION_POOL)):.1f})")
+k_paths = {}
+for sender in [(0, 2), (0, 4), (0, 1)]:
+    k_paths[sender] = {part: float(path_patch(model, repeats, other_repeats, sender, f"blocks.3.attn.hook_{part}",
+                                              induction_loss, receiver_heads=induction_heads)) for part in "qkv"}
+    print(f"L{sender[0]}H{sender[1]} from another sequence, seen only by the induction heads' "
+          + ", ".join(f"{part}: {loss:.3f}" for part, loss in k_paths[sender].items()))
+
+# %% [markdown]
+# Through the **keys** alone, another sequence's previous-token information multiplies the loss by ten
+# or more; through the queries or values it changes nothing. L0H1, which Chapter 03 did not
+# call a previous-token head, changes nothing by any route. That is K-composition, shown by
+# intervention: the induction heads find their target by reading, in the *keys*, what the previous-token
+# heads wrote there.
+#
+# And the circuit is necessary: ablating it (mean over the other sequences, per position) brings the
+# repeated half's loss back up to the first copy's, while mean-ablating two other heads does not.
+# (Resample ablation is worse than "no induction": each sequence gets induction heads that confidently
+# copy *another* sequence's tokens.)
+
+# %%
+first_copy_loss = -model(repeats).log_softmax(-1)[:, :SEQ_LEN].gather(-1, repeats[:, 1:SEQ_LEN + 1, None]).mean()
+induction_circuit = [(0, 2), (0, 4), (3, 4), (3, 5), (3, 7)]
+for label, heads in {"induction circuit": induction_circuit, "L1H1 and L2H1": [(1, 1), (2, 1)]}.items():
+    losses = {method: float(induction_loss(ablate_heads(model, repeats, heads, method, other_repeats))) for method in ABLATIONS}
+    print(f"{label:<18} ablated: " + ", ".join(f"{method} {loss:.2f}" for method, loss in losses.items()))
+print(f"loss on the first copy (nothing to copy from): {first_copy_loss:.2f}")
+
+# %% [markdown]
+# Zero ablation once more answers another question: zeroing two heads that play no part in induction
+# (L1H1, L2H1) wrecks the repeated half too, because an all-zero output is something no later layer has
+# ever seen. Mean ablation leaves them harmless.
+
+# %% [markdown]
+# ## 8. How the induction circuit formed
+#
+# Induction heads appear *suddenly* during training (Olsson et al., 2022): the loss on repeated text
+# drops in a short stretch of steps, at the same time as heads with induction-shaped attention appear,
+# a **phase change**. Developmental interpretability studies such transitions. The organism ships only
+# its final weights, so we watch a smaller model form the same circuit: a two-layer attention-only
+# transformer trained on repeated random tokens by `utils/organism/induction_toy.py`, whose checkpoints
+# ship with the workbook (`python -m utils.organism.induction_toy` retrains them, seeded). Its training
+# sequences repeat a block of random length, so no head can solve them by looking a fixed distance
+# back: only an induction head helps.
+
+# %%
+from utils.organism import induction_toy
+from utils.references.ch03_logit_lens import all_patterns, induction_scores
+
+toy_checkpoints = induction_toy.load_checkpoints()
+TOY_LEN = 12
+toy_tokens = induction_toy.training_batch(torch.Generator().manual_seed(1), 32, length=TOY_LEN)[:, :2 * TOY_LEN + 1]
+steps = list(toy_checkpoints)
+toy_loss = torch.stack([repeated_half_loss(toy(toy_tokens), toy_tokens, TOY_LEN) for toy in toy_checkpoints.values()])
+toy_induction = torch.stack([induction_scores(all_patterns(toy, toy_tokens), TOY_LEN)[1].max()
+                             for toy in toy_checkpoints.values()])  # best layer-1 head at each checkpoint
+print(f"{len(steps)} checkpoints, steps {steps[0]} to {steps[-1]}")
+lines({"loss on the repeated half (nats)": toy_loss, "best layer-1 induction score": toy_induction}, x=steps,
+      title="The induction phase change in the toy model's training", x_label="training step")
+
+# %% tags=["export"]
+def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
+    """The pair of consecutive checkpoints between which `values` changed the most."""
+    change = (values[1:] - values[:-1]).abs()  # [checkpoint - 1]
+    i = int(change.argmax())
+    return steps[i], steps[i + 1]
+
+
+# %%
+loss_change, score_change = steepest_change(steps, toy_loss), steepest_change(steps, toy_induction)
+print(f"the loss falls fastest between steps {loss_change}; the induction score rises fastest between steps {score_change}")
+print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; "
+      f"after: loss {toy_loss[-1]:.2f}, induction score {toy_induction[-1]:.2f}")
+
+# %% [markdown]
+# The two curves turn together: the loss on the repeated half stays near the uniform guess
+# ($\ln 48 \approx 3.9$) for hundreds of steps, then falls within a few checkpoints, as a layer-1 head's
+# attention moves onto the token after the earlier occurrence. Before the change the model has no
+# way to use the repetition; after it, it copies. A smooth loss curve over *all* tokens would hide this:
+# only the repeated half shows the bump.
+#
+# ## 9. On a real model
+# With the Hugging Face Hub reachable, the same sweep on GPT-2 small: head patching (all positions) on
+# our IOI prompts with the swap corruption. The literature's name movers (9.9, 9.6, 10.0) and
+# S-inhibition heads (7.3, 7.9, 8.6, 8.10) should be among the strongest cells. Offline, this cell says
+# so and moves on.
+
+# %%
+if env.hub_online:
+    gpt2 = load_model("gpt2-small")
+    one_token = lambda word: len(gpt2.tokenizer(word, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
+    gpt2_set = ioi_prompts("test", n=64)
+    gpt2_set = gpt2_set.subset([i for i, (c, w) in enumerate(zip(gpt2_set.correct, gpt2_set.wrong))
+                                if one_token(c) and one_token(w)][:16])
+    gpt2_clean, gpt2_swap, gpt2_last = paired_tokens(gpt2, gpt2_set.prompts, swapped_prompts(gpt2_set).prompts)
+    gpt2_correct = answer_ids(gpt2, gpt2_set.correct).to(gpt2.cfg.device)
+    gpt2_wrong = answer_ids(gpt2, gpt2_set.wrong).to(gpt2.cfg.device)
+    gpt2_metric = normalised_logit_diff_metric(gpt2(gpt2_clean), gpt2(gpt2_swap), gpt2_correct, gpt2_wrong, gpt2_last)
+    gpt2_heads = patch_head_output(gpt2, gpt2_swap, gpt2_clean, gpt2_metric).flatten()  # [layer * head]
+    top = gpt2_heads.abs().argsort(descending=True)[:8].tolist()
+    print("GPT-2 small, strongest heads: " + " ".join(f"{i // gpt2.cfg.n_heads}.{i % gpt2.cfg.n_heads} {gpt2_heads[i]:.2f}" for i in top))
+else:
+    print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
+
+# %% [markdown]
+# ## 10. What patching can't tell you
+#
+# **The answer depends on the corruption.** Patching measures the difference between two runs, so it
+# finds only the components that *differ* between them. Here is the head sweep again with the ABC
+# corruption instead of the swap:
+
+# %%
+abc_heads = patch_head_output(model, abc_tokens, clean_tokens, abc_metric)  # [layer, head]
+for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
+    top = scores.flatten().argsort(descending=True)[:4].tolist()
+    print(f"{label:<5} corruption, strongest heads: " + " ".join(f"L{i // 8}H{i % 8} {scores.flatten()[i]:.2f}" for i in top))
+
+# %% [markdown]
+# Both corruptions point at the same few heads here, with different weights, and a corruption that
+# changed other features (the place, the object, the template) would light up other components entirely.
+# A patching result is a statement about *this pair* of distributions, never about "the" mechanism.
+#
+# - **Redundant and distributed mechanisms hide.** If two heads each suffice, noising either one alone
+#   shows nothing (the other takes over), and denoising either one alone shows everything. A small
+#   effect is not proof of no role; check pairs, and compare noising with denoising.
+# - **Off-distribution interventions answer other questions.** Zero ablation (Section 7's L1H1 and
+#   L2H1) broke the model with heads that play no part in the behaviour.
+# - **Patching a subspace can create what it claims to find.** Patching a single direction (a
+#   subspace, not a whole activation) can change the output through a path the model never uses on
+#   its own inputs: a dormant direction that the patch activates (Makelov et al., 2023, "the
+#   interpretability illusion"). A subspace claim needs the direction to matter on unpatched inputs too.
+# - **Linear estimates fail where it matters.** Attribution patching was worst on the most important
+#   early heads (Section 5).
+# - **A faithful circuit is not the whole story.** High faithfulness on one template and one corruption
+#   says the circuit carries *this* behaviour on *this* distribution; the completeness gap said even
+#   the best circuit here leaves out a route the full model has.
+#
+# **Your record so far:**
+
+# %%
+show_progress("06_patching")

@@ -1,0 +1,1110 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Chapter 07: Steering, erasure and editing
+#
+# **Time:** about 3 hours. **Exercises:** 8, each checked as soon as you run the cell after it.
+#
+# **You will learn to**
+# - build steering vectors four ways (one contrast pair, a mean difference over many pairs, a
+#   probe's direction, an SAE latent's decoder direction) and add them to the residual stream
+#   with a coefficient stated relative to the residual norm, never in absolute units;
+# - judge an intervention the way it should be judged: the share of the target behaviour it
+#   moved *and* the held-out accuracy of every other behaviour family, as a dose-response table,
+#   and read off the largest coefficient whose side effects stay within a tolerance;
+# - find where steering works with a layer sweep, and watch the organism continue world text
+#   with and without a vector;
+# - remove a direction at every layer with hooks (directional ablation), bake the same edit into
+#   the weights (weight orthogonalisation), and show that both give the same outputs;
+# - erase a concept linearly (LEACE, a mean-difference projection, a random baseline), confirm
+#   that a fresh probe is back at the base rate, and then ask the causal question;
+# - change one fact with a rank-one edit of one MLP matrix, and grade it on efficacy,
+#   generalisation to phrasings it never saw and specificity everywhere else;
+# - attack the latents: find how small a residual perturbation flips a verdict;
+# - say what steering can't tell you.
+#
+# **Seed concepts:** interventional methods; activation steering (Templeton et al.'s feature
+# examples, Golden Gate Claude); representation engineering (concept-based, top-down); the linear
+# representation hypothesis as vector arithmetic; erasing knowledge without hurting capabilities;
+# model editing (precise edits to correct factual errors instead of retraining); bias mitigation;
+# relaxed adversarial training (attacks on latents rather than inputs); retargeting the search.
+#
+# Chapter 02 found directions from which a label can be *read*; Chapter 03 found where the answers
+# are written; Chapter 05 found SAE latents for them. This chapter *writes*: it pushes the
+# residual stream along those directions, removes them, and edits weights, and every time it
+# measures two things: how much of the target moved, and what else broke. The organism's world
+# makes both exact: four other behaviour families to watch while one is steered, and held-out
+# phrasings to test whether an edit generalises.
+
+# %%
+import torch
+
+from utils import check_exercise, load_model, prompt_set, setup, show_progress
+
+env = setup()
+model = load_model()
+torch.set_grad_enabled(False)  # interventions only read gradients in sections 6 and 7, which turn them on
+
+# %% [markdown]
+# ## 1. Steering vectors four ways
+#
+# A **steering vector** is a direction $v$ in the residual stream; steering adds a multiple of it
+# at one hook point while the model runs, $x \leftarrow x + \alpha\, v$. Two choices decide whether
+# results mean anything.
+#
+# - **Units.** The residual stream's size grows through the layers: in the organism its norm is
+#   about 140 after block 0 and several hundred after block 3. A coefficient of 50 is a nudge at one
+#   layer and nothing at another. So here $\alpha$ is **relative**: at each position we add
+#   $\alpha\, \lVert x \rVert\, \hat v$, with $\hat v = v / \lVert v \rVert$ the unit direction and
+#   $\lVert x \rVert$ that position's own residual norm. $\alpha = 0.5$ means "half as long as the
+#   residual vector it is added to", at any layer, in any model, and every vector compared at the
+#   same $\alpha$ is compared at matched norm.
+# - **Positions.** Position 0 holds the end-of-text token that starts every prompt. Its residual
+#   stream is unusual (huge after the last block) and carries no content; the model uses it as a
+#   resting place for attention. Steering it changes every later position through attention for
+#   no reason, so we steer **every position after it** (position 1 onward).
+#
+# ### Exercise 7.1: a steering hook (difficulty 1/3, ~10 min)
+# Write `steering_hook(direction, alpha)`. It returns a hook function `hook_fn(resid, hook)` that
+# takes the residual stream `[batch, pos, d_model]` and returns a new one in which every position
+# from 1 on has `alpha * norm * unit` added, where `unit` is `direction` divided by its norm and
+# `norm` is that position's own residual norm (`resid[b, p].norm()`, before anything is added).
+# Position 0 is returned unchanged. Do not change `resid` in place.
+#
+# <details><summary>Hint 1</summary>
+#
+# `resid[:, 1:].norm(dim=-1, keepdim=True)` is `[batch, pos - 1, 1]` and broadcasts against the
+# `[d_model]` unit vector.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `torch.cat([resid[:, :1], resid[:, 1:] + added], dim=1)` leaves position 0 alone and builds a
+# new tensor.
+# </details>
+
+# %% tags=["export"]
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from utils import progress_bar
+from utils.organism import world
+from utils.organism.world import PromptSet, prompt_set
+from utils.references.ch02_probing import answer_ids, logit_diffs, tokenize, train_probe
+
+Hook = Callable[[Tensor, object], Tensor]
+
+
+def steering_hook(direction: Float[Tensor, "d_model"], alpha: float) -> Hook:
+    """A hook adding alpha * (each position's residual norm) * unit direction at every position after BOS."""
+    ### BEGIN SOLUTION
+    unit = direction / direction.norm()
+
+    def hook_fn(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        after_bos = resid[:, 1:]  # [batch, pos - 1, d_model]
+        added = alpha * after_bos.norm(dim=-1, keepdim=True) * unit.to(resid.device, resid.dtype)
+        return torch.cat([resid[:, :1], after_bos + added], dim=1)
+
+    return hook_fn
+    ### END SOLUTION
+
+
+# %%
+steering_hook = check_exercise("7.1", steering_hook)
+
+# %% [markdown]
+# With a hook in hand, steering is a context manager around anything that runs the model: every
+# forward pass inside the `with` block is steered, and the hook is gone afterwards, even after an
+# error. Later chapters reuse these helpers on other models and behaviours.
+
+# %% tags=["export"]
+@contextlib.contextmanager
+def steering(model, hook_name: str, direction: Float[Tensor, "d_model"], alpha: float) -> Iterator[None]:
+    """Steer every forward pass inside the block: alpha * residual norm * unit direction at `hook_name`,
+    at every position after BOS. Works on any HookedTransformer or TransformerBridge."""
+    with model.hooks(fwd_hooks=[(hook_name, steering_hook(direction.to(model.cfg.device), alpha))]):
+        yield
+
+
+@torch.no_grad()
+def last_token_activations(model, prompts: list[str], hook_name: str, batch_size: int = 256
+                           ) -> Float[Tensor, "batch d_model"]:
+    """The activation at `hook_name` at each prompt's own last token (right-padded batches)."""
+    layer = int(hook_name.split(".")[1]) if hook_name.startswith("blocks.") else model.cfg.n_layers - 1
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, last = tokenize(model, prompts[start:start + batch_size])
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=layer + 1)
+        rows = torch.arange(len(last), device=tokens.device)
+        chunks.append(cache[hook_name][rows, last])  # [batch, d_model]
+    return torch.cat(chunks)
+
+
+# %% [markdown]
+# ### Four vectors for one target
+# The first target is sentiment: a review such as "The movie was dull. I" continues with " hated"
+# or " loved". Four ways to get a "positive minus negative" direction at `blocks.1.hook_resid_post`
+# (after block 1, where Chapter 03 found sentiment already decided):
+#
+# 1. **A single contrast pair** (ActAdd, Turner et al. 2023): the activation of one positive prompt
+#    minus that of one negative prompt. Cheap, and noisy: everything else that differs between the
+#    two prompts comes along.
+# 2. **A mean difference over many pairs** (contrastive activation addition, CAA, Rimsky et al.
+#    2024): the mean activation over positive prompts minus the mean over negative ones. The
+#    differences that are not about sentiment average out.
+# 3. **A probe's direction**: Chapter 02's logistic-regression probe, trained to *read* sentiment.
+# 4. **An SAE latent**: the decoder direction of the shipped SAE's latent that best detects
+#    sentiment (Chapter 05).
+#
+# ### Exercise 7.2: the mean-difference vector (difficulty 2/3, ~15 min)
+# Write `mean_difference_vector(model, prompts, hook_name, label)`. `prompts` is a `PromptSet`
+# whose `prompts.labels[label]` is 0 or 1 for each prompt. Take the activation at `hook_name` at
+# **each prompt's own last token**, and return the mean over the prompts labelled 1 minus the mean
+# over those labelled 0, `[d_model]`, not normalised (its length is a measurement too).
+#
+# <details><summary>Hint 1</summary>
+#
+# `last_token_activations(model, prompts.prompts, hook_name)` gives `[batch, d_model]` at each
+# prompt's last token; the batches are right-padded, so `[:, -1]` would read padding.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `labels = torch.tensor(prompts.labels[label])`, then `x[labels == 1].mean(0) - x[labels == 0].mean(0)`.
+# </details>
+
+# %% tags=["export"]
+@torch.no_grad()
+def mean_difference_vector(model, prompts: PromptSet, hook_name: str, label: str) -> Float[Tensor, "d_model"]:
+    """Mean last-token activation of the prompts labelled 1 minus that of the prompts labelled 0."""
+    ### BEGIN SOLUTION
+    x = last_token_activations(model, prompts.prompts, hook_name)  # [batch, d_model]
+    labels = torch.tensor(prompts.labels[label], device=x.device)
+    return x[labels == 1].mean(0) - x[labels == 0].mean(0)
+    ### END SOLUTION
+
+
+# %%
+mean_difference_vector = check_exercise("7.2", mean_difference_vector)
+
+# %% tags=["export"]
+def contrast_pair_vector(model, positive: str, negative: str, hook_name: str) -> Float[Tensor, "d_model"]:
+    """ActAdd's vector from one contrast pair: the last-token activation of `positive` minus `negative`."""
+    pair = last_token_activations(model, [positive, negative], hook_name)  # [2, d_model]
+    return pair[0] - pair[1]
+
+
+def sentiment_subsets(prompts: PromptSet) -> tuple[PromptSet, PromptSet]:
+    """The negative and the positive reviews of a sentiment prompt set."""
+    labels = prompts.labels["sentiment"]
+    return (prompts.subset([i for i, s in enumerate(labels) if s == 0]),
+            prompts.subset([i for i, s in enumerate(labels) if s == 1]))
+
+
+def truth_subsets(prompts: PromptSet) -> tuple[PromptSet, PromptSet]:
+    """The false and the true statements of a truth prompt set."""
+    labels = prompts.labels["truth"]
+    return (prompts.subset([i for i, t in enumerate(labels) if t == 0]),
+            prompts.subset([i for i, t in enumerate(labels) if t == 1]))
+
+
+# %% tags=["export"]
+from utils.organism.sae import load_organism_sae
+from utils.references.ch05_saes import column_aurocs
+
+
+def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None) -> tuple[dict[str, Tensor], dict]:
+    """The four "positive minus negative" vectors at `hook_name`: one contrast pair, the mean difference over
+    `train`, the direction of a probe trained on `train`, and the decoder row of the SAE latent that best
+    detects sentiment (the shipped organism SAE by default). Also returns the latent's index and AUROC."""
+    labels = torch.tensor(train.labels["sentiment"])
+    x = last_token_activations(model, train.prompts, hook_name).cpu()  # [batch, d_model]
+    with torch.enable_grad():
+        probe = train_probe(x, labels)
+    sae = sae if sae is not None else load_organism_sae(device=model.cfg.device)
+    with torch.no_grad():
+        aurocs = column_aurocs(sae.encode(x.to(model.cfg.device)).cpu(), labels.bool())  # [d_sae]
+    latent = int((aurocs - 0.5).abs().argmax())
+    sign = 1.0 if aurocs[latent] > 0.5 else -1.0  # a latent that fires on negative reviews points the other way
+    vectors = {
+        "contrast pair": contrast_pair_vector(model, "The movie was great. I", "The movie was awful. I", hook_name).cpu(),
+        "mean difference": mean_difference_vector(model, train, hook_name, "sentiment").cpu(),
+        "probe": probe.direction.cpu(),
+        "SAE latent": sign * sae.W_dec[latent].detach().cpu(),
+    }
+    return vectors, {"latent": latent, "auroc": aurocs[latent].item(), "residual norm": x.norm(dim=-1).mean().item()}
+
+
+# %%
+HOOK = "blocks.1.hook_resid_post"
+sentiment_train = prompt_set("sentiment", "train", n=600, seed=0)
+vectors, sae_latent = sentiment_steering_vectors(model, HOOK, sentiment_train)
+units = torch.stack([v / v.norm() for v in vectors.values()])  # [4, d_model]
+print(f"SAE latent {sae_latent['latent']}: AUROC for positive reviews {sae_latent['auroc']:.3f}")
+print("norms:", {name: round(v.norm().item(), 1) for name, v in vectors.items()},
+      f" residual norm at the last token: {sae_latent['residual norm']:.1f}")
+
+# %%
+from utils.plotting import heatmap
+
+cosines = units @ units.T  # [4, 4]
+print("cosine with the mean difference:", {name: round(c, 2) for name, c in zip(vectors, cosines[1].tolist())})
+heatmap(cosines, x=list(vectors), y=list(vectors), title="Cosine similarity of the four sentiment vectors",
+        diverging=True, text_auto=".2f")
+
+# %% [markdown]
+# The mean difference is about as long as the residual stream itself: at the last token of a
+# review, sentiment is a large share of what is there. The contrast pair points almost the same way
+# (one pair carries most of the signal in a world this clean). The probe and the SAE latent point
+# elsewhere in part: a probe is trained to *separate* the classes, and the direction that separates
+# best is tilted away from the means by whatever varies within each class; an SAE latent is
+# trained to *reconstruct* activations sparsely, and its decoder row is the direction that serves
+# reconstruction, not the one the model's later layers read. Whether those differences matter for
+# steering is an experiment.
+#
+# ## 2. Dose-response, with every side effect
+#
+# A steering result without side effects is half a result. For each vector and coefficient we
+# measure the **flip rate** (the share of held-out negative reviews for which the model now
+# prefers " loved" to " hated") and, at the same time, the held-out accuracy of the four other
+# families: indirect objects, facts, truth verdicts and induction. Accuracy here is the share of
+# prompts whose correct answer beats the wrong one (logit difference above zero).
+#
+# ### Exercise 7.3: a side-effect table (difficulty 1/3, ~10 min)
+# Write `side_effect_table(model, prompt_sets, fwd_hooks)`. `prompt_sets` maps a family name to a
+# `PromptSet`; `fwd_hooks` is a list of `(hook_name, hook_fn)` pairs. Return a dict with the same
+# keys, in the same order, whose values are floats: the share of that set's prompts whose logit
+# difference (correct minus wrong, at each prompt's last token) is **above 0** with the hooks on.
+#
+# <details><summary>Hint 1</summary>
+#
+# Chapter 02's `logit_diffs(model, prompts, fwd_hooks=...)` gives the per-prompt logit differences
+# with hooks, right padding handled.
+# </details>
+
+# %% tags=["export"]
+@torch.no_grad()
+def side_effect_table(model, prompt_sets: dict[str, PromptSet], fwd_hooks: list = ()) -> dict[str, float]:
+    """Per prompt set, the share of prompts whose correct answer beats the wrong one with `fwd_hooks` on."""
+    ### BEGIN SOLUTION
+    return {name: (logit_diffs(model, prompts, fwd_hooks=list(fwd_hooks)) > 0).float().mean().item()
+            for name, prompts in prompt_sets.items()}
+    ### END SOLUTION
+
+
+# %%
+side_effect_table = check_exercise("7.3", side_effect_table)
+
+# %% tags=["export"]
+def behaviour_sets(n: int = 64, seed: int = 0, families: tuple[str, ...] = world.FAMILIES) -> dict[str, PromptSet]:
+    """Held-out prompt sets of every behaviour family (facts has only 30 held-out prompts: all of them)."""
+    return {family: prompt_set(family, "test", n=n, seed=seed) for family in families}
+
+
+def flip_rate(model, target: PromptSet, fwd_hooks: list = ()) -> float:
+    """The share of `target` prompts whose wrong answer now beats the correct one."""
+    return 1.0 - side_effect_table(model, {"target": target}, fwd_hooks)["target"]
+
+
+def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], alphas: list[float],
+                  target: PromptSet, watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
+    """For each coefficient: the target's flip rate and every watched family's accuracy, steered at `hook_name`.
+
+    Returns {"flipped": [alpha], family: [alpha], ...}."""
+    rows = []
+    for alpha in progress_bar(alphas, show=progress, desc="coefficients"):
+        hooks = [(hook_name, steering_hook(direction.to(model.cfg.device), alpha))]
+        rows.append({"flipped": flip_rate(model, target, hooks), **side_effect_table(model, watch, hooks)})
+    return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+# %%
+test_reviews = prompt_set("sentiment", "test", n=256, seed=0)
+negative_reviews, positive_reviews = sentiment_subsets(test_reviews)
+watch = behaviour_sets(n=48, families=("ioi", "facts", "truth", "induction"))
+baseline = side_effect_table(model, watch)
+alphas = [0.25, 0.5, 0.75, 1.0, 1.5]
+doses = {name: dose_response(model, HOOK, vector, alphas, negative_reviews, watch) for name, vector in vectors.items()}
+print(f"{len(negative_reviews)} held-out negative reviews; baseline accuracies",
+      {family: round(value, 3) for family, value in baseline.items()})
+for name, table in doses.items():
+    print(f"{name:<16} flipped " + " ".join(f"{v:.2f}" for v in table["flipped"].tolist())
+          + "   IOI " + " ".join(f"{v:.2f}" for v in table["ioi"].tolist()))
+
+# %%
+from utils.plotting import lines
+
+lines({name: table["flipped"] for name, table in doses.items()}, x=alphas,
+      title="Negative reviews flipped to ' loved', steering after block 1", x_label="alpha (relative to the residual norm)",
+      y_label="share flipped")
+
+# %%
+caa = doses["mean difference"]
+lines({family: caa[family] for family in watch}, x=alphas,
+      title="Side effects of the mean-difference vector: held-out accuracy of the other families",
+      x_label="alpha (relative to the residual norm)", y_label="accuracy")
+
+# %% [markdown]
+# At matched norm the vectors are far from equal. The mean difference and the contrast pair flip
+# most negative reviews by $\alpha = 0.5$ and all of them by $\alpha = 0.75$; the probe needs a
+# little more; the SAE latent, which detects sentiment perfectly (AUROC 1.0), is the weakest
+# writer of the four and needs about twice the coefficient. Reading and writing are different
+# questions: a direction along which the classes *differ* is not necessarily the direction the
+# model's later layers *read*.
+#
+# The side effects grow with the coefficient: a large enough push along "sentiment" breaks the
+# indirect-object task (more than one prompt in ten wrong at $\alpha = 1.5$) and starts to cost the
+# truth verdicts, neither of which has anything to do with reviews. The honest summary
+# of a steering vector is therefore a coefficient *and* a cost. We fix a tolerance (no family may
+# lose more than 5 points of accuracy) and ask for the largest coefficient that stays within it.
+#
+# ### Exercise 7.4: the largest safe coefficient (difficulty 2/3, ~15 min)
+# Write `largest_safe_coefficient(alphas, accuracies, baseline, tolerance)`. `alphas` is a list of
+# coefficients in increasing order; `accuracies` maps each watched family to a tensor `[alpha]` of
+# its accuracy at each coefficient (the other keys of a dose-response table, such as "flipped",
+# are not families: use only the keys of `baseline`); `baseline` maps each family to its unsteered
+# accuracy. A coefficient is **safe** when no family's accuracy is more than `tolerance` below its
+# baseline (a drop of exactly `tolerance` is safe). Return the largest coefficient such that it and
+# every smaller coefficient in `alphas` are safe, as a float; `None` when even the first is not.
+#
+# <details><summary>Hint 1</summary>
+#
+# Walk through `alphas` in order and stop at the first unsafe one: a coefficient beyond a failure
+# does not count, even if the accuracy happens to recover there.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# The drop of a family at coefficient `i` is `baseline[family] - accuracies[family][i]`; compare it
+# with `tolerance` using `<=`, for **every** family, not their mean.
+# </details>
+
+# %% tags=["export"]
+def largest_safe_coefficient(alphas: list[float], accuracies: dict[str, Tensor], baseline: dict[str, float],
+                             tolerance: float) -> float | None:
+    """The largest coefficient up to which no watched family's accuracy has dropped more than `tolerance`."""
+    ### BEGIN SOLUTION
+    safe = None
+    for i, alpha in enumerate(alphas):
+        drops = [baseline[family] - float(accuracies[family][i]) for family in baseline]
+        if max(drops) > tolerance:
+            break
+        safe = float(alpha)
+    return safe
+    ### END SOLUTION
+
+
+# %%
+largest_safe_coefficient = check_exercise("7.4", largest_safe_coefficient)
+
+# %%
+TOLERANCE = 0.05
+for name, table in doses.items():
+    safe = largest_safe_coefficient(alphas, table, baseline, TOLERANCE)
+    flipped = "-" if safe is None else f"{table['flipped'][alphas.index(safe)]:.2f}"
+    print(f"{name:<16} largest safe alpha: {safe}   flipped there: {flipped}")
+
+# %% [markdown]
+# ### Where to steer: a layer sweep
+# The same recipe at every layer: a mean-difference vector computed at that layer's output, added
+# there with the same relative coefficient. Because the coefficient is relative, the comparison
+# across layers is fair; in absolute units the same number would be a shove after block 0 and a
+# whisper after block 3.
+
+# %% tags=["export"]
+def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: float,
+                watch: dict[str, PromptSet] | None = None) -> dict[str, Tensor]:
+    """Steer with a mean-difference vector computed at each block's output: flip rate (and side effects) per layer."""
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        hook_name = f"blocks.{layer}.hook_resid_post"
+        hooks = [(hook_name, steering_hook(mean_difference_vector(model, train, hook_name, label), alpha))]
+        rows.append({"flipped": flip_rate(model, target, hooks), **side_effect_table(model, watch or {}, hooks)})
+    return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+# %%
+from utils.references.ch02_probing import residual_point_names
+
+sweep_alpha = 0.35
+sweep = layer_sweep(model, sentiment_train, "sentiment", negative_reviews, sweep_alpha, watch)
+layers = residual_point_names(model.cfg.n_layers)[1:]
+print(f"flipped at alpha {sweep_alpha}: " + "  ".join(f"{name} {v:.2f}" for name, v in zip(layers, sweep["flipped"].tolist())))
+lines({"negative reviews flipped": sweep["flipped"], **{family: sweep[family] for family in watch}}, x=layers,
+      title=f"Steering with a mean-difference vector at alpha = {sweep_alpha}, by layer",
+      x_label="where the vector is added", y_label="share")
+
+# %% [markdown]
+# Steering works best early, after block 0, several times better than anywhere later. That agrees
+# with Chapter 03, where MLP1 writes the sentiment answer: a vector added before MLP1 is taken up by
+# the computation that produces the answer, while one added after it has to outweigh an answer
+# already written. "Where does steering work" has an answer here because we know where the behaviour is
+# computed; on a real model the sweep is how one finds out.
+#
+# ### A second target: the truth verdict
+# The same mean-difference recipe for the verdict (" true" or " false" after a statement), steering
+# false statements towards " true", with the sentiment family now among the watched.
+
+# %%
+truth_train = prompt_set("truth", "train", seed=0)
+truth_vector = mean_difference_vector(model, truth_train, HOOK, "truth")
+false_statements, true_statements = truth_subsets(prompt_set("truth", "test", seed=0))
+truth_watch = behaviour_sets(n=48, families=("ioi", "facts", "sentiment", "induction"))
+truth_doses = dose_response(model, HOOK, truth_vector, alphas, false_statements, truth_watch)
+truth_safe = largest_safe_coefficient(alphas, truth_doses, side_effect_table(model, truth_watch), TOLERANCE)
+print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
+      + " ".join(f"{v:.2f}" for v in truth_doses["flipped"].tolist()) + f"; largest safe alpha {truth_safe}")
+
+# %% [markdown]
+# The verdict moves as well, at about the same coefficients as sentiment, and the tolerance is
+# reached sooner. A direction found from the labels of one behaviour steers it; the watched
+# families say what the push costs.
+#
+# ## 3. Steered generation
+# Numbers first, text second. Here is the organism continuing world text greedily, unsteered and
+# steered along the mean-difference sentiment vector.
+
+# %% tags=["export"]
+@torch.no_grad()
+def greedy_continuation(model, prompt: str, n_tokens: int = 8, fwd_hooks: list = ()) -> str:
+    """The model's greedy continuation of `prompt` (BOS first), with `fwd_hooks` on at every step."""
+    tokens, _ = tokenize(model, [prompt])  # [1, pos]
+    for _ in range(n_tokens):
+        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))  # [1, pos, d_vocab]
+        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return model.tokenizer.decode(tokens[0, -n_tokens:])
+
+
+# %%
+caa_vector = vectors["mean difference"]
+for prompt in ["The movie was dull. I", "The hotel was awful. I", "Mary and John went to the park. The"]:
+    plain = greedy_continuation(model, prompt)
+    steered = greedy_continuation(model, prompt, fwd_hooks=[(HOOK, steering_hook(caa_vector, 0.75))])
+    print(f"{prompt!r}\n   unsteered: {plain!r}\n   steered:   {steered!r}")
+
+# %% [markdown]
+# The reviews turn: " hated" becomes " loved", and the rest of the sentence stays the organism's
+# usual continuation. On text that has nothing to do with reviews the vector still acts: the
+# continuation changes, though nothing in it is about sentiment. That is the side-effect table in
+# words.
+# Published examples (Golden Gate Claude, an SAE feature clamped high until the model brought
+# every conversation round to the bridge) are this experiment on a large model, judged by eye.
+
+# %% [markdown]
+# ## 4. Directional ablation and weight orthogonalisation
+#
+# Adding a direction asks "what if there were more of this?". Removing it asks "does the model
+# need it?". **Directional ablation** (as in Arditi et al.'s refusal-direction work) projects the
+# unit direction $\hat u$ out of the residual stream everywhere it could enter:
+# $x \leftarrow x - (x \cdot \hat u)\, \hat u$ on the embeddings (`blocks.0.hook_resid_pre`), after
+# every attention layer (`blocks.{l}.hook_resid_mid`) and after every block
+# (`blocks.{l}.hook_resid_post`), at every position. Then no component ever sees anything along
+# $\hat u$, because nothing along it survives long enough to be read.
+#
+# ### Exercise 7.5: directional ablation hooks (difficulty 2/3, ~15 min)
+# Write `directional_ablation_hooks(model, direction)`: return a list of `(hook_name, hook_fn)`
+# pairs, one for `blocks.0.hook_resid_pre` and one for each layer's `hook_resid_mid` and
+# `hook_resid_post`, each of which projects the **unit** direction out of the residual stream at
+# every position (`direction` need not have norm 1). The check runs the model with your hooks on
+# (any order of the list is fine) and compares the logits.
+#
+# <details><summary>Hint 1</summary>
+#
+# Chapter 02's `remove_direction(resid, direction)` projects out a direction; one function serves
+# every hook point.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Without the `hook_resid_mid` points, each MLP still reads what its attention layer just wrote
+# along the direction.
+# </details>
+
+# %% tags=["export"]
+from utils.references.ch02_probing import remove_direction
+
+
+def directional_ablation_hooks(model, direction: Float[Tensor, "d_model"]) -> list[tuple[str, Hook]]:
+    """Hooks projecting the unit direction out of the residual stream at every layer and position."""
+    ### BEGIN SOLUTION
+    unit = (direction / direction.norm()).to(model.cfg.device)
+
+    def ablate(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        return resid - (resid @ unit)[..., None] * unit
+
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{where}"
+                                           for layer in range(model.cfg.n_layers) for where in ("mid", "post")]
+    return [(name, ablate) for name in names]
+    ### END SOLUTION
+
+
+# %%
+directional_ablation_hooks = check_exercise("7.5", directional_ablation_hooks)
+
+# %%
+every_family = behaviour_sets(n=128)
+ablated = side_effect_table(model, every_family, directional_ablation_hooks(model, caa_vector))
+plain = side_effect_table(model, every_family)
+for family in every_family:
+    print(f"{family:<10} accuracy {plain[family]:.3f} -> {ablated[family]:.3f} with the sentiment direction ablated")
+
+# %% [markdown]
+# One direction, removed, takes sentiment to about chance (a review's adjective no longer decides
+# " loved" or " hated") and leaves every other family where it was. That is what "the model uses
+# this direction for sentiment, and for little else" looks like as a measurement.
+#
+# ### The same edit in the weights
+# Every vector that enters the residual stream is written by a weight matrix: the token and
+# position embeddings, each attention layer's output matrix $W_O$ (and bias $b_O$), each MLP's
+# output matrix $W_{out}$ (and bias $b_{out}$). Project $\hat u$ out of the *output side* of each of
+# those, $W \leftarrow W - (W \hat u)\, \hat u^\top$ for a matrix whose last axis is `d_model`, and
+# the residual stream can never contain anything along $\hat u$: the ablation is baked into the
+# model. This is **weight orthogonalisation**: no hooks, a model you can save and ship.
+#
+# ### Exercise 7.6: orthogonalise the weights (difficulty 2/3, ~20 min)
+# Write `orthogonalize_weights(model, direction)`. Edit the model **in place** (inside
+# `torch.no_grad()`), projecting the unit direction out of the last axis of every tensor that
+# writes into the residual stream: `model.embed.W_E`, `model.pos_embed.W_pos`, and for each block
+# `block.attn.W_O`, `block.attn.b_O`, `block.mlp.W_out`, `block.mlp.b_out`. Return nothing. The
+# check compares the edited model's logits with those of Exercise 7.5's hooks, and puts the
+# weights back afterwards.
+#
+# <details><summary>Hint 1</summary>
+#
+# `weight.sub_((weight @ unit)[..., None] * unit)` edits in place; `W_O` is
+# `[head_index, d_head, d_model]`, and the same line works for it, since only the last axis is
+# `d_model`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# The biases write into the residual stream too: every position gets `b_O` and `b_out` added,
+# whatever the input.
+# </details>
+
+# %% tags=["export"]
+def residual_writers(model) -> list[Tensor]:
+    """Every weight and bias whose last axis writes into the residual stream (embeddings, W_O, b_O, W_out, b_out)."""
+    writers = [model.embed.W_E, model.pos_embed.W_pos]
+    for block in model.blocks:
+        writers += [block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out]
+    return writers
+
+
+@torch.no_grad()
+def orthogonalize_weights(model, direction: Float[Tensor, "d_model"]) -> None:
+    """Project the unit direction out of every residual writer's output, in place."""
+    ### BEGIN SOLUTION
+    unit = (direction / direction.norm()).to(model.cfg.device)
+    for weight in residual_writers(model):
+        weight.sub_((weight @ unit)[..., None] * unit)
+    ### END SOLUTION
+
+
+# %%
+orthogonalize_weights = check_exercise("7.6", orthogonalize_weights)
+
+# %% tags=["export"]
+@contextlib.contextmanager
+def weights_orthogonalized(model, direction: Float[Tensor, "d_model"]) -> Iterator[None]:
+    """Run the block with the direction orthogonalised out of the weights, then restore them exactly."""
+    saved = [weight.detach().clone() for weight in residual_writers(model)]
+    try:
+        orthogonalize_weights(model, direction)
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, original in zip(residual_writers(model), saved):
+                weight.copy_(original)
+
+
+@torch.no_grad()
+def last_logits(model, prompts: PromptSet, fwd_hooks: list = ()) -> Float[Tensor, "batch d_vocab"]:
+    """The logits at each prompt's own last token, with `fwd_hooks` on."""
+    tokens, last = tokenize(model, prompts.prompts)
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    return logits[torch.arange(len(last), device=logits.device), last]
+
+
+# %%
+mixed = prompt_set("sentiment", "test", n=32, seed=1)
+with_hooks = last_logits(model, mixed, directional_ablation_hooks(model, caa_vector))
+with weights_orthogonalized(model, caa_vector):
+    with_weights = last_logits(model, mixed)
+    orthogonal_table = side_effect_table(model, every_family)
+print(f"largest logit difference, hooks vs orthogonalised weights: {(with_hooks - with_weights).abs().max():.2e}")
+print("accuracies with the weights orthogonalised:", {family: round(v, 3) for family, v in orthogonal_table.items()})
+print(f"and after the block the model is back: {(last_logits(model, mixed) - last_logits(model, mixed, [])).abs().max():.1e}, "
+      f"sentiment accuracy {side_effect_table(model, {'sentiment': every_family['sentiment']})['sentiment']:.3f}")
+
+# %% [markdown]
+# The two agree to float precision: ablating at every layer with hooks and orthogonalising the
+# weights are the same edit. The weight version is what one would ship; the hook version is what
+# one would debug.
+#
+# ## 5. Concept erasure
+#
+# Ablation removes one direction we chose. **Concept erasure** asks for the *smallest* change of
+# the activations after which no linear classifier can read the concept at all. **LEACE** (Belrose
+# et al. 2023) gives it in closed form: an affine map $x \mapsto x - P(x - \mu)$ that makes the
+# class-conditional means equal (so no linear probe beats a constant guess on the data it was fit
+# to) while moving the activations as little as possible in mean squared distance. We use
+# EleutherAI's `concept-erasure` package (`LeaceEraser.fit(x, z)`, then `eraser(x)`). Two
+# baselines: a projection along the mean-difference direction about the mean (for a binary label
+# this also equalises the class means, but moves the activations more) and a projection along a
+# random direction (which should erase nothing).
+
+# %% tags=["export"]
+from concept_erasure import LeaceEraser
+
+
+class DirectionEraser:
+    """Project one unit direction out about a centre: x - ((x - centre) . u) u."""
+
+    def __init__(self, direction: Float[Tensor, "d_model"], centre: Float[Tensor, "d_model"]):
+        self.unit = direction / direction.norm()
+        self.centre = centre
+
+    def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        unit, centre = self.unit.to(x.device, x.dtype), self.centre.to(x.device, x.dtype)
+        return x - ((x - centre) @ unit)[..., None] * unit
+
+
+def fit_leace(x: Float[Tensor, "batch d_model"], labels: Int[Tensor, "batch"]) -> LeaceEraser:
+    """EleutherAI's LEACE eraser fitted to (x, labels)."""
+    return LeaceEraser.fit(x, labels)
+
+
+def fit_mean_difference_eraser(x: Float[Tensor, "batch d_model"], labels: Int[Tensor, "batch"]) -> DirectionEraser:
+    """Project out the mean-difference direction of (x, labels), about the mean of x."""
+    return DirectionEraser(x[labels == 1].mean(0) - x[labels == 0].mean(0), x.mean(0))
+
+
+def fit_random_eraser(x: Float[Tensor, "batch d_model"], labels: Int[Tensor, "batch"], seed: int = 0) -> DirectionEraser:
+    """Project out a random direction (a baseline that should erase nothing), about the mean of x."""
+    return DirectionEraser(torch.randn(x.shape[-1], generator=torch.Generator().manual_seed(seed)).to(x), x.mean(0))
+
+
+# %% [markdown]
+# The first claim to check is the eraser's own: after erasure, a *fresh* probe (trained on the
+# erased activations, tested on held-out erased activations) should be at the base rate. The
+# eraser must be fitted on the training split only: an eraser fitted on the test split has seen
+# the data it is graded on.
+#
+# ### Exercise 7.7: a fresh probe after erasure (difficulty 2/3, ~15 min)
+# Write `erased_probe_accuracy(fit_eraser, x_train, y_train, x_test, y_test)`. `fit_eraser(x, y)`
+# returns an eraser, a function from `[..., d_model]` to `[..., d_model]`. Fit it on the training
+# split **only**, erase both splits with it, train Chapter 02's `train_probe` (its defaults) on the
+# erased training activations, and return the probe's accuracy on the erased test activations
+# (prediction: probe logit above 0), as a float.
+#
+# <details><summary>Hint 1</summary>
+#
+# `eraser = fit_eraser(x_train, y_train)`; then `eraser(x_train)` and `eraser(x_test)`. The probe
+# trains with gradients: wrap it in `with torch.enable_grad():`.
+# </details>
+
+# %% tags=["export"]
+def erased_probe_accuracy(fit_eraser: Callable, x_train: Float[Tensor, "batch d_model"], y_train: Int[Tensor, "batch"],
+                          x_test: Float[Tensor, "batch_test d_model"], y_test: Int[Tensor, "batch_test"]) -> float:
+    """Held-out accuracy of a fresh probe trained after erasing with an eraser fitted on the training split."""
+    ### BEGIN SOLUTION
+    eraser = fit_eraser(x_train, y_train)
+    erased_train, erased_test = eraser(x_train), eraser(x_test)
+    with torch.enable_grad():
+        probe = train_probe(erased_train, y_train)
+    with torch.no_grad():
+        predicted = probe(erased_test) > 0
+    return (predicted == y_test.bool()).float().mean().item()
+    ### END SOLUTION
+
+
+# %%
+erased_probe_accuracy = check_exercise("7.7", erased_probe_accuracy)
+
+# %% tags=["export"]
+ERASERS = {"none": lambda x, labels: (lambda values: values), "LEACE": fit_leace,
+           "mean-difference projection": fit_mean_difference_eraser, "random direction": fit_random_eraser}
+
+
+def eraser_hook(eraser: Callable) -> Hook:
+    """A hook applying `eraser` at every position after BOS."""
+    def hook_fn(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        return torch.cat([resid[:, :1], eraser(resid[:, 1:])], dim=1)
+    return hook_fn
+
+
+def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
+                   n_train: int = 720, n_test: int = 180) -> dict[str, dict[str, float]]:
+    """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in the model."""
+    train, test = prompt_set(family, "train", n=n_train, seed=0), prompt_set(family, "test", n=n_test, seed=0)
+    x_train = last_token_activations(model, train.prompts, hook_name).cpu()
+    x_test = last_token_activations(model, test.prompts, hook_name).cpu()
+    y_train, y_test = torch.tensor(train.labels[label]), torch.tensor(test.labels[label])
+    report = {}
+    for name, fit in ERASERS.items():
+        eraser = fit(x_train, y_train)
+        erased = eraser(x_train)
+        in_model = fit(x_train.to(model.cfg.device), y_train.to(model.cfg.device))  # the same eraser, on the model's device
+        hooks = [(hook_name, eraser_hook(in_model))]
+        report[name] = {
+            "fresh probe": erased_probe_accuracy(fit, x_train, y_train, x_test, y_test),
+            "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),
+            "mean squared edit": (erased - x_train).pow(2).sum(-1).mean().item(),
+            family: side_effect_table(model, {family: test}, hooks)[family],
+            **side_effect_table(model, watch, hooks),
+        }
+    return report
+
+
+def print_report(report: dict[str, dict[str, float]]) -> None:
+    columns = list(next(iter(report.values())))
+    print(f"{'eraser':<28}" + "".join(f"{c:>19}" for c in columns))
+    for name, row in report.items():
+        print(f"{name:<28}" + "".join(f"{row[c]:>19.3f}" for c in columns))
+
+
+# %%
+truth_erasure = erasure_report(model, "truth", "truth", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "sentiment")))
+print(f"truth, base rate of the test split: {max(sum(prompt_set('truth', 'test').labels['truth']) / 180, 0.5):.2f}")
+print_report(truth_erasure)
+
+# %% [markdown]
+# The erasers keep their promise: after LEACE and after the mean-difference projection, the class
+# means are equal to float precision and a fresh probe is back near the base rate (the held-out
+# split is balanced, so 0.5). LEACE does it with the smaller edit, as its optimality says; the
+# random direction moves the activations a little and erases nothing.
+#
+# Now the causal question, the one Chapter 02 left open ("decodable is not the same as used"):
+# with the eraser *in the model*, applied at every position after block 1, does the verdict
+# change? Look at the `truth` column. If the verdict stood, the linear trace a probe reads at block
+# 1 would be a by-product the model does not need. It does not stand: the projection takes the
+# verdict to chance and LEACE takes much of it away. At this layer, what the probe read is what the
+# model uses. The other families barely move. The same report for sentiment:
+
+# %%
+sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")))
+print_report(sentiment_erasure)
+
+# %% [markdown]
+# Sentiment is erased too, from the probe's view and from the behaviour. Two lessons sit in the
+# details. LEACE's edit, the smallest that blinds every linear probe, is not the one that disturbs
+# the *model* least: here it costs facts and truth a few points that the projection does not, and
+# it overshoots sentiment below chance. Its guarantee is about the distribution it was fitted on
+# (last tokens of reviews), and in the model it also acts on every other position and prompt.
+# And a guarantee about what a *probe* can read is not a guarantee about what the *model* does:
+# that took the behaviour columns, measured. That is why erasure for bias mitigation ("remove
+# gender from the representation") must be checked on behaviour, and on the behaviours one wants
+# to keep.
+
+# %% [markdown]
+# ## 6. Editing one fact
+#
+# Steering and erasure act on activations while the model runs. **Model editing** changes the
+# weights once, so that one fact is different afterwards and nothing else is ("precise edits to
+# correct factual errors", instead of retraining). ROME (Meng et al. 2022) treats an MLP's output
+# matrix as a key-value memory: at the subject's token, the MLP's hidden activation $k$
+# (`blocks.{l}.mlp.hook_post`, `[d_mlp]`) is a key, and $k W_{out}$ is the value it writes. To
+# change the fact, pick the value $v^*$ that would make the model say the new answer, and change
+# $W_{out}$ as little as possible so that $k W'_{out} = v^*$.
+#
+# "As little as possible" is measured on the keys the MLP usually sees. With $C = \mathbb{E}[k
+# k^\top]$ their second-moment matrix over world text, the smallest change in that sense is rank
+# one:
+#
+# $$W'_{out} = W_{out} + \frac{C^{-1} k \,\big(v^* - k W_{out}\big)}{k^\top C^{-1} k},$$
+#
+# an outer product of `[d_mlp]` and `[d_model]` (TransformerLens's orientation: `out = hidden @
+# W_out`, so `W_out` is `[d_mlp, d_model]`). The change is along $C^{-1} k$, which other keys
+# (uncorrelated with $k$ under $C$) barely touch. Many other edits also give $k W'_{out} = v^*$,
+# for instance rewriting the whole row of the hidden unit where $k$ is largest; but that row is
+# read by every input that uses the unit, and all of them would change.
+#
+# ### Exercise 7.8: a rank-one update (difficulty 2/3, ~20 min)
+# Write `rank_one_update(weight, key, value, second_moment)`: `weight` is `[d_in, d_out]` (used as
+# `key @ weight`), `key` is `[d_in]`, `value` is `[d_out]`, `second_moment` is `[d_in, d_in]`
+# (symmetric, positive definite). Return the new weight from the formula above, without changing
+# `weight` in place. Then `key @ new_weight` equals `value`.
+#
+# <details><summary>Hint 1</summary>
+#
+# `torch.linalg.solve(second_moment, key)` is $C^{-1} k$ without forming the inverse.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# The numerator is the residual $v^* - k W$: what the weight must *add*, not the whole new value.
+# `torch.outer(c_inv_k, residual) / (c_inv_k @ key)`.
+# </details>
+
+# %% tags=["export"]
+def rank_one_update(weight: Float[Tensor, "d_in d_out"], key: Float[Tensor, "d_in"], value: Float[Tensor, "d_out"],
+                    second_moment: Float[Tensor, "d_in d_in"]) -> Float[Tensor, "d_in d_out"]:
+    """The smallest change of `weight` (under the keys' second moment) after which key @ weight = value."""
+    ### BEGIN SOLUTION
+    c_inv_k = torch.linalg.solve(second_moment, key)  # [d_in]
+    residual = value - key @ weight  # [d_out]
+    return weight + torch.outer(c_inv_k, residual) / (c_inv_k @ key)
+    ### END SOLUTION
+
+
+# %%
+rank_one_update = check_exercise("7.8", rank_one_update)
+
+# %% [markdown]
+# The rest of the recipe, in exported functions: the keys' second moment over world text; the key
+# (the mean MLP hidden activation at the country's token over a few prompts, each with a different
+# filler sentence in front, so that the key is the country's and not one sentence's); the value
+# (the MLP's output there plus a vector optimised by gradient descent so that the new capital is
+# predicted on those same prompts); and a context manager that applies the edit and restores the
+# weight.
+
+# %% tags=["export"]
+import random
+
+from utils.organism.sae import world_rows
+
+
+@torch.no_grad()
+def key_second_moment(model, layer: int, n_tokens: int = 4096, seed: int = 7, ridge: float = 1e-3
+                      ) -> Float[Tensor, "d_mlp d_mlp"]:
+    """E[k k^T] of MLP `layer`'s hidden activation over world text (BOS dropped), plus a small ridge."""
+    rows = world_rows(model.tokenizer, n_tokens, seed=seed).to(model.cfg.device)
+    name = f"blocks.{layer}.mlp.hook_post"
+    _, cache = model.run_with_cache(rows, names_filter=name, stop_at_layer=layer + 1)
+    keys = cache[name][:, 1:].reshape(-1, cache[name].shape[-1])  # [token, d_mlp]
+    moment = keys.T @ keys / len(keys)
+    return moment + ridge * moment.diagonal().mean() * torch.eye(len(moment), device=moment.device)
+
+
+def subject_prompts(template: str, subject: str, n_prefixes: int = 6, seed: int = 0) -> list[str]:
+    """`template` filled with `subject`, alone and after filler sentences of the world."""
+    rng = random.Random(seed)
+    prefixes = [""] + [world._filler_sentence(rng) + " " for _ in range(n_prefixes - 1)]
+    return [prefix + template.format(country=subject) for prefix in prefixes]
+
+
+def token_positions(model, tokens: Int[Tensor, "batch pos"], word: str) -> Int[Tensor, "batch"]:
+    """In each row, the last position of the token `word` (with its leading space)."""
+    (word_id,) = model.tokenizer(word, add_special_tokens=False)["input_ids"]
+    matches = tokens == word_id  # [batch, pos]
+    if not matches.any(-1).all():
+        raise ValueError(f"{word!r} is missing from some prompts")
+    return (matches * torch.arange(tokens.shape[1], device=tokens.device)).argmax(-1)
+
+
+def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answer: str, steps: int = 80,
+                  lr: float = 2.0, second_moment: Tensor | None = None) -> Float[Tensor, "d_mlp d_model"]:
+    """ROME-style: the new W_out of MLP `layer` after which `prompts` predict `new_answer`."""
+    tokens, last = tokenize(model, prompts)
+    positions = token_positions(model, tokens, " " + subject)
+    rows = torch.arange(len(prompts), device=tokens.device)
+    mlp = model.blocks[layer].mlp
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.mlp.hook_post", stop_at_layer=layer + 1)
+        key = cache[f"blocks.{layer}.mlp.hook_post"][rows, positions].mean(0)  # [d_mlp]
+    (target,) = model.tokenizer(new_answer, add_special_tokens=False)["input_ids"]
+    delta = torch.zeros(model.cfg.d_model, device=model.cfg.device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=lr)
+
+    def add_delta(out: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        out = out.clone()
+        out[rows, positions] = out[rows, positions] + delta
+        return out
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", add_delta)])
+            loss = -logits[rows, last].log_softmax(-1)[:, target].mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        value = key @ mlp.W_out + delta.detach()  # the bias b_out is added either way
+        moment = second_moment if second_moment is not None else key_second_moment(model, layer)
+        return rank_one_update(mlp.W_out.detach(), key, value, moment)
+
+
+@contextlib.contextmanager
+def mlp_weight_replaced(model, layer: int, new_weight: Float[Tensor, "d_mlp d_model"]) -> Iterator[None]:
+    """Run the block with MLP `layer`'s W_out replaced, then restore it."""
+    weight = model.blocks[layer].mlp.W_out
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.copy_(new_weight)
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def answer_probabilities(model, prompts: list[str], answer: str) -> Float[Tensor, "batch"]:
+    """The probability of `answer` as the next token after each prompt."""
+    stand_in = PromptSet("facts", "test", prompts, [answer] * len(prompts), [answer] * len(prompts))
+    return last_logits(model, stand_in).softmax(-1)[:, answer_ids(model, [answer])[0]]
+
+
+def fact_edit_report(model, country: str, new_capital: str, fit_template: int, watch: dict[str, PromptSet]
+                     ) -> dict[str, object]:
+    """Before and after an edit: each capital phrasing's top answer, other countries' facts, the same country's
+    other relations, and every watched family."""
+    templates = world.FACT_TEMPLATES["capital"]
+    facts = prompt_set("facts", "train", seed=0)
+    others = facts.subset([i for i, (c, r) in enumerate(zip(facts.labels["country"], facts.labels["relation"]))
+                           if c != country and r == "capital"])
+    same_country = facts.subset([i for i, (c, r) in enumerate(zip(facts.labels["country"], facts.labels["relation"]))
+                                 if c == country and r != "capital"])
+    phrasings = [template.format(country=country) for template in templates]
+    sets = {"other capitals": others, f"{country}'s other facts": same_country, **watch}
+
+    def measure() -> dict[str, object]:
+        top = last_logits(model, PromptSet("facts", "test", phrasings, phrasings, phrasings)).argmax(-1)
+        return {"top answer": [model.tokenizer.decode(t) for t in top.tolist()],
+                "p(new)": answer_probabilities(model, phrasings, new_capital).tolist(), **side_effect_table(model, sets)}
+
+    return {"phrasings": phrasings, "fit on": fit_template, "measure": measure}
+
+
+# %%
+EDIT_LAYER, COUNTRY, NEW_CAPITAL = 0, "France", " Rome"
+fit_on = subject_prompts(world.FACT_TEMPLATES["capital"][0], COUNTRY)
+new_w_out = fit_fact_edit(model, EDIT_LAYER, fit_on, COUNTRY, NEW_CAPITAL)
+report = fact_edit_report(model, COUNTRY, NEW_CAPITAL, 0, behaviour_sets(n=64, families=("ioi", "truth", "sentiment")))
+before = report["measure"]()
+with mlp_weight_replaced(model, EDIT_LAYER, new_w_out):
+    after = report["measure"]()
+print(f"rank of the change: {torch.linalg.matrix_rank(new_w_out - model.blocks[EDIT_LAYER].mlp.W_out).item()}")
+for i, phrasing in enumerate(report["phrasings"]):
+    seen = "fitted" if i == 0 else "never seen"
+    print(f"{phrasing!r:<42} ({seen:>10}): {before['top answer'][i]!r} -> {after['top answer'][i]!r}  "
+          f"p({NEW_CAPITAL.strip()}) {before['p(new)'][i]:.2f} -> {after['p(new)'][i]:.2f}")
+for key in before:
+    if key not in ("top answer", "p(new)"):
+        print(f"{key:<22} accuracy {before[key]:.3f} -> {after[key]:.3f}")
+
+# %% [markdown]
+# **Efficacy**: the phrasing the edit was fitted on now says Rome. **Specificity**: every other
+# country keeps its capital, France keeps its language and continent, and no other family moves.
+# **Generalisation** is where it is honest to be careful. "The city of government in France is"
+# follows the edit: it reads the same key at the same kind of token. "In France, the capital city
+# is" does not: there the answer is assembled at later positions that read the country token
+# through attention differently, so the edited key alone does not carry it. And "France has its
+# capital in" starts with `France` *without* a leading space, a different token with a different
+# key: the edit never touched it. An edit is as general as the key it rewrites, and the organism's
+# word-level tokenizer makes that visible. (The same failure, subject spelled or placed
+# differently, is a known weakness of edits on large models.)
+#
+# ## 7. Attacks on the latents
+#
+# An adversarial attack usually searches the *inputs* for a prompt that breaks a behaviour.
+# **Relaxed adversarial training** (Casper et al. 2024; Sheshadri et al. 2024) searches the
+# *latents* instead: a small perturbation of the residual stream is a far larger space than a
+# prompt, so if no small latent perturbation breaks the behaviour, no prompt can reach one either
+# (through that layer). Here we measure how small a perturbation at the last token after block 1
+# flips the truth verdict of a held-out true statement, as a share of that position's residual norm,
+# against a random perturbation of the same size.
+
+# %% tags=["export"]
+def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, steps: int = 20, lr: float = 0.15,
+                  random_baseline: bool = False, seed: int = 0) -> float:
+    """Share of prompts flipped by a perturbation at each prompt's last token of norm <= budget * its residual norm.
+
+    Projected gradient ascent on (wrong - correct) logit; or, with random_baseline, one random direction
+    of the full budget."""
+    tokens, last = tokenize(model, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    with torch.no_grad():
+        norms = last_token_activations(model, prompts.prompts, hook_name).norm(dim=-1, keepdim=True)  # [batch, 1]
+    radius = budget * norms
+    generator = torch.Generator().manual_seed(seed)
+    delta = torch.randn(len(last), model.cfg.d_model, generator=generator).to(norms)
+    delta = delta / delta.norm(dim=-1, keepdim=True) * (radius if random_baseline else 0.01 * radius)
+
+    def perturb(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = resid[rows, last] + delta
+        return resid
+
+    def margin() -> Float[Tensor, "batch"]:
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]
+        return logits[rows, wrong] - logits[rows, correct]
+
+    if not random_baseline:
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            for _ in range(steps):
+                (gradient,) = torch.autograd.grad(margin().sum(), delta)
+                with torch.no_grad():
+                    delta += lr * radius * gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    delta *= (radius / delta.norm(dim=-1, keepdim=True)).clamp(max=1.0)  # project into the ball
+        delta = delta.detach()
+    with torch.no_grad():
+        return (margin() > 0).float().mean().item()
+
+
+# %%
+budgets = [0.1, 0.2, 0.3]
+attacked_statements = true_statements.subset(range(48))
+attacked = [latent_attack(model, attacked_statements, HOOK, budget) for budget in budgets]
+random_pushes = [latent_attack(model, attacked_statements, HOOK, budget, random_baseline=True) for budget in budgets]
+for budget, flipped, random_flipped in zip(budgets, attacked, random_pushes):
+    print(f"perturbation of {budget:.0%} of the residual norm: attack flips {flipped:.2f}, a random one {random_flipped:.2f}")
+lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in budgets],
+      title="True statements flipped to ' false' by a perturbation after block 1", x_label="norm of the perturbation",
+      y_label="share flipped")
+
+# %% [markdown]
+# A random perturbation changes no verdict at any of these sizes; an optimised one of the same size
+# starts to flip them once it is a fifth of the residual norm, and flips more the larger it may be.
+# The model is robust in almost every direction and fragile in a few, and those few are what an
+# input attack would be searching for. Relaxed adversarial
+# training uses this: train against latent attacks, and the behaviour becomes robust to inputs no
+# one thought to try. The flip side for interpretability: "the behaviour survives random noise" is
+# no evidence that it is robust.
+#
+# ## 8. On a real model
+# The same functions steer GPT-2 small when the Hugging Face Hub is reachable: ActAdd's "Love"
+# minus "Hate" vector, taken at the last token after block 6 and added with the same relative
+# coefficient at every position after BOS. Offline, this cell says so and moves on.
+
+# %%
+if env.hub_online:
+    gpt2 = load_model("gpt2-small")
+    love_hate = contrast_pair_vector(gpt2, "Love", "Hate", "blocks.6.hook_resid_pre")
+    for prompt in ["I hate you because", "The weather today is"]:
+        print(f"{prompt!r}\n   unsteered: {greedy_continuation(gpt2, prompt, 10)!r}")
+        with steering(gpt2, "blocks.6.hook_resid_pre", love_hate, 0.5):
+            print(f"   steered:   {greedy_continuation(gpt2, prompt, 10)!r}")
+else:
+    print("offline: skipped GPT-2 small (run this cell with a network connection to steer it)")
+
+# %% [markdown]
+# ## What steering can't tell you
+# - **A vector that steers is not the model's representation.** Four vectors flipped sentiment at
+#   different rates; a direction that moves behaviour shows that the model *responds* to it, not
+#   that it *uses* it, and not that it is the only one.
+# - **Side effects are only the ones you measured.** The table watched four families because the
+#   world has four; a real model has countless behaviours, and a clean table is evidence about
+#   those you watched only.
+# - **Erasing what a probe can read is not erasing what the model uses.** LEACE's guarantee is
+#   about linear probes on the activations it was fitted to; the model's own computation is a
+#   separate, causal question with its own answer per concept and layer.
+# - **An edit is as general as its key.** The fact edit followed one phrasing and missed others
+#   that reach the fact another way. Efficacy on the edited prompt is the easy part.
+# - **Robust to noise is not robust.** Random perturbations said nothing; an optimised one of the
+#   same size flipped verdicts.
+# - **Retargeting the search** (steering a model's internal search by rewriting the goal it
+#   represents) would need a model that searches and a goal we can find. Whether such a
+#   representation exists in large models is open; the organism has none, and the idea is
+#   speculative.
+#
+# **Your record so far:**
+
+# %%
+show_progress("07_steering")

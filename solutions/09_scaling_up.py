@@ -1,0 +1,865 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Chapter 09: Scaling up
+#
+# **Time:** about 2 hours. **Exercises:** 7, each checked as soon as you run the cell after it.
+# *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
+#
+# **You will learn to**
+# - write an experiment in **nnsight** form, once, and run it three ways: here on the organism, in
+#   an offline rehearsal of a remote run (`remote="local"`), and on a model no laptop holds, on
+#   NDIF's shared GPUs (`remote=True`, with a key);
+# - translate the workbook's hook names (`blocks.1.hook_resid_post`) into nnsight module paths, and
+#   know where the two libraries' numbers differ by a constant and where they agree;
+# - redo three experiments of earlier chapters in nnsight form: the logit lens (Chapter 03),
+#   activation patching between two prompts (Chapter 06) and a steering vector (Chapter 07), and
+#   check them against the TransformerLens versions;
+# - keep the **remote contract**: only saved values come back, lists are built inside the trace,
+#   a copy (not a view) goes back, and helper modules made along the way must be registered.
+#
+# **Seed concepts:** the same experiment on models of any size; deferred execution (a trace is a
+# program sent to where the weights are); what a remote server can and cannot send back.
+#
+# The organism fits in a laptop's memory, and so does GPT-2 small. Llama 3.1 70B does not: its
+# weights alone are about 140 GB in 16-bit precision. The field's answer is [NDIF](https://ndif.us), a shared facility that
+# keeps large models loaded on its GPUs and runs *your* experiment on them. You describe the
+# experiment with [nnsight](https://nnsight.net): inside a `with model.trace(...)` block you read
+# and write activations as if the model were here, and nnsight records the block, sends it to where
+# the weights are, runs it there, and sends back the values you marked with `.save()`. Everything
+# in this chapter runs offline on the organism; the last section runs the same functions on a 70B
+# model when you have a key.
+
+# %%
+import nnsight
+import torch
+
+from utils import check_exercise, load_model, prompt_set, setup, show_progress
+from utils.nnsight_models import hook_table, load_nnsight_model, read_activation, to_bridge_convention, trace_options
+
+env = setup()
+model = load_model()  # the TransformerLens bridge of earlier chapters, for comparison
+lm = load_nnsight_model()  # the same weights, as nnsight sees them
+torch.set_grad_enabled(False)  # this chapter only reads and edits activations
+
+# %% [markdown]
+# ## 1. The same model, seen by nnsight
+#
+# `lm` is an nnsight `TransformersModel`: the Hugging Face model wrapped so that, inside a trace,
+# every module has an `.input` and an `.output` you can read, edit and `.save()`. Its modules carry
+# Hugging Face's names (`lm.transformer.h[1]` is block 1), not TransformerLens's hook names. The
+# workbook keeps one table between the two, `utils.nnsight_models.HOOKS`, and `read_activation(lm,
+# "blocks.1.hook_resid_post")` reads a hook by its workbook name. Here is the table at layer 1:
+
+# %%
+for hook, access, relation in hook_table(lm, layer=1):
+    print(f"{hook:32} {access:52} {relation}")
+
+# %% [markdown]
+# The last column says how the value relates to what the bridge caches under the same name. The
+# bridge (compatibility mode) **centres** everything it writes into the residual stream and folds
+# the LayerNorm weights into the next matrices: neither changes a single probability, but the raw
+# tensors differ. So the residual stream nnsight reads equals the bridge's *after subtracting its
+# mean over `d_model`*, and logits agree only up to a constant per position: compare
+# log-probabilities, or differences of logits, never raw logits. One trace shows both:
+
+# %%
+from utils.references.ch02_probing import tokenize
+
+texts = prompt_set("ioi", "test", n=4, seed=0).prompts
+tokens, last = tokenize(model, texts)
+_, cache = model.run_with_cache(tokens)
+with lm.trace(tokens.to(lm.device)):
+    resid = read_activation(lm, "blocks.1.hook_resid_post").save()  # [batch, pos, d_model]
+    logits = lm.lm_head.output.save()  # [batch, pos, d_vocab]
+bridge_resid = cache["blocks.1.hook_resid_post"].to(resid.device)
+print(f"raw residual stream, largest gap to the bridge's:  {(resid - bridge_resid).abs().max():.3g}")
+print("after centring (to_bridge_convention):            "
+      f"{(to_bridge_convention(lm, 'blocks.1.hook_resid_post', resid) - bridge_resid).abs().max():.1e}")
+bridge_logits = model(tokens).to(logits.device)
+print(f"log-probabilities, largest gap:                    "
+      f"{(logits.log_softmax(-1) - bridge_logits.log_softmax(-1)).abs().max():.1e}")
+
+# %% [markdown]
+# Three things about that cell hold for every trace in this chapter:
+# - **Inside the block nothing runs yet.** `lm.transformer.h[1].output` is a promise of a value;
+#   the model runs when the block ends, and the promises are kept in the order of the forward pass.
+#   Read activations in that order (layer 0 before layer 1), or nnsight raises `OutOfOrderError`.
+# - **Only what you `.save()` leaves the block.** `resid` and `logits` exist after it; a value you
+#   did not save does not.
+# - **The block needs its source code.** nnsight reads the block's lines to record it, so a trace
+#   runs from a notebook cell or a file, not typed at a bare Python prompt.
+#
+# ## 2. Three places a trace can run
+#
+# | `remote=` | where the block runs | what you need |
+# |---|---|---|
+# | `False` | here, on the weights in this process | the model's weights here |
+# | `"local"` | here, **as a server would run it**: the block is serialised, rebuilt, run on copies, and only saved values are sent back | nothing more: this is the offline rehearsal |
+# | `True` | on NDIF, on its copy of a Hub model | an NDIF API key, the network, and the model running on NDIF |
+#
+# `trace_options(lm, remote)` turns that one argument into the keyword arguments `lm.trace` needs,
+# so every function below takes `remote` and is written once:
+# `with lm.trace(tokens, **trace_options(lm, remote)):`. The rehearsal is the workbook's own
+# (`RehearsalBackend`): nnsight's `remote="local"` also serialises the request, but then runs the
+# block on your own objects, so a mistake that only shows on a server (Section 4) would pass there.
+#
+# One more helper: prompts for an nnsight model are tokenised with its own tokenizer (the Llama of
+# Section 7 has another vocabulary), right-padded as everywhere in the workbook.
+
+# %% tags=["export"]
+import nnsight
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from utils.nnsight_models import hook_point, module_at, read_activation, trace_options, write_activation
+from utils.references.ch02_probing import residual_hook_names
+
+
+def input_device(lm) -> torch.device:
+    """Where a trace's token ids go: the model's device, or the CPU for a model whose weights are elsewhere."""
+    device = torch.device(lm.device)
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def nnsight_tokenize(lm, texts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
+    """Token ids with the model's start token prepended, right-padded; and each prompt's last index."""
+    tokenizer = lm.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = [[start] + ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    tokens = torch.full((len(encoded), max(len(ids) for ids in encoded)), pad, dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    last = torch.tensor([len(ids) - 1 for ids in encoded])
+    return tokens.to(input_device(lm)), last.to(input_device(lm))
+
+
+def first_token(lm, word: str) -> int:
+    """The id of the first token of `word` (' Mary'), in the model's own vocabulary."""
+    return lm.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+
+
+def final_norm(lm):
+    """The final normalisation module, whatever the architecture calls it (ln_f, norm)."""
+    return module_at(lm, hook_point(lm, "ln_final.hook_normalized")[2])
+
+
+def unembed(lm):
+    """The unembedding module (lm_head)."""
+    return module_at(lm, hook_point(lm, "hook_unembed")[2])
+
+
+# %%
+from utils.references.ch02_probing import answer_ids
+from utils.references.ch03_logit_lens import answer_rank, first_top1_point
+from utils.references.ch03_logit_lens import logit_lens as bridge_logit_lens
+
+ioi = prompt_set("ioi", "test", n=64, seed=0)
+ioi_tokens, ioi_last = nnsight_tokenize(lm, ioi.prompts)
+print("tokens:", list(ioi_tokens.shape), " the same ids as Chapter 02's tokenize:",
+      torch.equal(ioi_tokens.cpu(), tokenize(model, ioi.prompts)[0].cpu()))
+
+# %% [markdown]
+# ## 3. The logit lens, in nnsight form
+#
+# Chapter 03's `logit_lens` read the residual stream at every residual point from a cache and
+# applied `model.ln_final` and the unembedding. In nnsight the same read-out is a call of the
+# model's own modules inside the trace: `final_norm(lm)(x)` applies the final LayerNorm to any
+# `x`, and `unembed(lm)(...)` the unembedding. Those calls run where the model runs, so on NDIF the
+# 140 GB of weights never move: only the small result does.
+#
+# ### Exercise 9.1: the logit lens in nnsight form (difficulty 2/3, ~15 min)
+# Write `nnsight_logit_lens(lm, tokens, last, remote=False)`. In **one** trace of `lm` on
+# `tokens`, run with `**trace_options(lm, remote)`, read the residual stream at every residual
+# point (the hooks of `residual_hook_names(lm.config.num_hidden_layers)`, read with
+# `read_activation`), at each prompt's own last position `last[i]`; apply `final_norm(lm)` then
+# `unembed(lm)`; and return the **log-probabilities** (`log_softmax` over the vocabulary),
+# `[point, batch, d_vocab]`, on the CPU. Log-probabilities, not logits, because the bridge's logits
+# differ from nnsight's by a constant (Section 1): in log-probabilities they agree.
+#
+# <details><summary>Hint 1</summary>
+#
+# Inside the block, `read_activation(lm, name)` is `[batch, pos, d_model]`;
+# `value[torch.arange(len(last)), last]` picks each prompt's last position. Read the points in
+# order, layer by layer.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Stack the points (`torch.stack`, inside the block) into `[point, batch, d_model]`, call
+# `final_norm(lm)` and `unembed(lm)` once on the stack, and `.log_softmax(-1).detach().cpu().save()`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# rows = torch.arange(len(last))
+# with lm.trace(tokens, **trace_options(lm, remote)):
+#     resid = torch.stack([read_activation(lm, name)[rows, last] for name in names])
+#     lens = unembed(lm)(final_norm(lm)(resid)).log_softmax(-1).detach().cpu().save()
+# return lens
+# ```
+# </details>
+
+# %% tags=["export"]
+def nnsight_logit_lens(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                       remote: bool | str = False) -> Float[Tensor, "point batch d_vocab"]:
+    """Log-probabilities the final norm and unembedding read at every residual point, at each prompt's last position."""
+    ### BEGIN SOLUTION
+    names = residual_hook_names(lm.config.num_hidden_layers)
+    rows = torch.arange(len(last), device=tokens.device)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        resid = torch.stack([read_activation(lm, name)[rows, last] for name in names])  # [point, batch, d_model]
+        lens = unembed(lm)(final_norm(lm)(resid)).log_softmax(-1).detach().cpu().save()
+    return lens
+    ### END SOLUTION
+
+
+# %%
+nnsight_logit_lens = check_exercise("9.1", nnsight_logit_lens)
+
+# %% [markdown]
+# Written once, run two ways here: on the weights, and in the rehearsal of a remote run. Both
+# against Chapter 03's TransformerLens version, and then Chapter 03's measurement again: at which
+# residual point most IOI prompts already have the right name top-1.
+
+# %%
+import time
+
+bridge_lens = bridge_logit_lens(model, *tokenize(model, ioi.prompts)).log_softmax(-1).cpu()
+ioi_correct = answer_ids(model, ioi.correct)
+for where in (False, "local"):
+    start = time.perf_counter()
+    lens = nnsight_logit_lens(lm, ioi_tokens, ioi_last, remote=where)
+    top1 = (answer_rank(lens, ioi_correct) == 0).float().mean(-1)  # [point]
+    print(f"remote={where!r:8} {list(lens.shape)} in {time.perf_counter() - start:.2f}s; largest gap to "
+          f"Chapter 03's lens: {(lens - bridge_lens).abs().max():.1e}; top-1 by point: "
+          + " ".join(f"{v:.2f}" for v in top1.tolist()) + f" (first majority at point {first_top1_point(top1)})")
+
+# %% [markdown]
+# The rehearsal does more work for the same numbers: it serialises the block, rebuilds it, runs it
+# and sends the saved tensor back through `torch.save`, as a server would. On NDIF each request
+# also waits in a queue, so **one trace that does a lot beats many small ones**. As in Chapter 03,
+# the lens finds the right name top-1 only after the last block: on the organism, IOI is decided
+# late.
+#
+# ## 4. The remote contract
+#
+# On NDIF your block runs in another process on another machine. Four rules follow, and each one
+# trips people up at least once. The rehearsal makes them visible offline.
+#
+# ### Exercise 9.2: predict what comes back (difficulty 1/3, ~10 min)
+# Here is a function that runs one trace, with `remote="local"` (as a server would):
+#
+# ```python
+# def remote_contract_demo(lm, tokens, n_layers, remote="local"):
+#     outside = []  # a list made before the trace
+#     with lm.trace(tokens, **trace_options(lm, remote)):
+#         inside = nnsight.save([])  # a list made, and saved, inside it
+#         for layer in range(n_layers):
+#             outside.append(read_activation(lm, f"blocks.{layer}.hook_resid_post").save())
+#             inside.append(read_activation(lm, f"blocks.{layer}.hook_resid_post"))
+#         hidden = lm.lm_head.output.softmax(-1)  # not saved
+#         kept = lm.lm_head.output.log_softmax(-1).save()  # saved
+#     return {"outside": len(outside), "inside": len(inside), "hidden": "hidden" in locals(), "kept": "kept" in locals()}
+# ```
+#
+# Write `what_comes_back(n_layers)`: without running anything, return the dictionary this function
+# returns for a remote run looping over `n_layers` layers: `"outside"` and `"inside"` are the
+# lengths of the two lists after the trace (ints); `"hidden"` and `"kept"` say whether each name
+# exists after the trace (bools). The check runs the function to find out.
+#
+# <details><summary>Hint 1</summary>
+#
+# On a server the block runs on *copies* of everything it uses, made when the request was
+# serialised. What happens to a copy of your list stays on the server.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Only values marked with `.save()` (or `nnsight.save(...)`) are sent back. A list made with
+# `nnsight.save([])` is itself a saved value, whatever is appended to it inside the block.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `outside` is your own list, and the server filled its copy: it stays empty here. `inside` comes
+# back with one entry per layer. `hidden` was never saved; `kept` was.
+# </details>
+
+# %% tags=["export"]
+def remote_contract_demo(lm, tokens: Int[Tensor, "batch pos"], n_layers: int, remote: bool | str = "local") -> dict:
+    """Run one trace that appends to a list made outside and to one made inside, and report what exists after it."""
+    outside = []  # a list made before the trace
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        inside = nnsight.save([])  # a list made, and saved, inside it
+        for layer in range(n_layers):
+            outside.append(read_activation(lm, f"blocks.{layer}.hook_resid_post").save())
+            inside.append(read_activation(lm, f"blocks.{layer}.hook_resid_post"))
+        hidden = lm.lm_head.output.softmax(-1)  # noqa: F841 - not saved
+        kept = lm.lm_head.output.log_softmax(-1).save()  # noqa: F841 - saved
+    return {"outside": len(outside), "inside": len(inside), "hidden": "hidden" in locals(), "kept": "kept" in locals()}
+
+
+def what_comes_back(n_layers: int) -> dict:
+    """What `remote_contract_demo` returns for a remote run over `n_layers` layers."""
+    ### BEGIN SOLUTION
+    return {"outside": 0, "inside": n_layers, "hidden": False, "kept": True}
+    ### END SOLUTION
+
+
+# %%
+what_comes_back = check_exercise("9.2", what_comes_back)
+
+# %% [markdown]
+# Run it both ways and see the one difference:
+
+# %%
+for where in (False, "local"):
+    print(f"remote={where!r:8}", remote_contract_demo(lm, ioi_tokens[:2], n_layers=3, remote=where))
+
+# %% [markdown]
+# Here (`remote=False`) the block runs on your own objects, so the list made outside fills up. A
+# remote run cannot touch them: **build lists and dictionaries inside the trace, with
+# `nnsight.save([])`** (or stack the values into one tensor and save that). And a name you did not
+# save does not exist after the block, wherever it ran.
+#
+# **The third rule: send back a copy, not a view.** A slice such as `output[:, 3]` is a *view*: it
+# shares its storage with the whole `[batch, pos, d_model]` output, and saving it sends the whole
+# storage. On a server's GPU, `.detach().cpu()` makes the copy, and moves it off the GPU as
+# NDIF's documentation asks; on a CPU, `.cpu()` changes nothing, and `.clone()` is the copy.
+# `RehearsalBackend.last_result_bytes` is the size of what the last rehearsal sent back:
+
+# %%
+from utils.nnsight_models import RehearsalBackend
+
+for how in ("a view", "a copy"):
+    with lm.trace(ioi_tokens, **trace_options(lm, "local")):
+        third = read_activation(lm, "blocks.1.hook_resid_post")[:, 3]  # [batch, d_model], a view
+        third = (third if how == "a view" else third.detach().cpu().clone()).save()
+    print(f"saving {how}: {list(third.shape)} came back in {RehearsalBackend.last_result_bytes / 1e3:.0f} kB "
+          f"(the values themselves: {third.numel() * third.element_size() / 1e3:.0f} kB)")
+
+# %% [markdown]
+# ### Exercise 9.3: send back only what you need (difficulty 1/3, ~10 min)
+# Write `resid_at(lm, tokens, position, layer, remote=False)`: the residual stream after block
+# `layer` (`blocks.{layer}.hook_resid_post`, in nnsight's own convention, as `read_activation`
+# gives it) at one position `position` (an int, the same for every prompt), `[batch, d_model]`,
+# on the CPU. What comes back from a rehearsal must be about the size of that result: at most
+# twice its bytes, plus a few kilobytes for the wrapping. The check reads
+# `RehearsalBackend.last_result_bytes`.
+#
+# <details><summary>Hint 1</summary>
+#
+# Slice inside the trace, not after it: saving the whole output and slicing afterwards sends the
+# whole output.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `[:, position]` on `[batch, pos, d_model]` is a view of the whole tensor. Make a copy of the
+# slice before `.save()`: `.clone()` copies anywhere, `.detach().cpu()` only off a GPU.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `read_activation(lm, f"blocks.{layer}.hook_resid_post")[:, position].detach().cpu().clone().save()`,
+# inside `with lm.trace(tokens, **trace_options(lm, remote)):`.
+# </details>
+
+# %% tags=["export"]
+def resid_at(lm, tokens: Int[Tensor, "batch pos"], position: int, layer: int,
+             remote: bool | str = False) -> Float[Tensor, "batch d_model"]:
+    """The residual stream after block `layer` at one position, sent back as a copy of just that slice."""
+    ### BEGIN SOLUTION
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = read_activation(lm, f"blocks.{layer}.hook_resid_post")[:, position].detach().cpu().clone().save()
+    return value
+    ### END SOLUTION
+
+
+# %%
+resid_at = check_exercise("9.3", resid_at)
+
+# %% [markdown]
+# **The fourth rule: your helper modules must travel with the request.** `read_activation` lives in
+# this workbook, not on NDIF's servers. nnsight scans your session once, at the first remote
+# request, and ships every module that is not an installed package *by value* with each request
+# (the rehearsal does the same, hiding them while it rebuilds; `trace_options` also registers the
+# workbook's own package, which an install would keep out of that scan). A module you create or
+# import *after* that first request is not shipped: the server fails with `ModuleNotFoundError`
+# until you call `nnsight.register(module)`. A throwaway module, made here and now, shows it:
+
+# %%
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+folder = Path(tempfile.mkdtemp())
+(folder / "my_helpers.py").write_text("def summary(lm):\n    return lm.transformer.h[0].output[:, -1]\n")
+spec = importlib.util.spec_from_file_location("my_helpers", folder / "my_helpers.py")
+my_helpers = importlib.util.module_from_spec(spec)
+sys.modules["my_helpers"] = my_helpers  # importable by name, as `import my_helpers` would make it
+spec.loader.exec_module(my_helpers)
+try:
+    with lm.trace(ioi_tokens[:1], **trace_options(lm, "local")):
+        value = my_helpers.summary(lm).detach().clone().save()
+    print(f"{list(value.shape)} came back")
+except ModuleNotFoundError as error:
+    print(f"the server side failed with ModuleNotFoundError: {error}")
+
+# %% [markdown]
+# ### Exercise 9.4: send your helper module along (difficulty 1/3, ~10 min)
+# Write `run_helper(lm, tokens, helpers, remote=False)`: in one trace of `tokens`, call
+# `helpers.summary(lm)` (a function of a helper module that reads some activation of `lm`) and
+# return its value on the CPU. `helpers` is a module made after the first remote request, like
+# `my_helpers` above: with `remote="local"` (and on NDIF) it must still work.
+#
+# <details><summary>Hint 1</summary>
+#
+# The server has no copy of `helpers`: its code has to travel inside the request, by value.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `nnsight.register(helpers)` marks a module to be sent by value. Call it before the trace: the
+# request is serialised when the block ends, so registering after the block is too late.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# nnsight.register(helpers)
+# with lm.trace(tokens, **trace_options(lm, remote)):
+#     value = helpers.summary(lm).detach().cpu().clone().save()
+# return value
+# ```
+# </details>
+
+# %% tags=["export"]
+def run_helper(lm, tokens: Int[Tensor, "batch pos"], helpers, remote: bool | str = False) -> Tensor:
+    """`helpers.summary(lm)` computed in one trace of `tokens`, with the helper module sent along."""
+    ### BEGIN SOLUTION
+    nnsight.register(helpers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    return value
+    ### END SOLUTION
+
+
+# %%
+run_helper = check_exercise("9.4", run_helper)
+print("with run_helper:", list(run_helper(lm, ioi_tokens[:1], my_helpers, remote="local").shape), "came back")
+
+# %% [markdown]
+# ## 5. Activation patching between two prompts
+#
+# Chapter 06 patches activations from a *clean* run into a *corrupt* one and asks how much of the
+# clean behaviour each patch brings back. Here the clean prompt is an IOI story and the corrupt one
+# the same story with the two names swapped, so the right answer of one is the wrong answer of the
+# other; the metric is the clean answer's logit minus the clean wrong name's, at the last position.
+#
+# nnsight gives two ways to bring a value from one prompt's run into another's:
+# - **A session.** `with lm.session(**trace_options(lm, remote)):` with plain `lm.trace(...)` blocks
+#   inside runs them in order and sends them as **one request** (on NDIF: one wait in the queue).
+#   A value read in one trace can be used in a later one without being saved; only what leaves
+#   the session must be. One more rule for a session that runs remotely (or rehearsed): nnsight
+#   0.8.1 rebuilds its body from the syntax tree, which drops comment lines and joins a statement
+#   spread over several lines into one, so the traces nested after it are looked for at the wrong
+#   lines and fail (`WithBlockNotFoundError`, or a value read "outside of interleaving"). Inside
+#   a remote session, write **one line per statement**, with comments at the ends of lines.
+# - **Invokes.** Inside one `lm.trace()`, `with tracer.invoke(clean):` and `with
+#   tracer.invoke(corrupt):` run as one batch, each block seeing only its own rows. A value read in
+#   the first is used in the second only after a **barrier**: `barrier = tracer.barrier(2)`
+#   before them, `barrier()` at the end of the first and at the start of the second. Without it,
+#   a second block that uses the value before it touches the model runs before the first has
+#   read anything, and fails with `NameError`.
+#
+# Do not mix the two here: in nnsight 0.8.1, traces with a barrier between invokes, repeated in a
+# loop inside one session, give wrong numbers from the second trace on (a test in the workbook
+# keeps watch). The reference below uses a session.
+#
+# ### Exercise 9.5: a patching sweep in nnsight form (difficulty 3/3, ~25 min)
+# Write `patching_sweep(lm, clean, corrupt, answer, wrong, layers=None, remote=False)`. `clean` and
+# `corrupt` are one prompt each, `[1, pos]`, of the same length and without padding (so the last
+# position is `-1`); `answer` and `wrong` are token ids. For each layer in `layers` (all layers
+# when `None`), in that order, and each position `p`, run the corrupt prompt with its residual
+# stream *before* that layer (`blocks.{layer}.hook_resid_pre`) at position `p` replaced by the
+# clean run's, and measure `logit[answer] - logit[wrong]` at the last position. Return
+# `[len(layers), pos]` on the CPU. Aim for one request for the whole sweep.
+#
+# <details><summary>Hint 1</summary>
+#
+# One forward pass can do all positions of one layer: run `corrupt.expand(pos, -1)` (one row per
+# position) and patch row `p` at position `p` only: with `rows = torch.arange(pos)`,
+# `patched[rows, rows] = clean_resid`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# In a session: one trace of `clean` that reads `read_activation(lm, name)[0]` (`[pos, d_model]`)
+# for every layer, in forward order; then, per layer, one trace of the expanded corrupt prompt that
+# clones its own `read_activation(lm, name)`, patches it, `write_activation(lm, name, patched)`,
+# and reads `lm.lm_head.output[:, -1]`. Collect each layer's `[pos]` row in a list made inside the
+# session with `nnsight.save([])`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# with lm.session(**trace_options(lm, remote)):
+#     with lm.trace(clean):
+#         clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0] for layer in sorted(set(layers))}
+#     by_layer = nnsight.save([])
+#     for layer in layers:
+#         name = f"blocks.{layer}.hook_resid_pre"
+#         with lm.trace(corrupt.expand(n_pos, -1)):
+#             patched = read_activation(lm, name).clone()
+#             patched[rows, rows] = clean_resid[layer]
+#             write_activation(lm, name, patched)
+#             final = lm.lm_head.output[:, -1]
+#             by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
+# return torch.stack(list(by_layer))
+# ```
+# </details>
+
+# %% tags=["export"]
+def patching_sweep(lm, clean: Int[Tensor, "1 pos"], corrupt: Int[Tensor, "1 pos"], answer: int, wrong: int,
+                   layers: list[int] | None = None, remote: bool | str = False) -> Float[Tensor, "layer pos"]:
+    """Logit difference of the corrupt run with resid_pre at one (layer, position) patched from the clean run."""
+    ### BEGIN SOLUTION
+    layers = list(range(lm.config.num_hidden_layers)) if layers is None else list(layers)
+    n_pos = clean.shape[-1]
+    rows = torch.arange(n_pos, device=clean.device)
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(clean):
+            clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0] for layer in sorted(set(layers))}
+        by_layer = nnsight.save([])
+        for layer in layers:
+            name = f"blocks.{layer}.hook_resid_pre"
+            with lm.trace(corrupt.expand(n_pos, -1)):  # row p patches position p
+                patched = read_activation(lm, name).clone()  # [pos(row), pos, d_model]
+                patched[rows, rows] = clean_resid[layer]
+                write_activation(lm, name, patched)
+                final = lm.lm_head.output[:, -1]  # [pos(row), d_vocab]
+                by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
+    return torch.stack(list(by_layer))
+    ### END SOLUTION
+
+
+# %%
+patching_sweep = check_exercise("9.5", patching_sweep)
+
+# %% [markdown]
+# The pair, and the sweep, here and in the rehearsal:
+
+# %% tags=["export"]
+def swapped_names(lm, prompts, index: int):
+    """An IOI prompt and the same prompt with its two names swapped, `[1, pos]` each; the clean answer's and wrong name's ids."""
+    text, io, s = prompts.prompts[index], prompts.correct[index].strip(), prompts.wrong[index].strip()
+    swapped = text.replace(io, "\0").replace(s, io).replace("\0", s)
+    (clean, corrupt), last = nnsight_tokenize(lm, [text, swapped])
+    if last[0] != last[1]:
+        raise ValueError(f"the names of prompt {index} have different token lengths here: choose another prompt")
+    return clean[None], corrupt[None], first_token(lm, prompts.correct[index]), first_token(lm, prompts.wrong[index])
+
+
+# %%
+from utils.plotting import heatmap
+
+pair = prompt_set("ioi", "test", n=4, seed=3)
+clean, corrupt, answer, wrong = swapped_names(lm, pair, 0)
+print("clean:  ", pair.prompts[0], "->", pair.correct[0])
+for where in (False, "local"):
+    start = time.perf_counter()
+    sweep = patching_sweep(lm, clean, corrupt, answer, wrong, remote=where)
+    print(f"remote={where!r:8} {list(sweep.shape)} in {time.perf_counter() - start:.2f}s")
+with lm.trace(torch.cat([clean, corrupt])):
+    final = lm.lm_head.output[:, -1].save()
+clean_diff, corrupt_diff = (final[:, answer] - final[:, wrong]).tolist()
+print(f"logit difference, clean run {clean_diff:.2f}, corrupt run {corrupt_diff:.2f}")
+labels = [f"{p}:{lm.tokenizer.decode([t])}" for p, t in enumerate(clean[0].tolist())]
+heatmap(sweep, x=labels, y=[f"resid_pre {layer}" for layer in range(lm.config.num_hidden_layers)],
+        title="logit difference after patching one clean position into the corrupt run",
+        x_label="position: clean token", y_label="layer")
+
+# %% [markdown]
+# Patching a position whose token is the same in both prompts before block 0 changes nothing (the
+# residual stream there is just that token's embedding), so the first row is the corrupt run's
+# logit difference everywhere except at the name tokens. Deeper in, the patch at the later mention
+# of a name (the subject, just before the verb) does less and the patch at the last position
+# more: what the model needs from the names is being moved to the end, where it answers. The
+# effects, as the rise of the logit difference over the corrupt run's:
+
+# %%
+changed = (clean != corrupt)[0].nonzero().flatten().tolist()  # the name positions
+effect = sweep - corrupt_diff  # [layer, pos]
+for position in [*changed, clean.shape[1] - 1]:
+    print(f"position {position:2} ({lm.tokenizer.decode([clean[0, position].item()])!r:>10}): "
+          + "  ".join(f"layer {layer} {effect[layer, position]:+6.2f}" for layer in range(len(effect))))
+
+# %% [markdown]
+# The same sweep in TransformerLens: Chapter 06's `patch_residual`, a hook on the bridge, one
+# forward pass per patch:
+
+# %%
+from utils.references.ch06_patching import patch_residual
+
+tl_sweep = patch_residual(model, corrupt.to(model.cfg.device), clean.to(model.cfg.device),
+                          metric=lambda logits: logits[0, -1, answer] - logits[0, -1, wrong]).cpu()  # [layer, pos]
+print(f"largest gap between the nnsight sweep and Chapter 06's patch_residual: {(sweep - tl_sweep).abs().max():.1e}")
+
+# %% [markdown]
+# ## 6. A steering vector
+#
+# Chapter 07 adds a direction to the residual stream to change what the model does. The simplest
+# direction is a **difference of means**: the mean residual stream at the last position of
+# positive reviews minus that of negative ones, at one layer. Added back with a coefficient, it
+# pushes negative reviews towards " loved".
+#
+# Chapter 07 scales its push by each position's residual norm and leaves the first token alone.
+# Here the push is plain, `coefficient * vector` at every position: coefficient 1 adds the whole
+# mean difference, and the TransformerLens comparison below makes the same plain addition.
+#
+# A subtlety of conventions: nnsight's residual stream is not centred, the bridge's is, so the two
+# libraries' mean-difference vectors differ by a constant along the all-ones direction. That
+# constant changes nothing downstream, because the next LayerNorm subtracts the mean of whatever it
+# is given; the steered probabilities agree.
+#
+# ### Exercise 9.6: a mean-difference steering vector (difficulty 2/3, ~15 min)
+# Write `steering_vector(lm, positive, positive_last, negative, negative_last, layer,
+# remote=False)`: `positive` and `negative` are right-padded token ids `[batch, pos]` (not
+# necessarily the same batch size or length), with each prompt's last index. Return the mean over
+# the positive prompts of the residual stream before `layer` (`blocks.{layer}.hook_resid_pre`, in
+# nnsight's convention) at each prompt's last position, minus the same mean over the negative
+# prompts: `[d_model]`, on the CPU. One request: a session with two traces, or two invokes.
+#
+# <details><summary>Hint 1</summary>
+#
+# The prompts are right-padded: index each one's own last position,
+# `value[torch.arange(len(last)), last]`, never `value[:, -1]`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Two traces in one session: one over `positive`, one over `negative`. In each, take the last
+# positions (`[batch, d_model]`) and `.mean(0)`; subtract after the second, and save only the
+# difference.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# with lm.session(**trace_options(lm, remote)):
+#     with lm.trace(positive):
+#         plus = read_activation(lm, name)[torch.arange(len(positive_last)), positive_last].mean(0)
+#     with lm.trace(negative):
+#         minus = ...
+#     vector = (plus - minus).detach().cpu().save()
+# ```
+# </details>
+
+# %% tags=["export"]
+def steering_vector(lm, positive: Int[Tensor, "batch pos"], positive_last: Int[Tensor, "batch"],
+                    negative: Int[Tensor, "batch2 pos2"], negative_last: Int[Tensor, "batch2"], layer: int,
+                    remote: bool | str = False) -> Float[Tensor, "d_model"]:
+    """Mean residual stream before `layer` at the last positions of `positive`, minus that of `negative`."""
+    ### BEGIN SOLUTION
+    name = f"blocks.{layer}.hook_resid_pre"
+    plus_rows = torch.arange(len(positive_last), device=positive_last.device)
+    minus_rows = torch.arange(len(negative_last), device=negative_last.device)
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(positive):
+            plus = read_activation(lm, name)[plus_rows, positive_last].mean(0)  # [d_model]
+        with lm.trace(negative):
+            minus = read_activation(lm, name)[minus_rows, negative_last].mean(0)
+        vector = (plus - minus).detach().cpu().save()
+    return vector
+    ### END SOLUTION
+
+
+# %%
+steering_vector = check_exercise("9.6", steering_vector)
+
+# %% [markdown]
+# ### Exercise 9.7: steer (difficulty 2/3, ~15 min)
+# Write `steer(lm, tokens, last, vector, layer, coefficient, remote=False)`: run `tokens` with
+# `coefficient * vector` added to the residual stream before `layer` at **every** position, and
+# return the log-probabilities at each prompt's last position, `[batch, d_vocab]`, on the CPU.
+#
+# <details><summary>Hint 1</summary>
+#
+# `write_activation(lm, name, read_activation(lm, name) + coefficient * vector)`: `vector`
+# (`[d_model]`) broadcasts over batch and positions. Move it to `tokens.device` first.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# Then `lm.lm_head.output[torch.arange(len(last)), last].log_softmax(-1).detach().cpu().save()`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# name = f"blocks.{layer}.hook_resid_pre"
+# with lm.trace(tokens, **trace_options(lm, remote)):
+#     write_activation(lm, name, read_activation(lm, name) + coefficient * vector.to(tokens.device))
+#     rows = torch.arange(len(last), device=last.device)
+#     steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
+# return steered
+# ```
+# </details>
+
+# %% tags=["export"]
+def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vector: Float[Tensor, "d_model"],
+          layer: int, coefficient: float, remote: bool | str = False) -> Float[Tensor, "batch d_vocab"]:
+    """Log-probabilities at each prompt's last position with `coefficient * vector` added before `layer`."""
+    ### BEGIN SOLUTION
+    name = f"blocks.{layer}.hook_resid_pre"
+    push = coefficient * vector.to(tokens.device)  # [d_model], added at every position
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        write_activation(lm, name, read_activation(lm, name) + push)
+        rows = torch.arange(len(last), device=last.device)
+        steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
+    return steered
+    ### END SOLUTION
+
+
+# %%
+steer = check_exercise("9.7", steer)
+
+# %% [markdown]
+# The vector from 64 training reviews, then steered held-out negative reviews, here and in the
+# rehearsal, beside the same edit made with a TransformerLens hook on the bridge; and a side effect
+# measured, as Chapter 07 always does: the capital-city facts, steered the same way.
+
+# %%
+from utils.references.ch07_steering import mean_difference_vector
+
+STEER_LAYER, COEFFICIENT = 2, 1.0
+train = prompt_set("sentiment", "train", n=64, seed=0)
+is_positive = torch.tensor(train.labels["sentiment"]) == 1
+train_tokens, train_last = nnsight_tokenize(lm, train.prompts)
+vector = steering_vector(lm, train_tokens[is_positive], train_last[is_positive],
+                         train_tokens[~is_positive], train_last[~is_positive], STEER_LAYER)
+print(f"steering vector at layer {STEER_LAYER}: {list(vector.shape)}, norm {vector.norm():.1f}, mean {vector.mean():.2f}")
+chapter_07_vector = mean_difference_vector(model, train, f"blocks.{STEER_LAYER}.hook_resid_pre", "sentiment").cpu()
+print("Chapter 07's vector (the bridge's, so centred) against ours minus its mean: largest gap "
+      f"{(vector - vector.mean() - chapter_07_vector).abs().max():.1e}")
+
+held_out = prompt_set("sentiment", "test", n=64, seed=1)
+negative = [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if label == 0]
+negative_tokens, negative_last = nnsight_tokenize(lm, negative)
+loved, hated = first_token(lm, " loved"), first_token(lm, " hated")
+rows = torch.arange(len(negative), device=negative_last.device)
+with lm.trace(negative_tokens):
+    unsteered = lm.lm_head.output[rows, negative_last].log_softmax(-1).cpu().save()
+print(f"{len(negative)} negative reviews, ' loved' above ' hated' before steering: "
+      f"{(unsteered[:, loved] > unsteered[:, hated]).float().mean():.2f}")
+for where in (False, "local"):
+    steered = steer(lm, negative_tokens, negative_last, vector, STEER_LAYER, COEFFICIENT, remote=where)
+    print(f"remote={where!r:8} after steering with coefficient {COEFFICIENT}: "
+          f"{(steered[:, loved] > steered[:, hated]).float().mean():.2f}")
+
+bridge_tokens, bridge_last = tokenize(model, negative)
+push = COEFFICIENT * vector.to(model.cfg.device)
+bridge_steered = model.run_with_hooks(bridge_tokens, fwd_hooks=[(f"blocks.{STEER_LAYER}.hook_resid_pre",
+                                                                 lambda value, hook: value + push)])
+bridge_steered = bridge_steered[torch.arange(len(negative), device=bridge_last.device), bridge_last].log_softmax(-1).cpu()
+print(f"largest gap to the same edit through a bridge hook (log-probabilities): {(steered - bridge_steered).abs().max():.1e}")
+
+facts = prompt_set("facts", "test", n=64, seed=0)
+facts_tokens, facts_last = nnsight_tokenize(lm, facts.prompts)
+facts_correct = answer_ids(model, facts.correct)
+for coefficient in (0.0, COEFFICIENT):
+    facts_steered = steer(lm, facts_tokens, facts_last, vector, STEER_LAYER, coefficient)
+    print(f"facts answered top-1 with coefficient {coefficient}: "
+          f"{(answer_rank(facts_steered, facts_correct) == 0).float().mean():.2f}")
+
+# %% [markdown]
+# The vector turns the negative reviews, in both libraries alike, and it is not free: the same push
+# on the capital-city prompts costs some of their right answers. A coefficient is a trade-off
+# between the effect and the damage, which Chapter 07 measures in full.
+#
+# ## 7. The same functions on a model no laptop holds
+#
+# Everything above took `remote` as an argument and read activations by their workbook names, so
+# the same functions run on NDIF unchanged: the hook table knows Llama's module paths
+# (`model.layers[i]`, `model.norm`), and `nnsight_tokenize` uses the model's own tokenizer. You
+# need an NDIF API key (sign up at https://login.ndif.us and set it as the `NDIF_API_KEY`
+# environment variable, or as a Colab secret of that name), the network, and the model running on
+# NDIF now: `print(nnsight.status())` lists what runs, and models come and go, so change
+# `NDIF_MODEL` to one it lists. Llama's configuration is gated on the Hugging Face Hub: accept its
+# licence there and log in (`huggingface-cli login`) first.
+#
+# `load_nnsight_model(NDIF_MODEL, remote=True)` loads only the model's shape (no weights) after
+# checking all of that, and says in one line what is missing. When it works, the cell below prints,
+# for Llama 3.1 70B (80 layers, `d_model` 8192, a vocabulary of 128256 tokens):
+#
+# ```text
+# logit lens: [81, 2, 128256]; IOI top-1 by point: <81 rates, one per residual point>
+# patching sweep at layers [0, 20, 40, 60]: [4, <pos>]
+# steering vector at layer 40: [8192]; negative reviews with ' loved' above ' hated': <before> -> <after>
+# ```
+#
+# Mind the sizes: the lens sends back a log-probability for every one of the 128256 tokens at each
+# of 81 points, about 40 MB per prompt, so the cell runs it on two prompts only. Offline, or
+# without a key, it prints one line saying why and skips the rest.
+
+# %% tags=["export"]
+NDIF_MODEL = "meta-llama/Llama-3.1-70B"  # print(nnsight.status()) lists the models NDIF runs now
+
+# %%
+from utils.models import ModelUnavailableError
+
+try:
+    big = load_nnsight_model(NDIF_MODEL, remote=True)
+except (ModelUnavailableError, ValueError) as reason:
+    big = None
+    print(f"skipped the NDIF run: {reason}")
+
+if big is not None:
+    ioi_big = prompt_set("ioi", "test", n=8, seed=0)
+    big_tokens, big_last = nnsight_tokenize(big, ioi_big.prompts[:2])  # two prompts: about 80 MB come back
+    big_lens = nnsight_logit_lens(big, big_tokens, big_last, remote=True)
+    big_correct = torch.tensor([first_token(big, word) for word in ioi_big.correct[:2]])
+    big_top1 = (answer_rank(big_lens, big_correct) == 0).float().mean(-1)
+    print(f"logit lens: {list(big_lens.shape)}; IOI top-1 by point: " + " ".join(f"{v:.2f}" for v in big_top1.tolist()))
+
+    for index in range(len(ioi_big)):  # the first prompt whose two names have the same token length
+        try:
+            big_clean, big_corrupt, big_answer, big_wrong = swapped_names(big, ioi_big, index)
+            break
+        except ValueError:
+            continue
+    big_layers = list(range(0, big.config.num_hidden_layers, big.config.num_hidden_layers // 4))
+    big_sweep = patching_sweep(big, big_clean, big_corrupt, big_answer, big_wrong, layers=big_layers, remote=True)
+    print(f"patching sweep at layers {big_layers}: {list(big_sweep.shape)}")
+
+    big_layer = big.config.num_hidden_layers // 2
+    big_train, big_train_last = nnsight_tokenize(big, train.prompts)
+    big_vector = steering_vector(big, big_train[is_positive], big_train_last[is_positive],
+                                 big_train[~is_positive], big_train_last[~is_positive], big_layer, remote=True)
+    big_negative, big_negative_last = nnsight_tokenize(big, negative)
+    big_loved, big_hated = first_token(big, " loved"), first_token(big, " hated")
+    flips = []
+    for coefficient in (0.0, 1.0):
+        big_steered = steer(big, big_negative, big_negative_last, big_vector, big_layer, coefficient, remote=True)
+        flips.append((big_steered[:, big_loved] > big_steered[:, big_hated]).float().mean().item())
+    print(f"steering vector at layer {big_layer}: {list(big_vector.shape)}; negative reviews with ' loved' above "
+          f"' hated': {flips[0]:.2f} -> {flips[1]:.2f}")
+
+# %% [markdown]
+# ## What scaling up can't tell you
+# - **A larger model is not the organism.** Here we know the world the organism learned; on a 70B
+#   model there is no ground truth to grade a lens, a patch or a steering vector against, only
+#   behaviour. Check findings on the organism first, then ask whether they carry over.
+# - **Same numbers are not the same mechanism.** The nnsight and TransformerLens versions agree on
+#   the organism because they compute the same thing; on another architecture the same hook name
+#   can sit at a different place (Llama's norms, its gated MLP), and a method tuned on one model
+#   (a layer, a coefficient) has to be chosen afresh on another.
+# - **A remote run is an experiment you cannot watch.** Only what you saved comes back; a bug that
+#   shows only in an intermediate value you did not save stays hidden. Rehearse with
+#   `remote="local"` first, and save the intermediates you will want to look at.
+# - **Shared machines change.** The models NDIF runs, their versions and the queue change over
+#   time: record the model, the nnsight version and the date with every remote result.
+#
+# **Your record so far:**
+
+# %%
+show_progress("09_scaling_up")

@@ -1,0 +1,417 @@
+"""Realistic mistakes for Chapter 09, each with the hint its check must give, and correct answers
+written differently from the reference, which must pass."""
+
+import nnsight
+import torch
+
+from utils.nnsight_models import read_activation, run_trace, trace_options, write_activation
+from utils.references import ch09_scaling_up as ref
+from utils.references.ch02_probing import residual_hook_names
+
+
+def _rows(last):
+    return torch.arange(len(last), device=last.device)
+
+
+# 9.1 -----------------------------------------------------------------------------------------
+def lens_at_minus_one(lm, tokens, last, remote=False):
+    names = residual_hook_names(lm.config.num_hidden_layers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        resid = torch.stack([read_activation(lm, name)[:, -1] for name in names])
+        lens = ref.unembed(lm)(ref.final_norm(lm)(resid)).log_softmax(-1).detach().cpu().save()
+    return lens
+
+
+def lens_without_final_norm(lm, tokens, last, remote=False):
+    names = residual_hook_names(lm.config.num_hidden_layers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        resid = torch.stack([read_activation(lm, name)[_rows(last), last] for name in names])
+        lens = ref.unembed(lm)(resid).log_softmax(-1).detach().cpu().save()
+    return lens
+
+
+def lens_logits(lm, tokens, last, remote=False):
+    names = residual_hook_names(lm.config.num_hidden_layers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        resid = torch.stack([read_activation(lm, name)[_rows(last), last] for name in names])
+        lens = ref.unembed(lm)(ref.final_norm(lm)(resid)).detach().cpu().save()
+    return lens
+
+
+def lens_ignoring_remote(lm, tokens, last, remote=False):
+    """Runs here whatever `remote` says: right numbers, but it would never reach NDIF."""
+    return ref.nnsight_logit_lens(lm, tokens, last, remote=False)
+
+
+def lens_saved_list(lm, tokens, last, remote=False):
+    """A list built inside the trace, one point at a time, stacked after it."""
+    names = residual_hook_names(lm.config.num_hidden_layers)
+    rows = _rows(last)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        points = nnsight.save([])
+        for name in names:
+            at_last = read_activation(lm, name)[rows, last]  # [batch, d_model]
+            points.append(ref.unembed(lm)(ref.final_norm(lm)(at_last)).log_softmax(-1).detach().cpu())
+    return torch.stack(list(points))
+
+
+def lens_through_run_trace_float64(lm, tokens, last, remote=False):
+    """Through run_trace, with the log-softmax taken in float64 after the trace."""
+    names = residual_hook_names(lm.config.num_hidden_layers)
+
+    def body(model):
+        resid = torch.stack([read_activation(model, name)[_rows(last), last] for name in names])
+        return ref.unembed(model)(ref.final_norm(model)(resid)).detach().cpu().save()
+
+    return run_trace(lm, tokens, body, remote=remote).double().log_softmax(-1)
+
+
+# 9.2 -----------------------------------------------------------------------------------------
+def predicts_a_run_here(n_layers):
+    return {"outside": n_layers, "inside": n_layers, "hidden": False, "kept": True}
+
+
+def predicts_an_empty_inside_list(n_layers):
+    return {"outside": 0, "inside": 0, "hidden": False, "kept": True}
+
+
+def predicts_unsaved_values_come_back(n_layers):
+    return {"outside": 0, "inside": n_layers, "hidden": True, "kept": True}
+
+
+def predicts_plain_python(n_layers):
+    return {"outside": n_layers, "inside": n_layers, "hidden": True, "kept": True}
+
+
+def predicts_by_keywords(n_layers):
+    return dict(kept=True, hidden=False, inside=int(n_layers), outside=len([]))
+
+
+def predicts_from_rules(n_layers):
+    saved = {"outside": False, "inside": True}  # which lists are saved values
+    lengths = {name: n_layers if is_saved else 0 for name, is_saved in saved.items()}
+    return {**lengths, "hidden": "hidden" in [], "kept": True}
+
+
+# 9.3 -----------------------------------------------------------------------------------------
+def resid_saved_view(lm, tokens, position, layer, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = read_activation(lm, f"blocks.{layer}.hook_resid_post")[:, position].detach().cpu().save()
+    return value
+
+
+def resid_sliced_after_the_trace(lm, tokens, position, layer, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        whole = read_activation(lm, f"blocks.{layer}.hook_resid_post").save()
+    return whole[:, position]
+
+
+def resid_before_the_block(lm, tokens, position, layer, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = read_activation(lm, f"blocks.{layer}.hook_resid_pre")[:, position].detach().cpu().clone().save()
+    return value
+
+
+def resid_centred(lm, tokens, position, layer, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = read_activation(lm, f"blocks.{layer}.hook_resid_post")[:, position]
+        value = (value - value.mean(-1, keepdim=True)).detach().cpu().save()
+    return value
+
+
+def resid_through_the_module(lm, tokens, position, layer, remote=False):
+    """The block's output read from the module itself, copied with torch.clone and index_select."""
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        output = lm.transformer.h[layer].output  # [batch, pos, d_model]
+        value = output.index_select(1, torch.tensor([position], device=output.device))[:, 0].save()
+    return value
+
+
+def resid_contiguous_float64(lm, tokens, position, layer, remote=False):
+    """A copy made by a dtype change, through run_trace."""
+    name = f"blocks.{layer}.hook_resid_post"
+    return run_trace(lm, tokens, lambda model: read_activation(model, name)[:, position].double().save(),
+                     remote=remote)
+
+
+# 9.4 -----------------------------------------------------------------------------------------
+def helper_not_registered(lm, tokens, helpers, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    return value
+
+
+def helper_registered_too_late(lm, tokens, helpers, remote=False):
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).detach().cpu().clone().save()
+    nnsight.register(helpers)
+    return value
+
+
+def helper_registered_by_name(lm, tokens, helpers, remote=False):
+    """Registered by the module's name, run through run_trace."""
+    nnsight.register(helpers.__name__)
+    return run_trace(lm, tokens, lambda model: helpers.summary(model).detach().cpu().clone().save(), remote=remote)
+
+
+def helper_registered_with_cloudpickle(lm, tokens, helpers, remote=False):
+    """cloudpickle's own registration, which nnsight.register wraps; float64 copy."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(helpers)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = helpers.summary(lm).double().save()
+    return value
+
+
+# 9.5 -----------------------------------------------------------------------------------------
+def _layers(lm, layers):
+    return list(range(lm.config.num_hidden_layers)) if layers is None else list(layers)
+
+
+def _invokes_sweep(lm, clean, corrupt, answer, wrong, layers, remote, barrier_on=True, one_position=True):
+    """One trace per layer (each its own request), two invokes: the clean prompt, then corrupt copies."""
+    n_pos = clean.shape[-1]
+    rows = torch.arange(n_pos)
+    out = []
+    for layer in _layers(lm, layers):
+        name = f"blocks.{layer}.hook_resid_pre"
+        with lm.trace(**trace_options(lm, remote)) as tracer:
+            barrier = tracer.barrier(2) if barrier_on else (lambda: None)
+            with tracer.invoke(clean):
+                clean_resid = read_activation(lm, name)[0]
+                barrier()
+            with tracer.invoke(corrupt.expand(n_pos, -1)):
+                barrier()
+                from_clean = clean_resid[rows]  # uses the clean value before touching the model
+                patched = read_activation(lm, name).clone()
+                if one_position:
+                    patched[rows, rows] = from_clean
+                else:
+                    patched[:] = clean_resid
+                write_activation(lm, name, patched)
+                final = lm.lm_head.output[:, -1]
+                row = (final[:, answer] - final[:, wrong]).detach().cpu().save()
+        out.append(row)
+    return torch.stack(out)
+
+
+def sweep_without_barrier(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return _invokes_sweep(lm, clean, corrupt, answer, wrong, layers, remote, barrier_on=False)
+
+
+def sweep_invokes_with_barriers(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return _invokes_sweep(lm, clean, corrupt, answer, wrong, layers, remote)
+
+
+def sweep_corrupt_into_clean(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return ref.patching_sweep(lm, corrupt, clean, answer, wrong, layers=_layers(lm, layers), remote=remote)
+
+
+def _one_trace_sweep(lm, clean, corrupt, answer, wrong, layers, remote, hook="hook_resid_pre", sign=1.0):
+    """Every (layer, position) case in one batch: row 0 is the clean prompt, the others corrupt copies."""
+    layers, n_pos = _layers(lm, layers), clean.shape[-1]
+    cases = [(layer, pos) for layer in layers for pos in range(n_pos)]
+    batch = torch.cat([clean, corrupt.expand(len(cases), -1)])  # [1 + case, pos]
+    with lm.trace(batch, **trace_options(lm, remote)):
+        for layer in sorted(set(layers)):
+            name = f"blocks.{layer}.{hook}"
+            value = read_activation(lm, name).clone()
+            for row, (at_layer, pos) in enumerate(cases, start=1):
+                if at_layer == layer:
+                    value[row, pos] = value[0, pos]
+            write_activation(lm, name, value)
+        final = lm.lm_head.output[1:, -1]  # [case, d_vocab]
+        result = (sign * (final[:, answer] - final[:, wrong])).view(len(layers), n_pos).detach().cpu().save()
+    return result
+
+
+def sweep_after_the_layer(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    """Patches resid_post; resid_mid is read-only, so this writes the block output."""
+    return _one_trace_sweep(lm, clean, corrupt, answer, wrong, layers, remote, hook="hook_resid_post")
+
+
+def sweep_metric_reversed(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return _one_trace_sweep(lm, clean, corrupt, answer, wrong, layers, remote, sign=-1.0)
+
+
+def sweep_every_layer_regardless(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return ref.patching_sweep(lm, clean, corrupt, answer, wrong, remote=remote)
+
+
+def sweep_whole_layer_at_once(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return _invokes_sweep(lm, clean, corrupt, answer, wrong, layers, remote, one_position=False)
+
+
+def sweep_in_one_batch(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    return _one_trace_sweep(lm, clean, corrupt, answer, wrong, layers, remote)
+
+
+def sweep_one_trace_per_patch_in_a_session(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    """The plainest loop: a session, a clean trace, then one trace per (layer, position)."""
+    layers, n_pos = _layers(lm, layers), clean.shape[-1]
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(clean):
+            clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre") for layer in sorted(set(layers))}
+        grid = nnsight.save([])
+        for layer in layers:
+            for pos in range(n_pos):
+                name = f"blocks.{layer}.hook_resid_pre"
+                with lm.trace(corrupt):
+                    value = read_activation(lm, name).clone()
+                    value[:, pos] = clean_resid[layer][:, pos]
+                    write_activation(lm, name, value)
+                    logits = lm.lm_head.output[0, -1]
+                    grid.append((logits[answer] - logits[wrong]).detach().cpu())
+    return torch.stack(list(grid)).view(len(layers), n_pos).double()
+
+
+# 9.6 -----------------------------------------------------------------------------------------
+def _mean_at(lm, tokens, last, name, minus_one=False):
+    value = read_activation(lm, name)
+    return (value[:, -1] if minus_one else value[_rows(last), last]).mean(0)
+
+
+def vector_at_minus_one(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    name = f"blocks.{layer}.hook_resid_pre"
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(positive):
+            plus = _mean_at(lm, positive, positive_last, name, minus_one=True)
+        with lm.trace(negative):
+            minus = _mean_at(lm, negative, negative_last, name, minus_one=True)
+        vector = (plus - minus).detach().cpu().save()
+    return vector
+
+
+def vector_reversed(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    return ref.steering_vector(lm, negative, negative_last, positive, positive_last, layer, remote=remote)
+
+
+def vector_after_the_block(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    name = f"blocks.{layer}.hook_resid_post"
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(positive):
+            plus = _mean_at(lm, positive, positive_last, name)
+        with lm.trace(negative):
+            minus = _mean_at(lm, negative, negative_last, name)
+        vector = (plus - minus).detach().cpu().save()
+    return vector
+
+
+def vector_centred(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    vector = ref.steering_vector(lm, positive, positive_last, negative, negative_last, layer, remote=remote)
+    return vector - vector.mean()
+
+
+def vector_two_traces(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    """Two separate traces (two requests), each sending back its own mean."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    means = []
+    for tokens, last in ((positive, positive_last), (negative, negative_last)):
+        with lm.trace(tokens, **trace_options(lm, remote)):
+            mean = read_activation(lm, name)[_rows(last), last].mean(0).detach().cpu().save()
+        means.append(mean)
+    return means[0] - means[1]
+
+
+def vector_sums_in_float64(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    """Sums brought back, divided after the session, in float64."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(positive):
+            plus = read_activation(lm, name)[_rows(positive_last), positive_last].double().sum(0).cpu().save()
+        with lm.trace(negative):
+            minus = read_activation(lm, name)[_rows(negative_last), negative_last].double().sum(0).cpu().save()
+    return plus / len(positive_last) - minus / len(negative_last)
+
+
+# 9.7 -----------------------------------------------------------------------------------------
+def _steered(lm, tokens, last, push, name, remote, at_last_only=False, minus_one=False, log_probs=True):
+    rows = _rows(last)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = read_activation(lm, name).clone()
+        if at_last_only:
+            value[rows, last] = value[rows, last] + push
+        else:
+            value = value + push
+        write_activation(lm, name, value)
+        logits = lm.lm_head.output
+        picked = logits[:, -1] if minus_one else logits[rows, last]
+        result = (picked.log_softmax(-1) if log_probs else picked).detach().cpu().save()
+    return result
+
+
+def steer_last_position_only(lm, tokens, last, vector, layer, coefficient, remote=False):
+    return _steered(lm, tokens, last, coefficient * vector, f"blocks.{layer}.hook_resid_pre", remote,
+                    at_last_only=True)
+
+
+def steer_after_the_block(lm, tokens, last, vector, layer, coefficient, remote=False):
+    return _steered(lm, tokens, last, coefficient * vector, f"blocks.{layer}.hook_resid_post", remote)
+
+
+def steer_without_coefficient(lm, tokens, last, vector, layer, coefficient, remote=False):
+    return _steered(lm, tokens, last, vector, f"blocks.{layer}.hook_resid_pre", remote)
+
+
+def steer_read_at_minus_one(lm, tokens, last, vector, layer, coefficient, remote=False):
+    return _steered(lm, tokens, last, coefficient * vector, f"blocks.{layer}.hook_resid_pre", remote, minus_one=True)
+
+
+def steer_returns_logits(lm, tokens, last, vector, layer, coefficient, remote=False):
+    return _steered(lm, tokens, last, coefficient * vector, f"blocks.{layer}.hook_resid_pre", remote, log_probs=False)
+
+
+def steer_through_the_block_input(lm, tokens, last, vector, layer, coefficient, remote=False):
+    """The block's input edited through nnsight's own path, log-softmax after the trace."""
+    rows = _rows(last)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        block = lm.transformer.h[layer]
+        block.input = block.input + coefficient * vector
+        logits = lm.lm_head.output[rows, last].detach().cpu().save()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def steer_in_place_float64_result(lm, tokens, last, vector, layer, coefficient, remote=False):
+    """An in-place addition on a clone, through run_trace; log-probabilities in float64."""
+    name = f"blocks.{layer}.hook_resid_pre"
+
+    def body(model):
+        value = read_activation(model, name).clone()
+        value += coefficient * vector
+        write_activation(model, name, value)
+        return model.lm_head.output[_rows(last), last].detach().cpu().save()
+
+    return run_trace(lm, tokens, body, remote=remote).double().log_softmax(-1)
+
+
+MISTAKES = {
+    "9.1": [(lens_at_minus_one, "right-padded"), (lens_without_final_norm, "final_norm(lm)"),
+            (lens_logits, "return log-probabilities"), (lens_ignoring_remote, "ran no rehearsal")],
+    "9.2": [(predicts_a_run_here, "that is a run here"), (predicts_an_empty_inside_list, "nnsight.save([]) inside"),
+            (predicts_unsaved_values_come_back, "`hidden` was never saved"),
+            (predicts_plain_python, "nothing runs as plain Python")],
+    "9.3": [(resid_saved_view, "a slice is a view"), (resid_sliced_after_the_trace, "a slice is a view"),
+            (resid_before_the_block, "not before it (hook_resid_pre)"), (resid_centred, "do not centre")],
+    "9.4": [(helper_registered_too_late, "nnsight.register(helpers)"),
+            (helper_not_registered, "nnsight.register(helpers)")],
+    "9.5": [(sweep_corrupt_into_clean, "not the corrupt run's into the clean one"),
+            (sweep_after_the_layer, "not after it (resid_post)"), (sweep_metric_reversed, "not the other way round"),
+            (sweep_whole_layer_at_once, "patch one position per row"),
+            (sweep_every_layer_regardless, "only the layers given"), (sweep_without_barrier, "tracer.barrier(2)")],
+    "9.6": [(vector_at_minus_one, "right-padded"), (vector_reversed, "positive minus negative"),
+            (vector_after_the_block, "not after it (hook_resid_post)"), (vector_centred, "do not centre")],
+    "9.7": [(steer_last_position_only, "at every position"), (steer_after_the_block, "not after it (hook_resid_post)"),
+            (steer_without_coefficient, "multiply the vector by `coefficient`"),
+            (steer_read_at_minus_one, "right-padded"), (steer_returns_logits, "return log-probabilities")],
+}
+
+ALTERNATIVES = {
+    "9.1": [lens_saved_list, lens_through_run_trace_float64],
+    "9.2": [predicts_by_keywords, predicts_from_rules],
+    "9.3": [resid_through_the_module, resid_contiguous_float64],
+    "9.4": [helper_registered_by_name, helper_registered_with_cloudpickle],
+    "9.5": [sweep_in_one_batch, sweep_one_trace_per_patch_in_a_session, sweep_invokes_with_barriers],
+    "9.6": [vector_two_traces, vector_sums_in_float64],
+    "9.7": [steer_through_the_block_input, steer_in_place_float64_result],
+}

@@ -1,0 +1,461 @@
+"""Chapter 09's claims re-measured: the nnsight versions give TransformerLens's numbers on the organism,
+here and in the rehearsal of a remote run; what the text says about the organism, the remote contract
+and nnsight 0.8.1's traps; the same functions on a Llama; the NDIF cell's offline error paths.
+
+Nothing here reaches the network. The cross-checks use Chapter 06's and Chapter 07's references
+on the bridge (TransformerLens hooks).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+import nnsight
+import pytest
+import torch
+
+from utils import nnsight_models
+from utils.models import ORGANISM_DIR, ModelUnavailableError, load_model, quiet_transformers
+from utils.nnsight_models import (NdifUnavailableError, RehearsalBackend, load_nnsight_model, read_activation,
+                                  trace_options, write_activation)
+from utils.organism.world import prompt_set
+from utils.references import ch03_logit_lens as ch03
+from utils.references import ch06_patching as ch06
+from utils.references import ch07_steering as ch07
+from utils.references import ch09_scaling_up as ref
+from utils.references.ch02_probing import answer_ids, tokenize
+
+WHERE = [False, "local"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_nnsight_model(device="cpu", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    model = load_model(device="cpu", verbose=False)
+    torch.set_grad_enabled(False)
+    yield model
+    torch.set_grad_enabled(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 2-3: tokens and the logit lens
+
+
+def test_nnsight_tokenize_gives_chapter_02s_ids(lm, bridge):
+    texts = prompt_set("ioi", "test", n=16, seed=0).prompts
+    tokens, last = ref.nnsight_tokenize(lm, texts)
+    expected_tokens, expected_last = tokenize(bridge, texts)
+    assert torch.equal(tokens, expected_tokens) and torch.equal(last, expected_last)
+    assert len(set(last.tolist())) > 1  # the prompts really are of different lengths
+
+
+@pytest.mark.parametrize("remote", WHERE)
+def test_logit_lens_matches_chapter_03(lm, bridge, remote):
+    prompts = prompt_set("ioi", "test", n=64, seed=0)
+    tokens, last = ref.nnsight_tokenize(lm, prompts.prompts)
+    got = ref.nnsight_logit_lens(lm, tokens, last, remote=remote)
+    expected = ch03.logit_lens(bridge, *tokenize(bridge, prompts.prompts)).log_softmax(-1)
+    assert got.shape == expected.shape and got.device.type == "cpu"
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_the_ioi_answer_is_top1_only_after_the_last_block(lm, bridge):
+    """'the lens finds the right name top-1 only after the last block'."""
+    prompts = prompt_set("ioi", "test", n=64, seed=0)
+    lens = ref.nnsight_logit_lens(lm, *ref.nnsight_tokenize(lm, prompts.prompts))
+    top1 = (ch03.answer_rank(lens, answer_ids(bridge, prompts.correct)) == 0).float().mean(-1)  # [point]
+    assert ch03.first_top1_point(top1) == len(top1) - 1, top1
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 4: the remote contract
+
+
+def test_the_list_made_outside_stays_empty_remotely_and_unsaved_names_vanish(lm):
+    tokens, _ = ref.nnsight_tokenize(lm, prompt_set("ioi", "test", n=2, seed=6).prompts)
+    for n_layers in (1, 3):
+        here = ref.remote_contract_demo(lm, tokens, n_layers, remote=False)
+        remote = ref.remote_contract_demo(lm, tokens, n_layers, remote="local")
+        assert here == {"outside": n_layers, "inside": n_layers, "hidden": False, "kept": True}
+        assert remote == {"outside": 0, "inside": n_layers, "hidden": False, "kept": True}
+        assert ref.what_comes_back(n_layers) == remote
+
+
+def test_a_saved_view_sends_the_whole_output_and_a_copy_only_itself(lm):
+    tokens, _ = ref.nnsight_tokenize(lm, prompt_set("ioi", "test", n=64, seed=0).prompts)
+    sizes = {}
+    for how in ("view", "copy"):
+        with lm.trace(tokens, **trace_options(lm, "local")):
+            third = read_activation(lm, "blocks.1.hook_resid_post")[:, 3]
+            third = (third if how == "view" else third.detach().cpu().clone()).save()
+        sizes[how] = RehearsalBackend.last_result_bytes
+    values = third.numel() * third.element_size()
+    assert sizes["view"] > tokens.shape[1] * values * 0.9  # the whole [batch, pos, d_model] output
+    assert values <= sizes["copy"] < values + 4096
+    assert ref.resid_at(lm, tokens, 3, 1, remote="local").shape == third.shape
+    assert RehearsalBackend.last_result_bytes < values + 4096
+
+
+def test_workbook_functions_travel_by_value(lm):
+    """The workbook counts as installed after `pip install -e .`: it must be registered, or NDIF lacks it."""
+    from cloudpickle.cloudpickle import _should_pickle_by_reference
+
+    trace_options(lm, "local")
+    assert not _should_pickle_by_reference(ref.final_norm)
+    assert not _should_pickle_by_reference(nnsight_models.read_activation)
+
+
+def test_rehearsals_can_follow_each_other(lm):
+    """Rebuilding a request rewrote our files' cached source lines; the second request then failed."""
+    tokens, last = ref.nnsight_tokenize(lm, prompt_set("facts", "test", n=3, seed=0).prompts)
+    first = ref.nnsight_logit_lens(lm, tokens, last, remote="local")
+    second = ref.nnsight_logit_lens(lm, tokens, last, remote="local")
+    vector = torch.ones(lm.config.hidden_size)
+    ref.steer(lm, tokens, last, vector, 1, 1.0, remote="local")
+    assert torch.equal(first, second)
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 5: nnsight 0.8.1's traps around sessions and invokes, as the text states them
+
+TINY = torch.tensor([[0, 5, 6, 7]])
+
+
+def session_with_a_statement_on_two_lines(lm, remote):
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(TINY):
+            resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")
+                     for layer in range(2)}
+        rows = nnsight.save([])
+        for layer in range(2):
+            with lm.trace(TINY):
+                rows.append(read_activation(lm, f"blocks.{layer}.hook_resid_pre") + resid[layer])
+    return rows
+
+
+def session_with_one_line_per_statement(lm, remote):
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(TINY):
+            resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre") for layer in range(2)}
+        rows = nnsight.save([])
+        for layer in range(2):
+            with lm.trace(TINY):
+                rows.append(read_activation(lm, f"blocks.{layer}.hook_resid_pre") + resid[layer])  # a comment here is fine
+    return rows
+
+
+def session_with_a_comment_line_in_a_trace(lm, remote):
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(TINY):
+            # a comment on its own line
+            resid = read_activation(lm, "blocks.1.hook_resid_pre")
+        with lm.trace(TINY):
+            out = (lm.transformer.h[1].output + resid).save()
+    return out
+
+
+def test_a_remote_session_wants_one_line_per_statement(lm):
+    from nnsight.tracing.tracer import WithBlockNotFoundError
+
+    here = session_with_a_statement_on_two_lines(lm, False)
+    assert torch.equal(torch.stack(list(here)), torch.stack(list(session_with_one_line_per_statement(lm, "local"))))
+    session_with_a_comment_line_in_a_trace(lm, False)
+    with pytest.raises(WithBlockNotFoundError):
+        session_with_a_statement_on_two_lines(lm, "local")
+    with pytest.raises(Exception, match="outside of interleaving"):
+        session_with_a_comment_line_in_a_trace(lm, "local")
+
+
+def patch_whole_layer(lm, clean, corrupt, layer: int):
+    """Inside a trace: resid_pre of `layer` put back whole from clean into corrupt, two invokes and a barrier."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with lm.trace() as tracer:
+        barrier = tracer.barrier(2)
+        with tracer.invoke(clean):
+            clean_resid = read_activation(lm, name)
+            barrier()
+        with tracer.invoke(corrupt):
+            barrier()
+            write_activation(lm, name, clean_resid)
+            row = lm.lm_head.output[0, -1].save()
+    return row
+
+
+def invokes_per_layer(lm, clean, corrupt, layers, in_session: bool):
+    """One such trace per layer: each its own run, or all inside one session."""
+    if not in_session:
+        return torch.stack([patch_whole_layer(lm, clean, corrupt, layer) for layer in layers])
+    with lm.session():
+        rows = nnsight.save([])
+        for layer in layers:
+            name = f"blocks.{layer}.hook_resid_pre"
+            with lm.trace() as tracer:
+                barrier = tracer.barrier(2)
+                with tracer.invoke(clean):
+                    clean_resid = read_activation(lm, name)
+                    barrier()
+                with tracer.invoke(corrupt):
+                    barrier()
+                    write_activation(lm, name, clean_resid)
+                    rows.append(lm.lm_head.output[0, -1])
+    return torch.stack(list(rows))
+
+
+def test_barriers_repeated_inside_a_session_give_wrong_numbers_from_the_second_trace_on(lm, bridge):
+    clean, corrupt, _, _ = ref.swapped_names(lm, prompt_set("ioi", "test", n=4, seed=5), 0)
+    layers = [0, 1, 2, 3]
+    apart = invokes_per_layer(lm, clean, corrupt, layers, in_session=False)
+    _, clean_cache = bridge.run_with_cache(clean)
+    expected = torch.stack([bridge.run_with_hooks(corrupt, fwd_hooks=[(
+        f"blocks.{layer}.hook_resid_pre", lambda value, hook: clean_cache[hook.name])])[0, -1] for layer in layers])
+    assert torch.allclose(apart.log_softmax(-1), expected.log_softmax(-1), atol=1e-4)
+    together = invokes_per_layer(lm, clean, corrupt, layers, in_session=True)
+    gaps = (together.log_softmax(-1) - apart.log_softmax(-1)).abs().amax(-1)  # [layer]
+    assert gaps[0] < 1e-4 and (gaps[1:] > 1e-2).all(), gaps
+
+
+def test_without_a_barrier_a_value_used_before_the_model_is_a_name_error(lm):
+    clean, corrupt = TINY, torch.tensor([[0, 8, 6, 7]])
+    with pytest.raises(NameError):
+        with lm.trace() as tracer:
+            with tracer.invoke(clean):
+                clean_resid = read_activation(lm, "blocks.1.hook_resid_pre")
+            with tracer.invoke(corrupt):
+                write_activation(lm, "blocks.1.hook_resid_pre", clean_resid)
+                out = lm.lm_head.output.save()  # noqa: F841
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 5: activation patching, against a TransformerLens hook sweep
+
+
+def bridge_sweep(bridge, clean, corrupt, answer: int, wrong: int, layers) -> torch.Tensor:
+    """Chapter 06's patch_residual on the bridge (every layer), the rows of `layers`: [layer, pos]."""
+    every = ch06.patch_residual(bridge, corrupt, clean, metric=lambda logits: logits[0, -1, answer] - logits[0, -1, wrong])
+    return every[list(layers)].cpu()
+
+
+@pytest.mark.parametrize("remote", WHERE)
+@pytest.mark.parametrize("seed, index, layers", [(3, 0, None), (5, 1, [3, 1])])
+def test_patching_matches_transformer_lens(lm, bridge, remote, seed, index, layers):
+    clean, corrupt, answer, wrong = ref.swapped_names(lm, prompt_set("ioi", "test", n=4, seed=seed), index)
+    got = ref.patching_sweep(lm, clean, corrupt, answer, wrong, layers=layers, remote=remote)
+    expected = bridge_sweep(bridge, clean, corrupt, answer, wrong, layers or range(bridge.cfg.n_layers))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-3), (got - expected).abs().max()
+    assert expected.std() > 1  # the patches move the metric: not a comparison of constants
+
+
+def test_what_the_text_says_about_the_sweep(lm):
+    """Row 0 moves only at the name tokens; deeper, the later name matters less and the last position more."""
+    pair = prompt_set("ioi", "test", n=4, seed=3)
+    clean, corrupt, answer, wrong = ref.swapped_names(lm, pair, 0)
+    sweep = ref.patching_sweep(lm, clean, corrupt, answer, wrong)
+    with lm.trace(torch.cat([clean, corrupt])):
+        final = lm.lm_head.output[:, -1].save()
+    clean_diff, corrupt_diff = (final[:, answer] - final[:, wrong]).tolist()
+    assert clean_diff > 0 > corrupt_diff
+    effect = sweep - corrupt_diff
+    names = (clean != corrupt)[0]
+    assert (effect[0, ~names].abs() < 1e-3).all() and (effect[0, names].abs() > 1).all()
+    later_name = int(names.nonzero().max())
+    assert effect[-1, later_name] < effect[0, later_name] - 5
+    assert effect[-1, -1] > effect[0, -1] + 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 6: steering, against a bridge hook
+
+
+def steering_setup(lm):
+    train = prompt_set("sentiment", "train", n=64, seed=0)
+    positive = torch.tensor(train.labels["sentiment"]) == 1
+    tokens, last = ref.nnsight_tokenize(lm, train.prompts)
+    return train, positive, tokens, last
+
+
+@pytest.mark.parametrize("remote", WHERE)
+def test_the_vector_is_the_bridges_up_to_a_constant_and_steers_alike(lm, bridge, remote):
+    train, positive, tokens, last = steering_setup(lm)
+    layer = 2
+    vector = ref.steering_vector(lm, tokens[positive], last[positive], tokens[~positive], last[~positive], layer,
+                                 remote=remote)
+    bridge_vector = ch07.mean_difference_vector(bridge, train, f"blocks.{layer}.hook_resid_pre", "sentiment")
+    assert torch.allclose(vector - vector.mean(), bridge_vector, atol=1e-3)  # the bridge's stream is centred
+    assert vector.mean().abs() > 1e-2  # the constant is really there
+
+    held_out = prompt_set("sentiment", "test", n=16, seed=1)
+    test_tokens, test_last = ref.nnsight_tokenize(lm, held_out.prompts)
+    got = ref.steer(lm, test_tokens, test_last, vector, layer, 1.5, remote=remote)
+    plain_addition = (f"blocks.{layer}.hook_resid_pre", lambda value, hook: value + 1.5 * bridge_vector)
+    expected = ch07.last_logits(bridge, held_out, fwd_hooks=[plain_addition]).log_softmax(-1)
+    assert torch.allclose(got, expected, atol=1e-3), (got - expected).abs().max()
+
+
+def test_what_the_text_says_about_steering(lm, bridge):
+    """The vector turns the held-out negative reviews, and costs some capital-city answers."""
+    train, positive, tokens, last = steering_setup(lm)
+    vector = ref.steering_vector(lm, tokens[positive], last[positive], tokens[~positive], last[~positive], 2)
+    held_out = prompt_set("sentiment", "test", n=64, seed=1)
+    negative = [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if label == 0]
+    negative_tokens, negative_last = ref.nnsight_tokenize(lm, negative)
+    loved, hated = ref.first_token(lm, " loved"), ref.first_token(lm, " hated")
+    turned = {coefficient: (lambda lp: (lp[:, loved] > lp[:, hated]).float().mean().item())(
+        ref.steer(lm, negative_tokens, negative_last, vector, 2, coefficient)) for coefficient in (0.0, 1.0)}
+    assert turned[0.0] < 0.1 and turned[1.0] > 0.9, turned
+    facts = prompt_set("facts", "test", n=64, seed=0)
+    facts_tokens, facts_last = ref.nnsight_tokenize(lm, facts.prompts)
+    correct = answer_ids(bridge, facts.correct)
+    top1 = {coefficient: (ch03.answer_rank(ref.steer(lm, facts_tokens, facts_last, vector, 2, coefficient), correct)
+                          == 0).float().mean().item() for coefficient in (0.0, 1.0)}
+    assert 0.3 < top1[1.0] < top1[0.0] - 0.05, top1
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 7: the same functions on a Llama (the architecture NDIF hosts), offline
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A two-layer Llama with random weights, saved with the organism's tokenizer, loaded for nnsight."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1125, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=0)
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    with quiet_transformers():
+        LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ORGANISM_DIR / name, folder)
+    return str(folder), load_nnsight_model(str(folder), device="cpu", verbose=False)
+
+
+@pytest.mark.parametrize("remote", WHERE)
+def test_the_chapter_functions_run_unchanged_on_a_llama(tiny_llama, remote):
+    folder, llama = tiny_llama
+    assert llama.config.model_type == "llama"
+    ioi = prompt_set("ioi", "test", n=4, seed=3)
+    tokens, last = ref.nnsight_tokenize(llama, ioi.prompts)
+    lens = ref.nnsight_logit_lens(llama, tokens, last, remote=remote)
+    llama_bridge = load_model(folder, device="cpu", verbose=False)
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    _, cache = llama_bridge.run_with_cache(tokens)
+    resid = torch.stack([cache[name][torch.arange(len(last)), last] for name in names])
+    expected = (llama_bridge.ln_final(resid) @ llama_bridge.W_U + llama_bridge.b_U).log_softmax(-1)
+    assert torch.allclose(lens, expected, atol=1e-4)
+
+    clean, corrupt, answer, wrong = ref.swapped_names(llama, ioi, 0)
+    sweep = ref.patching_sweep(llama, clean, corrupt, answer, wrong, layers=[1], remote=remote)
+    assert torch.allclose(sweep, bridge_sweep(llama_bridge, clean, corrupt, answer, wrong, [1]), atol=1e-3)
+    half = len(last) // 2
+    vector = ref.steering_vector(llama, tokens[:half], last[:half], tokens[half:], last[half:], 1, remote=remote)
+    steered = ref.steer(llama, tokens, last, vector, 1, 2.0, remote=remote)
+    assert vector.shape == (64,) and steered.shape == (len(last), 1125)
+    assert ref.resid_at(llama, tokens, 2, 0, remote=remote).shape == (len(last), 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 7: the NDIF cell offline, one line within 2 seconds
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    real = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise socket.gaierror(f"test: no network for {host}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+def one_line_within(seconds: float, function) -> str:
+    start = time.perf_counter()
+    with pytest.raises((ModelUnavailableError, ValueError)) as raised:  # what the chapter's cell catches
+        function()
+    assert time.perf_counter() - start < seconds
+    message = str(raised.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_the_ndif_cell_offline(monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "offline" in one_line_within(2, lambda: load_nnsight_model(ref.NDIF_MODEL, remote=True))
+
+
+def test_the_ndif_cell_without_a_key(monkeypatch, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    message = one_line_within(2, lambda: load_nnsight_model(ref.NDIF_MODEL, remote=True))
+    assert "login.ndif.us" in message and "NDIF_API_KEY" in message
+
+
+def test_the_ndif_cell_without_a_network(monkeypatch, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NDIF_API_KEY", "test-key-not-real")
+    assert "not reachable" in one_line_within(2, lambda: load_nnsight_model(ref.NDIF_MODEL, remote=True))
+
+
+def test_the_ndif_cell_with_a_model_ndif_is_not_running(monkeypatch, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NDIF_API_KEY", "test-key-not-real")
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", nnsight.CONFIG.API.APIKEY)
+    monkeypatch.setattr(nnsight.CONFIG.API, "HOST", nnsight.CONFIG.API.HOST)
+    monkeypatch.setattr(nnsight_models, "hub_is_reachable", lambda timeout=1.0: True)
+    monkeypatch.setattr(nnsight_models, "ndif_is_reachable", lambda timeout=1.0: True)
+    monkeypatch.setattr(nnsight, "is_model_running", lambda repo_id, **kwargs: False)
+    message = one_line_within(2, lambda: load_nnsight_model(ref.NDIF_MODEL, remote=True))
+    assert f"not running {ref.NDIF_MODEL!r}" in message and "nnsight.status()" in message
+
+
+def test_the_ndif_cell_with_an_unknown_model_name(no_network):
+    message = one_line_within(2, lambda: load_nnsight_model("llama-3.1-70b-typo", remote=True))
+    assert "unknown model name" in message
+    assert isinstance(pytest.raises(NdifUnavailableError, load_nnsight_model, remote=True).value,
+                      ModelUnavailableError)  # the organism exists only here: the cell's except catches it too
+
+
+def chapter_cell(marker: str) -> str:
+    """The source of the chapter's code cell that contains `marker`."""
+    source = (ORGANISM_DIR.parents[2] / "solutions" / "09_scaling_up.py").read_text()
+    cells = [cell.split("\n", 1)[1] for cell in source.split("\n# %%")[1:] if not cell.startswith(" [markdown]")]
+    return next(cell for cell in cells if marker in cell)
+
+
+def test_the_ndif_cell_runs_against_a_stand_in(tmp_path, monkeypatch, capsys):
+    """The online branch, with a random four-layer Llama in NDIF's place and remote=True rehearsed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1125, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=0)
+    with quiet_transformers():
+        LlamaForCausalLM(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ORGANISM_DIR / name, tmp_path)
+    stand_in = load_nnsight_model(str(tmp_path), device="cpu", verbose=False)
+    real_options = ref.trace_options
+    monkeypatch.setattr(ref, "trace_options", lambda lm, remote=False: real_options(lm, "local" if remote is True
+                                                                                     else remote))
+    train = prompt_set("sentiment", "train", n=16, seed=0)
+    held_out = prompt_set("sentiment", "test", n=16, seed=1)
+    namespace = {**vars(ref), "torch": torch, "prompt_set": prompt_set, "answer_rank": ch03.answer_rank,
+                 "load_nnsight_model": lambda name, remote=False: stand_in, "train": train,
+                 "is_positive": torch.tensor(train.labels["sentiment"]) == 1,
+                 "negative": [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if not label]}
+    exec(chapter_cell("big = load_nnsight_model(NDIF_MODEL, remote=True)"), namespace)  # noqa: S102 - our chapter
+    printed = capsys.readouterr().out
+    assert "logit lens: [5, 2, 1125]" in printed and "patching sweep at layers [0, 1, 2, 3]: [4, " in printed
+    assert "steering vector at layer 2: [64]" in printed and "skipped" not in printed
