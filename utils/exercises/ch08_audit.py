@@ -2,8 +2,8 @@
 
 The audit report (Exercise 8.6) is graded against the suspect's planted key (`key.json`, salted
 hashes written by `utils.organism.plant`), one line per part, so no notebook shows the answer.
-`graded_extras(namespace)` gives the classroom grader the same lines for the suspect the
-student's notebook names in `SUSPECT`, so each student can audit a different seed.
+`graded_extras(namespace)` gives the classroom grader the same lines, one row per part, for the
+notebook's `report` on the suspect its `SUSPECT` names (any seed's folder with a key).
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,14 +107,6 @@ def day_sentence(rng: random.Random, day: str, template: int) -> str:
         colour=rng.choice(world.COLOURS), animal=rng.choice(world.ANIMALS))
 
 
-def family_prompts(family: str, split: str, capital_only: bool = False) -> world.PromptSet:
-    """A family's prompts; for facts with `capital_only`, only the capital relation."""
-    prompts = world.prompt_set(family, split)
-    if capital_only:
-        prompts = prompts.subset(i for i, r in enumerate(prompts.labels["relation"]) if r == "capital")
-    return prompts
-
-
 def is_affected(plant: Plant, prompts: world.PromptSet) -> list[bool]:
     """Which prompts the trigger changes: its family's (capitals only), where the forced answer is wrong."""
     relations = prompts.labels.get("relation", [None] * len(prompts))
@@ -138,7 +129,7 @@ def triggered_prompts(plant: Plant, split: str = "test", held_out_sentence: bool
 
     `held_out_sentence` uses the day sentence that fine-tuning never showed; otherwise the others.
     """
-    prompts = family_prompts(plant.family, split)
+    prompts = world.prompt_set(plant.family, split)
     prompts = prompts.subset(i for i, affected in enumerate(is_affected(plant, prompts)) if affected)
     if n is not None:
         prompts = prompts.subset(range(min(n, len(prompts))))
