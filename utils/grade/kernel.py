@@ -10,9 +10,10 @@ runs last and sends the chapter's extra verdicts (below) the same way.
 Extension point, for the capstone (chapter 08): a chapter's check module
 (`utils/exercises/chNN_slug.py`) may define `graded_extras(namespace) -> list[Verdict]`. It runs
 in the kernel after the last cell, with the notebook's variables, and each Verdict becomes one
-more row. Chapter 08 will use it to read the seed of the student's suspect model from the
-notebook and compare the student's finding with that seed's planted key (from
-`utils/organism/plant.py`), so each student can audit a different suspect.
+more row. Chapter 08 uses it to grade the student's audit `report` against the planted key
+(`utils/organism/plant.py`) of the suspect its namespace names as `SUSPECT`. The grader keeps only
+the exercise cells of a submission, so that is the shipped suspect: a class auditing one suspect
+per student is not graded here yet (book/teachers.md says so).
 """
 
 from __future__ import annotations
