@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 DURATIONS = Path(__file__).parent / "tests" / "durations.json"
 # A file `make bench` has not measured yet: a new notebook is assumed long, a new test file short.
 UNMEASURED_SECONDS = {".ipynb": 150.0, ".py": 10.0}
@@ -38,3 +40,16 @@ def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if hasattr(item, "output_timeout"):  # an nbval cell
             item.output_timeout = max(item.output_timeout, NBVAL_OUTPUT_WAIT_SECONDS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gradient_mode_is_put_back():
+    """A test file that switches torch's gradients off for itself must switch them back: the
+    files after it share its worker process, and a check that trains would silently stop learning."""
+    import torch
+
+    before = torch.is_grad_enabled()
+    yield
+    after = torch.is_grad_enabled()
+    torch.set_grad_enabled(before)
+    assert after == before, f"this test file left torch.is_grad_enabled() = {after}; restore it in a fixture"

@@ -23,9 +23,17 @@ ALPHAS = [0.25, 0.5, 0.75, 1.0, 1.5]  # the chapter's dose-response coefficients
 TOLERANCE = 0.05
 
 
+@pytest.fixture(scope="module", autouse=True)
+def gradients_off():
+    """The chapter runs without gradients; put the worker's mode back for the files after this one."""
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    yield
+    torch.set_grad_enabled(previous)
+
+
 @functools.cache
 def organism():
-    torch.set_grad_enabled(False)
     return load_model(verbose=False, device="cpu")
 
 
