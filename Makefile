@@ -35,7 +35,7 @@ test: install
 
 # The author's loop: every unit test, every chapter's claims, every exercise check five ways,
 # the build in sync. No notebook is executed and no end-to-end test (marked slow) runs: make test
-# does both. Within 3 minutes on 2 cores.
+# does both. About 4 minutes on 2 cores with ten chapters.
 check: install
 	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests -m "not slow"
 
