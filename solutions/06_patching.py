@@ -382,6 +382,9 @@ heatmap(heads_denoising, x=head_labels, y=[f"L{layer}" for layer in range(model.
 # %%
 from transformer_lens import patching
 
+from utils import progress_bar
+
+patching.tqdm = progress_bar  # its sweeps' bars become the workbook's: plain text once done, none in the book
 _, clean_cache = model.run_with_cache(clean_tokens)
 library_all = patching.get_act_patch_attn_head_out_all_pos(model, swap_tokens, clean_cache, swap_metric)
 started = time.perf_counter()
