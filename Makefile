@@ -20,8 +20,12 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 install: $(STAMP)
 
+# JupyterLab refuses to start as root unless told it may: a container, Colab's terminal and many
+# classroom images run everything as root, so the flag is passed only there.
+LAB_FLAGS := --ServerApp.root_dir=chapters $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: install
-	$(BIN)/jupyter lab --ServerApp.root_dir=chapters
+	$(BIN)/jupyter lab $(LAB_FLAGS)
 
 # The suite runs on JOBS workers, each handed whole files (a notebook's cells share one kernel),
 # longest first (conftest.py). One torch thread per worker and per notebook kernel: several
