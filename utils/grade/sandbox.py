@@ -20,6 +20,7 @@ or cannot make its namespaces here.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import itertools
 import os
@@ -27,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 INSTALL = "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap; Fedora: sudo dnf install bubblewrap)"
 _uids = itertools.count()
 _uid_lock = threading.Lock()
+_held: dict = {}  # uid -> its open lock file
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,33 @@ def missing_reason() -> str:
 
 
 def lend_uid() -> int:
-    """A uid no other kernel of this grader holds now (root only)."""
+    """A uid no other kernel holds now, in this grader or another one on this machine (root
+    only): each uid is taken with a lock on a file, held until this process lets it go
+    (`return_uid`) or ends. Whatever still ran as it is killed first."""
+    folder = Path(tempfile.gettempdir()) / "workbook-grade-uids"
+    folder.mkdir(mode=0o700, exist_ok=True)
     with _uid_lock:
-        return FIRST_UID + next(_uids) % UIDS
+        start = next(_uids)
+        for step in range(UIDS):
+            uid = FIRST_UID + (start + step) % UIDS
+            if uid in _held:
+                continue
+            handle = open(folder / str(uid), "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            _held[uid] = handle
+            kill_user(uid)
+            return uid
+    raise RuntimeError(f"all {UIDS} uids for kernels are in use")
+
+
+def return_uid(uid: int) -> None:
+    handle = _held.pop(uid, None)
+    if handle is not None:
+        handle.close()
 
 
 def _existing(paths) -> list[str]:
