@@ -252,7 +252,7 @@ if system.fork() == 0:
         try:
             with Path({str(out / 'grades.csv')!r}).open('a') as f:
                 f.write('detached_writer,00_orientation,0.9,passed,,0.0\\n')
-            Path({str(out / 'report.html')!r}).symlink_to('/etc/hostname')
+            system.symlink('/etc/hostname', {str(out / 'report.html')!r})
         except OSError:
             pass
         time.sleep(1)
@@ -296,10 +296,12 @@ def network() -> dict:
 
 
 def fork_bomb() -> dict:
-    """0.5 starts processes until the system refuses."""
+    """0.5 starts processes, which start processes, until the system refuses (wrong: the check
+    gets BlockingIOError) or the cell's time runs out first on a slow machine (timeout)."""
     notebook = correct()
     _replace_body(notebook, "residual_from_components", "import os as system, time\nwhile True:\n"
-                  "    if system.fork() == 0:\n        time.sleep(600)\n        system._exit(0)")
+                  "    if system.fork() == 0:\n        try:\n            while True:\n                system.fork()\n"
+                  "        finally:\n            time.sleep(600)\n            system._exit(0)")
     return notebook
 
 
@@ -322,7 +324,7 @@ EXPECTED = {
     "reference_by_import": [X] * 5, "reference_by_getattr": [X] * 5, "reference_from_fallback": [W, NA, NA, NA, NA],
     "grader_state": [X] * 5, "forged_verdict": [X] * 5, "progress_rewrite": ALL, "overwrite_victim": ALL,
     "detached_writer": ALL, "kill_grader": ALL, "edit_workbook": ALL, "network": ALL,
-    "fork_bomb": [P, P, P, P, W], "monkeypatch_grade": [X] * 5,
+    "fork_bomb": [P, P, P, P, (W, T)], "monkeypatch_grade": [X] * 5,
 }
 
 
@@ -392,7 +394,8 @@ def test_every_row_of_the_hidden_class(graded):
     assert {student for student, _ in rows} == set(EXPECTED)
     assert len(graded["list"]) == len(EXPECTED) * len(EXERCISES)  # nothing added by an attacker
     wrong = {student: got for student, expected in EXPECTED.items()
-             for got in [[rows[(student, e)]["status"] for e in EXERCISES]] if got != expected}
+             for got in [[rows[(student, e)]["status"] for e in EXERCISES]]
+             if not all(g == x or (isinstance(x, tuple) and g in x) for g, x in zip(got, expected))}
     assert not wrong, {s: (got, EXPECTED[s], [rows[(s, e)]["message"] for e in EXERCISES]) for s, got in wrong.items()}
 
 

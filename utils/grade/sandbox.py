@@ -164,8 +164,8 @@ def kernel_command(sandbox: Sandbox, command: list[str], *, root: Path, writable
         wrapped += ["--ro-bind", path, path]
     for path in links:
         wrapped += ["--symlink", os.readlink(path), path]
-    for path in map(os.path.realpath, hidden):
-        if _inside(path, read_only) and os.path.isdir(path):
+    for path in map(os.path.realpath, hidden):  # a class or grades folder inside the workbook
+        if _inside(path, read_only) and os.path.isdir(path) and not any(_inside(p, [path]) for p in read_only):
             wrapped += ["--tmpfs", path]
     wrapped += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]
     passable = sorted({str(parent) for path in writable for parent in Path(path).parents
