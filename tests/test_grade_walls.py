@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import types
 from pathlib import Path
 
@@ -224,3 +225,38 @@ def test_a_chapter_payload_is_graded_in_the_grader_after_the_kernel(monkeypatch,
     monkeypatch.setattr(cli.importlib, "import_module", lambda name: broken)
     row = cli.rows_from_payload("Alice", CHAPTER, {"answer": 1}, keys, "alice")[0]
     assert row.status == "error" and "ZeroDivisionError" in row.message
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_a_killed_grader_leaves_nothing_running_and_its_scratch_goes_next_time(tmp_path, monkeypatch):
+    """SIGKILL the grader while a kernel runs: the runner and the kernel die with it, and the next
+    grader removes the scratch folder it left."""
+    _save(correct(), tmp_path / "class" / "alice.ipynb")
+    grader = subprocess.Popen([sys.executable, "-m", "utils.grade", str(tmp_path / "class"), "--out", str(tmp_path / "out"),
+                               "--jobs", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    pattern = f"{cli.SCRATCH_PREFIX}{grader.pid}-*"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(cli.scratch_root().glob(f"{pattern}/kernel/connection.json")):
+        time.sleep(0.5)
+    scratch = list(cli.scratch_root().glob(pattern))
+    assert scratch, "the grader started no kernel"
+    grader.kill()
+    grader.wait()
+    time.sleep(5)
+    assert _running_with(str(scratch[0])) == [], "the runner or the kernel outlived the grader"
+    cli.remove_stale_scratch()
+    assert not any(folder.exists() for folder in scratch)
+
+
+def _running_with(text: str) -> list[int]:
+    """Processes whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

@@ -107,8 +107,8 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
     findings = scan_submission(submitted_code_cells(notebook), official.code_sources, executed,
                                f"utils.references.{reference_module_name(found)}")
     if findings:
-        more = f" (and {len(findings) - 2} more)" if len(findings) > 2 else ""
-        return _rows_for(student, found, TAMPERED, "; ".join(findings[:2]) + more + "; the notebook was not run")
+        more = f" (and {len(findings) - 3} more)" if len(findings) > 3 else ""
+        return _rows_for(student, found, TAMPERED, "; ".join(findings[:3]) + more + "; the notebook was not run")
     if all(matches[slot.id].source is None or matches[slot.id].source.strip() == slot.stub_source.strip()
            for slot in official.slots):
         return untouched_rows(student, official, matches)  # nothing to run: what the checks say of stubs

@@ -93,6 +93,7 @@ class _Scanner(ast.NodeVisitor):
         self.executed = executed
         self.patchable = set(PATCHABLE_ROOTS)
         self.utils_names: dict[str, str] = {"utils": "utils"}  # name in the cell -> the module it stands for
+        self.flagged_modules: set[str] = set()  # grading modules whose import is already reported
         self.findings: list[tuple[int, str]] = []
 
     def flag(self, node: ast.AST, reason: str) -> None:
@@ -124,6 +125,7 @@ class _Scanner(ast.NodeVisitor):
         if not self.executed:
             return
         if _is_grading_module(module, self.reference_module):
+            self.flagged_modules.add(module)
             self.flag(node, f"imports {module}: the checks, the grader or this chapter's reference solutions")
         elif module.split(".")[0] in RUNTIME_MODULES:
             self.flag(node, f"imports {module.split('.')[0]}, which can reach into the running grader")
@@ -233,7 +235,8 @@ class _Scanner(ast.NodeVisitor):
             self.flag(node, f"reads {ast.unparse(node)}, which reaches into the running grader")
         elif self.executed and not isinstance(getattr(node, "parent_attribute", None), ast.Attribute):
             dotted = self._as_module_path(node)
-            if dotted and _is_grading_module(dotted, self.reference_module):
+            if (dotted and _is_grading_module(dotted, self.reference_module)
+                    and not any(dotted == m or dotted.startswith(m + ".") for m in self.flagged_modules)):
                 self.flag(node, f"reaches {dotted}: the checks, the grader or this chapter's reference solutions")
         for child in ast.iter_child_nodes(node):
             child.parent_attribute = node
