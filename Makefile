@@ -53,13 +53,21 @@ bench: install
 	$(TEST_ENV) $(BIN)/python -m utils.bench
 
 # Grade a class's notebooks (book/teachers.md): make grade SUBMISSIONS=class/ GRADES=grades/ CHAPTER=00
-# writes GRADES/grades.csv, report.html and feedback/; CHAPTER (optional) is the chapter that was set.
+# writes GRADES/grades.csv, report.html and feedback/; CHAPTER (optional) is the chapter that was set;
+# KEYS (optional) the folder of answer keys a chapter grades with (chapter 08: one suspect per student).
+# Each kernel runs in bubblewrap: installed here first when missing and make runs as root (Debian,
+# Ubuntu); otherwise the grader says in one line that it grades without isolation.
 SUBMISSIONS ?= submissions
 GRADES ?= grades
 CHAPTER ?=
-.PHONY: grade
-grade: install
-	$(BIN)/python -m utils.grade $(SUBMISSIONS) --out $(GRADES) $(if $(CHAPTER),--chapter $(CHAPTER))
+KEYS ?=
+.PHONY: grade sandbox
+sandbox:
+	@command -v bwrap > /dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null \
+		&& apt-get update -qq && apt-get install -y -qq bubblewrap > /dev/null; } \
+		|| echo "bubblewrap is not installed: sudo apt-get install bubblewrap (book/teachers.md)"
+grade: install sandbox
+	$(BIN)/python -m utils.grade $(SUBMISSIONS) --out $(GRADES) $(if $(CHAPTER),--chapter $(CHAPTER)) $(if $(KEYS),--keys $(KEYS))
 
 organism: install
 	$(BIN)/python -m utils.organism.train

@@ -1,19 +1,23 @@
 """Grade a whole class's notebooks: `python -m utils.grade SUBMISSIONS... --out DIR`.
 
 How a submission is graded (each step is one module):
-1. `notebook.py` reads it, tells its chapter from the exercise ids it holds (never its file name),
-   and finds, for each exercise, the cell that defines the exercise's function or class.
+1. `notebook.py` reads it (nbformat 3 converted), tells its chapter from the exercise ids it holds
+   (never its file name), and finds, for each exercise, the cell that defines the exercise's
+   function or class (the one the student's own check cell saw) and the student's own cells above it.
 2. `tamper.py` reads every cell the student changed: a cell that rebinds the workbook's checks or
    references, patches a module, or reaches for the grader's machinery marks the submission
-   "tampered", and it is not run.
-3. `execute.py`, in a fresh subprocess with a memory limit, runs the *official* student notebook of
-   that chapter in a fresh kernel, offline, with a scratch progress file, the student's cells put in
-   place of the stubs and the check cells replaced by the grader's (`kernel.py`). A verdict travels
-   from the kernel to the grader as a display message carrying a one-time code that only the check
-   cell knew: nothing the student's notebook printed, and nothing its saved outputs say, counts.
+   "tampered", and it is not run. Setup magics (`%matplotlib inline`) are dropped first.
+3. `execute.py`, in a fresh subprocess, runs the *official* student notebook of that chapter in a
+   fresh kernel walled in by the operating system (`sandbox.py`: bubblewrap, its own uid, no
+   network, read-only workbook, limits), offline, with a scratch progress file, the student's
+   cells (and helpers) put in place of the stubs and the check cells replaced by the grader's
+   (`kernel.py`). A verdict travels from the kernel to the grader as a display message signed with
+   a key no cell's source holds: nothing the student's notebook printed, displayed or saved counts.
    A loop, a crash or a memory blow-up costs only its own exercise: the notebook is run again with
    that exercise set back to its stub.
-4. `report.py` writes grades.csv, the class report and one feedback page per student.
+4. `cli.py` grades what a chapter carried out of the kernel (`graded_payload`) in this process,
+   and `report.py` writes grades.csv, the class report and one feedback page per student, once
+   every kernel is gone.
 
 Every exercise of the chapter gets exactly one row, whatever happened to the submission.
 """

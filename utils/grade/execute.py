@@ -1,17 +1,22 @@
 """Run one submission in a fresh kernel, under limits, and turn what happened into rows.
 
 `python -m utils.grade.execute JOB RESULT` is what the grader starts, once per submission, in its
-own process and session; JOB is the JSON that `cli.py` writes (the student's cell for each
-exercise, the limits), RESULT the JSON of rows this writes back. The memory limit is set on this
-process (`resource.setrlimit`), so the kernel it starts inherits it.
+own process and session; JOB is the JSON that `cli.py` writes (the student's cells for each
+exercise, the limits, the sandbox), RESULT the JSON this writes back (the rows, and the payload a
+chapter's `graded_payload` sent). This runner is the grader's own code and is not walled in: only
+the kernel it starts is, in `sandbox.py`'s bubblewrap when the machine has it, and everything it
+reads from the kernel is checked here before it counts.
 
 The notebook run, one cell at a time through jupyter_client, is the official student notebook of
 the chapter, where
-- a first cell starts the grader's side of the kernel (`kernel.start`), before any student code;
+- a first cell starts the grader's side of the kernel (`kernel.start`), before any student code:
+  it reads a secret key from a file this runner wrote, and deletes the file;
+- the student's own cells that precede an exercise (helpers, imports) run just before its cell;
 - each stub cell holds the student's cell for that exercise (the stub when there is none);
-- each check cell calls `kernel.check` with a one-time code, and the verdict is read only from
-  that cell's display message carrying that code;
-- a last cell (`kernel.finish`) sends the chapter's extra verdicts.
+- each check cell calls `kernel.check`, and the verdict counts only when exactly one message of
+  that cell carries it, signed with the key (HMAC-SHA256): no cell's source and no file the
+  student's code can read holds the key, so a printed, displayed or replayed verdict fails;
+- a last cell (`kernel.finish`) sends what the chapter grades after the last cell.
 The student's cells and the checks that call their code have the per-cell limit; the chapter's
 own cells, whose cost is known, only the notebook's. When the kernel dies or cannot be
 interrupted, the exercise at fault gets its row and the notebook runs again from the start with
@@ -20,10 +25,14 @@ that exercise set back to its stub, so one crash costs one exercise.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import re
 import resource
 import secrets
+import shutil
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
@@ -33,12 +42,16 @@ from time import monotonic
 
 from jupyter_client import KernelManager
 
-from utils.grade import (ERROR, MISSING, NOT_ATTEMPTED, OUT_OF_MEMORY, PASSED, TAMPERED, TIMEOUT, WRONG, Row)
+from utils.build import ROOT
+from utils.grade import ERROR, MISSING, NOT_ATTEMPTED, OUT_OF_MEMORY, PASSED, TIMEOUT, WRONG, Row
+from utils.grade import sandbox as walls
 from utils.grade.kernel import MIMETYPE
 from utils.grade.notebook import Chapter, missing_message, official_chapter
 
-# Every grader cell imports the grader afresh, so no name the student's code could rebind is used.
+# Every grader cell imports the grader afresh and drops the name again, so no name the student's
+# code could rebind is used, and none is left in the notebook's variables.
 GRADER_IMPORT = "import utils.grade.kernel as _workbook_grader"
+GRADER_DROP = "del _workbook_grader"
 MAX_RUNS = 4          # one first run, then one more per exercise that stops the kernel
 MESSAGE_LIMIT = 300   # characters of a message in grades.csv
 PROBE_SECONDS = 10    # how long an interrupted kernel has to answer again
@@ -83,7 +96,8 @@ class Stop:
 
 
 def limit_memory(gib: float) -> None:
-    """Cap this process's data segment (and so its kernel's) at `gib` GiB, where the OS allows."""
+    """Cap this process's data segment (and so its kernel's) at `gib` GiB, where the OS allows
+    (only without a sandbox: there the kernel alone gets its limits)."""
     limit = int(gib * 2**30)
     try:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -91,26 +105,43 @@ def limit_memory(gib: float) -> None:
         pass  # not enforceable here: the notebook limit still stops a runaway
 
 
-def graded_cells(chapter: Chapter, sources: dict[str, str | None],
-                 codes: dict[str, str]) -> list[tuple[str, str | None, str]]:
-    """(kind, exercise id, source) of every code cell to run: start, chapter, solution, check, finish."""
+def verify(payload, key: bytes) -> dict | None:
+    """The verdict a display message carries, when its signature is the key's; else None."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("body"), str) or not isinstance(payload.get("mac"), str):
+        return None
+    expected = hmac.new(key, payload["body"].encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, payload["mac"]):
+        return None
+    try:
+        body = json.loads(payload["body"])
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def graded_cells(chapter: Chapter, sources: dict[str, str | None], helpers: dict[str, list[str]],
+                 key_file: str) -> list[tuple[str, str | None, str]]:
+    """(kind, exercise id, source) of every code cell to run: start, chapter, helper, solution,
+    check, finish. A check cell's serial number is its position in this list."""
     stubs = {slot.stub_index: slot for slot in chapter.slots}
     checks = {slot.check_index: slot for slot in chapter.slots}
-    cells = [("start", None, f"{GRADER_IMPORT}\n_workbook_grader.start({chapter.stem!r})")]
+    cells = [("start", None, f"{GRADER_IMPORT}\n_workbook_grader.start({chapter.stem!r}, {key_file!r})\n{GRADER_DROP}")]
     for index, (kind, source) in enumerate(chapter.cells):
         if kind != "code":
             continue
         if index in stubs:
             slot = stubs[index]
             student = sources.get(slot.id)
+            if student is not None:
+                cells += [("helper", slot.id, helper) for helper in helpers.get(slot.id, [])]
             cells.append(("solution", slot.id, slot.stub_source if student is None else student))
         elif index in checks:
             slot = checks[index]
-            cells.append(("check", slot.id, f"{GRADER_IMPORT}\n"
-                                            f"{slot.name} = _workbook_grader.check({slot.id!r}, {slot.name!r}, {codes[slot.id]!r})"))
+            cells.append(("check", slot.id, f"{GRADER_IMPORT}\n{slot.name} = _workbook_grader.check("
+                                            f"{slot.id!r}, {slot.name!r}, {len(cells)})\n{GRADER_DROP}"))
         else:
             cells.append(("chapter", None, source))
-    cells.append(("finish", None, f"{GRADER_IMPORT}\n_workbook_grader.finish({codes['finish']!r})"))
+    cells.append(("finish", None, f"{GRADER_IMPORT}\n_workbook_grader.finish({len(cells)})\n{GRADER_DROP}"))
     return cells
 
 
@@ -122,14 +153,42 @@ class KernelDied(Exception):
     """The kernel process ended while a cell ran."""
 
 
+class WalledKernelManager(KernelManager):
+    """A KernelManager whose kernel starts inside the sandbox (`sandbox.kernel_command`), talks
+    over Unix sockets in its scratch folder (it has no network), and is interrupted by message."""
+
+    def configure(self, wrap, uid: int | None) -> None:
+        self._wrap, self._uid = wrap, uid
+        self.kernel_spec.interrupt_mode = "message"
+
+    def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
+        command = super().format_kernel_cmd(extra_arguments)
+        return self._wrap(command) if self._wrap else command
+
+    def write_connection_file(self, **kwargs) -> None:
+        super().write_connection_file(**kwargs)
+        if self._uid is not None:
+            os.chown(self.connection_file, self._uid, self._uid)
+
+
 class Kernel:
     """A fresh kernel, driven one cell at a time: send the code, collect its outputs until the
     kernel is idle again. Messages left over from an interrupted cell are told apart by their
     parent message and ignored."""
 
-    def __init__(self, workdir: Path):
-        self.manager = KernelManager(kernel_name="python3")
-        self.manager.start_kernel(cwd=str(workdir))
+    def __init__(self, place: "Place", limits: Limits):
+        self.place = place
+        place.reset()
+        wrap = None
+        if place.sandbox is not None:
+            def wrap(command):
+                return walls.kernel_command(place.sandbox, command, root=ROOT, writable=[place.kernel_dir, place.work],
+                                            hidden=place.hidden, workdir=place.work, uid=place.uid,
+                                            memory_gib=limits.memory_gib, cpu_seconds=limits.notebook_seconds + 60)
+        self.manager = WalledKernelManager(kernel_name="python3", transport="ipc", ip=str(place.kernel_dir / "k"),
+                                           connection_file=str(place.kernel_dir / "connection.json"))
+        self.manager.configure(wrap, place.uid)
+        self.manager.start_kernel(cwd=str(place.work), env=place.environment())
         self.client = self.manager.blocking_client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=120)
@@ -158,21 +217,29 @@ class Kernel:
 
     def answers_after_interrupt(self) -> bool:
         """Interrupt the kernel; True when it then runs a trivial cell within PROBE_SECONDS."""
-        self.manager.interrupt_kernel()
         try:
+            self.manager.interrupt_kernel()
             self.run("pass", PROBE_SECONDS)
-        except (CellTimeout, KernelDied):
+        except (CellTimeout, KernelDied, RuntimeError):
             return False
         return True
 
     def death(self) -> tuple[str, str]:
-        """(status, reason) for a kernel that died, from its exit code where the OS tells it."""
+        """(status, reason) for a kernel that died, from its exit code where the OS tells it.
+        Under bubblewrap a kernel ended by signal N exits with 128 + N."""
         process = getattr(getattr(self.manager, "provisioner", None), "process", None)
         code = process.poll() if process is not None else None
-        if code == -signal.SIGKILL:
-            return OUT_OF_MEMORY, "the kernel was killed (SIGKILL), most likely for using too much memory"
+        if code is not None and self.place.sandbox is not None and code > 128:
+            code = -(code - 128)
         if code is not None and code < 0:
-            return ERROR, f"the kernel crashed ({signal.Signals(-code).name})"
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            if -code == signal.SIGKILL:
+                return ERROR, ("the kernel was killed (SIGKILL: by the code itself, another process, or the system "
+                               "when memory ran out)")
+            return ERROR, f"the kernel crashed ({name})"
         if code is not None:
             return ERROR, f"the kernel exited with code {code} (os._exit or a fatal error)"
         return ERROR, "the kernel died"
@@ -183,17 +250,66 @@ class Kernel:
             self.manager.shutdown_kernel(now=True)
         except Exception:  # noqa: BLE001 - a kernel that already died has nothing to shut down
             pass
+        self.place.end_of_kernel()
+
+
+class Place:
+    """Where one submission's kernels run: its scratch folder (kernel files, working folder), the
+    sandbox and the uid lent to it, and the key of the current run."""
+
+    def __init__(self, scratch: Path, job: dict):
+        found = job.get("sandbox")
+        self.sandbox = walls.Sandbox(**found) if found else None
+        self.uid = walls.lend_uid() if self.sandbox is not None and self.sandbox.as_root else None
+        self.scratch = scratch
+        self.kernel_dir, self.work = scratch / "kernel", scratch / "work"
+        self.hidden = [Path(p) for p in job.get("hidden", [])]
+        self.key = b""
+
+    def reset(self) -> None:
+        """A fresh working folder and kernel folder, and a new key written for `kernel.start`."""
+        for folder in (self.kernel_dir, self.work):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(mode=0o700)
+            walls.give_to(folder, self.uid)
+        self.key = secrets.token_bytes(32)
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.key.hex().encode())
+        if self.uid is not None:
+            os.chown(self.key_file, self.uid, self.uid)
+
+    @property
+    def key_file(self) -> Path:
+        return self.kernel_dir / "key"
+
+    def environment(self) -> dict[str, str]:
+        """The kernel's environment: offline, one thread, a scratch home and progress file."""
+        keep = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TZ") if name in os.environ}
+        work = str(self.work)
+        return {**keep, "HOME": work, "WORKBOOK_PROGRESS": str(self.work / "progress.json"), "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg", "MPLCONFIGDIR": work,
+                "IPYTHONDIR": str(self.work / ".ipython"), "XDG_CACHE_HOME": str(self.work / ".cache"),
+                "JUPYTER_RUNTIME_DIR": str(self.kernel_dir), "PYTHONPATH": str(ROOT), "PYTHONNOUSERSITE": "1"}
+
+    def end_of_kernel(self) -> None:
+        """Whatever the kernel left running goes (its PID namespace already took it; this is the
+        second lock), and the key file with it."""
+        if self.uid is not None:
+            walls.kill_user(self.uid)
+        self.key_file.unlink(missing_ok=True)
 
 
 def run_once(cells: list[tuple[str, str | None, str]], limits: Limits, deadline: float,
-             workdir: Path) -> tuple[list[CellResult], Stop | None]:
+             place: Place) -> tuple[list[CellResult], Stop | None]:
     """Execute `cells` in a fresh kernel; the results of the cells that ran, and why it stopped early."""
-    kernel = Kernel(workdir)
+    kernel = Kernel(place, limits)
     results: list[CellResult] = []
     try:
         for kind, exercise, source in cells:
             remaining = deadline - monotonic()
-            student_code = kind in ("solution", "check")
+            student_code = kind in ("helper", "solution", "check")
             limit = min(limits.cell_seconds, remaining) if student_code else remaining
             if limit <= 0:
                 return results, Stop(exercise, TIMEOUT, f"the notebook ran past its {limits.notebook_seconds:g} s limit")
@@ -211,7 +327,8 @@ def run_once(cells: list[tuple[str, str | None, str]], limits: Limits, deadline:
             except KernelDied:
                 results.append(CellResult(monotonic() - start))
                 status, reason = kernel.death()
-                where = {"solution": "while running your cell", "check": "while the check ran your code"}.get(kind, "")
+                where = {"solution": "while running your cell", "helper": "while running a cell of yours above it",
+                         "check": "while the check ran your code"}.get(kind, "")
                 return results, Stop(exercise, status, f"{reason} {where}".strip())
         return results, None
     finally:
@@ -235,13 +352,21 @@ def _error_row(error: tuple[str, str], what: str) -> tuple[str, str]:
     return status, f"{what} raised {name}: {value}"
 
 
+def signed_verdicts(result: CellResult | None, key: bytes, serial: int) -> tuple[list[dict], int]:
+    """(the verdicts of a cell signed with the key for this serial, how many other verdict
+    messages it sent: printed, forged or replayed ones)."""
+    payloads = result.payloads() if result else []
+    valid = [body for body in (verify(p, key) for p in payloads) if body is not None and body.get("cell") == serial]
+    return valid, len(payloads) - len(valid)
+
+
 def exercise_outcome(slot, cell_number: int | None, solution: CellResult | None, check: CellResult | None,
-                     code: str, limits: Limits) -> tuple[str, str, list[str]]:
-    """(status, message, what changed at run time) of one exercise from its two cells' results."""
-    payloads = check.payloads() if check else []
-    valid = [p for p in payloads if isinstance(p, dict) and p.get("code") == code]
-    changed = sorted({name for p in valid for name in p.get("changed", [])})
-    if len(payloads) != len(valid) or len(valid) > 1:
+                     key: bytes, serial: int, limits: Limits) -> tuple[str, str, list[str]]:
+    """(status, message, what changed at run time) of one exercise from its cells' results."""
+    valid, others = signed_verdicts(check, key, serial)
+    valid = [v for v in valid if v.get("exercise") == slot.id]
+    changed = sorted({name for v in valid for name in v.get("changed", [])})
+    if others or len(valid) > 1:
         changed.append(f"a forged verdict for exercise {slot.id}")
     if cell_number is None:
         return MISSING, missing_message(slot), changed
@@ -261,48 +386,61 @@ def exercise_outcome(slot, cell_number: int | None, solution: CellResult | None,
     verdict = valid[0]
     if not verdict.get("defined"):
         return ERROR, f"your cell (cell {cell_number}) did not define {slot.name}", changed
-    status, message = verdict["status"], verdict.get("message", "")
+    status, message = verdict.get("status"), verdict.get("message", "")
     if status == WRONG and _is_memory_error(message):
         status = OUT_OF_MEMORY
-    if status not in (PASSED, NOT_ATTEMPTED, WRONG, OUT_OF_MEMORY):
+    if status not in (PASSED, NOT_ATTEMPTED, WRONG, OUT_OF_MEMORY, ERROR):
         status, message = ERROR, f"the check answered {status!r}"
     return status, message, changed
 
 
-def grade_job(job: dict, workdir: Path) -> list[Row]:
-    """Every row of one submission: run the notebook, and again without an exercise that stopped
-    it (exercises that ran out of time keep their row and are not run again either)."""
+def grade_job(job: dict, scratch: Path) -> tuple[list[Row], dict | None]:
+    """Every row of one submission, and the chapter's payload (None when it sent none): run the
+    notebook, and again without an exercise that stopped it (exercises that ran out of time keep
+    their row and are not run again either)."""
     chapter = official_chapter(job["chapter"])
     limits = Limits(**job["limits"])
     deadline = monotonic() + limits.notebook_seconds
+    place = Place(scratch, job)
     settled: dict[str, tuple[str, str, float]] = {}  # exercise -> (status, message, seconds), not run again
     changed: list[str] = []  # what the checks found replaced at run time, in any run
+    helpers = job.get("helpers", {})
     for _ in range(MAX_RUNS):
-        codes = {key: secrets.token_hex(16) for key in [slot.id for slot in chapter.slots] + ["finish"]}
         sources = {key: None if key in settled else source for key, source in job["sources"].items()}
-        cells = graded_cells(chapter, sources, codes)
-        results, stop = run_once(cells, limits, deadline, workdir)
-        outcomes, seen, extras = _outcomes(job, chapter, cells, results, codes, stop, settled, limits)
+        cells = graded_cells(chapter, sources, {k: v for k, v in helpers.items() if k not in settled},
+                             str(place.key_file))
+        results, stop = run_once(cells, limits, deadline, place)
+        outcomes, seen, extras, payload = _outcomes(job, chapter, cells, results, place.key, stop, settled, limits)
         changed += seen
         if stop is None or stop.exercise is None or stop.exercise in settled or monotonic() >= deadline - 1:
             break
         ran_out = {exercise for (_, exercise, _), result in zip(cells, results) if exercise and result.timed_out}
         settled.update({key: outcomes[key] for key in ran_out | {stop.exercise}})
-    rows = [Row(job["student"], chapter.stem, slot.id, status, stable(message, workdir), round(seconds, 1), slot.title)
+    rows = [Row(job["student"], chapter.stem, slot.id, status, stable(message, scratch), round(seconds, 1), slot.title)
             for slot in chapter.slots for status, message, seconds in [outcomes[slot.id]]]
     rows += [Row(job["student"], chapter.stem, str(e.get("exercise")), str(e.get("status")),
-                 stable(str(e.get("message")), workdir), 0.0, str(e.get("title", ""))) for e in extras if isinstance(e, dict)]
+                 stable(str(e.get("message")), scratch), 0.0, str(e.get("title", ""))) for e in extras if isinstance(e, dict)]
     if changed:
-        unique = list(dict.fromkeys(changed))
-        more = f" and {len(unique) - 3} more" if len(unique) > 3 else ""
-        message = "changed at run time: " + ", ".join(unique[:3]) + more
-        rows = [Row(r.student, r.chapter, r.exercise, TAMPERED, message, r.seconds, r.title) for r in rows]
-    return rows
+        rows = tampered_rows(rows, changed)
+    return rows, payload
 
 
-def _outcomes(job, chapter, cells, results, codes, stop, settled, limits):
-    """({exercise: (status, message, seconds)}, what changed at run time, extra verdicts) of one run."""
-    by_cell = {(kind, exercise): result for (kind, exercise, _), result in zip(cells, results)}
+def tampered_rows(rows: list[Row], changed: list[str]) -> list[Row]:
+    """Every row "tampered", with what was found."""
+    from utils.grade import TAMPERED
+
+    unique = list(dict.fromkeys(changed))
+    more = f" and {len(unique) - 3} more" if len(unique) > 3 else ""
+    message = "changed at run time: " + ", ".join(unique[:3]) + more
+    return [Row(r.student, r.chapter, r.exercise, TAMPERED, message, r.seconds, r.title) for r in rows]
+
+
+def _outcomes(job, chapter, cells, results, key, stop, settled, limits):
+    """({exercise: (status, message, seconds)}, what changed at run time, extra verdicts, the
+    chapter's payload) of one run."""
+    by_cell = {(kind, exercise): (serial, result) for serial, ((kind, exercise, _), result)
+               in enumerate(zip(cells, results))}
+    serials = {(kind, exercise): serial for serial, (kind, exercise, _) in enumerate(cells)}
     seconds: dict[str, float] = {}
     for (_, exercise, _), result in zip(cells, results):
         if exercise:
@@ -313,8 +451,10 @@ def _outcomes(job, chapter, cells, results, codes, stop, settled, limits):
             outcomes[slot.id] = settled[slot.id]
             continue
         number = job["cells"].get(slot.id)
-        solution, check = by_cell.get(("solution", slot.id)), by_cell.get(("check", slot.id))
-        status, message, seen = exercise_outcome(slot, number, solution, check, codes[slot.id], limits)
+        solution = by_cell.get(("solution", slot.id), (None, None))[1]
+        check = by_cell.get(("check", slot.id), (None, None))[1]
+        status, message, seen = exercise_outcome(slot, number, solution, check, key,
+                                                 serials.get(("check", slot.id), -1), limits)
         if stop is not None and number is not None:
             if stop.exercise == slot.id:
                 status, message = stop.status, stop.message
@@ -324,20 +464,39 @@ def _outcomes(job, chapter, cells, results, codes, stop, settled, limits):
                 message = f"not graded: the run stopped at {where} ({stop.message})"
         changed += [f"{name} (seen at exercise {slot.id})" for name in seen]
         outcomes[slot.id] = (status, message, seconds.get(slot.id, 0.0))
-    finish, extras = by_cell.get(("finish", None)), []
-    for payload in finish.payloads() if finish else []:
-        if isinstance(payload, dict) and payload.get("code") == codes["finish"]:
-            extras = payload.get("extras", [])
-            changed += [f"{name} (seen at the end)" for name in payload.get("changed", [])]
-    return outcomes, changed, extras
+    finish = by_cell.get(("finish", None), (None, None))[1]
+    extras, payload = [], None
+    valid, others = signed_verdicts(finish, key, serials[("finish", None)])
+    if others or len(valid) > 1:
+        changed.append("a forged message at the end")
+    for body in valid[:1]:
+        extras = body.get("extras", [])
+        payload = body.get("payload")
+        changed += [f"{name} (seen at the end)" for name in body.get("changed", [])]
+    return outcomes, changed, extras, payload
+
+
+def die_with_the_grader() -> None:
+    """Have Linux kill this runner if the grader that started it dies (and with it, through
+    bubblewrap's --die-with-parent, the kernel): a killed grader leaves nothing running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the grader's own clean-up still kills the runner's session
+    if os.getppid() == 1:  # the grader died before the line above
+        raise SystemExit("the grader is gone")
 
 
 def main() -> None:
+    die_with_the_grader()
     job_path, result_path = Path(sys.argv[1]), Path(sys.argv[2])
     job = json.loads(job_path.read_text(encoding="utf-8"))
-    limit_memory(job["limits"]["memory_gib"])
-    rows = grade_job(job, job_path.parent)
-    result_path.write_text(json.dumps([asdict(row) for row in rows]), encoding="utf-8")
+    if not job.get("sandbox"):
+        limit_memory(job["limits"]["memory_gib"])
+    rows, payload = grade_job(job, job_path.parent)
+    result_path.write_text(json.dumps({"rows": [asdict(row) for row in rows], "payload": payload}), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -105,11 +105,16 @@ def official_chapter(stem: str, root: Path = ROOT) -> Chapter:
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
-    """The notebook at `path`, or Unreadable with a one-line reason."""
+    """The notebook at `path` (an older nbformat converted to 4), or Unreadable with a one-line reason."""
     try:
         text = Path(path).read_text(encoding="utf-8")
         data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        if not isinstance(data, dict):
+            raise Unreadable("not a notebook: it has no list of cells")
+        old = isinstance(data.get("nbformat"), int) and data["nbformat"] < 4
+        if old and not isinstance(data.get("worksheets"), list):
+            raise Unreadable("not a notebook: it has no worksheets (nbformat 3)")
+        if not old and not isinstance(data.get("cells"), list):
             raise Unreadable("not a notebook: it has no list of cells")
         notebook = nbformat.reads(text, as_version=4)
         for cell in notebook.cells:
@@ -149,17 +154,50 @@ class Match:
     cell: int | None
 
 
+def _checks_of(exercise_id: str, code: list[tuple[int, str]]) -> list[int]:
+    """Positions of the cells that call the check of `exercise_id`."""
+    call = re.compile(rf"check_exercise\(\s*[\"']{re.escape(exercise_id)}[\"']")
+    return [number for number, source in code if call.search(source)]
+
+
 def match_exercises(notebook, chapter: Chapter) -> dict[str, Match]:
-    """For each exercise, the last code cell that defines its name, preferring one that is not
-    the untouched stub (a learner who copied the cell and filled in the copy)."""
+    """For each exercise, the cell the student's own check cell saw: the last code cell that
+    defines its name above (or in) the last cell calling its check, preferring one that is not
+    the untouched stub (a learner who copied the cell and filled in the copy). A redefinition
+    below the check, to experiment, is not the answer. Without a check cell: the last one."""
     code = submitted_code_cells(notebook)
     matches = {}
     for slot in chapter.slots:
         found = [(number, source) for number, source in code if slot.name in defined_names(source)]
         edited = [(number, source) for number, source in found if source.strip() != slot.stub_source.strip()]
-        number, source = (edited or found or [(None, None)])[-1]
+        pool = edited or found
+        checks = _checks_of(slot.id, code)
+        if checks and any(number <= max(checks) for number, _ in pool):
+            pool = [(number, source) for number, source in pool if number <= max(checks)]
+        number, source = (pool or [(None, None)])[-1]
         matches[slot.id] = Match(source, number)
     return matches
+
+
+def helper_cells(notebook, chapter: Chapter, matches: dict[str, Match]) -> dict[str, list[tuple[int, str]]]:
+    """{exercise id: [(position, source), ...]}: the student's own code cells (helpers, imports,
+    debugging) that sit above an exercise's cell and below the previous one's; they run just
+    before it. Cells left as the official notebook has them, check cells, and cells that define
+    an exercise's function (old copies, experiments) are not among them."""
+    names = {slot.name for slot in chapter.slots}
+    official = chapter.code_sources
+    answers = {match.cell for match in matches.values() if match.cell is not None}
+    order = sorted((match.cell, slot.id) for slot in chapter.slots
+                   for match in [matches[slot.id]] if match.cell is not None)
+    helpers: dict[str, list[tuple[int, str]]] = {}
+    for number, source in submitted_code_cells(notebook):
+        if (number in answers or not source.strip() or source.strip() in official or names & defined_names(source)
+                or all(CHECK_CELL.match(line) or not line.strip() for line in source.splitlines())):
+            continue
+        following = next((exercise for cell, exercise in order if cell > number), None)
+        if following is not None:
+            helpers.setdefault(following, []).append((number, source))
+    return helpers
 
 
 def missing_message(slot: Slot) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import html
+import io
+import os
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -34,11 +36,23 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}.passed{color:#1a7f37}.
 .out-of-memory,.tampered{color:#b3261e}.not-attempted,.missing{color:#8a6d00}td.n{text-align:right}"""
 
 
+def write_file(path: Path, text: str) -> None:
+    """Write `text` to a new file and move it to `path`: a link planted at `path` is replaced,
+    never followed."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
 def write_csv(rows: list[Row], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(row.as_csv() for row in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(row.as_csv() for row in rows)
+    write_file(path, buffer.getvalue())
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -159,12 +173,14 @@ def write_reports(rows: list[Row], out: Path) -> list[Path]:
     for chapter in sorted({r.chapter for r in rows if r.chapter}):
         minutes.update({(chapter, slot.id): slot.minutes for slot in official_chapter(chapter).slots})
     write_csv(rows, out / "grades.csv")
-    (out / "report.html").write_text(class_report(rows, minutes), encoding="utf-8")
+    write_file(out / "report.html", class_report(rows, minutes))
     feedback = out / "feedback"
+    if feedback.is_symlink() or (feedback.exists() and not feedback.is_dir()):
+        feedback.unlink()
     feedback.mkdir(exist_ok=True)
     written, taken = [out / "grades.csv", out / "report.html"], set()
     for student in sorted({r.student for r in rows}):
         path = feedback / feedback_file_name(student, taken)
-        path.write_text(feedback_page(student, [r for r in rows if r.student == student]), encoding="utf-8")
+        write_file(path, feedback_page(student, [r for r in rows if r.student == student]))
         written.append(path)
     return written

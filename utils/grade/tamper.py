@@ -47,6 +47,11 @@ OS_CALLS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "r
             "replace", "rmdir", "removedirs", "chmod", "truncate", "putenv", "spawnl", "spawnv", "execv", "execl"}
 FILE_METHODS = {"write_text", "write_bytes", "unlink", "rmtree", "rmdir", "chmod", "symlink_to", "hardlink_to"}
 ALLOWED_MAGICS = {"time", "timeit"}
+# Magics and shell lines learners use to set up or look around; they change nothing the grade
+# depends on, and the grader drops them before it reads or runs a cell.
+DROPPED_LINE = re.compile(r"^\s*(%(matplotlib|config|load_ext\s+autoreload|autoreload|who|whos|pwd|env|pip|conda|"
+                          r"reload_ext\s+autoreload)\b|!\s*(pip|nvidia-smi|ls|pwd)\b).*$")
+CHECK_LINE = re.compile(r"^\s*(\w+)\s*=\s*check_exercise\(\s*[\"'][\d.]+[\"']\s*,\s*\1\s*\)\s*$")
 # Methods through which a returned object could fool a comparison: never needed by an exercise.
 SPOOFING_METHODS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__sub__", "__rsub__", "__abs__",
                     "__bool__", "__float__", "__int__", "__index__", "__hash__", "__torch_function__",
@@ -54,10 +59,16 @@ SPOOFING_METHODS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", 
                     "__getattribute__", "__getattr__", "__class_getitem__", "__init_subclass__", "__del__"}
 
 
+def runnable_source(cell_source: str) -> str:
+    """The cell as the grader runs it: setup magics (`%matplotlib inline`, `%pip ...`) and calls
+    of the student's own check (`f = check_exercise("0.1", f)`, after a merge of cells) dropped."""
+    return "\n".join(line for line in cell_source.splitlines() if not (DROPPED_LINE.match(line) or CHECK_LINE.match(line)))
+
+
 def python_source(cell_source: str) -> str:
     """The cell as Python (IPython's magics and `!` commands become `get_ipython()` calls),
-    with the harmless timing magics removed."""
-    kept = [line for line in cell_source.splitlines()
+    with the setup magics dropped and the harmless timing magics removed."""
+    kept = [line for line in runnable_source(cell_source).splitlines()
             if not re.match(rf"^\s*%%?({'|'.join(ALLOWED_MAGICS)})\b\s*$", line)]
     kept = [re.sub(rf"^(\s*)%({'|'.join(ALLOWED_MAGICS)})\s+", r"\1", line) for line in kept]
     return TransformerManager().transform_cell("\n".join(kept) + "\n")
@@ -81,6 +92,8 @@ class _Scanner(ast.NodeVisitor):
         self.reference_module = reference_module
         self.executed = executed
         self.patchable = set(PATCHABLE_ROOTS)
+        self.utils_names: dict[str, str] = {"utils": "utils"}  # name in the cell -> the module it stands for
+        self.flagged_modules: set[str] = set()  # grading modules whose import is already reported
         self.findings: list[tuple[int, str]] = []
 
     def flag(self, node: ast.AST, reason: str) -> None:
@@ -105,9 +118,14 @@ class _Scanner(ast.NodeVisitor):
     def _imported(self, node: ast.AST, module: str, bound: str) -> None:
         if module.split(".")[0] in PATCHABLE_ROOTS:
             self.patchable.add(bound)
+        if module == "utils" or module.startswith("utils."):
+            # `import utils.x` binds utils; `import utils.x as y` and `from utils import x` bind x
+            self.utils_names[bound] = "utils" if bound == "utils" and "." in module and isinstance(node, ast.Import) \
+                and not any(a.asname for a in node.names) else module
         if not self.executed:
             return
         if _is_grading_module(module, self.reference_module):
+            self.flagged_modules.add(module)
             self.flag(node, f"imports {module}: the checks, the grader or this chapter's reference solutions")
         elif module.split(".")[0] in RUNTIME_MODULES:
             self.flag(node, f"imports {module.split('.')[0]}, which can reach into the running grader")
@@ -184,6 +202,9 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _runtime_call(self, node: ast.Call, function: ast.AST) -> None:
+        if (isinstance(function, ast.Name) and function.id == "vars" and len(node.args) == 1
+                and _root(node.args[0]) not in self.patchable):
+            return  # vars(model.cfg): a look at an object's attributes
         if isinstance(function, ast.Name) and function.id in RUNTIME_CALLS:
             self.flag(node, f"calls {function.id}(), which runs or looks up code at run time")
         elif isinstance(function, ast.Name) and function.id == "open" and self._writes(node):
@@ -206,11 +227,31 @@ class _Scanner(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if self.executed and IPYTHON_NAMES.match(node.id):
             self.flag(node, f"uses {node.id}, IPython's own machinery or history")
+        elif node.id == "_workbook_grader":
+            self.flag(node, "uses _workbook_grader, the grader")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if self.executed and (node.attr in INSIDE_ATTRIBUTES or (node.attr in SYS_ATTRIBUTES and _root(node) == "sys")):
             self.flag(node, f"reads {ast.unparse(node)}, which reaches into the running grader")
+        elif self.executed and not isinstance(getattr(node, "parent_attribute", None), ast.Attribute):
+            dotted = self._as_module_path(node)
+            if (dotted and _is_grading_module(dotted, self.reference_module)
+                    and not any(dotted == m or dotted.startswith(m + ".") for m in self.flagged_modules)):
+                self.flag(node, f"reaches {dotted}: the checks, the grader or this chapter's reference solutions")
+        for child in ast.iter_child_nodes(node):
+            child.parent_attribute = node
         self.generic_visit(node)
+
+    def _as_module_path(self, node: ast.Attribute) -> str | None:
+        """`utils.references.ch00_x.f` (or through a name bound to `utils` or one of its packages)
+        as a dotted path from `utils`; None for anything else."""
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name) or node.id not in self.utils_names:
+            return None
+        return ".".join([self.utils_names[node.id], *reversed(parts)])
 
 
 def scan_cell(source: str, reference_module: str, executed: bool) -> list[tuple[int, str]]:
