@@ -48,8 +48,10 @@ torch.set_grad_enabled(False)  # this chapter only reads the model; section 3 tu
 # ## 1. The residual stream as a sum
 #
 # Every block *adds* to the residual stream: the embeddings start it, each attention layer adds its
-# output, each MLP adds its output, and nothing is ever overwritten. So the residual stream at the
-# end is a plain sum,
+# output, each MLP adds its output, and nothing is replaced, only added to (though a later component
+# can add the opposite of what an earlier one wrote, and cancel it; Chapter 06 meets a head whose job is
+# to push a name's logit down).
+# So the residual stream at the end is a plain sum,
 #
 # $$x_\text{final} = \text{embed} + \text{pos\_embed} + \sum_{\ell} \left(\text{attn}_\ell + \text{mlp}_\ell\right),$$
 #
@@ -534,6 +536,12 @@ for family in LENS_FAMILIES:
 heatmap(by_head["ioi"], x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}" for l in range(model.cfg.n_layers)],
         title="IOI: direct logit attribution by head", x_label="head", y_label="layer", text_auto=".2f")
 
+# %%
+ioi_heads = head_attribution(model, ioi)  # [layer, head, batch]
+for order in ("ABBA", "BABA"):
+    rows = [i for i, label in enumerate(ioi.labels["order"]) if label == order]
+    print(f"{order} ({len(rows)} prompts): " + "  ".join(f"L3H{h} {ioi_heads[3, h, rows].mean():5.2f}" for h in (1, 4, 5, 6)))
+
 # %% [markdown]
 # What the attributions say:
 # - **Facts and sentiment are MLP behaviours.** Their heads together write almost nothing straight to
@@ -541,9 +549,13 @@ heatmap(by_head["ioi"], x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}
 #   little). Something must still *move* the adjective or the country to the last token, and only
 #   attention can, but that is an indirect effect, which DLA does not see.
 # - **Truth** is written by MLPs too, mostly in blocks 0 and 2.
-# - **IOI** has one head with a large direct share, L3H1, and a few heads that write *against* the
-#   answer (negative cells in layer 3). But the biggest single share is the MLP of block 3. Hold on to
-#   that: Section 7 comes back to it.
+# - **IOI** has one head with a large direct share on average, L3H1, and the same share whatever the
+#   order of the names. Three heads of layer 3, L3H4, L3H5 and L3H6, write even more on a single
+#   prompt, but with a sign that flips with the order: on ABBA prompts ("When Mary and John ..., John
+#   gave ... to") L3H5 writes for the answer and L3H4 and L3H6 against it, on BABA prompts the reverse.
+#   Averaged over a mix of both, they nearly cancel, and the averaged heatmap hides them: split a
+#   family by its labels before you average. The biggest single share is the MLP of block 3. Hold on
+#   to that: Section 7 comes back to it.
 #
 # A direct attribution is *exact* for what it measures: the sum is the logit difference. What it
 # measures is only the direct path. A head whose output is read by a later MLP gets no credit for
@@ -727,8 +739,9 @@ heatmap(torch.stack([scores.flatten() for scores in detectors.values()]), x=head
 
 # %% [markdown]
 # Two previous-token heads in layer 0, L0H2 and L0H4, and **five induction heads**, all in the last
-# layer: L3H3, L3H4, L3H5, L3H6 and L3H7, each above 0.9. (L3H6 also writes against the IOI answer in
-# Section 4: a head can take part in more than one behaviour.) The rest of the chapter uses all five.
+# layer: L3H3, L3H4, L3H5, L3H6 and L3H7, each above 0.9. (Three of them are Section 4's IOI heads whose
+# sign flips with the order of the names: a head can take part in more than one behaviour.) The rest of
+# the chapter uses all five.
 
 # %% [markdown]
 # TransformerLens ships a detector too, `transformer_lens.head_detector.detect_head`. It takes the
@@ -1093,6 +1106,9 @@ mlp3 = by_component["ioi"][component_labels.index("3_mlp_out")]
 print(f"clean IOI logit difference {comparison['clean']:.2f}; MLP3's direct share {mlp3:.2f}")
 for (layer, head), direct, drop in zip(checked_heads, comparison["direct"], comparison["ablation drop"]):
     print(f"L{layer}H{head}: direct share {direct:5.2f}   drop when ablated {drop:5.2f}")
+l3h5_change = logit_diffs(model, ioi) - ablated_logit_diffs(model, ioi, abc_prompts(ioi), 3, 5)  # [batch]
+print(f"L3H5, prompt by prompt: mean |direct share| {ioi_heads[3, 5].abs().mean():.2f}, "
+      f"mean |change when ablated| {l3h5_change.abs().mean():.2f}")
 import plotly.graph_objects as go
 
 head_names = [f"L{l}H{h}" for l, h in checked_heads]
@@ -1111,9 +1127,10 @@ figure
 # credits MLP3 for it. (In GPT-2 small the famous case runs the other way: ablating the top name-mover
 # head costs *less* than its direct share, because backup heads take over.)
 #
-# L3H5 disagrees the other way, for a plainer reason: it writes a little towards the answer, but a
-# resample ablation removes only what *differs* between the clean and the corrupted prompt, and L3H5's
-# output hardly depends on which name is repeated. An ablation answers the question its corruption
+# L3H5 disagrees the other way, for a plainer reason: on each prompt it writes a lot (about 4, for or
+# against the answer depending on the order of the names), but a resample ablation removes only what
+# *differs* between the clean and the corrupted prompt, and L3H5's output hardly depends on which name
+# is repeated: ablating it changes each prompt's logit difference by almost nothing. An ablation answers the question its corruption
 # asks, no more.
 #
 # That reading is a hypothesis, not yet a mechanism. It is plausible; whether it is *faithful* takes

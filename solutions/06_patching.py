@@ -573,16 +573,17 @@ for label, row in table.items():
 # %% [markdown]
 # They disagree, and the disagreement is informative:
 # - For **L3H1** all three cost most of the answer: whatever "removing" means, the answer needs it.
-# - For the **early heads** (L0H3, L0H6, L0H7), mean ablation leaves a good part of the answer, while
-#   zero and resample ablation wipe it out and even tip it towards the wrong name.
-# - **L3H4 and L3H6** write *against* the answer (Chapter 03 found their negative direct attribution).
-#   Zero or mean ablation removes that push and the logit difference *rises* above the clean run's;
-#   resample ablation leaves it about where it was.
+# - For the **early heads** (L0H3, L0H6, L0H7), mean ablation leaves a little of the answer (a twentieth
+#   to a fifth of it, depending on the prompts), while zero and resample ablation wipe it out and even
+#   tip it towards the wrong name.
+# - **L3H4 and L3H6** (Chapter 03 found that their direct shares are large and flip sign with the order
+#   of the names): zero or mean ablation removes what they write and the logit difference *rises*
+#   above the clean run's; resample ablation leaves it about where it was.
 #
 # Why would the mean and the resample, both taken from the ABC prompts, differ so much? Each prompt's
 # ABC twin has the *same two names* as the prompt. Resampling from the twin keeps everything a head
 # writes about those particular names; the mean over many ABC prompts averages the names out and keeps
-# only what the head writes on every prompt. So the negative heads' push against these two names
+# only what the head writes on every prompt. So L3H4's and L3H6's push about these two names
 # survives a resample and not a mean, and the early heads' output on the twin (about a third name at
 # S2) is a real signal that the later heads act on.
 #
@@ -822,17 +823,17 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # - **It pushes down the name it reads.** Through the names' effective embeddings (Chapter 03,
 #   Section 6), its OV circuit puts a name's own logit at the *bottom* of its row for most names and at
 #   the top for none. Its direct effect lowers the repeated name's logit by more than two and raises
-#   the answer's by under one.
+#   the answer's by less than half as much.
 # - **L0H3 and L0H6 at S2 attend to themselves**: they pass on *which name sits at S2*. They never look
 #   at S1, so they cannot notice a repetition. L0H7 at the end looks at S2.
 # - **The early heads reach L3H1 only through its values**, never its queries or keys: where L3H1 looks
 #   does not depend on them, what it reads there does. That route carries about a quarter of their
-#   effect; MLP0 at S2 carries more. L0H7 does not reach L3H1 at all (its effect goes through MLP3 and
-#   the direct path).
+#   effect; MLP0 at S2 carries more. L0H7 does not reach L3H1 at all: its effect takes other routes.
 #
 # So the organism's algorithm, as far as we measured it: read the name in the S2 slot and push it
-# *down*; MLP3, which reads L3H1 (Section 4), writes most of the rest. No head we measured detects a
-# repeated name, and none moves the other name to the answer. The nearest relative in GPT-2 small is
+# *down*; more than half of L3H1's effect reaches the answer through MLP3 (Section 4). None of the heads
+# we measured detects a repeated name, and the head that carries the answer never looks at the other
+# name, so it cannot move it to the answer. The nearest relative in GPT-2 small is
 # not a name mover but **copy suppression** (McDougall et al., 2023: head L10H7 attends to a token the
 # model is predicting and lowers its logit), and the *negative* name movers 10.7 and 11.10 of Wang et
 # al. Same task, a patching map of the same shape, another algorithm: this is Chapter 00's universality
@@ -843,8 +844,8 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # ## 5. Attribution patching
 #
 # The head-by-position sweep took hundreds of forward passes. **Attribution patching** (AtP; Nanda,
-# 2023; Syed et al., 2023) estimates every cell of it from *one* forward and *one* backward pass. Write the metric as a function of one
-# activation $a$, run on the corrupted prompts; patching in the clean value changes $a$ by
+# 2023; Syed et al., 2023) estimates every cell of it from *one* forward and *one* backward pass.
+# Write the metric as a function of one activation $a$, run on the corrupted prompts; patching in the clean value changes $a$ by
 # $a_\text{clean} - a_\text{corrupted}$, and to first order the metric changes by
 #
 # $$\Delta M \approx \nabla_a M\big|_{a_\text{corrupted}} \cdot (a_\text{clean} - a_\text{corrupted}).$$
@@ -960,7 +961,7 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
 # %% [markdown]
 # The estimate correlates well with the real patches over all cells and picks out the same few, at a
 # fraction of the cost. But it *underestimates every large effect*, and worst the layer-0 heads at the
-# S2 position (by more than half): their change is large, and it passes through MLP0 and the
+# S2 position (by about half or more): their change is large, and it passes through MLP0 and the
 # LayerNorms before it reaches the answer (Section 4's table: MLP0 carries more of it than L3H1's
 # values do), so a first-order estimate over so long a step misses much of it. L3H1 is closer, but
 # the final LayerNorm and MLP3 bend the line there too. Kramár et al. (2024, AtP*) describe the other
@@ -1068,22 +1069,29 @@ MAX_REPORT_NODES = 8
 
 
 @torch.no_grad()
-def node_minimality(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
-                    nodes, score: Metric) -> dict[Node, float]:
-    """Each node's largest drop in F over the subsets of the circuit that contain it (Wang et al.'s minimality)."""
+def subset_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                        nodes, score: Metric) -> dict[frozenset, float]:
+    """F of every subset of a circuit (2^n runs), keyed by the frozenset of the nodes kept."""
     nodes = sorted(set(nodes))
     if len(nodes) > MAX_REPORT_NODES:
         raise ValueError(f"{len(nodes)} nodes: trying every subset takes 2^{len(nodes)} runs; "
                          f"report on at most {MAX_REPORT_NODES} nodes")
     full = score(model(tokens))
     empty = score(circuit_logits(model, tokens, reference_tokens, []))
-    kept_score = {}
-    for size in range(len(nodes) + 1):
+    kept_score = {frozenset(): 0.0}
+    for size in range(1, len(nodes) + 1):
         for kept in combinations(nodes, size):
             logits = circuit_logits(model, tokens, reference_tokens, list(kept))
             kept_score[frozenset(kept)] = float((score(logits) - empty) / (full - empty))
+    return kept_score
+
+
+def node_minimality(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                    nodes, score: Metric) -> dict[Node, float]:
+    """Each node's largest drop in F over the subsets of the circuit that contain it (Wang et al.'s minimality)."""
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
     return {node: max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
-            for node in nodes}
+            for node in sorted(set(nodes))}
 
 
 @torch.no_grad()
@@ -1091,17 +1099,19 @@ def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: In
                    nodes, score: Metric) -> dict[str, float]:
     """Faithfulness, completeness (largest single-node gap) and minimality (smallest best drop over subsets)."""
     nodes = sorted(set(nodes))
-    drops = node_minimality(model, tokens, reference_tokens, nodes, score)
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
+    circuit = frozenset(nodes)
+    drops = [max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
+             for node in nodes]
     everything = all_nodes(model, tokens.shape[1])
-
-    def normalised(kept) -> float:
-        return circuit_faithfulness(model, tokens, reference_tokens, kept, score)
-
-    faithfulness = normalised(nodes)
-    gaps = [abs(normalised([n for n in nodes if n != node]) - normalised([n for n in everything if n != node]))
-            for node in nodes]
-    return {"faithfulness": faithfulness, "completeness gap": max(gaps, default=0.0),
-            "minimality": min(drops.values(), default=0.0), "nodes": len(nodes)}
+    full = score(model(tokens))
+    empty = score(circuit_logits(model, tokens, reference_tokens, []))
+    gaps = []
+    for node in nodes:  # completeness, single nodes only: F(C without v) against F(M without v)
+        model_without = score(circuit_logits(model, tokens, reference_tokens, [n for n in everything if n != node]))
+        gaps.append(abs(kept_score[circuit - {node}] - float((model_without - empty) / (full - empty))))
+    return {"faithfulness": kept_score[circuit], "completeness gap": max(gaps, default=0.0),
+            "minimality": min(drops, default=0.0), "nodes": len(nodes)}
 
 
 # %% [markdown]

@@ -346,22 +346,29 @@ MAX_REPORT_NODES = 8
 
 
 @torch.no_grad()
-def node_minimality(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
-                    nodes, score: Metric) -> dict[Node, float]:
-    """Each node's largest drop in F over the subsets of the circuit that contain it (Wang et al.'s minimality)."""
+def subset_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                        nodes, score: Metric) -> dict[frozenset, float]:
+    """F of every subset of a circuit (2^n runs), keyed by the frozenset of the nodes kept."""
     nodes = sorted(set(nodes))
     if len(nodes) > MAX_REPORT_NODES:
         raise ValueError(f"{len(nodes)} nodes: trying every subset takes 2^{len(nodes)} runs; "
                          f"report on at most {MAX_REPORT_NODES} nodes")
     full = score(model(tokens))
     empty = score(circuit_logits(model, tokens, reference_tokens, []))
-    kept_score = {}
-    for size in range(len(nodes) + 1):
+    kept_score = {frozenset(): 0.0}
+    for size in range(1, len(nodes) + 1):
         for kept in combinations(nodes, size):
             logits = circuit_logits(model, tokens, reference_tokens, list(kept))
             kept_score[frozenset(kept)] = float((score(logits) - empty) / (full - empty))
+    return kept_score
+
+
+def node_minimality(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                    nodes, score: Metric) -> dict[Node, float]:
+    """Each node's largest drop in F over the subsets of the circuit that contain it (Wang et al.'s minimality)."""
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
     return {node: max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
-            for node in nodes}
+            for node in sorted(set(nodes))}
 
 
 @torch.no_grad()
@@ -369,17 +376,19 @@ def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: In
                    nodes, score: Metric) -> dict[str, float]:
     """Faithfulness, completeness (largest single-node gap) and minimality (smallest best drop over subsets)."""
     nodes = sorted(set(nodes))
-    drops = node_minimality(model, tokens, reference_tokens, nodes, score)
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
+    circuit = frozenset(nodes)
+    drops = [max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
+             for node in nodes]
     everything = all_nodes(model, tokens.shape[1])
-
-    def normalised(kept) -> float:
-        return circuit_faithfulness(model, tokens, reference_tokens, kept, score)
-
-    faithfulness = normalised(nodes)
-    gaps = [abs(normalised([n for n in nodes if n != node]) - normalised([n for n in everything if n != node]))
-            for node in nodes]
-    return {"faithfulness": faithfulness, "completeness gap": max(gaps, default=0.0),
-            "minimality": min(drops.values(), default=0.0), "nodes": len(nodes)}
+    full = score(model(tokens))
+    empty = score(circuit_logits(model, tokens, reference_tokens, []))
+    gaps = []
+    for node in nodes:  # completeness, single nodes only: F(C without v) against F(M without v)
+        model_without = score(circuit_logits(model, tokens, reference_tokens, [n for n in everything if n != node]))
+        gaps.append(abs(kept_score[circuit - {node}] - float((model_without - empty) / (full - empty))))
+    return {"faithfulness": kept_score[circuit], "completeness gap": max(gaps, default=0.0),
+            "minimality": min(drops, default=0.0), "nodes": len(nodes)}
 
 
 def ioi_circuit() -> list[Node]:
