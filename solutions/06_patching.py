@@ -1138,10 +1138,10 @@ for label, nodes in {"L3H1 at the end": [(3, 1, 14)],
 
 # %% [markdown]
 # L3H1 alone carries almost nothing: without the early heads it has nothing to read. With the
-# early heads at S2 it carries the whole behaviour, and more (faithfulness above 1: the circuit leaves
-# out heads that write *against* the answer on these prompts). The completeness gap says something is still missing:
-# some node's removal hurts the circuit more than it hurts the whole model, so the full model has
-# another route that this circuit lacks.
+# early heads at S2 it carries about the whole behaviour; on these prompts a little more than all of
+# it (faithfulness above 1: the circuit leaves out heads that write *against* the answer here). The
+# completeness gap says something is still missing: some node's removal hurts the circuit more than it
+# hurts the whole model, so the full model has another route that this circuit lacks.
 #
 # That circuit was read off a map this chapter drew for you. The next one you find yourself, on a
 # template whose roles sit at other positions: template 1, whose prompts are 19 tokens long.

@@ -369,7 +369,9 @@ def test_circuit_reports_on_the_chapter_prompts():
     alone = ref.circuit_report(m, runs["clean"], runs["abc"], [(3, 1, END)], runs["score"])
     four = ref.circuit_report(m, runs["clean"], runs["abc"], [(3, 1, END), (0, 3, S2), (0, 6, S2), (0, 7, END)], runs["score"])
     claim("ch06: L3H1 alone carries almost nothing (faithfulness)", alone["faithfulness"], below=0.1)
-    claim("ch06: Section 2's four cells carry all of it, and more (faithfulness)", four["faithfulness"], above=1.0)
+    claim("ch06: Section 2's four cells carry about all of it (faithfulness)", four["faithfulness"], above=0.9)
+    if claim_seed() == 0:  # the chapter's own prompts
+        claim("ch06: on the chapter's prompts, a little more than all of it (faithfulness)", four["faithfulness"], above=1.0)
     claim("ch06: something is still missing (completeness gap of the four cells)", four["completeness gap"], above=0.05)
     claim("ch06: every one of the four cells matters (subset minimality)", four["minimality"], above=0.1)
 
