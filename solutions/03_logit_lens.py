@@ -9,14 +9,15 @@
 # %% [markdown]
 # # Chapter 03: Logit lens and attribution
 #
-# **Time:** about 2.5 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
 # *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - write the final residual stream as a sum of everything the embeddings, heads and MLPs wrote,
 #   and turn each part into its share of the logit difference, with the final LayerNorm frozen;
-# - read the residual stream after every block with the **logit lens**, and train a **tuned lens**
-#   that corrects it, per family of prompts, against answers we know;
+# - read the residual stream after every block with the **logit lens**, family by family against
+#   answers we know, and train a **tuned lens** (one translator per point, on all families pooled)
+#   that brings each point closer to the model's final distribution;
 # - attribute each answer to layers and heads (**direct logit attribution**) and tell behaviours
 #   carried by heads from behaviours carried by MLPs;
 # - find previous-token, duplicate-token and induction heads from their attention patterns, and
@@ -47,8 +48,10 @@ torch.set_grad_enabled(False)  # this chapter only reads the model; section 3 tu
 # ## 1. The residual stream as a sum
 #
 # Every block *adds* to the residual stream: the embeddings start it, each attention layer adds its
-# output, each MLP adds its output, and nothing is ever overwritten. So the residual stream at the
-# end is a plain sum,
+# output, each MLP adds its output, and nothing is replaced, only added to (though a later component
+# can add the opposite of what an earlier one wrote, and cancel it; Chapter 06 meets a head whose job is
+# to push a name's logit down).
+# So the residual stream at the end is a plain sum,
 #
 # $$x_\text{final} = \text{embed} + \text{pos\_embed} + \sum_{\ell} \left(\text{attn}_\ell + \text{mlp}_\ell\right),$$
 #
@@ -128,12 +131,14 @@ print("components:", list(components.shape), " final LayerNorm scale of the firs
 #
 # <details><summary>Hint 1</summary>
 #
-# `stack - stack.mean(-1, keepdim=True)` centres; `final_scale[:, None]` broadcasts over `d_model`.
+# Use the *same* scale for every part: the final residual's, from the cache. A part normalised by
+# its own size would not add up to the whole.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Use the *same* scale for every part: the final residual's, from the cache. A part normalised by
-# its own size would not add up to the whole.
+# The shapes: `stack - stack.mean(-1, keepdim=True)` centres, still `[component, batch, d_model]`;
+# `final_scale[:, None]` is `[batch, 1]` and broadcasts over `d_model`; the dot product with
+# `directions` (`[batch, d_model]`) sums over `d_model` and leaves `[component, batch]`.
 # </details>
 # <details><summary>Hint 3</summary>
 #
@@ -284,7 +289,8 @@ lines({family: measured["probability"] for family, measured in lens.items()}, x=
 # - At `embed` the last token is the same word in every prompt of a family, so nothing is known.
 # - **Facts, truth and sentiment** are answered after the first block for most prompts: one block is
 #   enough to bring the country (or the adjective) to the last token and turn it into the answer.
-#   Later blocks add confidence.
+#   The middle blocks add confidence; for facts the last block takes a little back (the probability
+#   falls at the output), a calibration step a lens reading "more is always better" would miss.
 # - **IOI** stays wrong until the last block, and then is right for every prompt: choosing the name
 #   that was *not* repeated needs information from several positions to be combined, and the organism
 #   does that only in its last block.
@@ -364,7 +370,9 @@ print("training vectors:", list(lens_train["resid"].shape), " held out:", list(l
 # `torch.Generator().manual_seed(seed)`. Then take `steps` steps; each draws a minibatch of rows with
 # `torch.randint(len(resid), (batch_size,), generator=generator)` and minimises the mean over the
 # minibatch of `kl_from_final(final_logits[rows], lens_logits(model, translator(resid[rows])))`.
-# Return the translator. (Only the translator learns: the model's weights stay as they are.)
+# Return the translator. (Only the translator learns: the model's weights stay as they are.) Another
+# way of drawing minibatches (without replacement, say) is fine: the check asks for a held-out KL as
+# low as the reference's, with the slack that another draw of minibatches gives (12%).
 #
 # This chapter switched gradients off at the top; turn them on inside your function with
 # `with torch.enable_grad():`.
@@ -382,9 +390,8 @@ print("training vectors:", list(lens_train["resid"].shape), " held out:", list(l
 # </details>
 # <details><summary>Hint 3</summary>
 #
-# Each step: the rows, the loss, `optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`.
-# Draw the rows from the generator in that order, one `randint` per step, so that your minibatches
-# are the reference's.
+# Each step: the rows (one `torch.randint(..., generator=generator)`), the loss,
+# `optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`, all inside `with torch.enable_grad():`.
 # </details>
 
 # %% tags=["export"]
@@ -529,6 +536,12 @@ for family in LENS_FAMILIES:
 heatmap(by_head["ioi"], x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}" for l in range(model.cfg.n_layers)],
         title="IOI: direct logit attribution by head", x_label="head", y_label="layer", text_auto=".2f")
 
+# %%
+ioi_heads = head_attribution(model, ioi)  # [layer, head, batch]
+for order in ("ABBA", "BABA"):
+    rows = [i for i, label in enumerate(ioi.labels["order"]) if label == order]
+    print(f"{order} ({len(rows)} prompts): " + "  ".join(f"L3H{h} {ioi_heads[3, h, rows].mean():5.2f}" for h in (1, 4, 5, 6)))
+
 # %% [markdown]
 # What the attributions say:
 # - **Facts and sentiment are MLP behaviours.** Their heads together write almost nothing straight to
@@ -536,9 +549,13 @@ heatmap(by_head["ioi"], x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}
 #   little). Something must still *move* the adjective or the country to the last token, and only
 #   attention can, but that is an indirect effect, which DLA does not see.
 # - **Truth** is written by MLPs too, mostly in blocks 0 and 2.
-# - **IOI** has one head with a large direct share, L3H1, and a few heads that write *against* the
-#   answer (negative cells in layer 3). But the biggest single share is the MLP of block 3. Hold on to
-#   that: Section 7 comes back to it.
+# - **IOI** has one head with a large direct share on average, L3H1, and the same share whatever the
+#   order of the names. Three heads of layer 3, L3H4, L3H5 and L3H6, write even more on a single
+#   prompt, but with a sign that flips with the order: on ABBA prompts ("When Mary and John ..., John
+#   gave ... to") L3H5 writes for the answer and L3H4 and L3H6 against it, on BABA prompts the reverse.
+#   Averaged over a mix of both, they nearly cancel, and the averaged heatmap hides them: split a
+#   family by its labels before you average. The biggest single share is the MLP of block 3. Hold on
+#   to that: Section 7 comes back to it.
 #
 # A direct attribution is *exact* for what it measures: the sum is the logit difference. What it
 # measures is only the direct path. A head whose output is read by a later MLP gets no credit for
@@ -548,11 +565,13 @@ heatmap(by_head["ioi"], x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}
 # ## 5. Attention patterns and head detectors
 #
 # An attention head moves information between positions: each destination position (the query) takes
-# a weighted average of what the head reads at the source positions (the keys) before it. The
+# a weighted average of the head's *values* at the source positions (itself and those before it), with
+# weights set by how well its query matches their keys. The
 # weights, the **attention pattern**, are cached at `blocks.{layer}.attn.hook_pattern` with shape
 # `[batch, head, destination, source]`, each row summing to 1. The views below are interactive: hover
 # over a token to see where it looks. First, the last layer on an IOI prompt (look at L3H1 from the
-# last token):
+# last token: it looks at the *repeated* name, not at the answer; Chapter 06 measures what it does
+# with it):
 
 # %%
 from utils.plotting import attention_patterns
@@ -627,7 +646,8 @@ attention_patterns(repeat_str, patterns[3, 0], [f"L3H{h}" for h in range(model.c
 # In layer 0, some heads put almost all their weight one token back: **previous-token heads**. In
 # layer 3, several heads draw a stripe parallel to the diagonal, `SEQ_LEN - 1` places back: from
 # each word of the second copy, they look at the word that *followed* its first occurrence. Those are
-# **induction heads**. Let us measure both.
+# **induction heads** (found in small attention-only models by Elhage et al., 2021, and traced through
+# training by Olsson et al., 2022). Let us measure both.
 #
 # ### Exercise 3.5: previous-token scores (difficulty 1/3, ~10 min)
 # Write `previous_token_scores(patterns, offset=1)`. `patterns` is `[layer, batch, head, dest, src]`.
@@ -716,6 +736,12 @@ for name, scores in detectors.items():
     print(f"{name:<16} " + "  ".join(f"{head_names[i]} {scores.flatten()[i]:.2f}" for i in top))
 heatmap(torch.stack([scores.flatten() for scores in detectors.values()]), x=head_names, y=list(detectors),
         title="Head detector scores on repeated random sequences", diverging=False, text_auto=".2f")
+
+# %% [markdown]
+# Two previous-token heads in layer 0, L0H2 and L0H4, and **five induction heads**, all in the last
+# layer: L3H3, L3H4, L3H5, L3H6 and L3H7, each above 0.9. (Three of them are Section 4's IOI heads whose
+# sign flips with the order of the names: a head can take part in more than one behaviour.) The rest of
+# the chapter uses all five.
 
 # %% [markdown]
 # TransformerLens ships a detector too, `transformer_lens.head_detector.detect_head`. It takes the
@@ -906,14 +932,14 @@ print(f"random heads (baseline), effective embedding: "
 #
 # <details><summary>Hint 1</summary>
 #
-# The full matrices are small here (256 x 256): `model.W_Q[layer, head] @ model.W_K[layer, head].T`
-# and `model.W_V[layer, head] @ model.W_O[layer, head]`; a tensor's `.norm()` is its Frobenius norm.
-# (`model.QK` and `model.OV` give the same as `FactoredMatrix` objects, with `.T` and `.norm()`.)
+# The keys read the source head's *output*: the OV circuit goes in transposed, on the right of the
+# QK circuit. With it on the left you measure Q-composition; with two OV circuits, V-composition.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# The keys read the source head's *output*: the OV circuit goes in transposed, on the right of the
-# QK circuit. With it on the left you measure Q-composition; with two OV circuits, V-composition.
+# The full matrices are small here (256 x 256): `model.W_Q[layer, head] @ model.W_K[layer, head].T`
+# and `model.W_V[layer, head] @ model.W_O[layer, head]`; a tensor's `.norm()` is its Frobenius norm.
+# (`model.QK` and `model.OV` give the same as `FactoredMatrix` objects, with `.T` and `.norm()`.)
 # </details>
 # <details><summary>Hint 3</summary>
 #
@@ -970,11 +996,12 @@ for layer, head in previous_heads:
 others = [h for h in range(model.cfg.n_heads) if (0, h) not in previous_heads]
 print(f"other layer-0 heads into the induction heads: mean {k_scores[others][:, [h for _, h in induction_heads]].mean():.2f}")
 heatmap(k_scores, x=[f"L3H{h}" for h in range(model.cfg.n_heads)], y=[f"L0H{h}" for h in range(model.cfg.n_heads)],
-        title=f"K-composition, layer 0 into layer 3 (random baseline {baseline_mean:.2f})", diverging=False, text_auto=".2f")
+        title=f"K-composition, layer 0 into layer 3 (random baseline {baseline_mean:.2f})", diverging=False, text_auto=".2f",
+        x_label="layer-3 head (reads through its keys)", y_label="layer-0 head (writes)")
 
 # %% [markdown]
 # The two previous-token heads compose with every induction head three to four times as strongly as
-# random matrices, and clearly more than the other layer-0 heads do. That is the induction circuit
+# random matrices, and more than any other layer-0 head does. That is the induction circuit
 # read from the weights: a previous-token head writes "the token before me was X" at each position;
 # the induction head's query at the current token X matches keys that carry "the token before me was
 # X", and its OV circuit copies the token found there. (Loose descriptions say the induction head
@@ -988,8 +1015,10 @@ heatmap(k_scores, x=[f"L3H{h}" for h in range(model.cfg.n_heads)], y=[f"L0H{h}" 
 # after it. Direct attribution predicts that removing L3H1 costs the logit difference its direct
 # share and no more. Test that. We **resample-ablate** the head: replace its output at every position
 # with its output on a *corrupted* version of the same prompt, where the repeated name (the second
-# mention of the subject) is a third name. That removes what the head does with the names while
-# keeping its output a realistic one.
+# mention of the subject) is a third name (the ABC corruption of Wang et al., 2022). That removes what
+# the head does with the names while keeping its output a realistic one. (Chan et al., 2022, and
+# Heimersheim & Nanda, 2024, draw a resample from *other* inputs of the distribution; a paired twin is
+# the special case we use here.)
 
 # %% tags=["export"]
 import random
@@ -1071,17 +1100,24 @@ def dla_versus_ablation(model, prompts: PromptSet, heads: list[tuple[int, int]],
 
 
 # %%
-from utils.plotting import bars
-
 checked_heads = [(3, 1), (3, 5), (2, 0), (3, 4)]
 comparison = dla_versus_ablation(model, ioi, checked_heads)
 mlp3 = by_component["ioi"][component_labels.index("3_mlp_out")]
 print(f"clean IOI logit difference {comparison['clean']:.2f}; MLP3's direct share {mlp3:.2f}")
 for (layer, head), direct, drop in zip(checked_heads, comparison["direct"], comparison["ablation drop"]):
     print(f"L{layer}H{head}: direct share {direct:5.2f}   drop when ablated {drop:5.2f}")
-bars(torch.cat([comparison["direct"], comparison["ablation drop"]]),
-     [f"L{l}H{h} direct" for l, h in checked_heads] + [f"L{l}H{h} ablated" for l, h in checked_heads],
-     title="IOI: direct logit attribution vs the effect of ablating the head", y_label="logit difference")
+l3h5_change = logit_diffs(model, ioi) - ablated_logit_diffs(model, ioi, abc_prompts(ioi), 3, 5)  # [batch]
+print(f"L3H5, prompt by prompt: mean |direct share| {ioi_heads[3, 5].abs().mean():.2f}, "
+      f"mean |change when ablated| {l3h5_change.abs().mean():.2f}")
+import plotly.graph_objects as go
+
+head_names = [f"L{l}H{h}" for l, h in checked_heads]
+figure = go.Figure([go.Bar(x=head_names, y=comparison["direct"].tolist(), name="direct share (DLA)"),
+                    go.Bar(x=head_names, y=comparison["ablation drop"].tolist(), name="drop when resample-ablated")])
+figure.add_hline(y=float(mlp3), line_dash="dash", annotation_text="MLP3's direct share")
+figure.update_layout(barmode="group", title="IOI: direct logit attribution vs the effect of ablating the head",
+                     xaxis_title="head", yaxis_title="logit difference", height=400)
+figure
 
 # %% [markdown]
 # The attribution and the intervention disagree. Ablating L3H1 costs more than twice its direct
@@ -1091,9 +1127,10 @@ bars(torch.cat([comparison["direct"], comparison["ablation drop"]]),
 # credits MLP3 for it. (In GPT-2 small the famous case runs the other way: ablating the top name-mover
 # head costs *less* than its direct share, because backup heads take over.)
 #
-# L3H5 disagrees the other way, for a plainer reason: it writes a little towards the answer, but a
-# resample ablation removes only what *differs* between the clean and the corrupted prompt, and L3H5's
-# output hardly depends on which name is repeated. An ablation answers the question its corruption
+# L3H5 disagrees the other way, for a plainer reason: on each prompt it writes a lot (about 4, for or
+# against the answer depending on the order of the names), but a resample ablation removes only what
+# *differs* between the clean and the corrupted prompt, and L3H5's output hardly depends on which name
+# is repeated: ablating it changes each prompt's logit difference by almost nothing. An ablation answers the question its corruption
 # asks, no more.
 #
 # That reading is a hypothesis, not yet a mechanism. It is plausible; whether it is *faithful* takes
@@ -1145,6 +1182,21 @@ else:
 #   whether they do on real inputs is again an experiment.
 # - **A plausible story is not a faithful one.** Every finding here is a hypothesis to test against
 #   the model's behaviour, which is what Chapter 06 does.
+# - **A frozen-scale attribution is not the effect of removing a component.** Removing it changes the
+#   final LayerNorm's scale too; the shares add up only with the scale held fixed.
+# - **Detector scores depend on the probe inputs.** The induction and previous-token scores here are
+#   measured on repeated *random* words, not on natural text.
+#
+# ### References
+# - nostalgebraist (2020). *interpreting GPT: the logit lens.*
+# - Belrose et al. (2023). *Eliciting Latent Predictions from Transformers with the Tuned Lens.*
+# - Elhage et al. (2021). *A Mathematical Framework for Transformer Circuits.* Direct logit
+#   attribution, QK and OV circuits, composition scores, induction heads.
+# - Olsson et al. (2022). *In-context Learning and Induction Heads.*
+# - Wang et al. (2022). *Interpretability in the Wild: a Circuit for Indirect Object Identification in
+#   GPT-2 small.* The IOI task, the ABC corruption, GPT-2's name movers and negative heads.
+# - Chan et al. (2022). *Causal scrubbing.* Heimersheim & Nanda (2024). *How to use and interpret
+#   activation patching.* Resample ablation.
 #
 # **Your record so far:**
 

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 06: Activation patching and circuits
 #
-# **Time:** about 3 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# **Time:** about 4½ hours. **Exercises:** 9, each checked as soon as you run the cell after it.
 # *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
@@ -19,10 +19,12 @@
 #   in batched sweeps, and tell **denoising** (is it sufficient?) from **noising** (is it necessary?);
 # - see that **zero, mean and resample ablation** ask different questions and give different answers;
 # - separate a head's direct effect from its effect through later components with **path patching**,
-#   and answer Chapter 03's open question about head L3H1;
+#   and answer Chapter 03's open question about head L3H1, and find that the organism's IOI algorithm
+#   is not the one GPT-2 small uses;
 # - estimate every patch at once with **attribution patching** (gradient times difference), and find
 #   where its linear approximation fails;
-# - submit a **circuit** for IOI and have it graded by faithfulness on name pairs the model never saw;
+# - search for a **circuit** for IOI on a template the chapter does not map for you, and have it graded
+#   by faithfulness and minimality on name pairs the model never saw;
 #   confirm the **induction circuit** by path patching into the induction heads' keys, and watch
 #   induction **form during training**.
 #
@@ -50,7 +52,8 @@ torch.set_grad_enabled(False)  # patching only runs the model; section 5 turns g
 # A patching experiment compares two runs that differ in one thing we control. For IOI ("When Kate
 # and Rose went to the restaurant, Rose gave a drink to" → " Kate"), the world's generator gives us
 # two natural corruptions of the **second mention of the subject** (S2), the one token that decides
-# the answer:
+# the answer (the task, its roles and the ABC corruption come from Wang et al., 2022, who mapped GPT-2
+# small's IOI circuit):
 # - **swap**: S2 becomes the *other* name ("..., Kate gave a drink to"): the right answer flips;
 # - **ABC**: S2 becomes a third name ("..., Anna gave a drink to"): no name is repeated, so neither
 #   name is the answer.
@@ -208,7 +211,8 @@ print(f"swap metric: clean {swap_metric(clean_logits):.2f}, swap {swap_metric(sw
 # the metric climbs back towards 1, that activation is *sufficient* (together with the rest of the
 # corrupted run) to restore the answer. **Noising**: run the *clean* prompts with one activation from
 # the corrupted run. If the metric falls, that activation is *necessary*. The two answer different
-# questions, and a component can pass one test and fail the other.
+# questions, and a component can pass one test and fail the other. (The two names, and how to read
+# each, follow Heimersheim & Nanda, 2024, "How to use and interpret activation patching".)
 #
 # Every function here takes a `base` run (the one we run) and a `source` run (the one we copy from):
 # denoising is `base = corrupted, source = clean`; noising the other way round.
@@ -284,7 +288,7 @@ heatmap(resid_denoising, x=position_labels, y=layer_labels, text_auto=".2f",
 # %% [markdown]
 # The picture has two bright places, and they tell a story of information moving:
 # - At the **S2 position** (the repeated name), patching restores the answer in every layer up to
-#   the last: whatever the model computes from "which name was repeated" still sits there.
+#   the last: whatever the model reads from the token at S2 still sits there.
 # - At the **last position** ("to"), patching helps from layer 1 on, more in later layers: the
 #   information has started to arrive where the answer is written. Nothing in between matters.
 #
@@ -298,7 +302,7 @@ heatmap(resid_denoising, x=position_labels, y=layer_labels, text_auto=".2f",
 # variant, let a single hook on `blocks.{l}.attn.hook_z` patch variant `v`'s own head and position in
 # its own copy, and cut the logits back into variants for the metric.
 #
-# ### Exercise 6.3: patch head outputs, batched (difficulty 3/3, ~25 min)
+# ### Exercise 6.3: patch head outputs, batched (difficulty 3/3, ~45 min)
 # Write `patch_head_output(model, base_tokens, source_tokens, metric, by_position=False, chunk_size=16)`.
 # Raise a `ValueError` on token shapes that differ. With `by_position=False` return `[layer, head]`:
 # the metric with head (layer, head) patched from the source **at every position**; with
@@ -401,7 +405,12 @@ print(f"head-by-position sweep ({heads_by_position[0].numel() * model.cfg.n_laye
 # little here; on a GPU, or with a slower per-call overhead, the batched sweep is many times faster
 # (`make bench` measures both).
 #
-# Which heads, at which position? Each head's best position:
+# Which heads, at which position? The whole map, one row per head, one column per position:
+
+# %%
+heatmap(heads_by_position.permute(0, 2, 1).flatten(0, 1), x=position_labels,  # [layer * head, pos]
+        y=[f"L{layer}H{head}" for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)],
+        title="Denoising each head at each position (swap corruption)", x_label="position", y_label="head")
 
 # %%
 top = heads_by_position.flatten().argsort(descending=True)[:6]
@@ -412,10 +421,12 @@ for index in top.tolist():
 
 # %% [markdown]
 # Two layer-0 heads at the **S2 position** (L0H3 and L0H6), and at the **last position** one head of
-# the last layer, L3H1 (with a little from L0H7 and L2H0), carry almost all of it. That is the shape of an IOI circuit: early heads
-# notice which name is repeated, where it is repeated; a late head at the last position moves the
-# *other* name to the answer. Patching says where the information is; Sections 4 and 6 test how it
-# flows.
+# the last layer, L3H1 (with a little from L0H7 and L2H0), carry almost all of it: S2 early, the end
+# late. GPT-2 small has a map of the same shape, and Wang et al. (2022) read it as an algorithm: heads
+# at S2 notice that the name is repeated, "S-inhibition" heads pass that on, and "name mover" heads at
+# the last position attend to the *other* name and copy it to the answer. It is tempting to read our
+# map the same way. Patching says only *where* the information is; Section 4 measures what L3H1 reads
+# and writes, and the GPT-2 story does not survive the measurement.
 #
 # ### Noising: necessary, not just sufficient
 # Denoising asked "does this restore the answer?". Noising asks "does removing it break the answer?".
@@ -444,10 +455,11 @@ heatmap(heads_noising, x=head_labels, y=[f"L{layer}" for layer in range(model.cf
 # - **zero ablation** sets the output to 0, a value the head never produces (the next layers have
 #   never seen it);
 # - **mean ablation** sets it to its mean over a *reference distribution*; with the ABC prompts
-#   (no name repeated) as reference, it removes the head's knowledge of which name repeats but keeps
-#   everything the head always writes;
-# - **resample ablation** sets it to its value on one reference prompt (here, each prompt's own ABC
-#   twin): a realistic value, but a noisy one.
+#   (no name repeated) as reference, it removes what the head writes about *this* prompt's names but
+#   keeps everything the head always writes (Wang et al., 2022, ablate this way);
+# - **resample ablation** sets it to its value on one reference prompt (Chan et al., 2022, draw it from
+#   other inputs of the distribution; here each prompt gets its own ABC twin): a realistic value, but a
+#   noisy one.
 #
 # Each is a patch from a different source, so each asks a different question.
 #
@@ -557,22 +569,32 @@ print(f"clean mean logit difference {mean_logit_diff(clean_logits):.2f}")
 print(f"{'ablated':<20}" + "".join(f"{method:>10}" for method in ABLATIONS))
 for label, row in table.items():
     print(f"{label:<20}" + "".join(f"{row[method]:10.2f}" for method in ABLATIONS))
+clean_by_prompt = logit_diff(clean_logits, correct, wrong, last)  # [batch]
+for method in ("zero", "mean"):
+    change = logit_diff(ablate_heads(model, clean_tokens, head_sets["L3H4, L3H6"], method, abc_tokens),
+                        correct, wrong, last) - clean_by_prompt  # [batch]
+    print(f"L3H4, L3H6 {method}-ablated, change by order: " + "  ".join(
+        f"{order} {change[[i for i, o in enumerate(clean_set.labels['order']) if o == order]].mean():+.2f}"
+        for order in ("ABBA", "BABA")))
 
 # %% [markdown]
-# They disagree, and the disagreement is informative:
-# - For **L3H1** all three cost most of the answer: whatever "removing" means, the answer needs it.
-# - For the **early heads** (L0H3, L0H6, L0H7), mean ablation leaves a good part of the answer, while
-#   zero and resample ablation wipe it out and even tip it towards the wrong name.
-# - **L3H4 and L3H6** write *against* the answer (Chapter 03 found their negative direct attribution).
-#   Zero or mean ablation removes that push and the logit difference *rises* above the clean run's;
-#   resample ablation leaves it about where it was.
+# Where they agree and where they disagree are both informative:
+# - For **L3H1** all three cost more than half of the answer: whatever "removing" means, the answer
+#   needs it.
+# - For the **early heads** (L0H3, L0H6, L0H7), all three cost most of it. What is left differs by a
+#   little, and which method leaves more changes from one sample of prompts to another: do not read a
+#   difference that small as a finding.
+# - For **L3H4 and L3H6** the methods disagree completely. Chapter 03 found that their direct shares
+#   flip sign with the order of the names, and so does the effect of removing them: zero or mean
+#   ablation *raises* the logit difference on ABBA prompts and *lowers* it on BABA prompts, by about
+#   ten each way. These 16 prompts are mostly ABBA, so the mean rises above the clean run's; another
+#   sample could show the opposite. Resample ablation leaves it about where it was.
 #
 # Why would the mean and the resample, both taken from the ABC prompts, differ so much? Each prompt's
-# ABC twin has the *same two names* as the prompt. Resampling from the twin keeps everything a head
-# writes about those particular names; the mean over many ABC prompts averages the names out and keeps
-# only what the head writes on every prompt. So the negative heads' push against these two names
-# survives a resample and not a mean, and the early heads' output on the twin (about a third name at
-# S2) is a real signal that the later heads act on.
+# ABC twin has the *same two names*, in the same order, as the prompt. Resampling from the twin keeps
+# everything a head writes about those particular names and that order; the mean over many ABC prompts
+# averages them out and keeps only what the head writes on every prompt. So L3H4's and L3H6's push,
+# which depends on the order, survives a resample and not a mean.
 #
 # Which ablation is right? Each answers its own question. Mean ablation over ABC asks "what does this
 # head contribute *because it knows which name repeats*?", the question of an IOI circuit. Zero
@@ -584,12 +606,14 @@ for label, row in table.items():
 
 # ## 4. Path patching: Chapter 03's open question
 #
-# Chapter 03 ended on a disagreement. L3H1's **direct** logit attribution is about 3, but
-# resample-ablating it costs about 8: as much as MLP3's whole direct share. The hypothesis: MLP3 reads
+# Chapter 03 ended on a disagreement. L3H1's **direct** logit attribution is about 3.5 on this
+# chapter's prompts, but resample-ablating it costs about 10 (about 3 and 8 on Chapter 03's prompts of
+# every template): about as much as MLP3's whole direct share. The hypothesis: MLP3 reads
 # L3H1's output and writes the answer itself. A head in the last layer has exactly two ways to reach
 # the logits: **directly** (its output goes down the residual stream to the unembedding) and
-# **through MLP3** (the MLP of its own block reads it). Path patching separates them: change the
-# head's output *only as one receiver sees it*, and hold everything else at its base value.
+# **through MLP3** (the MLP of its own block reads it). **Path patching** (Wang et al., 2022;
+# Goldowsky-Dill et al., 2023) separates them: change the head's output *only as one receiver sees
+# it*, and hold everything else at its base value.
 #
 # The recipe, with a sender head and a receiver (an activation downstream):
 # 1. Run the base prompts with the sender's `hook_z` taken from the source run, and **freeze** every
@@ -599,11 +623,15 @@ for label, row in table.items():
 # 2. Run the base prompts again, with only the receiver's activation replaced by the recorded one.
 #    Measure.
 #
+# One convention differs from Wang et al., who freeze only the heads and let every MLP recompute: we
+# freeze the MLPs as well, because the question here is precisely how much goes *through* MLP3, and
+# an MLP left free would pass the sender's change along whatever the receiver.
+#
 # The receivers we use: `blocks.3.hook_mlp_out` (the path through MLP3), the last block's
 # `hook_resid_post` (the residual stream the unembedding reads: the direct path), and, in Section 7,
 # `blocks.3.attn.hook_k` restricted to some heads (the path into their keys).
 #
-# ### Exercise 6.5: path patching (difficulty 3/3, ~30 min)
+# ### Exercise 6.5: path patching (difficulty 3/3, ~50 min)
 # Write `path_patch(model, base_tokens, source_tokens, sender, receiver, metric, receiver_heads=None)`.
 # `sender` is `(layer, head)`; `receiver` is a hook name. Follow the recipe above; when
 # `receiver_heads` is given (a list of heads), the receiver is an attention hook with a head axis
@@ -713,14 +741,120 @@ print(f"L3H1's direct logit attribution on the clean prompts (Chapter 03): {l3h1
 # exactly: the MLP and the final LayerNorm are not linear). DLA was not
 # wrong, it was answering a narrower question: it credited MLP3 for a computation whose information
 # came from L3H1. Chapter 03 asked what result would refute the hypothesis: a small drop through MLP3
-# and a direct drop near 8. It did not happen.
+# and a direct drop near the total. It did not happen.
+
+# %% [markdown]
+# ### What L3H1 reads and writes
+# Section 2 left a question open: is L3H1 a name mover, as GPT-2's story would have it? Three cheap
+# measurements answer it: where the heads look (by role: IO, the first and the second mention of S,
+# the end), what L3H1's OV circuit does to a name it reads, and which of L3H1's inputs (queries, keys
+# or values) the early heads reach.
+
+# %% tags=["export"]
+def ioi_roles(model, prompts: PromptSet, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"]) -> dict[str, Tensor]:
+    """Each prompt's positions of IO, S1 (first mention of S), S2 (second mention) and END: [batch] each."""
+    io, s1, s2 = [], [], []
+    for row, (io_name, s_name) in enumerate(zip(prompts.labels["io"], prompts.labels["s"])):
+        words = [word.strip() for word in model.to_str_tokens(tokens[row])]
+        io.append(words.index(io_name))
+        s1.append(words.index(s_name))
+        s2.append(len(words) - 1 - words[::-1].index(s_name))
+    device = tokens.device
+    return {"IO": torch.tensor(io, device=device), "S1": torch.tensor(s1, device=device),
+            "S2": torch.tensor(s2, device=device), "END": last.to(device)}
+
+
+def attention_to_roles(pattern: Float[Tensor, "batch dest src"], dest: Int[Tensor, "batch"],
+                       roles: dict[str, Tensor]) -> dict[str, float]:
+    """Mean attention from each prompt's `dest` position to each role's position."""
+    rows = torch.arange(len(dest), device=pattern.device)
+    return {role: float(pattern[rows, dest, where].mean()) for role, where in roles.items()}
+
+
+@torch.no_grad()
+def own_logit_extremes(model, embedding: Float[Tensor, "n_tokens d_model"], token_ids: Int[Tensor, "n_tokens"],
+                       layer: int, head: int) -> dict[str, float]:
+    """Through one head's OV circuit: the share of tokens whose own logit is the highest, or the lowest, of its row."""
+    w_ov = model.W_V[layer, head] @ model.W_O[layer, head]  # [d_model, d_model]
+    circuit = embedding @ w_ov @ model.W_U[:, token_ids.to(model.cfg.device)]  # [n_tokens, n_tokens]
+    own = torch.arange(len(token_ids), device=circuit.device)
+    return {"own logit highest": (circuit.argmax(-1) == own).float().mean().item(),
+            "own logit lowest": (circuit.argmin(-1) == own).float().mean().item()}
+
+
+@torch.no_grad()
+def head_direct_logits(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], layer: int, head: int,
+                       token_ids: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+    """A head's direct effect on one token's logit per prompt, at the last position (final LayerNorm scale frozen)."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in (f"blocks.{layer}.attn.hook_z",
+                                                                                "ln_final.hook_scale"))
+    rows = torch.arange(len(last), device=tokens.device)
+    z = cache[f"blocks.{layer}.attn.hook_z"][rows, last, head]  # [batch, d_head]
+    scale = cache["ln_final.hook_scale"][rows, last]  # [batch, 1]
+    out = (z @ model.W_O[layer, head]) / scale  # [batch, d_model]; the unembedding is centred, so no mean to remove
+    return (out * model.W_U[:, token_ids.to(out.device)].T).sum(-1)
+
+
+# %%
+import pandas as pd
+
+from utils.references.ch03_logit_lens import all_patterns, effective_embedding
+
+roles = ioi_roles(model, clean_set, clean_tokens, last)
+clean_patterns, abc_patterns = all_patterns(model, clean_tokens), all_patterns(model, abc_tokens)  # [layer, batch, head, dest, src]
+attention_rows = {f"L{layer}H{head} at {dest}": attention_to_roles(clean_patterns[layer, :, head], roles[dest], roles)
+                  for layer, head, dest in [(3, 1, "END"), (0, 3, "S2"), (0, 6, "S2"), (0, 7, "END")]}
+attention_rows["L3H1 at END, ABC prompts"] = attention_to_roles(abc_patterns[3, :, 1], roles["END"], roles)
+pd.DataFrame(attention_rows).T.style.format("{:.2f}").set_caption("Attention from a head's position to each role")
+
+# %%
+name_ids = torch.tensor([model.to_single_token(" " + name) for name in world.NAMES])
+l3h1_ov = own_logit_extremes(model, effective_embedding(model, name_ids), name_ids, 3, 1)
+print(f"L3H1's OV circuit on the {len(name_ids)} names: own logit the highest of its row for "
+      f"{l3h1_ov['own logit highest']:.0%} of names, the lowest for {l3h1_ov['own logit lowest']:.0%}")
+print(f"L3H1's direct effect at the end: on the repeated name's logit {head_direct_logits(model, clean_tokens, last, 3, 1, wrong).mean():+.2f}, "
+      f"on the answer's {head_direct_logits(model, clean_tokens, last, 3, 1, correct).mean():+.2f}")
+
+# %%
+into_l3h1 = {}
+for layer, head in [(0, 3), (0, 6), (0, 7)]:
+    costs = {f"L3H1's {part}": 1 - float(path_patch(model, clean_tokens, swap_tokens, (layer, head), f"blocks.3.attn.hook_{part}",
+                                                    swap_metric, receiver_heads=[1])) for part in "qkv"}
+    costs["MLP0"] = 1 - float(path_patch(model, clean_tokens, swap_tokens, (layer, head), "blocks.0.hook_mlp_out", swap_metric))
+    costs["every path"] = 1 - float(heads_noising[layer, head])
+    into_l3h1[f"L{layer}H{head}"] = costs
+pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early head, seen only by one receiver (cost on the swap scale)")
+
+# %% [markdown]
+# What the measurements say:
+# - **L3H1 at the end attends to S2**, and to IO not at all. It does so just as much on the ABC
+#   prompts, where no name repeats: it finds the S2 slot without the repetition.
+# - **It pushes down the name it reads.** Through the names' effective embeddings (Chapter 03,
+#   Section 6), its OV circuit puts a name's own logit at the *bottom* of its row for most names and at
+#   the top for none. Its direct effect lowers the repeated name's logit by more than two and raises
+#   the answer's by less than half as much.
+# - **L0H3 and L0H6 at S2 attend to themselves**: they pass on *which name sits at S2*. They never look
+#   at S1, so they cannot notice a repetition. L0H7 at the end looks at S2.
+# - **The early heads reach L3H1 only through its values**, never its queries or keys: where L3H1 looks
+#   does not depend on them, what it reads there does. That route carries about a quarter of their
+#   effect; MLP0 at S2 carries more. L0H7 does not reach L3H1 at all: its effect takes other routes.
+#
+# So the organism's algorithm, as far as we measured it: read the name in the S2 slot and push it
+# *down*; more than half of L3H1's effect reaches the answer through MLP3 (Section 4). None of the heads
+# we measured detects a repeated name, and the head that carries the answer never looks at the other
+# name, so it cannot move it to the answer. The nearest relative in GPT-2 small is
+# not a name mover but **copy suppression** (McDougall et al., 2023: head L10H7 attends to a token the
+# model is predicting and lowers its logit), and the *negative* name movers 10.7 and 11.10 of Wang et
+# al. Same task, a patching map of the same shape, another algorithm: this is Chapter 00's universality
+# question seen close up. A circuit story does not transfer from one model to another until it has
+# been measured on the new one (Section 9 runs the sweep on GPT-2 small when you are online).
 
 # %% [markdown]
 # ## 5. Attribution patching
 #
-# The head-by-position sweep took hundreds of forward passes. **Attribution patching** (AtP) estimates
-# every cell of it from *one* forward and *one* backward pass. Write the metric as a function of one
-# activation $a$, run on the corrupted prompts; patching in the clean value changes $a$ by
+# The head-by-position sweep took hundreds of forward passes. **Attribution patching** (AtP; Nanda,
+# 2023; Syed et al., 2023) estimates every cell of it from *one* forward and *one* backward pass.
+# Write the metric as a function of one activation $a$, run on the corrupted prompts; patching in the clean value changes $a$ by
 # $a_\text{clean} - a_\text{corrupted}$, and to first order the metric changes by
 #
 # $$\Delta M \approx \nabla_a M\big|_{a_\text{corrupted}} \cdot (a_\text{clean} - a_\text{corrupted}).$$
@@ -729,7 +863,7 @@ print(f"L3H1's direct logit attribution on the clean prompts (Chapter 03): {l3h1
 # exact when the metric is linear in $a$ along that segment, and wrong where it is not (an attention
 # pattern that saturates, a LayerNorm scale that changes a lot).
 #
-# ### Exercise 6.6: attribution patching of head outputs (difficulty 3/3, ~25 min)
+# ### Exercise 6.6: attribution patching of head outputs (difficulty 3/3, ~40 min)
 # Write `attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric)`: the attribution
 # estimate of **denoising** each head at each position, `[layer, pos, head]` (the layout of Exercise
 # 6.3 with `by_position=True`, minus the corrupted baseline: an estimate of
@@ -820,7 +954,10 @@ print(f"attribution patching {attribution_seconds:.2f} s, activation patching {a
 cell_names = [f"L{layer}H{head}@{position}" for layer in range(model.cfg.n_layers)
               for position in range(activation.shape[1]) for head in range(model.cfg.n_heads)]
 figure = go.Figure(go.Scatter(x=activation.flatten().tolist(), y=attribution.flatten().tolist(), mode="markers",
-                              text=cell_names, hovertemplate="%{text}: patched %{x:.2f}, estimated %{y:.2f}"))
+                              text=cell_names, hovertemplate="%{text}: patched %{x:.2f}, estimated %{y:.2f}",
+                              name="head at a position"))
+extent = [float(min(activation.min(), attribution.min())), float(max(activation.max(), attribution.max()))]
+figure.add_trace(go.Scatter(x=extent, y=extent, mode="lines", line=dict(dash="dash"), name="estimate = patch"))
 figure.update_layout(title="Attribution patching vs activation patching, every head at every position",
                      xaxis_title="activation patching (metric)", yaxis_title="attribution estimate", height=450)
 figure
@@ -833,10 +970,13 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
 # %% [markdown]
 # The estimate correlates well with the real patches over all cells and picks out the same few, at a
 # fraction of the cost. But it *underestimates every large effect*, and worst the layer-0 heads at the
-# S2 position (by more than half): their change has to travel through the attention patterns of later
-# heads (a softmax that saturates) before it reaches the answer. L3H1 is closer, but the final
-# LayerNorm and MLP3 bend the line there too. Use attribution patching to choose which cells deserve a real patch, not as
-# the answer itself. (`transformer_lens.tools.analysis.attribution_patching.attribution_patch` does the
+# S2 position (by about half or more): their change is large, and it passes through MLP0 and the
+# LayerNorms before it reaches the answer (Section 4's table: MLP0 carries more of it than L3H1's
+# values do), so a first-order estimate over so long a step misses much of it. L3H1 is closer, but
+# the final LayerNorm and MLP3 bend the line there too. Kramár et al. (2024, AtP*) describe the other
+# classic failure, an attention softmax that saturates and hides an effect from the gradient, and
+# fixes for both. Use attribution patching to choose which cells deserve a real patch, not as the
+# answer itself. (`transformer_lens.tools.analysis.attribution_patching.attribution_patch` does the
 # same for every node type at once; its metric is called on one example at a time.)
 
 # %% [markdown]
@@ -848,16 +988,22 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
 # in the circuit, and see how much of the behaviour survives. The MLPs and embeddings stay; a node
 # here is a head at a position, `(layer, head, position)`.
 #
-# Three numbers grade a circuit $C$ inside the model $M$, each on the normalised scale
+# Three numbers, from Wang et al. (2022), grade a circuit $C$ inside the model $M$, each on the
+# normalised scale
 # $F(X) = \frac{\text{LD}(X) - \text{LD}(\varnothing)}{\text{LD}(M) - \text{LD}(\varnothing)}$, where
 # $\text{LD}(X)$ is the mean logit difference with every head outside $X$ ablated, so $F(M) = 1$ and
 # the empty circuit scores 0:
 # - **faithfulness** $F(C)$: how much of the behaviour the circuit alone carries;
-# - **completeness**: for each node $v$ of $C$, removing it from the circuit and from the whole model
-#   should hurt both about equally; the largest gap $|F(C \setminus v) - F(M \setminus v)|$ is
-#   reported (a circuit that misses a backup path shows a large gap);
-# - **minimality**: each node should matter; the smallest drop $F(C) - F(C \setminus v)$ over the
-#   nodes is reported (a node that adds nothing has a drop near 0).
+# - **completeness**: removing a set $K$ of nodes from the circuit and from the whole model should
+#   hurt both about equally. Wang et al. search over subsets $K$; we use only single nodes, $K = \{v\}$,
+#   and report the largest gap $|F(C \setminus v) - F(M \setminus v)|$ (a circuit that misses a
+#   backup path shows a large gap). This simplification can miss a gap that only a set of nodes reveals;
+# - **minimality**: each node should matter *somewhere*: for each node $v$, the largest drop
+#   $F(C \setminus K) - F(C \setminus (K \cup \{v\}))$ over the subsets $K$ of the rest of the circuit, as
+#   Wang et al. define it; the smallest of these over the nodes is reported. Removing $v$ alone
+#   ($K = \varnothing$) would not do: if two nodes back each other up (an OR), removing either one alone
+#   costs nothing, though the pair is needed. A node that adds nothing in any subset scores near 0.
+#   Trying every subset costs $2^{|C|}$ runs, so `circuit_report` takes circuits of at most 8 nodes.
 #
 # ### Exercise 6.7: keep a circuit, ablate the rest (difficulty 2/3, ~20 min)
 # Write `circuit_logits(model, tokens, reference_tokens, nodes)`. `nodes` is a collection of
@@ -910,6 +1056,9 @@ def circuit_logits(model, tokens: Int[Tensor, "batch pos"], reference_tokens: In
 circuit_logits = check_exercise("6.7", circuit_logits)
 
 # %% tags=["export"]
+from itertools import combinations
+
+
 def all_nodes(model, n_pos: int) -> list[Node]:
     """Every head at every position: the whole model as a circuit."""
     return [(layer, head, position) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
@@ -925,23 +1074,52 @@ def circuit_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_toke
     return float((score(circuit_logits(model, tokens, reference_tokens, nodes)) - empty) / (full - empty))
 
 
+MAX_REPORT_NODES = 8
+
+
+@torch.no_grad()
+def subset_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                        nodes, score: Metric) -> dict[frozenset, float]:
+    """F of every subset of a circuit (2^n runs), keyed by the frozenset of the nodes kept."""
+    nodes = sorted(set(nodes))
+    if len(nodes) > MAX_REPORT_NODES:
+        raise ValueError(f"{len(nodes)} nodes: trying every subset takes 2^{len(nodes)} runs; "
+                         f"report on at most {MAX_REPORT_NODES} nodes")
+    full = score(model(tokens))
+    empty = score(circuit_logits(model, tokens, reference_tokens, []))
+    kept_score = {frozenset(): 0.0}
+    for size in range(1, len(nodes) + 1):
+        for kept in combinations(nodes, size):
+            logits = circuit_logits(model, tokens, reference_tokens, list(kept))
+            kept_score[frozenset(kept)] = float((score(logits) - empty) / (full - empty))
+    return kept_score
+
+
+def node_minimality(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                    nodes, score: Metric) -> dict[Node, float]:
+    """Each node's largest drop in F over the subsets of the circuit that contain it (Wang et al.'s minimality)."""
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
+    return {node: max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
+            for node in sorted(set(nodes))}
+
+
 @torch.no_grad()
 def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
                    nodes, score: Metric) -> dict[str, float]:
-    """Faithfulness, completeness (largest gap) and minimality (smallest drop) of a circuit."""
+    """Faithfulness, completeness (largest single-node gap) and minimality (smallest best drop over subsets)."""
     nodes = sorted(set(nodes))
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
+    circuit = frozenset(nodes)
+    drops = [max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
+             for node in nodes]
     everything = all_nodes(model, tokens.shape[1])
     full = score(model(tokens))
     empty = score(circuit_logits(model, tokens, reference_tokens, []))
-
-    def normalised(kept) -> float:
-        return float((score(circuit_logits(model, tokens, reference_tokens, kept)) - empty) / (full - empty))
-
-    faithfulness = normalised(nodes)
-    without = {node: normalised([n for n in nodes if n != node]) for node in nodes}
-    gaps = [abs(without[node] - normalised([n for n in everything if n != node])) for node in nodes]
-    drops = [faithfulness - without[node] for node in nodes]
-    return {"faithfulness": faithfulness, "completeness gap": max(gaps, default=0.0),
+    gaps = []
+    for node in nodes:  # completeness, single nodes only: F(C without v) against F(M without v)
+        model_without = score(circuit_logits(model, tokens, reference_tokens, [n for n in everything if n != node]))
+        gaps.append(abs(kept_score[circuit - {node}] - float((model_without - empty) / (full - empty))))
+    return {"faithfulness": kept_score[circuit], "completeness gap": max(gaps, default=0.0),
             "minimality": min(drops, default=0.0), "nodes": len(nodes)}
 
 
@@ -960,39 +1138,65 @@ for label, nodes in {"L3H1 at the end": [(3, 1, 14)],
 
 # %% [markdown]
 # L3H1 alone carries almost nothing: without the early heads it has nothing to read. With the
-# early heads at S2 it carries the whole behaviour, and more (faithfulness above 1: the circuit leaves
-# out the heads that write *against* the answer). The completeness gap says something is still missing:
-# some node's removal hurts the circuit more than it hurts the whole model, so the full model has
-# another route that this circuit lacks.
+# early heads at S2 it carries about the whole behaviour; on these prompts a little more than all of
+# it (faithfulness above 1: the circuit leaves out heads that write *against* the answer here). The
+# completeness gap says something is still missing: some node's removal hurts the circuit more than it
+# hurts the whole model, so the full model has another route that this circuit lacks.
 #
-# ### Exercise 6.8: submit the IOI circuit (difficulty 2/3, ~20 min)
-# Write `ioi_circuit()` returning your circuit: a list of `(layer, head, position)` nodes, positions
-# in this template's 15 tokens. The check grades it with `circuit_report` on **other** held-out
-# prompts (name pairs the model never saw, none of the prompts above), with ABC mean ablation. To pass,
-# it needs faithfulness of at least 0.8, at most 8 nodes, and every node must matter (minimality at
-# least 0.02). Use the patching maps above, and `circuit_report` to try candidates.
+# That circuit was read off a map this chapter drew for you. The next one you find yourself, on a
+# template whose roles sit at other positions: template 1, whose prompts are 19 tokens long.
+
+# %%
+t1_set = ioi_prompts("test", template=1, n=16)
+t1_tokens, t1_abc, t1_last = paired_tokens(model, t1_set.prompts, abc_prompts(t1_set, seed=0).prompts)
+_, t1_swap, _ = paired_tokens(model, t1_set.prompts, swapped_prompts(t1_set).prompts)
+t1_correct = answer_ids(model, t1_set.correct).to(model.cfg.device)
+t1_wrong = answer_ids(model, t1_set.wrong).to(model.cfg.device)
+
+
+def t1_logit_diff(logits):
+    return logit_diff(logits, t1_correct, t1_wrong, t1_last).mean()
+
+
+print(t1_set.prompts[0], "->", t1_set.correct[0])
+print("position of each token:", " ".join(f"{i} {t}" for i, t in enumerate(model.to_str_tokens(t1_tokens[0]))))
+
+# %% [markdown]
+# ### Exercise 6.8: find the IOI circuit of template 1 (difficulty 3/3, ~40 min)
+# Write `ioi_circuit()` returning a circuit for **template 1**: a list of at most **5** `(layer, head,
+# position)` nodes, positions in template 1's 19 tokens. Search for it with this chapter's tools on the
+# template-1 prompts above (`t1_tokens`, `t1_swap`, `t1_abc`, `t1_logit_diff`). The check grades it
+# with `circuit_report` on other held-out prompts of template 1, name pairs this chapter never shows,
+# with ABC mean ablation. To pass, it needs **faithfulness at least 0.8** there, and **every node must
+# earn its place: minimality at least 0.05** (each node's largest drop over the subsets of your
+# circuit, so either of two nodes that back each other up counts, and a node that adds nothing in any
+# subset does not). More than one circuit passes.
 #
 # <details><summary>Hint 1</summary>
 #
-# The by-position head sweep of Section 2 ranks the candidates; the largest effects are at positions 10
-# and 14.
+# Which roles did the template-0 circuit use, and at which positions do those roles sit in template 1?
+# The positions printed above answer the second question.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# Removing a node one at a time (`circuit_report`'s minimality) tells you which nodes are dead weight.
+# A plan: `patch_head_output(model, t1_swap, t1_tokens, metric, by_position=True)` (with `metric` built
+# by `normalised_logit_diff_metric` for the template-1 runs) ranks every (head, position) cell of
+# template 1; it takes a few minutes on a laptop. Take the top few cells as a candidate and run
+# `circuit_report(model, t1_tokens, t1_abc, candidate, t1_logit_diff)`: drop a node whose minimality is
+# near 0, add the next cell if faithfulness falls short.
 # </details>
 # <details><summary>Hint 3</summary>
 #
-# Two layer-0 heads at position 10 and the layer-3 head at position 14 already carry most of it;
-# `circuit_report(model, clean_tokens, abc_tokens, candidate, mean_logit_diff)` says whether a
-# fourth cell at position 14 earns its place.
+# In template 1 the repeated name (S2) is at position 14 and the last token at 18. The two layer-0
+# heads that carried S2 in template 0, at position 14, and the layer-3 head that reads it from the end,
+# at 18, already carry most of it; `circuit_report` says whether a fourth node at 18 earns its place.
 # </details>
 
 # %% tags=["export"]
 def ioi_circuit() -> list[Node]:
-    """The organism's IOI circuit as (layer, head, position) nodes of template 0."""
+    """The organism's IOI circuit as (layer, head, position) nodes of template 1."""
     ### BEGIN SOLUTION
-    return [(0, 3, 10), (0, 6, 10), (0, 7, 14), (3, 1, 14)]
+    return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18)]
     ### END SOLUTION
 
 
@@ -1000,24 +1204,13 @@ def ioi_circuit() -> list[Node]:
 ioi_circuit = check_exercise("6.8", ioi_circuit)
 
 # %% [markdown]
-# The check graded your circuit on 24 other held-out prompts of the same template (prompts 64 to 87 of
-# the held-out split, with their own ABC twins). Its report there:
+# The check graded your circuit on held-out prompts that this chapter never prints (so that no circuit
+# can be tuned to them). Its report on the template-1 prompts you searched with:
 
 # %%
-held_out_set = ioi_prompts("test", start=64, n=24)
-held_out_tokens, held_out_abc, held_out_last = paired_tokens(model, held_out_set.prompts,
-                                                             abc_prompts(held_out_set, seed=1).prompts)
-held_out_correct = answer_ids(model, held_out_set.correct).to(model.cfg.device)
-held_out_wrong = answer_ids(model, held_out_set.wrong).to(model.cfg.device)
-
-
-def held_out_logit_diff(logits):
-    return logit_diff(logits, held_out_correct, held_out_wrong, held_out_last).mean()
-
-
-held_out_report = circuit_report(model, held_out_tokens, held_out_abc, ioi_circuit(), held_out_logit_diff)
-print(f"your circuit {sorted(ioi_circuit())} on held-out prompts: "
-      + "  ".join(f"{key} {value:.2f}" for key, value in held_out_report.items()))
+t1_report = circuit_report(model, t1_tokens, t1_abc, ioi_circuit(), t1_logit_diff)
+print(f"your circuit {sorted(ioi_circuit())} on the prompts above: "
+      + "  ".join(f"{key} {value:.2f}" for key, value in t1_report.items()))
 
 # %% [markdown]
 # Finding a circuit by hand, cell by cell, does not scale. **ACDC** (automated circuit discovery,
@@ -1027,15 +1220,20 @@ print(f"your circuit {sorted(ioi_circuit())} on held-out prompts: "
 # inputs without changing the behaviour). Both are patching, done systematically; both inherit every
 # caveat of Section 10.
 #
-# ### Self-repair, or its absence
+# ### Self-repair
 # In GPT-2 small, ablating the main name-mover head costs *less* than its direct effect: other heads
-# ("backup name movers") take over, the **Hydra effect**. Here Section 4 found the opposite for L3H1:
-# its two paths add up to its total effect, so nothing compensated for its loss.
+# take over (the "backup name movers" of Wang et al.; McGrath et al., 2023, call the general effect,
+# whole layers compensating for an ablated one, the **Hydra effect**). Section 4 found L3H1's two paths
+# adding up to its total effect, but that is no test of self-repair: L3H1 sits in the last layer, and
+# only MLP3 comes after it to compensate. A test would ablate an early head and watch the later heads'
+# direct effects change.
 #
 # ## 7. The induction circuit
 #
-# Chapter 03 found the induction circuit in the weights: previous-token heads L0H2 and L0H4, whose
-# output the induction heads L3H4, L3H5 and L3H7 read through their keys (K-composition). Path patching
+# Induction heads were found in small attention-only models by Elhage et al. (2021) and followed
+# through training by Olsson et al. (2022). Chapter 03 found the organism's induction circuit in the
+# weights: previous-token heads L0H2 and L0H4, whose output the five induction heads L3H3 to L3H7 read
+# through their keys (K-composition). Path patching
 # can test that claim on real inputs. The base run is a repeated random sequence; the source run is
 # another one. Patch a previous-token head's output only into the induction heads' **queries**, only
 # into their **keys**, or only into their **values**, and measure the loss on the repeated half.
@@ -1090,22 +1288,69 @@ def induction_loss(logits):
     return repeated_half_loss(logits, repeats, SEQ_LEN)
 
 
-induction_heads = [4, 5, 7]  # in layer 3
-print(f"loss on the repeated half: {induction_loss(model(repeats)):.3f} nats "
+induction_heads = [3, 4, 5, 6, 7]  # in layer 3: Chapter 03's five
+first_copy_loss = -model(repeats).log_softmax(-1)[:, :SEQ_LEN].gather(-1, repeats[:, 1:SEQ_LEN + 1, None]).mean()
+intact_loss = induction_loss(model(repeats))
+
+
+def induction_removed(loss):
+    """The loss on a scale where 0 is induction intact and 1 is the first copy's loss (nothing to copy)."""
+    return float((loss - intact_loss) / (first_copy_loss - intact_loss))
+
+
+print(f"loss on the repeated half: {intact_loss:.3f} nats; on the first copy {first_copy_loss:.2f} "
       f"(a uniform guess among the world's words: about {math.log(len(world.INDUCTION_POOL)):.1f})")
 k_paths = {}
 for sender in [(0, 2), (0, 4), (0, 1)]:
     k_paths[sender] = {part: float(path_patch(model, repeats, other_repeats, sender, f"blocks.3.attn.hook_{part}",
                                               induction_loss, receiver_heads=induction_heads)) for part in "qkv"}
     print(f"L{sender[0]}H{sender[1]} from another sequence, seen only by the induction heads' "
-          + ", ".join(f"{part}: {loss:.3f}" for part, loss in k_paths[sender].items()))
+          + ", ".join(f"{part}: {loss:.3f} nats ({induction_removed(loss):.2f})" for part, loss in k_paths[sender].items()))
+
+
+# %% tags=["export"]
+@torch.no_grad()
+def path_patch_heads(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                     senders: list[tuple[int, int]], receiver: str, metric: Metric, receiver_heads: list[int]) -> Tensor:
+    """`path_patch` with several sender heads of one layer patched together (their joint path)."""
+    check_same_shape(base_tokens, source_tokens)
+    layer = senders[0][0]
+    if any(sender_layer != layer for sender_layer, _ in senders):
+        raise ValueError("path_patch_heads takes senders of one layer")
+    heads = [head for _, head in senders]
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    mlp_names = [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda name: name in z_names + mlp_names + [receiver])
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[layer])
+    patched_z = base[z_names[layer]].clone()
+    patched_z[:, :, heads] = source[z_names[layer]][:, :, heads]
+    frozen = {name: freeze_hook(base[name]) for name in z_names + mlp_names}
+    frozen[z_names[layer]] = freeze_hook(patched_z)
+    frozen.pop(receiver, None)
+    recorded = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, store_hook(recorded, receiver))])
+    value = base[receiver].clone()
+    value[:, :, receiver_heads] = recorded[receiver][:, :, receiver_heads]
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
+
+
+# %%
+both_keys = path_patch_heads(model, repeats, other_repeats, [(0, 2), (0, 4)], "blocks.3.attn.hook_k", induction_loss,
+                             receiver_heads=induction_heads)
+print(f"L0H2 and L0H4 together, seen only by the induction heads' keys: {both_keys:.3f} nats "
+      f"({induction_removed(both_keys):.2f})")
 
 # %% [markdown]
-# Through the **keys** alone, another sequence's previous-token information multiplies the loss by ten
-# or more; through the queries or values it changes nothing. L0H1, which Chapter 03 did not
-# call a previous-token head, changes nothing by any route. That is K-composition, shown by
-# intervention: the induction heads find their target by reading, in the *keys*, what the previous-token
-# heads wrote there.
+# The numbers in brackets put each loss on a scale where 0 is induction intact and 1 is the first
+# copy's loss, where there is nothing to copy. (A ratio of losses would mislead here: the intact loss
+# is so near zero that any change multiplies it many times.) Through the **keys** alone, one
+# previous-token head from another sequence removes a third of induction or less; through the queries
+# or values nothing. L0H1, which Chapter 03 did not call a previous-token head, changes nothing by any
+# route. Both previous-token heads *together*, through the keys alone, remove all of it: far more than
+# the sum of the two. Each head alone is partly covered by the other (an OR, in Heimersheim & Nanda's
+# terms), so single patches understate what they do. That is K-composition, shown by intervention: the
+# induction heads find their target by reading, in the *keys*, what the previous-token heads wrote
+# there.
 #
 # And the circuit is necessary: ablating it (mean over the other sequences, per position) brings the
 # repeated half's loss back up to the first copy's, while mean-ablating two other heads does not.
@@ -1113,8 +1358,7 @@ for sender in [(0, 2), (0, 4), (0, 1)]:
 # copy *another* sequence's tokens.)
 
 # %%
-first_copy_loss = -model(repeats).log_softmax(-1)[:, :SEQ_LEN].gather(-1, repeats[:, 1:SEQ_LEN + 1, None]).mean()
-induction_circuit = [(0, 2), (0, 4), (3, 4), (3, 5), (3, 7)]
+induction_circuit = [(0, 2), (0, 4)] + [(3, head) for head in induction_heads]
 for label, heads in {"induction circuit": induction_circuit, "L1H1 and L2H1": [(1, 1), (2, 1)]}.items():
     losses = {method: float(induction_loss(ablate_heads(model, repeats, heads, method, other_repeats))) for method in ABLATIONS}
     print(f"{label:<18} ablated: " + ", ".join(f"{method} {loss:.2f}" for method, loss in losses.items()))
@@ -1145,12 +1389,22 @@ toy_checkpoints = induction_toy.load_checkpoints()
 TOY_LEN = 12
 toy_tokens = induction_toy.training_batch(torch.Generator().manual_seed(1), 32, length=TOY_LEN)[:, :2 * TOY_LEN + 1]
 steps = list(toy_checkpoints)
+toy_training = induction_toy.training_batch(torch.Generator().manual_seed(2), 64)  # like training: every position
 toy_loss = torch.stack([repeated_half_loss(toy(toy_tokens), toy_tokens, TOY_LEN) for toy in toy_checkpoints.values()])
+toy_overall = torch.stack([toy(toy_training, return_type="loss") for toy in toy_checkpoints.values()])
 toy_induction = torch.stack([induction_scores(all_patterns(toy, toy_tokens), TOY_LEN)[1].max()
                              for toy in toy_checkpoints.values()])  # best layer-1 head at each checkpoint
 print(f"{len(steps)} checkpoints, steps {steps[0]} to {steps[-1]}")
-lines({"loss on the repeated half (nats)": toy_loss, "best layer-1 induction score": toy_induction}, x=steps,
-      title="The induction phase change in the toy model's training", x_label="training step")
+
+from plotly.subplots import make_subplots
+
+figure = make_subplots(rows=1, cols=2, subplot_titles=("loss (nats)", "best layer-1 induction score"))
+for name, values in {"every position, training batches": toy_overall, "repeated half only": toy_loss}.items():
+    figure.add_trace(go.Scatter(x=steps, y=values.tolist(), name=name, mode="lines+markers"), row=1, col=1)
+figure.add_trace(go.Scatter(x=steps, y=toy_induction.tolist(), name="induction score", mode="lines+markers"), row=1, col=2)
+figure.update_xaxes(title_text="training step")
+figure.update_layout(title="The induction phase change in the toy model's training", height=400)
+figure
 
 # %% tags=["export"]
 def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
@@ -1162,21 +1416,26 @@ def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
 
 # %%
 loss_change, score_change = steepest_change(steps, toy_loss), steepest_change(steps, toy_induction)
-print(f"the loss falls fastest between steps {loss_change}; the induction score rises fastest between steps {score_change}")
+overall_change = steepest_change(steps[1:], toy_overall[1:])  # after the first 50 steps, where every loss falls from the start
+print(f"the repeated half's loss falls fastest between steps {loss_change}, the loss over every position "
+      f"(after step {steps[1]}) between {overall_change}; the induction score rises fastest between steps {score_change}")
 print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; "
       f"after: loss {toy_loss[-1]:.2f}, induction score {toy_induction[-1]:.2f}")
 
 # %% [markdown]
-# The two curves turn together: the loss on the repeated half stays near the uniform guess
-# ($\ln 48 \approx 3.9$) for hundreds of steps, then falls within a few checkpoints, as a layer-1 head's
+# The curves turn together, within a checkpoint or two. The loss on the repeated half slides slowly down from the uniform guess
+# ($\ln 48 \approx 3.9$) for about 500 steps, then falls steeply over about 200, as a layer-1 head's
 # attention moves onto the token after the earlier occurrence. Before the change the model has no
-# way to use the repetition; after it, it copies. A smooth loss curve over *all* tokens would hide this:
-# only the repeated half shows the bump.
+# way to use the repetition; after it, it copies. The loss over *every* position, the curve a training
+# run logs, shows the same stretch as its steepest (after the first steps), only diluted, because only
+# about a quarter of the positions can be predicted by copying. That bump in the training loss is the
+# signature Olsson et al. (2022) report.
 #
 # ## 9. On a real model
 # With the Hugging Face Hub reachable, the same sweep on GPT-2 small: head patching (all positions) on
-# our IOI prompts with the swap corruption. The literature's name movers (9.9, 9.6, 10.0) and
-# S-inhibition heads (7.3, 7.9, 8.6, 8.10) should be among the strongest cells. Offline, this cell says
+# our IOI prompts with the swap corruption. The name movers (9.9, 9.6, 10.0) and S-inhibition heads
+# (7.3, 7.9, 8.6, 8.10) that Wang et al. (2022) found should be among the strongest cells; compare them
+# with the organism's single suppressing head. Offline, this cell says
 # so and moves on.
 
 # %%
@@ -1216,7 +1475,11 @@ for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
 #
 # - **Redundant and distributed mechanisms hide.** If two heads each suffice, noising either one alone
 #   shows nothing (the other takes over), and denoising either one alone shows everything. A small
-#   effect is not proof of no role; check pairs, and compare noising with denoising.
+#   effect is not proof of no role; check pairs, and compare noising with denoising (Section 7's two
+#   previous-token heads: each alone removes a third of induction or less, both together all of it).
+# - **A patching map is not an algorithm.** The organism's IOI map has the shape of GPT-2's, and its
+#   late head does the opposite of GPT-2's name movers. Attention patterns, OV circuits and path
+#   patching into queries, keys and values say what a head does; the map only says where to look.
 # - **Off-distribution interventions answer other questions.** Zero ablation (Section 7's L1H1 and
 #   L2H1) broke the model with heads that play no part in the behaviour.
 # - **Patching a subspace can create what it claims to find.** Patching a single direction (a
@@ -1228,6 +1491,27 @@ for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
 # - **A faithful circuit is not the whole story.** High faithfulness on one template and one corruption
 #   says the circuit carries *this* behaviour on *this* distribution; the completeness gap said even
 #   the best circuit here leaves out a route the full model has.
+#
+# ### References
+# - Wang, Variengien, Conmy, Shlegeris, Steinhardt (2022). *Interpretability in the Wild: a Circuit for
+#   Indirect Object Identification in GPT-2 small.* The IOI task, ABC mean ablation, path patching,
+#   faithfulness, completeness and minimality.
+# - Heimersheim & Nanda (2024). *How to use and interpret activation patching.* Denoising and noising,
+#   sufficient and necessary, AND and OR.
+# - Chan et al. (2022). *Causal scrubbing.* Resample ablation.
+# - Goldowsky-Dill, MacLeod, Sato, Arora (2023). *Localizing Model Behavior with Path Patching.*
+# - Nanda (2023). *Attribution patching: activation patching at industrial scale.* Syed, Rager, Conmy
+#   (2023). *Attribution Patching Outperforms Automated Circuit Discovery.* Kramár, Lieberum, Shah,
+#   Nanda (2024). *AtP\*: An efficient and scalable method for localizing LLM behaviour to components.*
+# - McDougall, Conmy, Rushing, McGrath, Nanda (2023). *Copy Suppression: Comprehensively Understanding
+#   an Attention Head.*
+# - McGrath, Rahtz, Kramár, Mikulik, Legg (2023). *The Hydra Effect: Emergent Self-repair in Language
+#   Model Computations.*
+# - Conmy et al. (2023). *Towards Automated Circuit Discovery for Mechanistic Interpretability* (ACDC).
+# - Elhage et al. (2021). *A Mathematical Framework for Transformer Circuits.* Olsson et al. (2022).
+#   *In-context Learning and Induction Heads.*
+# - Makelov, Lange, Nanda (2023). *Is This the Subspace You Are Looking For? An Interpretability
+#   Illusion for Subspace Activation Patching.*
 #
 # **Your record so far:**
 

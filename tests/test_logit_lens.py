@@ -4,8 +4,10 @@ about the organism.
 The organism tests re-measure what the chapter's prose says: where each family's answer appears
 in the logit lens, that a tuned lens beats it, which components write each family's logit
 difference, which heads are previous-token and induction heads, what their weights say against a
-random baseline, and that L3H1's direct attribution and its ablation effect disagree. If a
-retrained organism breaks a claim, a test here fails and the prose needs another look.
+random baseline, and that L3H1's direct attribution and its ablation effect disagree. Every claim
+goes through `claim()` with its margin; `claim_seed()` picks other prompts, sequences and random
+baselines in `make claims`. If a retrained organism breaks a claim, a test here fails and the prose
+needs another look.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from utils.models import hub_is_reachable, load_model
 from utils.organism import world
 from utils.references import ch02_probing as ch02
 from utils.references import ch03_logit_lens as ref
+from tests.claims import claim, claim_seed
 
 
 
@@ -41,7 +44,7 @@ def model():
 
 @functools.cache
 def family_prompts(family: str):
-    return world.prompt_set(family, "test", n=128, seed=0)
+    return world.prompt_set(family, "test", n=128, seed=claim_seed())
 
 
 # ------------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def test_shares_add_up_to_the_logit_difference_only_with_the_frozen_final_scale(
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def lens():
-    return ref.lens_by_family(model())
+    return ref.lens_by_family(model(), seed=claim_seed())
 
 
 def test_lens_last_point_is_the_model():
@@ -146,31 +149,38 @@ def test_lens_last_point_is_the_model():
 
 def test_nothing_is_known_at_the_embeddings():
     for family, measured in lens().items():
-        assert measured["top1"][0] < 0.05, family
+        claim(f"ch03: logit lens at the embeddings, {family} top-1", measured["top1"][0], below=0.05)
 
 
 def test_facts_truth_and_sentiment_are_answered_after_block_0_and_ioi_only_after_the_last():
     summary = lens()
     for family in ("facts", "truth", "sentiment"):
-        assert ref.first_top1_point(summary[family]["top1"]) == 1, (family, summary[family]["top1"])
+        claim(f"ch03: logit lens, {family} top-1 after block 0 (a majority)", summary[family]["top1"][1], above=0.5)
         probability = summary[family]["probability"]
-        assert probability[2:].max() > probability[1], (family, probability)  # later blocks add confidence
+        claim(f"ch03: logit lens, {family}: the middle blocks add confidence (best later point minus block 0)",
+              probability[2:].max() - probability[1], above=0)
+    facts = summary["facts"]["probability"]
+    claim("ch03: logit lens, facts: the last block takes a little back (point before the output minus output)",
+          facts[-2] - facts[-1], above=0)
     ioi = summary["ioi"]["top1"]
+    claim("ch03: logit lens, IOI top-1 before the last block (largest)", ioi[:-1].max(), below=0.1)
+    claim("ch03: logit lens, IOI top-1 at the output", ioi[-1], above=0.95)
     assert ref.first_top1_point(ioi) == model().cfg.n_layers
-    assert ioi[:-1].max() < 0.1 and ioi[-1] > 0.95, ioi
 
 
 # ------------------------------------------------------------------------------------------
 # Section 3: the tuned lens
 # ------------------------------------------------------------------------------------------
 def test_tuned_lens_is_closer_to_the_final_distribution_before_the_last_point():
-    kl = ref.lens_kl_by_point(model(), ref.lens_data(model(), 100, "train"), ref.lens_data(model(), 64, "test"),
-                              progress=False)
+    seed = claim_seed()
+    kl = ref.lens_kl_by_point(model(), ref.lens_data(model(), 100, "train", seed=seed),
+                              ref.lens_data(model(), 64, "test", seed=seed), progress=False)
     logit, tuned = kl["logit lens"], kl["tuned lens"]
-    assert (tuned[:-1] < logit[:-1]).all(), kl
     assert logit[-1] == tuned[-1] == 0
     gap = logit[:-1] - tuned[:-1]
-    assert int(gap.argmax()) == 0, kl  # the gap is largest at the embeddings
+    claim("ch03: the tuned lens is closer than the logit lens at every point before the output (smallest gap)",
+          gap.min(), above=0)
+    claim("ch03: the gap is largest at the embeddings (minus the next largest)", gap[0] - gap[1:].max(), above=0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,28 +198,44 @@ def attribution(family: str):
 def test_facts_and_sentiment_are_written_by_mlps_not_heads():
     for family in ("facts", "sentiment"):
         components, mlps, heads = attribution(family)
-        assert abs(heads.sum()) < 0.1 * sum(mlps.values()), family
+        claim(f"ch03: {family}: the heads together write almost nothing (|sum of heads| / sum of MLPs)",
+              abs(heads.sum()) / sum(mlps.values()), below=0.1)
     components, mlps, _ = attribution("sentiment")
-    assert max(components, key=components.get) == "1_mlp_out"
-    assert mlps["1_mlp_out"] > 0.5 * sum(mlps.values())
+    others = [value for label, value in components.items() if label != "1_mlp_out"]
+    claim("ch03: sentiment: MLP1 writes the most (minus the next component)", components["1_mlp_out"] - max(others), above=0)
+    claim("ch03: sentiment: MLP1's share of the MLPs", mlps["1_mlp_out"] / sum(mlps.values()), above=0.5)
     _, mlps, _ = attribution("facts")
-    assert min(mlps.values()) > 0.1 * sum(mlps.values()) and max(mlps.values()) < 0.5 * sum(mlps.values()), mlps
+    claim("ch03: facts: every MLP a little (smallest share)", min(mlps.values()) / sum(mlps.values()), above=0.1)
+    claim("ch03: facts: every MLP a little (largest share)", max(mlps.values()) / sum(mlps.values()), below=0.5)
 
 
 def test_truth_is_written_mostly_by_mlp0_and_mlp2():
     components, mlps, heads = attribution("truth")
-    assert set(sorted(components, key=components.get)[-2:]) == {"0_mlp_out", "2_mlp_out"}, components
-    assert abs(heads.sum()) < 0.2 * sum(mlps.values())
+    others = [value for label, value in components.items() if label not in ("0_mlp_out", "2_mlp_out")]
+    claim("ch03: truth: MLP0 and MLP2 write the most (smaller of the two minus the next component)",
+          min(components["0_mlp_out"], components["2_mlp_out"]) - max(others), above=0)
+    claim("ch03: truth: the heads write little (|sum of heads| / sum of MLPs)", abs(heads.sum()) / sum(mlps.values()),
+          below=0.2)
 
 
-def test_ioi_has_one_large_head_some_negative_heads_and_mlp3_largest():
+def test_ioi_has_one_large_head_three_order_dependent_heads_and_mlp3_largest():
     components, _, heads = attribution("ioi")
-    assert max(components, key=components.get) == "3_mlp_out"
+    others = [value for label, value in components.items() if label != "3_mlp_out"]
+    claim("ch03: IOI: MLP3 has the largest share (minus the next component)", components["3_mlp_out"] - max(others),
+          above=0)
     flat = heads.flatten()
-    top, second = flat.topk(2).values
-    assert int(flat.argmax()) == 3 * model().cfg.n_heads + 1  # L3H1
-    assert top > 2.5 * second
-    assert (heads[3] < -0.2).sum() >= 2, heads[3]  # a few heads in layer 3 write against the answer
+    l3h1 = flat[3 * model().cfg.n_heads + 1]
+    second = torch.cat([flat[:3 * model().cfg.n_heads + 1], flat[3 * model().cfg.n_heads + 2:]]).max()
+    claim("ch03: IOI: L3H1's mean direct share over the next head's", l3h1 / second, above=2.5)
+    prompts = family_prompts("ioi")
+    per_prompt = ref.head_attribution(model(), prompts)  # [layer, head, batch]
+    for order, sign in (("ABBA", 1), ("BABA", -1)):
+        rows = [i for i, label in enumerate(prompts.labels["order"]) if label == order]
+        shares = per_prompt[3, :, rows].mean(-1)  # [head]
+        claim(f"ch03: IOI, {order}: L3H1 writes for the answer", shares[1], above=2)
+        claim(f"ch03: IOI, {order}: L3H5's share has the order's sign (signed)", sign * shares[5], above=2)
+        for head in (4, 6):
+            claim(f"ch03: IOI, {order}: L3H{head}'s share has the opposite sign (signed)", -sign * shares[head], above=1.5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,7 +246,7 @@ SEQ_LEN = 20
 
 @functools.cache
 def repeats():
-    return ref.repeated_tokens(model(), SEQ_LEN, batch=16, seed=0)
+    return ref.repeated_tokens(model(), SEQ_LEN, batch=16, seed=claim_seed())
 
 
 @functools.cache
@@ -232,15 +258,16 @@ def detectors():
 def test_loss_collapses_on_the_second_copy():
     loss = ref.per_token_loss(model(), repeats()).mean(0)
     first, second = loss[:SEQ_LEN].mean(), loss[SEQ_LEN + 1:].mean()
-    assert first > 0.9 * math.log(len(world.INDUCTION_POOL)), first
-    assert second < 0.05 * first, (first, second)
+    claim("ch03: first copy's loss about ln 306 or more (ratio)", first / math.log(len(world.INDUCTION_POOL)), above=0.9)
+    claim("ch03: second copy's loss almost zero (ratio to the first copy's)", second / first, below=0.05)
 
 
 def test_two_previous_token_heads_in_layer_0():
     previous = detectors()["previous"]
     best = previous.flatten().topk(3)
     assert all(i // model().cfg.n_heads == 0 for i in best.indices[:2].tolist())
-    assert best.values[1] > 0.8 and best.values[2] < 0.5, best
+    claim("ch03: the second previous-token head's score", best.values[1], above=0.8)
+    claim("ch03: the third best previous-token score", best.values[2], below=0.5)
 
 
 def induction_heads() -> list[tuple[int, int]]:
@@ -248,11 +275,13 @@ def induction_heads() -> list[tuple[int, int]]:
     return [(int(l), int(h)) for l, h in (scores > 0.5).nonzero()]
 
 
-def test_several_induction_heads_all_in_the_last_layer():
-    heads = induction_heads()
-    assert len(heads) >= 2 and all(layer == model().cfg.n_layers - 1 for layer, _ in heads), heads
+def test_five_induction_heads_all_in_the_last_layer():
+    assert induction_heads() == [(3, 3), (3, 4), (3, 5), (3, 6), (3, 7)], induction_heads()
     scores = detectors()["induction"]
-    assert all(scores[l, h] > 0.9 for l, h in heads)
+    claim("ch03: the weakest of the five induction heads", scores[3, 3:].min(), above=0.9)
+    others = scores.clone()
+    others[3, 3:] = 0
+    claim("ch03: every other head's induction score", others.max(), below=0.5)
 
 
 def test_library_detector_caps_near_one_half_and_agrees_on_the_heads():
@@ -261,9 +290,10 @@ def test_library_detector_caps_near_one_half_and_agrees_on_the_heads():
     texts = [model().to_string(repeats()[i, 1:]) for i in range(4)]
     library = detect_head(model(), texts, "induction_head")
     ours = detectors()["induction"]
-    assert library.max() < 0.5 and ours.max() > 0.9
-    for layer, head in induction_heads():
-        assert 0.4 < library[layer, head] / ours[layer, head] < 0.55
+    claim("ch03: the library's induction scores stay under one half", library.max(), below=0.5)
+    ratios = torch.stack([library[layer, head] / ours[layer, head] for layer, head in induction_heads()])
+    claim("ch03: library / ours for the induction heads, above 0.4", ratios.min(), above=0.4)
+    claim("ch03: library / ours for the induction heads, below 0.55", ratios.max(), below=0.55)
     assert set(library.flatten().topk(len(induction_heads())).indices.tolist()) == \
         {layer * model().cfg.n_heads + head for layer, head in induction_heads()}
 
@@ -277,9 +307,11 @@ def previous_heads() -> list[tuple[int, int]]:
 
 def test_previous_token_heads_look_one_back_from_position_embeddings_alone():
     for layer, head in previous_heads():
-        assert ref.looks_one_back(ref.positional_qk(model(), layer, head, 128)) > 0.9
+        claim(f"ch03: L{layer}H{head} looks one back from position embeddings alone",
+              ref.looks_one_back(ref.positional_qk(model(), layer, head, 128)), above=0.9)
     others = [h for h in range(model().cfg.n_heads) if (0, h) not in previous_heads()]
-    assert min(ref.looks_one_back(ref.positional_qk(model(), 0, h, 128)) for h in others) < 0.1
+    claim("ch03: some other layer-0 head does not (smallest one-back share)",
+          min(ref.looks_one_back(ref.positional_qk(model(), 0, h, 128)) for h in others), below=0.1)
 
 
 @functools.cache
@@ -292,35 +324,42 @@ def copying():
         "effective": [ref.copying_score(model(), effective, ids, [h]) for h in heads],
         "summed": ref.copying_score(model(), effective, ids, heads),
         "raw summed": ref.copying_score(model(), raw, ids, heads),
-        "baseline": max(ref.random_head_copying_score(model(), effective, ids, seed) for seed in range(3)),
+        "baseline": max(ref.random_head_copying_score(model(), effective, ids, 3 * claim_seed() + seed) for seed in range(3)),
         "raw circuit": raw @ sum(model().W_V[l, h] @ model().W_O[l, h] for l, h in heads) @ model().W_U[:, ids],
     }
 
 
 def test_induction_heads_do_not_copy_through_raw_embeddings():
     measured = copying()
-    assert max(measured["raw"]) < 0.05 and measured["raw summed"] < 0.05
+    claim("ch03: no induction head copies through the raw embeddings (largest score)", max(measured["raw"]), below=0.05)
+    claim("ch03: nor all five summed", measured["raw summed"], below=0.05)
     circuit = measured["raw circuit"]
     rank = (circuit > circuit.diagonal()[:, None]).sum(-1).float()
-    assert rank.median() > 0.75 * len(rank)  # the diagonal is near the bottom of each row
+    claim("ch03: the raw diagonal sits near the bottom of each row (median rank / tokens)", rank.median() / len(rank),
+          above=0.75)
 
 
 def test_induction_heads_copy_through_the_effective_embedding_and_share_the_work():
     measured = copying()
-    assert min(measured["effective"]) > 0.4 and max(measured["effective"]) > 0.75, measured["effective"]
-    assert measured["summed"] > 0.95
-    assert measured["baseline"] < 0.02 and min(measured["effective"]) > 20 * measured["baseline"]
+    claim("ch03: each induction head copies about half or more (smallest score)", min(measured["effective"]), above=0.4)
+    claim("ch03: the best copies over 80% (largest score)", max(measured["effective"]), above=0.75)
+    claim("ch03: all five summed copy almost every token", measured["summed"], above=0.95)
+    claim("ch03: a random OV circuit's copying score", measured["baseline"], below=0.02)
+    claim("ch03: the weakest head over the random baseline (ratio)", min(measured["effective"]) / measured["baseline"],
+          above=20)
 
 
 def test_previous_token_heads_k_compose_with_the_induction_heads():
     scores = ref.k_composition_scores(model(), 0, model().cfg.n_layers - 1)
-    baseline, _ = ref.random_composition_baseline(model())
+    baseline, _ = ref.random_composition_baseline(model(), seed=claim_seed())
     targets = [h for _, h in induction_heads()]
     sources = [h for _, h in previous_heads()]
     others = [h for h in range(model().cfg.n_heads) if h not in sources]
     into = scores[sources][:, targets]
-    assert into.min() > 3 * baseline, (into, baseline)
-    assert into.min() > 1.5 * scores[others][:, targets].max()
+    claim("ch03: previous-token heads K-compose with the induction heads (weakest pair / random baseline)",
+          into.min() / baseline, above=3)
+    claim("ch03: more than any other layer-0 head does (weakest pair minus the strongest other)",
+          into.min() - scores[others][:, targets].max(), above=0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,12 +367,35 @@ def test_previous_token_heads_k_compose_with_the_induction_heads():
 # ------------------------------------------------------------------------------------------
 def test_ablating_l3h1_costs_far_more_than_its_direct_share_about_mlp3s_share():
     prompts = family_prompts("ioi")
-    measured = ref.dla_versus_ablation(model(), prompts, [(3, 1), (3, 5)])
+    measured = ref.dla_versus_ablation(model(), prompts, [(3, 1), (3, 5)], seed=claim_seed())
     components, _, _ = attribution("ioi")
     (direct, direct_l3h5), (drop, drop_l3h5) = measured["direct"].tolist(), measured["ablation drop"].tolist()
-    assert drop > 2 * direct, measured
-    assert abs(drop - components["3_mlp_out"]) < 0.3 * components["3_mlp_out"], (drop, components["3_mlp_out"])
-    assert direct_l3h5 > 0.3 and abs(drop_l3h5) < 0.25 * direct_l3h5, measured  # a write the corruption does not change
+    claim("ch03: ablating L3H1 costs more than twice its direct share (ratio)", drop / direct, above=2)
+    claim("ch03: about MLP3's direct share (|drop - MLP3| / MLP3)", abs(drop - components["3_mlp_out"]) / components["3_mlp_out"],
+          below=0.3)
+    l3h5_direct = ref.head_attribution(model(), prompts)[3, 5]  # [batch]
+    corrupted = ref.abc_prompts(prompts, seed=claim_seed())
+    l3h5_change = ch02.logit_diffs(model(), prompts) - ref.ablated_logit_diffs(model(), prompts, corrupted, 3, 5)
+    claim("ch03: L3H5 writes a lot on each prompt (mean |direct share|)", l3h5_direct.abs().mean(), above=2)
+    claim("ch03: but ablating L3H5 changes each prompt almost nothing (mean |change| / mean |direct share|)",
+          l3h5_change.abs().mean() / l3h5_direct.abs().mean(), below=0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# The checks hand over copies: an answer that changes its inputs cannot break the reference
+# ------------------------------------------------------------------------------------------
+def test_an_answer_that_changes_its_prompt_sets_leaves_the_reference_passing():
+    from tests.planted import ch03_logit_lens as planted
+    from utils.checks import grade
+    from utils.references import ch03_logit_lens as reference
+
+    for exercise_id, mutating, answer in (("3.4", planted.heads_then_extends_the_prompts, reference.head_attribution),
+                                          ("3.9", planted.ablation_then_sorts_the_prompts,
+                                           reference.ablated_logit_diffs)):
+        assert grade(exercise_id, mutating).status == "passed"
+        for _ in range(2):
+            verdict = grade(exercise_id, answer)
+            assert verdict.status == "passed", str(verdict)
 
 
 # ------------------------------------------------------------------------------------------

@@ -120,9 +120,23 @@ def translator_never_trained(model, resid, final_logits, steps=100, lr=1e-2, bat
     return ref.Translator(resid.shape[-1])
 
 
-def translator_ignores_seed(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
-    return _train(model, resid, final_logits, steps, lr, batch_size, 0,
-                  lambda final, lens: ref.kl_from_final(final, lens).mean())
+def translator_shuffled_epochs(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
+    """Minibatches drawn without replacement (a fresh permutation per pass over the rows)."""
+    translator = ref.Translator(resid.shape[-1])
+    optimizer = torch.optim.Adam(translator.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed + 7)
+    order, at = torch.randperm(len(resid), generator=generator), 0
+    with torch.enable_grad():
+        for _ in range(steps):
+            if at + batch_size > len(order):
+                order, at = torch.randperm(len(resid), generator=generator), 0
+            rows = order[at:at + batch_size]
+            at += batch_size
+            loss = ref.kl_from_final(final_logits[rows], ref.lens_logits(model, translator(resid[rows]))).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return translator
 
 
 def translator_with_kl_div(model, resid, final_logits, steps=100, lr=1e-2, batch_size=128, seed=0):
@@ -172,6 +186,14 @@ def heads_raw_correct_logit(model, prompts):
 
 def heads_wrong_minus_correct(model, prompts):
     return -ref.head_attribution(model, prompts)
+
+
+def heads_then_extends_the_prompts(model, prompts):
+    """Right, and then it adds a prompt to the set it was given (to reuse the list later)."""
+    result = ref.head_attribution(model, prompts)
+    prompts.prompts.append(prompts.prompts[0])
+    prompts.correct.append(prompts.correct[0])
+    return result
 
 
 def heads_with_apply_ln(model, prompts):
@@ -368,6 +390,14 @@ def ablation_hook_does_nothing(model, prompts, corrupted, layer, head):
     return ch02.logit_diffs(model, prompts, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
 
 
+def ablation_then_sorts_the_prompts(model, prompts, corrupted, layer, head):
+    """Right, and then it sorts the prompt lists it was given in place."""
+    result = ref.ablated_logit_diffs(model, prompts, corrupted, layer, head)
+    prompts.prompts.sort()
+    corrupted.prompts.reverse()
+    return result
+
+
 def ablation_new_tensor(model, prompts, corrupted, layer, head):
     z_corrupted = _corrupted_z(model, corrupted, layer)
 
@@ -406,8 +436,7 @@ MISTAKES = {
             (lens_without_bias, "unembedding bias")],
     "3.3": [(translator_reverse_kl, "KL(lens || final)"),
             (translator_without_zero_grad, "zero_grad"),
-            (translator_never_trained, "did not learn"),
-            (translator_ignores_seed, "with the seed you are given")],
+            (translator_never_trained, "did not learn")],
     "3.4": [(heads_at_minus_one, "right-padded"),
             (heads_without_scale, "final LayerNorm's scale"),
             (heads_raw_correct_logit, "raw logit"),
@@ -434,11 +463,11 @@ MISTAKES = {
 ALTERNATIVES = {
     "3.1": [shares_broadcast_loop, shares_float64_matmul],
     "3.2": [lens_by_hand_layernorm, lens_with_gather_and_unembed],
-    "3.3": [translator_with_kl_div, translator_cross_entropy_form],
-    "3.4": [heads_with_apply_ln, heads_from_z_by_hand],
+    "3.3": [translator_with_kl_div, translator_cross_entropy_form, translator_shuffled_epochs],
+    "3.4": [heads_with_apply_ln, heads_from_z_by_hand, heads_then_extends_the_prompts],
     "3.5": [previous_by_indexing, previous_by_loops],
     "3.6": [induction_by_indexing, induction_by_mask],
     "3.7": [copying_with_factored_matrix, copying_diagonal_is_max],
     "3.8": [composition_dense, composition_batched],
-    "3.9": [ablation_new_tensor, ablation_with_hooks_context],
+    "3.9": [ablation_new_tensor, ablation_with_hooks_context, ablation_then_sorts_the_prompts],
 }

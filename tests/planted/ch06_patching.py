@@ -3,6 +3,8 @@ written differently from the reference, which must pass."""
 
 import functools
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 
@@ -195,6 +197,10 @@ def heads_no_length_check(model, base_tokens, source_tokens, metric, by_position
     return heads_loop(model, base_tokens, source_tokens, metric, by_position, chunk_size, check=False)
 
 
+def heads_ignores_chunk_size(model, base_tokens, source_tokens, metric, by_position=False, chunk_size=16):
+    return ref.patch_head_output(model, base_tokens, source_tokens, metric, by_position=by_position, chunk_size=10_000)
+
+
 def heads_loop(model, base_tokens, source_tokens, metric, by_position=False, chunk_size=16, check=True):
     if check:
         ref.check_same_shape(base_tokens, source_tokens)
@@ -279,6 +285,18 @@ def ablate_mean_over_positions(model, tokens, heads, method="mean", reference_to
 def ablate_no_shape_check(model, tokens, heads, method="mean", reference_tokens=None):
     if method == "resample" and reference_tokens is not None and reference_tokens.shape != tokens.shape:
         reference_tokens = reference_tokens.repeat(2, 1)[:len(tokens)]
+    return ref.ablate_heads(model, tokens, heads, method, reference_tokens)
+
+
+def ablate_mean_pads_or_cuts(model, tokens, heads, method="mean", reference_tokens=None):
+    """Mean ablation that makes a reference of another length fit (cut, or padded with its last token)."""
+    if method == "mean" and reference_tokens is not None and reference_tokens.shape[1] != tokens.shape[1]:
+        n_pos = tokens.shape[1]
+        if reference_tokens.shape[1] > n_pos:
+            reference_tokens = reference_tokens[:, :n_pos]
+        else:
+            pad = reference_tokens[:, -1:].repeat(1, n_pos - reference_tokens.shape[1])
+            reference_tokens = torch.cat([reference_tokens, pad], dim=1)
     return ref.ablate_heads(model, tokens, heads, method, reference_tokens)
 
 
@@ -378,6 +396,30 @@ def _frozen_run(model, base_tokens, source_tokens, sender, receiver):
     return base, seen["value"]
 
 
+def path_sender_last_position_only(model, base_tokens, source_tokens, sender, receiver, metric, receiver_heads=None):
+    """The sender taken from the source run at the last position only; the rest right."""
+    ref.check_same_shape(base_tokens, source_tokens)
+    layer, head = sender
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    mlp_names = [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda n: n in z_names + mlp_names)
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[layer])
+    z = base[z_names[layer]].clone()
+    z[:, -1, head] = source[z_names[layer]][:, -1, head]
+    frozen = {n: ref.freeze_hook(base[n]) for n in z_names + mlp_names}
+    frozen[z_names[layer]] = ref.freeze_hook(z)
+    frozen.pop(receiver, None)
+    seen = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, ref.store_hook(seen, receiver))])
+    value = seen[receiver]
+    if receiver_heads is not None:
+        _, base_receiver = model.run_with_cache(base_tokens, names_filter=receiver)
+        patched = base_receiver[receiver].clone()
+        patched[:, :, receiver_heads] = value[:, :, receiver_heads]
+        value = patched
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, ref.freeze_hook(value))]))
+
+
 def path_in_place(model, base_tokens, source_tokens, sender, receiver, metric, receiver_heads=None):
     ref.check_same_shape(base_tokens, source_tokens)
     base, value = _frozen_run(model, base_tokens, source_tokens, sender, receiver)
@@ -421,6 +463,19 @@ def _attribution(model, clean_tokens, corrupted_tokens, metric, eval_mode=True, 
         grads = torch.autograd.grad(metric(logits), [kept[n] for n in names])
     reduce = (lambda x: x.mean(dim=(0, 3))) if mean else (lambda x: x.sum(dim=(0, 3)))
     return torch.stack([sign * reduce(g * (clean[n] - corrupted[n])) for n, g in zip(names, grads)])
+
+
+def attribution_left_in_eval_mode(model, clean_tokens, corrupted_tokens, metric):
+    return _attribution(model, clean_tokens, corrupted_tokens, metric)  # model.eval(), never put back
+
+
+def attribution_gradients_left_on(model, clean_tokens, corrupted_tokens, metric):
+    mode = model.training
+    torch.set_grad_enabled(True)  # for everything after it, too
+    try:
+        return _attribution(model, clean_tokens, corrupted_tokens, metric)
+    finally:
+        model.train(mode)
 
 
 def attribution_train_mode(model, clean_tokens, corrupted_tokens, metric):
@@ -538,24 +593,37 @@ def circuit_float_masks(model, tokens, reference_tokens, nodes):
 
 
 # 6.8 -----------------------------------------------------------------------------------------
+# Template 1: S2 at position 14, the last token at 18.
 def circuit_only_l3h1():
-    return [(3, 1, 14)]
+    return [(3, 1, 18)]
 
 
 def circuit_every_head_at_two_positions():
-    return [(layer, head, position) for layer in (0, 3) for head in range(8) for position in (10, 14)]
+    return [(layer, head, position) for layer in (0, 3) for head in range(8) for position in (14, 18)]
 
 
 def circuit_with_dead_weight():
-    return [(0, 3, 10), (0, 6, 10), (0, 7, 14), (3, 1, 14), (1, 5, 3)]
+    return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18), (1, 5, 3)]
+
+
+def circuit_of_template_0():
+    return [(0, 3, 10), (0, 6, 10), (0, 7, 14), (3, 1, 14)]
+
+
+def circuit_off_by_one():
+    return [(0, 3, 13), (0, 6, 13), (0, 7, 17), (3, 1, 17)]
 
 
 def circuit_three_nodes():
-    return [(3, 1, 14), (0, 6, 10), (0, 3, 10)]
+    return [(3, 1, 18), (0, 6, 14), (0, 3, 14)]
 
 
 def circuit_with_l2h0():
-    return {(0, 3, 10), (0, 6, 10), (0, 7, 14), (2, 0, 14), (3, 1, 14)}
+    return {(0, 3, 14), (0, 6, 14), (2, 0, 18), (3, 1, 18)}
+
+
+def circuit_numpy_integers():
+    return [tuple(np.array(node)) for node in [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18)]]
 
 
 # 6.9 -----------------------------------------------------------------------------------------
@@ -603,19 +671,25 @@ MISTAKES = {
     "6.3": [(heads_whole_layer, "not every head of the layer"),
             (heads_patched_with_itself, "patched the base run with its own activations"),
             (heads_swapped, "base and source are swapped"), (heads_head_before_position, "the layout of transformer_lens"),
-            (heads_no_length_check, "raise a ValueError")],
+            (heads_ignores_chunk_size, "chunks of chunk_size"), (heads_no_length_check, "raise a ValueError")],
     "6.4": [(ablate_zero_always, "that is zero ablation"), (ablate_mean_over_ioi, "a mean over the IOI prompts themselves"),
             (ablate_resample_as_mean, "each prompt's own reference value"),
-            (ablate_mean_over_positions, "one value per position"), (ablate_no_shape_check, "raise a ValueError")],
+            (ablate_mean_over_positions, "one value per position"), (ablate_mean_pads_or_cuts, "mean ablation from references of another length"),
+            (ablate_no_shape_check, "resample ablation from a reference batch of another size")],
     "6.5": [(path_unfrozen, "freeze every other head"), (path_receiver_frozen, "the receiver must not be frozen"),
-            (path_swapped, "base and source are swapped"), (path_every_receiver_head, "only the receiver_heads")],
+            (path_swapped, "base and source are swapped"), (path_sender_last_position_only, "wherever it sits"),
+            (path_every_receiver_head, "only the receiver_heads")],
     "6.6": [(attribution_train_mode, "train mode"), (attribution_at_clean, "gradient on the corrupted run"),
             (attribution_sign_flipped, "signs are flipped"), (attribution_mean_over_batch, "do not average"),
+            (attribution_left_in_eval_mode, "left the model in eval mode"),
+            (attribution_gradients_left_on, "left gradients switched on"),
             (attribution_head_before_position, "the layout of Exercise 6.3")],
     "6.7": [(circuit_zero_ablation, "not zero-ablate them"), (circuit_mean_over_ioi, "a mean over the IOI prompts themselves"),
             (circuit_ablated_instead, "you ablated the circuit's nodes"), (circuit_one_mean, "one value per position")],
-    "6.8": [(circuit_only_l3h1, "keeps too little"), (circuit_every_head_at_two_positions, "keep at most"),
-            (circuit_with_dead_weight, "adds almost nothing")],
+    "6.8": [(circuit_only_l3h1, "a node that carries the behaviour is missing"),
+            (circuit_of_template_0, "template 0's positions"), (circuit_off_by_one, "off by one"),
+            (circuit_with_dead_weight, "node (1, 5, 3) adds almost nothing"),
+            (circuit_every_head_at_two_positions, "keep at most")],
     "6.9": [(repeat_loss_unshifted, "shift by one"), (repeat_loss_from_first_token, "its first token cannot be predicted"),
             (repeat_loss_whole_sequence, "only the second copy"), (repeat_loss_summed, "not the sum")],
 }
@@ -628,6 +702,6 @@ ALTERNATIVES = {
     "6.5": [path_in_place, path_double_precision_metric],
     "6.6": [attribution_retain_grad, attribution_float64_einsum],
     "6.7": [circuit_loops, circuit_float_masks],
-    "6.8": [circuit_three_nodes, circuit_with_l2h0],
+    "6.8": [circuit_three_nodes, circuit_with_l2h0, circuit_numpy_integers],
     "6.9": [repeat_loss_cross_entropy, repeat_loss_loop],
 }

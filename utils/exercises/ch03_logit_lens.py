@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -148,14 +149,13 @@ def _held_out_kl(translator, point: int, name: str) -> float:
         return ref.kl_from_final(test["final_logits"], ref.lens_logits(organism(), translated.float())).mean().item()
 
 
-def _train_variant(point: int, steps: int, lr: float, batch_size: int, seed: int, reverse=False, zero_grad=True,
-                   fixed_seed=False) -> float:
+def _train_variant(point: int, steps: int, lr: float, batch_size: int, seed: int, reverse=False, zero_grad=True) -> float:
     model = organism()
     train, _ = _translator_data()
     resid, final_logits = train["resid"][point], train["final_logits"]
     translator = ref.Translator(resid.shape[-1])
     optimizer = torch.optim.Adam(translator.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(0 if fixed_seed else seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
         for _ in range(steps):
             rows = torch.randint(len(resid), (batch_size,), generator=generator)
@@ -183,10 +183,10 @@ def _translator_expectations(case: int) -> tuple[float, dict[str, float]]:
         "the gradients pile up across steps: call optimizer.zero_grad() before every loss.backward()":
             _train_variant(point, **settings, zero_grad=False),
     }
-    if settings["seed"] != 0:
-        mistakes["draw the minibatches from torch.Generator().manual_seed(seed), with the seed you are given"] = \
-            _train_variant(point, **settings, fixed_seed=True)
     return expected, mistakes
+
+
+KL_SLACK = 1.12  # another draw of minibatches moves the reference's held-out KL by up to about 6%
 
 
 @exercise("3.3", "train a translator", CHAPTER, ref.train_translator)
@@ -199,8 +199,11 @@ def check_train_translator(candidate) -> None:
         model.zero_grad(set_to_none=True)  # the loss's gradient also reached the model's own weights
         got = _held_out_kl(translator, point, "your translator")
         expected, mistakes = _translator_expectations(case)
-        expect_close(got, expected, "the held-out KL of your translator", atol=max(2e-3, 0.01 * expected),
-                     mistakes=mistakes)
+        bar = KL_SLACK * expected + 2e-3
+        if got != got or got > bar:  # NaN, or worse than any correct trainer with any draw of minibatches
+            named = [hint for hint, value in mistakes.items() if abs(got - value) <= max(2e-3, 0.01 * value)]
+            raise Wrong(f"the held-out KL of your translator is {got:.4f}; a correct one reaches {expected:.4f} "
+                        f"(at most {bar:.4f} with other minibatches)" + (f": {named[0]}" if named else ""))
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,7 +242,7 @@ def check_head_attribution(candidate) -> None:
     for family, n, seed in (("ioi", 6, 5), ("facts", 5, 6)):
         some, expected, mistakes = _head_expectations(family, n, seed)
         with hooks_reset(model), torch.no_grad():
-            got = call(candidate, model, some)
+            got = call(candidate, model, copy.deepcopy(some))  # a copy: the cached prompts stay as they are
         expect_tensor_distinct(got, expected, "your head attributions", atol=2e-3, mistakes=mistakes)
 
 
@@ -434,6 +437,6 @@ def check_ablated_logit_diffs(candidate) -> None:
     for n, seed, layer, head in ((6, 7, 3, 1), (5, 8, 2, 0)):
         clean, corrupted, expected, mistakes = _ablation_expectations(n, seed, layer, head)
         with hooks_reset(model), torch.no_grad():
-            got = call(candidate, model, clean, corrupted, layer, head)
+            got = call(candidate, model, copy.deepcopy(clean), copy.deepcopy(corrupted), layer, head)  # copies
         expect_tensor_distinct(got, expected, f"your logit differences (L{layer}H{head} ablated)", atol=2e-3,
                                mistakes=mistakes)

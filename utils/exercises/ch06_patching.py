@@ -9,6 +9,7 @@ the organism with dropout switched on and left in train mode, exercise 6.8 is gr
 from __future__ import annotations
 
 import functools
+import operator
 
 import torch
 
@@ -38,6 +39,25 @@ def organism_with_dropout():
     dropouts = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
     dropouts[0].register_forward_pre_hook(lambda module, args: modes.append(module.training))
     return model, modes
+
+
+@functools.cache
+def organism_counting_batches():
+    """Another copy of the organism that records the batch size of every forward pass (for chunk_size)."""
+    model = load_model(verbose=False, device="cpu")
+    tokens = torch.zeros(1, 3, dtype=torch.long)
+    with torch.no_grad():  # the first runs set the bridge's own hooks up: they are part of the model as handed over
+        model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z)])
+    batches: list[int] = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args, kwargs: batches.append(_batch_of(args, kwargs)),
+                                              with_kwargs=True)
+    return model, batches
+
+
+def _batch_of(args: tuple, kwargs: dict) -> int:
+    tensors = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor) and value.dim() == 3]
+    return int(tensors[0].shape[0]) if tensors else 0
 
 
 def _distinct(mistakes: dict, expected: torch.Tensor, atol: float) -> dict:
@@ -282,12 +302,19 @@ def check_patch_head_output(candidate) -> None:
     model = organism()
     cases = (((0, 40, 2, "swap", False), False, 16), ((5, 2, 2, "random", False), True, 7),
              ((2, 12, 2, "abc", True), False, 3), ((6, 3, 3, "random", True), True, 64))
+    counting, batches = organism_counting_batches()
     for key, by_position, chunk_size in cases:
         base, source, metric = _runs(*key)
+        batches.clear()
         with torch.no_grad():
-            got = call(candidate, model, base.clone(), source.clone(), metric, by_position=by_position, chunk_size=chunk_size)
+            got = call(candidate, counting, base.clone(), source.clone(), metric, by_position=by_position,
+                       chunk_size=chunk_size)
         expect_or_hint(got, _head_expected(by_position, *key), f"your results (by_position={by_position}, "
                        f"chunk_size={chunk_size})", 2e-3, lambda: _head_mistakes(by_position, *key))
+        if max(batches, default=0) > chunk_size * len(base):
+            raise Wrong(f"with chunk_size={chunk_size} and {len(base)} prompts, a forward pass may hold at most "
+                        f"{chunk_size * len(base)} rows; one of yours held {max(batches)}: split the variants into "
+                        "chunks of chunk_size")
     with torch.no_grad():
         expect_value_error(candidate, model, base.clone(), source[:, :-1].clone(), metric,
                            what="token batches of different lengths")
@@ -354,9 +381,14 @@ def check_ablate_heads(candidate) -> None:
         expect_tensor(got, expected, f"your logits ({method} ablation of {heads})", atol=2e-3,
                       mistakes=_distinct(mistakes, expected, 2e-3))
     tokens, reference = ioi_case(2, 14, 3, "abc")["clean"], ioi_case(2, 14, 3, "abc")["corrupted"]
+    longer = ioi_case(1, 3, 2, "abc")["corrupted"]  # template 1: 19 positions, not 15
     with torch.no_grad():
         expect_value_error(candidate, model, tokens.clone(), [(3, 1)], "resample", reference[:2].clone(),
                            what="resample ablation from a reference batch of another size")
+        expect_value_error(candidate, model, tokens.clone(), [(3, 1)], "mean", longer.clone(),
+                           what="mean ablation from references of another length (the mean is per position)")
+        expect_value_error(candidate, model, longer.clone(), [(0, 3)], "mean", tokens.clone(),
+                           what="mean ablation from references shorter than the tokens")
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,6 +398,30 @@ def _unfrozen_patch(model, base, source, sender, metric):
     """The sender patched at every position with nothing frozen: its total effect, every path."""
     layer, head = sender
     return metric(ref.ablate_heads(model, base, [sender], "resample", source))
+
+
+def _last_position_sender(model, base, source, sender, receiver, metric, heads):
+    """Path patching with the sender taken from the source run at the last position only."""
+    layer, head = sender
+    name = f"blocks.{layer}.attn.hook_z"
+    _, source_cache = model.run_with_cache(source, names_filter=name)
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    mlp_names = [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, base_cache = model.run_with_cache(base, names_filter=lambda n: n in z_names + mlp_names)
+    z = base_cache[name].clone()
+    z[:, -1, head] = source_cache[name][:, -1, head]  # the sender from the source run at the last position only
+    frozen = {n: ref.freeze_hook(base_cache[n]) for n in z_names + mlp_names}
+    frozen[name] = ref.freeze_hook(z)
+    frozen.pop(receiver, None)
+    recorded = {}
+    model.run_with_hooks(base, fwd_hooks=list(frozen.items()) + [(receiver, ref.store_hook(recorded, receiver))])
+    value = recorded[receiver]
+    if heads is not None:
+        _, base_receiver = model.run_with_cache(base, names_filter=receiver)
+        patched = base_receiver[receiver].clone()
+        patched[:, :, heads] = value[:, :, heads]
+        value = patched
+    return metric(model.run_with_hooks(base, fwd_hooks=[(receiver, ref.freeze_hook(value))]))
 
 
 def _all_receiver_heads(model, base, source, sender, receiver, metric):
@@ -378,6 +434,13 @@ def _induction_case(seq_len: int, batch: int, seed: int):
     base = ch03.repeated_tokens(model, seq_len, batch, seed=seed)
     source = ch03.repeated_tokens(model, seq_len, batch, seed=seed + 100)
     return base, source, lambda logits: ref.repeated_half_loss(logits, base, seq_len)
+
+
+FROZEN = "the receiver must not be frozen in step 1, or it cannot change: your result is the base run's metric"
+LAST_ONLY = ("patch the sender's output at every position, not only the last: the sender writes wherever it sits, "
+             "and the receiver reads it there")
+BASE_METRIC = ("your result is the base run's metric, as if the receiver never saw the sender: leave the receiver free "
+               "in step 1, and take the sender's output from the source run wherever it sits (all positions)")
 
 
 @functools.cache
@@ -397,15 +460,26 @@ def _path_expectations(index: int):
         mistakes = {
             "freeze every other head's hook_z and every MLP's hook_mlp_out at the base run in step 1: without it the "
             "receiver sees the sender's effect through every path": float(_unfrozen_patch(model, base, source, sender, metric)),
-            "the receiver must not be frozen in step 1, or it cannot change: your result is the base run's metric":
-                float(metric(model(base))),
+            FROZEN: float(metric(model(base))),
             "base and source are swapped: run base_tokens, take the sender's output from source_tokens":
                 float(ref.path_patch(model, source, base, sender, receiver, metric, heads)),
+            LAST_ONLY: float(_last_position_sender(model, base, source, sender, receiver, metric, heads)),
         }
+        if abs(mistakes[LAST_ONLY] - mistakes[FROZEN]) <= 2e-2:  # the two mistakes give the same number here
+            mistakes[BASE_METRIC] = mistakes.pop(LAST_ONLY)
+            mistakes.pop(FROZEN)
         if heads is not None:
             mistakes["replace only the receiver_heads' part of the receiver in step 2, not every head"] = \
                 float(_all_receiver_heads(model, base, source, sender, receiver, metric))
     return base, source, sender, receiver, heads, metric, expected, mistakes
+
+
+def _telling(mistakes: dict[str, float], expected: float, tolerance: float) -> dict[str, float]:
+    """The mistakes whose value on this case differs from the right one and from every other mistake's:
+    where two mistakes give the same number here, neither is named (a later case tells them apart)."""
+    return {hint: value for hint, value in mistakes.items()
+            if abs(value - expected) > tolerance
+            and all(abs(value - other) > tolerance for key, other in mistakes.items() if key != hint)}
 
 
 @exercise("6.5", "path patching", CHAPTER, ref.path_patch)
@@ -416,7 +490,7 @@ def check_path_patch(candidate) -> None:
         with torch.no_grad():
             got = call(candidate, model, base.clone(), source.clone(), sender, receiver, metric, receiver_heads=heads)
         expect_close(got, expected, f"your metric for L{sender[0]}H{sender[1]} -> {receiver}", atol=2e-3,
-                     mistakes={hint: value for hint, value in mistakes.items() if abs(value - expected) > 2e-2})
+                     mistakes=_telling(mistakes, expected, 2e-2))
     with torch.no_grad():
         expect_value_error(candidate, model, base.clone(), source[:, :-1].clone(), sender, receiver, metric,
                            what="token batches of different lengths")
@@ -469,15 +543,35 @@ def check_attribution_patch_heads(candidate) -> None:
     clean, _, metric, _, _ = cases[0]
     same = torch.zeros_like(cases[0][3])
     cases.append((clean, clean, metric, same, {}))  # identical runs: every estimate is 0
+    after: dict[str, bool] = {}
+
+    def observed(*args, **kwargs):
+        """The learner's function, and the model's mode and the gradient switch right after it returns."""
+        result = candidate(*args, **kwargs)
+        after.update(training=model.training, grad=torch.is_grad_enabled())
+        return result
+
     for clean, corrupted, metric, expected, mistakes in cases:
         model.train()  # as a model fresh from training would be
         modes.clear()
-        got = call(candidate, model, clean.clone(), corrupted.clone(), metric)
+        after.clear()
+        was_enabled = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)  # as in the chapter
+        try:
+            got = call(observed, model, clean.clone(), corrupted.clone(), metric)
+        finally:
+            torch.set_grad_enabled(was_enabled)
         if any(modes) and not (isinstance(got, torch.Tensor) and got.shape == expected.shape
                                and torch.allclose(got.double(), expected.double(), atol=2e-3)):
             raise Wrong("your function ran the model in train mode, so dropout made its gradient noisy: call "
                         "model.eval() first (and put the mode back afterwards)")
         expect_tensor(got, expected, "your attribution estimates", atol=2e-3, mistakes=_distinct(mistakes, expected, 2e-3))
+        if after.get("training") is False:
+            raise Wrong("your function left the model in eval mode: put the mode back (was_training = model.training "
+                        "first, model.train(was_training) at the end), as the statement asks")
+        if after.get("grad"):
+            raise Wrong("your function left gradients switched on for everything after it: turn them on only "
+                        "inside it, with `with torch.enable_grad():`")
     model.eval()
     with torch.no_grad():
         expect_value_error(candidate, model, clean.clone(), clean[:, :-1].clone(), metric,
@@ -541,17 +635,29 @@ def check_circuit_logits(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 6.8
 # ------------------------------------------------------------------------------------------
-MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.8, 8, 0.02
+MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.8, 5, 0.05
+CIRCUIT_TEMPLATE = 1  # the chapter maps template 0; the learner searches template 1
+
+
+def _template_case(start: int, n: int, seed: int):
+    """Prompts of template 1, their ABC twins, and the raw score."""
+    model = organism()
+    clean = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=start, n=n)
+    clean_tokens, abc_tokens, last = ref.paired_tokens(model, clean.prompts, ref.abc_prompts(clean, seed=seed).prompts)
+    correct, wrong = ch02.answer_ids(model, clean.correct), ch02.answer_ids(model, clean.wrong)
+    return clean_tokens, abc_tokens, lambda logits: ref.logit_diff(logits, correct, wrong, last).mean()
 
 
 @functools.cache
 def held_out_ioi():
-    """Held-out prompts the chapter never shows (template 0), their ABC twins, and the raw score."""
-    model = organism()
-    clean = ref.ioi_prompts("test", start=64, n=24)
-    clean_tokens, abc_tokens, last = ref.paired_tokens(model, clean.prompts, ref.abc_prompts(clean, seed=1).prompts)
-    correct, wrong = ch02.answer_ids(model, clean.correct), ch02.answer_ids(model, clean.wrong)
-    return clean_tokens, abc_tokens, lambda logits: ref.logit_diff(logits, correct, wrong, last).mean()
+    """Held-out prompts of template 1 that the chapter never shows (it shows the first 16), with their ABC twins."""
+    return _template_case(16, 24, seed=1)
+
+
+@functools.cache
+def chapter_ioi():
+    """The template-1 prompts the chapter searches with (as its cell builds them)."""
+    return _template_case(0, 16, seed=0)
 
 
 def _valid_nodes(nodes, model, n_pos: int) -> list[tuple[int, int, int]]:
@@ -559,35 +665,65 @@ def _valid_nodes(nodes, model, n_pos: int) -> list[tuple[int, int, int]]:
         raise Wrong(f"ioi_circuit() should return a list of (layer, head, position) tuples, got {type(nodes).__name__}")
     valid = []
     for node in nodes:
-        if not (isinstance(node, (tuple, list)) and len(node) == 3 and all(isinstance(i, int) and not isinstance(i, bool)
-                                                                           for i in node)):
+        try:  # any integer type: Python, numpy or a 0-dimensional integer tensor
+            parts = tuple(operator.index(i) for i in node if not isinstance(i, bool))
+        except TypeError:
+            parts = ()
+        if not (isinstance(node, (tuple, list)) and len(node) == 3 and len(parts) == 3):
             raise Wrong(f"each node should be a (layer, head, position) tuple of ints, got {node!r}"[:200])
-        layer, head, position = node
+        layer, head, position = parts
         if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads and 0 <= position < n_pos):
-            raise Wrong(f"node {tuple(node)} is outside the model: layers 0-{model.cfg.n_layers - 1}, heads "
-                        f"0-{model.cfg.n_heads - 1}, positions 0-{n_pos - 1}")
-        valid.append(tuple(node))
+            raise Wrong(f"node {parts} is outside the model or template {CIRCUIT_TEMPLATE}: layers 0-{model.cfg.n_layers - 1}, "
+                        f"heads 0-{model.cfg.n_heads - 1}, positions 0-{n_pos - 1}")
+        valid.append(parts)
     return valid
 
 
-@exercise("6.8", "submit the IOI circuit", CHAPTER, ref.ioi_circuit)
+def _shifted(nodes, shift: int, n_pos: int):
+    moved = [(layer, head, position + shift) for layer, head, position in nodes]
+    return moved if all(0 <= position < n_pos for _, _, position in moved) else None
+
+
+def _why_unfaithful(model, nodes, faithfulness: float) -> str:
+    """The most likely reason a circuit keeps too little on the held-out prompts."""
+    tokens, reference, score = held_out_ioi()
+    n_pos = tokens.shape[1]
+    start = f"on held-out prompts your circuit keeps too little of the behaviour (faithfulness {faithfulness:.2f}, " \
+            f"at least {MIN_FAITHFULNESS} needed)"
+    template_0 = _shifted(nodes, 4, n_pos)  # template 0's S2 and end (10, 14) are template 1's 14 and 18
+    if template_0 and ref.circuit_faithfulness(model, tokens, reference, template_0, score) >= MIN_FAITHFULNESS:
+        return (f"{start}: those are template 0's positions; template 1's roles sit elsewhere "
+                "(print its tokens with their positions)")
+    for shift in (-1, 1):
+        moved = _shifted(nodes, shift, n_pos)
+        if moved and ref.circuit_faithfulness(model, tokens, reference, moved, score) >= MIN_FAITHFULNESS:
+            return (f"{start}: your positions are off by one; position 0 is the start token <|endoftext|>, "
+                    "so count from it (model.to_str_tokens shows every position)")
+    seen_tokens, seen_reference, seen_score = chapter_ioi()
+    if ref.circuit_faithfulness(model, seen_tokens, seen_reference, nodes, seen_score) >= MIN_FAITHFULNESS:
+        return (f"{start}, although it passes on the chapter's template-1 prompts: it is tuned to those names; "
+                "prefer nodes at positions whose role is the same in every prompt (S2, the end)")
+    return f"{start}: a node that carries the behaviour is missing"
+
+
+@exercise("6.8", "find the IOI circuit of template 1", CHAPTER, ref.ioi_circuit)
 def check_ioi_circuit(candidate) -> None:
     model = organism()
     tokens, reference, score = held_out_ioi()
-    nodes = _valid_nodes(call(candidate), model, tokens.shape[1])
+    nodes = sorted(set(_valid_nodes(call(candidate), model, tokens.shape[1])))
     if not nodes:
         raise Wrong("your circuit is empty: it carries nothing (faithfulness 0)")
-    if len(set(nodes)) > MAX_NODES:
-        raise Wrong(f"your circuit has {len(set(nodes))} nodes; keep at most {MAX_NODES}, the ones that matter")
+    if len(nodes) > MAX_NODES:
+        raise Wrong(f"your circuit has {len(nodes)} nodes; keep at most {MAX_NODES}, the ones that matter")
     with torch.no_grad():
-        report = ref.circuit_report(model, tokens, reference, nodes, score)
-    summary = ", ".join(f"{key} {value:.2f}" for key, value in report.items() if key != "nodes")
-    if report["faithfulness"] < MIN_FAITHFULNESS:
-        raise Wrong(f"on held-out prompts your circuit keeps too little of the behaviour ({summary}; faithfulness "
-                    f"must be at least {MIN_FAITHFULNESS}): a node that is needed is missing")
-    if report["minimality"] < MIN_DROP:
-        raise Wrong(f"some node of your circuit adds almost nothing ({summary}; removing each node must cost at least "
-                    f"{MIN_DROP}): drop the dead weight")
+        faithfulness = ref.circuit_faithfulness(model, tokens, reference, nodes, score)
+        if faithfulness < MIN_FAITHFULNESS:
+            raise Wrong(_why_unfaithful(model, nodes, faithfulness))
+        drops = ref.node_minimality(model, tokens, reference, nodes, score)
+    weakest = min(drops, key=drops.get)
+    if drops[weakest] < MIN_DROP:
+        raise Wrong(f"node {weakest} adds almost nothing: its largest drop over the subsets of your circuit is "
+                    f"{drops[weakest]:.3f} (at least {MIN_DROP} needed; faithfulness {faithfulness:.2f}): drop the dead weight")
 
 
 # ------------------------------------------------------------------------------------------

@@ -237,6 +237,50 @@ def path_patch(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[
     return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
 
 
+def ioi_roles(model, prompts: PromptSet, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"]) -> dict[str, Tensor]:
+    """Each prompt's positions of IO, S1 (first mention of S), S2 (second mention) and END: [batch] each."""
+    io, s1, s2 = [], [], []
+    for row, (io_name, s_name) in enumerate(zip(prompts.labels["io"], prompts.labels["s"])):
+        words = [word.strip() for word in model.to_str_tokens(tokens[row])]
+        io.append(words.index(io_name))
+        s1.append(words.index(s_name))
+        s2.append(len(words) - 1 - words[::-1].index(s_name))
+    device = tokens.device
+    return {"IO": torch.tensor(io, device=device), "S1": torch.tensor(s1, device=device),
+            "S2": torch.tensor(s2, device=device), "END": last.to(device)}
+
+
+def attention_to_roles(pattern: Float[Tensor, "batch dest src"], dest: Int[Tensor, "batch"],
+                       roles: dict[str, Tensor]) -> dict[str, float]:
+    """Mean attention from each prompt's `dest` position to each role's position."""
+    rows = torch.arange(len(dest), device=pattern.device)
+    return {role: float(pattern[rows, dest, where].mean()) for role, where in roles.items()}
+
+
+@torch.no_grad()
+def own_logit_extremes(model, embedding: Float[Tensor, "n_tokens d_model"], token_ids: Int[Tensor, "n_tokens"],
+                       layer: int, head: int) -> dict[str, float]:
+    """Through one head's OV circuit: the share of tokens whose own logit is the highest, or the lowest, of its row."""
+    w_ov = model.W_V[layer, head] @ model.W_O[layer, head]  # [d_model, d_model]
+    circuit = embedding @ w_ov @ model.W_U[:, token_ids.to(model.cfg.device)]  # [n_tokens, n_tokens]
+    own = torch.arange(len(token_ids), device=circuit.device)
+    return {"own logit highest": (circuit.argmax(-1) == own).float().mean().item(),
+            "own logit lowest": (circuit.argmin(-1) == own).float().mean().item()}
+
+
+@torch.no_grad()
+def head_direct_logits(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], layer: int, head: int,
+                       token_ids: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+    """A head's direct effect on one token's logit per prompt, at the last position (final LayerNorm scale frozen)."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in (f"blocks.{layer}.attn.hook_z",
+                                                                                "ln_final.hook_scale"))
+    rows = torch.arange(len(last), device=tokens.device)
+    z = cache[f"blocks.{layer}.attn.hook_z"][rows, last, head]  # [batch, d_head]
+    scale = cache["ln_final.hook_scale"][rows, last]  # [batch, 1]
+    out = (z @ model.W_O[layer, head]) / scale  # [batch, d_model]; the unembedding is centred, so no mean to remove
+    return (out * model.W_U[:, token_ids.to(out.device)].T).sum(-1)
+
+
 def attribution_patch_heads(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
                             metric: Metric) -> Float[Tensor, "layer pos head"]:
     """First-order estimate of metric(denoised) - metric(corrupted) for every head at every position."""
@@ -280,6 +324,9 @@ def circuit_logits(model, tokens: Int[Tensor, "batch pos"], reference_tokens: In
     return model.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
+from itertools import combinations
+
+
 def all_nodes(model, n_pos: int) -> list[Node]:
     """Every head at every position: the whole model as a circuit."""
     return [(layer, head, position) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
@@ -295,29 +342,58 @@ def circuit_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_toke
     return float((score(circuit_logits(model, tokens, reference_tokens, nodes)) - empty) / (full - empty))
 
 
+MAX_REPORT_NODES = 8
+
+
+@torch.no_grad()
+def subset_faithfulness(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                        nodes, score: Metric) -> dict[frozenset, float]:
+    """F of every subset of a circuit (2^n runs), keyed by the frozenset of the nodes kept."""
+    nodes = sorted(set(nodes))
+    if len(nodes) > MAX_REPORT_NODES:
+        raise ValueError(f"{len(nodes)} nodes: trying every subset takes 2^{len(nodes)} runs; "
+                         f"report on at most {MAX_REPORT_NODES} nodes")
+    full = score(model(tokens))
+    empty = score(circuit_logits(model, tokens, reference_tokens, []))
+    kept_score = {frozenset(): 0.0}
+    for size in range(1, len(nodes) + 1):
+        for kept in combinations(nodes, size):
+            logits = circuit_logits(model, tokens, reference_tokens, list(kept))
+            kept_score[frozenset(kept)] = float((score(logits) - empty) / (full - empty))
+    return kept_score
+
+
+def node_minimality(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                    nodes, score: Metric) -> dict[Node, float]:
+    """Each node's largest drop in F over the subsets of the circuit that contain it (Wang et al.'s minimality)."""
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
+    return {node: max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
+            for node in sorted(set(nodes))}
+
+
 @torch.no_grad()
 def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
                    nodes, score: Metric) -> dict[str, float]:
-    """Faithfulness, completeness (largest gap) and minimality (smallest drop) of a circuit."""
+    """Faithfulness, completeness (largest single-node gap) and minimality (smallest best drop over subsets)."""
     nodes = sorted(set(nodes))
+    kept_score = subset_faithfulness(model, tokens, reference_tokens, nodes, score)
+    circuit = frozenset(nodes)
+    drops = [max(value - kept_score[kept - {node}] for kept, value in kept_score.items() if node in kept)
+             for node in nodes]
     everything = all_nodes(model, tokens.shape[1])
     full = score(model(tokens))
     empty = score(circuit_logits(model, tokens, reference_tokens, []))
-
-    def normalised(kept) -> float:
-        return float((score(circuit_logits(model, tokens, reference_tokens, kept)) - empty) / (full - empty))
-
-    faithfulness = normalised(nodes)
-    without = {node: normalised([n for n in nodes if n != node]) for node in nodes}
-    gaps = [abs(without[node] - normalised([n for n in everything if n != node])) for node in nodes]
-    drops = [faithfulness - without[node] for node in nodes]
-    return {"faithfulness": faithfulness, "completeness gap": max(gaps, default=0.0),
+    gaps = []
+    for node in nodes:  # completeness, single nodes only: F(C without v) against F(M without v)
+        model_without = score(circuit_logits(model, tokens, reference_tokens, [n for n in everything if n != node]))
+        gaps.append(abs(kept_score[circuit - {node}] - float((model_without - empty) / (full - empty))))
+    return {"faithfulness": kept_score[circuit], "completeness gap": max(gaps, default=0.0),
             "minimality": min(drops, default=0.0), "nodes": len(nodes)}
 
 
 def ioi_circuit() -> list[Node]:
-    """The organism's IOI circuit as (layer, head, position) nodes of template 0."""
-    return [(0, 3, 10), (0, 6, 10), (0, 7, 14), (3, 1, 14)]
+    """The organism's IOI circuit as (layer, head, position) nodes of template 1."""
+    return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18)]
 
 
 def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
@@ -326,6 +402,31 @@ def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[T
     log_probs = logits.log_softmax(-1)[:, seq_len + 1:2 * seq_len]  # predicting tokens seq_len + 2 .. 2 * seq_len
     targets = tokens[:, seq_len + 2:2 * seq_len + 1]
     return -log_probs.gather(-1, targets[..., None].to(logits.device)).mean()
+
+
+@torch.no_grad()
+def path_patch_heads(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                     senders: list[tuple[int, int]], receiver: str, metric: Metric, receiver_heads: list[int]) -> Tensor:
+    """`path_patch` with several sender heads of one layer patched together (their joint path)."""
+    check_same_shape(base_tokens, source_tokens)
+    layer = senders[0][0]
+    if any(sender_layer != layer for sender_layer, _ in senders):
+        raise ValueError("path_patch_heads takes senders of one layer")
+    heads = [head for _, head in senders]
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    mlp_names = [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda name: name in z_names + mlp_names + [receiver])
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[layer])
+    patched_z = base[z_names[layer]].clone()
+    patched_z[:, :, heads] = source[z_names[layer]][:, :, heads]
+    frozen = {name: freeze_hook(base[name]) for name in z_names + mlp_names}
+    frozen[z_names[layer]] = freeze_hook(patched_z)
+    frozen.pop(receiver, None)
+    recorded = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, store_hook(recorded, receiver))])
+    value = base[receiver].clone()
+    value[:, :, receiver_heads] = recorded[receiver][:, :, receiver_heads]
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
 
 
 def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
