@@ -295,7 +295,7 @@ def context(model):
 def recovery(model, held, shipped, train_rows, our_saes, context):
     _, held_acts, held_tokens = held
     baseline = ref.random_init_model(seed=SEED)
-    baseline_acts, _ = organism_sae.cache_activations(baseline, train_rows, progress=False)
+    baseline_acts, _ = organism_sae.cache_activations(baseline, train_rows[:256], progress=False)  # as the chapter
     baseline_sae, _ = ref.train_organism_sae(baseline_acts, k=32, seed=SEED, progress_bar=False)
     baseline_held, _ = organism_sae.cache_activations(baseline, held[0][:64], progress=False)
     n = ref.DETECTION_TOKENS
