@@ -621,7 +621,7 @@ metric_table.round(3)
 # %% [markdown]
 # Compare our two SAEs, trained alike at about the same L0: the L1 SAE's L2 ratio, well below
 # TopK's, is the shrinkage of Section 1 on a real model's activations, and it explains much less
-# of the variance with as many active latents.
+# of the variance at nearly the same L0.
 #
 # ### Does the model still work with the SAE in it?
 # Reconstruction error is measured in the SAE's own terms. What matters is whether the model
