@@ -34,7 +34,7 @@ def _l2_ratio_where(sae, features, seed: int, fewest: int, most: int) -> float:
         h_hat, _ = sae(h)
     active = (x > 0).sum(-1)  # [batch]
     where = (active >= fewest) & (active <= most)
-    return (h_hat[where].norm(dim=-1) / h[where].norm(dim=-1)).mean().item()
+    return (h_hat[where].norm(dim=-1) / h[where].norm(dim=-1)).median().item()  # as toy_report, the median
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,8 @@ def test_topk_beats_l1_at_the_same_sparsity_but_loses_latents(toy):
     l1 = min((_l1(toy, i) for i in range(len(ref.TOY_L1S))), key=lambda r: abs(r["L0"] - topk["L0"]))
     claim("ch05 toy: TopK k=4 minus the L1 SAE of closest L0, explained variance",
           topk["explained variance"] - l1["explained variance"], above=0.03)
-    claim("ch05 toy: TopK k=4 minus the L1 SAE of closest L0, L2 ratio", topk["L2 ratio"] - l1["L2 ratio"], above=0.03)
+    claim("ch05 toy: TopK k=4 minus the L1 SAE of closest L0, L2 ratio ('shrinks less')", topk["L2 ratio"] - l1["L2 ratio"],
+          above=0.1)
     claim("ch05 toy: TopK k=4 minus the L1 SAE of closest L0, recovery ('at least as well')",
           topk["recovery"] - l1["recovery"], above=-0.01)
     for k in ref.TOY_KS:

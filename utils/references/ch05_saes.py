@@ -115,7 +115,7 @@ def toy_report(sae: SparseAutoencoder, features: Float[Tensor, "feats d"], seed:
         "recovery": mean_max_cosine(sae.W_dec.detach(), features),
         "L0": (codes > 0).float().sum(-1).mean().item(),
         "explained variance": 1 - ((h - h_hat) ** 2).sum().item() / ((h - h.mean(0)) ** 2).sum().item(),
-        "L2 ratio": (h_hat[active].norm(dim=-1) / h[active].norm(dim=-1)).mean().item(),
+        "L2 ratio": (h_hat[active].norm(dim=-1) / h[active].norm(dim=-1)).median().item(),
         "dead fraction": ((codes > 0).sum(0) == 0).float().mean().item(),
     }
 
