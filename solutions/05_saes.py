@@ -1001,8 +1001,8 @@ figure.update_layout(barmode="group", title="Held-out AUROC of the best single c
 # %% [markdown]
 # Read it row by row, comparing the shipped SAE's column with its neighbours:
 #
-# - **The untrained model's SAE is near chance on every token label**, and our own SAE on the
-#   organism, trained the same way, is well above it on every one. In a random network a
+# - **The untrained model's SAE is close to chance on every token label** (0.5 to about 0.7), and
+#   our own SAE on the organism, trained the same way, is well above it on every one. In a random network a
 #   word class ("a country") is not a direction at all; in the organism it is, because training
 #   made it one. Whatever the organism's SAE finds beyond that baseline, the organism learned.
 # - **Word classes are not single latents.** The best single latent for "country", "capital",

