@@ -34,6 +34,13 @@ class SAEDetached(ref.SparseAutoencoder):
             return codes @ self.W_dec + self.b_dec
 
 
+class SAEIgnoresK(ref.SparseAutoencoder):
+    """The whole encode body rewritten with the ReLU only: a TopK SAE then silently trains as a ReLU SAE."""
+
+    def encode(self, x):
+        return F.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+
 class SAEEinsum(ref.SparseAutoencoder):
     def encode(self, x):
         pre = torch.einsum("bd,ds->bs", x - self.b_dec, self.W_enc) + self.b_enc
@@ -69,6 +76,15 @@ def loss_summed_over_batch(x, x_hat, codes, l1):
 
 def loss_with_norm(x, x_hat, codes, l1):
     return ((x_hat - x).norm(dim=-1) + l1 * codes.sum(-1)).mean()
+
+
+def loss_under_no_grad(x, x_hat, codes, l1):
+    with torch.no_grad():
+        return ((x_hat - x).pow(2).sum(-1) + l1 * codes.sum(-1)).mean()
+
+
+def loss_as_python_float(x, x_hat, codes, l1):
+    return ((x_hat - x).pow(2).sum(-1) + l1 * codes.sum(-1)).mean().item()
 
 
 def loss_two_means(x, x_hat, codes, l1):
@@ -111,6 +127,38 @@ def train_ignoring_l1(sae, batches, steps, l1, lr=3e-3, progress_bar=False):
 
 def train_returning_last_loss(sae, batches, steps, l1, lr=3e-3, progress_bar=False):
     return _steps(sae, batches, steps, l1, torch.optim.Adam(sae.parameters(), lr=lr))[-1]
+
+
+def train_keeping_graphs(sae, batches, steps, l1, lr=3e-3, progress_bar=False):
+    """Appends the loss tensors themselves: every step's graph stays alive."""
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        x = next(batches)
+        x_hat, codes = sae(x)
+        loss = ref.sae_loss(x, x_hat, codes, l1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+        losses.append(loss)
+    return losses
+
+
+def train_without_progress_bar_argument(sae, batches, steps, l1, lr=3e-3):
+    """The signature of an older statement: the chapter's call with progress_bar=... fails."""
+    return _steps(sae, batches, steps, l1, torch.optim.Adam(sae.parameters(), lr=lr))
+
+
+def _optimiser_trainer(make_optimiser):
+    def train(sae, batches, steps, l1, lr=3e-3, progress_bar=False):
+        return _steps(sae, batches, steps, l1, make_optimiser(sae.parameters(), lr))
+    return train
+
+
+train_with_radam = _optimiser_trainer(lambda parameters, lr: torch.optim.RAdam(parameters, lr=lr))
+train_with_adamax = _optimiser_trainer(lambda parameters, lr: torch.optim.Adamax(parameters, lr=lr))
 
 
 def train_with_amsgrad_and_normalize(sae, batches, steps, l1, lr=3e-3, progress_bar=False):
@@ -192,6 +240,17 @@ def topk_by_magnitude(pre_activation, k):
 def topk_over_batch(pre_activation, k):
     top = pre_activation.topk(min(k, pre_activation.shape[0]), dim=0)
     return torch.zeros_like(pre_activation).scatter(0, top.indices, F.relu(top.values))
+
+
+def topk_without_gradient(pre_activation, k):
+    with torch.no_grad():
+        top = pre_activation.topk(k, dim=-1)
+        return torch.zeros_like(pre_activation).scatter(-1, top.indices, F.relu(top.values))
+
+
+def topk_mask_on_detached_values(pre_activation, k):
+    kept = torch.zeros_like(pre_activation).scatter(-1, pre_activation.topk(k, dim=-1).indices, 1.0)
+    return F.relu(pre_activation.detach()) * kept
 
 
 def topk_relu_first(pre_activation, k):
@@ -354,15 +413,18 @@ def aurocs_column_loop(scores, labels):
 MISTAKES = {
     "5.1": [(SAEWithoutDecoderBiasInEncoder, "subtract b_dec"), (SAEWithoutReLU, "ReLU is missing"),
             (SAEDecodeWithoutBias, "add b_dec back"), (SAEDecodeWithEncoderTranspose, "decode with W_dec"),
-            (SAEDetached, "not connected")],
+            (SAEDetached, "not connected"), (SAEIgnoresK, "keep the two given lines")],
     "5.2": [(loss_without_l1, "L1 penalty is missing"), (loss_mean_over_dimensions, "sum the squared error"),
-            (loss_summed_over_batch, "average over the batch"), (loss_with_norm, "not the norm ||x - x_hat||")],
+            (loss_summed_over_batch, "average over the batch"), (loss_with_norm, "not the norm ||x - x_hat||"),
+            (loss_under_no_grad, "not connected to x_hat"), (loss_as_python_float, "without .item()")],
     "5.3": [(train_without_normalising, "unit length"), (train_on_one_batch, "next(batches)"),
-            (train_ignoring_l1, "larger l1"), (train_returning_last_loss, "list of the")],
+            (train_ignoring_l1, "larger l1"), (train_returning_last_loss, "list of the"),
+            (train_keeping_graphs, "computation graphs"), (train_without_progress_bar_argument, "keep the signature")],
     "5.4": [(cosine_over_learned, "for each TRUE feature"), (cosine_unnormalised, "normalise both"),
             (cosine_absolute, "absolute value")],
     "5.5": [(topk_without_relu, "apply a ReLU"), (topk_by_magnitude, "absolute value"),
-            (topk_over_batch, "each ROW")],
+            (topk_over_batch, "each ROW"), (topk_without_gradient, "no gradient flows"),
+            (topk_mask_on_detached_values, "no gradient flows")],
     "5.6": [(metrics_uncentred_variance, "around the mean"), (metrics_mse_per_dimension, "sum the squared error"),
             (metrics_l2_ratio_inverted, "reconstruction over input"), (metrics_alive_fraction, "never fires"),
             (metrics_l0_nonnegative, "above 0")],
@@ -375,7 +437,7 @@ MISTAKES = {
 ALTERNATIVES = {
     "5.1": [SAEEinsum, SAEFoldedBias],
     "5.2": [loss_two_means, loss_with_mse_loss],
-    "5.3": [train_with_amsgrad_and_normalize, train_with_rmsprop_and_schedule],
+    "5.3": [train_with_amsgrad_and_normalize, train_with_rmsprop_and_schedule, train_with_radam, train_with_adamax],
     "5.4": [cosine_loop, cosine_float64_einsum],
     "5.5": [topk_relu_first, topk_threshold_mask],
     "5.6": [metrics_as_tensors_float64, metrics_with_variances],

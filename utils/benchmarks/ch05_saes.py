@@ -27,7 +27,7 @@ def run() -> None:
         model = load_model(device="cpu", verbose=False)
         rows = organism_sae.world_rows(model.tokenizer, 2 ** 17, organism_sae.TRAIN_SEED)
         activations, _ = organism_sae.cache_activations(model, rows, progress=False)
-        ours = median_time(lambda: ref.train_organism_topk(activations, steps=STEPS, batch_size=BATCH,
+        ours = median_time(lambda: ref.train_organism_sae(activations, k=32, steps=STEPS, batch_size=BATCH,
                                                                progress_bar=False))
         with contextlib.redirect_stderr(io.StringIO()):
             theirs = median_time(lambda: organism_sae.train_with_sae_lens(

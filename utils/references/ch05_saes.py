@@ -57,7 +57,7 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         pre_activation = (x - self.b_dec) @ self.W_enc + self.b_enc  # [batch, d_sae]
-        if self.k is not None:
+        if self.k is not None:  # a TopK SAE: topk_activation is Exercise 5.5; keep these two lines
             return topk_activation(pre_activation, self.k)
         return F.relu(pre_activation)
 
@@ -115,7 +115,7 @@ def toy_report(sae: SparseAutoencoder, features: Float[Tensor, "feats d"], seed:
         "recovery": mean_max_cosine(sae.W_dec.detach(), features),
         "L0": (codes > 0).float().sum(-1).mean().item(),
         "explained variance": 1 - ((h - h_hat) ** 2).sum().item() / ((h - h.mean(0)) ** 2).sum().item(),
-        "L2 ratio": (h_hat[active].norm(dim=-1) / h[active].norm(dim=-1)).mean().item(),
+        "L2 ratio": (h_hat[active].norm(dim=-1) / h[active].norm(dim=-1)).median().item(),
         "dead fraction": ((codes > 0).sum(0) == 0).float().mean().item(),
     }
 
@@ -134,15 +134,23 @@ def topk_activation(pre_activation: Float[Tensor, "batch d_sae"], k: int) -> Flo
     return torch.zeros_like(pre_activation).scatter(-1, top.indices, F.relu(top.values))
 
 
-def train_organism_topk(activations: Float[Tensor, "token d_model"], d_sae: int = 1024, k: int = 32,
-                        steps: int = 200, batch_size: int = 1024, lr: float = 1e-3, seed: int = 0,
-                        progress_bar: bool = True) -> tuple[SparseAutoencoder, list[float]]:
-    """Our TopK SAE on cached activations, b_dec started at their mean; returns it and its losses."""
+TRAIN_TOKENS = 2 ** 17  # half of the shipped SAE's recipe, to keep this notebook quick
+
+
+ORGANISM_STEPS = 100  # every organism SAE of Sections 2-4: 100 steps of 1024 cached activations, lr 0.01
+ORGANISM_L1 = 32.0  # the L1 coefficient that puts our L1 SAE's L0 near TopK's 32 (raw activations, norm about 200)
+
+
+def train_organism_sae(activations: Float[Tensor, "token d_model"], k: int | None = 32, l1: float = 0.0,
+                       d_sae: int = 1024, steps: int = ORGANISM_STEPS, batch_size: int = 1024, lr: float = 1e-2,
+                       seed: int = 0, progress_bar: bool = True) -> tuple[SparseAutoencoder, list[float]]:
+    """Our SAE (TopK when `k` is set, else ReLU with an L1 penalty `l1`) on cached activations,
+    b_dec started at their mean; returns it and its losses."""
     sae = SparseAutoencoder(activations.shape[1], d_sae, k=k, seed=seed)
     with torch.no_grad():
         sae.b_dec.copy_(activations[:20_000].mean(0))
     batches = organism_sae.random_batches(activations, batch_size, seed)
-    return sae, train_sae(sae, batches, steps, l1=0.0, lr=lr, progress_bar=progress_bar)
+    return sae, train_sae(sae, batches, steps, l1=l1, lr=lr, progress_bar=progress_bar)
 
 
 def sae_metrics(x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"],
@@ -237,7 +245,7 @@ def token_label_masks(tokens: Int[Tensor, "token"], tokenizer) -> dict[str, Bool
     return {name: torch.tensor([w in members for w in word_of]) for name, members in TOKEN_LABELS.items()}
 
 
-def context_label_data(model, n: int = 600) -> dict[str, tuple[Float[Tensor, "batch d_model"], Bool[Tensor, "batch"]]]:
+def context_label_data(model, n: int = 600, seed: int = 0) -> dict[str, tuple[Float[Tensor, "batch d_model"], Bool[Tensor, "batch"]]]:
     """For each context label, the activation at `HOOK_NAME` at each prompt's last token, and the label.
 
     Held-out prompts, except for facts: only 30 fact prompts are held out, so those come from the
@@ -245,7 +253,7 @@ def context_label_data(model, n: int = 600) -> dict[str, tuple[Float[Tensor, "ba
     data = {}
     for name, (family, rule) in CONTEXT_LABELS.items():
         split = "train" if family == "facts" else "test"  # only 30 fact prompts are held out
-        prompts = world.prompt_set(family, split, n=n, seed=0)
+        prompts = world.prompt_set(family, split, n=n, seed=seed)
         tokens, last = tokenize(model, prompts.prompts)
         stored = []
         model.run_with_hooks(tokens.to(model.cfg.device), stop_at_layer=int(organism_sae.HOOK_NAME.split(".")[1]) + 1,
@@ -279,17 +287,18 @@ def halves(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 
 def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict[str, object],
-                    probe: bool = True) -> "pd.DataFrame":
+                    probe: bool = True, seed: int = 0) -> "pd.DataFrame":
     """For each label: held-out AUROC of the best raw dimension, of each encoder's best latent, and of a probe.
 
     `encoders` maps a column name to (sae, x_override): the SAE and, if not None, the activations
     it reads instead of the label data's (an SAE on another model sees that model's activations).
+    `seed` chooses the split into the half that selects each column and the half that scores it.
     """
     import pandas as pd
 
     rows = {}
     for label, (x, y) in label_data.items():
-        train, test = halves(len(y))
+        train, test = halves(len(y), seed)
         row = {"positives": int(y.sum()), "best residual dimension": best_column_auroc(x[train], y[train], x[test], y[test])[0]}
         for name, (sae, x_other) in encoders.items():
             source = x if x_other is None else x_other[label]
@@ -300,6 +309,29 @@ def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict
             row["linear probe"] = probe_auroc(x[train], y[train], x[test], y[test])
         rows[label] = row
     return pd.DataFrame(rows).T
+
+
+def logit_differences_with_latents_zeroed(model, sae, prompts, latents: list[int] | None, error_term: bool = True,
+                                          hook_name: str = organism_sae.HOOK_NAME) -> Float[Tensor, "batch"]:
+    """Each prompt's logit difference (its correct answer minus its wrong one) at its last token, with
+    the SAE spliced in at `hook_name` and `latents` zeroed; `error_term` adds x - x_hat back.
+    `latents=None` runs the clean model, with nothing spliced in."""
+    tokens, last = tokenize(model, prompts.prompts)
+    correct = torch.tensor([model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in prompts.correct])
+    wrong = torch.tensor([model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in prompts.wrong])
+
+    def splice(activation, hook):
+        codes = sae.encode(activation)  # [batch, pos, d_sae]
+        error = activation - sae.decode(codes)  # what the SAE does not reconstruct
+        edited = codes.clone()
+        edited[..., latents] = 0.0
+        return sae.decode(edited) + (error if error_term else 0.0)
+
+    hooks = [] if latents is None else [(hook_name, splice)]
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)  # [batch, pos, d_vocab]
+    final = logits[torch.arange(len(last)), last].cpu()  # [batch, d_vocab]
+    return final.gather(-1, correct[:, None])[:, 0] - final.gather(-1, wrong[:, None])[:, 0]
 
 
 def top_latent_per_word(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"],
@@ -315,6 +347,16 @@ def member_recall(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "toke
     fires = codes[:, latent] > 0
     return {word: fires[tokens == token_id].float().mean().item() for word, token_id in word_ids.items()
             if (tokens == token_id).any()}
+
+
+def probe_share(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"], W_dec: Float[Tensor, "d_sae d_model"],
+                direction: Float[Tensor, "d_model"], latent: int, token_id: int) -> float:
+    """On the occurrences of `token_id`, the share of the reconstruction's projection onto `direction`
+    (b_dec left out) that `latent` writes."""
+    where = tokens == token_id
+    projections = W_dec.detach() @ direction  # [d_sae]: what one unit of each latent adds along the direction
+    total = (codes[where] @ projections).sum()  # every latent's contribution, summed over the occurrences
+    return (codes[where, latent] * projections[latent]).sum().item() / total.item()
 
 
 import html
@@ -366,18 +408,20 @@ def latent_dashboard(sae, model, codes, tokens, rows, keep, masks, latent: int) 
 
     direction = sae.W_dec[latent].detach()  # [d_model]
     logit_effect = direction @ model.W_U.detach().cpu()  # [d_vocab]
-    top, bottom = logit_effect.topk(8), (-logit_effect).topk(8)
-    words = lambda ids: [model.tokenizer.decode([i]) for i in ids.tolist()]
+    extremes = torch.cat([logit_effect.topk(8).indices, (-logit_effect).topk(8).indices])  # 8 up, 8 down
+    extremes = extremes[logit_effect[extremes].argsort()]  # sorted by value, most negative first
     label, score, scores = explain_latent(codes, tokens, masks, latent, model.tokenizer)
-    figure = make_subplots(rows=1, cols=3, column_widths=[0.35, 0.3, 0.35], subplot_titles=[
-        f"activation where active ({(codes[:, latent] > 0).float().mean():.2%} of tokens)",
-        "direct effect on logits (W_dec @ W_U)", "explanations (AUROC)"])
+    figure = make_subplots(rows=1, cols=3, column_widths=[0.3, 0.32, 0.38], horizontal_spacing=0.14,
+                           subplot_titles=["activation where active", "effect on logits", "explanations (AUROC)"])
     figure.add_trace(go.Histogram(x=codes[:, latent][codes[:, latent] > 0], nbinsx=40, showlegend=False), row=1, col=1)
-    figure.add_trace(go.Bar(y=words(top.indices)[::-1] + words(bottom.indices),
-                            x=top.values.tolist()[::-1] + (-bottom.values).tolist(), orientation="h",
-                            showlegend=False), row=1, col=2)
+    figure.add_trace(go.Bar(y=[repr(model.tokenizer.decode([i])) for i in extremes.tolist()],
+                            x=logit_effect[extremes].tolist(), orientation="h", showlegend=False), row=1, col=2)
     names = sorted(scores, key=scores.get)
     figure.add_trace(go.Bar(y=names, x=[scores[n] for n in names], orientation="h", showlegend=False), row=1, col=3)
-    figure.update_layout(title=f"Latent {latent}: explained as {label!r}, held-out AUROC {score:.3f}", height=440)
+    figure.update_xaxes(title_text="activation", row=1, col=1)
+    figure.update_xaxes(title_text="W_dec[i] @ W_U", row=1, col=2)
+    figure.update_xaxes(title_text="AUROC", row=1, col=3)
+    figure.update_layout(title=f"Latent {latent} (active on {(codes[:, latent] > 0).float().mean():.1%} of tokens): "
+                               f"explained as {label!r}, held-out AUROC {score:.3f}", height=460)
     panel = f"<b>Top contexts of latent {latent}</b>" + top_contexts_html(codes, rows, keep, latent, model.tokenizer)
     return figure, panel
