@@ -459,3 +459,100 @@ def test_the_ndif_cell_runs_against_a_stand_in(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "logit lens: [5, 2, 1125]" in printed and "patching sweep at layers [0, 1, 2, 3]: [4, " in printed
     assert "steering vector at layer 2: [64]" in printed and "skipped" not in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# A model spread over two devices (what NDIF does with a model too large for one GPU)
+
+
+def _to_device_of(module: torch.nn.Module):
+    """A forward pre-hook moving every tensor argument to the module's device, as accelerate's device_map does."""
+    device = next(module.parameters()).device
+
+    def move(value):
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    def hook(_, args, kwargs):
+        return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def split_over_two_devices(second: str):
+    """The organism for nnsight with blocks 0-1 (and the embeddings) on the CPU and blocks 2-3, the final norm
+    and the unembedding on `second`: "cuda" where a GPU is lent, else "meta" (a device without data, on which
+    every operation still checks that its tensors share a device)."""
+    lm = load_nnsight_model(device="cpu", verbose=False)
+    hf = lm._module
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone())  # untie from the embeddings
+    for module in (*hf.transformer.h[2:], hf.transformer.ln_f, hf.lm_head):
+        module.to(second)
+        _to_device_of(module)
+    return lm
+
+
+def _runs_or_only_copies_out_of_meta(function):
+    """Run `function`; on a meta model the only error allowed is the last copy to the CPU, which has no data."""
+    try:
+        return function()
+    except Exception as error:  # noqa: BLE001 - inspected below
+        chain, cause = [], error
+        while cause is not None:
+            chain.append(f"{type(cause).__name__}: {cause}")
+            cause = cause.__cause__ or cause.__context__
+        if any("Cannot copy out of meta tensor" in text for text in chain):
+            return None
+        raise
+
+
+SECOND_DEVICE = "cuda" if torch.cuda.is_available() else "meta"
+
+
+@pytest.fixture(scope="module")
+def split_lm():
+    return split_over_two_devices(SECOND_DEVICE)
+
+
+def test_the_split_model_really_is_on_two_devices(split_lm):
+    hf = split_lm._module
+    devices = {str(next(block.parameters()).device.type) for block in hf.transformer.h}
+    assert devices == {"cpu", SECOND_DEVICE}, devices
+    tokens, last = ref.nnsight_tokenize(split_lm, prompt_set("sentiment", "test", n=4, seed=0).prompts)
+    assert tokens.device.type == "cpu"  # tokens stay on the CPU, as for a remote model
+
+    def device_naive_steer():  # the chapter's old rule: the push on the tokens' device
+        with split_lm.trace(tokens):
+            value = read_activation(split_lm, "blocks.3.hook_resid_pre")
+            write_activation(split_lm, "blocks.3.hook_resid_pre", value + torch.ones(value.shape[-1]))
+            out = split_lm.lm_head.output.detach().cpu().save()
+        return out
+
+    with pytest.raises(Exception) as raised:  # the test can fail: mixing devices is refused
+        device_naive_steer()
+    assert "device" in str(raised.value) and "meta tensor" not in str(raised.value), raised.value
+
+
+def test_the_chapter_functions_run_on_a_model_split_over_two_devices(split_lm, lm):
+    """Every function of the chapter moves each value to the device of the activation it meets."""
+    texts = prompt_set("sentiment", "test", n=6, seed=1)
+    tokens, last = ref.nnsight_tokenize(split_lm, texts.prompts)
+    vector = torch.randn(split_lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    pair = prompt_set("ioi", "test", n=4, seed=3)
+    clean, corrupt, answer, wrong = ref.swapped_names(split_lm, pair, 0)
+    results = {
+        "logit lens": _runs_or_only_copies_out_of_meta(lambda: ref.nnsight_logit_lens(split_lm, tokens, last)),
+        "steer before block 2": _runs_or_only_copies_out_of_meta(
+            lambda: ref.steer(split_lm, tokens, last, vector, 2, 1.0)),
+        "steer before block 0": _runs_or_only_copies_out_of_meta(
+            lambda: ref.steer(split_lm, tokens, last, vector, 0, 1.0)),
+        "steering vector": _runs_or_only_copies_out_of_meta(
+            lambda: ref.steering_vector(split_lm, tokens[:3], last[:3], tokens[3:], last[3:], 3)),
+        "patching sweep": _runs_or_only_copies_out_of_meta(
+            lambda: ref.patching_sweep(split_lm, clean, corrupt, answer, wrong, layers=[1, 3])),
+        "resid_at": _runs_or_only_copies_out_of_meta(lambda: ref.resid_at(split_lm, tokens, 2, 3)),
+    }
+    if SECOND_DEVICE == "cuda":  # real numbers: the same as on one device
+        one_device = {"logit lens": ref.nnsight_logit_lens(lm, tokens, last),
+                      "steer before block 2": ref.steer(lm, tokens, last, vector, 2, 1.0)}
+        for name, expected in one_device.items():
+            assert torch.allclose(results[name], expected, atol=1e-3), name
