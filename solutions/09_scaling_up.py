@@ -183,7 +183,11 @@ print("tokens:", list(ioi_tokens.shape), " the same ids as Chapter 02's tokenize
 # `read_activation`), at each prompt's own last position `last[i]`; apply `final_norm(lm)` then
 # `unembed(lm)`; and return the **log-probabilities** (`log_softmax` over the vocabulary),
 # `[point, batch, d_vocab]`, on the CPU. Log-probabilities, not logits, because the bridge's logits
-# differ from nnsight's by a constant (Section 1): in log-probabilities they agree.
+# differ from nnsight's by a constant (Section 1): in log-probabilities they agree. The check runs
+# your function with `remote=False` and `remote="local"`, on a copy of the organism that it puts
+# back afterwards, and once more on a small Llama with random weights (the architecture of
+# Section 7): reach modules through `read_activation`, `final_norm(lm)` and `unembed(lm)`, not
+# through GPT-2's names.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -692,7 +696,10 @@ steering_vector = check_exercise("9.6", steering_vector)
 # ### Exercise 9.7: steer (difficulty 2/3, ~15 min)
 # Write `steer(lm, tokens, last, vector, layer, coefficient, remote=False)`: run `tokens` with
 # `coefficient * vector` added to the residual stream before `layer` at **every** position, and
-# return the log-probabilities at each prompt's last position, `[batch, d_vocab]`, on the CPU.
+# return the log-probabilities at each prompt's last position, `[batch, d_vocab]`, on the CPU. Make
+# the edit inside the trace (a PyTorch hook or a weight edit made outside it would never reach a
+# server; the check reports both), and keep to the workbook's names: the check also runs your
+# function on a small Llama.
 #
 # <details><summary>Hint 1</summary>
 #

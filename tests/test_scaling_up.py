@@ -16,6 +16,7 @@ import nnsight
 import pytest
 import torch
 
+from tests.claims import claim, claim_seed
 from utils import nnsight_models
 from utils.models import ORGANISM_DIR, ModelUnavailableError, load_model, quiet_transformers
 from utils.nnsight_models import (NdifUnavailableError, RehearsalBackend, load_nnsight_model, read_activation,
@@ -28,6 +29,7 @@ from utils.references import ch09_scaling_up as ref
 from utils.references.ch02_probing import answer_ids, tokenize
 
 WHERE = [False, "local"]
+SEED = claim_seed()  # added to the seed of every prompt sample a claim depends on
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,11 @@ def test_logit_lens_matches_chapter_03(lm, bridge, remote):
 
 def test_the_ioi_answer_is_top1_only_after_the_last_block(lm, bridge):
     """'the lens finds the right name top-1 only after the last block'."""
-    prompts = prompt_set("ioi", "test", n=64, seed=0)
+    prompts = prompt_set("ioi", "test", n=64, seed=SEED)
     lens = ref.nnsight_logit_lens(lm, *ref.nnsight_tokenize(lm, prompts.prompts))
     top1 = (ch03.answer_rank(lens, answer_ids(bridge, prompts.correct)) == 0).float().mean(-1)  # [point]
-    assert ch03.first_top1_point(top1) == len(top1) - 1, top1
+    claim("ch09: IOI answer top-1 after the last block (majority)", top1[-1].item(), above=0.5)
+    claim("ch09: IOI answer top-1 at no earlier point (largest share)", top1[:-1].max().item(), below=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,19 +257,27 @@ def test_patching_matches_transformer_lens(lm, bridge, remote, seed, index, laye
 
 def test_what_the_text_says_about_the_sweep(lm):
     """Row 0 moves only at the name tokens; deeper, the later name matters less and the last position more."""
-    pair = prompt_set("ioi", "test", n=4, seed=3)
-    clean, corrupt, answer, wrong = ref.swapped_names(lm, pair, 0)
+    pair = prompt_set("ioi", "test", n=8, seed=3 + SEED)
+    for index in range(len(pair)):  # the first prompt whose two names have the same token length
+        try:
+            clean, corrupt, answer, wrong = ref.swapped_names(lm, pair, index)
+            break
+        except ValueError:
+            continue
     sweep = ref.patching_sweep(lm, clean, corrupt, answer, wrong)
     with lm.trace(torch.cat([clean, corrupt])):
         final = lm.lm_head.output[:, -1].save()
     clean_diff, corrupt_diff = (final[:, answer] - final[:, wrong]).tolist()
-    assert clean_diff > 0 > corrupt_diff
+    claim("ch09: the clean run prefers its answer (logit difference)", clean_diff, above=0)
+    claim("ch09: the corrupt run prefers the other name (logit difference)", corrupt_diff, below=0)
     effect = sweep - corrupt_diff
     names = (clean != corrupt)[0]
-    assert (effect[0, ~names].abs() < 1e-3).all() and (effect[0, names].abs() > 1).all()
+    claim("ch09: row 0 moves nowhere but the names (largest effect elsewhere)", effect[0, ~names].abs().max().item(),
+          below=1e-3)
+    claim("ch09: row 0 moves at the names (smallest effect there)", effect[0, names].abs().min().item(), above=1)
     later_name = int(names.nonzero().max())
-    assert effect[-1, later_name] < effect[0, later_name] - 5
-    assert effect[-1, -1] > effect[0, -1] + 5
+    claim("ch09: deeper, the later name matters less", (effect[0, later_name] - effect[-1, later_name]).item(), above=5)
+    claim("ch09: deeper, the last position matters more", (effect[-1, -1] - effect[0, -1]).item(), above=5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,22 +310,26 @@ def test_the_vector_is_the_bridges_up_to_a_constant_and_steers_alike(lm, bridge,
 
 
 def test_what_the_text_says_about_steering(lm, bridge):
-    """The vector turns the held-out negative reviews, and costs some capital-city answers."""
-    train, positive, tokens, last = steering_setup(lm)
+    """The vector turns the held-out negative reviews, and costs some of the held-out facts."""
+    train = prompt_set("sentiment", "train", n=64, seed=SEED)
+    positive = torch.tensor(train.labels["sentiment"]) == 1
+    tokens, last = ref.nnsight_tokenize(lm, train.prompts)
     vector = ref.steering_vector(lm, tokens[positive], last[positive], tokens[~positive], last[~positive], 2)
-    held_out = prompt_set("sentiment", "test", n=64, seed=1)
+    held_out = prompt_set("sentiment", "test", n=64, seed=1 + SEED)
     negative = [text for text, label in zip(held_out.prompts, held_out.labels["sentiment"]) if label == 0]
     negative_tokens, negative_last = ref.nnsight_tokenize(lm, negative)
     loved, hated = ref.first_token(lm, " loved"), ref.first_token(lm, " hated")
     turned = {coefficient: (lambda lp: (lp[:, loved] > lp[:, hated]).float().mean().item())(
         ref.steer(lm, negative_tokens, negative_last, vector, 2, coefficient)) for coefficient in (0.0, 1.0)}
-    assert turned[0.0] < 0.1 and turned[1.0] > 0.9, turned
-    facts = prompt_set("facts", "test", n=64, seed=0)
+    claim("ch09: negative reviews with ' loved' above ' hated' before steering", turned[0.0], below=0.1)
+    claim("ch09: ... and after steering with coefficient 1", turned[1.0], above=0.9)
+    facts = prompt_set("facts", "test", n=64, seed=SEED)
     facts_tokens, facts_last = ref.nnsight_tokenize(lm, facts.prompts)
     correct = answer_ids(bridge, facts.correct)
     top1 = {coefficient: (ch03.answer_rank(ref.steer(lm, facts_tokens, facts_last, vector, 2, coefficient), correct)
                           == 0).float().mean().item() for coefficient in (0.0, 1.0)}
-    assert 0.3 < top1[1.0] < top1[0.0] - 0.05, top1
+    claim("ch09: steering costs some facts (top-1 lost)", top1[0.0] - top1[1.0], above=0.05)
+    claim("ch09: ... not most of them (top-1 kept)", top1[1.0], above=0.3)
 
 
 # ---------------------------------------------------------------------------------------------
