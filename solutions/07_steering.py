@@ -1170,28 +1170,28 @@ traced.rename_axis(columns="share of p(Paris) restored, at the").style.format("{
 # four-layer model with a word-level tokenizer has no reason to do the same.) So the trace names
 # no layer for a subject-token edit. Does that mean no subject-token edit works? Hase et al. (2023)
 # found that on large models, where tracing localises a fact predicts little about which layer
-# edits it best. Edit at each layer and measure:
+# edits it best. Edit at the first, a middle and the last MLP and measure:
 
 # %%
-edits = {}
-for layer in progress_bar(range(model.cfg.n_layers), desc="edit layers"):
-    weight = fit_fact_edit(model, layer, fit_on, COUNTRY, NEW_CAPITAL)
-    with mlp_weight_replaced(model, layer, weight):
+edits, edit_weights = {}, {}
+for layer in progress_bar([0, 2, 3], desc="edit layers"):
+    edit_weights[layer] = fit_fact_edit(model, layer, fit_on, COUNTRY, NEW_CAPITAL)
+    with mlp_weight_replaced(model, layer, edit_weights[layer]):
         edits[f"MLP {layer}"] = answer_probabilities(model, [template.format(country=COUNTRY) for template in
                                                              world.FACT_TEMPLATES["capital"]], NEW_CAPITAL).tolist()
 pd.DataFrame(edits, index=[f"phrasing {i}" + (" (fitted)" if i == 0 else "") for i in range(4)]).T \
     .rename_axis(columns=f"p({NEW_CAPITAL.strip()}) after an edit at the subject's token").style.format("{:.2f}")
 
 # %% [markdown]
-# An edit at the subject's token works at MLPs 0, 1 and 2, though tracing found no fact stored in
-# any of them: the new value is written at the subject and later attention layers carry it to the
+# An edit at the subject's token works at MLPs 0 and 2 (and 1, not shown), though tracing found no
+# fact stored in any of them: the new value is written at the subject and later attention layers carry it to the
 # end. At MLP 3 it cannot work at all: no attention layer comes after it to move anything from the
 # subject to the last token. Localisation and editability are different questions, as Hase et al.
 # found. The rest of the section grades the edit at MLP 0.
 
 # %%
 EDIT_LAYER = 0
-new_w_out = fit_fact_edit(model, EDIT_LAYER, fit_on, COUNTRY, NEW_CAPITAL)
+new_w_out = edit_weights[EDIT_LAYER]  # fitted above
 report = fact_edit_report(model, COUNTRY, NEW_CAPITAL, 0, behaviour_sets(n=64, families=("ioi", "truth", "sentiment")))
 before = report["measure"]()
 with mlp_weight_replaced(model, EDIT_LAYER, new_w_out):

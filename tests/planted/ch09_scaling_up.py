@@ -500,3 +500,18 @@ MISTAKES["9.7"] += [(steer_through_the_block_input, "fails on a Llama"),
 ALTERNATIVES["9.2"].append(predicts_an_ordered_dict)
 ALTERNATIVES["9.7"] = [steer_in_place_float64_result, steer_on_the_value_device]
 MISTAKES["9.5"].append((sweep_multiline_session, "one line per statement"))
+
+
+def vector_two_invokes(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    """Two invokes in one trace, each read at its own right-padded last index: the shorter input is padded on
+    the left when nnsight batches them."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with lm.trace(**trace_options(lm, remote)) as tracer:
+        with tracer.invoke(positive):
+            plus = read_activation(lm, name)[_rows(positive_last), positive_last].mean(0).save()
+        with tracer.invoke(negative):
+            minus = read_activation(lm, name)[_rows(negative_last), negative_last].mean(0).save()
+    return (plus - minus).detach().cpu()
+
+
+MISTAKES["9.6"].append((vector_two_invokes, "pads the shorter input on the left"))

@@ -422,6 +422,17 @@ def _mean_at_last(lm, tokens, last, name: str, minus_one: bool = False) -> torch
     return picked
 
 
+def _vector_by_invokes(lm, positive, positive_last, negative, negative_last, name: str) -> torch.Tensor:
+    """Two invokes in one trace, each read at its right-padded last index: nnsight batches them and pads the
+    shorter input on the left, so the shorter one's indices point at the wrong tokens."""
+    with lm.trace() as tracer:
+        with tracer.invoke(positive):
+            plus = read_activation(lm, name)[_rows(positive_last), positive_last].mean(0).save()
+        with tracer.invoke(negative):
+            minus = read_activation(lm, name)[_rows(negative_last), negative_last].mean(0).save()
+    return plus - minus
+
+
 @functools.cache
 def _vector_cases():
     """(positive, its last, negative, its last, layer, remote) for three differently shaped cases."""
@@ -450,6 +461,11 @@ def _vector_expectations(case: int):
             _mean_at_last(lm, positive, positive_last, post) - _mean_at_last(lm, negative, negative_last, post),
         "keep nnsight's own convention: do not centre the vector": expected - expected.mean(),
     }
+    if positive.shape[1] != negative.shape[1]:
+        mistakes["two invokes run as one batch, and nnsight pads the shorter input on the left (the tokenizer's "
+                 "padding side), so the last indices you were given point at the wrong tokens of the shorter one: use a "
+                 "session with two traces, or shift those indices by the padding"] = _vector_by_invokes(
+            lm, positive, positive_last, negative, negative_last, pre)
     return expected, mistakes
 
 
