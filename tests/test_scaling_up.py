@@ -276,8 +276,11 @@ def test_what_the_text_says_about_the_sweep(lm):
           below=1e-3)
     claim("ch09: row 0 moves at the names (smallest effect there)", effect[0, names].abs().min().item(), above=1)
     later_name = int(names.nonzero().max())
-    claim("ch09: deeper, the later name matters less", (effect[0, later_name] - effect[-1, later_name]).item(), above=5)
-    claim("ch09: deeper, the last position matters more", (effect[-1, -1] - effect[0, -1]).item(), above=5)
+    total = clean_diff - corrupt_diff  # what patching everything would bring back
+    claim("ch09: deeper, the later name matters less (share of the clean-corrupt gap)",
+          (effect[0, later_name] - effect[-1, later_name]).item() / total, above=0.05)
+    claim("ch09: deeper, the last position matters more (share of the clean-corrupt gap)",
+          (effect[-1, -1] - effect[0, -1]).item() / total, above=0.05)
 
 
 # ---------------------------------------------------------------------------------------------
