@@ -1209,7 +1209,8 @@ for key in before:
 
 # %% [markdown]
 # **Efficacy**: the phrasing the edit was fitted on now says Rome. **Specificity**: every other
-# country keeps its capital, France keeps its language and continent, and no other family moves.
+# country keeps its capital, France keeps its language and continent, and no other family moves
+# (by a prompt or two of 64 at most, on other draws of the prompts).
 # **Generalisation** is where it is honest to be careful. "The city of government in France is"
 # follows the edit: it reads the same key at the same kind of token. "In France, the capital city
 # is" does not, although its country token has the same key; more words stand between it and the

