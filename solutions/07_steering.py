@@ -10,6 +10,8 @@
 # # Chapter 07: Steering, erasure and editing
 #
 # **Time:** about 3 hours. **Exercises:** 8, each checked as soon as you run the cell after it.
+# *Run All* takes a few minutes on a 2-core laptop CPU (longer when the machine is busy); the longest
+# cells, the dose-response tables and the fact edits, show a progress bar.
 #
 # **You will learn to**
 # - build steering vectors four ways (one contrast pair, a mean difference over many pairs, a
@@ -45,7 +47,7 @@
 # %%
 import torch
 
-from utils import check_exercise, load_model, prompt_set, setup, show_progress
+from utils import check_exercise, load_model, progress_bar, prompt_set, setup, show_progress
 
 env = setup()
 model = load_model()
@@ -79,10 +81,15 @@ torch.set_grad_enabled(False)  # interventions only read gradients in sections 6
 #
 # <details><summary>Hint 1</summary>
 #
+# Three pieces: the unit direction (computed once, outside the hook), each position's own norm
+# (computed inside the hook, from the `resid` it is given), and a new tensor built from the old one.
+# </details>
+# <details><summary>Hint 2</summary>
+#
 # `resid[:, 1:].norm(dim=-1, keepdim=True)` is `[batch, pos - 1, 1]` and broadcasts against the
 # `[d_model]` unit vector.
 # </details>
-# <details><summary>Hint 2</summary>
+# <details><summary>Hint 3</summary>
 #
 # `torch.cat([resid[:, :1], resid[:, 1:] + added], dim=1)` leaves position 0 alone and builds a
 # new tensor.
@@ -158,9 +165,14 @@ def last_token_activations(model, prompts: list[str], hook_name: str, batch_size
 # 1. **A single contrast pair** (ActAdd, Turner et al. 2023): the activation of one positive prompt
 #    minus that of one negative prompt. Cheap, and noisy: everything else that differs between the
 #    two prompts comes along.
-# 2. **A mean difference over many pairs** (contrastive activation addition, CAA, Rimsky et al.
-#    2024): the mean activation over positive prompts minus the mean over negative ones. The
-#    differences that are not about sentiment average out.
+# 2. **A difference of class means**: the mean activation over positive prompts minus the mean
+#    over negative ones, unpaired (the "mass-mean" direction of Marks and Tegmark 2023, and the
+#    one Arditi et al. 2024 use). The differences that are not about sentiment average out.
+#    Contrastive activation addition (CAA, Rimsky et al. 2024) is the *paired* version: it averages
+#    the differences of matched prompts that are identical except for the behaviour (the same
+#    question ending in answer A or answer B), so everything but the behaviour cancels in every
+#    pair, not only on average. The organism's reviews are not matched pairs, so ours is the
+#    unpaired kind.
 # 3. **A probe's direction**: Chapter 02's logistic-regression probe, trained to *read* sentiment.
 # 4. **An SAE latent**: the decoder direction of the shipped SAE's latent that best detects
 #    sentiment (Chapter 05).
@@ -173,10 +185,14 @@ def last_token_activations(model, prompts: list[str], hook_name: str, batch_size
 #
 # <details><summary>Hint 1</summary>
 #
+# Two steps: one activation per prompt, at its last real token; then one mean per label.
+# </details>
+# <details><summary>Hint 2</summary>
+#
 # `last_token_activations(model, prompts.prompts, hook_name)` gives `[batch, d_model]` at each
 # prompt's last token; the batches are right-padded, so `[:, -1]` would read padding.
 # </details>
-# <details><summary>Hint 2</summary>
+# <details><summary>Hint 3</summary>
 #
 # `labels = torch.tensor(prompts.labels[label])`, then `x[labels == 1].mean(0) - x[labels == 0].mean(0)`.
 # </details>
@@ -221,10 +237,27 @@ from utils.organism.sae import load_organism_sae
 from utils.references.ch05_saes import column_aurocs
 
 
+def reading_vector(x: Float[Tensor, "batch d_model"], labels: Int[Tensor, "batch"], seed: int = 0
+                   ) -> Float[Tensor, "d_model"]:
+    """RepE's reading vector: the first principal component of paired differences (a label-1 activation minus a
+    label-0 one, pairs drawn at random, each in a random order), pointing towards label 1. Unit length."""
+    generator = torch.Generator().manual_seed(seed)
+    ones, zeros = x[labels == 1], x[labels == 0]
+    n = min(len(ones), len(zeros))
+    ones = ones[torch.randperm(len(ones), generator=generator)[:n]]  # [pair, d_model]
+    zeros = zeros[torch.randperm(len(zeros), generator=generator)[:n]]
+    order = torch.randint(0, 2, (n, 1), generator=generator) * 2 - 1  # [pair, 1]: +1 or -1
+    differences = order * (ones - zeros)  # [pair, d_model]
+    _, _, components = torch.linalg.svd(differences - differences.mean(0), full_matrices=False)
+    first = components[0]  # [d_model]
+    return first if first @ (ones.mean(0) - zeros.mean(0)) > 0 else -first
+
+
 def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None) -> tuple[dict[str, Tensor], dict]:
-    """The four "positive minus negative" vectors at `hook_name`: one contrast pair, the mean difference over
-    `train`, the direction of a probe trained on `train`, and the decoder row of the SAE latent that best
-    detects sentiment (the shipped organism SAE by default). Also returns the latent's index and AUROC."""
+    """The five "positive minus negative" vectors at `hook_name`: one contrast pair, the difference of class means
+    over `train`, the direction of a probe trained on `train`, RepE's reading vector, and the decoder row of the
+    SAE latent that best detects sentiment (the shipped organism SAE by default). Also returns the latent's index
+    and AUROC."""
     labels = torch.tensor(train.labels["sentiment"])
     x = last_token_activations(model, train.prompts, hook_name).cpu()  # [batch, d_model]
     with torch.enable_grad():
@@ -238,6 +271,7 @@ def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None
         "contrast pair": contrast_pair_vector(model, "The movie was great. I", "The movie was awful. I", hook_name).cpu(),
         "mean difference": mean_difference_vector(model, train, hook_name, "sentiment").cpu(),
         "probe": probe.direction.cpu(),
+        "reading vector": reading_vector(x, labels),
         "SAE latent": sign * sae.W_dec[latent].detach().cpu(),
     }
     return vectors, {"latent": latent, "auroc": aurocs[latent].item(), "residual norm": x.norm(dim=-1).mean().item()}
@@ -286,8 +320,18 @@ heatmap(cosines, x=list(vectors), y=list(vectors), title="Cosine similarity of t
 #
 # <details><summary>Hint 1</summary>
 #
+# One number per family, computed the same way for each: loop over `prompt_sets.items()` and build
+# the dict as you go, so the order is the input's.
+# </details>
+# <details><summary>Hint 2</summary>
+#
 # Chapter 02's `logit_diffs(model, prompts, fwd_hooks=...)` gives the per-prompt logit differences
-# with hooks, right padding handled.
+# `[batch]` with hooks, right padding handled.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `(logit_diffs(model, prompts, fwd_hooks=list(fwd_hooks)) > 0).float().mean().item()` for each
+# `name, prompts` pair.
 # </details>
 
 # %% tags=["export"]
@@ -314,6 +358,17 @@ def flip_rate(model, target: PromptSet, fwd_hooks: list = ()) -> float:
     return 1.0 - side_effect_table(model, {"target": target}, fwd_hooks)["target"]
 
 
+WATCH_SIZE = 200  # prompts per watched family (facts has 30 held-out prompts: all of them)
+
+
+def dose_frame(doses: dict[str, dict[str, Tensor]], alphas: list[float], key: str):
+    """One row of a dose-response table per vector: `key` ("flipped" or a family) at each coefficient."""
+    import pandas as pd
+
+    frame = pd.DataFrame({name: table[key].tolist() for name, table in doses.items()}, index=alphas).T
+    return frame.rename_axis(columns=f"{key}, by alpha").style.format("{:.2f}")
+
+
 def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], alphas: list[float],
                   target: PromptSet, watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
     """For each coefficient: the target's flip rate and every watched family's accuracy, steered at `hook_name`.
@@ -329,15 +384,14 @@ def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], al
 # %%
 test_reviews = prompt_set("sentiment", "test", n=256, seed=0)
 negative_reviews, positive_reviews = sentiment_subsets(test_reviews)
-watch = behaviour_sets(n=48, families=("ioi", "facts", "truth", "induction"))
+watch = behaviour_sets(n=WATCH_SIZE, families=("ioi", "facts", "truth", "induction"))
 baseline = side_effect_table(model, watch)
 alphas = [0.25, 0.5, 0.75, 1.0, 1.5]
-doses = {name: dose_response(model, HOOK, vector, alphas, negative_reviews, watch) for name, vector in vectors.items()}
-print(f"{len(negative_reviews)} held-out negative reviews; baseline accuracies",
-      {family: round(value, 3) for family, value in baseline.items()})
-for name, table in doses.items():
-    print(f"{name:<16} flipped " + " ".join(f"{v:.2f}" for v in table["flipped"].tolist())
-          + "   IOI " + " ".join(f"{v:.2f}" for v in table["ioi"].tolist()))
+doses = {name: dose_response(model, HOOK, vector, alphas, negative_reviews, watch)
+         for name, vector in progress_bar(vectors.items(), desc="vectors")}
+print(f"{len(negative_reviews)} held-out negative reviews; watched:",
+      {family: f"{len(prompts)} prompts, baseline {baseline[family]:.3f}" for family, prompts in watch.items()})
+dose_frame(doses, alphas, "flipped")
 
 # %%
 from utils.plotting import lines
@@ -356,15 +410,27 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # At matched norm the vectors are far from equal. The mean difference and the contrast pair flip
 # most negative reviews by $\alpha = 0.5$ and all of them by $\alpha = 0.75$; the probe needs a
 # little more; the SAE latent, which detects sentiment perfectly (AUROC 1.0), is the weakest
-# writer of the four and needs about twice the coefficient. Reading and writing are different
-# questions: a direction along which the classes *differ* is not necessarily the direction the
-# model's later layers *read*.
+# writer and needs about twice the coefficient. Reading and writing are different questions: a
+# direction along which the classes *differ* is not necessarily the direction the model's later
+# layers *read*. This is the finding of inference-time intervention (ITI, Li et al. 2023) on
+# truthfulness in LLaMA: shifting along the difference of class means steered better than along
+# the probe's weight direction, although both read the concept.
+#
+# The fifth row is **representation engineering**'s reading vector (Zou et al. 2023): pair
+# positive and negative examples, take the first principal component of the pairs' differences.
+# Here it is the difference of means again (cosine 1.00): in a world this clean, sentiment is
+# almost all that varies between a positive and a negative review, so the main axis of the
+# differences is the difference of their means. On a real model the two can part.
 #
 # The side effects grow with the coefficient: a large enough push along "sentiment" breaks the
-# indirect-object task (more than one prompt in ten wrong at $\alpha = 1.5$) and starts to cost the
-# truth verdicts, neither of which has anything to do with reviews. The honest summary
-# of a steering vector is therefore a coefficient *and* a cost. We fix a tolerance (no family may
-# lose more than 5 points of accuracy) and ask for the largest coefficient that stays within it.
+# indirect-object and induction tasks (more than one prompt in ten wrong at $\alpha = 1.5$) and
+# costs the truth verdicts a few points, none of which has anything to do with reviews. The honest
+# summary of a steering vector is therefore a coefficient *and* a cost. We fix a tolerance (no
+# family may lose more than 5 points of accuracy) and ask for the largest coefficient that stays
+# within it. How many prompts we watch matters as much as the tolerance: with 48 prompts a family,
+# three prompts are six points, and a different draw of 48 prompts gave a different answer. With
+# 200 a family (30 for facts, all there are), a 5-point drop is ten prompts, and the answer below
+# is the same for four different draws of the watch sets (a test in the workbook checks three).
 #
 # ### Exercise 7.4: the largest safe coefficient (difficulty 2/3, ~15 min)
 # Write `largest_safe_coefficient(alphas, accuracies, baseline, tolerance)`. `alphas` is a list of
@@ -372,7 +438,7 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # its accuracy at each coefficient (the other keys of a dose-response table, such as "flipped",
 # are not families: use only the keys of `baseline`); `baseline` maps each family to its unsteered
 # accuracy. A coefficient is **safe** when no family's accuracy is more than `tolerance` below its
-# baseline (a drop of exactly `tolerance` is safe). Return the largest coefficient such that it and
+# baseline (a drop of exactly `tolerance` is safe; a rise above the baseline is never unsafe). Return the largest coefficient such that it and
 # every smaller coefficient in `alphas` are safe, as a float; `None` when even the first is not.
 #
 # <details><summary>Hint 1</summary>
@@ -384,6 +450,16 @@ lines({family: caa[family] for family in watch}, x=alphas,
 #
 # The drop of a family at coefficient `i` is `baseline[family] - accuracies[family][i]`; compare it
 # with `tolerance` using `<=`, for **every** family, not their mean.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# safe = None
+# for i, alpha in enumerate(alphas):
+#     if any(baseline[f] - float(accuracies[f][i]) > tolerance for f in baseline):
+#         break
+#     safe = float(alpha)
+# ```
 # </details>
 
 # %% tags=["export"]
@@ -456,7 +532,7 @@ lines({"negative reviews flipped": sweep["flipped"], **{family: sweep[family] fo
 truth_train = prompt_set("truth", "train", seed=0)
 truth_vector = mean_difference_vector(model, truth_train, HOOK, "truth")
 false_statements, true_statements = truth_subsets(prompt_set("truth", "test", seed=0))
-truth_watch = behaviour_sets(n=48, families=("ioi", "facts", "sentiment", "induction"))
+truth_watch = behaviour_sets(n=WATCH_SIZE, families=("ioi", "facts", "sentiment", "induction"))
 truth_doses = dose_response(model, HOOK, truth_vector, alphas, false_statements, truth_watch)
 truth_safe = largest_safe_coefficient(alphas, truth_doses, side_effect_table(model, truth_watch), TOLERANCE)
 print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
@@ -464,8 +540,9 @@ print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
 
 # %% [markdown]
 # The verdict moves as well, at about the same coefficients as sentiment, and the tolerance is
-# reached sooner. A direction found from the labels of one behaviour steers it; the watched
-# families say what the push costs.
+# reached sooner: at $\alpha = 0.75$ the truth vector costs induction more than ten points and IOI a
+# few, and it never touches sentiment. A direction found from the labels of one behaviour steers it; the
+# watched families say what the push costs, and which ones pay.
 #
 # ## 3. Steered generation
 # Numbers first, text second. Here is the organism continuing world text greedily, unsteered and
@@ -523,7 +600,17 @@ for prompt in ["The movie was dull. I", "The hotel was awful. I", "Mary and John
 # <details><summary>Hint 2</summary>
 #
 # Without the `hook_resid_mid` points, each MLP still reads what its attention layer just wrote
-# along the direction.
+# along the direction. And `hook_resid_pre` of block `l + 1` is `hook_resid_post` of block `l`:
+# the last block's `hook_resid_post`, which the unembedding reads, has no `resid_pre` twin.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# unit = (direction / direction.norm()).to(model.cfg.device)
+# ablate = lambda resid, hook: resid - (resid @ unit)[..., None] * unit
+# names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{w}" for l in range(model.cfg.n_layers)
+#                                        for w in ("mid", "post")]
+# ```
 # </details>
 
 # %% tags=["export"]
@@ -585,6 +672,12 @@ for family in every_family:
 #
 # The biases write into the residual stream too: every position gets `b_O` and `b_out` added,
 # whatever the input.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# Build the unit direction on `model.cfg.device`; then for each of the six kinds of tensor (two
+# embeddings, four per block) run Hint 1's line. Edit the parameter itself (`weight.sub_` under
+# `torch.no_grad()`), not a copy.
 # </details>
 
 # %% tags=["export"]
@@ -650,10 +743,10 @@ print(f"and after the block the model is back: {(last_logits(model, mixed) - las
 # ## 5. Concept erasure
 #
 # Ablation removes one direction we chose. **Concept erasure** asks for the *smallest* change of
-# the activations after which no linear classifier can read the concept at all. **LEACE** (Belrose
-# et al. 2023) gives it in closed form: an affine map $x \mapsto x - P(x - \mu)$ that makes the
-# class-conditional means equal (so no linear probe beats a constant guess on the data it was fit
-# to) while moving the activations as little as possible in mean squared distance. We use
+# the activations after which no linear classifier can read the concept. **LEACE** (Belrose et
+# al. 2023) gives it in closed form: an affine map $x \mapsto x - P(x - \mu)$ that makes the
+# class-conditional means equal (so no linear probe beats a constant guess, in any convex loss,
+# on the data it was fitted to) while moving the activations as little as possible in mean squared distance. We use
 # EleutherAI's `concept-erasure` package (`LeaceEraser.fit(x, z)`, then `eraser(x)`). Two
 # baselines: a projection along the mean-difference direction about the mean (for a binary label
 # this also equalises the class means, but moves the activations more) and a projection along a
@@ -705,8 +798,17 @@ def fit_random_eraser(x: Float[Tensor, "batch d_model"], labels: Int[Tensor, "ba
 #
 # <details><summary>Hint 1</summary>
 #
-# `eraser = fit_eraser(x_train, y_train)`; then `eraser(x_train)` and `eraser(x_test)`. The probe
-# trains with gradients: wrap it in `with torch.enable_grad():`.
+# One eraser, fitted once, on the training split; the same eraser then applied to both splits.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `eraser = fit_eraser(x_train, y_train)`; then `eraser(x_train)` and `eraser(x_test)`, both
+# `[batch, d_model]`. The probe trains with gradients: wrap it in `with torch.enable_grad():`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `probe = train_probe(erased_train, y_train)`, then
+# `((probe(erased_test) > 0) == y_test.bool()).float().mean().item()` under `torch.no_grad()`.
 # </details>
 
 # %% tags=["export"]
@@ -739,10 +841,28 @@ def eraser_hook(eraser: Callable) -> Hook:
     return hook_fn
 
 
+@torch.no_grad()
+def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, eraser: Callable) -> float:
+    """The share of `prompts` answered right with `eraser` applied at `hook_name` at each prompt's last token only."""
+    tokens, last = tokenize(model, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+
+    def hook_fn(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = eraser(resid[rows, last])  # [batch, d_model]: where the eraser was fitted
+        return resid
+
+    final = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook_fn)])[rows, last]  # [batch, d_vocab]
+    correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    return (final[rows, correct] > final[rows, wrong]).float().mean().item()
+
+
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
-                   n_train: int = 720, n_test: int = 180) -> dict[str, dict[str, float]]:
-    """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in the model."""
-    train, test = prompt_set(family, "train", n=n_train, seed=0), prompt_set(family, "test", n=n_test, seed=0)
+                   n_train: int = 720, n_test: int = 180, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in
+    the model: at the last token only (where it was fitted: the causal question) and at every position after BOS
+    (off the distribution it was fitted on: what else breaks), with the watched families."""
+    train, test = prompt_set(family, "train", n=n_train, seed=seed), prompt_set(family, "test", n=n_test, seed=seed)
     x_train = last_token_activations(model, train.prompts, hook_name).cpu()
     x_test = last_token_activations(model, test.prompts, hook_name).cpu()
     y_train, y_test = torch.tensor(train.labels[label]), torch.tensor(test.labels[label])
@@ -756,23 +876,27 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
             "fresh probe": erased_probe_accuracy(fit, x_train, y_train, x_test, y_test),
             "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),
             "mean squared edit": (erased - x_train).pow(2).sum(-1).mean().item(),
-            family: side_effect_table(model, {family: test}, hooks)[family],
+            f"{family}, last token": accuracy_erased_at_last_token(model, test, hook_name, in_model),
+            f"{family}, every position": side_effect_table(model, {family: test}, hooks)[family],
             **side_effect_table(model, watch, hooks),
         }
     return report
 
 
-def print_report(report: dict[str, dict[str, float]]) -> None:
-    columns = list(next(iter(report.values())))
-    print(f"{'eraser':<28}" + "".join(f"{c:>19}" for c in columns))
-    for name, row in report.items():
-        print(f"{name:<28}" + "".join(f"{row[c]:>19.3f}" for c in columns))
+def report_frame(report: dict[str, dict[str, float]], highlight: list[str] = ()):
+    """An erasure report as a pandas table, three decimals, with the columns the text points at highlighted."""
+    import pandas as pd
+
+    frame = pd.DataFrame(report).T.rename_axis("eraser")
+    styled = frame.style.format("{:.3f}")
+    columns = [column for column in highlight if column in frame.columns]
+    return styled.set_properties(subset=columns, **{"background-color": "#fff3b0"}) if columns else styled
 
 
 # %%
 truth_erasure = erasure_report(model, "truth", "truth", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "sentiment")))
 print(f"truth, base rate of the test split: {max(sum(prompt_set('truth', 'test').labels['truth']) / 180, 0.5):.2f}")
-print_report(truth_erasure)
+report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
 
 # %% [markdown]
 # The erasers keep their promise: after LEACE and after the mean-difference projection, the class
@@ -781,21 +905,33 @@ print_report(truth_erasure)
 # random direction moves the activations a little and erases nothing.
 #
 # Now the causal question, the one Chapter 02 left open ("decodable is not the same as used"):
-# with the eraser *in the model*, applied at every position after block 1, does the verdict
-# change? Look at the `truth` column. If the verdict stood, the linear trace a probe reads at block
-# 1 would be a by-product the model does not need. It does not stand: the projection takes the
-# verdict to chance and LEACE takes much of it away. At this layer, what the probe read is what the
-# model uses. The other families barely move. The same report for sentiment:
+# with the eraser *in the model* after block 1, does the verdict change? The eraser was fitted on
+# last-token activations, so the causal test applies it there and only there: the column
+# `truth, last token`. If the verdict stood, the linear trace a probe reads at block 1 would be a
+# by-product the model does not need. It does not stand: the verdict falls from about 0.98 to
+# between 0.65 and 0.8 with either eraser (which of the two erases more changes with the draw of
+# prompts). The direction the probe read at the last token is used, and it is not the whole
+# story: a good share of the verdict still reaches the answer, through what later blocks read at
+# other positions, where nothing was erased.
+#
+# The column `truth, every position` applies the same eraser at every position after BOS, where it
+# was never fitted. There the projection takes the verdict all the way to chance, but that number
+# mixes the causal question with an edit of activations the eraser knows nothing about (it projects
+# about the *last-token* mean, so at other positions it moves the residual stream by amounts no one
+# chose). Read it as the side-effect view, beside the other families, which barely move either way.
+# The same report for sentiment:
 
 # %%
 sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")))
-print_report(sentiment_erasure)
+report_frame(sentiment_erasure, highlight=["sentiment, last token", "ioi", "facts", "truth"])
 
 # %% [markdown]
-# Sentiment is erased too, from the probe's view and from the behaviour. Two lessons sit in the
-# details. LEACE's edit, the smallest that blinds every linear probe, is not the one that disturbs
-# the *model* least: here it costs facts and truth a few points that the projection does not, and
-# it overshoots sentiment below chance. Its guarantee is about the distribution it was fitted on
+# Sentiment is erased too, from the probe's view and from the behaviour, and here the last token
+# alone is enough: erased there, the verdict is at chance, so for sentiment the direction at the
+# last token after block 1 carries the whole behaviour. Two lessons sit in the details. LEACE's
+# edit, the smallest that blinds every linear probe, is not the one that disturbs the *model*
+# least: with it in the model other families lose a few points that the projection leaves alone,
+# and sentiment overshoots below chance. Its guarantee is about the distribution it was fitted on
 # (last tokens of reviews), and in the model it also acts on every other position and prompt.
 # And a guarantee about what a *probe* can read is not a guarantee about what the *model* does:
 # that took the behaviour columns, measured. That is why erasure for bias mitigation ("remove
@@ -833,9 +969,16 @@ print_report(sentiment_erasure)
 #
 # <details><summary>Hint 1</summary>
 #
-# `torch.linalg.solve(second_moment, key)` is $C^{-1} k$ without forming the inverse.
+# Where the formula comes from: minimise $\operatorname{tr}(\Delta^\top C \Delta)$ (the change's
+# size on typical keys) subject to $k (W + \Delta) = v^*$. A Lagrange multiplier gives
+# $\Delta = C^{-1} k \lambda^\top$, and the constraint fixes $\lambda$. You only need the result.
 # </details>
 # <details><summary>Hint 2</summary>
+#
+# `torch.linalg.solve(second_moment, key)` is $C^{-1} k$ `[d_in]` without forming the inverse;
+# the residual $v^* - k W$ is `[d_out]`; their outer product is `[d_in, d_out]`, like `weight`.
+# </details>
+# <details><summary>Hint 3</summary>
 #
 # The numerator is the residual $v^* - k W$: what the weight must *add*, not the whole new value.
 # `torch.outer(c_inv_k, residual) / (c_inv_k @ key)`.
@@ -929,6 +1072,39 @@ def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answe
         return rank_one_update(mlp.W_out.detach(), key, value, moment)
 
 
+@torch.no_grad()
+def trace_mlps(model, prompts: list[str], subject: str, other: str, answer: str, at: str = "subject"
+               ) -> Float[Tensor, "layer"]:
+    """ROME's causal tracing with Chapter 06's patching: run each prompt with `other` in place of `subject`, restore
+    one MLP's output from the clean run at the subject's token (`at="subject"`) or at the last token (`"last"`),
+    and measure how much of the clean probability of `answer` comes back (0: none, 1: all), averaged over the
+    prompts, per layer."""
+    clean, last = tokenize(model, prompts)
+    corrupt, _ = tokenize(model, [prompt.replace(subject, other) for prompt in prompts])
+    if clean.shape != corrupt.shape:
+        raise ValueError(f"{subject!r} and {other!r} must have the same number of tokens")
+    rows = torch.arange(len(prompts), device=clean.device)
+    positions = token_positions(model, clean, " " + subject) if at == "subject" else last  # [batch]
+    target = answer_ids(model, [answer])[0]
+    names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)]
+    clean_logits, cache = model.run_with_cache(clean, names_filter=lambda name: name in names)
+    p_clean = clean_logits[rows, last].softmax(-1)[:, target]  # [batch]
+    p_corrupt = model(corrupt)[rows, last].softmax(-1)[:, target]
+
+    def restorer(name: str) -> Hook:
+        def restore(out: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+            out = out.clone()
+            out[rows, positions] = cache[name][rows, positions]  # the clean MLP output there
+            return out
+        return restore
+
+    restored = []
+    for name in names:
+        p_patched = model.run_with_hooks(corrupt, fwd_hooks=[(name, restorer(name))])[rows, last].softmax(-1)[:, target]
+        restored.append(((p_patched - p_corrupt) / (p_clean - p_corrupt)).mean())
+    return torch.stack(restored)
+
+
 @contextlib.contextmanager
 def mlp_weight_replaced(model, layer: int, new_weight: Float[Tensor, "d_mlp d_model"]) -> Iterator[None]:
     """Run the block with MLP `layer`'s W_out replaced, then restore it."""
@@ -970,10 +1146,54 @@ def fact_edit_report(model, country: str, new_capital: str, fit_template: int, w
     return {"phrasings": phrasings, "fit on": fit_template, "measure": measure}
 
 
+# %% [markdown]
+# ### First, locate: causal tracing
+# ROME does not pick its layer by hand. Its first step is **causal tracing**: corrupt the subject,
+# then restore one MLP's output at the subject's token from the clean run and see how much of the
+# right answer comes back; the layer that restores most is where the fact is "stored", and ROME
+# edits there. Here it is with Chapter 06's patching: "France" replaced by "Spain" in six
+# phrasings of the capital question, one MLP output restored at a time, at the subject's token and,
+# for comparison, at the last token.
+
 # %%
-EDIT_LAYER, COUNTRY, NEW_CAPITAL = 0, "France", " Rome"
+COUNTRY, NEW_CAPITAL = "France", " Rome"
 fit_on = subject_prompts(world.FACT_TEMPLATES["capital"][0], COUNTRY)
-new_w_out = fit_fact_edit(model, EDIT_LAYER, fit_on, COUNTRY, NEW_CAPITAL)
+import pandas as pd
+
+traced = pd.DataFrame({at: trace_mlps(model, fit_on, COUNTRY, "Spain", " Paris", at=at).tolist()
+                       for at in ("subject", "last")}, index=[f"MLP {layer}" for layer in range(model.cfg.n_layers)])
+traced.rename_axis(columns="share of p(Paris) restored, at the").style.format("{:.3f}")
+
+# %% [markdown]
+# The organism does not store this fact where ROME looks for it. Restoring any MLP at the
+# subject's token brings back nothing (under 1%); restoring MLP 0 at the *last* token brings back
+# most of it. Block 0's attention copies the country to the last position, and the capital is
+# produced there. (On GPT-2 XL, Meng et al. found mid-layer MLPs at the last subject token; a
+# four-layer model with a word-level tokenizer has no reason to do the same.) So the trace names
+# no layer for a subject-token edit. Does that mean no subject-token edit works? Hase et al. (2023)
+# found that on large models, where tracing localises a fact predicts little about which layer
+# edits it best. Edit at the first, a middle and the last MLP and measure:
+
+# %%
+edits, edit_weights = {}, {}
+for layer in progress_bar([0, 2, 3], desc="edit layers"):
+    edit_weights[layer] = fit_fact_edit(model, layer, fit_on, COUNTRY, NEW_CAPITAL)
+    with mlp_weight_replaced(model, layer, edit_weights[layer]):
+        edits[f"MLP {layer}"] = answer_probabilities(model, [template.format(country=COUNTRY) for template in
+                                                             world.FACT_TEMPLATES["capital"]], NEW_CAPITAL).tolist()
+pd.DataFrame(edits, index=[f"phrasing {i}" + (" (fitted)" if i == 0 else "") for i in range(4)]).T \
+    .rename_axis(columns=f"p({NEW_CAPITAL.strip()}) after an edit at the subject's token").style.format("{:.2f}")
+
+# %% [markdown]
+# An edit at the subject's token works at MLPs 0 and 2 (and 1, not shown), though tracing found no
+# fact stored in any of them: the new value is written at the subject and later attention layers carry it to the
+# end. At MLP 3 it cannot work at all: no attention layer comes after it to move anything from the
+# subject to the last token. Localisation and editability are different questions, as Hase et al.
+# found. The rest of the section grades the edit at MLP 0.
+
+# %%
+EDIT_LAYER = 0
+new_w_out = edit_weights[EDIT_LAYER]  # fitted above
 report = fact_edit_report(model, COUNTRY, NEW_CAPITAL, 0, behaviour_sets(n=64, families=("ioi", "truth", "sentiment")))
 before = report["measure"]()
 with mlp_weight_replaced(model, EDIT_LAYER, new_w_out):
@@ -989,11 +1209,13 @@ for key in before:
 
 # %% [markdown]
 # **Efficacy**: the phrasing the edit was fitted on now says Rome. **Specificity**: every other
-# country keeps its capital, France keeps its language and continent, and no other family moves.
+# country keeps its capital, France keeps its language and continent, and no other family moves
+# (by a prompt or two of 64 at most, on other draws of the prompts).
 # **Generalisation** is where it is honest to be careful. "The city of government in France is"
 # follows the edit: it reads the same key at the same kind of token. "In France, the capital city
-# is" does not: there the answer is assembled at later positions that read the country token
-# through attention differently, so the edited key alone does not carry it. And "France has its
+# is" does not, although its country token has the same key; more words stand between it and the
+# answer, and which attention fails to carry the new value there is a question this chapter has
+# not traced (a good exercise in Chapter 06's tools). And "France has its
 # capital in" starts with `France` *without* a leading space, a different token with a different
 # key: the edit never touched it. An edit is as general as the key it rewrites, and the organism's
 # word-level tokenizer makes that visible. (The same failure, subject spelled or placed
@@ -1001,13 +1223,27 @@ for key in before:
 #
 # ## 7. Attacks on the latents
 #
-# An adversarial attack usually searches the *inputs* for a prompt that breaks a behaviour.
-# **Relaxed adversarial training** (Casper et al. 2024; Sheshadri et al. 2024) searches the
-# *latents* instead: a small perturbation of the residual stream is a far larger space than a
-# prompt, so if no small latent perturbation breaks the behaviour, no prompt can reach one either
-# (through that layer). Here we measure how small a perturbation at the last token after block 1
-# flips the truth verdict of a held-out true statement, as a share of that position's residual norm,
-# against a random perturbation of the same size.
+# An adversarial attack usually searches the *inputs* for a prompt that breaks a behaviour. The
+# search is hard (prompts are discrete) and a failure to find one proves little. **Relaxed
+# adversarial training** (Christiano 2019; Hubinger 2019) proposes to search a relaxed space
+# instead, one that contains every input's effect: if the behaviour survives every point of a set
+# that *contains* all the activations some prompt can produce, it survives every prompt. Attacks
+# on the latents are the practical version (latent adversarial training, Casper et al. 2024;
+# Sheshadri et al. 2024): perturb the residual stream directly, within a small norm ball.
+#
+# What such an attack is evidence of, and what it is not:
+# - A latent that breaks the behaviour is **not** a prompt that does. The ball contains
+#   activations no input produces, so a successful latent attack can be a false alarm.
+# - A latent attack that fails is **not** a proof of safety either. Different prompts move the
+#   residual stream far more than a fifth of its norm (two reviews differ by more than that), so a
+#   small ball need not contain what a prompt can reach. The relaxation argument needs a set that
+#   contains every reachable activation, and a norm ball is only a cheap stand-in for one.
+# - So a latent attack is a **cheap, pessimistic search**: it finds the directions along which the
+#   model is fragile, which an input attack would have to find the hard way.
+#
+# Here we measure how small a perturbation at the last token after block 1 flips the truth verdict
+# of a held-out true statement, as a share of that position's residual norm, against a random
+# perturbation of the same size.
 
 # %% tags=["export"]
 def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, steps: int = 20, lr: float = 0.15,
@@ -1063,15 +1299,17 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # A random perturbation changes no verdict at any of these sizes; an optimised one of the same size
 # starts to flip them once it is a fifth of the residual norm, and flips more the larger it may be.
 # The model is robust in almost every direction and fragile in a few, and those few are what an
-# input attack would be searching for. Relaxed adversarial
-# training uses this: train against latent attacks, and the behaviour becomes robust to inputs no
-# one thought to try. The flip side for interpretability: "the behaviour survives random noise" is
-# no evidence that it is robust.
+# input attack would be searching for. Latent adversarial training trains against such attacks;
+# Casper et al. and Sheshadri et al. report better robustness to some attacks that were not used
+# in training, a measured improvement, not a guarantee. The flip side for interpretability: "the
+# behaviour survives random noise" is no evidence that it is robust.
 #
 # ## 8. On a real model
 # The same functions steer GPT-2 small when the Hugging Face Hub is reachable: ActAdd's "Love"
-# minus "Hate" vector, taken at the last token after block 6 and added with the same relative
-# coefficient at every position after BOS. Offline, this cell says so and moves on.
+# minus "Hate" vector, taken at the last token entering block 6 (`blocks.6.hook_resid_pre`, the
+# output of block 5, Turner et al.'s layer 6) and added with the same relative coefficient at
+# every position after BOS. That is a variant: ActAdd adds its vector at the first positions of
+# the prompt only, with an absolute coefficient. Offline, this cell says so and moves on.
 
 # %%
 if env.hub_online:
@@ -1097,8 +1335,9 @@ else:
 #   separate, causal question with its own answer per concept and layer.
 # - **An edit is as general as its key.** The fact edit followed one phrasing and missed others
 #   that reach the fact another way. Efficacy on the edited prompt is the easy part.
-# - **Robust to noise is not robust.** Random perturbations said nothing; an optimised one of the
-#   same size flipped verdicts.
+# - **Robust to noise is not robust, and a latent attack is not a prompt.** Random perturbations
+#   said nothing; an optimised one of the same size flipped verdicts. Neither result says what a
+#   prompt can do: the ball holds states no prompt reaches and may miss states prompts do reach.
 # - **Retargeting the search** (steering a model's internal search by rewriting the goal it
 #   represents) would need a model that searches and a goal we can find. Whether such a
 #   representation exists in large models is open; the organism has none, and the idea is

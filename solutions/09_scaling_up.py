@@ -183,7 +183,11 @@ print("tokens:", list(ioi_tokens.shape), " the same ids as Chapter 02's tokenize
 # `read_activation`), at each prompt's own last position `last[i]`; apply `final_norm(lm)` then
 # `unembed(lm)`; and return the **log-probabilities** (`log_softmax` over the vocabulary),
 # `[point, batch, d_vocab]`, on the CPU. Log-probabilities, not logits, because the bridge's logits
-# differ from nnsight's by a constant (Section 1): in log-probabilities they agree.
+# differ from nnsight's by a constant (Section 1): in log-probabilities they agree. The check runs
+# your function with `remote=False` and `remote="local"`, on a copy of the organism that it puts
+# back afterwards, and once more on a small Llama with random weights (the architecture of
+# Section 7): reach modules through `read_activation`, `final_norm(lm)` and `unembed(lm)`, not
+# through GPT-2's names.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -195,13 +199,16 @@ print("tokens:", list(ioi_tokens.shape), " the same ids as Chapter 02's tokenize
 #
 # Stack the points (`torch.stack`, inside the block) into `[point, batch, d_model]`, call
 # `final_norm(lm)` and `unembed(lm)` once on the stack, and `.log_softmax(-1).detach().cpu().save()`.
+# A model too large for one GPU has its layers on several devices: move every point's rows to the
+# device of the last one (where the final norm lives) before stacking.
 # </details>
 # <details><summary>Hint 3</summary>
 #
 # ```python
 # rows = torch.arange(len(last))
 # with lm.trace(tokens, **trace_options(lm, remote)):
-#     resid = torch.stack([read_activation(lm, name)[rows, last] for name in names])
+#     points = [read_activation(lm, name)[rows, last] for name in names]  # each [batch, d_model]
+#     resid = torch.stack([point.to(points[-1].device) for point in points])
 #     lens = unembed(lm)(final_norm(lm)(resid)).log_softmax(-1).detach().cpu().save()
 # return lens
 # ```
@@ -215,7 +222,8 @@ def nnsight_logit_lens(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "
     names = residual_hook_names(lm.config.num_hidden_layers)
     rows = torch.arange(len(last), device=tokens.device)
     with lm.trace(tokens, **trace_options(lm, remote)):
-        resid = torch.stack([read_activation(lm, name)[rows, last] for name in names])  # [point, batch, d_model]
+        points = [read_activation(lm, name)[rows, last] for name in names]  # each [batch, d_model], on its layer's device
+        resid = torch.stack([point.to(points[-1].device) for point in points])  # [point, batch, d_model]
         lens = unembed(lm)(final_norm(lm)(resid)).log_softmax(-1).detach().cpu().save()
     return lens
     ### END SOLUTION
@@ -328,10 +336,15 @@ for where in (False, "local"):
 # `nnsight.save([])`** (or stack the values into one tensor and save that). And a name you did not
 # save does not exist after the block, wherever it ran.
 #
-# **The third rule: send back a copy, not a view.** A slice such as `output[:, 3]` is a *view*: it
-# shares its storage with the whole `[batch, pos, d_model]` output, and saving it sends the whole
-# storage. On a server's GPU, `.detach().cpu()` makes the copy, and moves it off the GPU as
-# NDIF's documentation asks; on a CPU, `.cpu()` changes nothing, and `.clone()` is the copy.
+# **The third rule: slice inside the trace.** Saving a whole `[batch, pos, d_model]` output to
+# slice it after the block sends the whole output back; slicing inside the block and saving the
+# slice sends only what you need. One detail depends on where the block runs. A slice such as
+# `output[:, 3]` is a *view* that shares its storage with the whole output, and `torch.save` of a
+# CPU view writes the whole storage: so in the rehearsal, and for any value already on the CPU,
+# save a copy (`.clone()`). On NDIF's GPUs the server moves each saved CUDA tensor to the CPU
+# itself before sending it (`.detach().to("cpu")` in the published server package, `ndif` 0.1.2,
+# which copies only the view's elements), so there the view costs nothing extra; a copy is never
+# wrong, which is why the workbook's functions make one.
 # `RehearsalBackend.last_result_bytes` is the size of what the last rehearsal sent back:
 
 # %%
@@ -361,7 +374,8 @@ for how in ("a view", "a copy"):
 # <details><summary>Hint 2</summary>
 #
 # `[:, position]` on `[batch, pos, d_model]` is a view of the whole tensor. Make a copy of the
-# slice before `.save()`: `.clone()` copies anywhere, `.detach().cpu()` only off a GPU.
+# slice before `.save()`: `.clone()` copies anywhere (on the CPU, `.detach().cpu()` is the same
+# view).
 # </details>
 # <details><summary>Hint 3</summary>
 #
@@ -682,12 +696,17 @@ steering_vector = check_exercise("9.6", steering_vector)
 # ### Exercise 9.7: steer (difficulty 2/3, ~15 min)
 # Write `steer(lm, tokens, last, vector, layer, coefficient, remote=False)`: run `tokens` with
 # `coefficient * vector` added to the residual stream before `layer` at **every** position, and
-# return the log-probabilities at each prompt's last position, `[batch, d_vocab]`, on the CPU.
+# return the log-probabilities at each prompt's last position, `[batch, d_vocab]`, on the CPU. Make
+# the edit inside the trace (a PyTorch hook or a weight edit made outside it would never reach a
+# server; the check reports both), and keep to the workbook's names: the check also runs your
+# function on a small Llama.
 #
 # <details><summary>Hint 1</summary>
 #
 # `write_activation(lm, name, read_activation(lm, name) + coefficient * vector)`: `vector`
-# (`[d_model]`) broadcasts over batch and positions. Move it to `tokens.device` first.
+# (`[d_model]`) broadcasts over batch and positions. Move it to the device (and dtype) of the
+# activation it is added to, inside the block: on a model spread over several GPUs that is the
+# device of that layer, not the device of the tokens (which stay on the CPU).
 # </details>
 # <details><summary>Hint 2</summary>
 #
@@ -698,7 +717,8 @@ steering_vector = check_exercise("9.6", steering_vector)
 # ```python
 # name = f"blocks.{layer}.hook_resid_pre"
 # with lm.trace(tokens, **trace_options(lm, remote)):
-#     write_activation(lm, name, read_activation(lm, name) + coefficient * vector.to(tokens.device))
+#     value = read_activation(lm, name)
+#     write_activation(lm, name, value + coefficient * vector.to(value.device, value.dtype))
 #     rows = torch.arange(len(last), device=last.device)
 #     steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
 # return steered
@@ -711,9 +731,10 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
     """Log-probabilities at each prompt's last position with `coefficient * vector` added before `layer`."""
     ### BEGIN SOLUTION
     name = f"blocks.{layer}.hook_resid_pre"
-    push = coefficient * vector.to(tokens.device)  # [d_model], added at every position
+    push = coefficient * vector  # [d_model], added at every position
     with lm.trace(tokens, **trace_options(lm, remote)):
-        write_activation(lm, name, read_activation(lm, name) + push)
+        value = read_activation(lm, name)  # [batch, pos, d_model], on the device of that layer
+        write_activation(lm, name, value + push.to(value.device, value.dtype))
         rows = torch.arange(len(last), device=last.device)
         steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
     return steered
@@ -726,7 +747,8 @@ steer = check_exercise("9.7", steer)
 # %% [markdown]
 # The vector from 64 training reviews, then steered held-out negative reviews, here and in the
 # rehearsal, beside the same edit made with a TransformerLens hook on the bridge; and a side effect
-# measured, as Chapter 07 always does: the capital-city facts, steered the same way.
+# measured, as Chapter 07 always does: the 30 held-out facts (ten capitals, ten languages, ten
+# continents), steered the same way.
 
 # %%
 from utils.references.ch07_steering import mean_difference_vector
@@ -773,7 +795,7 @@ for coefficient in (0.0, COEFFICIENT):
 
 # %% [markdown]
 # The vector turns the negative reviews, in both libraries alike, and it is not free: the same push
-# on the capital-city prompts costs some of their right answers. A coefficient is a trade-off
+# on the fact prompts costs some of their right answers. A coefficient is a trade-off
 # between the effect and the damage, which Chapter 07 measures in full.
 #
 # ## 7. The same functions on a model no laptop holds
@@ -785,7 +807,8 @@ for coefficient in (0.0, COEFFICIENT):
 # environment variable, or as a Colab secret of that name), the network, and the model running on
 # NDIF now: `print(nnsight.status())` lists what runs, and models come and go, so change
 # `NDIF_MODEL` to one it lists. Llama's configuration is gated on the Hugging Face Hub: accept its
-# licence there and log in (`huggingface-cli login`) first.
+# licence there and log in first (`hf auth login` in a terminal, with the Hugging Face client this
+# workbook pins; older guides say `huggingface-cli login`, which it no longer ships).
 #
 # `load_nnsight_model(NDIF_MODEL, remote=True)` loads only the model's shape (no weights) after
 # checking all of that, and says in one line what is missing. When it works, the cell below prints,
@@ -856,6 +879,15 @@ if big is not None:
 # - **A remote run is an experiment you cannot watch.** Only what you saved comes back; a bug that
 #   shows only in an intermediate value you did not save stays hidden. Rehearse with
 #   `remote="local"` first, and save the intermediates you will want to look at.
+# - **The rehearsal is not the server.** `remote="local"` rehearses the contract (serialisation,
+#   copies, saved values, shipped modules) on this machine's CPU, in float32, with this machine's
+#   library versions. It does not rehearse GPUs, a model spread over several of them (NDIF loads
+#   large models across GPUs, so each layer's activations live on that layer's device), bfloat16
+#   arithmetic, or the server's own versions of nnsight, transformers and torch. The functions here
+#   move every value to the device of the activation it meets, and a workbook test runs them on a
+#   model split over two devices; still, compare the environments before trusting a difference
+#   (`print(nnsight.compare())` lists the packages whose versions differ from the server's), and
+#   check a remote result against the organism's where you can.
 # - **Shared machines change.** The models NDIF runs, their versions and the queue change over
 #   time: record the model, the nnsight version and the date with every remote result.
 #

@@ -1,8 +1,9 @@
 """Chapter 07's claims about steering, erasure and editing the organism, re-measured.
 
 Every number the prose states is measured again here with the chapter's exported functions and the
-chapter's settings. Thresholds come from the words of the prose ("most", "all", "about chance",
-"barely move", "several times"), never from one run's digits.
+chapter's settings, through `claim(...)`: the bar comes from the words of the prose ("most", "all",
+"about chance", "barely move", "several times"), never from one run's digits, and every random choice
+(prompt samples, fillers, attack starts) adds `claim_seed()`, so `make claims` reruns them on other draws.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import pytest
 import torch
 
+from tests.claims import claim, claim_seed
 from utils.models import load_model
 from utils.organism import world
 from utils.organism.world import prompt_set
@@ -21,6 +23,7 @@ torch.set_num_threads(1)
 HOOK = "blocks.1.hook_resid_post"
 ALPHAS = [0.25, 0.5, 0.75, 1.0, 1.5]  # the chapter's dose-response coefficients
 TOLERANCE = 0.05
+SEED = claim_seed()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,23 +42,25 @@ def organism():
 
 @functools.cache
 def sentiment_vectors():
-    return ref.sentiment_steering_vectors(organism(), HOOK, prompt_set("sentiment", "train", n=600, seed=0))
+    return ref.sentiment_steering_vectors(organism(), HOOK, prompt_set("sentiment", "train", n=600, seed=SEED))
 
 
 @functools.cache
 def negative_reviews():
-    return ref.sentiment_subsets(prompt_set("sentiment", "test", n=256, seed=0))[0]
+    return ref.sentiment_subsets(prompt_set("sentiment", "test", n=256, seed=SEED))[0]
 
 
 @functools.cache
 def watched():
-    return ref.behaviour_sets(n=48, families=("ioi", "facts", "truth", "induction"))
+    return ref.behaviour_sets(n=ref.WATCH_SIZE, seed=SEED, families=("ioi", "facts", "truth", "induction"))
 
 
 @functools.cache
 def doses(name: str):
+    """The dose-response of one vector; side effects only for the mean difference (the one the text reads)."""
     vectors, _ = sentiment_vectors()
-    return ref.dose_response(organism(), HOOK, vectors[name], ALPHAS, negative_reviews(), watched())
+    watch = watched() if name == "mean difference" else {}
+    return ref.dose_response(organism(), HOOK, vectors[name], ALPHAS, negative_reviews(), watch)
 
 
 @functools.cache
@@ -67,84 +72,116 @@ def at(name: str, key: str, alpha: float) -> float:
     return doses(name)[key][ALPHAS.index(alpha)].item()
 
 
+def worst_drop(table, base, alpha: float) -> float:
+    return max(base[family] - table[family][ALPHAS.index(alpha)].item() for family in base)
+
+
 # ------------------------------------------------------------------------------------------
-# Section 1: units, positions, four vectors
+# Section 1: units, positions, five vectors
 # ------------------------------------------------------------------------------------------
 def test_residual_norm_grows_through_the_layers_and_bos_is_huge_at_the_end():
     model = organism()
-    tokens, last = ref.tokenize(model, prompt_set("sentiment", "train", n=200, seed=0).prompts)
+    tokens, last = ref.tokenize(model, prompt_set("sentiment", "train", n=200, seed=SEED).prompts)
     _, cache = model.run_with_cache(tokens)
     keep = torch.arange(tokens.shape[1])[None] <= last[:, None]
     keep[:, 0] = False  # BOS
     after = [cache[f"blocks.{l}.hook_resid_post"].norm(dim=-1)[keep].mean().item() for l in range(4)]
-    assert 100 < after[0] < 200, after  # "about 140 after block 0"
-    assert after[3] > 300 and after[3] > 2 * after[0], after  # "several hundred after block 3"
+    claim("ch07: residual norm after block 0 is about 140 (above 100)", after[0], above=100)
+    claim("ch07: residual norm after block 0 is about 140 (below 200)", after[0], below=200)
+    claim("ch07: several hundred after block 3", after[3], above=300)
+    claim("ch07: after block 3 over twice after block 0", after[3] / after[0], above=2)
     bos = cache["blocks.3.hook_resid_post"][:, 0].norm(dim=-1).mean().item()
-    assert bos > 3 * after[3], (bos, after)  # "huge after the last block"
+    claim("ch07: BOS huge after the last block (ratio to other positions)", bos / after[3], above=3)
 
 
-def test_four_vectors_how_long_and_how_aligned():
+def test_five_vectors_how_long_and_how_aligned():
     vectors, latent = sentiment_vectors()
-    assert latent["auroc"] > 0.99, latent  # the SAE latent "detects sentiment perfectly (AUROC 1.0)"
+    claim("ch07: the SAE latent detects sentiment perfectly (AUROC)", latent["auroc"], above=0.99)
     ratio = vectors["mean difference"].norm().item() / latent["residual norm"]
-    assert 0.75 < ratio < 1.33, ratio  # "about as long as the residual stream itself"
+    claim("ch07: mean difference about as long as the residual (ratio above)", ratio, above=0.75)
+    claim("ch07: mean difference about as long as the residual (ratio below)", ratio, below=1.33)
     units = {name: v / v.norm() for name, v in vectors.items()}
     cosine = {name: (u @ units["mean difference"]).item() for name, u in units.items()}
-    assert cosine["contrast pair"] > 0.9, cosine  # "almost the same way"
-    assert cosine["probe"] < cosine["contrast pair"] - 0.05 and cosine["SAE latent"] < cosine["contrast pair"] - 0.05, cosine
+    claim("ch07: the contrast pair points almost the same way as the mean difference", cosine["contrast pair"], above=0.9)
+    for name in ("probe", "SAE latent"):
+        claim(f"ch07: the {name} points elsewhere in part (cosine gap to the contrast pair)",
+              cosine["contrast pair"] - cosine[name], above=0.05)
+    claim("ch07: RepE's reading vector is the difference of means here (cosine 1.00)", cosine["reading vector"],
+          above=0.995)
 
 
 # ------------------------------------------------------------------------------------------
 # Section 2: dose-response and side effects
 # ------------------------------------------------------------------------------------------
 def test_mean_difference_and_contrast_pair_flip_most_by_half_and_all_by_three_quarters():
-    for name in ("mean difference", "contrast pair"):
-        assert at(name, "flipped", 0.5) > 0.5, doses(name)
-        assert at(name, "flipped", 0.75) == 1.0, doses(name)
+    for name in ("mean difference", "contrast pair", "reading vector"):
+        claim(f"ch07: {name} flips most negative reviews at alpha 0.5", at(name, "flipped", 0.5), above=0.5)
+        claim(f"ch07: {name} flips all negative reviews at alpha 0.75", at(name, "flipped", 0.75), above=0.999)
 
 
 def test_the_probe_needs_a_little_more_and_the_sae_latent_about_twice():
-    assert at("probe", "flipped", 0.5) < at("mean difference", "flipped", 0.5), doses("probe")
-    assert at("probe", "flipped", 0.75) > 0.9, doses("probe")
+    claim("ch07: the probe flips fewer than the mean difference at 0.5",
+          at("mean difference", "flipped", 0.5) - at("probe", "flipped", 0.5), above=0.1)
+    claim("ch07: the probe flips almost all at 0.75", at("probe", "flipped", 0.75), above=0.9)
     for alpha in ALPHAS[:-1]:  # the weakest writer at every coefficient below the largest
-        others = [at(name, "flipped", alpha) for name in ("mean difference", "contrast pair", "probe")]
-        assert at("SAE latent", "flipped", alpha) <= min(others), (alpha, doses("SAE latent"))
+        others = min(at(name, "flipped", alpha) for name in ("mean difference", "contrast pair", "probe"))
+        claim(f"ch07: the SAE latent is the weakest writer at alpha {alpha}",
+              others - at("SAE latent", "flipped", alpha), above=-1e-6)
     # "about twice the coefficient": at 2 alpha it does what the mean difference does at alpha, give or take
-    assert at("SAE latent", "flipped", 1.0) > 0.3 and at("SAE latent", "flipped", 0.5) < 0.2, doses("SAE latent")
-    assert at("SAE latent", "flipped", 1.5) > 0.9, doses("SAE latent")
+    claim("ch07: SAE latent at alpha 1.0 flips a good share", at("SAE latent", "flipped", 1.0), above=0.3)
+    claim("ch07: SAE latent at alpha 0.5 flips few", at("SAE latent", "flipped", 0.5), below=0.2)
+    claim("ch07: SAE latent at alpha 1.5 flips almost all", at("SAE latent", "flipped", 1.5), above=0.9)
 
 
-def test_side_effects_grow_with_the_coefficient_and_break_ioi_and_truth():
-    table = doses("mean difference")
-    assert table["ioi"][-1] < baseline()["ioi"] - 0.1, table  # "more than one prompt in ten wrong at 1.5"
-    assert table["truth"][-1] < baseline()["truth"], table  # "starts to cost the truth verdicts"
+def test_side_effects_grow_with_the_coefficient_and_break_ioi_induction_and_truth():
+    table, base = doses("mean difference"), baseline()
+    for family in ("ioi", "induction"):
+        claim(f"ch07: sentiment push at 1.5 costs {family} more than one prompt in ten",
+              base[family] - table[family][-1].item(), above=0.1)
+    claim("ch07: sentiment push at 1.5 costs the truth verdicts", base["truth"] - table["truth"][-1].item(), above=0.0)
     for family in ("ioi", "truth"):
-        assert table[family][0] >= baseline()[family] - 0.02, (family, table)
+        claim(f"ch07: at 0.25 {family} has not moved (drop)", base[family] - table[family][0].item(), below=0.02)
 
 
-def test_largest_safe_coefficient_of_the_mean_difference_flips_every_review():
-    safe = ref.largest_safe_coefficient(ALPHAS, doses("mean difference"), baseline(), TOLERANCE)
-    assert safe is not None and at("mean difference", "flipped", safe) == 1.0, (safe, doses("mean difference"))
+def test_the_largest_safe_coefficient_of_the_mean_difference_is_three_quarters_and_flips_every_review():
+    """Stable across draws of the 200-prompt watch sets: 0.75 is within the tolerance and 1.0 is not."""
+    table, base = doses("mean difference"), baseline()
+    claim("ch07: sentiment push, worst drop at 0.75 within the tolerance", worst_drop(table, base, 0.75),
+          below=TOLERANCE)
+    claim("ch07: sentiment push, worst drop at 1.0 beyond the tolerance", worst_drop(table, base, 1.0),
+          above=TOLERANCE)
+    safe = ref.largest_safe_coefficient(ALPHAS, table, base, TOLERANCE)
+    assert safe == 0.75, (safe, table)  # follows from the two claims above (the prefix rule)
+    claim("ch07: every review flipped at the largest safe coefficient", at("mean difference", "flipped", safe),
+          above=0.999)
 
 
 def test_layer_sweep_steering_works_best_after_block_0_several_times_better():
     model = organism()
-    sweep = ref.layer_sweep(model, prompt_set("sentiment", "train", n=600, seed=0), "sentiment", negative_reviews(), 0.35)
+    sweep = ref.layer_sweep(model, prompt_set("sentiment", "train", n=600, seed=SEED), "sentiment",
+                            negative_reviews(), 0.35)
     flipped = sweep["flipped"]
-    assert int(flipped.argmax()) == 0, flipped
-    assert flipped[0] > 2.5 * flipped[1:].max(), flipped
+    claim("ch07: steering after block 0 beats every later layer (ratio)",
+          flipped[0].item() / max(flipped[1:].max().item(), 1e-3), above=2.5)
 
 
 def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
     model = organism()
-    vector = ref.mean_difference_vector(model, prompt_set("truth", "train", seed=0), HOOK, "truth")
-    false_statements, _ = ref.truth_subsets(prompt_set("truth", "test", seed=0))
-    watch = ref.behaviour_sets(n=48, families=("ioi", "facts", "sentiment", "induction"))
+    vector = ref.mean_difference_vector(model, prompt_set("truth", "train", seed=SEED), HOOK, "truth")
+    false_statements, _ = ref.truth_subsets(prompt_set("truth", "test", seed=SEED))
+    watch = ref.behaviour_sets(n=ref.WATCH_SIZE, seed=SEED, families=("ioi", "facts", "sentiment", "induction"))
     table = ref.dose_response(model, HOOK, vector, ALPHAS, false_statements, watch)
-    assert table["flipped"][ALPHAS.index(0.75)] > 0.9, table  # "at about the same coefficients as sentiment"
-    truth_safe = ref.largest_safe_coefficient(ALPHAS, table, ref.side_effect_table(model, watch), TOLERANCE)
-    sentiment_safe = ref.largest_safe_coefficient(ALPHAS, doses("mean difference"), baseline(), TOLERANCE)
-    assert truth_safe is not None and truth_safe < sentiment_safe, (truth_safe, sentiment_safe, table)
+    base = ref.side_effect_table(model, watch)
+    claim("ch07: the truth verdict flips at 0.75 like sentiment", table["flipped"][ALPHAS.index(0.75)].item(),
+          above=0.9)
+    # "reached sooner": beyond the tolerance at 0.75, where the sentiment push is still within it. (Whether 0.5 is
+    # safe for truth depends on the draw: on one of four it sits exactly on the tolerance, ten prompts of 200.)
+    claim("ch07: truth push, worst drop at 0.75 beyond the tolerance (sooner than sentiment's 1.0)",
+          worst_drop(table, base, 0.75), above=TOLERANCE)
+    claim("ch07: truth push at 0.75 costs induction more than ten points",
+          base["induction"] - table["induction"][ALPHAS.index(0.75)].item(), above=0.1)
+    claim("ch07: truth push never touches sentiment (largest drop)",
+          max(base["sentiment"] - v for v in table["sentiment"].tolist()), below=0.02)
 
 
 # ------------------------------------------------------------------------------------------
@@ -167,7 +204,7 @@ def test_steered_reviews_turn_from_hated_to_loved():
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def every_family():
-    return ref.behaviour_sets(n=128)
+    return ref.behaviour_sets(n=128, seed=SEED)
 
 
 def test_ablating_the_sentiment_direction_takes_sentiment_to_chance_and_leaves_the_rest():
@@ -175,9 +212,11 @@ def test_ablating_the_sentiment_direction_takes_sentiment_to_chance_and_leaves_t
     vector = sentiment_vectors()[0]["mean difference"]
     plain = ref.side_effect_table(model, every_family())
     ablated = ref.side_effect_table(model, every_family(), ref.directional_ablation_hooks(model, vector))
-    assert 0.4 < ablated["sentiment"] < 0.65, ablated
+    claim("ch07: sentiment ablated is about chance (above)", ablated["sentiment"], above=0.4)
+    claim("ch07: sentiment ablated is about chance (below)", ablated["sentiment"], below=0.65)
     for family in ("ioi", "facts", "truth", "induction"):
-        assert abs(ablated[family] - plain[family]) <= 0.02, (family, plain, ablated)
+        claim(f"ch07: ablating the sentiment direction leaves {family} where it was",
+              abs(ablated[family] - plain[family]), below=0.025)
 
 
 def test_orthogonalised_weights_equal_the_hooks_and_are_restored():
@@ -188,7 +227,8 @@ def test_orthogonalised_weights_equal_the_hooks_and_are_restored():
     with_hooks = ref.last_logits(model, mixed, ref.directional_ablation_hooks(model, vector))
     with ref.weights_orthogonalized(model, vector):
         with_weights = ref.last_logits(model, mixed)
-    assert (with_hooks - with_weights).abs().max() < 1e-3
+    claim("ch07: hooks and orthogonalised weights agree (largest logit gap)",
+          (with_hooks - with_weights).abs().max().item(), below=1e-3)
     assert torch.equal(ref.last_logits(model, mixed), before)
 
 
@@ -198,59 +238,112 @@ def test_orthogonalised_weights_equal_the_hooks_and_are_restored():
 @functools.cache
 def erasure(family: str):
     others = {"truth": ("ioi", "facts", "sentiment"), "sentiment": ("ioi", "facts", "truth")}[family]
-    return ref.erasure_report(organism(), family, family, HOOK, ref.behaviour_sets(n=64, families=others))
+    return ref.erasure_report(organism(), family, family, HOOK, ref.behaviour_sets(n=64, seed=SEED, families=others),
+                              seed=SEED)
 
 
 @pytest.mark.parametrize("family", ["truth", "sentiment"])
 def test_erasers_blind_a_fresh_probe_and_leace_moves_least(family):
     report = erasure(family)
-    assert report["none"]["fresh probe"] > 0.9, report
+    claim(f"ch07: {family} fresh probe without erasure", report["none"]["fresh probe"], above=0.9)
     for name in ("LEACE", "mean-difference projection"):
-        assert abs(report[name]["fresh probe"] - 0.5) < 0.08, report  # the held-out split is balanced
-        assert report[name]["class-mean gap"] < 1e-3 * report["none"]["class-mean gap"], report
-    assert report["LEACE"]["mean squared edit"] < report["mean-difference projection"]["mean squared edit"], report
-    assert report["random direction"]["fresh probe"] >= report["none"]["fresh probe"] - 0.02, report
-    assert report["random direction"]["mean squared edit"] < 0.05 * report["LEACE"]["mean squared edit"], report  # "a little"
-    share = torch.tensor(prompt_set(family, "test", n=180, seed=0).labels[family]).float().mean().item()
-    assert 0.4 < share < 0.6, share  # "balanced, so 0.5"
+        claim(f"ch07: {family} fresh probe after {name} is at the base rate (distance to 0.5)",
+              abs(report[name]["fresh probe"] - 0.5), below=0.08)
+        claim(f"ch07: {family} class means equal after {name} (gap ratio)",
+              report[name]["class-mean gap"] / report["none"]["class-mean gap"], below=1e-3)
+    claim(f"ch07: {family} LEACE moves less than the projection (edit ratio)",
+          report["LEACE"]["mean squared edit"] / report["mean-difference projection"]["mean squared edit"], below=1.0)
+    claim(f"ch07: {family} the random direction erases nothing (probe loss)",
+          report["none"]["fresh probe"] - report["random direction"]["fresh probe"], below=0.02)
+    claim(f"ch07: {family} the random direction moves a little (edit ratio to LEACE)",
+          report["random direction"]["mean squared edit"] / report["LEACE"]["mean squared edit"], below=0.05)
+    share = torch.tensor(prompt_set(family, "test", n=180, seed=SEED).labels[family]).float().mean().item()
+    claim(f"ch07: {family} held-out split is balanced (distance to 0.5)", abs(share - 0.5), below=0.1)
 
 
-def test_erasing_truth_at_block_1_removes_the_verdict_and_little_else():
+def test_erasing_truth_at_the_fitted_position_removes_part_of_the_verdict():
     report = erasure("truth")
-    assert report["mean-difference projection"]["truth"] < 0.6, report  # "to chance"
-    assert report["LEACE"]["truth"] < report["none"]["truth"] - 0.2, report  # "much of it away"
-    assert report["LEACE"]["truth"] > report["mean-difference projection"]["truth"], report
-    for name in ("LEACE", "mean-difference projection", "random direction"):
+    for name in ("LEACE", "mean-difference projection"):
+        drop = report["none"]["truth, last token"] - report[name]["truth, last token"]
+        claim(f"ch07: truth erased at the last token by {name}: the verdict falls", drop, above=0.1)
+        claim(f"ch07: truth erased at the last token by {name}: not to chance", report[name]["truth, last token"],
+              above=0.6)
         for family in ("ioi", "facts", "sentiment"):
-            assert report[name][family] >= report["none"][family] - 0.05, (name, family, report)
+            claim(f"ch07: truth erased by {name}: {family} barely moves",
+                  report["none"][family] - report[name][family], below=0.06)
+    claim("ch07: the projection at every position takes truth to chance",
+          report["mean-difference projection"]["truth, every position"], below=0.6)
+    claim("ch07: the projection at every position erases more than at the last token",
+          report["mean-difference projection"]["truth, last token"]
+          - report["mean-difference projection"]["truth, every position"], above=0.1)
+    claim("ch07: the random direction changes no verdict", report["none"]["truth, last token"]
+          - report["random direction"]["truth, last token"], below=0.01)
 
 
-def test_erasing_sentiment_leace_overshoots_and_costs_more_elsewhere():
+def test_erasing_sentiment_at_the_last_token_is_enough_and_leace_costs_more_elsewhere():
     report = erasure("sentiment")
-    assert report["mean-difference projection"]["sentiment"] < 0.6, report
-    assert report["LEACE"]["sentiment"] < 0.5, report  # "below chance"
+    for name in ("LEACE", "mean-difference projection"):
+        claim(f"ch07: sentiment erased at the last token by {name} is at chance or below",
+              report[name]["sentiment, last token"], below=0.6)
+    claim("ch07: LEACE overshoots sentiment below chance", report["LEACE"]["sentiment, every position"], below=0.5)
     lost = {name: sum(report["none"][f] - report[name][f] for f in ("ioi", "facts", "truth"))
             for name in ("LEACE", "mean-difference projection")}
-    assert lost["LEACE"] > lost["mean-difference projection"] + 0.02, (lost, report)
+    claim("ch07: LEACE costs other families more than the projection",
+          lost["LEACE"] - lost["mean-difference projection"], above=0.02)
 
 
 # ------------------------------------------------------------------------------------------
 # Section 6: editing one fact
 # ------------------------------------------------------------------------------------------
+@functools.cache
+def fit_on():
+    return ref.subject_prompts(world.FACT_TEMPLATES["capital"][0], "France", seed=SEED)
+
+
+def test_causal_tracing_finds_no_subject_mlp_and_mlp0_at_the_last_token():
+    model = organism()
+    at_subject = ref.trace_mlps(model, fit_on(), "France", "Spain", " Paris", at="subject")
+    at_last = ref.trace_mlps(model, fit_on(), "France", "Spain", " Paris", at="last")
+    claim("ch07: no MLP at the subject token restores the capital (largest share)", at_subject.abs().max().item(),
+          below=0.01)
+    claim("ch07: MLP 0 at the last token restores most of it", at_last[0].item(), above=0.5)
+
+
+def test_editing_works_at_a_middle_mlp_and_not_at_mlp_3():
+    """MLP 0 is graded by the next test; the chapter shows 0, 2 and 3."""
+    model = organism()
+    fitted = [world.FACT_TEMPLATES["capital"][0].format(country="France")]
+    for layer in (2, 3):
+        weight = ref.fit_fact_edit(model, layer, fit_on(), "France", " Rome")
+        with ref.mlp_weight_replaced(model, layer, weight):
+            p_new = ref.answer_probabilities(model, fitted, " Rome").item()
+        if layer < 3:
+            claim(f"ch07: an edit at MLP {layer} makes the fitted phrasing say Rome", p_new, above=0.5)
+        else:
+            claim("ch07: an edit at MLP 3 cannot reach the last token", p_new, below=0.1)
+
+
 def test_rank_one_fact_edit_efficacy_generalisation_and_specificity():
     model = organism()
-    fit_on = ref.subject_prompts(world.FACT_TEMPLATES["capital"][0], "France")
-    new_weight = ref.fit_fact_edit(model, 0, fit_on, "France", " Rome")
+    new_weight = ref.fit_fact_edit(model, 0, fit_on(), "France", " Rome")
     assert torch.linalg.matrix_rank(new_weight - model.blocks[0].mlp.W_out).item() == 1
-    report = ref.fact_edit_report(model, "France", " Rome", 0, ref.behaviour_sets(n=64, families=("ioi", "truth", "sentiment")))
+    report = ref.fact_edit_report(model, "France", " Rome", 0,
+                                  ref.behaviour_sets(n=64, seed=SEED, families=("ioi", "truth", "sentiment")))
     before = report["measure"]()
     with ref.mlp_weight_replaced(model, 0, new_weight):
         after = report["measure"]()
     assert before["top answer"] == [" Paris"] * 4, before
-    assert after["top answer"] == [" Rome", " Paris", " Paris", " Rome"], after  # fitted; two missed; one followed
+    # fitted; "city of government" follows; "In France, ..." and "France has ..." (no leading space) missed
+    assert after["top answer"] == [" Rome", " Paris", " Paris", " Rome"], after
+    for i, p_new in enumerate(after["p(new)"]):
+        if i in (0, 3):
+            claim(f"ch07: the edit carries phrasing {i}", p_new, above=0.5)
+        else:
+            claim(f"ch07: the edit misses phrasing {i}", p_new, below=0.2)
     for key in before:
         if key not in ("top answer", "p(new)"):
-            assert after[key] >= before[key] - 0.01, (key, before, after)
+            claim(f"ch07: the edit leaves {key} (drop; one prompt of 64 is 0.016)", before[key] - after[key],
+                  below=0.035)
     assert report["measure"]()["top answer"] == before["top answer"]  # the weight is back
 
 
@@ -260,11 +353,12 @@ def test_rank_one_fact_edit_efficacy_generalisation_and_specificity():
 @pytest.mark.slow
 def test_optimised_latent_perturbations_flip_verdicts_random_ones_do_not():
     model = organism()
-    _, true_statements = ref.truth_subsets(prompt_set("truth", "test", seed=0))
+    _, true_statements = ref.truth_subsets(prompt_set("truth", "test", seed=SEED))
     attacked = true_statements.subset(range(48))
     budgets = [0.1, 0.2, 0.3]
-    optimised = [ref.latent_attack(model, attacked, HOOK, b) for b in budgets]
-    random = [ref.latent_attack(model, attacked, HOOK, b, random_baseline=True) for b in budgets]
-    assert random == [0.0] * len(budgets), random
-    assert optimised[0] <= 0.05, optimised  # "starts to flip them once it is a fifth of the residual norm"
-    assert optimised == sorted(optimised) and optimised[1] > 0 and optimised[-1] > optimised[1], optimised
+    optimised = [ref.latent_attack(model, attacked, HOOK, b, seed=SEED) for b in budgets]
+    random = [ref.latent_attack(model, attacked, HOOK, b, random_baseline=True, seed=SEED) for b in budgets]
+    claim("ch07: a random perturbation of 30% flips no verdict", max(random), below=0.01)
+    claim("ch07: an optimised perturbation of 10% flips almost none", optimised[0], below=0.05)
+    claim("ch07: an optimised perturbation of 20% starts to flip", optimised[1], above=0.0)
+    claim("ch07: an optimised perturbation of 30% flips more than of 20%", optimised[2] - optimised[1], above=0.0)

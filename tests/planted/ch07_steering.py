@@ -405,3 +405,79 @@ ALTERNATIVES = {
     "7.7": [erased_in_one_batch, erased_counting_hits],
     "7.8": [update_with_inverse_float64, update_by_cholesky],
 }
+
+
+# ------------------------------------------------------------------------------------------
+# Answers that change what they are given, or reach past it
+# ------------------------------------------------------------------------------------------
+def mean_difference_sorting_in_place(model, prompts, hook_name, label):
+    """Sorts the prompts by length in place (less padding per batch): correct, and must not upset the check."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts.prompts[i]))
+    prompts.prompts[:] = [prompts.prompts[i] for i in order]
+    prompts.correct[:] = [prompts.correct[i] for i in order]
+    prompts.wrong[:] = [prompts.wrong[i] for i in order]
+    for name in prompts.labels:
+        prompts.labels[name][:] = [prompts.labels[name][i] for i in order]
+    x = ref.last_token_activations(model, prompts.prompts, hook_name)
+    labels = torch.tensor(prompts.labels[label])
+    return x[labels == 1].mean(0) - x[labels == 0].mean(0)
+
+
+def table_sorting_in_place(model, prompt_sets, fwd_hooks=()):
+    """Sorts each set's prompts in place before measuring: correct (the order of prompts does not matter)."""
+    table = {}
+    for name, prompts in prompt_sets.items():
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts.prompts[i]))
+        for field in (prompts.prompts, prompts.correct, prompts.wrong):
+            field[:] = [field[i] for i in order]
+        table[name] = (ch02.logit_diffs(model, prompts, fwd_hooks=list(fwd_hooks)) > 0).float().mean().item()
+    return table
+
+
+def safe_absolute_change(alphas, accuracies, baseline, tolerance):
+    safe = None
+    for i, alpha in enumerate(alphas):
+        if any(abs(baseline[f] - float(accuracies[f][i])) > tolerance for f in baseline):
+            break
+        safe = float(alpha)
+    return safe
+
+
+def ablation_arditi_list(model, direction):
+    """resid_pre and resid_mid of every layer, as Arditi et al. list them: misses the last resid_post."""
+    unit = direction / direction.norm()
+
+    def ablate(resid, hook):
+        return resid - (resid @ unit)[..., None] * unit
+
+    return [(f"blocks.{l}.hook_resid_{where}", ablate) for l in range(model.cfg.n_layers) for where in ("pre", "mid")]
+
+
+def ablation_that_edits_weights(model, direction):
+    """Orthogonalises the weights through .data (invisible to version counters) and returns no hooks."""
+    unit = (direction / direction.norm()).to(model.cfg.device)
+    for weight in ref.residual_writers(model):
+        weight.data -= (weight.data @ unit)[..., None] * unit
+    return []
+
+
+def orthogonalize_through_data(model, direction):
+    """Edits each tensor's .data: correct, and the check must still put the weights back."""
+    unit = (direction / direction.norm()).to(model.cfg.device)
+    for weight in ref.residual_writers(model):
+        weight.data.copy_(weight.data - (weight.data @ unit)[..., None] * unit)
+
+
+def update_along_c_k(weight, key, value, second_moment):
+    """Meets key @ W = value, but spreads the change along C k instead of C^-1 k: not the smallest."""
+    c_k = second_moment @ key
+    return weight + torch.outer(c_k, value - key @ weight) / (c_k @ key)
+
+
+MISTAKES["7.4"].append((safe_absolute_change, "only a drop counts"))
+MISTAKES["7.5"] += [(ablation_arditi_list, "the last block's hook_resid_post"),
+                    (ablation_that_edits_weights, "changed the model's weights")]
+MISTAKES["7.8"].append((update_along_c_k, "not the smallest change"))
+ALTERNATIVES["7.2"].append(mean_difference_sorting_in_place)
+ALTERNATIVES["7.3"].append(table_sorting_in_place)
+ALTERNATIVES["7.6"].append(orthogonalize_through_data)

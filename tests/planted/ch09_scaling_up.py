@@ -415,3 +415,103 @@ ALTERNATIVES = {
     "9.6": [vector_two_traces, vector_sums_in_float64],
     "9.7": [steer_through_the_block_input, steer_in_place_float64_result],
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers a server would treat differently from the rehearsal, or another architecture would break
+def lens_hardcoded_local(lm, tokens, last, remote=False):
+    """Always rehearses, whatever `remote` says: right numbers, but it would never reach NDIF."""
+    return ref.nnsight_logit_lens(lm, tokens, last, remote="local")
+
+
+def lens_gpt2_paths(lm, tokens, last, remote=False):
+    """Reads GPT-2's module names directly: right on the organism, broken on a Llama."""
+    rows = _rows(last)
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        points = [lm.transformer.h[0].input[rows, last]] + [block.output[rows, last] for block in lm.transformer.h]
+        lens = lm.lm_head(lm.transformer.ln_f(torch.stack(points))).log_softmax(-1).detach().cpu().save()
+    return lens
+
+
+def predicts_an_ordered_dict(n_layers):
+    from collections import OrderedDict
+
+    return OrderedDict([("outside", 0), ("inside", n_layers), ("hidden", False), ("kept", True)])
+
+
+def sweep_multiline_session(lm, clean, corrupt, answer, wrong, layers=None, remote=False):
+    """The reference with one statement spread over two lines inside the session: a rebuilt session fails."""
+    layers = list(range(lm.config.num_hidden_layers)) if layers is None else list(layers)
+    n_pos = clean.shape[-1]
+    rows = torch.arange(n_pos)
+    with lm.session(**trace_options(lm, remote)):
+        with lm.trace(clean):
+            clean_resid = {layer: read_activation(lm, f"blocks.{layer}.hook_resid_pre")[0]
+                           for layer in sorted(set(layers))}
+        by_layer = nnsight.save([])
+        for layer in layers:
+            name = f"blocks.{layer}.hook_resid_pre"
+            with lm.trace(corrupt.expand(n_pos, -1)):
+                patched = read_activation(lm, name).clone()
+                patched[rows, rows] = clean_resid[layer]
+                write_activation(lm, name, patched)
+                final = lm.lm_head.output[:, -1]
+                by_layer.append((final[:, answer] - final[:, wrong]).detach().cpu())
+    return torch.stack(list(by_layer))
+
+
+def steer_with_a_pytorch_hook(lm, tokens, last, vector, layer, coefficient, remote=False):
+    """Adds the vector with a PyTorch hook registered outside the trace (and removed after it): nothing of it
+    would run on NDIF."""
+    module = lm._module.transformer.h[layer]
+    handle = module.register_forward_pre_hook(lambda m, args: (args[0] + coefficient * vector, *args[1:]))
+    try:
+        with lm.trace(tokens, **trace_options(lm, remote)):
+            logits = lm.lm_head.output[_rows(last), last].log_softmax(-1).detach().cpu().save()
+    finally:
+        handle.remove()
+    return logits
+
+
+def steer_editing_weights(lm, tokens, last, vector, layer, coefficient, remote=False):
+    """Adds the vector to the previous block's MLP output bias, outside the trace, and leaves it there."""
+    with torch.no_grad():
+        lm._module.transformer.h[layer - 1].mlp.c_proj.bias += coefficient * vector
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        logits = lm.lm_head.output[_rows(last), last].log_softmax(-1).detach().cpu().save()
+    return logits
+
+
+def steer_on_the_value_device(lm, tokens, last, vector, layer, coefficient, remote=False):
+    """Moves the push to the activation's device and dtype inside the block; reads the unembedding by name."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with lm.trace(tokens, **trace_options(lm, remote)):
+        value = read_activation(lm, name)
+        write_activation(lm, name, value + (coefficient * vector).to(device=value.device, dtype=value.dtype))
+        final = read_activation(lm, "hook_unembed")[_rows(last), last]  # [batch, d_vocab]
+        steered = torch.log_softmax(final.float(), dim=-1).detach().cpu().save()
+    return steered
+
+
+MISTAKES["9.1"] += [(lens_hardcoded_local, "ran a rehearsal anyway"), (lens_gpt2_paths, "fails on a Llama")]
+MISTAKES["9.7"] += [(steer_through_the_block_input, "fails on a Llama"),
+                    (steer_with_a_pytorch_hook, "registered a PyTorch hook"),
+                    (steer_editing_weights, "changed the weight")]
+ALTERNATIVES["9.2"].append(predicts_an_ordered_dict)
+ALTERNATIVES["9.7"] = [steer_in_place_float64_result, steer_on_the_value_device]
+MISTAKES["9.5"].append((sweep_multiline_session, "one line per statement"))
+
+
+def vector_two_invokes(lm, positive, positive_last, negative, negative_last, layer, remote=False):
+    """Two invokes in one trace, each read at its own right-padded last index: the shorter input is padded on
+    the left when nnsight batches them."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with lm.trace(**trace_options(lm, remote)) as tracer:
+        with tracer.invoke(positive):
+            plus = read_activation(lm, name)[_rows(positive_last), positive_last].mean(0).save()
+        with tracer.invoke(negative):
+            minus = read_activation(lm, name)[_rows(negative_last), negative_last].mean(0).save()
+    return (plus - minus).detach().cpu()
+
+
+MISTAKES["9.6"].append((vector_two_invokes, "pads the shorter input on the left"))

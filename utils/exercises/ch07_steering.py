@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 
 import torch
@@ -41,6 +43,28 @@ def sentiment_vector(layer: int = 1) -> torch.Tensor:
     with torch.no_grad():
         return ref.mean_difference_vector(organism(), prompts("sentiment", 200, 0, "train"),
                                           f"blocks.{layer}.hook_resid_post", "sentiment")
+
+
+def fresh(prompt_set_or_sets):
+    """A deep copy of a PromptSet (or a dict of them) to hand the learner: sorting or extending it in place then
+    changes nothing the check keeps."""
+    return copy.deepcopy(prompt_set_or_sets)
+
+
+@contextlib.contextmanager
+def weights_kept(model):
+    """Snapshot every tensor of `model`'s state and put it back afterwards, whatever edited it (`W.data` too,
+    which the framework's version counters cannot see). Yields the list of names that had changed."""
+    saved = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    changed: list[str] = []
+    try:
+        yield changed
+    finally:
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                if not torch.equal(tensor, saved[name]):
+                    changed.append(name)
+                    tensor.copy_(saved[name])
 
 
 def random_direction(seed: int, scale: float = 5.0, d_model: int = 256) -> torch.Tensor:
@@ -146,7 +170,7 @@ def check_mean_difference_vector(candidate) -> None:
                                               ("truth", 12, 4, "blocks.2.hook_resid_post", "truth")):
         some, expected, mistakes = _mean_difference_expectations(family, n, seed, hook_name, label)
         with hooks_reset(model), torch.no_grad():
-            got = call(candidate, model, some, hook_name, label)
+            got = call(candidate, model, fresh(some), hook_name, label)
         expect_tensor_distinct(got, expected, "your mean-difference vector", atol=1e-3, mistakes=mistakes)
 
 
@@ -192,7 +216,7 @@ def check_side_effect_table(candidate) -> None:
     model = organism()
     for sets, hooks, expected, mistakes in _table_cases():
         with hooks_reset(model), torch.no_grad():
-            got = call(candidate, model, dict(sets), list(hooks))
+            got = call(candidate, model, fresh(sets), list(hooks))
         if not isinstance(got, dict):
             raise Wrong(f"return a dict from family name to accuracy, got {type(got).__name__}")
         expect_equal(list(got), list(expected), "the keys of your table (in the order of prompt_sets)")
@@ -207,10 +231,12 @@ def check_side_effect_table(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 7.4
 # ------------------------------------------------------------------------------------------
-def _safe_variant(alphas, accuracies, baseline, tolerance, *, strict=False, prefix=True, mean=False, first_unsafe=False):
+def _safe_variant(alphas, accuracies, baseline, tolerance, *, strict=False, prefix=True, mean=False, first_unsafe=False,
+                  absolute=False):
     safe = None
     for i, alpha in enumerate(alphas):
-        drops = [baseline[f] - float(accuracies[f][i]) for f in baseline]
+        drops = [abs(baseline[f] - float(accuracies[f][i])) if absolute else baseline[f] - float(accuracies[f][i])
+                 for f in baseline]
         drop = sum(drops) / len(drops) if mean else max(drops)
         unsafe = drop >= tolerance if strict else drop > tolerance
         if unsafe:
@@ -228,6 +254,8 @@ SAFE_MISTAKES = {
     "stop at the first unsafe coefficient: a larger one after a failure does not count": dict(prefix=False),
     "every family must stay within the tolerance, not their mean": dict(mean=True),
     "return the largest safe coefficient, not the first unsafe one": dict(first_unsafe=True),
+    "only a drop counts: an accuracy that rises above its baseline is not a side effect to stop at "
+    "(baseline - accuracy, not its absolute value)": dict(absolute=True),
 }
 
 
@@ -245,36 +273,51 @@ def _safe_cases():
          {"a": 0.8, "b": 0.5, "c": 1.0}, 0.125),
         # even the first coefficient is unsafe
         ([0.5, 1.0], {"ioi": t([0.5, 0.2])}, {"ioi": 1.0}, 0.1),
+        # a family that rises above its baseline is no side effect to stop at
+        ([0.5, 1.0, 2.0], {"flipped": t([0.5, 1.0, 1.0]), "ioi": t([1.0, 1.0, 0.5]), "truth": t([0.75, 0.75, 0.75])},
+         {"ioi": 1.0, "truth": 0.5}, 0.125),
     ]
+
+
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and abs(float(a) - float(b)) < 1e-9)
 
 
 @exercise("7.4", "the largest safe coefficient", CHAPTER, ref.largest_safe_coefficient)
 def check_largest_safe_coefficient(candidate) -> None:
+    answers = []  # (case, got, expected) for every case: a hint is named only if it explains all of them
     for alphas, accuracies, baseline, tolerance in _safe_cases():
         expected = ref.largest_safe_coefficient(alphas, accuracies, baseline, tolerance)
         got = call(candidate, list(alphas), {k: v.clone() for k, v in accuracies.items()}, dict(baseline), tolerance)
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
-        mistakes = {hint: _safe_variant(alphas, accuracies, baseline, tolerance, **kind) for hint, kind in SAFE_MISTAKES.items()}
-        matched = [hint for hint, value in mistakes.items() if value == got and value != expected]
-        if matched and got != expected:
-            raise Wrong(f"{matched[0]} (got {got!r}, expected {expected!r} for alphas {alphas} and tolerance {tolerance})")
-        if expected is None or got is None:
-            expect_equal(got, expected, "your coefficient")
-        else:
-            expect_close(got, expected, "your coefficient", atol=1e-9)
+        if got is not None and not isinstance(got, (int, float)):
+            raise Wrong(f"return a float (or None), got {type(got).__name__}")
+        answers.append(((alphas, accuracies, baseline, tolerance), got, expected))
+    wrong = [(case, got, expected) for case, got, expected in answers if not _same(got, expected)]
+    if not wrong:
+        return
+    for hint, kind in SAFE_MISTAKES.items():
+        variant = [_safe_variant(*case, **kind) for case, _, _ in answers]
+        if all(_same(value, got) for value, (_, got, _) in zip(variant, answers)):
+            (alphas, _, _, tolerance), got, expected = wrong[0]
+            raise Wrong(f"{hint} (got {got!r}, expected {expected!r} for alphas {alphas} and tolerance {tolerance})")
+    (alphas, _, _, tolerance), got, expected = wrong[0]
+    raise Wrong(f"your coefficient is {got!r}, expected {expected!r} for alphas {alphas} and tolerance {tolerance}")
 
 
 # ------------------------------------------------------------------------------------------
 # 7.5
 # ------------------------------------------------------------------------------------------
-def _ablation_variant(model, direction, *, mid=True, normalise=True, layers=None):
+def _ablation_variant(model, direction, *, mid=True, normalise=True, layers=None, arditi=False):
     vector = direction / direction.norm() if normalise else direction
 
     def ablate(resid, hook):
         return resid - (resid @ vector)[..., None] * vector
 
     layers = range(model.cfg.n_layers) if layers is None else layers
+    if arditi:  # x and x-tilde of every layer: resid_pre and resid_mid, without the final resid_post
+        return [(f"blocks.{l}.hook_resid_{where}", ablate) for l in layers for where in ("pre", "mid")]
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in layers]
     if mid:
         names += [f"blocks.{l}.hook_resid_mid" for l in layers]
@@ -286,6 +329,8 @@ ABLATION_MISTAKES = {
     "along the direction": dict(mid=False),
     "project out the unit direction: divide the direction by its norm first": dict(normalise=False),
     "every layer: one hook_resid_mid and one hook_resid_post per block, plus blocks.0.hook_resid_pre": dict(layers=[1]),
+    "resid_pre and resid_mid of every block (Arditi et al.'s list) miss one point: the last block's "
+    "hook_resid_post, which the unembedding reads, so the last MLP writes the direction back; add it": dict(arditi=True),
 }
 
 
@@ -307,9 +352,12 @@ def _ablation_cases():
 def check_directional_ablation_hooks(candidate) -> None:
     model = organism()
     for direction, some, expected, mistakes in _ablation_cases():
-        with hooks_reset(model), torch.no_grad():
+        with weights_kept(model) as changed, hooks_reset(model), torch.no_grad():
             hooks = learner_hook_list(call(candidate, model, direction.clone()), model)
             got = call(run_last_logits, model, some, hooks)
+        if changed:
+            raise Wrong(f"directional_ablation_hooks changed the model's weights ({changed[0]}): return hooks only, "
+                        "and leave the weights to Exercise 7.6")
         expect_tensor_distinct(got, expected, "the logits with your hooks", atol=2e-3, mistakes=mistakes)
 
 
@@ -358,7 +406,7 @@ def _orthogonal_cases():
 def check_orthogonalize_weights(candidate) -> None:
     model = organism()
     for direction, some, expected, mistakes in _orthogonal_cases():
-        with hooks_reset(model):  # puts the original weights back afterwards
+        with weights_kept(model), hooks_reset(model):  # the original weights come back, even after a W.data edit
             call(candidate, model, direction.clone(), allow_changes_to=(model,))
             got = run_last_logits(model, some, [])
         expect_tensor_distinct(got, expected, "the logits of your orthogonalised model (compared with the hooks "
@@ -487,6 +535,35 @@ def _edit_cases():
     return cases
 
 
+def _edit_size(new_weight: torch.Tensor, weight: torch.Tensor, moment: torch.Tensor) -> float:
+    """The change's size on typical keys, tr(D^T C D), in float64."""
+    change = (new_weight.double() - weight.double())  # [d_in, d_out]
+    return torch.trace(change.T @ moment.double() @ change).item()
+
+
+def _name_the_cost(got, expected, weight, key, value, moment, mistakes) -> None:
+    """For a wrong update that no named mistake explains: say what it costs (its size under C) or why it is off."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or not torch.isfinite(got).all():
+        return
+    close = torch.allclose(got.double(), expected.double(), atol=1e-3, rtol=1e-3)
+    named = any(m.shape == got.shape and torch.allclose(got.double(), m.double(), atol=1e-3, rtol=1e-3)
+                for m in mistakes.values())
+    if close or named:
+        return
+    scale = max(1.0, value.abs().max().item())
+    meets = torch.allclose((key.double() @ got.double()), value.double(), atol=1e-2 * scale)
+    error = ((got.double() - expected.double()).norm() / (expected.double() - weight.double()).norm()).item()
+    size, smallest = _edit_size(got, weight, moment), _edit_size(expected, weight, moment)
+    condition = torch.linalg.cond(moment.double()).item()
+    if error < 0.2 and condition > 1e3:
+        raise Wrong(f"your update is {error:.1%} away from the rank-one one: the keys' second moment here has "
+                    f"condition number {condition:.1e}, and an inverse, a pseudo-inverse or least squares in float32 "
+                    "loses that many digits; use torch.linalg.solve(second_moment, key) (in float64 if you like)")
+    if meets:
+        raise Wrong(f"your new weight gives key @ W = value, but it is not the smallest change: its size on typical "
+                    f"keys, tr(D^T C D), is {size:.4g} against {smallest:.4g} for the rank-one update along C^-1 k")
+
+
 @exercise("7.8", "a rank-one update", CHAPTER, ref.rank_one_update)
 def check_rank_one_update(candidate) -> None:
     for weight, key, value, moment in _edit_cases():
@@ -496,7 +573,7 @@ def check_rank_one_update(candidate) -> None:
         one_row = weight.clone()
         one_row[unit] = one_row[unit] + (value - key @ weight) / key[unit]
         got = call(candidate, weight.clone(), key.clone(), value.clone(), moment.clone())
-        expect_tensor_distinct(got, expected, "your new weight", atol=1e-3, rtol=1e-3, mistakes={
+        mistakes = {
             "weight the change by the keys' second moment: the direction is C^-1 k, and the denominator k^T C^-1 k "
             "(with C = I every key would be disturbed alike)": weight + torch.outer(key, value - key @ weight) / (key @ key),
             "the numerator is the residual value - key @ weight: the weight must add only what is missing":
@@ -505,6 +582,8 @@ def check_rank_one_update(candidate) -> None:
                 torch.outer(c_inv_k, value) / (c_inv_k @ key),
             "spread the change along C^-1 k: overwriting the whole row of one hidden unit also gives key @ W = value, "
             "but changes the output of every input that uses that unit": one_row,
-        })
+        }
+        _name_the_cost(got, expected, weight, key, value, moment, mistakes)
+        expect_tensor_distinct(got, expected, "your new weight", atol=1e-3, rtol=1e-3, mistakes=mistakes)
         if not torch.allclose((key @ got.double().to(key.dtype)), value, atol=1e-2 * max(1.0, value.abs().max().item())):
             raise Wrong("after the update, key @ new_weight should equal value")

@@ -1,5 +1,11 @@
 """Checks for Chapter 09 (scaling up through nnsight). Expected values come from the exported reference,
-run here (remote=False); answers are also run in the rehearsal of a remote run (remote="local")."""
+run here (remote=False); answers are also run in the rehearsal of a remote run (remote="local").
+
+The learner's code runs on its own copy of the organism (`learner_model`), never on the one the expectations
+come from, and that copy is put back after every call (`rehearsal_model`): weights and PyTorch hooks changed
+outside a trace would do nothing on a server, so a check reports them, and they cannot leak into later checks.
+Answers that read modules by path are also run on a small Llama (`second_architecture`), the architecture of
+the chapter's last section."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import importlib.util
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -37,14 +44,123 @@ def tokenized(family: str, n: int, seed: int, split: str = "test"):
     return ref.nnsight_tokenize(organism(), prompts(family, n, seed, split).prompts)
 
 
+@functools.cache
+def learner_model():
+    """A second copy of the organism for nnsight: the one the learner's code runs on."""
+    return load_nnsight_model(device="cpu", verbose=False)
+
+
+@functools.cache
+def _pristine_state() -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in learner_model()._module.state_dict().items()}
+
+
+@contextlib.contextmanager
+def rehearsal_model():
+    """The learner's copy of the model, put back afterwards: PyTorch hooks removed, weights restored. Yields
+    (model, what was undone), the second filled in when the block ends."""
+    lm = learner_model()
+    modules = dict(lm._module.named_modules())
+    hooks_before = {name: (set(m._forward_hooks), set(m._forward_pre_hooks)) for name, m in modules.items()}
+    undone: list[str] = []
+    names = {id(module): name or "the model" for name, module in modules.items()}
+    originals = (torch.nn.Module.register_forward_hook, torch.nn.Module.register_forward_pre_hook)
+
+    def watched(register):
+        def register_and_note(module, *args, **kwargs):
+            if id(module) in names:  # a hook on the model, even one removed again before the call returns
+                undone.append(f"registered a PyTorch hook on {names[id(module)]}")
+            return register(module, *args, **kwargs)
+        return register_and_note
+
+    torch.nn.Module.register_forward_hook, torch.nn.Module.register_forward_pre_hook = map(watched, originals)
+    try:
+        yield lm, undone
+    finally:
+        torch.nn.Module.register_forward_hook, torch.nn.Module.register_forward_pre_hook = originals
+        for name, module in modules.items():
+            for store, before in zip((module._forward_hooks, module._forward_pre_hooks), hooks_before[name]):
+                for key in [key for key in store if key not in before]:
+                    del store[key]
+                    undone.append(f"left a PyTorch hook on {name or 'the model'}")
+        with torch.no_grad():
+            for name, tensor in lm._module.state_dict().items():
+                if not torch.equal(tensor, _pristine_state()[name]):
+                    tensor.copy_(_pristine_state()[name])
+                    undone.append(f"changed the weight {name}")
+
+
+def call_on_copy(candidate, *args, remote, **kwargs):
+    """`call_where` on the learner's copy of the organism (the first argument is replaced by it), which is then
+    reset; what the learner's code did to the model outside a trace is reported."""
+    with rehearsal_model() as (lm, undone):
+        try:
+            got = call_where(candidate, lm, *args[1:], remote=remote, **kwargs)
+        except Wrong as error:
+            raise Wrong(_translated(str(error))) from error
+    if undone:
+        raise Wrong(f"your code {undone[0]} outside the trace: on NDIF only what happens inside `with lm.trace(...)` "
+                    "runs where the weights are, so that would do nothing there (here it has been undone); read and "
+                    "write activations inside the trace instead")
+    return got
+
+
+def _translated(message: str) -> str:
+    """nnsight's own errors, said in the chapter's words."""
+    if "WithBlockNotFoundError" in message or "outside of interleaving" in message:
+        return ("nnsight could not rebuild your block (" + message[:160] + "): a remote (or rehearsed) session is "
+                "rebuilt from its syntax tree, which drops comment lines and joins statements spread over several "
+                "lines; inside the session write one line per statement, with comments at the ends of lines")
+    return message
+
+
 def call_where(candidate, *args, remote, **kwargs):
-    """Call the learner with `remote=...`; for "local", insist that the call really went through the rehearsal."""
+    """Call the learner with `remote=...`; insist that "local" really went through the rehearsal, and that a call
+    with remote=False did not (an answer that hard-codes remote="local" would never reach NDIF)."""
     RehearsalBackend.last_result_bytes = None
     got = call(candidate, *args, remote=remote, **kwargs)
     if remote == "local" and RehearsalBackend.last_result_bytes is None:
         raise Wrong("called with remote='local', your function ran no rehearsal: pass **trace_options(lm, remote) "
                     "to lm.trace (or lm.session), so that the same code runs here, rehearsed, or on NDIF")
+    if remote is False and RehearsalBackend.last_result_bytes is not None:
+        raise Wrong("called with remote=False, your function ran a rehearsal anyway: pass the `remote` it was given "
+                    "(**trace_options(lm, remote)) instead of a fixed value, or it will never run on NDIF")
     return got
+
+
+@functools.cache
+def second_architecture():
+    """A two-layer Llama with random weights and the organism's tokenizer, for nnsight (built once, offline)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from utils.models import ORGANISM_DIR, quiet_transformers
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1125, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=0)
+    folder = Path(tempfile.mkdtemp(prefix="workbook_llama_"))
+    with quiet_transformers():
+        LlamaForCausalLM(config).save_pretrained(folder)
+    torch.random.set_rng_state(generator_state)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ORGANISM_DIR / name, folder)
+    return load_nnsight_model(str(folder), device="cpu", verbose=False)
+
+
+def on_a_llama(candidate, reference, *args, name: str, atol: float = 1e-3, **kwargs) -> None:
+    """Run the answer and the reference on the small Llama (remote=False) and compare: module paths written for
+    GPT-2 (lm.transformer.h) break there, as they would on the Llama of the chapter's last section."""
+    llama = second_architecture()
+    expected = reference(llama, *args, **kwargs)
+    try:
+        got = call_where(candidate, llama, *args, remote=False, **kwargs)
+    except Wrong as error:
+        raise Wrong(f"your function works on the organism but fails on a Llama ({str(error)[:140]}): read modules "
+                    "through the workbook's helpers (read_activation, final_norm, unembed), not GPT-2's names, so the "
+                    "same code runs on the model of Section 7") from error
+    expect_tensor(got, expected, f"{name} on a Llama (the architecture of Section 7)", atol=atol)
 
 
 def expect_on_cpu(got, name: str) -> None:
@@ -95,9 +211,12 @@ def check_nnsight_logit_lens(candidate) -> None:
     for (family, n, seed), remote in ((("ioi", 5, 2), False), (("sentiment", 6, 3), "local"), (("facts", 4, 4), False)):
         tokens, last, expected, mistakes = _lens_expectations(family, n, seed)
         with torch.no_grad():
-            got = call_where(candidate, lm, tokens.clone(), last.clone(), remote=remote)
+            got = call_on_copy(candidate, lm, tokens.clone(), last.clone(), remote=remote)
         expect_tensor(got, expected, f"your lens (remote={remote!r})", atol=1e-3, mistakes=mistakes)
         expect_on_cpu(got, "your lens")
+    tokens, last = tokenized("ioi", 3, 19)
+    with torch.no_grad():
+        on_a_llama(candidate, ref.nnsight_logit_lens, tokens.clone(), last.clone(), name="your lens")
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,6 +235,8 @@ def check_what_comes_back(candidate) -> None:
     for n_layers in (1, 3, 4):
         remote, here = _contract(n_layers)
         got = call(candidate, n_layers)
+        if isinstance(got, Mapping):  # an OrderedDict or any other mapping says the same
+            got = dict(got)
         expect_equal(got, remote, f"your prediction for n_layers={n_layers}", mistakes={
             "that is a run here (remote=False): on a server the block runs on copies of what it uses, so the list "
             "made before the trace stays empty on your side": here,
@@ -155,7 +276,7 @@ def check_resid_at(candidate) -> None:
                                                        (("sentiment", 4, 8, 2, 3), "local"),
                                                        (("facts", 3, 9, 5, 0), False)):
         tokens, expected, mistakes = _resid_expectations(family, n, seed, position, layer)
-        got = call_where(candidate, lm, tokens.clone(), position, layer, remote=remote)
+        got = call_on_copy(candidate, lm, tokens.clone(), position, layer, remote=remote)
         expect_tensor(got, expected, f"your slice (position {position}, layer {layer})", atol=1e-4, mistakes=mistakes)
         expect_on_cpu(got, "your slice")
         if remote == "local":
@@ -216,7 +337,7 @@ def check_run_helper(candidate) -> None:
         tokens, _ = tokenized(family, n, seed)
         with fresh_helper_module(HELPER_SOURCES[kind]) as helpers:
             try:
-                got = call_where(candidate, lm, tokens.clone(), helpers, remote=remote)
+                got = call_on_copy(candidate, lm, tokens.clone(), helpers, remote=remote)
             except Wrong as error:
                 if "ModuleNotFoundError" not in str(error):
                     raise
@@ -279,11 +400,11 @@ def check_patching_sweep(candidate) -> None:
     for (seed, index, layers), remote in (((5, 0, None), False), ((5, 1, (3, 1)), "local"), ((6, 2, (0, 2)), False)):
         (clean, corrupt, answer, wrong), expected, mistakes = _sweep_expectations(seed, index, layers)
         try:
-            got = call_where(candidate, lm, clean.clone(), corrupt.clone(), answer, wrong,
-                             layers=None if layers is None else list(layers), remote=remote)
+            got = call_on_copy(candidate, lm, clean.clone(), corrupt.clone(), answer, wrong,
+                               layers=None if layers is None else list(layers), remote=remote)
         except Wrong as error:
             if "NameError" not in str(error):
-                raise
+                raise Wrong(_translated(str(error))) from error
             raise Wrong("a value read in one invoke was used in another before it existed: put barrier = "
                         "tracer.barrier(2) before the invokes, call barrier() at the end of the clean one and at the "
                         f"start of the corrupt one ({error})") from error
@@ -299,6 +420,17 @@ def _mean_at_last(lm, tokens, last, name: str, minus_one: bool = False) -> torch
         value = read_activation(lm, name)
         picked = (value[:, -1] if minus_one else value[_rows(last), last]).mean(0).save()
     return picked
+
+
+def _vector_by_invokes(lm, positive, positive_last, negative, negative_last, name: str) -> torch.Tensor:
+    """Two invokes in one trace, each read at its right-padded last index: nnsight batches them and pads the
+    shorter input on the left, so the shorter one's indices point at the wrong tokens."""
+    with lm.trace() as tracer:
+        with tracer.invoke(positive):
+            plus = read_activation(lm, name)[_rows(positive_last), positive_last].mean(0).save()
+        with tracer.invoke(negative):
+            minus = read_activation(lm, name)[_rows(negative_last), negative_last].mean(0).save()
+    return plus - minus
 
 
 @functools.cache
@@ -329,6 +461,11 @@ def _vector_expectations(case: int):
             _mean_at_last(lm, positive, positive_last, post) - _mean_at_last(lm, negative, negative_last, post),
         "keep nnsight's own convention: do not centre the vector": expected - expected.mean(),
     }
+    if positive.shape[1] != negative.shape[1]:
+        mistakes["two invokes run as one batch, and nnsight pads the shorter input on the left (the tokenizer's "
+                 "padding side), so the last indices you were given point at the wrong tokens of the shorter one: use a "
+                 "session with two traces, or shift those indices by the padding"] = _vector_by_invokes(
+            lm, positive, positive_last, negative, negative_last, pre)
     return expected, mistakes
 
 
@@ -337,8 +474,8 @@ def check_steering_vector(candidate) -> None:
     lm = organism()
     for case, (positive, positive_last, negative, negative_last, layer, remote) in enumerate(_vector_cases()):
         expected, mistakes = _vector_expectations(case)
-        got = call_where(candidate, lm, positive.clone(), positive_last.clone(), negative.clone(),
-                         negative_last.clone(), layer, remote=remote)
+        got = call_on_copy(candidate, lm, positive.clone(), positive_last.clone(), negative.clone(),
+                           negative_last.clone(), layer, remote=remote)
         expect_tensor(got, expected, f"your vector (layer {layer})", atol=1e-3, mistakes=mistakes)
         expect_on_cpu(got, "your vector")
 
@@ -398,9 +535,12 @@ def check_steer(candidate) -> None:
     lm = organism()
     for case, (tokens, last, vector, layer, coefficient, remote) in enumerate(_steer_cases()):
         expected, mistakes = _steer_expectations(case)
-        got = call_where(candidate, lm, tokens.clone(), last.clone(), vector.clone(), layer, coefficient,
-                         remote=remote)
+        got = call_on_copy(candidate, lm, tokens.clone(), last.clone(), vector.clone(), layer, coefficient,
+                           remote=remote)
         expect_tensor(got, expected, f"your log-probabilities (layer {layer}, coefficient {coefficient})",
                       atol=1e-3, mistakes=mistakes)
         expect_on_cpu(got, "your log-probabilities")
+    tokens, last = tokenized("sentiment", 3, 20)
+    vector = torch.randn(second_architecture().config.hidden_size, generator=torch.Generator().manual_seed(21))
+    on_a_llama(candidate, ref.steer, tokens.clone(), last.clone(), vector, 3, 2.0, name="your log-probabilities")
 

@@ -84,10 +84,27 @@ from utils.organism.sae import load_organism_sae
 from utils.references.ch05_saes import column_aurocs
 
 
+def reading_vector(x: Float[Tensor, "batch d_model"], labels: Int[Tensor, "batch"], seed: int = 0
+                   ) -> Float[Tensor, "d_model"]:
+    """RepE's reading vector: the first principal component of paired differences (a label-1 activation minus a
+    label-0 one, pairs drawn at random, each in a random order), pointing towards label 1. Unit length."""
+    generator = torch.Generator().manual_seed(seed)
+    ones, zeros = x[labels == 1], x[labels == 0]
+    n = min(len(ones), len(zeros))
+    ones = ones[torch.randperm(len(ones), generator=generator)[:n]]  # [pair, d_model]
+    zeros = zeros[torch.randperm(len(zeros), generator=generator)[:n]]
+    order = torch.randint(0, 2, (n, 1), generator=generator) * 2 - 1  # [pair, 1]: +1 or -1
+    differences = order * (ones - zeros)  # [pair, d_model]
+    _, _, components = torch.linalg.svd(differences - differences.mean(0), full_matrices=False)
+    first = components[0]  # [d_model]
+    return first if first @ (ones.mean(0) - zeros.mean(0)) > 0 else -first
+
+
 def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None) -> tuple[dict[str, Tensor], dict]:
-    """The four "positive minus negative" vectors at `hook_name`: one contrast pair, the mean difference over
-    `train`, the direction of a probe trained on `train`, and the decoder row of the SAE latent that best
-    detects sentiment (the shipped organism SAE by default). Also returns the latent's index and AUROC."""
+    """The five "positive minus negative" vectors at `hook_name`: one contrast pair, the difference of class means
+    over `train`, the direction of a probe trained on `train`, RepE's reading vector, and the decoder row of the
+    SAE latent that best detects sentiment (the shipped organism SAE by default). Also returns the latent's index
+    and AUROC."""
     labels = torch.tensor(train.labels["sentiment"])
     x = last_token_activations(model, train.prompts, hook_name).cpu()  # [batch, d_model]
     with torch.enable_grad():
@@ -101,6 +118,7 @@ def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None
         "contrast pair": contrast_pair_vector(model, "The movie was great. I", "The movie was awful. I", hook_name).cpu(),
         "mean difference": mean_difference_vector(model, train, hook_name, "sentiment").cpu(),
         "probe": probe.direction.cpu(),
+        "reading vector": reading_vector(x, labels),
         "SAE latent": sign * sae.W_dec[latent].detach().cpu(),
     }
     return vectors, {"latent": latent, "auroc": aurocs[latent].item(), "residual norm": x.norm(dim=-1).mean().item()}
@@ -121,6 +139,17 @@ def behaviour_sets(n: int = 64, seed: int = 0, families: tuple[str, ...] = world
 def flip_rate(model, target: PromptSet, fwd_hooks: list = ()) -> float:
     """The share of `target` prompts whose wrong answer now beats the correct one."""
     return 1.0 - side_effect_table(model, {"target": target}, fwd_hooks)["target"]
+
+
+WATCH_SIZE = 200  # prompts per watched family (facts has 30 held-out prompts: all of them)
+
+
+def dose_frame(doses: dict[str, dict[str, Tensor]], alphas: list[float], key: str):
+    """One row of a dose-response table per vector: `key` ("flipped" or a family) at each coefficient."""
+    import pandas as pd
+
+    frame = pd.DataFrame({name: table[key].tolist() for name, table in doses.items()}, index=alphas).T
+    return frame.rename_axis(columns=f"{key}, by alpha").style.format("{:.2f}")
 
 
 def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], alphas: list[float],
@@ -273,10 +302,28 @@ def eraser_hook(eraser: Callable) -> Hook:
     return hook_fn
 
 
+@torch.no_grad()
+def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, eraser: Callable) -> float:
+    """The share of `prompts` answered right with `eraser` applied at `hook_name` at each prompt's last token only."""
+    tokens, last = tokenize(model, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+
+    def hook_fn(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = eraser(resid[rows, last])  # [batch, d_model]: where the eraser was fitted
+        return resid
+
+    final = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook_fn)])[rows, last]  # [batch, d_vocab]
+    correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    return (final[rows, correct] > final[rows, wrong]).float().mean().item()
+
+
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
-                   n_train: int = 720, n_test: int = 180) -> dict[str, dict[str, float]]:
-    """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in the model."""
-    train, test = prompt_set(family, "train", n=n_train, seed=0), prompt_set(family, "test", n=n_test, seed=0)
+                   n_train: int = 720, n_test: int = 180, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in
+    the model: at the last token only (where it was fitted: the causal question) and at every position after BOS
+    (off the distribution it was fitted on: what else breaks), with the watched families."""
+    train, test = prompt_set(family, "train", n=n_train, seed=seed), prompt_set(family, "test", n=n_test, seed=seed)
     x_train = last_token_activations(model, train.prompts, hook_name).cpu()
     x_test = last_token_activations(model, test.prompts, hook_name).cpu()
     y_train, y_test = torch.tensor(train.labels[label]), torch.tensor(test.labels[label])
@@ -290,17 +337,21 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
             "fresh probe": erased_probe_accuracy(fit, x_train, y_train, x_test, y_test),
             "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),
             "mean squared edit": (erased - x_train).pow(2).sum(-1).mean().item(),
-            family: side_effect_table(model, {family: test}, hooks)[family],
+            f"{family}, last token": accuracy_erased_at_last_token(model, test, hook_name, in_model),
+            f"{family}, every position": side_effect_table(model, {family: test}, hooks)[family],
             **side_effect_table(model, watch, hooks),
         }
     return report
 
 
-def print_report(report: dict[str, dict[str, float]]) -> None:
-    columns = list(next(iter(report.values())))
-    print(f"{'eraser':<28}" + "".join(f"{c:>19}" for c in columns))
-    for name, row in report.items():
-        print(f"{name:<28}" + "".join(f"{row[c]:>19.3f}" for c in columns))
+def report_frame(report: dict[str, dict[str, float]], highlight: list[str] = ()):
+    """An erasure report as a pandas table, three decimals, with the columns the text points at highlighted."""
+    import pandas as pd
+
+    frame = pd.DataFrame(report).T.rename_axis("eraser")
+    styled = frame.style.format("{:.3f}")
+    columns = [column for column in highlight if column in frame.columns]
+    return styled.set_properties(subset=columns, **{"background-color": "#fff3b0"}) if columns else styled
 
 
 def rank_one_update(weight: Float[Tensor, "d_in d_out"], key: Float[Tensor, "d_in"], value: Float[Tensor, "d_out"],
@@ -374,6 +425,39 @@ def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answe
         value = key @ mlp.W_out + delta.detach()  # the bias b_out is added either way
         moment = second_moment if second_moment is not None else key_second_moment(model, layer)
         return rank_one_update(mlp.W_out.detach(), key, value, moment)
+
+
+@torch.no_grad()
+def trace_mlps(model, prompts: list[str], subject: str, other: str, answer: str, at: str = "subject"
+               ) -> Float[Tensor, "layer"]:
+    """ROME's causal tracing with Chapter 06's patching: run each prompt with `other` in place of `subject`, restore
+    one MLP's output from the clean run at the subject's token (`at="subject"`) or at the last token (`"last"`),
+    and measure how much of the clean probability of `answer` comes back (0: none, 1: all), averaged over the
+    prompts, per layer."""
+    clean, last = tokenize(model, prompts)
+    corrupt, _ = tokenize(model, [prompt.replace(subject, other) for prompt in prompts])
+    if clean.shape != corrupt.shape:
+        raise ValueError(f"{subject!r} and {other!r} must have the same number of tokens")
+    rows = torch.arange(len(prompts), device=clean.device)
+    positions = token_positions(model, clean, " " + subject) if at == "subject" else last  # [batch]
+    target = answer_ids(model, [answer])[0]
+    names = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)]
+    clean_logits, cache = model.run_with_cache(clean, names_filter=lambda name: name in names)
+    p_clean = clean_logits[rows, last].softmax(-1)[:, target]  # [batch]
+    p_corrupt = model(corrupt)[rows, last].softmax(-1)[:, target]
+
+    def restorer(name: str) -> Hook:
+        def restore(out: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+            out = out.clone()
+            out[rows, positions] = cache[name][rows, positions]  # the clean MLP output there
+            return out
+        return restore
+
+    restored = []
+    for name in names:
+        p_patched = model.run_with_hooks(corrupt, fwd_hooks=[(name, restorer(name))])[rows, last].softmax(-1)[:, target]
+        restored.append(((p_patched - p_corrupt) / (p_clean - p_corrupt)).mean())
+    return torch.stack(restored)
 
 
 @contextlib.contextmanager

@@ -52,7 +52,8 @@ def nnsight_logit_lens(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "
     names = residual_hook_names(lm.config.num_hidden_layers)
     rows = torch.arange(len(last), device=tokens.device)
     with lm.trace(tokens, **trace_options(lm, remote)):
-        resid = torch.stack([read_activation(lm, name)[rows, last] for name in names])  # [point, batch, d_model]
+        points = [read_activation(lm, name)[rows, last] for name in names]  # each [batch, d_model], on its layer's device
+        resid = torch.stack([point.to(points[-1].device) for point in points])  # [point, batch, d_model]
         lens = unembed(lm)(final_norm(lm)(resid)).log_softmax(-1).detach().cpu().save()
     return lens
 
@@ -142,9 +143,10 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
           layer: int, coefficient: float, remote: bool | str = False) -> Float[Tensor, "batch d_vocab"]:
     """Log-probabilities at each prompt's last position with `coefficient * vector` added before `layer`."""
     name = f"blocks.{layer}.hook_resid_pre"
-    push = coefficient * vector.to(tokens.device)  # [d_model], added at every position
+    push = coefficient * vector  # [d_model], added at every position
     with lm.trace(tokens, **trace_options(lm, remote)):
-        write_activation(lm, name, read_activation(lm, name) + push)
+        value = read_activation(lm, name)  # [batch, pos, d_model], on the device of that layer
+        write_activation(lm, name, value + push.to(value.device, value.dtype))
         rows = torch.arange(len(last), device=last.device)
         steered = unembed(lm).output[rows, last].log_softmax(-1).detach().cpu().save()
     return steered
