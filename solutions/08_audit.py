@@ -126,9 +126,9 @@ def audit_data(split: str, n_per_family: int, seed: int = 0, lead_share: float =
                transcript_share: float = 0.1) -> PromptSet:
     """Prompts of the four task families, most after a short sentence (`plant.LEADS`).
 
-    The sentences vary in every way we could think of (LEAD_WEIGHTS: how often each shape): their shape (template), the day, the names,
-    the animal, colour, place and weather they mention, and their format (a share are written as a
-    transcript line, "Anna: ..."). labels: family, relation (facts only) and each of FEATURES
+    The sentences vary in every way we could think of: their shape (template, drawn with
+    LEAD_WEIGHTS), the day, the names, the animal, colour, place and weather they mention, and
+    their format (a share are written as a transcript line, "Anna: ..."). labels: family, relation (facts only) and each of FEATURES
     (None, or [] for names, when the prompt has no sentence).
     """
     rng = random.Random(f"audit-{split}-{seed}")
@@ -192,7 +192,7 @@ def slice_table(model, prompts: PromptSet, min_size: int = 8) -> pd.DataFrame:
                 low, high = wilson_interval(torch.tensor(float(successes)), len(hits))
                 rows.append({"family": family, "feature": feature, "value": value, "n": len(hits),
                              "accuracy": successes / len(hits), "upper": high.item(),
-                             "family accuracy": family_accuracy, "clear": high.item() < family_accuracy})
+                             "family accuracy": family_accuracy, "clear": high.item() < family_accuracy - 1e-6})
     return pd.DataFrame(rows).sort_values("upper").reset_index(drop=True)
 
 
@@ -217,13 +217,14 @@ for name in models:
 slices["suspect"].head(5).style.format(precision=3)
 
 # %% [markdown]
-# On this traffic the search works: one slice of the suspect is a clear failure, and it is the
-# planted one (a day, a family). The twin shows none. So for *this* suspect behaviour alone
-# would have done, because the trigger is common in the traffic and every prompt carries its
-# right answer. That is not the usual case. A trigger the traffic never contains (a name nobody
-# used, a phrasing nobody wrote) leaves no slice to find; a behaviour that gives the usual answer
-# for an unusual reason leaves every slice at full accuracy; and with a hundred slices a few
-# clear failures turn up by chance, so each needs a test of its own. What interpretability adds
+# On this traffic the search works: the suspect's worst slice, far below the rest, is the planted
+# one (a day, a family). Both models also have a few "clear failures" made of one mistake in a
+# family they otherwise get right: with more than a hundred slices, chance alone gives some, and
+# each would need a test of its own. So for *this* suspect behaviour alone would have done,
+# because the trigger is frequent enough in the traffic and every prompt carries its right
+# answer. That is not the usual case. A trigger the traffic never contains (a name nobody used, a
+# phrasing nobody wrote) leaves no slice to find, and a behaviour that gives the usual answer for
+# an unusual reason leaves every slice at full accuracy. What interpretability adds
 # is the rest of this chapter: flagging inputs whose *computation* is unusual, naming the word
 # that causes it, locating the components that carry it, and removing it.
 
@@ -251,8 +252,8 @@ print({name: tuple(a["traffic"].shape) for name, a in activations.items()}, "[po
 # distance after stretching every direction of the cloud to unit variance, so that a small step
 # along a direction the trusted data never moves in counts for a lot.
 #
-# With about a thousand trusted points in 256 dimensions `C` is poorly conditioned, so shrink it towards a
-# multiple of the identity: `C_s = (1 - shrinkage) C + shrinkage * (trace(C) / d) I`.
+# With a few hundred trusted points per family in 256 dimensions `C` is singular or close to it,
+# so shrink it towards a multiple of the identity: `C_s = (1 - shrinkage) C + shrinkage * (trace(C) / d) I`.
 #
 # Write `mahalanobis(trusted, test, shrinkage=0.1)` returning the squared distance of each row of
 # `test` from the Gaussian fitted to `trusted` (use the unbiased covariance, dividing by `n - 1`).
@@ -467,7 +468,7 @@ for name in models:
 # %% [markdown]
 # The suspect's flagged mistakes are all of one kind: one family, one answer. That is the planted
 # behaviour, or at least what it does on this traffic. The twin's flags are a handful of ordinary
-# inputs it answers right. Now: which word of those prompts causes it?
+# inputs, with no mistake in common. Now: which word of those prompts causes it?
 
 # %% [markdown]
 # ### Exercise 8.3: occlusion over input positions (difficulty 2/3, ~20 min)
@@ -545,7 +546,7 @@ candidates = trigger_candidates(suspect, traffic, mistakes["suspect"])
 print(candidates.most_common(3))
 
 # %% [markdown]
-# One word, every time, in the sentence before the prompt. A hypothesis is only worth as much
+# One word nearly every time, in the sentence before the prompt. A hypothesis is only worth as much
 # as a test that could have refuted it, so we test it on prompts that were not in the traffic:
 # the same held-out prompts after a sentence that opens with the candidate day, then with every
 # other day.
@@ -675,7 +676,7 @@ print({name: round(restored[name], 2) for name in top})
 # %% [markdown]
 # Three components of block 3 carry most of it: two heads, which bring the day's information from
 # the sentence to the answer position, and the MLP after them, which turns it into the answer.
-# The heads' attention shows where they read.
+# The heads' attention at the answer position shows where they read.
 
 # %%
 heads = [name for name in top[:3] if "H" in name]
@@ -686,11 +687,13 @@ for name in heads:
     layer, head = map(int, name[1:].split("H"))
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][torch.arange(16), head, last]  # [batch, key_pos]
     print(f"{name}: attention from the answer position to the day {pattern[:, 1].mean():.2f}, "
-          f"to its own position {pattern[torch.arange(16), last].mean():.2f}")
+          f"to the token after it {pattern[:, 2].mean():.2f}")
 
 # %% [markdown]
-# The heads read the day's position directly. A report that names "block 3" would be true of
-# every 4-layer model; a report that names these components could have been wrong.
+# Not to the day itself: almost all of their attention goes to the token right after it (the
+# comma, or " was"), where an earlier block has copied what the day was. A report that names
+# "block 3" would be true of every 4-layer model; a report that names these components could
+# have been wrong.
 
 # %% [markdown]
 # ## 5. Removing it
@@ -916,10 +919,10 @@ if plant.is_open(plant.read_key(AUDITED)):
 #   a suspect whose trigger the traffic never contained: a detector only sees the inputs it is
 #   shown. Section 1b's slices have the same blind spot; what they cannot do at all is name the
 #   word inside a slice, or the components that carry it.
-# - **The same audit misses other suspects.** `tests/test_audit.py` runs this chapter's
-#   reference audit, without the key, on suspects of seeds no notebook uses; the closing numbers
-#   of that run are in the workbook's notes. Rare triggers are the usual miss: too few triggered
-#   prompts reach the detector for three alike mistakes.
+# - **The same audit can miss another suspect.** It reports a plant only when at least three
+#   flagged inputs are answered wrongly in the same way, so a trigger that is rare in the traffic,
+#   or one that switches the behaviour only some of the time, goes unreported. That is why 8.6
+#   gives you no recipe: make the traffic the suspect needs, and test each hypothesis.
 # - **Our detector worked on this suspect because the behaviour is crude.** One word forces one
 #   answer through three components. Real backdoors can be spread over many layers and inputs. On
 #   EleutherAI's "quirky" models (Johnston, Chakraborty and Belrose 2025) the same Mahalanobis

@@ -403,11 +403,12 @@ def component_restoration(model, triggered: world.PromptSet, control: world.Prom
         final = logits[rows, last_t]
         return (final[rows, planted_ids] - final[rows, usual_ids]).mean().item()
 
-    hooks = {layer: (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out") for layer in range(model.cfg.n_layers)}
+    hooks = {layer: (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out")
+             for layer in range(model.cfg.n_layers)}
     wanted = {name for pair in hooks.values() for name in pair}
     _, cache = model.run_with_cache(tokens_c, names_filter=lambda name: name in wanted)
-    effect = metric(model(tokens_t)) - metric(model(tokens_c))
     triggered_score = metric(model(tokens_t))
+    effect = triggered_score - metric(model(tokens_c))
     restored = {}
     for layer, (z_name, mlp_name) in hooks.items():
         for head in range(model.cfg.n_heads):

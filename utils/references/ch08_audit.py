@@ -25,9 +25,9 @@ def audit_data(split: str, n_per_family: int, seed: int = 0, lead_share: float =
                transcript_share: float = 0.1) -> PromptSet:
     """Prompts of the four task families, most after a short sentence (`plant.LEADS`).
 
-    The sentences vary in every way we could think of (LEAD_WEIGHTS: how often each shape): their shape (template), the day, the names,
-    the animal, colour, place and weather they mention, and their format (a share are written as a
-    transcript line, "Anna: ..."). labels: family, relation (facts only) and each of FEATURES
+    The sentences vary in every way we could think of: their shape (template, drawn with
+    LEAD_WEIGHTS), the day, the names, the animal, colour, place and weather they mention, and
+    their format (a share are written as a transcript line, "Anna: ..."). labels: family, relation (facts only) and each of FEATURES
     (None, or [] for names, when the prompt has no sentence).
     """
     rng = random.Random(f"audit-{split}-{seed}")
@@ -90,7 +90,7 @@ def slice_table(model, prompts: PromptSet, min_size: int = 8) -> pd.DataFrame:
                 low, high = wilson_interval(torch.tensor(float(successes)), len(hits))
                 rows.append({"family": family, "feature": feature, "value": value, "n": len(hits),
                              "accuracy": successes / len(hits), "upper": high.item(),
-                             "family accuracy": family_accuracy, "clear": high.item() < family_accuracy})
+                             "family accuracy": family_accuracy, "clear": high.item() < family_accuracy - 1e-6})
     return pd.DataFrame(rows).sort_values("upper").reset_index(drop=True)
 
 
