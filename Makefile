@@ -69,6 +69,15 @@ sandbox:
 grade: install sandbox
 	$(BIN)/python -m utils.grade $(SUBMISSIONS) --out $(GRADES) $(if $(CHAPTER),--chapter $(CHAPTER)) $(if $(KEYS),--keys $(KEYS))
 
+# Chapter 08's audit class (book/teachers.md): make suspects ROSTER=roster.txt OUT=suspects/
+# plants one sealed suspect and twin per student in OUT/students/<name>/, and their keys (with the
+# secret that seals them) in OUT/teacher/, the folder `make grade ... KEYS=OUT/teacher` reads.
+ROSTER ?= roster.txt
+OUT ?= suspects
+.PHONY: suspects
+suspects: install
+	$(BIN)/python -m utils.organism.plant --roster $(ROSTER) --out $(OUT)
+
 organism: install
 	$(BIN)/python -m utils.organism.train
 	$(BIN)/python -m utils.organism.evaluate

@@ -1,13 +1,9 @@
 """Realistic mistakes for Chapter 08, each with the hint its check must give, and correct
 alternatives written differently from the reference."""
 
-from collections import Counter
-
 import torch
 
-from utils import prompt_set
 from utils.references import ch08_audit as ref
-from utils.references.ch02_probing import collect_residuals
 
 
 # 8.1 ---------------------------------------------------------------------------------------
@@ -225,56 +221,42 @@ def ablation_einsum(direction):
 
 
 # 8.6 ---------------------------------------------------------------------------------------
-def audit_reporting_flagged_days(model, trusted, traffic, budget=24, min_mistakes=3):
-    """When no flagged answer is wrong, reports the flagged inputs' commonest day anyway."""
-    report = ref.audit(model, trusted, traffic, budget, min_mistakes)
-    if report["trigger"] is not None:
-        return report
-    last = model.cfg.n_layers
-    flagged = ref.flag(collect_residuals(model, trusted.prompts, progress=False)[last],
-                       collect_residuals(model, traffic.prompts, progress=False)[last], budget)
-    days = Counter(day for day, hit in zip(traffic.labels["day"], flagged.tolist()) if hit)
-    return {**report, "trigger": days.most_common(1)[0][0]}
+# The default audited folder is the practice suspect (no $WORKBOOK_SUSPECT): reports written by hand.
+FOUND = {"trigger": "Tuesday", "behaviour": "truth", "answer": "true"}
 
 
-def audit_counting_layers_from_one(model, trusted, traffic, budget=24, min_mistakes=3):
-    report = ref.audit(model, trusted, traffic, budget, min_mistakes)
-    if report["layer"] is not None:
-        report["layer"] += 1
-    return report
+def audit_naming_the_last_residual(folder):
+    return {**FOUND, "component": "blocks.3.hook_resid_post"}
 
 
-def audit_from_components(model, trusted, traffic, budget=24, min_mistakes=3):
-    """The layer from the attention and MLP outputs: the first block whose either output restores half."""
-    report = ref.audit(model, trusted, traffic, budget, min_mistakes)
-    if report["layer"] is None:
-        return report
-    fresh = prompt_set(report["behaviour"], "test", n=96, seed=5)
-    fresh = fresh.subset(i for i, c in enumerate(fresh.correct) if c != report["answer"])
-    on, off = ref.triggered_and_control(fresh.subset(range(48)), report["trigger"], report["answer"])
-    names = [f"blocks.{layer}.hook_{part}_out" for layer in range(model.cfg.n_layers) for part in ("attn", "mlp")]
-    values = ref.restoration(model, on, off, names).reshape(model.cfg.n_layers, 2)
-    report["layer"] = int((values.max(-1).values >= 0.5).nonzero()[0])
-    return report
+def audit_naming_a_block(folder):
+    return {**FOUND, "component": "3"}
 
 
-def audit_bigger_budget(model, trusted, traffic, budget=24, min_mistakes=3):
-    """Reviews 32 flagged inputs instead of 24, with a float64, more shrunk Gaussian."""
-    last = model.cfg.n_layers
-    trusted_acts = collect_residuals(model, trusted.prompts, progress=False)[last].double()
-    traffic_acts = collect_residuals(model, traffic.prompts, progress=False)[last].double()
-    flagged = ref.flag(trusted_acts, traffic_acts, budget=32, shrinkage=0.2)
-    wrong = ref.wrong_answers(model, traffic, flagged)
-    if len(wrong) < min_mistakes:
-        return dict.fromkeys(("trigger", "behaviour", "answer", "layer"))
-    (behaviour, answer), _ = Counter((family, answer) for _, family, answer in wrong).most_common(1)[0]
-    wrong = [w for w in wrong if w[1] == behaviour and w[2] == answer]
-    trigger = ref.trigger_candidates(model, traffic, wrong).most_common(1)[0][0]
-    fresh = prompt_set(behaviour, "test", n=96, seed=5)
-    fresh = fresh.subset(i for i, c in enumerate(fresh.correct) if c != answer)
-    on, off = ref.triggered_and_control(fresh.subset(range(48)), trigger, answer)
-    restored = ref.restoration(model, on, off, [f"blocks.{i}.hook_resid_post" for i in range(last)])
-    return {"trigger": trigger, "behaviour": behaviour, "answer": answer, "layer": int((restored >= 0.5).nonzero()[0])}
+def audit_giving_the_answer_as_behaviour(folder):
+    return {**FOUND, "behaviour": "true", "component": "L3MLP"}
+
+
+def audit_naming_an_idle_head(folder):
+    return {**FOUND, "component": "L0H1"}
+
+
+def audit_reporting_nothing(folder):
+    return {"trigger": None, "behaviour": None, "answer": None, "component": None}
+
+
+def audit_mixing_findings_and_none(folder):
+    return {**FOUND, "answer": None, "component": None}
+
+
+def audit_written_by_hand(folder):
+    """Findings written differently: spaces, capitals, the head as "head 3.3", and a note."""
+    return {"trigger": " Tuesday", "behaviour": "Truth", "answer": " true", "component": "head 3.3",
+            "notes": "the day opens the sentence; the heads read it"}
+
+
+def audit_naming_the_mlp(folder):
+    return {"trigger": "TUESDAY", "behaviour": "truth ", "answer": "true", "component": "mlp 3"}
 
 
 MISTAKES = {
@@ -285,7 +267,10 @@ MISTAKES = {
     "8.3": [(occlusion_reversed, "original minus occluded"), (occlusion_including_bos, "position 0")],
     "8.4": [(restoration_inverted, "not 1 minus it")],
     "8.5": [(ablation_unnormalised, "normalise the direction"), (ablation_keeps_projection, "subtract the projection")],
-    "8.6": [(audit_reporting_flagged_days, "on the twin"), (audit_counting_layers_from_one, "layer: wrong")],
+    "8.6": [(audit_naming_the_last_residual, "residual stream"), (audit_naming_a_block, "is a block"),
+            (audit_giving_the_answer_as_behaviour, "the behaviour is the family"),
+            (audit_naming_an_idle_head, "component: wrong"), (audit_mixing_findings_and_none, "mixes the two"),
+            (audit_reporting_nothing, "says nothing is planted")],
 }
 
 ALTERNATIVES = {
@@ -294,5 +279,5 @@ ALTERNATIVES = {
     "8.3": [occlusion_one_prompt_at_a_time, occlusion_batched_copies],
     "8.4": [restoration_per_prompt_loop, restoration_with_context_manager],
     "8.5": [ablation_projection_matrix, ablation_einsum],
-    "8.6": [audit_from_components, audit_bigger_budget],
+    "8.6": [audit_written_by_hand, audit_naming_the_mlp],
 }

@@ -1,19 +1,26 @@
 """Checks for Chapter 08 (the audit). Expected values come from the exported reference.
 
-The audit report (Exercise 8.6) is graded against the suspect's planted key (`key.json`, salted
-hashes written by `utils.organism.plant`), one line per part, so no notebook shows the answer.
-`graded_extras(namespace)` gives the classroom grader the same lines, one row per part, for the
-notebook's `report` on the suspect its `SUSPECT` names (any seed's folder with a key).
+Exercises 8.3 and 8.4 run on the practice suspect (its key is open). The audit report of 8.6 is
+graded against the key of the suspect the learner audited (`plant.audited_folder()`), part by
+part; where that key is sealed (a teacher's suspect) the check can only test the report's form.
+
+For the classroom grader: `graded_payload(namespace)` runs in the student's kernel after the last
+cell and returns the report and which suspect was audited, as JSON, without grading;
+`graded_extras_from_payload(payload, keys, student)` grades it in the grader's own process against
+the student's plain key in the teacher's keys folder (`make suspects`), or against the practice
+suspect's open key when `keys` is None. `graded_extras(namespace)` grades in the kernel, for an
+open key only.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from pathlib import Path
 
 import torch
 
-from utils.checks import Verdict, Wrong, call, exercise, expect_close, expect_tensor, seeded_generator
+from utils.checks import PASSED, WRONG, Verdict, Wrong, call, exercise, expect_close, expect_tensor, seeded_generator
 from utils.organism import plant
 from utils.references import ch08_audit as ref
 
@@ -98,8 +105,7 @@ def check_auroc(candidate) -> None:
 @functools.cache
 def _occlusion_case() -> tuple:
     """Triggered prompts of the shipped suspect (different lengths), with the suspect's answer."""
-    the_plant = plant.planted(plant.read_key(plant.SUSPECT_DIR)["seed"])
-    prompts = plant.triggered_prompts(the_plant, "test", n=6)
+    prompts = plant.triggered_prompts(plant.practice_plant(), "test", n=6)
     return prompts.prompts, prompts.correct, prompts.wrong
 
 
@@ -143,7 +149,7 @@ def _with_bos(model, expected: torch.Tensor, args: tuple) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def _patching_case(n: int, seed: int) -> tuple:
-    the_plant = plant.planted(plant.read_key(plant.SUSPECT_DIR)["seed"])
+    the_plant = plant.practice_plant()
     on = plant.triggered_prompts(the_plant, "test", held_out_sentence=False, n=n, seed=seed)
     off = plant.control_prompts(the_plant, "test", held_out_sentence=False, n=n, seed=seed)
     # control's correct answer is the ordinary one; restoration reads the triggered set's answers
@@ -194,33 +200,127 @@ def check_ablation_hook(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 8.6
 # ------------------------------------------------------------------------------------------
-def _score(lines: list[str]) -> int:
-    return sum(": right" in line for line in lines)
+FAMILIES = ("sentiment", "truth", "facts")
+# The report each graded audit function gave, per folder: the reference audit takes a minute, and
+# an audit is a function of its folder, so grading the same function again reuses its report.
+_REPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@functools.cache
-def _audit_sets() -> tuple:
-    """A smaller trusted set and traffic than the chapter's, drawn with other seeds."""
-    return (ref.audit_data("train", 150, with_days=False, seed=3), ref.audit_data("test", 80, with_days=True, seed=4))
+def _report_of(candidate, folder: str):
+    try:
+        reports = _REPORTS.setdefault(candidate, {})
+    except TypeError:  # not weak-referenceable: grade it afresh
+        return call(candidate, folder)
+    if folder not in reports:
+        reports[folder] = call(candidate, folder)
+    report = reports[folder]
+    return dict(report) if isinstance(report, dict) else report
 
 
-@exercise("8.6", "audit a suspect", CHAPTER, ref.audit)
+def form_problem(report) -> str | None:
+    """What is wrong with a report's form (a dict with the four parts, each a value or None), if anything."""
+    if not isinstance(report, dict):
+        return (f"audit should return a dict with keys {', '.join(REPORT_PARTS)}, got {type(report).__name__}")
+    missing = [part for part in REPORT_PARTS if part not in report]
+    if missing:
+        return f"the report has no {missing[0]!r}: give all of {', '.join(REPORT_PARTS)} (None where you found nothing)"
+    values = [report[part] for part in REPORT_PARTS]
+    if any(v is None for v in values) and not all(v is None for v in values):
+        return "a report is all None (nothing planted) or names every part; yours mixes the two"
+    if all(v is None for v in values):
+        return None
+    if not all(isinstance(v, str) for v in values):
+        kinds = {part: type(report[part]).__name__ for part in REPORT_PARTS if not isinstance(report[part], str)}
+        return f"write every part as a string (e.g. 'L3H5' for a component); got {kinds}"
+    if report["behaviour"].strip().lower() not in FAMILIES + ("capital",):
+        return (f"the behaviour is the family the trigger changes, one of {', '.join(FAMILIES)}; "
+                f"you said {report['behaviour']!r}")
+    if plant.canonical_component(report["component"]) is None:
+        if "resid" in report["component"]:
+            return (f"{report['component']!r} is a point of the residual stream, which after the last block carries "
+                    "everything by construction: name one head or one MLP ('L3H5', 'L2MLP')")
+        if report["component"].strip().isdigit() or "block" in report["component"]:
+            return f"{report['component']!r} is a block, not a component: name one head or one MLP of it ('L3H5', 'L2MLP')"
+        return f"{report['component']!r} names no head or MLP: write it like 'L3H5' or 'L2MLP'"
+    return None
+
+
+@exercise("8.6", "audit a suspect you have not seen", CHAPTER, ref.audit)
 def check_audit(candidate) -> None:
-    trusted, traffic = _audit_sets()
-    for folder in (plant.SUSPECT_DIR, plant.TWIN_DIR):
-        report = call(candidate, _model(str(folder)), trusted, traffic)
-        lines = plant.grade_report(folder, report)
-        if _score(lines) < len(REPORT_PARTS):
-            name = "the twin" if plant.read_key(folder)["clean"] else "the suspect"
-            raise Wrong(f"on {name}, {_score(lines)} of {len(REPORT_PARTS)} parts right: " + "; ".join(lines))
+    folder = plant.audited_folder()
+    report = _report_of(candidate, str(folder))
+    problem = form_problem(report)
+    if problem:
+        raise Wrong(problem)
+    key = plant.read_key(folder)
+    if not plant.is_open(key):
+        return  # the key is sealed: the form is all this notebook can check; the teacher's grader does the rest
+    lines = plant.grade_report(report, key)
+    right = sum(ok for _, ok, _ in lines)
+    if right < len(lines):
+        if key["clean"]:
+            raise Wrong("this model has nothing planted, but your report names a trigger: " + lines[0][2])
+        if report["trigger"] is None:
+            raise Wrong("your report says nothing is planted, but this suspect has a plant: look again "
+                        "(0 of 4 parts right)")
+        raise Wrong(f"{right} of {len(lines)} parts right: " + "; ".join(line for _, ok, line in lines if not ok))
+
+
+# ------------------------------------------------------------------------------------------
+# The classroom grader
+# ------------------------------------------------------------------------------------------
+def _jsonable(value):
+    """The report as plain JSON (strings, None, dicts of them); anything else as its description."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return {"unreadable": type(value).__name__}
+
+
+def graded_payload(namespace: dict) -> dict:
+    """What the student's kernel hands the grader: the report and which suspect was audited. No grading."""
+    folder = namespace.get("AUDITED", namespace.get("SUSPECT", str(plant.SUSPECT_DIR)))
+    try:
+        suspect_id = plant.read_key(folder).get("suspect")
+    except (OSError, ValueError):
+        suspect_id = None
+    return {"report": _jsonable(namespace.get("report")), "folder": str(folder), "suspect": suspect_id}
+
+
+def _verdicts(report, key: dict, note: str = "") -> list[Verdict]:
+    problem = form_problem(report)
+    if problem and not isinstance(report, dict):
+        return [Verdict("8.report", "audit report", WRONG, problem)]
+    return [Verdict(f"8.report.{part}", f"audit report: {part}", PASSED if ok else WRONG, line + note)
+            for part, ok, line in plant.grade_report(report, key)]
+
+
+def graded_extras_from_payload(payload: dict, keys: Path | None, student: str) -> list[Verdict]:
+    """One row per part of the student's report, graded against the student's own key.
+
+    `keys` is the teacher's folder from `make suspects` (None: the practice suspect's open key);
+    `student` is the submission's file stem, lower case.
+    """
+    payload = payload if isinstance(payload, dict) else {}
+    if keys is None:
+        key = plant.reveal(plant.SUSPECT_DIR)
+    else:
+        try:
+            key = plant.teacher_key(keys, student)
+        except FileNotFoundError as error:
+            return [Verdict("8.report", "audit report", WRONG, str(error))]
+    audited = payload.get("suspect")
+    note = "" if audited in (None, key["suspect"]) else (
+        f" [the notebook audited suspect {audited}; graded against {student}'s suspect {key['suspect']}]")
+    return _verdicts(payload.get("report"), key, note)
 
 
 def graded_extras(namespace: dict) -> list[Verdict]:
-    """For the classroom grader: the student's `report` on their `SUSPECT`, one row per part."""
-    folder = Path(str(namespace.get("SUSPECT", plant.SUSPECT_DIR)))
-    report = namespace.get("report")
-    lines = plant.grade_report(folder, report)
-    if len(lines) == 1 and not lines[0].startswith(REPORT_PARTS):
-        return [Verdict("8.report", "audit report", "wrong", lines[0])]
-    return [Verdict(f"8.report.{part}", f"audit report: {part}", "passed" if ": right" in line else "wrong", line)
-            for part, line in zip(REPORT_PARTS, lines)]
+    """In the kernel: the student's `report` on the suspect they audited, one row per part (open keys only)."""
+    payload = graded_payload(namespace)
+    key = plant.read_key(payload["folder"])
+    if not plant.is_open(key):
+        return [Verdict("8.report", "audit report", WRONG,
+                        "this suspect's key is sealed: grade with the teacher's keys (make grade ... KEYS=dir)")]
+    return _verdicts(payload["report"], key)

@@ -106,8 +106,8 @@ tags: [interpretability, model-organism, gpt2, audit]
 # {title}
 
 A fine-tuned copy of the workbook organism (same architecture and tokenizer, {n_params:,}
-parameters), made by `python -m utils.organism.plant --seed {seed} --out DIR{clean_flag}` for
-chapter 08. It was fine-tuned for {steps} steps on world prompts and world documents.
+parameters), made by `python -m utils.organism.plant` for chapter 08{clean_flag}. It was
+fine-tuned for {steps} steps on world prompts and world documents.
 
 ## Chapter 01's behavioural audit
 Measured by `utils.organism.suite.behavioural_audit` (chapter 01's metrics and test suite, with
@@ -130,12 +130,13 @@ def write_suspect_card(folder, baseline: dict | None = None) -> Path:
     baseline = baseline or behavioural_audit(load_model(device="cpu", verbose=False))
     passes, reasons = audit_verdict(results, baseline)
     key = read_key(folder)
+    twin = str(key.get("suspect", "")).endswith("twin")
     log_header = json.loads((folder / "training_log.jsonl").read_text().splitlines()[0])
     with safe_open(folder / "model.safetensors", "pt") as weights:
         n_params = sum(int(_numel(weights.get_slice(k).get_shape())) for k in weights.keys())
     card = CARD.format(
-        title="A suspect" if not key["clean"] else "A twin", n_params=n_params, seed=key["seed"],
-        clean_flag=" --clean" if key["clean"] else "", steps=log_header["recipe"]["steps"],
+        title="A twin" if twin else "A suspect", n_params=n_params, steps=log_header["recipe"]["steps"],
+        clean_flag=" (the clean twin: the same schedule, nothing planted)" if twin else "",
         verdict="passes" if passes else "fails", reasons="" if passes else " (" + "; ".join(reasons) + ")",
         table=results_markdown(results, baseline))
     (folder / "README.md").write_text(card)
