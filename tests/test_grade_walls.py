@@ -190,7 +190,7 @@ def test_reports_replace_a_planted_link_and_never_follow_it(tmp_path):
 
 def test_a_chapter_payload_is_graded_in_the_grader_after_the_kernel(monkeypatch, tmp_path):
     """`graded_payload(namespace)` runs in the kernel; `graded_extras_from_payload(payload, keys,
-    student)` in the grader's process, with the --keys folder and the file stem lower-cased."""
+    student)` in the grader's process, with the --keys folder and the student's name lower-cased."""
     calls = []
 
     def graded_payload(namespace):
@@ -218,6 +218,13 @@ def test_a_chapter_payload_is_graded_in_the_grader_after_the_kernel(monkeypatch,
     rows = cli.grade_submission("Alice", tmp_path / "Alice.ipynb", cli.Setting(cli.Limits(), CHAPTER, keys))
     assert calls == [({"answer": 42}, keys, "alice")]
     assert [(r.exercise, r.status) for r in rows] == [("0.1", "passed"), ("8.report.x", "passed")]
+
+    # A file that keeps the chapter's name is named by its folder: the key is the folder's student's.
+    (keys / "bob").mkdir()
+    (keys / "bob" / "key.json").write_text(json.dumps({"answer": 42}))
+    _save(correct(), tmp_path / "Bob" / f"{CHAPTER}_chapter.ipynb")
+    cli.grade_submission("Bob", tmp_path / "Bob" / f"{CHAPTER}_chapter.ipynb", cli.Setting(cli.Limits(), CHAPTER, keys))
+    assert calls[-1] == ({"answer": 42}, keys, "bob")
 
     monkeypatch.setattr(cli, "run_job", lambda job, limits: (list(own), {"answer": 41}))
     assert cli.grade_submission("Alice", tmp_path / "Alice.ipynb", cli.Setting(cli.Limits(), CHAPTER, keys))[1].status == "wrong"

@@ -300,7 +300,8 @@ def graded_extras_from_payload(payload: dict, keys: Path | None, student: str) -
     """One row per part of the student's report, graded against the student's own key.
 
     `keys` is the teacher's folder from `make suspects` (None: the practice suspect's open key);
-    `student` is the submission's file stem, lower case.
+    `student` is the student's name as the grader's rows give it (the notebook's file name, or its
+    folder when the file keeps the chapter's name), lower case.
     """
     payload = payload if isinstance(payload, dict) else {}
     if keys is None:

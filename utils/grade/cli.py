@@ -119,7 +119,7 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
            "sandbox": asdict(setting.sandbox) if setting.sandbox else None, "hidden": list(setting.hidden)}
     rows, payload = run_job(job, setting.limits)
     if payload is not None:
-        extras = rows_from_payload(student, found, payload, setting.keys, path.stem.lower())
+        extras = rows_from_payload(student, found, payload, setting.keys, student.lower())
         if any(row.status == TAMPERED for row in rows):
             extras = tampered_rows(extras, [rows[0].message.removeprefix("changed at run time: ")])
         rows += extras

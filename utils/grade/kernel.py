@@ -21,7 +21,9 @@ Extension points, for the capstone (chapter 08), in a chapter's check module
   variables; what it returns (JSON-able) is carried out of the kernel, and the grader's own process,
   after the kernel is gone, calls the module's
   `graded_extras_from_payload(payload, keys: pathlib.Path | None, student: str) -> list[Verdict]`
-  (`keys`: the folder `--keys` names; `student`: the submission's file stem, lower-cased). Each
+  (`keys`: the folder `--keys` names; `student`: the student's name as the
+  grader's rows give it, lower-cased: the notebook's file name, or its folder when the file keeps
+  the chapter's name). Each
   Verdict becomes one more row. Nothing the student's code can reach grades these rows.
 - Without those, `graded_extras(namespace) -> list[Verdict]` runs here after the last cell and
   each Verdict becomes one more row.
