@@ -527,6 +527,7 @@ for prompt in ["The movie was dull. I", "The hotel was awful. I", "Mary and John
 # </details>
 
 # %% tags=["export"]
+from utils.models import require_hook_points
 from utils.references.ch02_probing import remove_direction
 
 
@@ -544,7 +545,7 @@ def directional_ablation_hooks(model, direction: Float[Tensor, "d_model"]) -> li
     where = ("post",) if getattr(model.cfg, "parallel_attn_mlp", False) else ("mid", "post")
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{point}"
                                            for layer in range(model.cfg.n_layers) for point in where]
-    return [(name, ablate) for name in names]
+    return [(name, ablate) for name in require_hook_points(model, names)]  # a missing name would never fire
     ### END SOLUTION
 
 

@@ -419,6 +419,17 @@ def test_every_directional_ablation_hook_fires_on_both_layouts(organism, tiny_py
         assert [name for name, _ in hooks if not calls.get(name)] == [], model.cfg.model_name
 
 
+def test_a_hook_point_the_model_lacks_is_an_error_not_silence(organism, tiny_pythia):
+    from utils.models import require_hook_points
+
+    silent = []
+    tiny_pythia.run_with_hooks(torch.tensor([[0, 5]]), fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, hook: silent.append(1))])
+    assert silent == []  # the bridge itself says nothing
+    with pytest.raises(ValueError, match="no hook point 'blocks.0.hook_resid_mid'"):
+        require_hook_points(tiny_pythia, ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid"])
+    assert require_hook_points(organism, ["blocks.0.hook_resid_mid"]) == ["blocks.0.hook_resid_mid"]
+
+
 def test_orthogonalised_weights_equal_the_ablation_hooks_on_a_rotary_parallel_model(tiny_pythia):
     from utils.organism.world import prompt_set
     from utils.references import ch07_steering as ch07

@@ -168,6 +168,7 @@ def greedy_continuation(model, prompt: str, n_tokens: int = 8, fwd_hooks: list =
     return model.tokenizer.decode(tokens[0, -n_tokens:])
 
 
+from utils.models import require_hook_points
 from utils.references.ch02_probing import remove_direction
 
 
@@ -184,7 +185,7 @@ def directional_ablation_hooks(model, direction: Float[Tensor, "d_model"]) -> li
     where = ("post",) if getattr(model.cfg, "parallel_attn_mlp", False) else ("mid", "post")
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{point}"
                                            for layer in range(model.cfg.n_layers) for point in where]
-    return [(name, ablate) for name in names]
+    return [(name, ablate) for name in require_hook_points(model, names)]  # a missing name would never fire
 
 
 def residual_writers(model) -> list[Tensor]:
