@@ -175,9 +175,8 @@ def load_model(name: str | None = None, device: str = "auto", dtype: torch.dtype
 def require_hook_points(model, names: list[str]) -> list[str]:
     """`names`, after checking that the model has each hook point; a clear error otherwise.
 
-    The bridge silently ignores a hook on a name it does not have: `blocks.0.hook_resid_mid` on a
-    model with parallel attention (Pythia), or `hook_pos_embed` on one with rotary positions,
-    would then change nothing and raise nothing.
+    The bridge silently ignores a hook on a name it does not have (`blocks.0.hook_resid_mid` on a
+    model with parallel attention, such as Pythia): the hook would change nothing and say nothing.
     """
     missing = [name for name in names if name not in model.hook_dict]
     if missing:
