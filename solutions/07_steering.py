@@ -614,6 +614,7 @@ for prompt in ["The movie was dull. I", "The hotel was awful. I", "Mary and John
 # </details>
 
 # %% tags=["export"]
+from utils.models import require_hook_points
 from utils.references.ch02_probing import remove_direction
 
 
@@ -623,11 +624,15 @@ def directional_ablation_hooks(model, direction: Float[Tensor, "d_model"]) -> li
     unit = (direction / direction.norm()).to(model.cfg.device)
 
     def ablate(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
-        return resid - (resid @ unit)[..., None] * unit
+        along = resid @ unit.to(resid.dtype)  # [batch, pos]
+        return resid - along[..., None] * unit.to(resid.dtype)
 
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{where}"
-                                           for layer in range(model.cfg.n_layers) for where in ("mid", "post")]
-    return [(name, ablate) for name in names]
+    # With parallel attention (Pythia, GPT-J) the MLP reads the block's input, not a mid-block
+    # residual: hook_resid_mid never fires there, and the input is already covered.
+    where = ("post",) if getattr(model.cfg, "parallel_attn_mlp", False) else ("mid", "post")
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{point}"
+                                           for layer in range(model.cfg.n_layers) for point in where]
+    return [(name, ablate) for name in require_hook_points(model, names)]  # a missing name would never fire
     ### END SOLUTION
 
 
@@ -683,7 +688,9 @@ for family in every_family:
 # %% tags=["export"]
 def residual_writers(model) -> list[Tensor]:
     """Every weight and bias whose last axis writes into the residual stream (embeddings, W_O, b_O, W_out, b_out)."""
-    writers = [model.embed.W_E, model.pos_embed.W_pos]
+    writers = [model.embed.W_E]
+    if getattr(model, "pos_embed", None) is not None:  # rotary models (Pythia) have no position embedding
+        writers.append(model.pos_embed.W_pos)
     for block in model.blocks:
         writers += [block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out]
     return writers
@@ -695,7 +702,7 @@ def orthogonalize_weights(model, direction: Float[Tensor, "d_model"]) -> None:
     ### BEGIN SOLUTION
     unit = (direction / direction.norm()).to(model.cfg.device)
     for weight in residual_writers(model):
-        weight.sub_((weight @ unit)[..., None] * unit)
+        weight.sub_((weight @ unit.to(weight.dtype))[..., None] * unit.to(weight.dtype))
     ### END SOLUTION
 
 
@@ -1306,18 +1313,20 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 #
 # ## 8. On a real model
 # The same functions steer GPT-2 small when the Hugging Face Hub is reachable: ActAdd's "Love"
-# minus "Hate" vector, taken at the last token entering block 6 (`blocks.6.hook_resid_pre`, the
-# output of block 5, Turner et al.'s layer 6) and added with the same relative coefficient at
+# minus "Hate" vector, taken at the last token halfway up the model (`blocks.6.hook_resid_pre` on
+# GPT-2 small's 12 blocks: the output of block 5, Turner et al.'s layer 6; the layer follows the
+# model's depth, so another model name works too) and added with the same relative coefficient at
 # every position after BOS. That is a variant: ActAdd adds its vector at the first positions of
 # the prompt only, with an absolute coefficient. Offline, this cell says so and moves on.
 
 # %%
 if env.hub_online:
     gpt2 = load_model("gpt2-small")
-    love_hate = contrast_pair_vector(gpt2, "Love", "Hate", "blocks.6.hook_resid_pre")
+    middle = f"blocks.{gpt2.cfg.n_layers // 2}.hook_resid_pre"  # blocks.6 on GPT-2 small
+    love_hate = contrast_pair_vector(gpt2, "Love", "Hate", middle)
     for prompt in ["I hate you because", "The weather today is"]:
         print(f"{prompt!r}\n   unsteered: {greedy_continuation(gpt2, prompt, 10)!r}")
-        with steering(gpt2, "blocks.6.hook_resid_pre", love_hate, 0.5):
+        with steering(gpt2, middle, love_hate, 0.5):
             print(f"   steered:   {greedy_continuation(gpt2, prompt, 10)!r}")
 else:
     print("offline: skipped GPT-2 small (run this cell with a network connection to steer it)")

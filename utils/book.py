@@ -1,6 +1,7 @@
 """Write the book's generated pages: `python -m utils.book` (what `make book` runs before Jupyter Book).
 
-`book/` holds what is written by hand: `_config.yml`, `intro.md`, `teachers.md`, `_ext/`, `_static/`, `package.json`.
+`book/` holds what is written by hand: `_config.yml`, `intro.md`, `teachers.md`, `from_arena.md`, `_ext/`, `_static/`,
+`package.json`.
 This writes the rest from the chapter sources, into paths that `book/.gitignore` keeps out of git:
 - `book/_toc.yml`: the introduction, then per chapter its overview page and the chapter itself;
 - `book/overview/NN_slug.md`: the chapter's objectives, time, seed concepts and exercises (id,
@@ -126,6 +127,7 @@ def toc(sources: list[Path]) -> str:
     for source in sources:
         lines += [f"      - file: overview/{source.stem}", f"        title: {json.dumps(chapter_header(source)['title'])}",
                   "        sections:", f"          - file: chapters/{source.stem}", "            title: The chapter, executed"]
+    lines += ["  - caption: Coming from elsewhere", "    chapters:", "      - file: from_arena"]
     lines += ["  - caption: For teachers", "    chapters:", "      - file: teachers"]
     return "\n".join(lines) + "\n"
 

@@ -170,3 +170,18 @@ def load_model(name: str | None = None, device: str = "auto", dtype: torch.dtype
               f"{model.cfg.n_heads} heads, vocab {model.cfg.d_vocab}, on {device} "
               f"({time.perf_counter() - start:.1f}s)")
     return model
+
+
+def require_hook_points(model, names: list[str]) -> list[str]:
+    """`names`, after checking that the model has each hook point; a clear error otherwise.
+
+    The bridge silently ignores a hook on a name it does not have (`blocks.0.hook_resid_mid` on a
+    model with parallel attention, such as Pythia): the hook would change nothing and say nothing.
+    """
+    missing = [name for name in names if name not in model.hook_dict]
+    if missing:
+        raise ValueError(f"this model has no hook point {missing[0]!r}"
+                         f"{f' (nor {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                         "model.hook_dict lists the ones it has")
+    return list(names)
+

@@ -47,7 +47,10 @@ def token_stream(tokenizer, n_tokens: int, seed: int, mix: dict[str, float] | No
             ids.append(eot)
             ids.extend(encoded)
     stream = torch.tensor(ids[:n_tokens], dtype=torch.long)  # [n_tokens]
-    unknown = int((stream == tokenizer.unk_token_id).sum())
+    # GPT-2's unknown token is its end-of-text (and BOS) token: the separators are no unknown words,
+    # and a byte-level vocabulary has none. Only an unknown token of its own can be counted.
+    separators = (eot, tokenizer.bos_token_id)
+    unknown = 0 if tokenizer.unk_token_id in separators else int((stream == tokenizer.unk_token_id).sum())
     if unknown:
         raise RuntimeError(f"{unknown} unknown tokens in the training stream: the vocabulary misses words")
     return stream

@@ -67,10 +67,32 @@ LENS_FAMILIES = ("ioi", "facts", "truth", "sentiment")
 
 
 @torch.no_grad()
-def lens_by_family(model, n: int = 128, seed: int = 0) -> dict[str, dict[str, Tensor]]:
-    """Per family: the logit lens's top-1 rate and mean answer probability at each residual point."""
+def lens_by_family(model, n: int = 128, seed: int = 0, families: tuple[str, ...] | None = None
+                   ) -> dict[str, dict[str, Tensor]]:
+    """Per family: the logit lens's top-1 rate and mean answer probability at each residual point.
+
+    The lens needs one-token answers. With `families=None` every family that fits the model's
+    tokenizer is measured and the others are named in one printed line (on GPT-2 most capitals
+    take two tokens); a family asked for by name that does not fit is a clear error.
+    """
+    def one_token(family: str) -> bool:  # are all its answer words single tokens for this tokenizer?
+        prompts = prompt_set(family, "test", n=n, seed=seed)
+        words = sorted(set(prompts.correct) | set(prompts.wrong))
+        return all(len(ids) == 1 for ids in model.tokenizer(words, add_special_tokens=False)["input_ids"])
+
+    fitting = [family for family in (LENS_FAMILIES if families is None else families) if one_token(family)]
+    if families is None:
+        left_out = [family for family in LENS_FAMILIES if family not in fitting]
+        if left_out:
+            print(f"lens_by_family: left out {', '.join(left_out)} (answers of more than one token for this "
+                  f"tokenizer); measuring {', '.join(fitting) or 'nothing'}")
+    else:
+        misfits = [family for family in families if family not in fitting]
+        if misfits:
+            raise ValueError(f"families {misfits} have answers of more than one token for this model's tokenizer; "
+                             f"the families that fit: {[f for f in LENS_FAMILIES if one_token(f)]}")
     summary = {}
-    for family in LENS_FAMILIES:
+    for family in fitting:
         prompts = prompt_set(family, "test", n=n, seed=seed)
         tokens, last = tokenize(model, prompts.prompts)
         logits = logit_lens(model, tokens.to(model.cfg.device), last.to(model.cfg.device))  # [point, batch, d_vocab]
@@ -162,21 +184,41 @@ def lens_kl_by_point(model, train: dict, test: dict, steps: int = 100, progress:
 
 @torch.no_grad()
 def head_attribution(model, prompts: PromptSet) -> Float[Tensor, "layer head batch"]:
-    """Every head's direct contribution to each prompt's logit difference."""
-    tokens, last, _, cache = run_prompts(model, prompts)
-    heads = at_last(cache.stack_head_results(layer=-1), last)  # [layer * head, batch, d_model]
-    scale = at_last(cache["ln_final.hook_scale"], last)[:, 0]  # [batch]
+    """Every head's direct contribution to each prompt's logit difference.
+
+    Only each prompt's last position is turned into head outputs (`hook_z` there times `W_O`), so
+    the memory stays small on a real model: every head's output at every position of GPT-2 small
+    takes gigabytes.
+    """
+    tokens, last = tokenize(model, prompts.prompts)
+    tokens, last = tokens.to(model.cfg.device), last.to(model.cfg.device)
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in z_names or name == "ln_final.hook_scale")
+    rows = torch.arange(len(last), device=tokens.device)
+    heads = torch.cat([torch.einsum("bhe,hed->hbd", cache[name][rows, last], model.W_O[layer])  # [head, batch, d_model]
+                       for layer, name in enumerate(z_names)])  # [layer * head, batch, d_model]
+    scale = at_last(cache["ln_final.hook_scale"], last)[:, 0].to(heads.dtype)  # [batch]
     shares = residual_stack_to_logit_diff(heads, scale, logit_diff_directions(model, prompts))  # [layer * head, batch]
     return shares.reshape(model.cfg.n_layers, model.cfg.n_heads, len(prompts))
 
 
 @torch.no_grad()
 def component_attribution(model, prompts: PromptSet) -> tuple[Float[Tensor, "component batch"], list[str]]:
-    """Every component's (embeddings, attention layers, MLPs) direct share of each logit difference."""
-    tokens, last, _, cache = run_prompts(model, prompts)
-    parts, labels = cache.decompose_resid(layer=-1, return_labels=True)  # [component, batch, pos, d_model]
-    scale = at_last(cache["ln_final.hook_scale"], last)[:, 0]  # [batch]
-    return residual_stack_to_logit_diff(at_last(parts, last), scale, logit_diff_directions(model, prompts)), labels
+    """Every component's (embeddings, attention layers, MLPs) direct share of each logit difference.
+
+    The same parts as `cache.decompose_resid`, taken only at each prompt's last position; a model
+    with rotary positions (Pythia) has no position embedding, and so no `pos_embed` part.
+    """
+    tokens, last = tokenize(model, prompts.prompts)
+    tokens, last = tokens.to(model.cfg.device), last.to(model.cfg.device)
+    names = {"hook_embed": "embed", "hook_pos_embed": "pos_embed"}
+    for layer in range(model.cfg.n_layers):
+        names |= {f"blocks.{layer}.hook_attn_out": f"{layer}_attn_out", f"blocks.{layer}.hook_mlp_out": f"{layer}_mlp_out"}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names or name == "ln_final.hook_scale")
+    present = [name for name in names if name in cache.cache_dict]  # hook_pos_embed fires only with learned positions
+    parts = torch.stack([at_last(cache[name], last) for name in present])  # [component, batch, d_model]
+    scale = at_last(cache["ln_final.hook_scale"], last)[:, 0].to(parts.dtype)  # [batch]
+    return residual_stack_to_logit_diff(parts, scale, logit_diff_directions(model, prompts)), [names[n] for n in present]
 
 
 from utils.organism import world
@@ -263,7 +305,8 @@ def random_head_copying_score(model, embedding: Float[Tensor, "n_tokens d_model"
     generator = torch.Generator().manual_seed(seed)
     d_model, d_head = model.cfg.d_model, model.cfg.d_head
     w_ov = torch.randn(d_model, d_head, generator=generator) @ torch.randn(d_head, d_model, generator=generator)
-    circuit = embedding @ w_ov.to(embedding.device) @ model.W_U[:, token_ids.to(model.cfg.device)]
+    w_u = model.W_U[:, token_ids.to(model.cfg.device)].to(embedding.dtype)  # [d_model, n_tokens]
+    circuit = embedding @ w_ov.to(embedding.device, embedding.dtype) @ w_u  # [n_tokens, n_tokens]
     return (circuit.argmax(-1) == torch.arange(len(token_ids), device=circuit.device)).float().mean().item()
 
 

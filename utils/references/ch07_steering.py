@@ -197,6 +197,7 @@ def greedy_continuation(model, prompt: str, n_tokens: int = 8, fwd_hooks: list =
     return model.tokenizer.decode(tokens[0, -n_tokens:])
 
 
+from utils.models import require_hook_points
 from utils.references.ch02_probing import remove_direction
 
 
@@ -205,16 +206,22 @@ def directional_ablation_hooks(model, direction: Float[Tensor, "d_model"]) -> li
     unit = (direction / direction.norm()).to(model.cfg.device)
 
     def ablate(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
-        return resid - (resid @ unit)[..., None] * unit
+        along = resid @ unit.to(resid.dtype)  # [batch, pos]
+        return resid - along[..., None] * unit.to(resid.dtype)
 
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{where}"
-                                           for layer in range(model.cfg.n_layers) for where in ("mid", "post")]
-    return [(name, ablate) for name in names]
+    # With parallel attention (Pythia, GPT-J) the MLP reads the block's input, not a mid-block
+    # residual: hook_resid_mid never fires there, and the input is already covered.
+    where = ("post",) if getattr(model.cfg, "parallel_attn_mlp", False) else ("mid", "post")
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_{point}"
+                                           for layer in range(model.cfg.n_layers) for point in where]
+    return [(name, ablate) for name in require_hook_points(model, names)]  # a missing name would never fire
 
 
 def residual_writers(model) -> list[Tensor]:
     """Every weight and bias whose last axis writes into the residual stream (embeddings, W_O, b_O, W_out, b_out)."""
-    writers = [model.embed.W_E, model.pos_embed.W_pos]
+    writers = [model.embed.W_E]
+    if getattr(model, "pos_embed", None) is not None:  # rotary models (Pythia) have no position embedding
+        writers.append(model.pos_embed.W_pos)
     for block in model.blocks:
         writers += [block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out]
     return writers
@@ -225,7 +232,7 @@ def orthogonalize_weights(model, direction: Float[Tensor, "d_model"]) -> None:
     """Project the unit direction out of every residual writer's output, in place."""
     unit = (direction / direction.norm()).to(model.cfg.device)
     for weight in residual_writers(model):
-        weight.sub_((weight @ unit)[..., None] * unit)
+        weight.sub_((weight @ unit.to(weight.dtype))[..., None] * unit.to(weight.dtype))
 
 
 @contextlib.contextmanager
