@@ -525,3 +525,21 @@ def test_a_near_variant_of_a_known_mistake_is_named_with_how_near():
     assert "squared it" not in str(far.value)
     with pytest.raises(Wrong, match="nearest to a known mistake .*: took the mean"):
         expect_close(0.5101, 1.0, mistakes={"took the mean": 0.5})
+
+
+def test_a_verdict_prints_as_one_line_and_wraps_only_between_words_in_a_notebook(monkeypatch, capsys):
+    import IPython
+    import IPython.display
+
+    from utils.checks import show_verdict
+
+    line = "Exercise 5.7 (x): wrong. " + "the value is 1.0012345, expected 1.0001234; " * 6
+    show_verdict(line)  # no notebook: plain print
+    assert capsys.readouterr().out == line + "\n"
+    shown = []
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
+    monkeypatch.setattr(IPython, "get_ipython", lambda: ZMQInteractiveShell())
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw: shown.append(bundle))
+    show_verdict(line + "<tag>")
+    assert shown[0]["text/plain"] == line + "<tag>" and "\n" not in shown[0]["text/plain"]
+    assert "word-break: normal" in shown[0]["text/html"] and "&lt;tag&gt;" in shown[0]["text/html"]

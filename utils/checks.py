@@ -736,6 +736,26 @@ def grade(exercise_id: str, candidate) -> Verdict:
     return Verdict(ex.id, ex.title, PASSED)
 
 
+def show_verdict(line: str) -> None:
+    """Print a verdict: one line of plain text everywhere; in a notebook, also an HTML form that
+    wraps only between words, so a long verdict never breaks in the middle of a number."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        print(line)
+        return
+    import html
+
+    from IPython.display import display
+
+    style = "white-space: pre-wrap; word-break: normal; overflow-wrap: normal; margin: 0"
+    display({"text/plain": line, "text/html": f'<pre style="{style}">{html.escape(line)}</pre>'}, raw=True)
+
+
 def check_exercise(exercise_id: str, candidate, record: bool = True):
     """Print the verdict, record it, and return the function later cells should use.
 
@@ -743,7 +763,7 @@ def check_exercise(exercise_id: str, candidate, record: bool = True):
     skipped or unfinished exercise never stops the rest of the chapter.
     """
     verdict = grade(exercise_id, candidate)
-    print(verdict)
+    show_verdict(str(verdict))
     ex = get_exercise(exercise_id)
     if record:
         progress.record_attempt(ex.chapter, ex.id, ex.title, verdict.status)
