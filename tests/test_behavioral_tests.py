@@ -86,8 +86,11 @@ def test_wilson_interval_covers_about_95_percent(p, n):
     for row in successes:
         _, low, high = ref.accuracy_interval(torch.where(row, 1.0, -1.0))
         covered += low <= p <= high
+    # "About 95%": the exact coverage (a binomial sum) is 0.959, 0.970 and 0.969 at these (p, n);
+    # 2,000 simulated test sets add about 0.004 of noise, and one run measured 0.978, within 0.0075
+    # of the old upper bar 0.985.
     claim(f"ch01: Wilson interval coverage at p={p}, n={n}", covered / trials, above=0.92)
-    claim(f"ch01: Wilson interval coverage at p={p}, n={n} (at most)", covered / trials, below=0.985)
+    claim(f"ch01: Wilson interval coverage at p={p}, n={n} (at most)", covered / trials, below=0.99)
 
 
 @pytest.fixture(scope="module")
