@@ -735,6 +735,11 @@ print("fractional dimensionality per feature, one row per p:", dict(zip(SLIDER_P
 sparsity_slider_figure(SLIDER_PROBABILITIES, slider_W)
 
 # %% [markdown]
+# Where the shape changes depends on the seed, not only on `p`. With other seeds (1,000 steps, best
+# of two restarts), the sparse end was a pentagon in all five seeds we tried, but at `p = 0.3` only
+# three gave antipodal pairs: one found a pentagon, one a lopsided mix. Which arrangement the
+# training finds depends on where it starts.
+#
 # The figure above was trained in advance, at five values. To retrain at *any* `p` as you drag, set
 # `live = True` and run the cell again (each move retrains for about a second). It is off by
 # default because a live widget cannot be saved with the notebook: reopened later, it would show

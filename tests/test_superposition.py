@@ -225,14 +225,19 @@ def _sorted_dimensionality(W: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_sparsity_slider_shows_antipodal_pairs_then_a_pentagon():
-    W = ref.train_five_in_two(ref.SLIDER_PROBABILITIES, seed=SEED)  # [probability, 2, 5]
-    pairs = torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5])
-    farthest = 0.0
+    """The chapter's figure (seed 0): antipodal pairs at p = 0.3, a pentagon from 0.2 on. Only the
+    sparse end holds for every seed: with 1,000 steps and two restarts, p = 0.3 gave pairs in 3 of
+    seeds 0-4 (a pentagon in seed 1, a lopsided mix in seed 3) and seed 1 still had pairs at 0.2,
+    as the text under the slider says; p <= 0.1 gave a pentagon in all five."""
+    pairs, pentagon = torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5]), torch.full((5,), 0.4)
+    W = ref.train_five_in_two(ref.SLIDER_PROBABILITIES)  # [probability, 2, 5]: the chapter's figure, seed 0
     for k, p in enumerate(ref.SLIDER_PROBABILITIES):
-        expected = pairs if p >= 0.3 else torch.full((5,), 0.4)
-        farthest = max(farthest, (_sorted_dimensionality(W[k]) - expected).abs().max().item())
-    claim("ch04: the slider's networks, farthest dimensionality from pairs (p >= 0.3) or a pentagon", farthest,
-          below=0.06)
+        expected = pairs if p >= 0.3 else pentagon
+        assert torch.allclose(_sorted_dimensionality(W[k]), expected, atol=0.06), (p, _sorted_dimensionality(W[k]))
+    W_other = W if SEED == 0 else ref.train_five_in_two(ref.SLIDER_PROBABILITIES, seed=SEED)
+    claim("ch04: the slider's networks at p <= 0.1 (any seed), farthest dimensionality from a pentagon",
+          max((_sorted_dimensionality(W_other[k]) - pentagon).abs().max()
+              for k, p in enumerate(ref.SLIDER_PROBABILITIES) if p <= 0.1), below=0.06)
     figure = ref.sparsity_slider_figure(ref.SLIDER_PROBABILITIES, W)
     steps = figure.layout.sliders[0].steps
     assert len(figure.data) == 5 * len(ref.SLIDER_PROBABILITIES) and len(steps) == len(ref.SLIDER_PROBABILITIES)
