@@ -729,8 +729,9 @@ projection_slider_figure({label: data["organism", label] for label in LABELS}, p
 # that varies along it, which is why the difference of means classifies gender worse than
 # sentiment. Drag the slider back. At `embed` every label's two classes lie on top of each other,
 # as they must: the last token is the same word in every prompt of a family. Sentiment splits
-# into two humps after one block and stays split. Truth splits after one block too, with some
-# overlap, and the later blocks pull the humps further apart. Gender overlaps at every point, and
+# into two humps after one block and stays split. Truth splits after one block too, less cleanly
+# (its humps are closer than at the last point, and its accuracy lower), and the later blocks pull
+# the humps further apart. Gender overlaps at every point, and
 # before the last block its held-out accuracy is below one half (Section 2 said why).
 #
 # The figure above was computed in advance. To choose the model (the organism or the random

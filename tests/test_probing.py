@@ -412,7 +412,7 @@ def _separation(data: dict, point: int) -> float:
 
 def test_the_projection_slider_shows_when_each_label_splits_into_two_humps():
     """The text: at embed every label's classes overlap; sentiment splits after one block and stays
-    split; truth splits after one block with some overlap, and later blocks pull the humps apart;
+    split; truth splits after one block less cleanly, and later blocks pull the humps apart;
     gender overlaps everywhere, below one half before the last block."""
     data = {label: measured("organism", family, label) for family, label in PROJECTED}
     points = ref.residual_point_names(models()["organism"].cfg.n_layers)
@@ -440,9 +440,9 @@ def test_the_projection_slider_shows_when_each_label_splits_into_two_humps():
         gaps.append((projection[sentiment["y_test"] == 1].min() - projection[sentiment["y_test"] == 0].max()).item())
     claim("ch02: slider, sentiment's two humps from block 0 on (smallest gap)", min(gaps), above=0)
     truth = data["truth"]
-    projection = truth["x_test"][1] @ ref.mean_difference_direction(truth["x_train"][1], truth["y_train"])
-    claim("ch02: slider, truth after block 0 overlaps (overlap of the humps)",
-          projection[truth["y_test"] == 0].max() - projection[truth["y_test"] == 1].min(), above=0)
+    # Whether truth's humps after block 0 overlap at all depends on which 600 of the 720 training
+    # statements fit the direction (seed 1: no held-out statement on the wrong side of either
+    # hump's extreme); the text claims only what holds for every sample: closer humps, lower accuracy.
     claim("ch02: slider, truth accuracy after block 0", accuracy["truth", 1], above=0.85)
     claim("ch02: slider, truth accuracy gain from block 0 to the last point", accuracy["truth", last] - accuracy["truth", 1],
           above=0)
