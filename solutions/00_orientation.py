@@ -171,8 +171,8 @@ disagreement.update_layout(legend=dict(orientation="h", y=-0.2))
 disagreement
 
 # %% [markdown]
-# About 93% agreement (between 90% and 96% for every seed and width we tried, on every machine: the
-# tests hold it there): a score that would pass many tests. Before reading on, look at *where* the
+# About 93% agreement (between 90% and 96% for every seed and width we tried; the tests hold it
+# there): a score that would pass many tests. Before reading on, look at *where* the
 # two disagree. The errors are not scattered: they run along the rule's boundary, on both sides of
 # the step at age 0.3. Let's read the network to see why.
 #
