@@ -962,7 +962,7 @@ class MLPProbe(nn.Module):
 
 def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
                                 x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
-                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+                                steps: int = 600, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
     """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
     accuracies = []
     for layer in range(x_train.shape[0]):
@@ -992,12 +992,13 @@ for name, real, fake in (("linear probe", accuracy["organism", "sentiment"], con
 
 # %% [markdown]
 # The MLP probe learns the random labelling almost as well as sentiment from the first block on: it
-# can recognise the adjective from the blurred last token and look its label up. The digits above
-# depend on your CPU (one machine printed 0.94 at one point where another printed 0.99: a probe
-# trained for 300 steps amplifies tiny floating-point differences), but in every seed and on every
-# machine we tried it stays above 0.9 at every point after `embed`, more than 0.1 above the linear
-# probe on the same labels, and its selectivity stays within 0.1 of zero. So its near-perfect
-# sentiment score says nothing about how the organism stores sentiment. That is the
+# can recognise the adjective from the blurred last token and look its label up. It needs its 600
+# steps: stopped at 300, it had not finished at one point on some CPUs and samples (0.94 on one
+# machine where another printed 0.99; 0.86 on another sample of prompts, 1.00 after 600 steps).
+# Trained to the end, in every sample we tried, it
+# stays above 0.9 at every point after `embed`, more than 0.1 above the linear probe on the same
+# labels, and its selectivity stays within 0.1 of zero. So its near-perfect sentiment score says
+# nothing about how the organism stores sentiment. That is the
 # argument for linear probes made in Section 1, now measured: a probe powerful enough to compute
 # the label itself tells you about the probe. Hewitt and Liang's rule: among probes that do well,
 # prefer the one with the highest selectivity.

@@ -348,10 +348,10 @@ def test_sentiment_removed_after_block_0_is_not_rebuilt_and_the_last_point_is_th
 
 
 def test_an_mlp_probe_learns_the_control_task_so_its_selectivity_vanishes():
-    """The text: the MLP probe learns the random labelling almost perfectly from the first block on
-    (above 0.9 at every point; one CPU measured 0.937 at one point where others measured 0.99, so
-    "above 0.95" was never a claim to make); its selectivity stays below 0.1, far under the linear
-    probe's."""
+    """The text: the MLP probe, trained for its 600 steps, learns the random labelling almost
+    perfectly from the first block on (above 0.9 at every point); its selectivity stays within 0.1
+    of zero, and it beats the linear probe on the control task by more than 0.1. At 300 steps one
+    CPU measured 0.937 at one point where others measured 0.99, and seed 1's sample 0.86."""
     control = control_labels()
     data = measured("organism", "sentiment", "sentiment")
     mlp_control = ref.mlp_probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:], seed=SEED)

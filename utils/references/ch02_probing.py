@@ -333,7 +333,7 @@ class MLPProbe(nn.Module):
 
 def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
                                 x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
-                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+                                steps: int = 600, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
     """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
     accuracies = []
     for layer in range(x_train.shape[0]):
