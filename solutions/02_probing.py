@@ -407,8 +407,8 @@ for label in LABELS:
 #   earlier tokens holds both names, which lets its probe guess better than chance. Before the last
 #   block the organism's gender probe scores *below* chance at every point on this sample of
 #   prompts, at worst by about three standard errors (`sqrt(0.25 / 300)`, about 0.03). Draw other
-#   samples (the tests draw several) and it lands at chance or below, never above 0.55 and always
-#   below one half somewhere. Where it is reliably below, that is not "nothing": a probe wrong on
+#   samples (the tests draw several) and it lands near chance, between about 0.4 and 0.6, never
+#   above 0.65, where after the last block it is above 0.7. Where it is below, that is not "nothing": a probe wrong on
 #   new prompts has learned a rule that the held-out split reverses. Here the test split holds out
 #   *name pairs*, so a probe that keys on which names are present, rather than on which is the
 #   indirect object, can learn associations that the new pairings turn around. Below-chance
@@ -734,7 +734,7 @@ projection_slider_figure({label: data["organism", label] for label in LABELS}, p
 # into two humps after one block and stays split. Truth splits after one block too, less cleanly
 # (its humps are closer than at the last point, and its accuracy lower), and the later blocks pull
 # the humps further apart. Gender overlaps at every point, and before the last block its held-out
-# accuracy is at or below one half (never above 0.55 in the samples the tests draw; Section 2 said why).
+# accuracy is near one half (below it here; never above 0.65 in the samples the tests draw).
 #
 # The figure above was computed in advance. To choose the model (the organism or the random
 # baseline), the label and the point with menus and a slider that recompute as you move them, set
