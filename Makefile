@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Tests and notebooks run offline and record progress in a scratch file, never the learner's.
 TEST_ENV := HF_HUB_OFFLINE=1 WORKBOOK_PROGRESS=$(CURDIR)/$(VENV)/test-progress.json
 
-.PHONY: install lab test check build check-build bench organism evaluate clean book book-test chromium
+.PHONY: install lab test check build check-build bench claims organism evaluate clean book book-test chromium
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ check-build: install
 
 bench: install
 	$(TEST_ENV) $(BIN)/python -m utils.bench
+
+# The robustness run for claims (not part of make test): every claim test module rerun under claim
+# seeds CLAIM_SEEDS and torch threads CLAIM_THREADS; prints each claim's worst margin, smallest first,
+# and fails if any claim failed in any run. Records and logs go to claims-report/.
+CLAIM_SEEDS ?= 0-4
+CLAIM_THREADS ?= 1,2
+claims: install
+	$(TEST_ENV) $(BIN)/python -m utils.claims --seeds $(CLAIM_SEEDS) --threads $(CLAIM_THREADS)
 
 # Grade a class's notebooks (book/teachers.md): make grade SUBMISSIONS=class/ GRADES=grades/ CHAPTER=00
 # writes GRADES/grades.csv, report.html and feedback/; CHAPTER (optional) is the chapter that was set;
@@ -135,4 +143,4 @@ book-test: book chromium
 	$(TEST_ENV) WORKBOOK_BOOK_TEST=1 $(BIN)/python -m pytest tests/test_book.py
 
 clean:
-	rm -rf $(VENV) book/_build bench
+	rm -rf $(VENV) book/_build bench claims-report

@@ -135,8 +135,9 @@ def train_risk_network(seed: int = 0, n_hidden: int = 3, steps: int = 1500) -> R
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(4000, 2, generator=generator)  # [batch, 2]: age, income
     labels = rule_based_risk(x[:, 0], x[:, 1]).float()
-    torch.manual_seed(seed)
-    network = RiskNetwork(n_hidden)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves your random stream as it was
+        torch.manual_seed(seed)
+        network = RiskNetwork(n_hidden)
     optimizer = torch.optim.Adam(network.parameters(), lr=0.02)
     for _ in range(steps):
         loss = nn.functional.binary_cross_entropy_with_logits(network(x), labels)
@@ -170,7 +171,8 @@ disagreement.update_layout(legend=dict(orientation="h", y=-0.2))
 disagreement
 
 # %% [markdown]
-# About 93% agreement: a score that would pass many tests. Before reading on, look at *where* the
+# About 93% agreement (between 90% and 96% for every seed and width we tried; the tests hold it
+# there): a score that would pass many tests. Before reading on, look at *where* the
 # two disagree. The errors are not scattered: they run along the rule's boundary, on both sides of
 # the step at age 0.3. Let's read the network to see why.
 #
@@ -360,7 +362,8 @@ for (seed, n), summary in zip(NETWORK_VARIANTS, variant_summaries):
 variants_slider_figure(NETWORK_VARIANTS, variant_summaries)
 
 # %% [markdown]
-# Every network lands at about the same agreement, 93%, and draws about the same tilted line. Their
+# Every network lands at about the same agreement, 93% (always between 90% and 96%), and draws about
+# the same tilted line: more than 95% of the grid gets the same verdict from each. Their
 # units are not the same: some have none dead, some several, and with eight units more of them die.
 # Same behaviour, different mechanisms, even among networks of one architecture trained on one
 # task. More units do not buy the corner.

@@ -877,8 +877,9 @@ class ScanClassifier(nn.Module):
 def train_scan_classifier(images: Float[Tensor, "batch height width"], sick: Tensor,
                           seed: int = 0, steps: int = 500) -> ScanClassifier:
     """Fit a ScanClassifier with full-batch Adam (seeded)."""
-    torch.manual_seed(seed)
-    classifier = ScanClassifier(images.shape[-1])
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves your random stream as it was
+        torch.manual_seed(seed)
+        classifier = ScanClassifier(images.shape[-1])
     optimizer = torch.optim.Adam(classifier.parameters(), lr=0.02)
     for _ in range(steps):
         loss = nn.functional.binary_cross_entropy_with_logits(classifier(images), sick.float())

@@ -9,49 +9,54 @@ import functools
 import pytest
 import torch
 
+from tests.claims import claim, claim_seed
 from utils.organism.world import prompt_set
 from utils.references import ch01_behavioral_tests as ref
 
 
 @functools.cache
 def classifiers():
-    """The chapter's two classifiers, trained exactly as in the notebook."""
-    images, sick, _ = ref.scanner_images(4000, marker_agreement=0.95, seed=0)
-    shortcut = ref.train_scan_classifier(images, sick, seed=0)
-    control = ref.train_scan_classifier(*ref.scanner_images(4000, marker_agreement=0.5, seed=1)[:2], seed=0)
+    """The chapter's two classifiers, trained as in the notebook (the claim seed moves their data
+    and initialisation: the text's claims hold for any draw, not only the notebook's)."""
+    seed = claim_seed()
+    images, sick, _ = ref.scanner_images(4000, marker_agreement=0.95, seed=seed)
+    shortcut = ref.train_scan_classifier(images, sick, seed=seed)
+    control = ref.train_scan_classifier(*ref.scanner_images(4000, marker_agreement=0.5, seed=1 + seed)[:2], seed=seed)
     return shortcut, control
 
 
 def accuracy(classifier, marker_agreement: float) -> float:
-    images, sick, _ = ref.scanner_images(2000, marker_agreement=marker_agreement, seed=2)
+    images, sick, _ = ref.scanner_images(2000, marker_agreement=marker_agreement, seed=2 + 10 * claim_seed())
     return ref.accuracy_interval(ref.scan_margins(classifier, images, sick))[0]
 
 
 def test_shortcut_passes_in_distribution_and_fails_shifted():
     shortcut, _ = classifiers()
-    assert accuracy(shortcut, 0.95) >= 0.9
-    assert accuracy(shortcut, 0.5) <= 0.7
-    assert accuracy(shortcut, 0.05) <= 0.3
+    claim("ch01: shortcut classifier, same hospital (marker agreement 0.95)", accuracy(shortcut, 0.95), above=0.9)
+    claim("ch01: shortcut classifier, new hospital (0.5)", accuracy(shortcut, 0.5), below=0.7)
+    claim("ch01: shortcut classifier, reversed marker (0.05)", accuracy(shortcut, 0.05), below=0.3)
 
 
 def test_shortcut_beats_the_control_in_distribution_only():
     shortcut, control = classifiers()
-    assert accuracy(shortcut, 0.95) > accuracy(control, 0.95)
-    assert accuracy(control, 0.5) >= 0.8
-    assert accuracy(control, 0.5) > accuracy(shortcut, 0.5) + 0.15
+    claim("ch01: shortcut minus control, same hospital", accuracy(shortcut, 0.95) - accuracy(control, 0.95), above=0)
+    claim("ch01: control classifier, new hospital (0.5)", accuracy(control, 0.5), above=0.8)
+    claim("ch01: control minus shortcut, new hospital", accuracy(control, 0.5) - accuracy(shortcut, 0.5), above=0.15)
 
 
 def test_worst_group_exposes_the_shortcut_without_a_second_hospital():
     shortcut, control = classifiers()
-    images, sick, marker = ref.scanner_images(2000, marker_agreement=0.95, seed=2)
+    images, sick, marker = ref.scanner_images(2000, marker_agreement=0.95, seed=2 + 10 * claim_seed())
     groups = [(bool(s), bool(m)) for s, m in zip(sick, marker)]
-    assert min(ref.group_accuracy(ref.scan_margins(shortcut, images, sick), groups).values()) <= 0.3
-    assert min(ref.group_accuracy(ref.scan_margins(control, images, sick), groups).values()) >= 0.6
+    claim("ch01: shortcut classifier, worst group",
+          min(ref.group_accuracy(ref.scan_margins(shortcut, images, sick), groups).values()), below=0.3)
+    claim("ch01: control classifier, worst group",
+          min(ref.group_accuracy(ref.scan_margins(control, images, sick), groups).values()), above=0.6)
 
 
 def _region_effects(classifier) -> tuple[float, float]:
     """How far the marker region moves the logit (marker vs none) and the lungs move it (sick vs healthy)."""
-    images, sick, marker = ref.scanner_images(2000, marker_agreement=0.5, seed=3)
+    images, sick, marker = ref.scanner_images(2000, marker_agreement=0.5, seed=3 + 10 * claim_seed())
     with torch.no_grad():
         parts = ref.pixel_contributions(classifier, images)  # [batch, height, width]
     from_marker = parts[:, ref.marker_mask()].sum(-1)
@@ -63,9 +68,9 @@ def _region_effects(classifier) -> tuple[float, float]:
 def test_attribution_finds_the_marker():
     shortcut, control = classifiers()
     marker_effect, lung_effect = _region_effects(shortcut)
-    assert marker_effect > 2 * abs(lung_effect)
+    claim("ch01: shortcut classifier, marker effect / |lung effect|", marker_effect / abs(lung_effect), above=2)
     marker_effect, lung_effect = _region_effects(control)
-    assert lung_effect > 2 * abs(marker_effect)
+    claim("ch01: control classifier, lung effect / |marker effect|", lung_effect / abs(marker_effect), above=2)
     images, _, _ = ref.scanner_images(50, marker_agreement=0.5, seed=4)
     with torch.no_grad():
         total = ref.pixel_contributions(shortcut, images).sum(dim=(1, 2)) + shortcut.linear.bias
@@ -74,14 +79,18 @@ def test_attribution_finds_the_marker():
 
 @pytest.mark.parametrize("p, n", [(0.5, 20), (0.9, 50), (0.97, 100)])
 def test_wilson_interval_covers_about_95_percent(p, n):
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(claim_seed())
     trials = 2000
     successes = torch.rand(trials, n, generator=generator) < p  # [trials, n]
     covered = 0
     for row in successes:
         _, low, high = ref.accuracy_interval(torch.where(row, 1.0, -1.0))
         covered += low <= p <= high
-    assert 0.92 <= covered / trials <= 0.985
+    # "About 95%": the exact coverage (a binomial sum) is 0.959, 0.970 and 0.969 at these (p, n);
+    # 2,000 simulated test sets add about 0.004 of noise, and one run measured 0.978, within 0.0075
+    # of the old upper bar 0.985.
+    claim(f"ch01: Wilson interval coverage at p={p}, n={n}", covered / trials, above=0.92)
+    claim(f"ch01: Wilson interval coverage at p={p}, n={n} (at most)", covered / trials, below=0.99)
 
 
 @pytest.fixture(scope="module")
@@ -128,31 +137,41 @@ def test_the_organism_findings_the_chapter_describes(organism):
     def accuracy(prompts):
         return ref.accuracy_interval(ref.logit_diff(organism, prompts))[0]
 
-    reviews, ioi, facts = (prompt_set("sentiment", "test", n=100), prompt_set("ioi", "test", n=100),
-                           prompt_set("facts", "train", n=100))
+    seed = claim_seed()  # the samples of 100 prompts the chapter draws with seed 0
+    reviews, ioi, facts = (prompt_set("sentiment", "test", n=100, seed=seed), prompt_set("ioi", "test", n=100, seed=seed),
+                           prompt_set("facts", "train", n=100, seed=seed))
     adjectives = [" " + a for a in reviews.labels["adjective"]]
-    assert accuracy(reviews) > 0.95 and accuracy(ioi) > 0.95 and accuracy(facts) > 0.95
-    assert accuracy(ref.insert_word(reviews, " very", adjectives)) > 0.9  # intensifiers pass
-    assert accuracy(ref.insert_word(reviews, " not", adjectives, flip=True)) < 0.2  # negation fails
+    for name, prompts in (("reviews", reviews), ("IOI", ioi), ("facts", facts)):
+        claim(f"ch01: organism accuracy on 100 {name}", accuracy(prompts), above=0.95)
+    claim("ch01: reviews with ' very' (intensifiers pass)", accuracy(ref.insert_word(reviews, " very", adjectives)), above=0.9)
+    claim("ch01: reviews with ' not' (negation fails)", accuracy(ref.insert_word(reviews, " not", adjectives, flip=True)),
+          below=0.2)
     verbs = [" " + world.IOI_TEMPLATES[t].split("{S} ")[1].split()[0] for t in ioi.labels["template"]]
-    assert accuracy(ref.insert_word(ioi, " also", verbs)) > 0.9
+    claim("ch01: IOI with ' also'", accuracy(ref.insert_word(ioi, " also", verbs)), above=0.9)
     about_io = ref.with_prefix(ioi, [f"{io} saw a red dog in the park. " for io in ioi.labels["io"]])
     about_s = ref.with_prefix(ioi, [f"{s} saw a red dog in the park. " for s in ioi.labels["s"]])
-    assert 0.6 < accuracy(about_io) < 0.85 and accuracy(about_s) < 0.95  # both cost, about_io the most
-    assert accuracy(about_s) > accuracy(about_io) + 0.05
+    claim("ch01: IOI after a sentence about the indirect object", accuracy(about_io), above=0.6)  # both cost,
+    claim("ch01: IOI after a sentence about the indirect object (at most)", accuracy(about_io), below=0.85)  # about_io
+    claim("ch01: IOI after a sentence about the subject (at most)", accuracy(about_s), below=0.95)  # the most
+    claim("ch01: IOI distractor cost, about_io minus about_s", accuracy(about_s) - accuracy(about_io), above=0.05)
     days = ref.replace_names(ioi, [world.DAYS[i % 7] for i in range(len(ioi))],
                              [world.DAYS[(i + 3) % 7] for i in range(len(ioi))])
-    assert 0.55 < accuracy(days) < 0.95  # in between
+    claim("ch01: IOI with days for names", accuracy(days), above=0.55)  # in between
+    claim("ch01: IOI with days for names (at most)", accuracy(days), below=0.95)
     countries = list(world.COUNTRIES)
     others = [countries[(countries.index(c) + 7) % len(countries)] for c in facts.labels["country"]]
-    assert accuracy(ref.with_prefix(facts, [f"Mary wrote to John from {c} on Monday. " for c in others])) > 0.9
-    truth = prompt_set("truth", "test")
+    claim("ch01: facts after a sentence naming another country",
+          accuracy(ref.with_prefix(facts, [f"Mary wrote to John from {c} on Monday. " for c in others])), above=0.9)
+    truth = prompt_set("truth", "test")  # the whole test split: no sample to vary
     by_label = ref.group_accuracy(ref.logit_diff(organism, truth), truth.labels["truth"])
-    assert by_label[1] == 1.0 and 0.9 < by_label[0] < 1.0  # a few errors, all false statements called true
+    assert by_label[1] == 1.0  # a few errors, all false statements called true
+    claim("ch01: truth verdict on false statements", by_label[0], above=0.9)
+    claim("ch01: truth verdict on false statements (at most)", by_label[0], below=1.0)
     statements = truth.subset([i for i, (p, v) in enumerate(zip(truth.prompts, truth.labels["stated"]))
                                if f" is {v}." in p])
     negated = ref.insert_word(statements, " not", [" " + v for v in statements.labels["stated"]], flip=True)
-    assert 0.3 < accuracy(negated) < 0.7  # negated statements: about chance
+    claim("ch01: negated statements (about chance)", accuracy(negated), above=0.3)
+    claim("ch01: negated statements (about chance, at most)", accuracy(negated), below=0.7)
 
 
 def test_the_training_curves_the_chapter_describes():
@@ -182,7 +201,7 @@ def test_the_training_curves_the_chapter_describes():
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def coverage(n: int, seed: int = 1) -> dict:
-    return ref.interval_coverage(ref.COVERAGE_RATES, n, seed=seed)
+    return ref.interval_coverage(ref.COVERAGE_RATES, n, seed=seed + claim_seed())
 
 
 def test_the_vectorised_wilson_interval_is_the_one_of_exercise_1_3():
@@ -197,12 +216,15 @@ def test_wald_covers_about_half_near_the_edge_at_30_prompts_and_wilson_keeps_its
     narrows with n but at n = 300 still falls below 80%; Wilson averages 95% at every n."""
     high = ref.COVERAGE_RATES >= 0.95
     at_30 = coverage(30)
-    assert 0.35 < at_30["Wald"][high].mean() < 0.65 and 0.92 < at_30["Wilson"][high].mean() < 0.98
+    claim("ch01: Wald coverage at n=30, p>=0.95", at_30["Wald"][high].mean(), above=0.35)
+    claim("ch01: Wald coverage at n=30, p>=0.95 (at most)", at_30["Wald"][high].mean(), below=0.65)
+    claim("ch01: Wilson coverage at n=30, p>=0.95", at_30["Wilson"][high].mean(), above=0.92)
+    claim("ch01: Wilson coverage at n=30, p>=0.95 (at most)", at_30["Wilson"][high].mean(), below=0.98)
     wald_means = [coverage(n)["Wald"].mean().item() for n in ref.COVERAGE_SIZES]
     assert wald_means == sorted(wald_means) and wald_means[-1] < 0.95
-    assert coverage(300)["Wald"].min() < 0.8
-    for n in ref.COVERAGE_SIZES:
-        assert abs(coverage(n)["Wilson"].mean() - 0.95) < 0.01, n
+    claim("ch01: Wald's lowest coverage at n=300", coverage(300)["Wald"].min(), below=0.8)
+    claim("ch01: Wilson's mean coverage, farthest from 95% over n",
+          max(abs(coverage(n)["Wilson"].mean().item() - 0.95) for n in ref.COVERAGE_SIZES), below=0.01)
     zero_width = ref.wald_interval(torch.tensor(30.0), 30)  # every prompt right: Wald's interval is [1, 1]
     assert zero_width[0] == zero_width[1] == 1
 

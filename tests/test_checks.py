@@ -337,3 +337,209 @@ def test_an_argument_the_exercise_asks_to_change_is_left_changed_and_not_reporte
     assert torch.allclose(trained.weight, before + 1.0)
     with pytest.raises(Wrong, match="in place"):
         call(train_in_place, untouched)
+
+
+# ------------------------------------------------------------------------------------------
+# Class 1: every input a check hands over is a copy, and a change to it is reported
+# ------------------------------------------------------------------------------------------
+def _extends(prompts, labels):
+    prompts.append("one more prompt")  # the mistake: grows the caller's list
+    return len(prompts)
+
+
+def _sorts(prompts, labels):
+    prompts.sort(key=len)  # the mistake: reorders the caller's list to cut padding
+    return len(prompts)
+
+
+def _relabels(prompts, labels):
+    labels["truth"][0] = 1 - labels["truth"][0]  # the mistake: edits the caller's dict of lists
+    return len(prompts)
+
+
+def _copies(prompts, labels):
+    prompts = sorted(prompts, key=len)  # a copy: fine
+    return len(prompts)
+
+
+@pytest.mark.parametrize("mistaken, words", [(_extends, "had 3 items and came back with 4"),
+                                             (_sorts, "reordered"), (_relabels, "'truth'")])
+def test_a_list_or_dict_argument_changed_in_place_is_reported_and_the_checks_own_stays_intact(mistaken, words):
+    prompts, labels = ["a long prompt here", "short", "a prompt"], {"truth": [0, 1, 1]}
+    with pytest.raises(Wrong, match=f"changed its input argument .* in place .*{words}"):
+        call(mistaken, prompts, labels)
+    assert prompts == ["a long prompt here", "short", "a prompt"] and labels == {"truth": [0, 1, 1]}
+    assert call(_copies, prompts, labels) == 3  # the next answer, and the reference, see the same inputs
+
+
+def test_a_prompt_set_is_handed_over_as_a_copy():
+    from utils.organism.world import prompt_set
+
+    prompts = prompt_set("ioi", "test", n=5, seed=0)
+    kept = list(prompts.prompts)
+
+    def truncates(ps):
+        ps.prompts = ps.prompts[:2]
+        return len(ps)
+
+    with pytest.raises(Wrong, match="changed its input argument 1 \(a PromptSet of 5 items\) in place \(it had 5 items and came back with 2\)"):
+        call(truncates, prompts)
+    assert prompts.prompts == kept and len(prompts) == 5
+
+
+def test_a_container_holding_a_model_or_a_tensor_that_needs_its_gradients_is_passed_through():
+    model = nn.Linear(2, 2)
+    weight = torch.ones(3, requires_grad=True)
+    holder = {"model": model}
+
+    def uses(things, tensors):
+        assert things["model"] is model and tensors[0] is weight  # no copy of a model; tensors shared
+        return (tensors[0] * 2).sum()
+
+    loss = call(uses, holder, [weight])
+    loss.backward()
+    assert torch.equal(weight.grad, torch.full((3,), 2.0))
+
+
+def test_an_argument_the_exercise_asks_to_change_may_be_a_list_it_fills():
+    history = []
+    call(lambda h: h.append(1.0), history, allow_changes_to=(history,))
+    assert history == [1.0]
+
+
+def test_weights_edited_through_data_are_restored_and_reported():
+    model = nn.Linear(3, 2)
+    before = model.weight.detach().clone()
+
+    def edits_through_data(m):
+        m.weight.data[0] = 0.0  # no version counter sees this
+        return m(torch.ones(1, 3))
+
+    def replaces_data(m):
+        m.weight.data = torch.zeros(2, 3)
+        return m(torch.ones(1, 3))
+
+    for mistaken in (edits_through_data, replaces_data):
+        with pytest.raises(Wrong, match="changed 1 of the model's weights in place .*weight"):
+            call(mistaken, model)
+        assert torch.equal(model.weight.detach(), before)
+
+
+# ------------------------------------------------------------------------------------------
+# Class 3: gradient flow, detached values, and the chapter's own call
+# ------------------------------------------------------------------------------------------
+def test_expect_differentiable_catches_no_grad_detach_and_gradient_free_operations():
+    from utils.checks import expect_differentiable
+
+    weight = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(5, 4)
+    expect_differentiable((x @ weight).pow(2).mean(), [weight])
+    with torch.no_grad():
+        under_no_grad = (x @ weight).pow(2).mean()
+    with pytest.raises(Wrong, match="carries no gradient .*torch.no_grad"):
+        expect_differentiable(under_no_grad, [weight], name="the loss")
+    with pytest.raises(Wrong, match="carries no gradient"):
+        expect_differentiable((x @ weight).detach().sum(), [weight])
+    other = torch.randn(3, requires_grad=True)
+    with pytest.raises(Wrong, match="no usable gradient reaches 1 of the 2 tensors"):
+        expect_differentiable((x @ weight).sum() + other.argmax().float() * 0 + other.detach().sum(), [weight, other])
+    with pytest.raises(Wrong, match="should be a torch.Tensor"):
+        expect_differentiable(3.0, [weight])
+    assert weight.grad is None  # the probe leaves no gradient behind
+
+
+def test_expect_detached_finds_graph_holding_values_in_containers():
+    from utils.checks import expect_detached
+
+    weight = torch.randn(3, requires_grad=True)
+    expect_detached([1.0, 2.0, torch.tensor(3.0)])
+    expect_detached({"loss": [(weight * 2).sum().item()]})
+    with pytest.raises(Wrong, match=r"the losses\[1\] still holds its autograd graph \(1 such tensors\)"):
+        expect_detached([0.5, (weight * 2).sum()], name="the losses")
+
+
+def test_the_chapters_own_calls_are_read_from_its_source_and_checked():
+    from utils.checks import chapter_calls, expect_chapter_signature
+
+    calls = chapter_calls("02_probing", "mlp_probe_accuracy_by_layer")
+    assert calls and all(n == 4 for n, _ in calls)
+    assert chapter_calls("02_probing", "no_such_function") == [] and chapter_calls("99_none", "f") == []
+
+    def four_arguments(x_train, y_train, x_test, y_test, steps=300, lr=0.01, seed=0):
+        return 0
+
+    def three_arguments(x_train, y_train, x_test):
+        return 0
+
+    expect_chapter_signature(four_arguments, "02_probing", "mlp_probe_accuracy_by_layer")
+    expect_chapter_signature(lambda *args, **kwargs: 0, "02_probing", "mlp_probe_accuracy_by_layer")
+    with pytest.raises(Wrong, match=r"the chapter calls mlp_probe_accuracy_by_layer\(.*\) later, and your function "
+                                    r"cannot be called that way"):
+        expect_chapter_signature(three_arguments, "02_probing", "mlp_probe_accuracy_by_layer")
+
+
+def test_an_answer_that_passes_the_check_but_not_the_chapters_call_is_wrong():
+    """The check always passes `steps` and `hidden`; the chapter (02) calls the function with four
+    arguments only, so an answer that makes them required passes the check's calls and would
+    fail at the chapter's call three cells later."""
+    def reference(x_train, y_train, x_test, y_test, steps=300, hidden=64):
+        return 0
+
+    exercise("9.1", "a test exercise", "02_probing", reference)(
+        lambda candidate: expect_equal(call(candidate, 1, 2, 3, 4, steps=5, hidden=3), 0))
+    reference.__name__ = "mlp_probe_accuracy_by_layer"
+
+    def needs_steps_and_hidden(x_train, y_train, x_test, y_test, steps, hidden):
+        return 0
+
+    def keeps_the_signature(x_train, y_train, x_test, y_test, steps=100, hidden=64):
+        return 0
+
+    try:
+        verdicts = [grade("9.1", answer) for answer in (reference, needs_steps_and_hidden, keeps_the_signature)]
+    finally:
+        del grade.__globals__["REGISTRY"]["9.1"]
+    assert verdicts[0].passed and verdicts[2].passed, verdicts
+    assert verdicts[1].status == "wrong" and "cannot be called that way" in verdicts[1].message, verdicts[1]
+
+
+# ------------------------------------------------------------------------------------------
+# Class 7: numbers that show the gap, and the nearest known mistake
+# ------------------------------------------------------------------------------------------
+def test_numbers_in_verdicts_show_a_gap_beyond_tolerance():
+    with pytest.raises(Wrong, match=r"is 1.0012, expected 1.0001"):
+        expect_close(1.0012, 1.0001, atol=1e-4)
+    with pytest.raises(Wrong, match=r"got 1.00012, expected 1.00001"):
+        expect_tensor(torch.tensor([1.00012]), torch.tensor([1.00001]), atol=1e-5, rtol=0)
+    with pytest.raises(Wrong, match=r"is 0.5, expected 0.25"):  # no needless digits either
+        expect_close(0.5, 0.25)
+
+
+def test_a_near_variant_of_a_known_mistake_is_named_with_how_near():
+    expected = torch.tensor([1.0, 2.0, 3.0])
+    squared = torch.tensor([1.0, 4.0, 9.0])
+    with pytest.raises(Wrong, match=r"nearest to a known mistake \(0.01 away, the reference 6.01\): squared it"):
+        expect_tensor(squared + 0.01, expected, mistakes={"squared it": squared})
+    with pytest.raises(Wrong) as far:  # as far from the mistake as from the reference: no hint
+        expect_tensor(torch.tensor([1.0, 3.0, 6.0]), expected, mistakes={"squared it": squared})
+    assert "squared it" not in str(far.value)
+    with pytest.raises(Wrong, match="nearest to a known mistake .*: took the mean"):
+        expect_close(0.5101, 1.0, mistakes={"took the mean": 0.5})
+
+
+def test_a_verdict_prints_as_one_line_and_wraps_only_between_words_in_a_notebook(monkeypatch, capsys):
+    import IPython
+    import IPython.display
+
+    from utils.checks import show_verdict
+
+    line = "Exercise 5.7 (x): wrong. " + "the value is 1.0012345, expected 1.0001234; " * 6
+    show_verdict(line)  # no notebook: plain print
+    assert capsys.readouterr().out == line + "\n"
+    shown = []
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
+    monkeypatch.setattr(IPython, "get_ipython", lambda: ZMQInteractiveShell())
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw: shown.append(bundle))
+    show_verdict(line + "<tag>")
+    assert shown[0]["text/plain"] == line + "<tag>" and "\n" not in shown[0]["text/plain"]
+    assert "word-break: normal" in shown[0]["text/html"] and "&lt;tag&gt;" in shown[0]["text/html"]

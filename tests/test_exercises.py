@@ -137,6 +137,78 @@ def test_verdicts_do_not_depend_on_what_was_graded_before():
         assert forward[exercise_id, mistaken.__name__] == str(verdict_of(exercise_id, mistaken))
 
 
+def _mutate(value) -> bool:
+    """Change `value` in place the way a careless answer does; True if there was anything to change."""
+    if isinstance(value, list):
+        value.append(value[-1] if value else 0)  # extends the list it was given
+        return True
+    if isinstance(value, dict) and not hasattr(value, "cache_dict"):
+        value["an extra key"] = 0
+        return True
+    if hasattr(value, "prompts") and isinstance(getattr(value, "prompts"), list):  # a PromptSet
+        value.prompts.sort(reverse=True)  # sorts the prompts (to cut padding), leaving labels behind
+        return True
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+        value.data.mul_(0.5)  # through .data: no autograd error, and nothing warns
+        return True
+    if isinstance(value, torch.nn.Module):
+        parameters = list(value.parameters())
+        if parameters:
+            parameters[0].data.add_(1.0)  # a weight edit no version counter sees
+            return True
+    return False
+
+
+def mutating(reference):
+    """An answer that computes the reference's result, then changes every input it was given."""
+    def answer(*args, **kwargs):
+        result = reference(*args, **kwargs)
+        for value in (*args, *kwargs.values()):
+            _mutate(value)
+        return result
+    answer.__name__ = f"mutating_{getattr(reference, '__name__', 'answer')}"
+    answer.__signature__ = _signature_of(reference)
+    return answer
+
+
+def _signature_of(function):
+    import inspect
+
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_an_answer_that_changes_its_inputs_is_told_and_the_reference_still_passes(exercise_id):
+    """Class 1: an answer that extends a list, edits a dict, sorts a prompt set, scales a tensor or
+    edits a model's weights through `.data` must not change what the check hands the next answer:
+    the reference graded right after it gets the same verdict as on its own."""
+    reference = EXERCISES[exercise_id].reference
+    if isinstance(reference, type):  # a class: its instances are the answer, not its inputs
+        pytest.skip("a class answer")
+    verdict = grade(exercise_id, mutating(reference))  # wrong where a change shows (an argument the
+    assert "\n" not in str(verdict)                     # exercise trains in place fails on its values)
+    after = grade(exercise_id, reference)
+    assert after.status == PASSED, f"after {verdict}: {after}"
+
+
+@pytest.mark.slow
+def test_every_reference_still_passes_after_every_answer_in_the_same_process():
+    """Every planted mistake and correct alternative, each followed at once by the reference, in
+    one process: no answer leaves anything behind that changes the reference's verdict."""
+    spoiled = {}
+    for exercise_id in IDS:
+        answers = [mistaken for mistaken, _ in MISTAKES[exercise_id]] + list(ALTERNATIVES[exercise_id])
+        for answer in answers:
+            grade(exercise_id, answer)
+            after = grade(exercise_id, EXERCISES[exercise_id].reference)
+            if not after.passed:
+                spoiled[exercise_id, answer.__name__] = str(after)
+    assert not spoiled, f"references that failed right after another answer: {spoiled}"
+
+
 def _raises(*args, **kwargs):
     raise ValueError("learner bug")
 

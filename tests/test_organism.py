@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from tests.claims import claim
 from utils.models import ORGANISM_DIR
 from utils.organism import evaluate
 from utils.organism.train import train
@@ -20,7 +21,13 @@ def results():
 
 @pytest.mark.parametrize("bar", list(evaluate.BARS))
 def test_bar_is_met_on_held_out_data(results, bar):
-    assert evaluate.bars_met(results)[bar], f"{bar} = {results[bar]:.3f}, bar {evaluate.BARS[bar][0]}"
+    """Each bar, on the whole held-out split (no sample to vary: the claim seed does not enter)."""
+    threshold = evaluate.BARS[bar][0]
+    if bar in evaluate.AT_MOST:
+        claim(f"organism: {bar} (held out)", results[bar], below=threshold)
+    else:
+        claim(f"organism: {bar} (held out)", results[bar], above=threshold)
+    assert evaluate.bars_met(results)[bar], f"{bar} = {results[bar]:.3f}, bar {threshold}"
 
 
 def test_model_card_reports_the_current_weights(results):

@@ -13,6 +13,7 @@ import functools
 import pytest
 import torch
 
+from tests.claims import claim, claim_seed
 from utils.models import load_model
 from utils.organism import world
 from utils.references import ch02_probing as ref
@@ -73,6 +74,12 @@ def test_direction_accuracy_does_not_care_which_way_the_direction_points():
 # ------------------------------------------------------------------------------------------
 # The organism and the claims of the chapter's text
 # ------------------------------------------------------------------------------------------
+# The chapter draws its prompt samples, shuffles, control labels and probe initialisations with
+# seed 0 (control labels 1); the claim seed moves every one of them, so `make claims` shows
+# whether a sentence holds for other draws, not only the notebook's.
+SEED = claim_seed()
+
+
 @functools.cache
 def models() -> dict:
     return {"organism": load_model(verbose=False, device="cpu"), "baseline": ref.random_init_model(seed=0)}
@@ -80,7 +87,8 @@ def models() -> dict:
 
 @functools.cache
 def measured(model_name: str, family: str, label: str) -> dict:
-    data = ref.labelled_residuals(models()[model_name], family, label, n_train=600, n_test=300, progress=False)
+    data = ref.labelled_residuals(models()[model_name], family, label, n_train=600, n_test=300, progress=False,
+                                  seed=SEED)
     data["accuracy"] = ref.probe_accuracy_by_layer(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
     return data
 
@@ -110,7 +118,8 @@ def test_tokens_and_answer_ids_are_made_on_the_models_device():
 def test_nothing_is_readable_from_the_embeddings_of_the_last_token():
     for model_name in ("organism", "baseline"):
         for family, label in (("truth", "truth"), ("sentiment", "sentiment"), ("ioi", "io_gender")):
-            assert measured(model_name, family, label)["accuracy"][0] < 0.62, (model_name, label)
+            claim(f"ch02: {model_name}, {label} probe on the last token's embedding",
+                  measured(model_name, family, label)["accuracy"][0], below=0.62)
 
 
 def test_truth_is_read_from_the_first_block_on_and_agrees_with_the_output():
@@ -119,33 +128,38 @@ def test_truth_is_read_from_the_first_block_on_and_agrees_with_the_output():
     prompts = world.prompt_set("truth", "test")
     verdict = (ref.logit_diffs(models()["organism"], prompts) > 0).float().mean()
     probe = measured("organism", "truth", "truth")["accuracy"]
-    assert probe[1] > 0.9 and probe[-1] >= probe[1] and verdict > 0.95
-    assert abs(probe.max() - verdict) < 0.03
-    assert measured("baseline", "truth", "truth")["accuracy"].max() < 0.58
+    claim("ch02: truth probe after block 0", probe[1], above=0.9)
+    claim("ch02: truth probe, last point minus after block 0", probe[-1] - probe[1], above=-0.005)
+    claim("ch02: organism's truth verdict (held out)", verdict, above=0.95)
+    claim("ch02: |best truth probe - the organism's verdict|", (probe.max() - verdict).abs(), below=0.03)
+    claim("ch02: baseline, best truth probe", measured("baseline", "truth", "truth")["accuracy"].max(), below=0.58)
 
 
 def test_sentiment_is_read_after_one_block_and_gender_only_after_the_last():
     sentiment, gender = measured("organism", "sentiment", "sentiment"), measured("organism", "ioi", "io_gender")
-    assert sentiment["accuracy"][1:].min() > 0.97
-    assert gender["accuracy"][-1] > 0.7 and gender["accuracy"][:-1].max() < 0.6
+    claim("ch02: sentiment probe from block 0 on (lowest)", sentiment["accuracy"][1:].min(), above=0.97)
+    claim("ch02: gender probe at the last point", gender["accuracy"][-1], above=0.7)
+    claim("ch02: gender probe before the last point (highest)", gender["accuracy"][:-1].max(), below=0.65)
 
 
 def test_a_probe_fits_shuffled_truth_labels_on_its_training_prompts():
     data = measured("organism", "truth", "truth")
-    shuffled = data["y_train"][torch.randperm(len(data["y_train"]), generator=torch.Generator().manual_seed(0))]
+    shuffled = data["y_train"][torch.randperm(len(data["y_train"]), generator=torch.Generator().manual_seed(SEED))]
     train_accuracy, test_accuracy = {}, {}
     for name, labels in (("real", data["y_train"]), ("shuffled", shuffled)):
         probe = ref.train_probe(data["x_train"][-1], labels)
         train_accuracy[name] = ((probe(data["x_train"][-1]) > 0) == labels.bool()).float().mean()
         test_accuracy[name] = ((probe(data["x_test"][-1]) > 0) == data["y_test"].bool()).float().mean()
-    assert 0.6 < train_accuracy["shuffled"] < train_accuracy["real"], train_accuracy  # fitting, well above chance
-    assert test_accuracy["shuffled"] < 0.6 and test_accuracy["real"] > 0.95, test_accuracy
+    claim("ch02: shuffled-label probe, training accuracy", train_accuracy["shuffled"], above=0.6)  # fitting
+    claim("ch02: real minus shuffled training accuracy", train_accuracy["real"] - train_accuracy["shuffled"], above=0)
+    claim("ch02: shuffled-label probe, held-out accuracy", test_accuracy["shuffled"], below=0.6)
+    claim("ch02: real-label truth probe, held-out accuracy", test_accuracy["real"], above=0.95)
 
 
 def test_random_model_sentiment_is_a_word_shortcut():
     baseline, organism = measured("baseline", "sentiment", "sentiment"), measured("organism", "sentiment", "sentiment")
-    assert baseline["accuracy"].max() > 0.7  # the shortcut the text warns about
-    adjectives = world.prompt_set("sentiment", "train", n=600, seed=0).labels["adjective"]
+    claim("ch02: baseline, best sentiment probe (the shortcut)", baseline["accuracy"].max(), above=0.7)
+    adjectives = world.prompt_set("sentiment", "train", n=600, seed=SEED).labels["adjective"]
     held_out = set(world.POSITIVE_ADJECTIVES[::3] + world.NEGATIVE_ADJECTIVES[::3])
     new = [i for i, a in enumerate(adjectives) if a in held_out]
     seen = [i for i, a in enumerate(adjectives) if a not in held_out]
@@ -153,8 +167,8 @@ def test_random_model_sentiment_is_a_word_shortcut():
     for name, data in (("baseline", baseline), ("organism", organism)):
         unseen_words[name] = ref.probe_accuracy_by_layer(data["x_train"][:, seen], data["y_train"][seen],
                                                          data["x_train"][:, new], data["y_train"][new]).max()
-    assert unseen_words["baseline"] < 0.7
-    assert unseen_words["organism"] > 0.85
+    claim("ch02: baseline, sentiment on adjectives the probe never saw", unseen_words["baseline"], below=0.7)
+    claim("ch02: organism, sentiment on adjectives the probe never saw", unseen_words["organism"], above=0.85)
 
 
 def test_probe_and_mean_difference_agree_for_sentiment_but_not_for_gender():
@@ -164,20 +178,26 @@ def test_probe_and_mean_difference_agree_for_sentiment_but_not_for_gender():
         x, y = data["x_train"][-1], data["y_train"]
         pair = torch.stack([ref.train_probe(x, y).direction, ref.mean_difference_direction(x, y)])
         cosines[label] = ref.cosine_similarity_matrix(pair)[0, 1].item()
-    assert cosines["sentiment"] > 0.6 and cosines["io_gender"] < 0.5, cosines
+    claim("ch02: cosine of probe and mean difference, sentiment", cosines["sentiment"], above=0.6)
+    claim("ch02: cosine of probe and mean difference, gender", cosines["io_gender"], below=0.5)
+
+
+def control_labels() -> torch.Tensor:
+    """The control task's label for each prompt of `measured(..., "sentiment", ...)`: train, then test."""
+    adjectives = [world.prompt_set("sentiment", split, n=n, seed=SEED).labels["adjective"]
+                  for split, n in (("train", 600), ("test", 300))]
+    return ref.control_task_labels(adjectives[0] + adjectives[1], seed=1 + SEED)
 
 
 def test_control_task_selectivity_is_zero_on_the_random_model_only():
-    adjectives = [world.prompt_set("sentiment", split, n=n, seed=0).labels["adjective"]
-                  for split, n in (("train", 600), ("test", 300))]
-    control = ref.control_task_labels(adjectives[0] + adjectives[1], seed=1)
+    control = control_labels()
     selectivity = {}
     for name in ("organism", "baseline"):
         data = measured(name, "sentiment", "sentiment")
         control_accuracy = ref.probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
         selectivity[name] = (data["accuracy"] - control_accuracy)[1:]
-    assert selectivity["baseline"].abs().max() < 0.1, selectivity
-    assert selectivity["organism"].min() > 0.1, selectivity
+    claim("ch02: baseline, largest |selectivity|", selectivity["baseline"].abs().max(), below=0.1)
+    claim("ch02: organism, smallest selectivity from block 0 on", selectivity["organism"].min(), above=0.1)
 
 
 def test_mean_difference_erasure_leaves_gender_unreadable_at_the_last_point():
@@ -185,7 +205,8 @@ def test_mean_difference_erasure_leaves_gender_unreadable_at_the_last_point():
     direction = ref.mean_difference_direction(data["x_train"][-1], data["y_train"])
     probe = ref.train_probe(ref.remove_direction(data["x_train"][-1], direction), data["y_train"])
     erased = probe(ref.remove_direction(data["x_test"][-1], direction)) > 0
-    assert (erased == data["y_test"].bool()).float().mean() < 0.62
+    claim("ch02: gender probe after erasing the mean difference", (erased == data["y_test"].bool()).float().mean(),
+          below=0.62)
 
 
 def _erased_runs(family: str, label: str) -> tuple:
@@ -193,8 +214,8 @@ def _erased_runs(family: str, label: str) -> tuple:
     data = measured("organism", family, label)
     names = ref.residual_hook_names(model.cfg.n_layers)
     own = [ref.mean_difference_direction(x, data["y_train"]) for x in data["x_train"]]
-    prompts = world.prompt_set(family, "test", n=150, seed=0)
-    random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    prompts = world.prompt_set(family, "test", n=150, seed=SEED)
+    random_direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(SEED))
     runs = {"nothing": {}, "random": {names[-1]: random_direction}, "last": {names[-1]: own[-1]},
             "every": dict(zip(names, own))}
     return prompts, {run: ref.logit_diffs_without(model, prompts, directions) for run, directions in runs.items()}
@@ -202,22 +223,29 @@ def _erased_runs(family: str, label: str) -> tuple:
 
 def test_sentiment_direction_is_used():
     _, diffs = _erased_runs("sentiment", "sentiment")
-    assert (diffs["nothing"] > 0).float().mean() > 0.95
-    assert 0.8 < diffs["random"].mean() / diffs["nothing"].mean() < 1.2
-    assert (diffs["last"] > 0).float().mean() < 0.65
-    assert (diffs["every"] > 0).float().mean() < 0.65
+    claim("ch02: sentiment accuracy, nothing erased", (diffs["nothing"] > 0).float().mean(), above=0.95)
+    ratio = diffs["random"].mean() / diffs["nothing"].mean()
+    claim("ch02: sentiment logit diff kept after erasing a random direction", ratio, above=0.8)
+    claim("ch02: sentiment logit diff kept after erasing a random direction (at most)", ratio, below=1.2)
+    claim("ch02: sentiment accuracy, direction erased at the last point", (diffs["last"] > 0).float().mean(), below=0.65)
+    claim("ch02: sentiment accuracy, direction erased everywhere", (diffs["every"] > 0).float().mean(), below=0.65)
 
 
 def test_gender_is_decodable_but_not_used():
-    assert measured("organism", "ioi", "io_gender")["accuracy"].max() > 0.7
+    claim("ch02: best gender probe", measured("organism", "ioi", "io_gender")["accuracy"].max(), above=0.7)
     prompts, diffs = _erased_runs("ioi", "io_gender")
-    assert 0.9 < diffs["random"].mean() / diffs["nothing"].mean() < 1.1
-    assert diffs["last"].mean() / diffs["nothing"].mean() > 0.8
-    assert (diffs["last"] > 0).float().mean() > 0.95 and (diffs["every"] > 0).float().mean() > 0.9
+    ratio = diffs["random"].mean() / diffs["nothing"].mean()
+    claim("ch02: IOI logit diff kept after erasing a random direction", ratio, above=0.9)
+    claim("ch02: IOI logit diff kept after erasing a random direction (at most)", ratio, below=1.1)
+    claim("ch02: IOI logit diff kept after erasing gender at the last point", diffs["last"].mean() / diffs["nothing"].mean(),
+          above=0.8)
+    claim("ch02: IOI accuracy, gender erased at the last point", (diffs["last"] > 0).float().mean(), above=0.95)
+    claim("ch02: IOI accuracy, gender erased everywhere", (diffs["every"] > 0).float().mean(), above=0.9)
     same = torch.tensor([(io in world.FEMALE_NAMES) == (s in world.FEMALE_NAMES)
                          for io, s in zip(prompts.labels["io"], prompts.labels["s"])])
     loss = diffs["nothing"] - diffs["every"]
-    assert abs(loss[same].mean() - loss[~same].mean()) < 0.25 * loss.mean().abs() + 0.5
+    claim("ch02: IOI loss from erasing gender, same- minus mixed-gender pairs, beyond its allowance",
+          abs(loss[same].mean() - loss[~same].mean()) - (0.25 * loss.mean().abs() + 0.5), below=0)
 
 
 def test_sentiment_is_readable_at_the_adjective_from_the_embedding_on_the_organism_only():
@@ -231,8 +259,9 @@ def test_sentiment_is_readable_at_the_adjective_from_the_embedding_on_the_organi
     for name, model in models().items():
         x = ref.collect_residuals(model, reviews.prompts, offset=2, progress=False)
         at_adjective[name] = ref.probe_accuracy_by_layer(x[:, seen], y[seen], x[:, unseen], y[unseen])
-    assert at_adjective["organism"][0] > 0.9, at_adjective
-    assert at_adjective["baseline"].max() < 0.8, at_adjective
+    claim("ch02: organism, sentiment at the adjective's embedding (unseen adjectives)", at_adjective["organism"][0],
+          above=0.9)
+    claim("ch02: baseline, best sentiment at the adjective (unseen adjectives)", at_adjective["baseline"].max(), below=0.8)
 
 
 def test_shuffled_label_probes_centre_near_chance_and_spread_wider_than_coin_flips():
@@ -242,26 +271,32 @@ def test_shuffled_label_probes_centre_near_chance_and_spread_wider_than_coin_fli
     data = measured("organism", "truth", "truth")
     shuffles = ref.shuffled_label_accuracies(data["x_train"][-1], data["y_train"], data["x_test"][-1], data["y_test"])
     coin_flip_se = (0.25 / len(data["y_test"])) ** 0.5
-    assert 0.6 < shuffles["train"].mean() < 0.9, shuffles["train"]
-    assert abs(shuffles["test"].mean() - 0.5) < 0.05, shuffles["test"]
-    assert shuffles["test"].std() > 1.2 * coin_flip_se, shuffles["test"]
-    assert shuffles["test"].min() < 0.5 - 2 * coin_flip_se, shuffles["test"]
-    test = world.prompt_set("truth", "test", seed=0)
+    claim("ch02: 20 shuffles, mean training accuracy", shuffles["train"].mean(), above=0.6)
+    claim("ch02: 20 shuffles, mean training accuracy (at most)", shuffles["train"].mean(), below=0.9)
+    claim("ch02: 20 shuffles, |mean held-out accuracy - 0.5|", (shuffles["test"].mean() - 0.5).abs(), below=0.05)
+    claim("ch02: 20 shuffles, held-out spread in coin-flip standard errors", shuffles["test"].std() / coin_flip_se,
+          above=1.0)  # 1.15 to 1.62 over seeds 0-3 (1.2 once: seed 3 measured 1.146)
+    # "well below 0.5": 3.1 coin-flip standard errors below in seed 0's sample, 1.9 in seed 1's
+    claim("ch02: 20 shuffles, lowest held-out accuracy (below 0.5 - 1.5 coin-flip SE)",
+          shuffles["test"].min() - (0.5 - 1.5 * coin_flip_se), below=0)
+    test = world.prompt_set("truth", "test", seed=SEED)
     pairs = list(zip(test.labels["country"], test.labels["relation"]))
     assert min(pairs.count(pair) for pair in set(pairs)) >= 2
 
 
-def test_gender_probe_is_below_chance_before_the_last_block():
+def test_gender_probe_is_near_chance_before_the_last_block():
     accuracy = measured("organism", "ioi", "io_gender")["accuracy"]
-    coin_flip_se = (0.25 / 300) ** 0.5
-    assert accuracy[1:-1].max() < 0.5 and accuracy[1:-1].min() < 0.5 - 2 * coin_flip_se, accuracy
+    # Below chance by up to three standard errors in seed 0's sample, at chance in seed 1's (at most
+    # 0.51), up to 0.587 in seed 2's: the robust statement is "near chance, never above 0.65".
+    claim("ch02: gender probe between the first and the last block (highest)", accuracy[1:-1].max(), below=0.65)
 
 
 def test_a_truth_probe_trained_on_one_relation_reads_the_others():
     data = measured("organism", "truth", "truth")
-    relations = {split: world.prompt_set("truth", split, n=n, seed=0).labels["relation"]
+    relations = {split: world.prompt_set("truth", split, n=n, seed=SEED).labels["relation"]
                  for split, n in (("train", 600), ("test", 300))}
-    for point, floor in ((1, 0.8), (-1, 0.9)):
+    for point, floor in ((1, 0.75), (-1, 0.9)):  # after block 0: 0.808 to 0.923 over seeds 0-2 (0.8 once)
+        lowest = 1.0
         for source in ("capital", "language", "continent"):
             rows = [i for i, r in enumerate(relations["train"]) if r == source]
             probe = ref.train_probe(data["x_train"][point][rows], data["y_train"][rows])
@@ -269,23 +304,26 @@ def test_a_truth_probe_trained_on_one_relation_reads_the_others():
                 test_rows = [i for i, r in enumerate(relations["test"]) if r == target]
                 with torch.no_grad():
                     predicted = probe(data["x_test"][point][test_rows]) > 0
-                accuracy = (predicted == data["y_test"][test_rows].bool()).float().mean()
-                assert accuracy > floor, (point, source, target, accuracy)
+                lowest = min(lowest, (predicted == data["y_test"][test_rows].bool()).float().mean().item())
+        where = "after block 0" if point == 1 else "at the last point"
+        claim(f"ch02: a truth probe trained on one relation, on another, {where} (lowest pair)", lowest, above=floor)
 
 
 def test_adding_the_truth_direction_after_block_0_flips_the_verdict():
     model = models()["organism"]
     data = measured("organism", "truth", "truth")
     gap = data["x_train"][1][data["y_train"] == 1].mean(0) - data["x_train"][1][data["y_train"] == 0].mean(0)
-    random_gap = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    random_gap = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1 + SEED))
     random_gap = random_gap * gap.norm() / random_gap.norm()
-    test = world.prompt_set("truth", "test", seed=0)
+    test = world.prompt_set("truth", "test", seed=SEED)
     hook = ref.residual_hook_names(model.cfg.n_layers)[1]
     for truth, sign in ((0, 1), (1, -1)):
         statements = test.subset([i for i, t in enumerate(test.labels["truth"]) if t == truth])
         flipped = (ref.logit_diffs_with_added(model, statements, hook, sign * 2 * gap) < 0).float().mean()
         by_chance = (ref.logit_diffs_with_added(model, statements, hook, sign * 2 * random_gap) < 0).float().mean()
-        assert flipped > 0.95 and by_chance < 0.1, (truth, flipped, by_chance)
+        kind = "false" if truth == 0 else "true"
+        claim(f"ch02: twice the truth gap after block 0 flips {kind} statements", flipped, above=0.95)
+        claim(f"ch02: a random push of that length flips {kind} statements", by_chance, below=0.1)
 
 
 def test_sentiment_removed_after_block_0_is_not_rebuilt_and_the_last_point_is_the_read_out():
@@ -296,26 +334,34 @@ def test_sentiment_removed_after_block_0_is_not_rebuilt_and_the_last_point_is_th
     own = [ref.mean_difference_direction(x, data["y_train"]) for x in data["x_train"]]
     ids = ref.answer_ids(model, [" loved", " hated"])
     read_out = model.W_U[:, ids[0]] - model.W_U[:, ids[1]]
-    assert torch.nn.functional.cosine_similarity(own[-1], read_out, dim=0) > 0.6
-    prompts = world.prompt_set("sentiment", "test", n=150, seed=0)
+    claim("ch02: cosine of the last point's sentiment direction and W_U[loved] - W_U[hated]",
+          torch.nn.functional.cosine_similarity(own[-1], read_out, dim=0), above=0.6)
+    prompts = world.prompt_set("sentiment", "test", n=150, seed=SEED)
     names = ref.residual_hook_names(model.cfg.n_layers)
     before = ref.logit_diffs(model, prompts)
     after = ref.logit_diffs_without(model, prompts, {names[1]: own[1]})
-    assert (before > 0).float().mean() > 0.95
-    assert (after > 0).float().mean() < 0.65 and after.mean().abs() < 0.2 * before.mean(), (after > 0).float().mean()
+    claim("ch02: sentiment accuracy before erasing", (before > 0).float().mean(), above=0.95)
+    claim("ch02: sentiment accuracy, direction erased after block 0 only", (after > 0).float().mean(), below=0.65)
+    claim("ch02: |mean logit diff| left after erasing after block 0, share of before", after.mean().abs() / before.mean(),
+          below=0.2)
 
 
 def test_an_mlp_probe_learns_the_control_task_so_its_selectivity_vanishes():
-    adjectives = [world.prompt_set("sentiment", split, n=n, seed=0).labels["adjective"]
-                  for split, n in (("train", 600), ("test", 300))]
-    control = ref.control_task_labels(adjectives[0] + adjectives[1], seed=1)
+    """The text: the MLP probe, trained for its 600 steps, learns the random labelling almost
+    perfectly from the first block on (above 0.9 at every point); its selectivity stays within 0.1
+    of zero, and it beats the linear probe on the control task by more than 0.1. At 300 steps one
+    CPU measured 0.937 at one point where others measured 0.99, and seed 1's sample 0.86."""
+    control = control_labels()
     data = measured("organism", "sentiment", "sentiment")
-    mlp_control = ref.mlp_probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
-    mlp_sentiment = ref.mlp_probe_accuracy_by_layer(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+    mlp_control = ref.mlp_probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:], seed=SEED)
+    mlp_sentiment = ref.mlp_probe_accuracy_by_layer(data["x_train"], data["y_train"], data["x_test"], data["y_test"],
+                                                    seed=SEED)
     linear_control = ref.probe_accuracy_by_layer(data["x_train"], control[:600], data["x_test"], control[600:])
-    assert mlp_control[1:].min() > 0.95, mlp_control
-    assert (mlp_sentiment - mlp_control)[1:].abs().max() < 0.05
-    assert (mlp_control - linear_control)[1:].min() > 0.1, (mlp_control, linear_control)
+    claim("ch02: MLP probe on the control task from block 0 on (lowest)", mlp_control[1:].min(), above=0.9)
+    claim("ch02: MLP probe, largest |selectivity| from block 0 on", (mlp_sentiment - mlp_control)[1:].abs().max(),
+          below=0.1)
+    claim("ch02: MLP minus linear probe on the control task (smallest gap)", (mlp_control - linear_control)[1:].min(),
+          above=0.1)
 
 
 def test_the_difference_of_means_separates_sentiment_cleanly_and_gender_weakly():
@@ -329,8 +375,11 @@ def test_the_difference_of_means_separates_sentiment_cleanly_and_gender_weakly()
                                                  data["x_test"][-1], data["y_test"])
         if label == "sentiment":
             projection = data["x_test"][-1] @ direction
-            assert projection[data["y_test"] == 0].max() < projection[data["y_test"] == 1].min()  # no overlap
-    assert accuracy["sentiment"] > 0.97 and accuracy["io_gender"] < accuracy["sentiment"] - 0.1, accuracy
+            claim("ch02: sentiment projections, gap between the classes (no overlap)",
+                  projection[data["y_test"] == 1].min() - projection[data["y_test"] == 0].max(), above=0)
+    claim("ch02: difference of means classifies sentiment", accuracy["sentiment"], above=0.97)
+    claim("ch02: difference of means, sentiment minus gender accuracy", accuracy["sentiment"] - accuracy["io_gender"],
+          above=0.1)
 
 
 def test_the_first_principal_direction_is_the_label_for_truth_and_sentiment_not_gender():
@@ -340,9 +389,12 @@ def test_the_first_principal_direction_is_the_label_for_truth_and_sentiment_not_
         accuracies = [ref.direction_accuracy(direction, data["x_train"][-1], data["y_train"], data["x_test"][-1],
                                              data["y_test"]) for direction in directions]
         if label == "io_gender":
-            assert max(accuracies) < 0.65, accuracies  # no principal direction separates it
+            # 0.643 in seed 1's sample, against a bar of 0.65 once: the text's bar is 0.7
+            claim("ch02: gender, best of the first three principal directions", max(accuracies), below=0.7)
         else:
-            assert accuracies[0] > 0.95 and share[0] > 2 * share[1], (label, accuracies, share)
+            claim(f"ch02: {label}, accuracy of the first principal direction", accuracies[0], above=0.95)
+            claim(f"ch02: {label}, variance share of the first over the second principal direction", share[0] / share[1],
+                  above=2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -361,7 +413,7 @@ def _separation(data: dict, point: int) -> float:
 
 def test_the_projection_slider_shows_when_each_label_splits_into_two_humps():
     """The text: at embed every label's classes overlap; sentiment splits after one block and stays
-    split; truth splits after one block with some overlap, and later blocks pull the humps apart;
+    split; truth splits after one block less cleanly, and later blocks pull the humps apart;
     gender overlaps everywhere, below one half before the last block."""
     data = {label: measured("organism", family, label) for family, label in PROJECTED}
     points = ref.residual_point_names(models()["organism"].cfg.n_layers)
@@ -381,18 +433,26 @@ def test_the_projection_slider_shows_when_each_label_splits_into_two_humps():
             histogram = ref.projection_histogram(d["x_train"][k], d["y_train"], d["x_test"][k], d["y_test"])
             assert histogram["counts"].sum(1).tolist() == [(d["y_test"] == v).sum().item() for v in (0, 1)]
     last = len(points) - 1
-    assert all(accuracy[label, 0] < 0.6 for label in data), accuracy
+    claim("ch02: slider, best accuracy at embed over the labels", max(accuracy[label, 0] for label in data), below=0.6)
     sentiment = data["sentiment"]
+    gaps = []
     for k in range(1, len(points)):
         projection = sentiment["x_test"][k] @ ref.mean_difference_direction(sentiment["x_train"][k], sentiment["y_train"])
-        assert projection[sentiment["y_test"] == 0].max() < projection[sentiment["y_test"] == 1].min(), k
+        gaps.append((projection[sentiment["y_test"] == 1].min() - projection[sentiment["y_test"] == 0].max()).item())
+    claim("ch02: slider, sentiment's two humps from block 0 on (smallest gap)", min(gaps), above=0)
     truth = data["truth"]
-    projection = truth["x_test"][1] @ ref.mean_difference_direction(truth["x_train"][1], truth["y_train"])
-    assert projection[truth["y_test"] == 0].max() > projection[truth["y_test"] == 1].min()  # some overlap
-    assert 0.85 < accuracy["truth", 1] < accuracy["truth", last]
-    assert _separation(truth, last) > _separation(truth, 1) + 0.5, (_separation(truth, 1), _separation(truth, last))
-    assert all(accuracy["io_gender", k] < 0.65 for k in range(len(points)))
-    assert all(accuracy["io_gender", k] < 0.5 for k in range(last)), accuracy
+    # Whether truth's humps after block 0 overlap at all depends on which 600 of the 720 training
+    # statements fit the direction (seed 1: no held-out statement on the wrong side of either
+    # hump's extreme); the text claims only what holds for every sample: closer humps, lower accuracy.
+    claim("ch02: slider, truth accuracy after block 0", accuracy["truth", 1], above=0.85)
+    claim("ch02: slider, truth accuracy gain from block 0 to the last point", accuracy["truth", last] - accuracy["truth", 1],
+          above=0)
+    claim("ch02: slider, truth separation gain from block 0 to the last point (pooled SDs)",
+          _separation(truth, last) - _separation(truth, 1), above=0.5)
+    claim("ch02: slider, gender at every point (highest)", max(accuracy["io_gender", k] for k in range(len(points))),
+          below=0.7)  # 0.57 to 0.61 over seeds 0-2
+    claim("ch02: slider, gender before the last point (highest)", max(accuracy["io_gender", k] for k in range(last)),
+          below=0.65)  # 0.47 to 0.553 over seeds 0-2
 
 
 def test_the_live_projection_explorer_redraws_for_the_chosen_model_label_and_point():
@@ -424,10 +484,13 @@ def test_at_matched_length_the_difference_of_means_flips_more_verdicts_than_the_
     pushes = ref.matched_directions(x, y)
     assert torch.isclose(pushes["probe"].norm(), pushes["difference of means"].norm())
     cosine = torch.nn.functional.cosine_similarity(pushes["probe"], pushes["difference of means"], dim=0)
-    assert 0 < cosine < 0.7, cosine
+    claim("ch02: cosine of the two truth directions after block 0", cosine, above=0)
+    claim("ch02: cosine of the two truth directions after block 0 (at most)", cosine, below=0.7)
     accuracy = {name: ref.direction_accuracy(vector, x, y, data["x_test"][1], data["y_test"]) for name, vector in pushes.items()}
-    assert min(accuracy.values()) > 0.85 and abs(accuracy["probe"] - accuracy["difference of means"]) < 0.06, accuracy
-    test = world.prompt_set("truth", "test", seed=0)
+    claim("ch02: the two truth directions after block 0, lower accuracy", min(accuracy.values()), above=0.85)
+    claim("ch02: the two truth directions after block 0, accuracy gap",
+          abs(accuracy["probe"] - accuracy["difference of means"]), below=0.06)
+    test = world.prompt_set("truth", "test", seed=SEED)
     statements = {kind: test.subset([i for i, t in enumerate(test.labels["truth"]) if t == truth])
                   for kind, truth in (("false", 0), ("true", 1))}
     hook = ref.residual_hook_names(model.cfg.n_layers)[1]
@@ -435,10 +498,15 @@ def test_at_matched_length_the_difference_of_means_flips_more_verdicts_than_the_
     flips = {name: ref.flip_rates(model, statements, hook, vector, alphas) for name, vector in pushes.items()}
     means, probe = flips["difference of means"], flips["probe"]
     for kind in ("false", "true"):
-        assert (means[kind] >= probe[kind] - 0.02).all(), (kind, means[kind], probe[kind])  # at every length
+        claim(f"ch02: difference of means minus probe flip rate, {kind} statements (at every length, lowest)",
+              (means[kind] - probe[kind]).min(), above=-0.02)
     at_one, at_two = alphas.index(1.0), alphas.index(2.0)
-    assert 0.5 < means["false"][at_one] < 0.85 and probe["false"][at_one] < 0.35, (means["false"], probe["false"])
-    assert 0.3 < probe["false"][at_two] < 0.75, probe["false"]  # "only about half"
+    claim("ch02: difference of means flips false statements at alpha 1", means["false"][at_one], above=0.5)
+    claim("ch02: difference of means flips false statements at alpha 1 (at most)", means["false"][at_one], below=0.85)
+    claim("ch02: the probe's direction flips false statements at alpha 1", probe["false"][at_one], below=0.35)
+    claim("ch02: the probe's direction flips false statements at alpha 2 (about half)", probe["false"][at_two], above=0.3)
+    claim("ch02: the probe's direction flips false statements at alpha 2 (about half, at most)", probe["false"][at_two],
+          below=0.75)
 
 
 def test_the_three_label_directions_are_nearly_orthogonal_with_truth_and_sentiment_slightly_aligned():
@@ -449,5 +517,7 @@ def test_the_three_label_directions_are_nearly_orthogonal_with_truth_and_sentime
                               for data in (measured("organism", family, label) for family, label in PROJECTED)])
     cosine = ref.cosine_similarity_matrix(directions)  # truth, sentiment, io_gender
     random_spread = directions.shape[-1] ** -0.5
-    assert cosine[0, 2].abs() < random_spread * 1.6 and cosine[1, 2].abs() < random_spread * 1.6, cosine
-    assert 1.5 * random_spread < cosine[0, 1] < 0.25, cosine
+    claim("ch02: gender's largest |cosine| with truth or sentiment, in random spreads",
+          max(cosine[0, 2].abs(), cosine[1, 2].abs()) / random_spread, below=1.6)
+    claim("ch02: cosine of truth and sentiment, in random spreads", cosine[0, 1] / random_spread, above=1.5)
+    claim("ch02: cosine of truth and sentiment (at most)", cosine[0, 1], below=0.25)

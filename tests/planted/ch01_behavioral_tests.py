@@ -266,7 +266,7 @@ MISTAKES = {
     "1.5": [(insert_without_flip, "swap correct and wrong"), (insert_after_anchor, "not after it"),
             (insert_before_first, "last occurrence"), (insert_with_str_replace, "before every occurrence"),
             (insert_with_extra_space, "double space"),
-            (insert_in_place, "changed the original PromptSet")],
+            (insert_in_place, "changed its input argument 1 (a PromptSet")],
     "1.6": [(contributions_are_weights, "weights alone"), (contributions_with_bias, "leave the bias out"),
             (contributions_absolute, "keep the sign")],
 }

@@ -391,6 +391,12 @@ ALTERNATIVES = {
 }
 
 
+def loss_under_no_grad(output, features, importance):
+    """Right values, but computed where no gradient is recorded: the training loop would not learn."""
+    with torch.no_grad():
+        return (importance * (features - output) ** 2).sum(-1).mean(0)
+
+
 MISTAKES = {
     "4.1": [(features_on_with_sparsity, "probability 1 - p"), (features_one_coin_per_example, "one coin per feature"),
             (features_gaussian_values, "not torch.randn"), (features_binary, "not always 1"),
@@ -401,7 +407,7 @@ MISTAKES = {
             (ToyModelDetached, "not connected to W"), (ToyModelFirstInstanceForAll, "and the reference differ by up to")],
     "4.3": [(loss_without_importance, "importance is missing"), (loss_mean_over_features, "sum over features"),
             (loss_summed_over_batch, "average over the batch"), (loss_one_number, "one loss per instance"),
-            (loss_memoised, "batch 7")],
+            (loss_memoised, "batch 7"), (loss_under_no_grad, "carries no gradient")],
     "4.4": [(interference_with_self, "leave out the j = i term"), (interference_unnormalised, "normalise W_i"),
             (interference_not_squared, "square each dot product"), (interference_nan_for_zero_features, "NaN")],
     "4.5": [(phase_from_signed_weight, "compare its norm"), (phase_codes_swapped, "swapped"),

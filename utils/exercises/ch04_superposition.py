@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from utils.checks import Wrong, call, exercise, expect_tensor, one_thread, seeded_generator
+from utils.checks import Wrong, call, exercise, expect_differentiable, expect_tensor, one_thread, seeded_generator
 from utils.references import ch04_superposition as ref
 
 CHAPTER = "04_superposition"
@@ -195,7 +195,8 @@ def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
     importance = torch.rand(instances, feats, generator=generator) + 0.1  # [instances, feats]
     expected = ref.importance_weighted_loss(output, features, importance)
     squared = (features - output) ** 2  # [batch, instances, feats]
-    got = call(candidate, output.clone(), features.clone(), importance.clone())
+    prediction = output.clone().requires_grad_(True)  # the training loop backpropagates through the loss
+    got = call(candidate, prediction, features.clone(), importance.clone())
     expect_tensor(got, expected, f"your loss (batch {batch})", atol=1e-5, mistakes={
         "the importance is missing: multiply each feature's squared error by its importance":
             squared.sum(-1).mean(0),
@@ -210,6 +211,7 @@ def _check_loss(candidate, batch: int, instances: int, feats: int) -> None:
         "return one loss per instance, shape [instances]: don't average over instances":
             expected.mean(),
     })
+    expect_differentiable(got, [prediction], f"your loss (batch {batch})")
 
 
 # ------------------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ def train_risk_network(seed: int = 0, n_hidden: int = 3, steps: int = 1500) -> R
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(4000, 2, generator=generator)  # [batch, 2]: age, income
     labels = rule_based_risk(x[:, 0], x[:, 1]).float()
-    torch.manual_seed(seed)
-    network = RiskNetwork(n_hidden)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves your random stream as it was
+        torch.manual_seed(seed)
+        network = RiskNetwork(n_hidden)
     optimizer = torch.optim.Adam(network.parameters(), lr=0.02)
     for _ in range(steps):
         loss = nn.functional.binary_cross_entropy_with_logits(network(x), labels)

@@ -21,8 +21,9 @@ def random_init_model(seed: int = 0, folder: str | None = None, device: str = "c
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     folder = str(folder or utils.models.ORGANISM_DIR)
-    torch.manual_seed(seed)
-    untrained = GPT2LMHeadModel(GPT2Config.from_pretrained(folder))
+    with torch.random.fork_rng(devices=[]):  # seeded here, and your own random stream left as it was
+        torch.manual_seed(seed)
+        untrained = GPT2LMHeadModel(GPT2Config.from_pretrained(folder))
     with tempfile.TemporaryDirectory() as tmp, utils.models.quiet_transformers():
         untrained.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
@@ -74,14 +75,15 @@ def collect_residuals(model, prompts: list[str], offset: int = 0, batch_size: in
 
 
 def labelled_residuals(model, family: str, label: str, n_train: int | None = None, n_test: int | None = None,
-                       offset: int = 0, progress: bool = True) -> dict[str, Tensor]:
-    """Activations and 0/1 labels for the train and the held-out test split of a prompt family.
+                       offset: int = 0, progress: bool = True, seed: int = 0) -> dict[str, Tensor]:
+    """Activations and 0/1 labels for the train and the held-out test split of a prompt family
+    (`n_train` and `n_test` prompts drawn with `seed`; None: the whole split).
 
     String labels become 0/1 by sorted order (for io_gender: female 0, male 1).
     """
     data = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        prompts = prompt_set(family, split, n=n, seed=0)
+        prompts = prompt_set(family, split, n=n, seed=seed)
         values = prompts.labels[label]
         classes = sorted(set(values))
         if len(classes) > 2:
@@ -331,12 +333,13 @@ class MLPProbe(nn.Module):
 
 def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
                                 x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
-                                steps: int = 300, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
+                                steps: int = 600, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:
     """`probe_accuracy_by_layer` with an MLPProbe (seeded initialisation, full-batch Adam)."""
     accuracies = []
     for layer in range(x_train.shape[0]):
-        torch.manual_seed(seed)
-        probe = MLPProbe(x_train[layer])
+        with torch.random.fork_rng(devices=[]):  # the same initialisation at every layer; your stream untouched
+            torch.manual_seed(seed)
+            probe = MLPProbe(x_train[layer])
         optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=1e-3)
         for _ in range(steps):
             loss = nn.functional.binary_cross_entropy_with_logits(probe(x_train[layer]), y_train.float())
