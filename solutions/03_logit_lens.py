@@ -314,8 +314,10 @@ lines({family: measured["probability"] for family, measured in lens.items()}, x=
 #   The middle blocks add confidence; for facts the last block takes a little back (the probability
 #   falls at the output), a calibration step a lens reading "more is always better" would miss.
 # - **IOI** stays wrong until the last block, and then is right for every prompt: choosing the name
-#   that was *not* repeated needs information from several positions to be combined, and the organism
-#   does that only in its last block.
+#   that was *not* repeated needs information from several positions to be combined, and the lens
+#   reads the answer only after the last block. That is not where the computation happens: Chapter 06
+#   finds part of the information at the last position from block 1 on, in a form the unembedding
+#   does not read yet.
 #
 # The logit lens is a *view*, not the model: the lens asks what the final unembedding would say if
 # the rest of the network were skipped. Earlier blocks need not write in the unembedding's "language"

@@ -53,7 +53,8 @@ env = setup()
 # A **sparse autoencoder** takes an activation `x` (a vector of `d_in` numbers), and writes it as
 # a sparse, non-negative combination of `d_sae` learned directions, with `d_sae` usually larger
 # than `d_in` (the dictionary is **overcomplete**). The recipe below is that of Cunningham et al.
-# 2023 and Bricken et al. 2023, the two papers that brought SAEs to language models:
+# 2023 and Bricken et al. 2023, the two papers that brought SAEs to language models at scale (after
+# Sharkey, Braun and Millidge's 2022 interim report):
 #
 # - **encoder**: `a = ReLU((x - b_dec) W_enc + b_enc)`, the code, shape `[d_sae]`, mostly zeros;
 # - **decoder**: `x_hat = a W_dec + b_dec`; row `i` of `W_dec` is latent `i`'s direction, kept at
@@ -374,8 +375,9 @@ toy_table.round(3)
 #   (the encoder starts as the decoder's transpose) keeps nearly every latent alive in this sweep
 #   (at most one or two of 96 die, depending on the seed); with
 #   less care, or a strong penalty early in training, many die. The usual fixes: warm up the L1
-#   coefficient from zero, initialise the encoder as the decoder's transpose, and *resample* dead
-#   latents onto inputs the SAE reconstructs badly (Bricken et al. 2023).
+#   coefficient from zero (Conerly et al. 2024, Anthropic's update), initialise the encoder as
+#   the decoder's transpose (Gao et al. 2024), and *resample* dead latents onto inputs the SAE
+#   reconstructs badly (Bricken et al. 2023).
 #
 # None of these four coefficients gives a code both as sparse as the truth and faithful. The
 # cleanest fix changes the architecture.
@@ -497,7 +499,7 @@ print(f"{len(train_acts):,} training activations of {HOOK} ({train_rows.numel():
 
 # %% tags=["export"]
 ORGANISM_STEPS = 100  # every organism SAE of Sections 2-4: 100 steps of 1024 cached activations, lr 0.01
-ORGANISM_L1 = 32.0  # the L1 coefficient that puts our L1 SAE's L0 near TopK's 32 (raw activations, norm about 200)
+ORGANISM_L1 = 32.0  # the L1 coefficient that puts our L1 SAE's L0 near TopK's 32 (raw activations, norm about 165)
 
 
 def train_organism_sae(activations: Float[Tensor, "token d_model"], k: int | None = 32, l1: float = 0.0,
@@ -820,7 +822,7 @@ print(f"dense latents (firing on more than 10% of tokens): {(firing_frequencies(
 # <details><summary>Hint 2</summary>
 #
 # Sort each column: `ordered = scores.T.sort(dim=-1).values`, `[k, n]`. For a value `v`,
-# `torch.searchsorted(ordered, scores.T, side="left")` counts the entries below it and
+# `torch.searchsorted(ordered, scores.T.contiguous(), side="left")` counts the entries below it and
 # `side="right"` those below or equal to it.
 # </details>
 # <details><summary>Hint 3</summary>
@@ -1002,9 +1004,11 @@ figure.update_layout(barmode="group", title="Held-out AUROC of the best single c
 # Read it row by row, comparing the shipped SAE's column with its neighbours:
 #
 # - **The untrained model's SAE is close to chance on every token label** (0.5 to about 0.7), and
-#   our own SAE on the organism, trained the same way, is well above it on every one. In a random network a
-#   word class ("a country") is not a direction at all; in the organism it is, because training
-#   made it one. Whatever the organism's SAE finds beyond that baseline, the organism learned.
+#   our own SAE on the organism, trained the same way, is well above it on every one. That is not
+#   because a random network has no direction for a word class: a few token embeddings are
+#   linearly separable in 256 dimensions, so a linear probe reads "country" fairly well even there.
+#   What training adds is a sparse code in which single latents line up with the classes. Whatever
+#   the organism's SAE finds beyond that baseline, the organism learned.
 # - **Word classes are not single latents.** The best single latent for "country", "capital",
 #   "name" or "language" scores well below the linear probe, which reads them almost perfectly. No
 #   one latent covers the class; we count the latents that share "country" below.
@@ -1098,8 +1102,8 @@ pd.DataFrame(control).T.round(3)
 # The best sentiment latent detects the review's sentiment perfectly, yet zeroing it takes only a
 # few percent off the positive reviews' logit difference and flips no answer. Zeroing the five
 # best sentiment latents takes off about a quarter and still flips none; five random latents
-# change nothing. The model's answer does not run through one latent: it is carried redundantly,
-# by other latents and by the error term we kept. Note the second row, too: splicing the SAE in
+# change nothing. The model's answer does not run through one latent: it is carried by many
+# latents at once. Note the second row, too: splicing the SAE in
 # *without* its error term moves the logit difference by about a logit, more than zeroing the
 # best latent does, so an intervention on a spliced model without its error term measures the
 # SAE's error as much as the latent.
@@ -1135,8 +1139,10 @@ print(f"{len(per_country)} countries, {len(set(per_country.values()))} distinct 
 #
 # ## 5. Holes in a general latent, and a test for absorption
 #
-# Take the best single latent for "the token is a country", the general one above. If it were a
-# clean "country" feature it would fire on every country. A sparse code has an incentive not to:
+# Take the best single latent for "the token is a country", the general one above. Check its
+# density first (the dashboard of Section 6 prints it): it fires on about a third of all tokens, past
+# the dense line of Section 3, so it is not a clean country feature, and its holes may say little. If it were a clean "country" feature it would
+# fire on every country. A sparse code has an incentive not to:
 # where a more specific latent already fires, the SAE saves L0 by *not* also firing the general
 # latent, and writes the shared "country" direction into the specific latent's decoder row
 # instead. Chanin et al. 2024 call this **absorption**: the general latent has holes, and the
@@ -1208,10 +1214,10 @@ absorption.round(2)
 # %% [markdown]
 # The first three rows are the countries the general latent misses most, the last three those it
 # never misses. By Chanin et al.'s test the holes are **not absorption**: the latent that fires
-# strongest on a missed country has a decoder row nearly orthogonal to the probe direction, and
-# writes only a small share of the country direction there. No latent comes close to the probe
-# direction at all, and even the general latent, on the countries it covers, writes only a
-# minority of it. In this SAE "country" is spread thinly over many latents, and the general
+# strongest on a missed country has a decoder row nearly orthogonal to the probe direction. (The
+# cosines are the evidence; the shares it writes along the probe direction overlap with the general
+# latent's own, so they decide nothing.) No latent comes close to the probe direction at
+# all. In this SAE "country" is spread thinly over many latents, and the general
 # latent's holes have a cause we have not found. So: a general latent with holes, cause unknown.
 # The lesson stands either way: "this latent means X" needs a recall check on every member of X,
 # since a label read off the top activations (all countries) can be right and still incomplete.
@@ -1315,8 +1321,9 @@ dashboard
 # %% [markdown]
 # Look at the explanation in the title next to the bar chart of Section 5: the latent fires on
 # most countries, yet its best explanation is one country's name, not "country". The AUROC
-# rewards what a latent never misses: it fires on every occurrence of that one country, and
-# misses some occurrences of others (the holes above), which tie with the non-countries at zero.
+# rewards what a latent almost never misses: it fires on nearly every occurrence of that one
+# country, and misses some occurrences of others (the holes above), which tie with the
+# non-countries at zero.
 # An explanation score measures a latent's reliability on a candidate, not how much of a concept
 # it covers; that is why recall on every member has to be checked separately.
 #
@@ -1404,7 +1411,7 @@ else:
 #   splitting in Bricken et al. 2023 and Templeton et al. 2024, not a measured law), and the error
 #   term is where anything missed would hide.
 # - **Cost.** Gemma Scope (Lieberum et al. 2024) reports using about 15% of Gemma 2 9B's training
-#   compute for its SAEs on every layer and sublayer; on our organism one SAE takes a minute.
+#   compute for its SAEs on every layer and sublayer; on our organism one SAE takes a few seconds.
 # - **Seeds.** Two SAEs trained with different seeds on the same activations share only part of
 #   their latents (Paulo and Belrose 2025): a latent is a property of one training run as much as
 #   of the model.

@@ -597,12 +597,15 @@ for method in ("zero", "mean"):
 # which depends on the order, survives a resample and not a mean.
 #
 # Which ablation is right? Each answers its own question. Mean ablation over ABC asks "what does this
-# head contribute *because it knows which name repeats*?", the question of an IOI circuit. Zero
+# head contribute *on IOI prompts that it would not on prompts without a repeated name*?", the
+# question of an IOI circuit (Wang et al.'s choice). Zero
 # ablation asks "what if this head were not there at all?", which mixes in everything the head writes
 # on every input, at a value no later layer has ever seen. Resample ablation asks "what if this head
 # had seen another input?", and the answer depends on which input. A mean over the *IOI prompts
-# themselves* would be a mistake: the names average out, but the heads' output still carries "one name
-# is repeated", the very information we want to remove.
+# themselves* would be a mistake in principle: the names average out, but whatever every IOI prompt
+# shares, a repeated name included, stays in the mean, so it cannot be what ablation removes. (In
+# GPT-2 that leak matters, because its heads detect the repetition; the organism's heads, Section 4
+# will show, do not, so the choice matters less here.)
 
 # ## 4. Path patching: Chapter 03's open question
 #
@@ -836,8 +839,11 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # - **L0H3 and L0H6 at S2 attend to themselves**: they pass on *which name sits at S2*. They never look
 #   at S1, so they cannot notice a repetition. L0H7 at the end looks at S2.
 # - **The early heads reach L3H1 only through its values**, never its queries or keys: where L3H1 looks
-#   does not depend on them, what it reads there does. That route carries about a quarter of their
-#   effect; MLP0 at S2 carries more. L0H7 does not reach L3H1 at all: its effect takes other routes.
+#   does not depend on them, what it reads there does. With every MLP frozen (the convention of
+#   Section 4), the direct route carries about a quarter of their effect and the route through MLP0
+#   at S2 more. The two are not independent: MLP0 reads these heads' output at S2 and writes into the
+#   same position L3H1 reads, so freezing it cuts a path that also ends in L3H1's values. L0H7 does
+#   not reach L3H1 at all: its effect takes other routes.
 #
 # So the organism's algorithm, as far as we measured it: read the name in the S2 slot and push it
 # *down*; more than half of L3H1's effect reaches the answer through MLP3 (Section 4). None of the heads
@@ -970,12 +976,11 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
 # %% [markdown]
 # The estimate correlates well with the real patches over all cells and picks out the same few, at a
 # fraction of the cost. But it *underestimates every large effect*, and worst the layer-0 heads at the
-# S2 position (by about half or more): their change is large, and it passes through MLP0 and the
-# LayerNorms before it reaches the answer (Section 4's table: MLP0 carries more of it than L3H1's
-# values do), so a first-order estimate over so long a step misses much of it. L3H1 is closer, but
-# the final LayerNorm and MLP3 bend the line there too. Kramár et al. (2024, AtP*) describe the other
-# classic failure, an attention softmax that saturates and hides an effect from the gradient, and
-# fixes for both. Use attribution patching to choose which cells deserve a real patch, not as the
+# S2 position (by about half or more). A likely reason, which we have not tested: their change is
+# large and passes through MLP0 and the LayerNorms before it reaches the answer, and a first-order
+# estimate over so long and non-linear a step misses much of it. Kramár et al. (2024, AtP*) name two
+# other failures, an attention softmax that saturates and hides an effect from the gradient, and
+# direct and indirect effects that cancel, with a fix for each (the QK fix and GradDrop). Use attribution patching to choose which cells deserve a real patch, not as the
 # answer itself. (`transformer_lens.tools.analysis.attribution_patching.attribution_patch` does the
 # same for every node type at once; its metric is called on one example at a time.)
 
@@ -1000,7 +1005,7 @@ for index in error.abs().argsort(descending=True)[:5].tolist():
 #   backup path shows a large gap). This simplification can miss a gap that only a set of nodes reveals;
 # - **minimality**: each node should matter *somewhere*: for each node $v$, the largest drop
 #   $F(C \setminus K) - F(C \setminus (K \cup \{v\}))$ over the subsets $K$ of the rest of the circuit, as
-#   Wang et al. define it; the smallest of these over the nodes is reported. Removing $v$ alone
+#   Wang et al. define it but without their absolute value, so a node that only hurts fails; the smallest of these over the nodes is reported. Removing $v$ alone
 #   ($K = \varnothing$) would not do: if two nodes back each other up (an OR), removing either one alone
 #   costs nothing, though the pair is needed. A node that adds nothing in any subset scores near 0.
 #   Trying every subset costs $2^{|C|}$ runs, so `circuit_report` takes circuits of at most 8 nodes.
@@ -1423,8 +1428,8 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
       f"after: loss {toy_loss[-1]:.2f}, induction score {toy_induction[-1]:.2f}")
 
 # %% [markdown]
-# The curves turn together, within a checkpoint or two. The loss on the repeated half slides slowly down from the uniform guess
-# ($\ln 48 \approx 3.9$) for about 500 steps, then falls steeply over about 200, as a layer-1 head's
+# The curves turn together, within a checkpoint or two. The loss on the repeated half loses about a
+# third of its fall in the first 500 steps, then most of the rest in the next 250, as a layer-1 head's
 # attention moves onto the token after the earlier occurrence. Before the change the model has no
 # way to use the repetition; after it, it copies. The loss over *every* position, the curve a training
 # run logs, shows the same stretch as its steepest (after the first steps), only diluted, because only
@@ -1434,8 +1439,8 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
 # ## 9. On a real model
 # With the Hugging Face Hub reachable, the same sweep on GPT-2 small: head patching (all positions) on
 # our IOI prompts with the swap corruption. The name movers (9.9, 9.6, 10.0) and S-inhibition heads
-# (7.3, 7.9, 8.6, 8.10) that Wang et al. (2022) found should be among the strongest cells; compare them
-# with the organism's single suppressing head. Offline, this cell says
+# (7.3, 7.9, 8.6, 8.10) that Wang et al. (2022) found are where to look first; the cell prints where
+# they rank rather than assuming they lead. Compare them with the organism's single suppressing head. Offline, this cell says
 # so and moves on.
 
 # %%
@@ -1452,6 +1457,9 @@ if env.hub_online:
     gpt2_heads = patch_head_output(gpt2, gpt2_swap, gpt2_clean, gpt2_metric).flatten()  # [layer * head]
     top = gpt2_heads.abs().argsort(descending=True)[:8].tolist()
     print("GPT-2 small, strongest heads: " + " ".join(f"{i // gpt2.cfg.n_heads}.{i % gpt2.cfg.n_heads} {gpt2_heads[i]:.2f}" for i in top))
+    rank = {i: r + 1 for r, i in enumerate(gpt2_heads.abs().argsort(descending=True).tolist())}
+    for role, heads in {"name movers": [(9, 9), (9, 6), (10, 0)], "S-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)]}.items():
+        print(f"{role} (Wang et al.): " + " ".join(f"{l}.{h} rank {rank[l * gpt2.cfg.n_heads + h]}" for l, h in heads))
 else:
     print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
 

@@ -14,8 +14,8 @@
 # cells, the dose-response tables and the fact edits, show a progress bar.
 #
 # **You will learn to**
-# - build steering vectors four ways (one contrast pair, a mean difference over many pairs, a
-#   probe's direction, an SAE latent's decoder direction) and add them to the residual stream
+# - build steering vectors five ways (one contrast pair, a mean difference over many pairs, a
+#   probe's direction, an SAE latent's decoder direction, a reading vector) and add them to the residual stream
 #   with a coefficient stated relative to the residual norm, never in absolute units;
 # - judge an intervention the way it should be judged: the share of the target behaviour it
 #   moved *and* the held-out accuracy of every other behaviour family, as a dose-response table,
@@ -31,7 +31,7 @@
 # - attack the latents: find how small a residual perturbation flips a verdict;
 # - say what steering can't tell you.
 #
-# **Seed concepts:** interventional methods; activation steering (Templeton et al.'s feature
+# **Seed concepts:** interventional methods; activation steering (Templeton et al. 2024's feature
 # examples, Golden Gate Claude); representation engineering (concept-based, top-down); the linear
 # representation hypothesis as vector arithmetic; erasing knowledge without hurting capabilities;
 # model editing (precise edits to correct factual errors instead of retraining); bias mitigation;
@@ -157,7 +157,7 @@ def last_token_activations(model, prompts: list[str], hook_name: str, batch_size
 
 
 # %% [markdown]
-# ### Four vectors for one target
+# ### Four vectors for one target, and a fifth
 # The first target is sentiment: a review such as "The movie was dull. I" continues with " hated"
 # or " loved". Four ways to get a "positive minus negative" direction at `blocks.1.hook_resid_post`
 # (after block 1, where Chapter 03 found sentiment already decided):
@@ -281,7 +281,7 @@ def sentiment_steering_vectors(model, hook_name: str, train: PromptSet, sae=None
 HOOK = "blocks.1.hook_resid_post"
 sentiment_train = prompt_set("sentiment", "train", n=600, seed=0)
 vectors, sae_latent = sentiment_steering_vectors(model, HOOK, sentiment_train)
-units = torch.stack([v / v.norm() for v in vectors.values()])  # [4, d_model]
+units = torch.stack([v / v.norm() for v in vectors.values()])  # [5, d_model]
 print(f"SAE latent {sae_latent['latent']}: AUROC for positive reviews {sae_latent['auroc']:.3f}")
 print("norms:", {name: round(v.norm().item(), 1) for name, v in vectors.items()},
       f" residual norm at the last token: {sae_latent['residual norm']:.1f}")
@@ -289,9 +289,9 @@ print("norms:", {name: round(v.norm().item(), 1) for name, v in vectors.items()}
 # %%
 from utils.plotting import heatmap
 
-cosines = units @ units.T  # [4, 4]
+cosines = units @ units.T  # [5, 5]
 print("cosine with the mean difference:", {name: round(c, 2) for name, c in zip(vectors, cosines[1].tolist())})
-heatmap(cosines, x=list(vectors), y=list(vectors), title="Cosine similarity of the four sentiment vectors",
+heatmap(cosines, x=list(vectors), y=list(vectors), title="Cosine similarity of the five sentiment vectors",
         diverging=True, text_auto=".2f")
 
 # %% [markdown]
@@ -430,7 +430,8 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # within it. How many prompts we watch matters as much as the tolerance: with 48 prompts a family,
 # three prompts are six points, and a different draw of 48 prompts gave a different answer. With
 # 200 a family (30 for facts, all there are), a 5-point drop is ten prompts, and the answer below
-# is the same for four different draws of the watch sets (a test in the workbook checks three).
+# was the same for four different draws of the watch sets we tried; the suite's test checks one draw,
+# and `make claims` reruns it on five.
 #
 # ### Exercise 7.4: the largest safe coefficient (difficulty 2/3, ~15 min)
 # Write `largest_safe_coefficient(alphas, accuracies, baseline, tolerance)`. `alphas` is a list of
@@ -669,20 +670,19 @@ for family in every_family:
 #
 # <details><summary>Hint 1</summary>
 #
-# `weight.sub_((weight @ unit)[..., None] * unit)` edits in place; `W_O` is
-# `[head_index, d_head, d_model]`, and the same line works for it, since only the last axis is
-# `d_model`.
+# Every tensor whose last axis is `d_model` writes into the residual stream, biases included: every
+# position gets `b_O` and `b_out` added, whatever the input. Remove the direction from each one's last axis.
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# The biases write into the residual stream too: every position gets `b_O` and `b_out` added,
-# whatever the input.
+# Build the unit direction on `model.cfg.device`; then, under `torch.no_grad()`, edit each of the
+# six kinds of tensor (two embeddings, four per block) in place: the parameter itself, not a copy.
+# `W_O` is `[head_index, d_head, d_model]`; only its last axis is `d_model`.
 # </details>
 # <details><summary>Hint 3</summary>
 #
-# Build the unit direction on `model.cfg.device`; then for each of the six kinds of tensor (two
-# embeddings, four per block) run Hint 1's line. Edit the parameter itself (`weight.sub_` under
-# `torch.no_grad()`), not a copy.
+# `weight.sub_((weight @ unit)[..., None] * unit)` removes the direction from the last axis of any
+# of them in place, `W_O` included.
 # </details>
 
 # %% tags=["export"]
@@ -1219,10 +1219,12 @@ for key in before:
 # country keeps its capital, France keeps its language and continent, and no other family moves
 # (by a prompt or two of 64 at most, on other draws of the prompts).
 # **Generalisation** is where it is honest to be careful. "The city of government in France is"
-# follows the edit: it reads the same key at the same kind of token. "In France, the capital city
-# is" does not, although its country token has the same key; more words stand between it and the
-# answer, and which attention fails to carry the new value there is a question this chapter has
-# not traced (a good exercise in Chapter 06's tools). And "France has its
+# follows the edit. "In France, the capital city is" does not, although its country is the same
+# token: the key is not the token alone. MLP 0 reads the residual stream after block 0's attention,
+# which mixes the preceding words into it, so the same " France" arrives with a different key, and a
+# rank-one edit changes its output only in proportion to how much the new key overlaps the fitted
+# one. We have not measured that overlap here; computing it for each phrasing, the key of each
+# against $C^{-1}k$, is a good exercise. And "France has its
 # capital in" starts with `France` *without* a leading space, a different token with a different
 # key: the edit never touched it. An edit is as general as the key it rewrites, and the organism's
 # word-level tokenizer makes that visible. (The same failure, subject spelled or placed
@@ -1314,7 +1316,8 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # ## 8. On a real model
 # The same functions steer GPT-2 small when the Hugging Face Hub is reachable: ActAdd's "Love"
 # minus "Hate" vector, taken at the last token halfway up the model (`blocks.6.hook_resid_pre` on
-# GPT-2 small's 12 blocks: the output of block 5, Turner et al.'s layer 6; the layer follows the
+# GPT-2 small's 12 blocks: the output of block 5; a relative depth we chose, not Turner et al.'s
+# layer, which was 6 of GPT-2-XL's 48; the layer follows the
 # model's depth, so another model name works too) and added with the same relative coefficient at
 # every position after BOS. That is a variant: ActAdd adds its vector at the first positions of
 # the prompt only, with an absolute coefficient. Offline, this cell says so and moves on.
@@ -1333,7 +1336,7 @@ else:
 
 # %% [markdown]
 # ## What steering can't tell you
-# - **A vector that steers is not the model's representation.** Four vectors flipped sentiment at
+# - **A vector that steers is not the model's representation.** Five vectors flipped sentiment at
 #   different rates; a direction that moves behaviour shows that the model *responds* to it, not
 #   that it *uses* it, and not that it is the only one.
 # - **Side effects are only the ones you measured.** The table watched four families because the

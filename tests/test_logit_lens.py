@@ -384,7 +384,7 @@ def test_ablating_l3h1_costs_far_more_than_its_direct_share_about_mlp3s_share():
 # ------------------------------------------------------------------------------------------
 # The checks hand over copies: an answer that changes its inputs cannot break the reference
 # ------------------------------------------------------------------------------------------
-def test_an_answer_that_changes_its_prompt_sets_leaves_the_reference_passing():
+def test_an_answer_that_changes_its_prompt_sets_is_told_and_the_reference_still_passes():
     from tests.planted import ch03_logit_lens as planted
     from utils.checks import grade
     from utils.references import ch03_logit_lens as reference
@@ -392,7 +392,8 @@ def test_an_answer_that_changes_its_prompt_sets_leaves_the_reference_passing():
     for exercise_id, mutating, answer in (("3.4", planted.heads_then_extends_the_prompts, reference.head_attribution),
                                           ("3.9", planted.ablation_then_sorts_the_prompts,
                                            reference.ablated_logit_diffs)):
-        assert grade(exercise_id, mutating).status == "passed"
+        told = grade(exercise_id, mutating)
+        assert told.status == "wrong" and "in place" in told.message, str(told)
         for _ in range(2):
             verdict = grade(exercise_id, answer)
             assert verdict.status == "passed", str(verdict)

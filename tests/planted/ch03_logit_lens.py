@@ -189,7 +189,8 @@ def heads_wrong_minus_correct(model, prompts):
 
 
 def heads_then_extends_the_prompts(model, prompts):
-    """Right, and then it adds a prompt to the set it was given (to reuse the list later)."""
+    """Right, and then it adds a prompt to the set it was given (to reuse the list later): the chapter's
+    later cells would see the extra prompt, so the check says so."""
     result = ref.head_attribution(model, prompts)
     prompts.prompts.append(prompts.prompts[0])
     prompts.correct.append(prompts.correct[0])
@@ -391,7 +392,8 @@ def ablation_hook_does_nothing(model, prompts, corrupted, layer, head):
 
 
 def ablation_then_sorts_the_prompts(model, prompts, corrupted, layer, head):
-    """Right, and then it sorts the prompt lists it was given in place."""
+    """Right, and then it sorts the prompt lists it was given in place: the chapter's later cells would see
+    them reordered, so the check says so."""
     result = ref.ablated_logit_diffs(model, prompts, corrupted, layer, head)
     prompts.prompts.sort()
     corrupted.prompts.reverse()
@@ -437,7 +439,8 @@ MISTAKES = {
     "3.3": [(translator_reverse_kl, "KL(lens || final)"),
             (translator_without_zero_grad, "zero_grad"),
             (translator_never_trained, "did not learn")],
-    "3.4": [(heads_at_minus_one, "right-padded"),
+    "3.4": [(heads_then_extends_the_prompts, "changed its input argument"),
+            (heads_at_minus_one, "right-padded"),
             (heads_without_scale, "final LayerNorm's scale"),
             (heads_raw_correct_logit, "raw logit"),
             (heads_wrong_minus_correct, "sign is flipped")],
@@ -455,7 +458,8 @@ MISTAKES = {
             (composition_untransposed, "the OV circuit goes in transposed"),
             (composition_unnormalised, "divide by both norms"),
             (composition_target_by_source, "[source_head, target_head]")],
-    "3.9": [(ablation_zero, "not by zero"),
+    "3.9": [(ablation_then_sorts_the_prompts, "changed its input argument"),
+            (ablation_zero, "not by zero"),
             (ablation_whole_layer, "not every head of the layer"),
             (ablation_hook_does_nothing, "changed nothing")],
 }
@@ -464,10 +468,10 @@ ALTERNATIVES = {
     "3.1": [shares_broadcast_loop, shares_float64_matmul],
     "3.2": [lens_by_hand_layernorm, lens_with_gather_and_unembed],
     "3.3": [translator_with_kl_div, translator_cross_entropy_form, translator_shuffled_epochs],
-    "3.4": [heads_with_apply_ln, heads_from_z_by_hand, heads_then_extends_the_prompts],
+    "3.4": [heads_with_apply_ln, heads_from_z_by_hand],
     "3.5": [previous_by_indexing, previous_by_loops],
     "3.6": [induction_by_indexing, induction_by_mask],
     "3.7": [copying_with_factored_matrix, copying_diagonal_is_max],
     "3.8": [composition_dense, composition_batched],
-    "3.9": [ablation_new_tensor, ablation_with_hooks_context, ablation_then_sorts_the_prompts],
+    "3.9": [ablation_new_tensor, ablation_with_hooks_context],
 }

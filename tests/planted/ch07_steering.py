@@ -411,7 +411,8 @@ ALTERNATIVES = {
 # Answers that change what they are given, or reach past it
 # ------------------------------------------------------------------------------------------
 def mean_difference_sorting_in_place(model, prompts, hook_name, label):
-    """Sorts the prompts by length in place (less padding per batch): correct, and must not upset the check."""
+    """Sorts the prompts by length in place (less padding per batch): the vector is right, but the chapter's
+    later cells would find the set reordered, so the check names the change (and still hands the next try a fresh copy)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts.prompts[i]))
     prompts.prompts[:] = [prompts.prompts[i] for i in order]
     prompts.correct[:] = [prompts.correct[i] for i in order]
@@ -424,7 +425,8 @@ def mean_difference_sorting_in_place(model, prompts, hook_name, label):
 
 
 def table_sorting_in_place(model, prompt_sets, fwd_hooks=()):
-    """Sorts each set's prompts in place before measuring: correct (the order of prompts does not matter)."""
+    """Sorts each set's prompts in place before measuring: the table is right, but the caller's sets come back
+    reordered, so the check names the change."""
     table = {}
     for name, prompts in prompt_sets.items():
         order = sorted(range(len(prompts)), key=lambda i: len(prompts.prompts[i]))
@@ -476,8 +478,8 @@ def update_along_c_k(weight, key, value, second_moment):
 
 MISTAKES["7.4"].append((safe_absolute_change, "only a drop counts"))
 MISTAKES["7.5"] += [(ablation_arditi_list, "the last block's hook_resid_post"),
-                    (ablation_that_edits_weights, "changed the model's weights")]
+                    (ablation_that_edits_weights, "of the model's weights in place")]
 MISTAKES["7.8"].append((update_along_c_k, "not the smallest change"))
-ALTERNATIVES["7.2"].append(mean_difference_sorting_in_place)
-ALTERNATIVES["7.3"].append(table_sorting_in_place)
+MISTAKES["7.2"].append((mean_difference_sorting_in_place, "changed its input argument"))
+MISTAKES["7.3"].append((table_sorting_in_place, "changed its input argument"))
 ALTERNATIVES["7.6"].append(orthogonalize_through_data)

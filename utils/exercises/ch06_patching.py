@@ -359,7 +359,7 @@ def _ablation_expectations(index: int):
                 ref.ablate_heads(model, tokens, heads, "zero")
         if method == "mean":
             mistakes["the mean must come from reference_tokens (the ABC prompts): a mean over the IOI prompts themselves "
-                     "keeps what they share, including which name repeats"] = ref.ablate_heads(model, tokens, heads, "mean", tokens)
+                     "keeps what they share, including that a name repeats"] = ref.ablate_heads(model, tokens, heads, "mean", tokens)
             mistakes["take the mean over the reference batch only, one value per position (not also over positions)"] = \
                 _ablation_variant(model, tokens, heads, reference, "one mean")
             mistakes["ablate only the listed heads, not every head of their layers"] = \

@@ -156,8 +156,11 @@ def kernel_command(sandbox: Sandbox, command: list[str], *, root: Path, writable
                                                                         str(root), *_hub_cache()])
     read_only = [p for p in read_only if not _inside(p, [d for d in read_only if d != p and d != "/"])]
     wrapped = [sandbox.bwrap, *_namespaces(sandbox.as_root), "--die-with-parent", "--new-session"]
+    # The private /tmp comes first, so that a workbook or a Python that lives under /tmp (a clone
+    # made there, as CI's may be) is bound on top of it rather than hidden by it.
+    wrapped += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]
     ancestors = sorted({str(parent) for path in read_only for parent in Path(path).parents
-                        if str(parent) != "/" and not _inside(str(parent), read_only)})
+                        if str(parent) not in ("/", "/tmp") and not _inside(str(parent), read_only)})
     for path in ancestors:  # folders on the way to a bound one (/root for a Python in ~/.pyenv): passable
         wrapped += ["--perms", "0755", "--dir", path]
     for path in read_only:
@@ -167,7 +170,6 @@ def kernel_command(sandbox: Sandbox, command: list[str], *, root: Path, writable
     for path in map(os.path.realpath, hidden):  # a class or grades folder inside the workbook
         if _inside(path, read_only) and os.path.isdir(path) and not any(_inside(p, [path]) for p in read_only):
             wrapped += ["--tmpfs", path]
-    wrapped += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]
     passable = sorted({str(parent) for path in writable for parent in Path(path).parents
                        if str(parent) not in ("/", "/tmp") and not _inside(str(parent), read_only)})
     for path in passable:

@@ -399,8 +399,8 @@ def component_restoration(model, triggered: world.PromptSet, control: world.Prom
     planted_ids = torch.tensor([model.to_single_token(w) for w in triggered.correct], device=device)
     usual_ids = torch.tensor([model.to_single_token(w) for w in triggered.wrong], device=device)
 
-    def metric(logits):  # [batch, pos, d_vocab] -> mean planted-minus-usual logit difference
-        final = logits[rows, last_t]
+    def metric(logits, last=last_t):  # [batch, pos, d_vocab] -> mean planted-minus-usual logit difference
+        final = logits[rows, last]  # each prompt's own last position
         return (final[rows, planted_ids] - final[rows, usual_ids]).mean().item()
 
     hooks = {layer: (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out")
@@ -408,7 +408,7 @@ def component_restoration(model, triggered: world.PromptSet, control: world.Prom
     wanted = {name for pair in hooks.values() for name in pair}
     _, cache = model.run_with_cache(tokens_c, names_filter=lambda name: name in wanted)
     triggered_score = metric(model(tokens_t))
-    effect = triggered_score - metric(model(tokens_c))
+    effect = triggered_score - metric(model(tokens_c), last_c)
     restored = {}
     for layer, (z_name, mlp_name) in hooks.items():
         for head in range(model.cfg.n_heads):
