@@ -10,8 +10,9 @@
 # # Chapter 05: Sparse autoencoders
 #
 # **Time:** about 3.5 hours, of which about 2.5 for the exercises. **Exercises:** 8, each checked
-# as soon as you run the cell after it. **Run All** takes about two minutes on a laptop's CPU: the
-# chapter trains thirteen small SAEs (six on the toy, seven on the organism), each in seconds.
+# as soon as you run the cell after it. *Run All* takes under two and a half minutes on a 2-core
+# laptop CPU (longer when the machine is busy): the chapter trains thirteen small SAEs (six on the
+# toy, seven on the organism), each in seconds.
 #
 # **You will learn to**
 # - build a sparse autoencoder (SAE) from scratch: a linear encoder and a ReLU that give a sparse,

@@ -10,7 +10,7 @@
 # # Chapter 07: Steering, erasure and editing
 #
 # **Time:** about 3 hours. **Exercises:** 8, each checked as soon as you run the cell after it.
-# *Run All* takes a few minutes on a 2-core laptop CPU (longer when the machine is busy); the longest
+# *Run All* takes under three minutes on a 2-core laptop CPU (longer when the machine is busy); the longest
 # cells, the dose-response tables and the fact edits, show a progress bar.
 #
 # **You will learn to**

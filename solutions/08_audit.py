@@ -10,7 +10,7 @@
 # # Chapter 08: Capstone, audit a model
 #
 # **Time:** about 3 hours. **Exercises:** 6, each checked as soon as you run the cell after it.
-# *Run All* takes about three minutes on a 2-core laptop CPU (longer when the machine is busy).
+# *Run All* takes under three minutes on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
 # - run chapter 01's behavioural audit on a *suspect* model and its *clean twin*, and see both pass;
