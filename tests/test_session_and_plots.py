@@ -43,6 +43,26 @@ def test_heatmap_and_lines_return_figures():
     assert [trace.name for trace in figure.data] == ["one", "two"]
 
 
+def test_figures_take_their_containers_width():
+    """A fixed pixel width clipped titles in a narrow pane and overflowed the book's column: the
+    helpers' figures and every figure layout a chapter sets leave the width to the container."""
+    import ast
+
+    figures = [plotting.heatmap(torch.randn(2, 2), title="a title long enough to need the room"),
+               plotting.lines([1.0, 2.0]), plotting.bars([1.0, 2.0], ["a", "b"])]
+    assert [figure.layout.width for figure in figures] == [None, None, None]
+    fixed = []
+    for source in sorted((Path(__file__).parents[1] / "solutions").glob("[0-9][0-9]_*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", ""))
+                    in {"update_layout", "Layout", "make_subplots"}):
+                fixed += [f"{source.name}:{node.lineno}" for keyword in node.keywords
+                          if keyword.arg == "width" and isinstance(keyword.value, ast.Constant)
+                          and (isinstance(keyword.value.value, (int, float))
+                               or str(keyword.value.value).endswith("px"))]  # "60%" follows the pane
+    assert not fixed, f"figures with a fixed pixel width: {fixed}"
+
+
 def test_attention_view_draws_offline_and_checks_shapes():
     tokens = ["<|endoftext|>", "When", " Mary"]
     html = plotting.attention_patterns(tokens, torch.softmax(torch.randn(2, 3, 3), -1)).data

@@ -1,6 +1,8 @@
 """Plot helpers on plotly (and circuitsvis for attention) that every chapter shares.
 
-Each returns a figure (or an HTML view) so a cell that ends with the call shows it.
+Each returns a figure (or an HTML view) so a cell that ends with the call shows it. Figures set a
+height but no width: they take the width of their container (a narrow JupyterLab pane, Colab, the
+book's column), where a fixed 650 px clipped long titles.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def heatmap(values, x: Sequence | None = None, y: Sequence | None = None, title:
     if text_auto:
         fig.update_traces(texttemplate="%{z:" + (text_auto if isinstance(text_auto, str) else ".2f") + "}")
     fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, yaxis_autorange="reversed",
-                      width=650, height=450)
+                      autosize=True, height=450)
     return fig
 
 
@@ -42,7 +44,7 @@ def lines(series: dict[str, Sequence] | Sequence, x: Sequence | None = None, tit
         values = _to_numpy(values)
         fig.add_trace(go.Scatter(x=list(x) if x is not None else None, y=list(values), name=name,
                                  mode="lines+markers" if markers else "lines"))
-    fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, width=650, height=400,
+    fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, autosize=True, height=400,
                       showlegend=len(series) > 1)
     return fig
 
@@ -50,7 +52,7 @@ def lines(series: dict[str, Sequence] | Sequence, x: Sequence | None = None, tit
 def bars(values: Sequence, labels: Sequence[str], title: str = "", y_label: str = "") -> go.Figure:
     """A bar chart of one value per label."""
     fig = go.Figure(go.Bar(x=list(labels), y=list(_to_numpy(values))))
-    fig.update_layout(title=title, yaxis_title=y_label, width=650, height=400)
+    fig.update_layout(title=title, yaxis_title=y_label, autosize=True, height=400)
     return fig
 
 
