@@ -94,6 +94,24 @@ def test_residual_norm_grows_through_the_layers_and_bos_is_huge_at_the_end():
     claim("ch07: BOS huge after the last block (ratio to other positions)", bos / after[3], above=3)
 
 
+def test_a_few_heads_park_their_attention_on_bos():
+    """L1H7 gives position 0 about nine tenths of its attention, L1H4 and L3H6 about half, the median head under a
+    fifth: averaged over every later (unpadded) position of held-out prompts of all five families."""
+    model = organism()
+    prompts = [p for family in world.FAMILIES for p in prompt_set(family, "test", n=50, seed=SEED).prompts]
+    tokens, last = ref.tokenize(model, prompts)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    valid = torch.arange(tokens.shape[1])[None] <= last[:, None]  # [batch, query]
+    valid[:, 0] = False
+    to_bos = torch.stack([(cache[f"blocks.{l}.attn.hook_pattern"][..., 0] * valid[:, None]).sum((0, 2)) / valid.sum()
+                          for l in range(model.cfg.n_layers)])  # [layer, head]
+    claim("ch07: L1H7 gives BOS about nine tenths of its attention", to_bos[1, 7].item(), above=0.8)
+    for layer, head in ((1, 4), (3, 6)):
+        claim(f"ch07: L{layer}H{head} gives BOS about half (above)", to_bos[layer, head].item(), above=0.35)
+        claim(f"ch07: L{layer}H{head} gives BOS about half (below)", to_bos[layer, head].item(), below=0.7)
+    claim("ch07: the median head gives BOS under a fifth", to_bos.flatten().median().item(), below=0.2)
+
+
 def test_five_vectors_how_long_and_how_aligned():
     vectors, latent = sentiment_vectors()
     claim("ch07: the SAE latent detects sentiment perfectly (AUROC)", latent["auroc"], above=0.99)
@@ -138,7 +156,8 @@ def test_side_effects_grow_with_the_coefficient_and_break_ioi_induction_and_trut
     for family in ("ioi", "induction"):
         claim(f"ch07: sentiment push at 1.5 costs {family} more than one prompt in ten",
               base[family] - table[family][-1].item(), above=0.1)
-    claim("ch07: sentiment push at 1.5 costs the truth verdicts", base["truth"] - table["truth"][-1].item(), above=0.0)
+    claim("ch07: sentiment push at 1.5 costs the truth verdicts a few points", base["truth"] - table["truth"][-1].item(),
+          above=0.02)
     for family in ("ioi", "truth"):
         claim(f"ch07: at 0.25 {family} has not moved (drop)", base[family] - table[family][0].item(), below=0.02)
 
@@ -237,9 +256,23 @@ def test_orthogonalised_weights_equal_the_hooks_and_are_restored():
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def erasure(family: str):
-    others = {"truth": ("ioi", "facts", "sentiment"), "sentiment": ("ioi", "facts", "truth")}[family]
-    return ref.erasure_report(organism(), family, family, HOOK, ref.behaviour_sets(n=64, seed=SEED, families=others),
+    others = {"truth": ("ioi", "facts", "sentiment"), "sentiment": ("ioi", "facts", "truth"),
+              "ioi": ("facts", "truth", "sentiment")}[family]
+    label, hook = ("io_gender", "blocks.3.hook_resid_post") if family == "ioi" else (family, HOOK)
+    return ref.erasure_report(organism(), family, label, hook, ref.behaviour_sets(n=64, seed=SEED, families=others),
                               seed=SEED)
+
+
+def test_erasing_the_names_gender_blinds_a_fresh_probe_and_leaves_ioi_unchanged():
+    """Bias mitigation: gender erased after the last block, where Chapter 02 reads it best."""
+    report = erasure("ioi")
+    claim("ch07: gender is readable before erasure (fresh probe)", report["none"]["fresh probe"], above=0.7)
+    for name in ("LEACE", "mean-difference projection"):
+        claim(f"ch07: gender fresh probe after {name} is at chance (distance to 0.5)",
+              abs(report[name]["fresh probe"] - 0.5), below=0.08)
+        for column in ("ioi, last token", "ioi, every position", "facts", "truth", "sentiment"):
+            claim(f"ch07: gender erased by {name}: {column} unchanged (drop)",
+                  report["none"][column] - report[name][column], below=0.02)
 
 
 @pytest.mark.parametrize("family", ["truth", "sentiment"])
@@ -332,6 +365,15 @@ def test_rank_one_fact_edit_efficacy_generalisation_and_specificity():
     before = report["measure"]()
     with ref.mlp_weight_replaced(model, 0, new_weight):
         after = report["measure"]()
+    overlaps = ref.key_overlaps(model, 0, fit_on(), "France", report["phrasings"])
+    claim("ch07: the fitted phrasing receives the whole edit (key overlap)", overlaps[0].item(), above=0.9)
+    claim("ch07: 'The city of government in France is' receives about seven tenths (above)", overlaps[3].item(),
+          above=0.55)
+    claim("ch07: 'The city of government in France is' receives about seven tenths (below)", overlaps[3].item(),
+          below=0.85)
+    claim("ch07: 'In France, the capital city is' receives about a quarter (above)", overlaps[2].item(), above=0.1)
+    claim("ch07: 'In France, the capital city is' receives about a quarter (below)", overlaps[2].item(), below=0.4)
+    claim("ch07: 'France has its capital in' (another token) receives nothing", abs(overlaps[1].item()), below=0.1)
     assert before["top answer"] == [" Paris"] * 4, before
     # fitted; "city of government" follows; "In France, ..." and "France has ..." (no leading space) missed
     assert after["top answer"] == [" Rome", " Paris", " Paris", " Rome"], after
@@ -361,4 +403,5 @@ def test_optimised_latent_perturbations_flip_verdicts_random_ones_do_not():
     claim("ch07: a random perturbation of 30% flips no verdict", max(random), below=0.01)
     claim("ch07: an optimised perturbation of 10% flips almost none", optimised[0], below=0.05)
     claim("ch07: an optimised perturbation of 20% starts to flip", optimised[1], above=0.0)
-    claim("ch07: an optimised perturbation of 30% flips more than of 20%", optimised[2] - optimised[1], above=0.0)
+    claim("ch07: an optimised perturbation of 30% flips more than of 20% (by more than a prompt of 48)",
+          optimised[2] - optimised[1], above=1.5 / 48)
