@@ -20,19 +20,21 @@
 # - judge an intervention the way it should be judged: the share of the target behaviour it
 #   moved *and* the held-out accuracy of every other behaviour family, as a dose-response table,
 #   and read off the largest coefficient whose side effects stay within a tolerance;
-# - find where steering works with a layer sweep, and watch the organism continue world text
-#   with and without a vector;
+# - find where steering works with a layer sweep, steer single attention heads as inference-time
+#   intervention does and compare it with a residual vector at matched side effects, and watch the
+#   organism continue world text with and without a vector;
 # - remove a direction at every layer with hooks (directional ablation), bake the same edit into
 #   the weights (weight orthogonalisation), and show that both give the same outputs;
 # - erase a concept linearly (LEACE, a mean-difference projection, a random baseline), confirm
-#   that a fresh probe is back at the base rate, and then ask the causal question;
+#   that a fresh probe is back at the base rate, and then ask the causal question; erase the
+#   names' gender as a bias mitigation and measure what it keeps and what it costs;
 # - change one fact with a rank-one edit of one MLP matrix, and grade it on efficacy,
 #   generalisation to phrasings it never saw and specificity everywhere else;
 # - attack the latents: find how small a residual perturbation flips a verdict;
 # - say what steering can't tell you.
 #
 # **Seed concepts:** interventional methods; activation steering (Templeton et al. 2024's feature
-# examples, Golden Gate Claude); representation engineering (concept-based, top-down); the linear
+# examples, Golden Gate Claude); inference-time intervention; representation engineering (concept-based, top-down); the linear
 # representation hypothesis as vector arithmetic; erasing knowledge without hurting capabilities;
 # model editing (precise edits to correct factual errors instead of retraining); bias mitigation;
 # relaxed adversarial training (attacks on latents rather than inputs); retargeting the search.
@@ -540,7 +542,8 @@ truth_vector = mean_difference_vector(model, truth_train, HOOK, "truth")
 false_statements, true_statements = truth_subsets(prompt_set("truth", "test", seed=0))
 truth_watch = behaviour_sets(n=WATCH_SIZE, families=("ioi", "facts", "sentiment", "induction"))
 truth_doses = dose_response(model, HOOK, truth_vector, alphas, false_statements, truth_watch)
-truth_safe = largest_safe_coefficient(alphas, truth_doses, side_effect_table(model, truth_watch), TOLERANCE)
+truth_baseline = side_effect_table(model, truth_watch)
+truth_safe = largest_safe_coefficient(alphas, truth_doses, truth_baseline, TOLERANCE)
 print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
       + " ".join(f"{v:.2f}" for v in truth_doses["flipped"].tolist()) + f"; largest safe alpha {truth_safe}")
 
@@ -630,18 +633,18 @@ def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list
 
 # %%
 truth_fit, truth_val = truth_train.subset(range(540)), truth_train.subset(range(540, len(truth_train.prompts)))
-head_accuracy = head_probe_accuracies(head_activations(model, truth_fit.prompts), torch.tensor(truth_fit.labels["truth"]),
-                                      head_activations(model, truth_val.prompts), torch.tensor(truth_val.labels["truth"]))
+z_fit, y_fit = head_activations(model, truth_fit.prompts), torch.tensor(truth_fit.labels["truth"])  # [540, layer, head, d_head]
+head_accuracy = head_probe_accuracies(z_fit, y_fit, head_activations(model, truth_val.prompts),
+                                      torch.tensor(truth_val.labels["truth"]))
 heatmap(head_accuracy, x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}" for l in range(model.cfg.n_layers)],
         title="Truth probe accuracy on each head's output at the last token (validation split)", text_auto=".2f")
 ITI_HEADS = 4
 ranked = head_accuracy.flatten().argsort(descending=True)[:ITI_HEADS].tolist()
 top_heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads) for i in ranked]
-iti = iti_directions(head_activations(model, truth_fit.prompts), torch.tensor(truth_fit.labels["truth"]), top_heads)
-iti_alphas = [2.5, 5.0, 7.5, 10.0, 15.0]
+iti = iti_directions(z_fit, y_fit, top_heads)
+iti_alphas = [2.5, 5.0, 7.5, 10.0]  # in units of each head's sigma
 iti_doses = hooks_dose_response(model, lambda alpha: iti_hooks(model, iti, alpha), iti_alphas, false_statements,
                                 truth_watch)
-truth_baseline = side_effect_table(model, truth_watch)
 iti_safe = largest_safe_coefficient(iti_alphas, iti_doses, truth_baseline, TOLERANCE)
 print("top heads:", ", ".join(f"L{l}H{h} {head_accuracy[l, h]:.2f}" for l, h in top_heads))
 import pandas as pd
@@ -667,7 +670,18 @@ pd.DataFrame({family: (truth_baseline[family] - iti_doses[family]).tolist() for 
              index=iti_alphas).rename_axis(index="ITI alpha (in sigma)", columns="drop in accuracy").style.format("{:.3f}")
 
 # %% [markdown]
-# ITI_PROSE_PLACEHOLDER
+# No head of block 0 reads the verdict well (its best probe is under 0.7); most heads of blocks 1
+# to 3 read it above 0.8, and the best four, all in blocks 2 and 3, almost perfectly. Yet at matched side
+# effects the residual vector wins by far: at its largest safe coefficient it flips about seven in
+# ten false statements, while ITI on the four best heads, at its own largest safe coefficient,
+# flips about one in five. The next step of ITI pays with IOI first (about 8 points at
+# $7.5\,\sigma$, 20 at $10\,\sigma$, induction later) before it flips most statements. The
+# heads that read truth best are not reserved for truth: among them is L3H1, the head Chapter 03
+# found writing the indirect object's name, so pushing them pushes IOI too. Li et al. steered a few
+# dozen of LLaMA-7B's 1024 heads and measured the price as a rise in loss on general text; on a
+# model with 32 heads and five behaviours sharing them, the price lands on one behaviour, and the
+# watched families show which. Reading well is not writing well, at the level of heads as at the
+# level of directions.
 #
 # ## 3. Steered generation
 # Numbers first, text second. Here is the organism continuing world text greedily, unsteered and
@@ -1059,7 +1073,11 @@ report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
 # mixes the causal question with an edit of activations the eraser knows nothing about (it projects
 # about the *last-token* mean, so at other positions it moves the residual stream by amounts no one
 # chose). Read it as the side-effect view, beside the other families, which barely move either way.
-# The same report for sentiment:
+# The column `truth, other positions` separates the two edits: erased at every position after BOS
+# *except* the last, the verdict does not move at all (about 0.98 with either eraser). The edit of
+# the other positions breaks nothing by itself; added to the last token's, it removes the share of
+# the verdict that later blocks were still reading from those positions: all of it for the
+# projection (chance), little more for LEACE. The same report for sentiment:
 
 # %%
 sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")))
@@ -1093,7 +1111,18 @@ gender_erasure = erasure_report(model, "ioi", "io_gender", "blocks.3.hook_resid_
 report_frame(gender_erasure, highlight=["fresh probe", "ioi, last token", "ioi, every position"])
 
 # %% [markdown]
-# BIAS_PROSE_PLACEHOLDER
+# Before erasure a fresh probe reads the indirect object's gender on about 80% of held-out
+# stories; after either eraser it is at chance, and the name answer stays right on every held-out
+# story (at most one of 180 changes), whether the eraser acts at the last token or at every
+# position. That is the measurement a bias mitigation owes: the attribute is gone for any linear
+# reader at that point, and the behaviour to keep is kept. The table shows two caveats. LEACE at
+# every position of the last block costs the facts family about a quarter of its prompts, where
+# the projection costs nothing: its guarantee is about probes on IOI's last tokens, and in the
+# model it also edits every position of every other prompt, so the behaviours to keep must be
+# watched beyond the task itself. And this is the easy case: Chapter 02 found that the organism
+# does not need the gender to name the indirect object. Where a model does use an attribute,
+# erasing it changes the behaviour, and whether that is the mitigation or the damage is a
+# question about the task, not about the eraser.
 
 # %% [markdown]
 # ## 6. Editing one fact
@@ -1492,7 +1521,9 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # The model is robust in almost every direction and fragile in a few, and those few are what an
 # input attack would be searching for. Latent adversarial training trains against such attacks;
 # Casper et al. and Sheshadri et al. report better robustness to some attacks that were not used
-# in training, a measured improvement, not a guarantee. The flip side for interpretability: "the
+# in training, a measured improvement, not a guarantee. This chapter stops at the attack: training
+# against it means fine-tuning the organism and then re-measuring every family, which does not
+# fit in its time budget. The flip side for interpretability: "the
 # behaviour survives random noise" is no evidence that it is robust.
 #
 # ## 8. On a real model

@@ -880,6 +880,11 @@ if big is not None:
 # - **A larger model is not the organism.** Here we know the world the organism learned; on a 70B
 #   model there is no ground truth to grade a lens, a patch or a steering vector against, only
 #   behaviour. Check findings on the organism first, then ask whether they carry over.
+# - **A small model does not predict a large one.** Extrapolation, learning from today's models
+#   how larger ones will behave, is one of the field's hopes, not yet a method: a finding on the
+#   organism is a hypothesis about Llama, to be measured there. Chapter 03 met a case where the
+#   same task runs the other way (the organism's top IOI head costs more when ablated than its
+#   direct share; GPT-2 small's costs less, because backup heads take over).
 # - **Same numbers are not the same mechanism.** The nnsight and TransformerLens versions agree on
 #   the organism because they compute the same thing; on another architecture the same hook name
 #   can sit at a different place (Llama's norms, its gated MLP), and a method tuned on one model
@@ -905,7 +910,7 @@ if big is not None:
 #
 # | limit | what it says | where you measured it |
 # |---|---|---|
-# | **scale** | frontier models are too large to read by hand, and every method costs compute | 05 (an SAE needs far more tokens than the organism's text to avoid dead latents); 09 (one request per experiment, and what comes back is only what you saved) |
+# | **scale** | frontier models are too large to read by hand, and every method costs compute | 06 (attribution patching: one pass instead of one per component, an approximation checked against the real patches); 09 (one request per experiment, and what comes back is only what you saved) |
 # | **distributed representations** | a concept is spread over many neurons, and neurons carry many concepts | 04 (more features than dimensions: superposition); 05 (the SAE's error term, what no latent explains) |
 # | **context-dependent representations** | the same word is a different vector in a different sentence | 07 (the fact edit: the same " France" token, a different key, a quarter of the edit) |
 # | **present is not used** | a probe reads what the model need not use | 02 (gender read at the last token, and removed with the name answer still right); 07 (erasure in the model, not only for a probe) |

@@ -283,8 +283,9 @@ def _safe_cases():
 
 
 def _float_tie(alphas, accuracies, baseline, tolerance) -> bool:
-    """Whether some drop sits within float rounding (1e-6) of the tolerance, so that `<=` can go either way."""
-    return any(abs(baseline[family] - float(accuracies[family][i]) - tolerance) <= 1e-6
+    """Whether some drop sits within float rounding (1e-6) of the tolerance without equalling it, so that `<=` can
+    go either way. (An exact tie is exact: `<=` must call it safe.)"""
+    return any(0 < abs(baseline[family] - float(accuracies[family][i]) - tolerance) <= 1e-6
                for family in baseline for i in range(len(alphas)))
 
 
