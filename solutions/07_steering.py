@@ -434,8 +434,8 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # within it. How many prompts we watch matters as much as the tolerance: with 48 prompts a family,
 # three prompts are six points, and a different draw of 48 prompts gave a different answer. With
 # 200 a family (30 for facts, all there are), a 5-point drop is ten prompts, and the answer below
-# was the same for four different draws of the watch sets we tried; the suite's test checks one draw,
-# and `make claims` reruns it on five.
+# was the same for four different draws of the watch sets we tried; a test checks three draws, and
+# `make claims` reruns it with other seeds.
 #
 # ### Exercise 7.4: the largest safe coefficient (difficulty 2/3, ~15 min)
 # Write `largest_safe_coefficient(alphas, accuracies, baseline, tolerance)`. `alphas` is a list of
@@ -637,12 +637,13 @@ z_fit, y_fit = head_activations(model, truth_fit.prompts), torch.tensor(truth_fi
 head_accuracy = head_probe_accuracies(z_fit, y_fit, head_activations(model, truth_val.prompts),
                                       torch.tensor(truth_val.labels["truth"]))
 heatmap(head_accuracy, x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}" for l in range(model.cfg.n_layers)],
-        title="Truth probe accuracy on each head's output at the last token (validation split)", text_auto=".2f")
+        title="Truth probe accuracy on each head's output at the last token (validation split)", diverging=False,
+        text_auto=".2f")
 ITI_HEADS = 4
 ranked = head_accuracy.flatten().argsort(descending=True)[:ITI_HEADS].tolist()
 top_heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads) for i in ranked]
 iti = iti_directions(z_fit, y_fit, top_heads)
-iti_alphas = [2.5, 5.0, 7.5, 10.0]  # in units of each head's sigma
+iti_alphas = [5.0, 7.5, 10.0]  # in units of each head's sigma
 iti_doses = hooks_dose_response(model, lambda alpha: iti_hooks(model, iti, alpha), iti_alphas, false_statements,
                                 truth_watch)
 iti_safe = largest_safe_coefficient(iti_alphas, iti_doses, truth_baseline, TOLERANCE)

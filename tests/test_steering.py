@@ -175,6 +175,27 @@ def test_the_largest_safe_coefficient_of_the_mean_difference_is_three_quarters_a
           above=0.999)
 
 
+def test_the_largest_safe_coefficient_is_the_same_on_three_draws_of_the_watch_sets():
+    """The draw above and two more: 0.75 within the tolerance and 1.0 beyond it, on each (only those two
+    coefficients are run for the extra draws; the prefix rule needs 0.25 and 0.5 safe too, checked on the first)."""
+    model = organism()
+    vector = sentiment_vectors()[0]["mean difference"]
+    for draw in (SEED + 1, SEED + 2):
+        watch = ref.behaviour_sets(n=ref.WATCH_SIZE, seed=draw, families=("ioi", "facts", "truth", "induction"))
+        base = ref.side_effect_table(model, watch)
+        for alpha, side in ((0.75, "within"), (1.0, "beyond")):
+            table = ref.side_effect_table(model, watch, [(HOOK, ref.steering_hook(vector, alpha))])
+            drop = max(base[family] - table[family] for family in base)
+            if side == "within":
+                claim(f"ch07: sentiment push, worst drop at 0.75 within the tolerance (draw +{draw - SEED})", drop,
+                      below=TOLERANCE + 1e-6)
+            else:
+                claim(f"ch07: sentiment push, worst drop at 1.0 beyond the tolerance (draw +{draw - SEED})", drop,
+                      above=TOLERANCE)
+    table, base = doses("mean difference"), baseline()
+    claim("ch07: sentiment push, worst drop at 0.5 within the tolerance", worst_drop(table, base, 0.5), below=TOLERANCE)
+
+
 def test_layer_sweep_steering_works_best_after_block_0_several_times_better():
     model = organism()
     sweep = ref.layer_sweep(model, prompt_set("sentiment", "train", n=600, seed=SEED), "sentiment",
@@ -217,7 +238,7 @@ def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
           max(base["sentiment"] - v for v in table["sentiment"].tolist()), below=0.02)
 
 
-ITI_ALPHAS = [2.5, 5.0, 7.5, 10.0]  # the chapter's coefficients, in units of each head's sigma
+ITI_ALPHAS = [5.0, 7.5, 10.0]  # the chapter's coefficients, in units of each head's sigma
 
 
 @functools.cache
