@@ -1117,8 +1117,9 @@ report_frame(gender_erasure, highlight=["fresh probe", "ioi, last token", "ioi, 
 # story (at most one of 180 changes), whether the eraser acts at the last token or at every
 # position. That is the measurement a bias mitigation owes: the attribute is gone for any linear
 # reader at that point, and the behaviour to keep is kept. The table shows two caveats. LEACE at
-# every position of the last block costs the facts family about a quarter of its prompts, where
-# the projection costs nothing: its guarantee is about probes on IOI's last tokens, and in the
+# every position of the last block costs the facts family a sixth to a quarter of its 30 prompts
+# on the draws we tried, where the projection costs nothing: its guarantee is about probes on
+# IOI's last tokens, and in the
 # model it also edits every position of every other prompt, so the behaviours to keep must be
 # watched beyond the task itself. And this is the easy case: Chapter 02 found that the organism
 # does not need the gender to name the indirect object. Where a model does use an attribute,
