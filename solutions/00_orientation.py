@@ -464,6 +464,37 @@ stack
 # output: ablation and activation patching (Chapter 06), steering and editing (Chapter 07). Only
 # they show what is *used*. Chapter 02 meets a feature that is present and not used.
 #
+# **Four approaches.** Interpretability work starts from one of four places, and this workbook
+# uses all of them:
+# - **Behavioural**: inputs and outputs only, the model sealed. Chapter 01's test suite, and
+#   Chapter 08's first look at a suspect model (which prompts does it get wrong?).
+# - **Attributional**: which parts of the input or of the network an output depends on, without a
+#   mechanism: pixel contributions (Chapter 01), direct logit attribution (Chapter 03),
+#   attribution patching (Chapter 06).
+# - **Mechanistic, bottom-up**: start from the parts (neurons, heads, weight matrices) and build
+#   up to an algorithm: Chapters 03, 04 and 06, where heads and their circuits are read off the
+#   weights and checked by intervention.
+# - **Concept-based, top-down**: start from a concept a person names ("truth", "sentiment") and
+#   look for it in the activations, then read or write along it: probes (Chapter 02), steering and
+#   representation engineering (Chapter 07).
+# - **Developmental**, a fifth angle on the others: how the representations and circuits form
+#   during training (Chapter 01's training log, Chapter 06's induction heads forming in a toy's
+#   checkpoints).
+#
+# Top-down and bottom-up fail in opposite ways. Top-down finds the concepts you thought to name and
+# is blind to the ones you did not: Chapter 02's probes read truth wherever it is, and say nothing
+# about what else the model computes. Bottom-up can surprise you (Chapter 03's head that the
+# attribution underrates), but it is slow, and what it cannot afford to read it never sees.
+#
+# **What a model says about itself is behaviour too.** A large model asked *why* it answered as it
+# did produces an explanation, and a chain of thought before its answer looks like one. Both are
+# outputs: they can be plausible and still not describe the computation that produced the answer
+# (a plausible explanation is not a faithful one). The organism cannot talk about itself, but the
+# same gap between a convincing story and the computation shows up with our own tools, measured:
+# Chapter 03 (a head's direct attribution against what ablating it costs), Chapter 05 (an SAE
+# latent's explanation scored on prompts it was not chosen on) and Chapter 06 (how much of the
+# behaviour a proposed circuit carries on its own).
+#
 # Why would this matter for safety? Each **theory of impact** is a bet on what understanding buys.
 # The ones this workbook touches, and where:
 #
@@ -475,6 +506,7 @@ stack
 # | **relaxed adversarial training** | search for bad behaviour by perturbing the model's *activations*, not only its inputs, and train it away | 07 (attacks on latents) |
 # | **mechanistic anomaly detection** | flag inputs where the model gives the usual answer for an unusual reason | 08 (a planted trigger) |
 # | scaling up | the same experiments on models no laptop holds | 09 (nnsight) |
+# | **extrapolation** | learn from today's models how larger ones will behave, and which capabilities appear with scale | 03 (the organism's top IOI head against GPT-2 small's published one: the same task, an opposite finding), 09 ("can't tell you": what carries over) |
 #
 # None of these works yet at the scale of frontier models; each chapter ends with what its method
 # cannot tell you.
@@ -664,6 +696,11 @@ else:
 #   (Chapter 04), so a single neuron often means several things at once.
 # - The residual decomposition is exact, but "large norm" is not "important for this output":
 #   importance needs the direction that matters (Chapter 03).
+# - A finding on a small model is a hypothesis about a large one, not a prediction (extrapolation):
+#   ablating the organism's top IOI head costs more than its direct share, where in GPT-2 small the
+#   published finding runs the other way (Chapter 03), and Chapter 09 says what carries over.
+# - An explanation you can read, from a tool or from the model itself, can be plausible and
+#   unfaithful; only an intervention checks it (Chapters 03 and 06).
 #
 # **Your record so far:**
 

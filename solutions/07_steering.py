@@ -20,19 +20,21 @@
 # - judge an intervention the way it should be judged: the share of the target behaviour it
 #   moved *and* the held-out accuracy of every other behaviour family, as a dose-response table,
 #   and read off the largest coefficient whose side effects stay within a tolerance;
-# - find where steering works with a layer sweep, and watch the organism continue world text
-#   with and without a vector;
+# - find where steering works with a layer sweep, steer single attention heads as inference-time
+#   intervention does and compare it with a residual vector at matched side effects, and watch the
+#   organism continue world text with and without a vector;
 # - remove a direction at every layer with hooks (directional ablation), bake the same edit into
 #   the weights (weight orthogonalisation), and show that both give the same outputs;
 # - erase a concept linearly (LEACE, a mean-difference projection, a random baseline), confirm
-#   that a fresh probe is back at the base rate, and then ask the causal question;
+#   that a fresh probe is back at the base rate, and then ask the causal question; erase the
+#   names' gender as a bias mitigation and measure what it keeps and what it costs;
 # - change one fact with a rank-one edit of one MLP matrix, and grade it on efficacy,
 #   generalisation to phrasings it never saw and specificity everywhere else;
 # - attack the latents: find how small a residual perturbation flips a verdict;
 # - say what steering can't tell you.
 #
 # **Seed concepts:** interventional methods; activation steering (Templeton et al. 2024's feature
-# examples, Golden Gate Claude); representation engineering (concept-based, top-down); the linear
+# examples, Golden Gate Claude); inference-time intervention; representation engineering (concept-based, top-down); the linear
 # representation hypothesis as vector arithmetic; erasing knowledge without hurting capabilities;
 # model editing (precise edits to correct factual errors instead of retraining); bias mitigation;
 # relaxed adversarial training (attacks on latents rather than inputs); retargeting the search.
@@ -68,9 +70,11 @@ torch.set_grad_enabled(False)  # interventions only read gradients in sections 6
 #   residual vector it is added to", at any layer, in any model, and every vector compared at the
 #   same $\alpha$ is compared at matched norm.
 # - **Positions.** Position 0 holds the end-of-text token that starts every prompt. Its residual
-#   stream is unusual (huge after the last block) and carries no content; the model uses it as a
-#   resting place for attention. Steering it changes every later position through attention for
-#   no reason, so we steer **every position after it** (position 1 onward).
+#   stream is unusual (huge after the last block) and carries no content, and a few heads park
+#   their attention there: averaged over every later position of held-out prompts of all five
+#   families, head L1H7 gives position 0 about nine tenths of its attention, L1H4 and L3H6 about
+#   half, and the median head under a fifth (a test measures these). Steering it changes every later
+#   position through those heads for no reason, so we steer **every position after it** (position 1 onward).
 #
 # ### Exercise 7.1: a steering hook (difficulty 1/3, ~10 min)
 # Write `steering_hook(direction, alpha)`. It returns a hook function `hook_fn(resid, hook)` that
@@ -430,8 +434,8 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # within it. How many prompts we watch matters as much as the tolerance: with 48 prompts a family,
 # three prompts are six points, and a different draw of 48 prompts gave a different answer. With
 # 200 a family (30 for facts, all there are), a 5-point drop is ten prompts, and the answer below
-# was the same for four different draws of the watch sets we tried; the suite's test checks one draw,
-# and `make claims` reruns it on five.
+# was the same for four different draws of the watch sets we tried; a test checks three draws, and
+# `make claims` reruns it with other seeds.
 #
 # ### Exercise 7.4: the largest safe coefficient (difficulty 2/3, ~15 min)
 # Write `largest_safe_coefficient(alphas, accuracies, baseline, tolerance)`. `alphas` is a list of
@@ -441,6 +445,9 @@ lines({family: caa[family] for family in watch}, x=alphas,
 # accuracy. A coefficient is **safe** when no family's accuracy is more than `tolerance` below its
 # baseline (a drop of exactly `tolerance` is safe; a rise above the baseline is never unsafe). Return the largest coefficient such that it and
 # every smaller coefficient in `alphas` are safe, as a float; `None` when even the first is not.
+# Accuracies are float32 shares, so a drop that is exactly the tolerance on paper (10 prompts of
+# 200 against 0.05) can come out a hair above or below it; the reference counts a drop within
+# `1e-6` of the tolerance as a tie (safe), and the check accepts either answer for such a case.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -471,7 +478,7 @@ def largest_safe_coefficient(alphas: list[float], accuracies: dict[str, Tensor],
     safe = None
     for i, alpha in enumerate(alphas):
         drops = [baseline[family] - float(accuracies[family][i]) for family in baseline]
-        if max(drops) > tolerance:
+        if max(drops) > tolerance + 1e-6:  # a tie up to float32 rounding is still a tie
             break
         safe = float(alpha)
     return safe
@@ -535,7 +542,8 @@ truth_vector = mean_difference_vector(model, truth_train, HOOK, "truth")
 false_statements, true_statements = truth_subsets(prompt_set("truth", "test", seed=0))
 truth_watch = behaviour_sets(n=WATCH_SIZE, families=("ioi", "facts", "sentiment", "induction"))
 truth_doses = dose_response(model, HOOK, truth_vector, alphas, false_statements, truth_watch)
-truth_safe = largest_safe_coefficient(alphas, truth_doses, side_effect_table(model, truth_watch), TOLERANCE)
+truth_baseline = side_effect_table(model, truth_watch)
+truth_safe = largest_safe_coefficient(alphas, truth_doses, truth_baseline, TOLERANCE)
 print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
       + " ".join(f"{v:.2f}" for v in truth_doses["flipped"].tolist()) + f"; largest safe alpha {truth_safe}")
 
@@ -544,6 +552,137 @@ print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
 # reached sooner: at $\alpha = 0.75$ the truth vector costs induction more than ten points and IOI a
 # few, and it never touches sentiment. A direction found from the labels of one behaviour steers it; the
 # watched families say what the push costs, and which ones pay.
+#
+# ### Steering heads instead of the residual stream: inference-time intervention
+# **Inference-time intervention** (ITI, Li et al. 2023) steers truthfulness one attention head at a
+# time. Its recipe: take each head's output at the last token (`blocks.{l}.attn.hook_z`, the head's
+# `[d_head]` result before $W_O$ mixes it into the residual stream); train a probe for the label on
+# each head and rank the heads by the probe's accuracy on a validation split; then, for the top $k$
+# heads only, shift the head's output along its difference of class means (the "mass-mean"
+# direction, which Li et al. found steers better than the probe's weights) by $\alpha\,\sigma$,
+# with $\sigma$ the standard deviation of the head's outputs along that direction. Here every
+# position after BOS is shifted, as with the residual vectors, and the coefficient is in units of
+# $\sigma$, so it is not comparable with the residual $\alpha$: the fair comparison is at **matched
+# side effects**, each method at its own largest safe coefficient.
+
+# %% tags=["export"]
+@torch.no_grad()
+def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[Tensor, "batch layer head d_head"]:
+    """Every head's output before W_O (`hook_z`) at each prompt's own last token."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, last = tokenize(model, prompts[start:start + batch_size])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        rows = torch.arange(len(last), device=tokens.device)
+        chunks.append(torch.stack([cache[name][rows, last] for name in names], dim=1))  # [batch, layer, head, d_head]
+    return torch.cat(chunks)
+
+
+def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
+                          z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"]
+                          ) -> Float[Tensor, "layer head"]:
+    """A probe per head (Chapter 02's train_probe), trained on one split: its accuracy on the other."""
+    n_layers, n_heads = z_train.shape[1:3]
+    accuracy = torch.zeros(n_layers, n_heads)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            with torch.enable_grad():
+                probe = train_probe(z_train[:, layer, head], y_train)
+            with torch.no_grad():
+                accuracy[layer, head] = ((probe(z_val[:, layer, head]) > 0) == y_val.bool()).float().mean()
+    return accuracy
+
+
+def iti_directions(z: Float[Tensor, "batch layer head d_head"], labels: Int[Tensor, "batch"],
+                   heads: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[Tensor, float]]:
+    """Per chosen head: the unit mass-mean direction (label 1 minus label 0) and the outputs' std along it."""
+    directions = {}
+    for layer, head in heads:
+        x = z[:, layer, head]  # [batch, d_head]
+        difference = x[labels == 1].mean(0) - x[labels == 0].mean(0)
+        unit = difference / difference.norm()
+        directions[(layer, head)] = (unit, (x @ unit).std().item())
+    return directions
+
+
+def iti_hooks(model, directions: dict[tuple[int, int], tuple[Tensor, float]], alpha: float) -> list[tuple[str, Hook]]:
+    """Hooks shifting each chosen head's output by alpha * sigma * unit direction at every position after BOS."""
+    by_layer: dict[int, list[tuple[int, Tensor]]] = {}
+    for (layer, head), (unit, sigma) in directions.items():
+        by_layer.setdefault(layer, []).append((head, alpha * sigma * unit.to(model.cfg.device)))
+
+    def shift(pushes: list[tuple[int, Tensor]]) -> Hook:
+        def hook_fn(z: Float[Tensor, "batch pos head d_head"], hook) -> Float[Tensor, "batch pos head d_head"]:
+            z = z.clone()
+            for head, push in pushes:
+                z[:, 1:, head] = z[:, 1:, head] + push.to(z.dtype)
+            return z
+        return hook_fn
+
+    return [(f"blocks.{layer}.attn.hook_z", shift(pushes)) for layer, pushes in by_layer.items()]
+
+
+def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list[float], target: PromptSet,
+                        watch: dict[str, PromptSet]) -> dict[str, Tensor]:
+    """`dose_response` for any intervention: `make_hooks(alpha)` gives the hooks at each coefficient."""
+    rows = [{"flipped": flip_rate(model, target, make_hooks(alpha)), **side_effect_table(model, watch, make_hooks(alpha))}
+            for alpha in alphas]
+    return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+# %%
+truth_fit, truth_val = truth_train.subset(range(540)), truth_train.subset(range(540, len(truth_train.prompts)))
+z_fit, y_fit = head_activations(model, truth_fit.prompts), torch.tensor(truth_fit.labels["truth"])  # [540, layer, head, d_head]
+head_accuracy = head_probe_accuracies(z_fit, y_fit, head_activations(model, truth_val.prompts),
+                                      torch.tensor(truth_val.labels["truth"]))
+heatmap(head_accuracy, x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}" for l in range(model.cfg.n_layers)],
+        title="Truth probe accuracy on each head's output at the last token (validation split)", diverging=False,
+        text_auto=".2f")
+ITI_HEADS = 4
+ranked = head_accuracy.flatten().argsort(descending=True)[:ITI_HEADS].tolist()
+top_heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads) for i in ranked]
+iti = iti_directions(z_fit, y_fit, top_heads)
+iti_alphas = [5.0, 7.5, 10.0]  # in units of each head's sigma
+iti_doses = hooks_dose_response(model, lambda alpha: iti_hooks(model, iti, alpha), iti_alphas, false_statements,
+                                truth_watch)
+iti_safe = largest_safe_coefficient(iti_alphas, iti_doses, truth_baseline, TOLERANCE)
+print("top heads:", ", ".join(f"L{l}H{h} {head_accuracy[l, h]:.2f}" for l, h in top_heads))
+import pandas as pd
+
+
+
+def at_coefficient(doses: dict[str, Tensor], coefficients: list[float], safe: float | None) -> dict[str, float]:
+    """One row of a dose-response table at `safe` (all NaN when no coefficient is safe)."""
+    return {"largest safe coefficient": float("nan") if safe is None else safe,
+            **{key: float("nan") if safe is None else values[coefficients.index(safe)].item()
+               for key, values in doses.items()}}
+
+
+at_safe = pd.DataFrame({"residual, mean difference": at_coefficient(truth_doses, alphas, truth_safe),
+                        f"ITI, top {ITI_HEADS} heads": at_coefficient(iti_doses, iti_alphas, iti_safe)}).T
+at_safe.rename_axis(columns="at each method's largest safe coefficient").style.format("{:.2f}")
+
+# %%
+dose_frame({f"ITI, top {ITI_HEADS} heads": iti_doses}, iti_alphas, "flipped")
+
+# %%
+pd.DataFrame({family: (truth_baseline[family] - iti_doses[family]).tolist() for family in truth_watch},
+             index=iti_alphas).rename_axis(index="ITI alpha (in sigma)", columns="drop in accuracy").style.format("{:.3f}")
+
+# %% [markdown]
+# No head of block 0 reads the verdict well (its best probe is under 0.7); most heads of blocks 1
+# to 3 read it above 0.8, and the best four, all in blocks 2 and 3, almost perfectly. Yet at matched side
+# effects the residual vector wins by far: at its largest safe coefficient it flips about seven in
+# ten false statements, while ITI on the four best heads, at its own largest safe coefficient,
+# flips about one in five. The next step of ITI pays with IOI first (about 8 points at
+# $7.5\,\sigma$, 20 at $10\,\sigma$, induction later) before it flips most statements. The
+# heads that read truth best are not reserved for truth: among them is L3H1, the head Chapter 03
+# found writing the indirect object's name, so pushing them pushes IOI too. Li et al. steered a few
+# dozen of LLaMA-7B's 1024 heads and measured the price as a rise in loss on general text; on a
+# model with 32 heads and five behaviours sharing them, the price lands on one behaviour, and the
+# watched families show which. Reading well is not writing well, at the level of heads as at the
+# level of directions.
 #
 # ## 3. Steered generation
 # Numbers first, text second. Here is the organism continuing world text greedily, unsteered and
@@ -849,15 +988,21 @@ def eraser_hook(eraser: Callable) -> Hook:
 
 
 @torch.no_grad()
-def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, eraser: Callable) -> float:
-    """The share of `prompts` answered right with `eraser` applied at `hook_name` at each prompt's last token only."""
+def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, eraser: Callable,
+                                  where: str = "last") -> float:
+    """The share of `prompts` answered right with `eraser` applied at `hook_name` at each prompt's last token only
+    (`where="last"`), or at every position after BOS except the last token (`where="others"`)."""
     tokens, last = tokenize(model, prompts.prompts)
     rows = torch.arange(len(last), device=tokens.device)
 
     def hook_fn(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
-        resid = resid.clone()
-        resid[rows, last] = eraser(resid[rows, last])  # [batch, d_model]: where the eraser was fitted
-        return resid
+        if where == "last":
+            resid = resid.clone()
+            resid[rows, last] = eraser(resid[rows, last])  # [batch, d_model]: where the eraser was fitted
+            return resid
+        positions = torch.arange(resid.shape[1], device=resid.device)[None]  # [1, pos]
+        others = (positions >= 1) & (positions != last[:, None])  # [batch, pos]: padding after `last` is never read
+        return torch.where(others[..., None], eraser(resid), resid)
 
     final = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook_fn)])[rows, last]  # [batch, d_vocab]
     correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
@@ -867,12 +1012,14 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
                    n_train: int = 720, n_test: int = 180, seed: int = 0) -> dict[str, dict[str, float]]:
     """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in
-    the model: at the last token only (where it was fitted: the causal question) and at every position after BOS
-    (off the distribution it was fitted on: what else breaks), with the watched families."""
+    the model: at the last token only (where it was fitted: the causal question), at every other position after
+    BOS but not the last (off the distribution it was fitted on), and at every position after BOS (what else
+    breaks), with the watched families."""
     train, test = prompt_set(family, "train", n=n_train, seed=seed), prompt_set(family, "test", n=n_test, seed=seed)
     x_train = last_token_activations(model, train.prompts, hook_name).cpu()
     x_test = last_token_activations(model, test.prompts, hook_name).cpu()
-    y_train, y_test = torch.tensor(train.labels[label]), torch.tensor(test.labels[label])
+    classes = sorted(set(train.labels[label]))  # string labels become 0/1 by sorted order (io_gender: female 0)
+    y_train, y_test = (torch.tensor([classes.index(v) for v in split.labels[label]]) for split in (train, test))
     report = {}
     for name, fit in ERASERS.items():
         eraser = fit(x_train, y_train)
@@ -884,6 +1031,7 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
             "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),
             "mean squared edit": (erased - x_train).pow(2).sum(-1).mean().item(),
             f"{family}, last token": accuracy_erased_at_last_token(model, test, hook_name, in_model),
+            f"{family}, other positions": accuracy_erased_at_last_token(model, test, hook_name, in_model, "others"),
             f"{family}, every position": side_effect_table(model, {family: test}, hooks)[family],
             **side_effect_table(model, watch, hooks),
         }
@@ -926,7 +1074,11 @@ report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
 # mixes the causal question with an edit of activations the eraser knows nothing about (it projects
 # about the *last-token* mean, so at other positions it moves the residual stream by amounts no one
 # chose). Read it as the side-effect view, beside the other families, which barely move either way.
-# The same report for sentiment:
+# The column `truth, other positions` separates the two edits: erased at every position after BOS
+# *except* the last, the verdict does not move at all (about 0.98 with either eraser). The edit of
+# the other positions breaks nothing by itself; added to the last token's, it removes the share of
+# the verdict that later blocks were still reading from those positions: all of it for the
+# projection (chance), little more for LEACE. The same report for sentiment:
 
 # %%
 sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")))
@@ -944,6 +1096,35 @@ report_frame(sentiment_erasure, highlight=["sentiment, last token", "ioi", "fact
 # that took the behaviour columns, measured. That is why erasure for bias mitigation ("remove
 # gender from the representation") must be checked on behaviour, and on the behaviours one wants
 # to keep.
+#
+# ### Erasure for bias mitigation: the names' gender
+# The same tool is the field's standard answer to an unwanted attribute (Belrose et al. 2023 erase
+# gender from a model's representations with LEACE to reduce gender bias; Ravfogel et al. 2020 did
+# it by iterated projections). The organism's IOI stories carry one: the indirect object is a man
+# or a woman. Chapter 02 read that gender best after the last block (`blocks.3.hook_resid_post`),
+# and found the model does not need it to name the indirect object. Erase it there, with the
+# eraser fitted on the last tokens of training stories, and measure the two things a bias
+# mitigation must show: a fresh probe can no longer read the gender, and the task is unchanged.
+
+# %%
+gender_erasure = erasure_report(model, "ioi", "io_gender", "blocks.3.hook_resid_post",
+                                behaviour_sets(n=64, families=("facts", "truth", "sentiment")))
+report_frame(gender_erasure, highlight=["fresh probe", "ioi, last token", "ioi, every position"])
+
+# %% [markdown]
+# Before erasure a fresh probe reads the indirect object's gender on about 80% of held-out
+# stories; after either eraser it is at chance, and the name answer stays right on every held-out
+# story (at most one of 180 changes), whether the eraser acts at the last token or at every
+# position. That is the measurement a bias mitigation owes: the attribute is gone for any linear
+# reader at that point, and the behaviour to keep is kept. The table shows two caveats. LEACE at
+# every position of the last block costs the facts family a sixth to a quarter of its 30 prompts
+# on the draws we tried, where the projection costs nothing: its guarantee is about probes on
+# IOI's last tokens, and in the
+# model it also edits every position of every other prompt, so the behaviours to keep must be
+# watched beyond the task itself. And this is the easy case: Chapter 02 found that the organism
+# does not need the gender to name the indirect object. Where a model does use an attribute,
+# erasing it changes the behaviour, and whether that is the mitigation or the damage is a
+# question about the task, not about the eraser.
 
 # %% [markdown]
 # ## 6. Editing one fact
@@ -1077,6 +1258,28 @@ def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answe
         value = key @ mlp.W_out + delta.detach()  # the bias b_out is added either way
         moment = second_moment if second_moment is not None else key_second_moment(model, layer)
         return rank_one_update(mlp.W_out.detach(), key, value, moment)
+
+
+@torch.no_grad()
+def key_overlaps(model, layer: int, fit_prompts: list[str], subject: str, phrasings: list[str],
+                 second_moment: Tensor | None = None) -> Float[Tensor, "phrasing"]:
+    """How much of a rank-one edit at MLP `layer` each phrasing receives: k' C^-1 k / k C^-1 k, with k the fitted
+    key (the mean key at the subject's token over `fit_prompts`) and k' each phrasing's key at its subject token
+    (" France", or "France" where the phrasing starts with it). 1: the whole new value; 0: none of it."""
+    name = f"blocks.{layer}.mlp.hook_post"
+
+    def keys(prompts: list[str]) -> Float[Tensor, "batch d_mlp"]:
+        tokens, _ = tokenize(model, prompts)
+        (spaced,) = model.tokenizer(" " + subject, add_special_tokens=False)["input_ids"]
+        word = " " + subject if (tokens == spaced).any(-1).all() else subject
+        positions = token_positions(model, tokens, word)
+        _, cache = model.run_with_cache(tokens, names_filter=name, stop_at_layer=layer + 1)
+        return cache[name][torch.arange(len(prompts), device=tokens.device), positions]
+
+    key = keys(fit_prompts).mean(0)  # [d_mlp]
+    moment = second_moment if second_moment is not None else key_second_moment(model, layer)
+    c_inv_k = torch.linalg.solve(moment, key)  # [d_mlp]
+    return torch.stack([keys([phrasing])[0] @ c_inv_k for phrasing in phrasings]) / (key @ c_inv_k)
 
 
 @torch.no_grad()
@@ -1221,14 +1424,24 @@ for key in before:
 # **Generalisation** is where it is honest to be careful. "The city of government in France is"
 # follows the edit. "In France, the capital city is" does not, although its country is the same
 # token: the key is not the token alone. MLP 0 reads the residual stream after block 0's attention,
-# which mixes the preceding words into it, so the same " France" arrives with a different key, and a
-# rank-one edit changes its output only in proportion to how much the new key overlaps the fitted
-# one. We have not measured that overlap here; computing it for each phrasing, the key of each
-# against $C^{-1}k$, is a good exercise. And "France has its
-# capital in" starts with `France` *without* a leading space, a different token with a different
-# key: the edit never touched it. An edit is as general as the key it rewrites, and the organism's
-# word-level tokenizer makes that visible. (The same failure, subject spelled or placed
-# differently, is a known weakness of edits on large models.)
+# which mixes the preceding words into it, so the same " France" arrives with a different key. The
+# rank-one change is $C^{-1}k\,(v^* - kW_{out})^\top / (k^\top C^{-1} k)$, so a phrasing whose key
+# is $k'$ receives the share $k'^\top C^{-1} k / k^\top C^{-1} k$ of the new value: 1 for the
+# fitted key, 0 for a key the edit does not see. Measured:
+
+# %%
+overlaps = key_overlaps(model, EDIT_LAYER, fit_on, COUNTRY, report["phrasings"])
+for phrasing, overlap, answer in zip(report["phrasings"], overlaps.tolist(), after["top answer"]):
+    print(f"{phrasing!r:<42} share of the edit it receives {overlap:5.2f}   answer after the edit {answer!r}")
+
+# %% [markdown]
+# The phrasings the edit carries receive most of it (the fitted one all, "The city of government
+# in France is" about seven tenths); "In France, the capital city is" receives about a quarter,
+# too little to outweigh Paris. And "France has its capital in" starts with `France` *without* a
+# leading space, a different token with a different key: it receives nothing (its share is about
+# 0). An edit is as general as the key it rewrites, and the organism's word-level tokenizer makes
+# that visible. (The same failure, subject spelled or placed differently, is a known weakness of
+# edits on large models.)
 #
 # ## 7. Attacks on the latents
 #
@@ -1310,7 +1523,9 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # The model is robust in almost every direction and fragile in a few, and those few are what an
 # input attack would be searching for. Latent adversarial training trains against such attacks;
 # Casper et al. and Sheshadri et al. report better robustness to some attacks that were not used
-# in training, a measured improvement, not a guarantee. The flip side for interpretability: "the
+# in training, a measured improvement, not a guarantee. This chapter stops at the attack: training
+# against it means fine-tuning the organism and then re-measuring every family, which does not
+# fit in its time budget. The flip side for interpretability: "the
 # behaviour survives random noise" is no evidence that it is robust.
 #
 # ## 8. On a real model

@@ -30,7 +30,8 @@
 # The organism fits in a laptop's memory, and so does GPT-2 small. Llama 3.1 70B does not: its
 # weights alone are about 140 GB in 16-bit precision. The field's answer is [NDIF](https://ndif.us), a shared facility that
 # keeps large models loaded on its GPUs and runs *your* experiment on them. You describe the
-# experiment with [nnsight](https://nnsight.net): inside a `with model.trace(...)` block you read
+# experiment with [nnsight](https://nnsight.net) (both are described in Fiotto-Kaufman et al. 2024,
+# "NNsight and NDIF: democratizing access to foundation model internals"): inside a `with model.trace(...)` block you read
 # and write activations as if the model were here, and nnsight records the block, sends it to where
 # the weights are, runs it there, and sends back the values you marked with `.save()`. Everything
 # in this chapter runs offline on the organism; the last section runs the same functions on a 70B
@@ -98,13 +99,15 @@ print(f"log-probabilities, largest gap:                    "
 #
 # ## 2. Three places a trace can run
 #
-# | `remote=` | where the block runs | what you need |
+# | the workbook's `remote` argument | where the block runs | what you need |
 # |---|---|---|
 # | `False` | here, on the weights in this process | the model's weights here |
 # | `"local"` | here, **as a server would run it**: the block is serialised, rebuilt, run on copies, and only saved values are sent back | nothing more: this is the offline rehearsal |
 # | `True` | on NDIF, on its copy of a Hub model | an NDIF API key, the network, and the model running on NDIF |
 #
-# `trace_options(lm, remote)` turns that one argument into the keyword arguments `lm.trace` needs,
+# The first column is the argument of *the workbook's* functions, not a keyword you pass to
+# `lm.trace` yourself: `trace_options(lm, remote)` turns it into the keyword arguments `lm.trace`
+# needs (for `"local"`, the workbook's rehearsal backend; for `True`, nnsight's `remote=True`),
 # so every function below takes `remote` and is written once:
 # `with lm.trace(tokens, **trace_options(lm, remote)):`. The rehearsal is the workbook's own
 # (`RehearsalBackend`): nnsight's `remote="local"` also serialises the request, but then runs the
@@ -645,7 +648,12 @@ print(f"largest gap between the nnsight sweep and Chapter 06's patch_residual: {
 # necessarily the same batch size or length), with each prompt's last index. Return the mean over
 # the positive prompts of the residual stream before `layer` (`blocks.{layer}.hook_resid_pre`, in
 # nnsight's convention) at each prompt's last position, minus the same mean over the negative
-# prompts: `[d_model]`, on the CPU. One request: a session with two traces, or two invokes.
+# prompts: `[d_model]`, on the CPU. One request: a session with two traces (the reference), or
+# two invokes in one trace. Beware the invokes: nnsight runs the invokes of one trace as **one
+# batch**, and when their inputs differ in length it pads the shorter one **on the left**, so
+# every right-padded `last` index of that input now points at the wrong token. With invokes, make
+# both inputs the same length first (or shift each `last` by the padding added); two traces in a
+# session never batch them together.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -872,6 +880,11 @@ if big is not None:
 # - **A larger model is not the organism.** Here we know the world the organism learned; on a 70B
 #   model there is no ground truth to grade a lens, a patch or a steering vector against, only
 #   behaviour. Check findings on the organism first, then ask whether they carry over.
+# - **A small model does not predict a large one.** Extrapolation, learning from today's models
+#   how larger ones will behave, is one of the field's hopes, not yet a method: a finding on the
+#   organism is a hypothesis about Llama, to be measured there. Chapter 03 met a case where the
+#   same task runs the other way (the organism's top IOI head costs more when ablated than its
+#   direct share; GPT-2 small's costs less, because backup heads take over).
 # - **Same numbers are not the same mechanism.** The nnsight and TransformerLens versions agree on
 #   the organism because they compute the same thing; on another architecture the same hook name
 #   can sit at a different place (Llama's norms, its gated MLP), and a method tuned on one model
@@ -890,6 +903,29 @@ if big is not None:
 #   check a remote result against the organism's where you can.
 # - **Shared machines change.** The models NDIF runs, their versions and the queue change over
 #   time: record the model, the nnsight version and the date with every remote result.
+#
+# ## The limits of interpretability, gathered
+# Every chapter ended with what its method cannot tell you. Here are the limits the field names,
+# one by one, each with the place in this workbook where you measured it rather than read about it.
+#
+# | limit | what it says | where you measured it |
+# |---|---|---|
+# | **scale** | frontier models are too large to read by hand, and every method costs compute | 06 (attribution patching: one pass instead of one per component, an approximation checked against the real patches); 09 (one request per experiment, and what comes back is only what you saved) |
+# | **distributed representations** | a concept is spread over many neurons, and neurons carry many concepts | 04 (more features than dimensions: superposition); 05 (the SAE's error term, what no latent explains) |
+# | **context-dependent representations** | the same word is a different vector in a different sentence | 07 (the fact edit: the same " France" token, a different key, a quarter of the edit) |
+# | **present is not used** | a probe reads what the model need not use | 02 (gender read at the last token, and removed with the name answer still right); 07 (erasure in the model, not only for a probe) |
+# | **attribution is not causation** | a large direct share is neither necessary nor sufficient | 03 (a head's attribution against what ablating it costs) |
+# | **plausible is not faithful** | an explanation that reads well may not be how the model computes | 03 (the hypothesis that Chapter 06 tests by path patching); 05 (explanations scored on held-out data); 06 (faithfulness of a circuit) |
+# | **knowing is not controlling** | a feature that reads a concept perfectly may write it poorly | 07 (the SAE latent with AUROC 1.0 is the weakest steering vector; the heads that read truth best also carry IOI) |
+# | **side effects** | an intervention changes more than its target | 07 (every dose-response table watches four other families) |
+# | **robust to noise is not robust** | random perturbations miss the few fragile directions | 07 (latent attacks against random ones of the same size) |
+# | **non-transfer** | a circuit found in one model may not exist in another | 03 (the organism's IOI head against GPT-2 small's published one) and this chapter's "can't tell you" |
+# | **streetlight interpretability** | we find what our tools and our chosen concepts illuminate, and cannot tell how much lies outside the light | 02 (probes read only the labels we chose); 05 (many latents have no explanation in our label table); 06 (a circuit is judged against the behaviour we measured, on the prompts we wrote); 08 (an audit sees only the traffic it is shown) |
+#
+# The organism let you measure each limit because its world is known; on a real model most of
+# them show up as silence, a result that looks clean because nothing was there to compare it with.
+# Interpretability is a research frontier, not a transparency layer: combine it with behavioural
+# tests (Chapter 01) and say, with every finding, which of these limits it has not escaped.
 #
 # **Your record so far:**
 

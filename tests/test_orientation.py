@@ -176,3 +176,20 @@ def test_moving_the_live_sliders_retrains_the_network():
     explorer.n_hidden.value = 8  # what dragging does: the observer retrains with eight units
     assert explorer.network.hidden.out_features == 8
     assert explorer.summary["dead"] == variant_summaries()[ref.NETWORK_VARIANTS.index((0, 8))]["dead"]
+
+
+def test_the_map_points_each_approach_and_limit_to_chapters_that_exist():
+    """Chapter 00's four approaches, self-explanations and extrapolation each name chapters that exist."""
+    import re
+    from pathlib import Path
+
+    solutions = Path(__file__).parents[1] / "solutions"
+    source = (solutions / "00_orientation.py").read_text()
+    chapters = {path.stem[:2] for path in solutions.glob("[0-9][0-9]_*.py")}
+    for start, end in (("**Four approaches.**", "Top-down and bottom-up"),
+                       ("**What a model says about itself", "Why would this matter"),
+                       ("| **extrapolation** |", "None of these works")):
+        passage = source[source.index(start):]
+        passage = passage[:passage.index(end)]
+        named = set(re.findall(r"\b(?:0\d|10)\b", passage))
+        assert len(named) >= 2 and named <= chapters, (start, named)

@@ -574,3 +574,20 @@ def test_the_chapter_functions_run_on_a_model_split_over_two_devices(split_lm, l
                       "steer before block 2": ref.steer(lm, tokens, last, vector, 2, 1.0)}
         for name, expected in one_device.items():
             assert torch.allclose(results[name], expected, atol=1e-3), name
+
+
+def test_the_closing_synthesis_names_each_limit_with_a_chapter_that_exists():
+    """Every limit in the closing table points to at least one chapter of the workbook, streetlight included."""
+    import re
+
+    solutions = ORGANISM_DIR.parents[2] / "solutions"
+    source = (solutions / "09_scaling_up.py").read_text()
+    section = source[source.index("## The limits of interpretability, gathered"):]
+    rows = [line for line in section.splitlines() if line.startswith("# | **")]
+    chapters = {path.stem[:2] for path in solutions.glob("[0-9][0-9]_*.py")}
+    assert len(rows) >= 10, rows
+    assert any("streetlight" in row for row in rows)
+    for row in rows:
+        where = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        named = set(re.findall(r"\b(0\d|10)\b", where))
+        assert named and named <= chapters | {"09"}, (row, named)

@@ -94,6 +94,24 @@ def test_residual_norm_grows_through_the_layers_and_bos_is_huge_at_the_end():
     claim("ch07: BOS huge after the last block (ratio to other positions)", bos / after[3], above=3)
 
 
+def test_a_few_heads_park_their_attention_on_bos():
+    """L1H7 gives position 0 about nine tenths of its attention, L1H4 and L3H6 about half, the median head under a
+    fifth: averaged over every later (unpadded) position of held-out prompts of all five families."""
+    model = organism()
+    prompts = [p for family in world.FAMILIES for p in prompt_set(family, "test", n=50, seed=SEED).prompts]
+    tokens, last = ref.tokenize(model, prompts)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    valid = torch.arange(tokens.shape[1])[None] <= last[:, None]  # [batch, query]
+    valid[:, 0] = False
+    to_bos = torch.stack([(cache[f"blocks.{l}.attn.hook_pattern"][..., 0] * valid[:, None]).sum((0, 2)) / valid.sum()
+                          for l in range(model.cfg.n_layers)])  # [layer, head]
+    claim("ch07: L1H7 gives BOS about nine tenths of its attention", to_bos[1, 7].item(), above=0.8)
+    for layer, head in ((1, 4), (3, 6)):
+        claim(f"ch07: L{layer}H{head} gives BOS about half (above)", to_bos[layer, head].item(), above=0.35)
+        claim(f"ch07: L{layer}H{head} gives BOS about half (below)", to_bos[layer, head].item(), below=0.7)
+    claim("ch07: the median head gives BOS under a fifth", to_bos.flatten().median().item(), below=0.2)
+
+
 def test_five_vectors_how_long_and_how_aligned():
     vectors, latent = sentiment_vectors()
     claim("ch07: the SAE latent detects sentiment perfectly (AUROC)", latent["auroc"], above=0.99)
@@ -138,7 +156,8 @@ def test_side_effects_grow_with_the_coefficient_and_break_ioi_induction_and_trut
     for family in ("ioi", "induction"):
         claim(f"ch07: sentiment push at 1.5 costs {family} more than one prompt in ten",
               base[family] - table[family][-1].item(), above=0.1)
-    claim("ch07: sentiment push at 1.5 costs the truth verdicts", base["truth"] - table["truth"][-1].item(), above=0.0)
+    claim("ch07: sentiment push at 1.5 costs the truth verdicts a few points", base["truth"] - table["truth"][-1].item(),
+          above=0.02)
     for family in ("ioi", "truth"):
         claim(f"ch07: at 0.25 {family} has not moved (drop)", base[family] - table[family][0].item(), below=0.02)
 
@@ -156,6 +175,27 @@ def test_the_largest_safe_coefficient_of_the_mean_difference_is_three_quarters_a
           above=0.999)
 
 
+def test_the_largest_safe_coefficient_is_the_same_on_three_draws_of_the_watch_sets():
+    """The draw above and two more: 0.75 within the tolerance and 1.0 beyond it, on each (only those two
+    coefficients are run for the extra draws; the prefix rule needs 0.25 and 0.5 safe too, checked on the first)."""
+    model = organism()
+    vector = sentiment_vectors()[0]["mean difference"]
+    for draw in (SEED + 1, SEED + 2):
+        watch = ref.behaviour_sets(n=ref.WATCH_SIZE, seed=draw, families=("ioi", "facts", "truth", "induction"))
+        base = ref.side_effect_table(model, watch)
+        for alpha, side in ((0.75, "within"), (1.0, "beyond")):
+            table = ref.side_effect_table(model, watch, [(HOOK, ref.steering_hook(vector, alpha))])
+            drop = max(base[family] - table[family] for family in base)
+            if side == "within":
+                claim(f"ch07: sentiment push, worst drop at 0.75 within the tolerance (draw +{draw - SEED})", drop,
+                      below=TOLERANCE + 1e-6)
+            else:
+                claim(f"ch07: sentiment push, worst drop at 1.0 beyond the tolerance (draw +{draw - SEED})", drop,
+                      above=TOLERANCE)
+    table, base = doses("mean difference"), baseline()
+    claim("ch07: sentiment push, worst drop at 0.5 within the tolerance", worst_drop(table, base, 0.5), below=TOLERANCE)
+
+
 def test_layer_sweep_steering_works_best_after_block_0_several_times_better():
     model = organism()
     sweep = ref.layer_sweep(model, prompt_set("sentiment", "train", n=600, seed=SEED), "sentiment",
@@ -165,13 +205,27 @@ def test_layer_sweep_steering_works_best_after_block_0_several_times_better():
           flipped[0].item() / max(flipped[1:].max().item(), 1e-3), above=2.5)
 
 
-def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
+@functools.cache
+def false_statements():
+    return ref.truth_subsets(prompt_set("truth", "test", seed=SEED))[0]
+
+
+@functools.cache
+def truth_watch():
+    return ref.behaviour_sets(n=ref.WATCH_SIZE, seed=SEED, families=("ioi", "facts", "sentiment", "induction"))
+
+
+@functools.cache
+def truth_doses():
+    """The residual truth vector's dose-response and the unsteered accuracies of the watched families."""
     model = organism()
     vector = ref.mean_difference_vector(model, prompt_set("truth", "train", seed=SEED), HOOK, "truth")
-    false_statements, _ = ref.truth_subsets(prompt_set("truth", "test", seed=SEED))
-    watch = ref.behaviour_sets(n=ref.WATCH_SIZE, seed=SEED, families=("ioi", "facts", "sentiment", "induction"))
-    table = ref.dose_response(model, HOOK, vector, ALPHAS, false_statements, watch)
-    base = ref.side_effect_table(model, watch)
+    table = ref.dose_response(model, HOOK, vector, ALPHAS, false_statements(), truth_watch())
+    return table, ref.side_effect_table(model, truth_watch())
+
+
+def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
+    table, base = truth_doses()
     claim("ch07: the truth verdict flips at 0.75 like sentiment", table["flipped"][ALPHAS.index(0.75)].item(),
           above=0.9)
     # "reached sooner": beyond the tolerance at 0.75, where the sentiment push is still within it. (Whether 0.5 is
@@ -182,6 +236,56 @@ def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
           base["induction"] - table["induction"][ALPHAS.index(0.75)].item(), above=0.1)
     claim("ch07: truth push never touches sentiment (largest drop)",
           max(base["sentiment"] - v for v in table["sentiment"].tolist()), below=0.02)
+
+
+ITI_ALPHAS = [5.0, 7.5, 10.0]  # the chapter's coefficients, in units of each head's sigma
+
+
+@functools.cache
+def iti():
+    """The chapter's ITI: a probe per head on 540 training statements, ranked on the other 180; the top four heads
+    shifted along their mass-mean directions. Returns the accuracies, the heads and the dose-response."""
+    model = organism()
+    train = prompt_set("truth", "train", seed=SEED)
+    fit, val = train.subset(range(540)), train.subset(range(540, len(train.prompts)))
+    z_fit, y_fit = ref.head_activations(model, fit.prompts), torch.tensor(fit.labels["truth"])
+    accuracy = ref.head_probe_accuracies(z_fit, y_fit, ref.head_activations(model, val.prompts),
+                                         torch.tensor(val.labels["truth"]))
+    heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads)
+             for i in accuracy.flatten().argsort(descending=True)[:4].tolist()]
+    directions = ref.iti_directions(z_fit, y_fit, heads)
+    table = ref.hooks_dose_response(model, lambda alpha: ref.iti_hooks(model, directions, alpha), ITI_ALPHAS,
+                                    false_statements(), truth_watch())
+    return accuracy, heads, table
+
+
+def test_iti_reads_truth_in_heads_after_block_0_and_its_cost_falls_on_ioi():
+    accuracy, heads, table = iti()
+    _, base = truth_doses()
+    claim("ch07: the best head reads truth (probe accuracy)", accuracy.max().item(), above=0.9)
+    claim("ch07: no block-0 head reads truth well (best probe accuracy)", accuracy[0].max().item(), below=0.7)
+    claim("ch07: most heads of blocks 1 to 3 read truth above 0.8 (median)", accuracy[1:].median().item(), above=0.8)
+    assert all(layer >= 2 for layer, _ in heads) and (3, 1) in heads, heads  # L3H1: Chapter 03's IOI head
+    safe = ref.largest_safe_coefficient(ITI_ALPHAS, table, base, TOLERANCE)
+    assert safe is not None and safe < ITI_ALPHAS[-1], (safe, table)
+    beyond = ITI_ALPHAS.index(safe) + 1  # the first unsafe coefficient: which family pays
+    drops = {family: base[family] - table[family][beyond].item() for family in base}
+    claim("ch07: ITI's first cost beyond the tolerance is IOI's (margin over the next family)",
+          drops["ioi"] - max(v for f, v in drops.items() if f != "ioi"), above=0.02)
+
+
+def test_iti_against_the_residual_vector_at_matched_side_effects():
+    _, _, iti_table = iti()
+    residual, base = truth_doses()
+    iti_safe = ref.largest_safe_coefficient(ITI_ALPHAS, iti_table, base, TOLERANCE)
+    residual_safe = ref.largest_safe_coefficient(ALPHAS, residual, base, TOLERANCE)
+    iti_flipped = iti_table["flipped"][ITI_ALPHAS.index(iti_safe)].item()
+    residual_flipped = residual["flipped"][ALPHAS.index(residual_safe)].item()
+    claim("ch07: at matched side effects the residual vector flips about seven in ten false statements",
+          residual_flipped, above=0.55)
+    claim("ch07: at matched side effects ITI on four heads flips about one in five (below)", iti_flipped, below=0.35)
+    claim("ch07: at matched side effects the residual vector flips far more than ITI", residual_flipped - iti_flipped,
+          above=0.25)
 
 
 # ------------------------------------------------------------------------------------------
@@ -237,9 +341,28 @@ def test_orthogonalised_weights_equal_the_hooks_and_are_restored():
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def erasure(family: str):
-    others = {"truth": ("ioi", "facts", "sentiment"), "sentiment": ("ioi", "facts", "truth")}[family]
-    return ref.erasure_report(organism(), family, family, HOOK, ref.behaviour_sets(n=64, seed=SEED, families=others),
+    others = {"truth": ("ioi", "facts", "sentiment"), "sentiment": ("ioi", "facts", "truth"),
+              "ioi": ("facts", "truth", "sentiment")}[family]
+    label, hook = ("io_gender", "blocks.3.hook_resid_post") if family == "ioi" else (family, HOOK)
+    return ref.erasure_report(organism(), family, label, hook, ref.behaviour_sets(n=64, seed=SEED, families=others),
                               seed=SEED)
+
+
+def test_erasing_the_names_gender_blinds_a_fresh_probe_and_leaves_ioi_unchanged():
+    """Bias mitigation: gender erased after the last block, where Chapter 02 reads it best."""
+    report = erasure("ioi")
+    claim("ch07: gender is readable before erasure (fresh probe)", report["none"]["fresh probe"], above=0.7)
+    for name in ("LEACE", "mean-difference projection"):
+        claim(f"ch07: gender fresh probe after {name} is at chance (distance to 0.5)",
+              abs(report[name]["fresh probe"] - 0.5), below=0.08)
+        for column in ("ioi, last token", "ioi, every position"):
+            claim(f"ch07: gender erased by {name}: {column} unchanged (at most one story of 180)",
+                  report["none"][column] - report[name][column], below=1.5 / 180)
+    for family in ("facts", "truth", "sentiment"):
+        claim(f"ch07: gender erased by the projection: {family} unchanged (drop)",
+              report["none"][family] - report["mean-difference projection"][family], below=0.02)
+    claim("ch07: gender erased by LEACE at every position costs facts (a sixth to a quarter)",
+          report["none"]["facts"] - report["LEACE"]["facts"], above=0.1)
 
 
 @pytest.mark.parametrize("family", ["truth", "sentiment"])
@@ -278,6 +401,13 @@ def test_erasing_truth_at_the_fitted_position_removes_part_of_the_verdict():
           - report["mean-difference projection"]["truth, every position"], above=0.1)
     claim("ch07: the random direction changes no verdict", report["none"]["truth, last token"]
           - report["random direction"]["truth, last token"], below=0.01)
+    for name in ("LEACE", "mean-difference projection"):
+        claim(f"ch07: truth erased by {name} at every position but the last: the verdict does not move",
+              abs(report["none"]["truth, other positions"] - report[name]["truth, other positions"]), below=0.02)
+    claim("ch07: the projection at every position removes what later blocks read elsewhere (to chance)",
+          abs(report["mean-difference projection"]["truth, every position"] - 0.5), below=0.1)
+    claim("ch07: LEACE at every position removes little more than at the last token",
+          report["LEACE"]["truth, last token"] - report["LEACE"]["truth, every position"], below=0.05)
 
 
 def test_erasing_sentiment_at_the_last_token_is_enough_and_leace_costs_more_elsewhere():
@@ -332,6 +462,15 @@ def test_rank_one_fact_edit_efficacy_generalisation_and_specificity():
     before = report["measure"]()
     with ref.mlp_weight_replaced(model, 0, new_weight):
         after = report["measure"]()
+    overlaps = ref.key_overlaps(model, 0, fit_on(), "France", report["phrasings"])
+    claim("ch07: the fitted phrasing receives the whole edit (key overlap)", overlaps[0].item(), above=0.9)
+    claim("ch07: 'The city of government in France is' receives about seven tenths (above)", overlaps[3].item(),
+          above=0.55)
+    claim("ch07: 'The city of government in France is' receives about seven tenths (below)", overlaps[3].item(),
+          below=0.85)
+    claim("ch07: 'In France, the capital city is' receives about a quarter (above)", overlaps[2].item(), above=0.1)
+    claim("ch07: 'In France, the capital city is' receives about a quarter (below)", overlaps[2].item(), below=0.4)
+    claim("ch07: 'France has its capital in' (another token) receives nothing", abs(overlaps[1].item()), below=0.1)
     assert before["top answer"] == [" Paris"] * 4, before
     # fitted; "city of government" follows; "In France, ..." and "France has ..." (no leading space) missed
     assert after["top answer"] == [" Rome", " Paris", " Paris", " Rome"], after
@@ -361,4 +500,5 @@ def test_optimised_latent_perturbations_flip_verdicts_random_ones_do_not():
     claim("ch07: a random perturbation of 30% flips no verdict", max(random), below=0.01)
     claim("ch07: an optimised perturbation of 10% flips almost none", optimised[0], below=0.05)
     claim("ch07: an optimised perturbation of 20% starts to flip", optimised[1], above=0.0)
-    claim("ch07: an optimised perturbation of 30% flips more than of 20%", optimised[2] - optimised[1], above=0.0)
+    claim("ch07: an optimised perturbation of 30% flips more than of 20% (by more than a prompt of 48)",
+          optimised[2] - optimised[1], above=1.5 / 48)

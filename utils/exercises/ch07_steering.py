@@ -276,7 +276,25 @@ def _safe_cases():
         # a family that rises above its baseline is no side effect to stop at
         ([0.5, 1.0, 2.0], {"flipped": t([0.5, 1.0, 1.0]), "ioi": t([1.0, 1.0, 0.5]), "truth": t([0.75, 0.75, 0.75])},
          {"ioi": 1.0, "truth": 0.5}, 0.125),
+        # a tie on paper that float32 rounds either way (10 prompts of 200 against 0.05): either answer is accepted
+        ([0.25, 0.5, 0.75], {"ioi": t([0.995, 0.945, 0.5]), "truth": t([0.9, 0.9, 0.9])},
+         {"ioi": float(t(0.995)), "truth": float(t(0.9))}, 0.05),
     ]
+
+
+def _float_tie(alphas, accuracies, baseline, tolerance) -> bool:
+    """Whether some drop sits within float rounding (1e-6) of the tolerance without equalling it, so that `<=` can
+    go either way. (An exact tie is exact: `<=` must call it safe.)"""
+    return any(0 < abs(baseline[family] - float(accuracies[family][i]) - tolerance) <= 1e-6
+               for family in baseline for i in range(len(alphas)))
+
+
+def _tie_answers(alphas, accuracies, baseline, tolerance) -> list:
+    """Every answer a correct function may give: with a float tie, the drop may count as equal or as above."""
+    answers = [ref.largest_safe_coefficient(alphas, accuracies, baseline, tolerance)]
+    if _float_tie(alphas, accuracies, baseline, tolerance):
+        answers.append(_safe_variant(alphas, accuracies, baseline, tolerance - 1e-6))  # the tie read as a drop above
+    return answers
 
 
 def _same(a, b) -> bool:
@@ -294,7 +312,8 @@ def check_largest_safe_coefficient(candidate) -> None:
         if got is not None and not isinstance(got, (int, float)):
             raise Wrong(f"return a float (or None), got {type(got).__name__}")
         answers.append(((alphas, accuracies, baseline, tolerance), got, expected))
-    wrong = [(case, got, expected) for case, got, expected in answers if not _same(got, expected)]
+    wrong = [(case, got, expected) for case, got, expected in answers
+             if not any(_same(got, accepted) for accepted in _tie_answers(*case))]
     if not wrong:
         return
     for hint, kind in SAFE_MISTAKES.items():

@@ -170,7 +170,7 @@ def largest_safe_coefficient(alphas: list[float], accuracies: dict[str, Tensor],
     safe = None
     for i, alpha in enumerate(alphas):
         drops = [baseline[family] - float(accuracies[family][i]) for family in baseline]
-        if max(drops) > tolerance:
+        if max(drops) > tolerance + 1e-6:  # a tie up to float32 rounding is still a tie
             break
         safe = float(alpha)
     return safe
@@ -184,6 +184,71 @@ def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: f
         hook_name = f"blocks.{layer}.hook_resid_post"
         hooks = [(hook_name, steering_hook(mean_difference_vector(model, train, hook_name, label), alpha))]
         rows.append({"flipped": flip_rate(model, target, hooks), **side_effect_table(model, watch or {}, hooks)})
+    return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+@torch.no_grad()
+def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[Tensor, "batch layer head d_head"]:
+    """Every head's output before W_O (`hook_z`) at each prompt's own last token."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, last = tokenize(model, prompts[start:start + batch_size])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        rows = torch.arange(len(last), device=tokens.device)
+        chunks.append(torch.stack([cache[name][rows, last] for name in names], dim=1))  # [batch, layer, head, d_head]
+    return torch.cat(chunks)
+
+
+def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
+                          z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"]
+                          ) -> Float[Tensor, "layer head"]:
+    """A probe per head (Chapter 02's train_probe), trained on one split: its accuracy on the other."""
+    n_layers, n_heads = z_train.shape[1:3]
+    accuracy = torch.zeros(n_layers, n_heads)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            with torch.enable_grad():
+                probe = train_probe(z_train[:, layer, head], y_train)
+            with torch.no_grad():
+                accuracy[layer, head] = ((probe(z_val[:, layer, head]) > 0) == y_val.bool()).float().mean()
+    return accuracy
+
+
+def iti_directions(z: Float[Tensor, "batch layer head d_head"], labels: Int[Tensor, "batch"],
+                   heads: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[Tensor, float]]:
+    """Per chosen head: the unit mass-mean direction (label 1 minus label 0) and the outputs' std along it."""
+    directions = {}
+    for layer, head in heads:
+        x = z[:, layer, head]  # [batch, d_head]
+        difference = x[labels == 1].mean(0) - x[labels == 0].mean(0)
+        unit = difference / difference.norm()
+        directions[(layer, head)] = (unit, (x @ unit).std().item())
+    return directions
+
+
+def iti_hooks(model, directions: dict[tuple[int, int], tuple[Tensor, float]], alpha: float) -> list[tuple[str, Hook]]:
+    """Hooks shifting each chosen head's output by alpha * sigma * unit direction at every position after BOS."""
+    by_layer: dict[int, list[tuple[int, Tensor]]] = {}
+    for (layer, head), (unit, sigma) in directions.items():
+        by_layer.setdefault(layer, []).append((head, alpha * sigma * unit.to(model.cfg.device)))
+
+    def shift(pushes: list[tuple[int, Tensor]]) -> Hook:
+        def hook_fn(z: Float[Tensor, "batch pos head d_head"], hook) -> Float[Tensor, "batch pos head d_head"]:
+            z = z.clone()
+            for head, push in pushes:
+                z[:, 1:, head] = z[:, 1:, head] + push.to(z.dtype)
+            return z
+        return hook_fn
+
+    return [(f"blocks.{layer}.attn.hook_z", shift(pushes)) for layer, pushes in by_layer.items()]
+
+
+def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list[float], target: PromptSet,
+                        watch: dict[str, PromptSet]) -> dict[str, Tensor]:
+    """`dose_response` for any intervention: `make_hooks(alpha)` gives the hooks at each coefficient."""
+    rows = [{"flipped": flip_rate(model, target, make_hooks(alpha)), **side_effect_table(model, watch, make_hooks(alpha))}
+            for alpha in alphas]
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
@@ -310,15 +375,21 @@ def eraser_hook(eraser: Callable) -> Hook:
 
 
 @torch.no_grad()
-def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, eraser: Callable) -> float:
-    """The share of `prompts` answered right with `eraser` applied at `hook_name` at each prompt's last token only."""
+def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, eraser: Callable,
+                                  where: str = "last") -> float:
+    """The share of `prompts` answered right with `eraser` applied at `hook_name` at each prompt's last token only
+    (`where="last"`), or at every position after BOS except the last token (`where="others"`)."""
     tokens, last = tokenize(model, prompts.prompts)
     rows = torch.arange(len(last), device=tokens.device)
 
     def hook_fn(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
-        resid = resid.clone()
-        resid[rows, last] = eraser(resid[rows, last])  # [batch, d_model]: where the eraser was fitted
-        return resid
+        if where == "last":
+            resid = resid.clone()
+            resid[rows, last] = eraser(resid[rows, last])  # [batch, d_model]: where the eraser was fitted
+            return resid
+        positions = torch.arange(resid.shape[1], device=resid.device)[None]  # [1, pos]
+        others = (positions >= 1) & (positions != last[:, None])  # [batch, pos]: padding after `last` is never read
+        return torch.where(others[..., None], eraser(resid), resid)
 
     final = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook_fn)])[rows, last]  # [batch, d_vocab]
     correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
@@ -328,12 +399,14 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
                    n_train: int = 720, n_test: int = 180, seed: int = 0) -> dict[str, dict[str, float]]:
     """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in
-    the model: at the last token only (where it was fitted: the causal question) and at every position after BOS
-    (off the distribution it was fitted on: what else breaks), with the watched families."""
+    the model: at the last token only (where it was fitted: the causal question), at every other position after
+    BOS but not the last (off the distribution it was fitted on), and at every position after BOS (what else
+    breaks), with the watched families."""
     train, test = prompt_set(family, "train", n=n_train, seed=seed), prompt_set(family, "test", n=n_test, seed=seed)
     x_train = last_token_activations(model, train.prompts, hook_name).cpu()
     x_test = last_token_activations(model, test.prompts, hook_name).cpu()
-    y_train, y_test = torch.tensor(train.labels[label]), torch.tensor(test.labels[label])
+    classes = sorted(set(train.labels[label]))  # string labels become 0/1 by sorted order (io_gender: female 0)
+    y_train, y_test = (torch.tensor([classes.index(v) for v in split.labels[label]]) for split in (train, test))
     report = {}
     for name, fit in ERASERS.items():
         eraser = fit(x_train, y_train)
@@ -345,6 +418,7 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
             "class-mean gap": (erased[y_train == 1].mean(0) - erased[y_train == 0].mean(0)).norm().item(),
             "mean squared edit": (erased - x_train).pow(2).sum(-1).mean().item(),
             f"{family}, last token": accuracy_erased_at_last_token(model, test, hook_name, in_model),
+            f"{family}, other positions": accuracy_erased_at_last_token(model, test, hook_name, in_model, "others"),
             f"{family}, every position": side_effect_table(model, {family: test}, hooks)[family],
             **side_effect_table(model, watch, hooks),
         }
@@ -432,6 +506,28 @@ def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answe
         value = key @ mlp.W_out + delta.detach()  # the bias b_out is added either way
         moment = second_moment if second_moment is not None else key_second_moment(model, layer)
         return rank_one_update(mlp.W_out.detach(), key, value, moment)
+
+
+@torch.no_grad()
+def key_overlaps(model, layer: int, fit_prompts: list[str], subject: str, phrasings: list[str],
+                 second_moment: Tensor | None = None) -> Float[Tensor, "phrasing"]:
+    """How much of a rank-one edit at MLP `layer` each phrasing receives: k' C^-1 k / k C^-1 k, with k the fitted
+    key (the mean key at the subject's token over `fit_prompts`) and k' each phrasing's key at its subject token
+    (" France", or "France" where the phrasing starts with it). 1: the whole new value; 0: none of it."""
+    name = f"blocks.{layer}.mlp.hook_post"
+
+    def keys(prompts: list[str]) -> Float[Tensor, "batch d_mlp"]:
+        tokens, _ = tokenize(model, prompts)
+        (spaced,) = model.tokenizer(" " + subject, add_special_tokens=False)["input_ids"]
+        word = " " + subject if (tokens == spaced).any(-1).all() else subject
+        positions = token_positions(model, tokens, word)
+        _, cache = model.run_with_cache(tokens, names_filter=name, stop_at_layer=layer + 1)
+        return cache[name][torch.arange(len(prompts), device=tokens.device), positions]
+
+    key = keys(fit_prompts).mean(0)  # [d_mlp]
+    moment = second_moment if second_moment is not None else key_second_moment(model, layer)
+    c_inv_k = torch.linalg.solve(moment, key)  # [d_mlp]
+    return torch.stack([keys([phrasing])[0] @ c_inv_k for phrasing in phrasings]) / (key @ c_inv_k)
 
 
 @torch.no_grad()
