@@ -34,7 +34,8 @@ JOBS ?= 2
 SUITE_ENV := $(TEST_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PYTEST_SUITE := -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
-test: install
+# The grader's walls (bubblewrap, installed by `make sandbox` where it can be) are tested too.
+test: install sandbox
 	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests chapters solutions --nbval-lax
 
 # The author's loop: every unit test, every chapter's claims, every exercise check five ways,

@@ -69,5 +69,5 @@ def test_make_claims_runs_the_robustness_run_and_make_test_does_not():
     makefile = (run.ROOT / "Makefile").read_text()
     target = makefile.split("\nclaims: install\n", 1)[1].splitlines()[0]
     assert "utils.claims" in target and "--seeds $(CLAIM_SEEDS)" in target and "--threads $(CLAIM_THREADS)" in target
-    test = makefile.split("\ntest: install\n", 1)[1].splitlines()[0]
+    test = makefile.split("\ntest: install sandbox\n", 1)[1].splitlines()[0]
     assert "claims" not in test

@@ -66,6 +66,7 @@ def _live_processes_of(uid: int) -> list[int]:
     return pids
 
 
+@needs_sandbox
 def test_a_kernel_sees_only_its_own_folder_and_processes(tmp_path):
     sandbox = walls.find()
     work, secret = tmp_path / "work", tmp_path / "class" / "alice.ipynb"
