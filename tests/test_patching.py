@@ -324,6 +324,8 @@ def paths_into_l3h1():
         cost = {part: 1 - ref.path_patch(m, runs["clean"], runs["swap"], (layer, head), f"blocks.3.attn.hook_{part}", metric,
                                          receiver_heads=[1]).item() for part in "qkv"}
         cost["MLP0"] = 1 - ref.path_patch(m, runs["clean"], runs["swap"], (layer, head), "blocks.0.hook_mlp_out", metric).item()
+        cost["v recomputing"] = 1 - ref.path_patch_recomputing_mlps(m, runs["clean"], runs["swap"], (layer, head),
+                                                                    "blocks.3.attn.hook_v", metric, receiver_heads=[1]).item()
         cost["every path"] = 1 - noising[layer, head].item()
         costs[f"L{layer}H{head}"] = cost
     return costs
@@ -339,8 +341,24 @@ def test_early_heads_reach_l3h1_only_through_its_values():
         claim(f"ch06: {head}'s route through L3H1's values is about a quarter of its effect (share)",
               cost["v"] / cost["every path"], below=0.4)
         claim(f"ch06: MLP0 carries more of {head} than L3H1's values (difference)", cost["MLP0"] - cost["v"], above=0)
+        claim(f"ch06: with the MLPs recomputing, {head}'s route into L3H1's values carries about nine tenths (share)",
+              cost["v recomputing"] / cost["every path"], above=0.75)
+        claim(f"ch06: recomputing MLPs at least doubles {head}'s share through L3H1's values (ratio of the two readings)",
+              cost["v recomputing"] / cost["v"], above=2)
     claim("ch06: L0H7 does not reach L3H1 (largest |cost| over q, k, v)",
           max(abs(costs["L0H7"][part]) for part in "qkv"), below=0.01)
+    claim("ch06: L0H7 does not reach L3H1's values with the MLPs recomputing either (|cost|)",
+          abs(costs["L0H7"]["v recomputing"]), below=0.02)
+
+
+def test_path_patching_recomputing_mlps_equals_frozen_when_the_receiver_reads_the_sender_directly():
+    """A receiver in the sender's own layer's MLP sees the same change under both conventions."""
+    m, runs = model(), small_runs(4)
+    frozen = ref.path_patch(m, runs["clean"], runs["swap"], (0, 3), "blocks.0.hook_mlp_out", runs["metric"])
+    free = ref.path_patch_recomputing_mlps(m, runs["clean"], runs["swap"], (0, 3), "blocks.0.hook_mlp_out", runs["metric"])
+    assert abs(float(frozen) - float(free)) < 1e-4
+    with pytest.raises(ValueError):
+        ref.path_patch_recomputing_mlps(m, runs["clean"], runs["swap"][:, :-1], (0, 3), "blocks.0.hook_mlp_out", runs["metric"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,6 +392,72 @@ def test_circuit_reports_on_the_chapter_prompts():
         claim("ch06: on the chapter's prompts, a little more than all of it (faithfulness)", four["faithfulness"], above=1.0)
     claim("ch06: something is still missing (completeness gap of the four cells)", four["completeness gap"], above=0.05)
     claim("ch06: every one of the four cells matters (subset minimality)", four["minimality"], above=0.1)
+
+
+def test_own_abc_twins_leak_about_a_tenth_and_other_prompts_twins_do_not():
+    m, runs = model(), chapter_runs()
+    seed = claim_seed()
+    other = ref.ioi_prompts("test", start=16 * seed + 16, n=64)
+    _, other_abc, _ = ref.paired_tokens(m, other.prompts, ref.abc_prompts(other, seed=seed + 3).prompts)
+    every_head = [(layer, head) for layer in range(m.cfg.n_layers) for head in range(m.cfg.n_heads)]
+    clean = runs["score"](runs["logits"]["clean"]).item()
+    own = runs["score"](ref.ablate_heads(m, runs["clean"], every_head, "mean", runs["abc"])).item()
+    disjoint = runs["score"](ref.ablate_heads(m, runs["clean"], every_head, "mean", other_abc)).item()
+    claim("ch06: every head mean-ablated over the prompts' own twins still prefers the answer (share of clean)",
+          own / clean, above=0.05)
+    claim("ch06: ... over other prompts' twins, about nothing (|share of clean|)", abs(disjoint) / clean, below=0.05)
+    four = [(3, 1, END), (0, 3, S2), (0, 6, S2), (0, 7, END)]
+    gap = (ref.circuit_faithfulness(m, runs["clean"], runs["abc"], four, runs["score"])
+           - ref.circuit_faithfulness(m, runs["clean"], other_abc, four, runs["score"]))
+    claim("ch06: the leak shifts the four cells' faithfulness a little (|difference|)", abs(gap), below=0.15)
+
+
+@functools.cache
+def self_repair():
+    m, runs = model(), chapter_runs()
+    args = (m, runs["clean"], runs["last"], runs["correct"], runs["wrong"])
+    intact = ref.component_direct_effects(*args)
+    clean = runs["score"](runs["logits"]["clean"]).item()
+    result = {"clean": clean}
+    for head in [(0, 3), (0, 6)]:
+        after = ref.component_direct_effects(*args, ref.mean_ablation_hooks(m, runs["clean"], [head], runs["abc"]))
+        change = torch.tensor([after[name] - intact[name] for name in intact if not name.startswith("L0")])
+        result[head] = {"drop": clean - runs["score"](ref.ablate_heads(m, runs["clean"], [head], "mean", runs["abc"])).item(),
+                        "rose": change[change > 0].sum().item(), "fell": -change[change < 0].sum().item(),
+                        "L3H1": after["L3H1"] - intact["L3H1"]}
+    result["both"] = clean - runs["score"](ref.ablate_heads(m, runs["clean"], [(0, 3), (0, 6)], "mean", runs["abc"])).item()
+    return result
+
+
+def test_direct_effects_add_up_to_the_logit_difference():
+    m = model()
+    s = ref.ioi_prompts("test", n=4)
+    clean, _, last = ref.paired_tokens(m, s.prompts, ref.swapped_prompts(s).prompts)
+    correct, wrong = ch02.answer_ids(m, s.correct), ch02.answer_ids(m, s.wrong)
+    effects = ref.component_direct_effects(m, clean, last, correct, wrong)
+    _, cache = m.run_with_cache(clean, names_filter=lambda n: n in ("hook_embed", "hook_pos_embed", "ln_final.hook_scale"))
+    rows = torch.arange(len(last))
+    rest = (cache["hook_embed"] + cache["hook_pos_embed"])[rows, last] / cache["ln_final.hook_scale"][rows, last]
+    rest = (rest * (m.W_U[:, correct] - m.W_U[:, wrong]).T).sum(-1).mean().item()
+    bias = sum(((m.b_O[layer] / cache["ln_final.hook_scale"][rows, last]) * (m.W_U[:, correct] - m.W_U[:, wrong]).T).sum(-1).mean().item()
+               for layer in range(m.cfg.n_layers))
+    unembed_bias = (m.b_U[correct] - m.b_U[wrong]).mean().item()
+    total = ref.logit_diff(m(clean), correct, wrong, last).mean().item()
+    assert sum(effects.values()) + rest + bias + unembed_bias == pytest.approx(total, abs=0.05)
+
+
+def test_self_repair_after_ablating_an_early_head():
+    repair = self_repair()
+    clean, l0h3, l0h6 = repair["clean"], repair[(0, 3)], repair[(0, 6)]
+    claim("ch06 self-repair: L0H6 ablated alone costs little (drop / clean)", l0h6["drop"] / clean, below=0.1)
+    claim("ch06 self-repair: L0H6 ablated, L3H1's direct share falls (change)", l0h6["L3H1"], below=-0.2)
+    claim("ch06 self-repair: L0H6 ablated, later shares that rise make up what falls (rose / fell)",
+          l0h6["rose"] / l0h6["fell"], above=0.8)
+    claim("ch06 self-repair: L0H3 ablated costs a few logits (drop / clean)", l0h3["drop"] / clean, above=0.1)
+    claim("ch06 self-repair: L0H3 ablated, some later shares rise (sum)", l0h3["rose"], above=0.5)
+    claim("ch06 self-repair: L0H3 ablated, but more falls than rises (fell - rose)", l0h3["fell"] - l0h3["rose"], above=0)
+    claim("ch06 self-repair: the pair costs far more than the two alone added up (excess / clean)",
+          (repair["both"] - l0h3["drop"] - l0h6["drop"]) / clean, above=0.15)
 
 
 def test_minimality_by_subsets_credits_both_nodes_of_a_redundant_pair():
@@ -412,6 +496,16 @@ def test_whole_model_as_circuit_is_faithful_and_empty_circuit_is_not():
     assert torch.allclose(ref.circuit_logits(m, tokens, reference, everything), m(tokens), atol=1e-4)
     assert ref.circuit_faithfulness(m, runs["clean"], reference, everything, score) == pytest.approx(1.0, abs=1e-4)
     assert ref.circuit_faithfulness(m, runs["clean"], reference, [], score) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_held_out_prompts_of_template_1_share_no_pair_of_names_with_the_chapters():
+    from utils.exercises import ch06_patching as checks
+
+    seen = ref.ioi_prompts("test", template=1, start=0, n=16)
+    held = checks.held_out_prompts(24)
+    pairs = lambda p: {frozenset(pair) for pair in zip(p.labels["io"], p.labels["s"])}
+    assert len(held) == 24 and not pairs(seen) & pairs(held)
+    assert not set(seen.prompts) & set(held.prompts)
 
 
 def test_the_reference_circuit_passes_on_held_out_prompts_of_template_1():

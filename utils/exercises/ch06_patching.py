@@ -635,14 +635,36 @@ def check_circuit_logits(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 6.8
 # ------------------------------------------------------------------------------------------
-MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.8, 5, 0.05
+MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.95, 4, 0.05
+# Measured on the held-out prompts: the reference's four nodes score 1.07 and another four-node
+# circuit (L2H0 at the end instead of L0H7) 0.99; every three-node subset of the reference stays
+# at or below 0.92, so the bar asks for the fourth node.
 CIRCUIT_TEMPLATE = 1  # the chapter maps template 0; the learner searches template 1
+ROLE_POSITIONS = (14, 18)  # S2 and the last token of template 1: the same role in every prompt
 
 
-def _template_case(start: int, n: int, seed: int):
-    """Prompts of template 1, their ABC twins, and the raw score."""
+def _name_pair(io: str, s: str) -> frozenset:
+    return frozenset((io, s))
+
+
+def held_out_prompts(n: int = 24):
+    """`n` prompts of template 1 after the chapter's 16 whose pair of names (in either order) none of
+    the chapter's prompts uses: held out by names, not only by position in the list."""
+    seen = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=0, n=16)
+    seen_pairs = {_name_pair(io, s) for io, s in zip(seen.labels["io"], seen.labels["s"])}
+    rest = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=16)
+    keep = [i for i, (io, s) in enumerate(zip(rest.labels["io"], rest.labels["s"])) if _name_pair(io, s) not in seen_pairs]
+    if len(keep) < n:
+        raise RuntimeError(f"only {len(keep)} held-out prompts of template {CIRCUIT_TEMPLATE} with unseen name pairs")
+    return rest.subset(keep[:n])
+
+
+def _template_case(start: int | None, n: int, seed: int):
+    """Prompts of template 1 (the chapter's when `start` is 0, the held-out ones when it is None),
+    their ABC twins, and the raw score."""
     model = organism()
-    clean = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=start, n=n)
+    clean = (held_out_prompts(n) if start is None
+             else ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=start, n=n))
     clean_tokens, abc_tokens, last = ref.paired_tokens(model, clean.prompts, ref.abc_prompts(clean, seed=seed).prompts)
     correct, wrong = ch02.answer_ids(model, clean.correct), ch02.answer_ids(model, clean.wrong)
     return clean_tokens, abc_tokens, lambda logits: ref.logit_diff(logits, correct, wrong, last).mean()
@@ -650,8 +672,9 @@ def _template_case(start: int, n: int, seed: int):
 
 @functools.cache
 def held_out_ioi():
-    """Held-out prompts of template 1 that the chapter never shows (it shows the first 16), with their ABC twins."""
-    return _template_case(16, 24, seed=1)
+    """Held-out prompts of template 1 that the chapter never shows (it shows the first 16), none with a
+    pair of names the chapter's prompts use, with their ABC twins."""
+    return _template_case(None, 24, seed=1)
 
 
 @functools.cache
@@ -699,10 +722,20 @@ def _why_unfaithful(model, nodes, faithfulness: float) -> str:
         if moved and ref.circuit_faithfulness(model, tokens, reference, moved, score) >= MIN_FAITHFULNESS:
             return (f"{start}: your positions are off by one; position 0 is the start token <|endoftext|>, "
                     "so count from it (model.to_str_tokens shows every position)")
+    if len(nodes) > 1:
+        drops = ref.node_minimality(model, tokens, reference, nodes, score)
+        weakest = min(drops, key=drops.get)
+        if drops[weakest] < MIN_DROP:
+            return (f"{start}: node {weakest} adds almost nothing (its largest drop over the subsets of your circuit is "
+                    f"{drops[weakest]:.3f}); spend that node on one that carries the behaviour")
     seen_tokens, seen_reference, seen_score = chapter_ioi()
-    if ref.circuit_faithfulness(model, seen_tokens, seen_reference, nodes, seen_score) >= MIN_FAITHFULNESS:
-        return (f"{start}, although it passes on the chapter's template-1 prompts: it is tuned to those names; "
-                "prefer nodes at positions whose role is the same in every prompt (S2, the end)")
+    seen = ref.circuit_faithfulness(model, seen_tokens, seen_reference, nodes, seen_score)
+    if seen >= MIN_FAITHFULNESS:
+        if any(position not in ROLE_POSITIONS for _, _, position in nodes):
+            return (f"{start}, although it passes on the chapter's template-1 prompts (faithfulness {seen:.2f}): it is "
+                    "tuned to those names; prefer nodes at positions whose role is the same in every prompt (S2, the end)")
+        return (f"{start}, although it passes on the chapter's template-1 prompts (faithfulness {seen:.2f}): those 16 "
+                "prompts flatter every circuit, so a node that carries the behaviour is missing; add the next cell of your map")
     return f"{start}: a node that carries the behaviour is missing"
 
 

@@ -269,6 +269,30 @@ def own_logit_extremes(model, embedding: Float[Tensor, "n_tokens d_model"], toke
 
 
 @torch.no_grad()
+def path_patch_recomputing_mlps(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                                sender: tuple[int, int], receiver: str, metric: Metric,
+                                receiver_heads: list[int] | None = None) -> Tensor:
+    """`path_patch` with Wang et al.'s convention: only the heads are frozen, every MLP recomputes, so
+    the receiver also sees the sender's change as the MLPs between them pass it on."""
+    check_same_shape(base_tokens, source_tokens)
+    sender_layer, sender_head = sender
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda name: name in z_names + [receiver])
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[sender_layer])
+    frozen = {name: freeze_hook(base[name]) for name in z_names}
+    frozen[z_names[sender_layer]] = sender_hook(base[z_names[sender_layer]], source[z_names[sender_layer]], sender_head)
+    frozen.pop(receiver, None)
+    recorded = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, store_hook(recorded, receiver))])
+    value = recorded[receiver]
+    if receiver_heads is not None:
+        patched = base[receiver].clone()
+        patched[:, :, receiver_heads] = value[:, :, receiver_heads]
+        value = patched
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
+
+
+@torch.no_grad()
 def head_direct_logits(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], layer: int, head: int,
                        token_ids: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
     """A head's direct effect on one token's logit per prompt, at the last position (final LayerNorm scale frozen)."""
@@ -394,6 +418,44 @@ def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: In
 def ioi_circuit() -> list[Node]:
     """The organism's IOI circuit as (layer, head, position) nodes of template 1."""
     return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18)]
+
+
+@torch.no_grad()
+def component_direct_effects(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                             correct: Int[Tensor, "batch"], wrong: Int[Tensor, "batch"],
+                             fwd_hooks=()) -> dict[str, float]:
+    """Mean direct effect on the logit difference of every head and MLP at each prompt's last position,
+    under `fwd_hooks` (the final LayerNorm's scale of that same run)."""
+    def wanted(name: str) -> bool:
+        return name.endswith("attn.hook_z") or name.endswith("hook_mlp_out") or name == "ln_final.hook_scale"
+
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        _, cache = model.run_with_cache(tokens, names_filter=wanted)
+    rows = torch.arange(len(last), device=tokens.device)
+    scale = cache["ln_final.hook_scale"][rows, last]  # [batch, 1]
+    direction = (model.W_U[:, correct] - model.W_U[:, wrong]).T  # [batch, d_model]
+    effects = {}
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][rows, last]  # [batch, head, d_head]
+        heads = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer]) / scale[:, None]  # [batch, head, d_model]
+        for head in range(model.cfg.n_heads):
+            effects[f"L{layer}H{head}"] = float((heads[:, head] * direction).sum(-1).mean())
+        mlp = cache[f"blocks.{layer}.hook_mlp_out"][rows, last] / scale  # [batch, d_model]
+        effects[f"MLP{layer}"] = float((mlp * direction).sum(-1).mean())
+    return effects
+
+
+def mean_ablation_hooks(model, tokens: Int[Tensor, "batch pos"], heads: list[tuple[int, int]],
+                        reference_tokens: Int[Tensor, "ref_batch pos"]) -> list:
+    """The hooks that `ablate_heads(..., "mean", ...)` runs, for use with other measurements."""
+    layers = sorted({layer for layer, _ in heads})
+    means = head_replacements(model, tokens, layers, "mean", reference_tokens)
+    hooks = []
+    for layer in layers:
+        mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=model.cfg.device)
+        mask[:, [head for l, head in heads if l == layer]] = True
+        hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(means[layer], mask)))
+    return hooks
 
 
 def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
