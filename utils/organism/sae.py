@@ -90,7 +90,8 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
                         d_sae: int = 1024, k: int = 32, l1_coefficient: float = 5.0, steps: int = 400,
                         batch_size: int = 1024, lr: float = 1e-3, lr_end: float = 1e-4,
                         dead_feature_window: int = 25, decoder_init_norm: float | None = None, seed: int = 0,
-                        progress: bool = True, target_l0: float | None = None, l0_coefficient: float = 1.0):
+                        progress: bool = True, target_l0: float | None = None, l0_coefficient: float = 1.0,
+                        jumprelu_init_threshold: float = 2.0, jumprelu_bandwidth: float = 1.0):
     """An SAE trained by SAELens's `SAETrainer` on cached activations ("topk", "standard" L1, or
     "jumprelu": Rajamanoharan et al.'s JumpReLU, with the quadratic L0 penalty around `target_l0`
     that SAELens calls "quadratic" (Gemma Scope 2's), so its L0 can be matched to TopK's `k`).
@@ -116,6 +117,7 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
     elif architecture == "jumprelu":
         sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
             d_in=d_in, d_sae=d_sae, decoder_init_norm=decoder_init_norm, l0_coefficient=l0_coefficient,
+            jumprelu_init_threshold=jumprelu_init_threshold, jumprelu_bandwidth=jumprelu_bandwidth,
             jumprelu_sparsity_loss_mode="quadratic", target_l0=float(k if target_l0 is None else target_l0)))
     else:
         raise ValueError(f"unknown architecture {architecture!r}; use 'topk', 'standard' or 'jumprelu'")
