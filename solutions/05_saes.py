@@ -989,6 +989,16 @@ label_data = {**token_data, **context_data}
 baseline_x = {**{name: baseline_held[:DETECTION_TOKENS] for name in token_data},
               **{name: x for name, (x, _) in baseline_context.items()}}
 
+untrained_probe = {}
+for name in ("country", "capital", "day"):
+    y = token_masks[name][:DETECTION_TOKENS]
+    first, second = halves(DETECTION_TOKENS)
+    untrained_probe[name] = probe_auroc(baseline_held[:DETECTION_TOKENS][first], y[first],
+                                        baseline_held[:DETECTION_TOKENS][second], y[second])
+print("a linear probe on the untrained model, held-out AUROC: "
+      + ", ".join(f"{name} {value:.3f}" for name, value in untrained_probe.items()))
+
+# %%
 recovery = detection_table(label_data, {"SAE latent (shipped)": (shipped, None),
                                         "SAE latent (ours, organism)": (our_sae, None),
                                         "SAE latent (ours, untrained model)": (baseline_sae, baseline_x)})
@@ -1006,10 +1016,12 @@ figure.update_layout(barmode="group", title="Held-out AUROC of the best single c
 #
 # - **The untrained model's SAE is close to chance on every token label** (0.5 to about 0.7), and
 #   our own SAE on the organism, trained the same way, is well above it on every one. That is not
-#   because a random network has no direction for a word class: a few token embeddings are
-#   linearly separable in 256 dimensions, so a linear probe reads "country" fairly well even there.
-#   What training adds is a sparse code in which single latents line up with the classes. Whatever
-#   the organism's SAE finds beyond that baseline, the organism learned.
+#   because a random network has no direction for a word class: it has. A linear probe on the
+#   untrained model's residual stream (printed above the table) reads "country" at about 0.88 and
+#   days at about 0.99, because a random embedding already places a few dozen words where a plane
+#   can cut them off from the rest. What training adds is a probe near 1.0 on every class and a
+#   sparse code in which single latents line up with the classes. Whatever the organism's SAE
+#   finds beyond that baseline, the organism learned.
 # - **Word classes are not single latents.** The best single latent for "country", "capital",
 #   "name" or "language" scores well below the linear probe, which reads them almost perfectly. No
 #   one latent covers the class; we count the latents that share "country" below.
@@ -1087,6 +1099,7 @@ interventions = {  # name: (latents zeroed, error term added back)
     f"best sentiment latent {sentiment_latent} zeroed": ([sentiment_latent], True),
     "the five best sentiment latents zeroed": (top_sentiment, True),
     "five random latents zeroed": (random_latents, True),
+    "every latent zeroed, only the error term (and b_dec) left": (list(range(shipped.cfg.d_sae)), True),
 }
 control = {}
 for name, (latents, error_term) in interventions.items():
@@ -1108,6 +1121,21 @@ pd.DataFrame(control).T.round(3)
 # *without* its error term moves the logit difference by about a logit, more than zeroing the
 # best latent does, so an intervention on a spliced model without its error term measures the
 # SAE's error as much as the latent.
+#
+# The last row asks the opposite question: what does the error term carry on its own? Zero every
+# latent and keep only `x - x_hat` (and `b_dec`): the logit difference falls to about zero and the
+# accuracy to chance. None of the model's sentiment answer runs through the error term. Yet a
+# probe trained on the error term reads the sentiment of a review perfectly:
+
+# %%
+with torch.no_grad():
+    sentiment_error = sentiment_x - shipped.decode(shipped.encode(sentiment_x))  # [prompt, d_model]
+print(f"a probe on the error term, held-out AUROC for sentiment: "
+      f"{probe_auroc(sentiment_error[first_half], sentiment_y[first_half], sentiment_error[second_half], sentiment_y[second_half]):.3f}")
+
+# %% [markdown]
+# Decodable is not used, once more (Chapter 02): the error term holds a trace of the sentiment that
+# a probe can read, and the model's answer does not depend on it.
 #
 # Makelov et al. 2024 go a step further, to **sparse control**: edit a few latents so that an
 # attribute of the prompt changes (which name is the indirect object) and check that the
@@ -1141,8 +1169,11 @@ print(f"{len(per_country)} countries, {len(set(per_country.values()))} distinct 
 # ## 5. Holes in a general latent, and a test for absorption
 #
 # Take the best single latent for "the token is a country", the general one above. Check its
-# density first (the dashboard of Section 6 prints it): it fires on about a third of all tokens, past
-# the dense line of Section 3, so it is not a clean country feature, and its holes may say little. If it were a clean "country" feature it would
+# density first (the cell below prints it, and so does the dashboard of Section 6): it fires on about
+# a third of all tokens, past the dense line of Section 3, and on about four in five country tokens,
+# but only about a fifth of its firings are on countries (the rest are punctuation, prepositions,
+# names, continents...). So it is not a country feature: it is a dense latent that leans towards
+# countries, and its holes may say little. If it were a clean "country" feature it would
 # fire on every country. A sparse code has an incentive not to:
 # where a more specific latent already fires, the SAE saves L0 by *not* also firing the general
 # latent, and writes the shared "country" direction into the specific latent's decoder row
@@ -1160,6 +1191,10 @@ def member_recall(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "toke
 
 # %%
 _, country_latent = best_column_auroc(held_codes, token_masks["country"], held_codes, token_masks["country"])
+country_fires = held_codes[:, country_latent] > 0
+print(f"latent {country_latent} fires on {country_fires.float().mean():.0%} of all held-out tokens, on "
+      f"{country_fires[token_masks['country']].float().mean():.0%} of country tokens; "
+      f"{token_masks['country'][country_fires].float().mean():.0%} of its firings are countries")
 recall = member_recall(held_codes, held_tokens, country_latent, country_ids)
 order = sorted(recall, key=recall.get)
 figure = go.Figure()
@@ -1392,7 +1427,8 @@ else:
 # ## What SAEs can't tell you
 # - **The error term.** Whatever the SAE fails to reconstruct (here a few percent of the variance,
 #   and of the loss) is unexplained by construction, and it is not random noise: it can hold
-#   exactly the computation you care about. A claim made through an SAE spliced in without its
+#   exactly the computation you care about. Here it holds none of the sentiment answer (Section 4),
+#   but only a measurement can tell you that, and a probe alone would have said the opposite. A claim made through an SAE spliced in without its
 #   error term holds for a slightly different model; adding the error term back (Section 4's
 #   intervention) keeps the model exact, and leaves the unexplained part in plain sight.
 # - **Comparisons need the same L0.** Any SAE reconstructs better with more active latents, so
