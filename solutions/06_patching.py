@@ -913,7 +913,7 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # model is predicting and lowers its logit), and the *negative* name movers 10.7 and 11.10 of Wang et
 # al. Same task, a patching map of the same shape, another algorithm: this is Chapter 00's universality
 # question seen close up. A circuit story does not transfer from one model to another until it has
-# been measured on the new one (Section 9 runs the sweep on GPT-2 small when you are online).
+# been measured on the new one (Section 10 runs the sweep on GPT-2 small when you are online).
 
 # %% [markdown]
 # ## 5. Attribution patching
@@ -1280,11 +1280,83 @@ print(f"your circuit {sorted(ioi_circuit())} on the prompts above: "
 
 # %% [markdown]
 # Finding a circuit by hand, cell by cell, does not scale. **ACDC** (automated circuit discovery,
-# Conmy et al., 2023) automates this loop: it walks the graph from the output backwards and prunes
-# every edge whose patching changes the metric by less than a threshold. **Causal scrubbing** (Chan et
-# al., 2022) goes further and tests a full *hypothesis* (which activations may be resampled from which
-# inputs without changing the behaviour). Both are patching, done systematically; both inherit every
-# caveat of Section 10.
+# Conmy et al., 2023) automates the loop: walk the graph from the output backwards, and remove every
+# piece whose removal changes the metric by less than a threshold $\tau$, keeping what was removed
+# removed as you go. Conmy et al. prune *edges* (a sender's contribution to one receiver); the
+# version below prunes *nodes*, every head (at all positions) and every MLP, layer by layer from the
+# last, with the same ABC mean ablation and the normalised score of this section. It is a
+# simplification, and it already shows what the method does and what it cannot do.
+
+# %% tags=["export"]
+@torch.no_grad()
+def pruned_logits(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                  pruned_heads: list[tuple[int, int]], pruned_mlps: list[int]) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with the pruned heads (every position) and MLPs replaced by their mean over the reference batch."""
+    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)] + [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(reference_tokens, names_filter=lambda name: name in names)
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        heads = [h for l, h in pruned_heads if l == layer]
+        if heads:
+            mean = cache[f"blocks.{layer}.attn.hook_z"].mean(0, keepdim=True)
+            mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=tokens.device)
+            mask[:, heads] = True
+            hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(mean, mask)))
+        if layer in pruned_mlps:
+            mean = cache[f"blocks.{layer}.hook_mlp_out"].mean(0, keepdim=True)
+            hooks.append((f"blocks.{layer}.hook_mlp_out", lambda act, hook, mean=mean: mean.expand_as(act).clone()))
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@torch.no_grad()
+def acdc_prune(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"], score: Metric,
+               tau: float) -> tuple[list[tuple[int, int]], list[int], float]:
+    """ACDC-style pruning over nodes: from the output backwards, remove every head or MLP whose
+    removal (on top of those already removed) moves the normalised score by less than `tau`.
+    Returns the heads and MLPs kept, and the kept graph's score (full model 1, everything removed 0)."""
+    full = float(score(model(tokens)))
+    every_head = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    empty = float(score(pruned_logits(model, tokens, reference_tokens, every_head, list(range(model.cfg.n_layers)))))
+    normalise = lambda value: (float(value) - empty) / (full - empty)  # noqa: E731
+    heads, mlps = [], []
+    current = 1.0
+    order = []
+    for layer in reversed(range(model.cfg.n_layers)):
+        order.append(("mlp", layer))
+        order += [("head", (layer, h)) for h in range(model.cfg.n_heads)]
+    for kind, node in order:
+        trial_heads, trial_mlps = heads + ([node] if kind == "head" else []), mlps + ([node] if kind == "mlp" else [])
+        value = normalise(score(pruned_logits(model, tokens, reference_tokens, trial_heads, trial_mlps)))
+        if abs(value - current) < tau:
+            heads, mlps, current = trial_heads, trial_mlps, value
+    kept_heads = [h for h in every_head if h not in heads]
+    kept_mlps = [l for l in range(model.cfg.n_layers) if l not in mlps]
+    return kept_heads, kept_mlps, current
+
+
+# %%
+acdc = {}
+for tau in (0.03, 0.1):
+    kept_heads, kept_mlps, kept_score = acdc_prune(model, clean_tokens, abc_tokens, mean_logit_diff, tau)
+    acdc[tau] = kept_heads
+    print(f"tau {tau}: {len(kept_heads)} heads kept, " + " ".join(f"L{l}H{h}" for l, h in kept_heads)
+          + f"; MLPs {kept_mlps}; score of what is kept {kept_score:.2f}")
+
+# %% [markdown]
+# Compare with Section 2's map and the hand-made circuit. At $\tau = 0.1$ the loop keeps L3H1, L0H7,
+# L2H0 (the fifth cell of the map) and one of the two S2 heads, L0H3 or L0H6 depending on the sample
+# of prompts, but never both: the self-repair measured below is why. Removing one of the pair costs
+# little while the other is there, so a greedy loop drops whichever it tries second, and what it
+# reports depends on its order. It also keeps the other layer-3 heads, which push the answer up on
+# some prompts and down on others: a node-level search counts a component that matters in either
+# direction, while the hand-made circuit kept only what carries the answer. A smaller $\tau$ keeps
+# more heads. Which subgraph is "the" circuit is a choice of threshold, of
+# ablation and of order, not a fact the loop discovers; ACDC is a search, and its output needs the
+# same checks (faithfulness, completeness, minimality) as a circuit found by hand.
+#
+# **Causal scrubbing** (Chan et al., 2022) goes further and tests a full *hypothesis* (which
+# activations may be resampled from which inputs without changing the behaviour). Both are patching,
+# done systematically; both inherit every caveat of Section 11.
 #
 # ### Self-repair
 # In GPT-2 small, ablating the main name-mover head costs *less* than its direct effect: other heads
@@ -1568,7 +1640,165 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
 # about a quarter of the positions can be predicted by copying. That bump in the training loss is the
 # signature Olsson et al. (2022) report.
 #
-# ## 9. On a real model
+# ## 9. Patching a direction: distributed alignment search
+#
+# Every patch so far swapped a whole component: a head, an MLP, a residual stream at one position.
+# A model need not store a variable in one component; it may store it along one *direction* of the
+# residual stream, shared by many. **Distributed alignment search** (DAS; Geiger et al., 2024) asks
+# for that direction: learn a unit vector $u$ such that swapping only the component along $u$,
+#
+# $$x_\text{base} \;\mapsto\; x_\text{base} + \big((x_\text{source} - x_\text{base}) \cdot u\big)\, u,$$
+#
+# makes the model give the *source's* answer (an **interchange intervention**). Here the variable is
+# the truth family's verdict: "The capital of France is Rome. That is" should get " false". Chapter
+# 02 read the verdict with a probe after every block; Chapter 03 found MLP0 and MLP2 writing it.
+# Does one direction carry it, in the sense that patching it flips the answer?
+#
+# ### Exercise 6.10: patch along a direction (difficulty 2/3, ~20 min)
+# Write `patch_direction(model, tokens, last, source_resid, direction, hook_name)`. Run `tokens`
+# with a hook on `hook_name` (a residual stream, `[batch, pos, d_model]`) that, at **each prompt's
+# own last position** `last[i]` only, replaces the component along `direction` (normalise it to unit
+# length first) by the component of `source_resid[i]` (`[batch, d_model]`, the source prompts'
+# residuals at their own last positions), and leaves everything orthogonal to it, and every other
+# position, as it was. Return the logits. Keep it differentiable in `direction`: the training loop
+# below takes the gradient through your function.
+#
+# <details><summary>Hint 1</summary>
+#
+# Only one number per prompt changes: the coordinate along the unit direction. Write the new vector
+# as the old one plus a multiple of the direction.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `unit = direction / direction.norm()`; at the last positions `x = resid[rows, last]` (`[batch,
+# d_model]`); the coefficient is `((source_resid - x) @ unit)` (`[batch]`). Clone the activation
+# before writing into it, and do not detach anything.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# unit = direction / direction.norm()
+# rows = torch.arange(len(last), device=tokens.device)
+# def hook(resid, hook):
+#     resid = resid.clone()
+#     x = resid[rows, last]
+#     resid[rows, last] = x + ((source_resid - x) @ unit)[:, None] * unit
+#     return resid
+# return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+# ```
+# </details>
+
+# %% tags=["export"]
+import torch.nn.functional as F
+
+from utils import progress_bar
+
+VERDICT_WORDS = (" true", " false")
+DAS_HOOK = "blocks.2.hook_resid_post"  # after block 2: MLP2 has written the verdict (Chapter 03)
+DAS_STEPS = 60
+
+
+@torch.no_grad()
+def truth_runs(model, split: str, n: int | None, hook_name: str, seed: int = 0) -> dict:
+    """Truth prompts with their tokens, last positions, verdicts (True = " true") and residuals at
+    `hook_name` at each prompt's last position."""
+    prompts = prompt_set("truth", split, n=n, seed=seed)
+    tokens, last = tokenize(model, prompts.prompts)
+    tokens, last = tokens.to(model.cfg.device), last.to(model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    rows = torch.arange(len(last), device=tokens.device)
+    return {"tokens": tokens, "last": last, "verdict": torch.tensor(prompts.labels["truth"]).bool(),
+            "resid": cache[hook_name][rows, last]}
+
+
+def opposite_pairs(verdict: Bool[Tensor, "batch"], seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Base and source indices: every pair has opposite verdicts, as many true-to-false as false-to-true."""
+    generator = torch.Generator().manual_seed(seed)
+    true, false = torch.where(verdict)[0], torch.where(~verdict)[0]
+    n = min(len(true), len(false))
+    true, false = true[torch.randperm(len(true), generator=generator)[:n]], false[torch.randperm(len(false), generator=generator)[:n]]
+    return torch.cat([true, false]), torch.cat([false, true])
+
+
+def verdict_logit_diff(model, logits: Float[Tensor, "batch pos d_vocab"], last: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+    """logit(" true") - logit(" false") at each prompt's last position."""
+    true_id, false_id = (model.to_single_token(word) for word in VERDICT_WORDS)
+    final = logits[torch.arange(len(last), device=logits.device), last]
+    return final[:, true_id] - final[:, false_id]
+
+
+def patch_direction(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                    source_resid: Float[Tensor, "batch d_model"], direction: Float[Tensor, "d_model"],
+                    hook_name: str) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with the component along `direction` of the residual at each prompt's last position
+    replaced by the source's (an interchange intervention on one direction)."""
+    ### BEGIN SOLUTION
+    unit = direction / direction.norm()
+    rows = torch.arange(len(last), device=tokens.device)
+
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        x = resid[rows, last]  # [batch, d_model]
+        resid[rows, last] = x + ((source_resid - x) @ unit)[:, None] * unit
+        return resid
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+    ### END SOLUTION
+
+
+# %%
+patch_direction = check_exercise("6.10", patch_direction)
+
+# %% [markdown]
+# The training loop: pairs of prompts with opposite verdicts; patch the source's component along
+# `direction` into the base; the loss asks the patched run to give the source's verdict (a logistic
+# loss on the " true"/" false" logit difference). Only the direction learns. We score a direction by
+# its **swap rate** on held-out pairs: the share whose patched verdict is the source's.
+
+# %% tags=["export"]
+def swap_rate(model, runs: dict, direction: Float[Tensor, "d_model"], hook_name: str, seed: int = 0) -> float:
+    """Share of opposite-verdict pairs whose verdict follows the source when only `direction` is patched."""
+    base, source = opposite_pairs(runs["verdict"], seed)
+    with torch.no_grad():
+        logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], direction, hook_name)
+    return ((verdict_logit_diff(model, logits, runs["last"][base]) > 0) == runs["verdict"][source]).float().mean().item()
+
+
+def train_das(model, runs: dict, hook_name: str, steps: int = DAS_STEPS, lr: float = 0.05, seed: int = 0,
+              orthogonal_to: Float[Tensor, "d_model"] | None = None, progress: bool = True) -> Float[Tensor, "d_model"]:
+    """A unit direction learned so that patching along it gives the source's verdict (1-d DAS).
+    With `orthogonal_to`, the direction is kept orthogonal to that vector."""
+    base, source = opposite_pairs(runs["verdict"], seed)
+    target = runs["verdict"][source].float().to(runs["resid"].device)
+    block = None if orthogonal_to is None else orthogonal_to / orthogonal_to.norm()
+
+    def unit(raw: Tensor) -> Tensor:
+        if block is not None:
+            raw = raw - (raw @ block) * block
+        return raw / raw.norm()
+
+    raw = torch.nn.Parameter(torch.randn(runs["resid"].shape[1], generator=torch.Generator().manual_seed(seed)).to(runs["resid"].device))
+    optimizer = torch.optim.Adam([raw], lr=lr)
+    with torch.enable_grad():
+        for _ in progress_bar(range(steps), show=progress, desc="DAS"):
+            logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], unit(raw), hook_name)
+            loss = F.binary_cross_entropy_with_logits(verdict_logit_diff(model, logits, runs["last"][base]), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return unit(raw.detach())
+
+
+def difference_of_means(runs: dict) -> Float[Tensor, "d_model"]:
+    """The unit vector from the mean residual of false statements to that of true ones."""
+    direction = runs["resid"][runs["verdict"]].mean(0) - runs["resid"][~runs["verdict"]].mean(0)
+    return direction / direction.norm()
+
+
+# %% [markdown]
+# DAS_RESULTS_PLACEHOLDER
+#
+# ## 10. On a real model
 # With the Hugging Face Hub reachable, the same sweep on GPT-2 small: head patching (all positions) on
 # our IOI prompts with the swap corruption. The name movers (9.9, 9.6, 10.0) and S-inhibition heads
 # (7.3, 7.9, 8.6, 8.10) that Wang et al. (2022) found are where to look first; the cell prints where
@@ -1596,7 +1826,7 @@ else:
     print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
 
 # %% [markdown]
-# ## 10. What patching can't tell you
+# ## 11. What patching can't tell you
 #
 # **The answer depends on the corruption.** Patching measures the difference between two runs, so it
 # finds only the components that *differ* between them. Here is the head sweep again with the ABC

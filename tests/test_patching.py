@@ -394,6 +394,29 @@ def test_circuit_reports_on_the_chapter_prompts():
     claim("ch06: every one of the four cells matters (subset minimality)", four["minimality"], above=0.1)
 
 
+def test_pruned_logits_with_nothing_pruned_is_the_model_and_with_everything_pruned_forgets_the_prompt():
+    m, runs = model(), chapter_runs()
+    tokens = runs["clean"][:4]
+    assert torch.allclose(ref.pruned_logits(m, tokens, runs["abc"], [], []), m(tokens), atol=1e-4)
+    every_head = [(layer, head) for layer in range(m.cfg.n_layers) for head in range(m.cfg.n_heads)]
+    everything = ref.pruned_logits(m, tokens, runs["abc"], every_head, list(range(m.cfg.n_layers)))
+    # only the last token's own embedding still reaches the last position, and it is " to" in every prompt
+    assert torch.allclose(everything[0, END], everything[1, END], atol=1e-3)
+    assert not torch.allclose(everything[0, END], m(tokens)[0, END], atol=1e-1)
+
+
+def test_acdc_style_pruning_keeps_l3h1_l0h7_and_one_of_the_two_s2_heads():
+    m, runs = model(), chapter_runs()
+    heads, mlps, kept_score = ref.acdc_prune(m, runs["clean"], runs["abc"], runs["score"], tau=0.1)
+    for head in [(3, 1), (0, 7), (2, 0)]:
+        assert head in heads, (head, heads)
+    assert {0, 3} <= set(mlps), mlps
+    claim("ch06 ACDC: exactly one of L0H3 and L0H6 survives tau 0.1 (|number kept - 1|)",
+          abs(((0, 3) in heads) + ((0, 6) in heads) - 1), below=0.5)
+    claim("ch06 ACDC: what tau 0.1 keeps still carries most of the behaviour (score)", kept_score, above=0.7)
+    claim("ch06 ACDC: tau 0.1 keeps a minority of the 32 heads (number)", len(heads), below=14)
+
+
 def test_own_abc_twins_leak_about_a_tenth_and_other_prompts_twins_do_not():
     m, runs = model(), chapter_runs()
     seed = claim_seed()
@@ -631,7 +654,7 @@ def test_toy_checkpoints_are_reproducible():
 
 
 # ------------------------------------------------------------------------------------------
-# Section 10: the corruption matters, here less than it might
+# Section 11: the corruption matters, here less than it might
 # ------------------------------------------------------------------------------------------
 def test_swap_and_abc_point_at_the_same_heads():
     runs = chapter_runs()

@@ -800,3 +800,91 @@ def check_repeated_half_loss(candidate) -> None:
         mistakes = {hint: float(value) for hint, value in _repeat_variants(logits, tokens, seq_len).items()
                     if abs(float(value) - expected) > 1e-3}
         expect_close(got, expected, f"your loss (seq_len={seq_len})", atol=1e-4, mistakes=mistakes)
+
+
+# ------------------------------------------------------------------------------------------
+# 6.10
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def _direction_cases():
+    """Truth prompts of different lengths (right-padded), sources with the opposite verdicts, and two directions."""
+    model = organism()
+    cases = []
+    for hook_name, n, seed, scale in (("blocks.1.hook_resid_post", 6, 3, 3.0), ("blocks.0.hook_resid_post", 5, 4, 0.2)):
+        runs = ref.truth_runs(model, "test", n=24, hook_name=hook_name, seed=seed)
+        base, source = ref.opposite_pairs(runs["verdict"], seed)
+        base, source = base[:n], source[:n]
+        tokens, last = runs["tokens"][base], runs["last"][base]
+        if len(set(last.tolist())) < 2:
+            raise RuntimeError("the check's prompts should have different lengths")
+        direction = scale * ref.difference_of_means(runs) + torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
+        cases.append((hook_name, tokens, last, runs["resid"][source], direction))
+    return cases
+
+
+def _direction_variants(model, tokens, last, source, direction, hook_name) -> dict:
+    unit = direction / direction.norm()
+    rows = torch.arange(len(last))
+
+    def run(edit):
+        def hook(resid, hook):
+            resid = resid.clone()
+            edit(resid)
+            return resid
+        return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+
+    def along(vector):
+        def edit(resid):
+            x = resid[rows, last]
+            resid[rows, last] = x + ((source - x) @ vector)[:, None] * vector
+        return edit
+
+    def whole(resid):
+        resid[rows, last] = source
+
+    def at_minus_one(resid):
+        x = resid[:, -1]
+        resid[:, -1] = x + ((source - x) @ unit)[:, None] * unit
+
+    def added(resid):
+        resid[rows, last] = resid[rows, last] + (source @ unit)[:, None] * unit
+
+    def reversed_sign(resid):
+        x = resid[rows, last]
+        resid[rows, last] = x + ((x - source) @ unit)[:, None] * unit
+
+    def every_position(resid):
+        x = resid
+        resid[:] = x + ((source[:, None] - x) @ unit)[..., None] * unit
+
+    return {
+        "normalise the direction to unit length first: a longer vector moves the residual further than the swap": run(along(direction)),
+        "replace only the component along the direction, not the whole residual vector": run(whole),
+        "patch at each prompt's own last position (the prompts are right-padded), not at -1": run(at_minus_one),
+        "replace the base's component by the source's: add (source - base) . u times u, not the source's component alone": run(added),
+        "the coefficient is (source - base) . u, not (base - source) . u": run(reversed_sign),
+        "only the last position changes, not every position": run(every_position),
+    }
+
+
+@exercise("6.10", "patch along a direction", CHAPTER, ref.patch_direction)
+def check_patch_direction(candidate) -> None:
+    model = organism()
+    for hook_name, tokens, last, source, direction in _direction_cases():
+        with torch.no_grad():
+            expected = ref.patch_direction(model, tokens, last, source, direction, hook_name)
+            got = call(candidate, model, tokens.clone(), last.clone(), source.clone(), direction.clone(), hook_name)
+        expect_or_hint(got, expected, f"your logits ({hook_name})", 2e-3,
+                       lambda: _direction_variants(model, tokens, last, source, direction, hook_name))
+    with torch.enable_grad():
+        mine, theirs = direction.clone().requires_grad_(True), direction.clone().requires_grad_(True)
+        reference = ref.verdict_logit_diff(model, ref.patch_direction(model, tokens, last, source, mine, hook_name), last).sum()
+        (expected_grad,) = torch.autograd.grad(reference, [mine])
+        got = call(candidate, model, tokens.clone(), last.clone(), source.clone(), theirs, hook_name)
+        if not (isinstance(got, torch.Tensor) and got.requires_grad):
+            raise Wrong("your logits are not differentiable in `direction` (no .detach(), no torch.no_grad(), "
+                        "no .item() on it): the DAS training loop needs its gradient")
+        (got_grad,) = torch.autograd.grad(ref.verdict_logit_diff(model, got, last).sum(), [theirs], allow_unused=True)
+    if got_grad is None or not torch.allclose(got_grad, expected_grad, atol=1e-3, rtol=1e-3):
+        raise Wrong("your logits are right, but their gradient with respect to `direction` is not: keep them "
+                    "differentiable in `direction`, the normalisation included (nothing detached)")
