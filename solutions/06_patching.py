@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 06: Activation patching and circuits
 #
-# **Time:** about 4½ hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# **Time:** about 5 hours. **Exercises:** 10, each checked as soon as you run the cell after it.
 # *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
@@ -25,12 +25,17 @@
 #   where its linear approximation fails;
 # - search for a **circuit** for IOI on a template the chapter does not map for you, and have it graded
 #   by faithfulness and minimality on name pairs the model never saw;
+#   run an **ACDC-style** pruning loop and see what its threshold and order decide; measure
+#   **self-repair** after ablating an early head;
 #   confirm the **induction circuit** by path patching into the induction heads' keys, and watch
-#   induction **form during training**.
+#   induction **form during training**;
+# - learn a **direction** whose patching swaps the truth verdict (distributed alignment search) and
+#   compare it with the difference of means, and meet the **subspace illusion**.
 #
 # **Seed concepts:** activation patching and ablation; tracing a circuit backwards and forwards; the
-# circuits hypothesis; self-repair; the IOI task; attribution patching (AtP); automated circuit
-# discovery (ACDC) and causal scrubbing as named methods; faithfulness; developmental
+# circuits hypothesis; self-repair (the Hydra effect); the IOI task; attribution patching (AtP);
+# automated circuit discovery (ACDC, measured in a node-level version) and causal scrubbing (named);
+# faithfulness; distributed alignment search and the subspace illusion; developmental
 # interpretability (induction heads form suddenly in training).
 #
 # Chapter 03 read the model: where each answer appears, which components write it. Reading is not
@@ -1695,7 +1700,7 @@ from utils import progress_bar
 
 VERDICT_WORDS = (" true", " false")
 DAS_HOOK = "blocks.2.hook_resid_post"  # after block 2: MLP2 has written the verdict (Chapter 03)
-DAS_STEPS = 60
+DAS_STEPS = 40
 
 
 @torch.no_grad()
@@ -1795,8 +1800,64 @@ def difference_of_means(runs: dict) -> Float[Tensor, "d_model"]:
     return direction / direction.norm()
 
 
+# %%
+das_train, das_test = truth_runs(model, "train", 120, DAS_HOOK), truth_runs(model, "test", None, DAS_HOOK)
+das_direction = train_das(model, das_train, DAS_HOOK)
+mean_direction = difference_of_means(das_train).to(das_direction.device)
+random_direction = F.normalize(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=0).to(das_direction.device)
+pd.DataFrame({name: {"held-out swap rate": swap_rate(model, das_test, direction, DAS_HOOK),
+                     "cosine with the difference of means": float(direction @ mean_direction)}
+              for name, direction in {"DAS (learned)": das_direction, "difference of means": mean_direction,
+                                      "random": random_direction}.items()}).T.round(3)
+
 # %% [markdown]
-# DAS_RESULTS_PLACEHOLDER
+# After block 2 the verdict is one direction, and an easy one to find. The learned direction swaps
+# the verdict on nearly every held-out pair, and so does the plain difference of the two classes'
+# mean residuals, with no training at all; the two directions nearly coincide. A random direction
+# swaps nothing (its "swap rate" is the few pairs the model gets wrong anyway). So here DAS
+# confirms what the probe of Chapter 02 suggested: the verdict is linearly represented at this
+# point *and* used from there.
+#
+# A direction that patches well is not yet "where the model keeps the variable". Makelov et al.
+# (2023) show how a 1-dimensional patch can mislead: take a **disconnected** direction, one that
+# varies with the variable but that nothing downstream reads, and add a **dormant** one, which the
+# model does read but which hardly varies between inputs. Patching along the sum moves the dormant
+# part by an amount the disconnected part supplies, and can flip the answer, so a search finds it
+# and it looks like the variable's home, though on real inputs the model never uses it that way
+# (the **subspace illusion**). Its first ingredient is easy to exhibit here. MLP2's hidden layer
+# has 1024 neurons and writes into a 256-dimensional stream, so 768 directions of it are never
+# read: `W_out` maps them to zero. Split the hidden layer's difference of means into the part
+# `W_out` reads and the part it ignores, and test each as a probe and as a patch:
+
+# %%
+MLP_HOOK = "blocks.2.mlp.hook_post"
+from utils.references.ch05_saes import column_aurocs
+
+hidden_train, hidden_test = truth_runs(model, "train", 120, MLP_HOOK), truth_runs(model, "test", None, MLP_HOOK)
+hidden_means = difference_of_means(hidden_train)
+read_basis, _ = torch.linalg.qr(model.W_out[2])  # [d_mlp, d_model]: the hidden directions W_out reads
+read_part = read_basis @ (read_basis.T @ hidden_means)
+hidden_directions = {"difference of means": hidden_means, "the part W_out reads": read_part,
+                     "the part W_out ignores": hidden_means - read_part}
+illusion_table = {}
+for name, direction in hidden_directions.items():
+    projection = hidden_test["resid"] @ (direction / direction.norm())  # [prompt]
+    auroc = column_aurocs(projection[:, None].cpu(), hidden_test["verdict"])[0].item()
+    illusion_table[name] = {"share of the length": float(direction.norm() ** 2 / hidden_means.norm() ** 2),
+                            "as a probe: held-out AUROC": max(auroc, 1 - auroc),
+                            "as a patch: held-out swap rate": swap_rate(model, hidden_test, direction, MLP_HOOK)}
+pd.DataFrame(illusion_table).T.round(3)
+
+# %% [markdown]
+# The ignored part reads the verdict almost perfectly as a probe, and patching it changes nothing
+# (its swap rate is the few pairs the model gets wrong anyway): a disconnected direction, exactly as
+# the weights say it must be. It is what a probe alone would call "a truth direction in MLP2". Note
+# also that in this layer the difference of means patches poorly: MLP2 is one of two writers of the
+# verdict (Chapter 03: MLP0 is the other), so a patch here moves only its share. The full illusion
+# needs a dormant direction to pair with the ignored one; in this small model we have not found
+# one that makes a clean example, so we stop at the ingredient. The lesson stands: before calling a
+# patched direction the model's own, check that the model *reads* it (here, that it is not in the
+# kernel of the weights downstream) and that it varies on real inputs, not only under the patch.
 #
 # ## 10. On a real model
 # With the Hugging Face Hub reachable, the same sweep on GPT-2 small: head patching (all positions) on
@@ -1882,6 +1943,8 @@ for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
 #   *In-context Learning and Induction Heads.*
 # - Makelov, Lange, Nanda (2023). *Is This the Subspace You Are Looking For? An Interpretability
 #   Illusion for Subspace Activation Patching.*
+# - Geiger, Wu, Potts, Icard, Goodman (2024). *Finding Alignments Between Interpretable Causal
+#   Variables and Distributed Neural Representations* (distributed alignment search).
 #
 # **Your record so far:**
 

@@ -664,3 +664,77 @@ def test_swap_and_abc_point_at_the_same_heads():
     others[swap_top] = False
     claim("ch06: the ABC sweep's top four are the swap sweep's (weakest of them minus the best other head)",
           abc_heads[swap_top].min() - abc_heads[others].max(), above=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 9: a direction (distributed alignment search)
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def das_runs():
+    m, seed = model(), claim_seed()
+    train = ref.truth_runs(m, "train", 120, ref.DAS_HOOK, seed=seed)
+    test = ref.truth_runs(m, "test", None, ref.DAS_HOOK, seed=seed)
+    return train, test, ref.train_das(m, train, ref.DAS_HOOK, seed=seed, progress=False)
+
+
+def test_opposite_pairs_have_opposite_verdicts_in_both_directions():
+    verdict = torch.tensor([True, False, True, True, False, False, False])
+    base, source = ref.opposite_pairs(verdict, seed=1)
+    assert len(base) == 6 and (verdict[base] != verdict[source]).all()
+    assert int(verdict[base].sum()) == 3  # as many true-to-false as false-to-true
+
+
+def test_patch_direction_changes_only_the_component_along_the_direction_at_the_last_positions():
+    m = model()
+    runs = ref.truth_runs(m, "test", 8, ref.DAS_HOOK, seed=2)
+    direction = torch.randn(m.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    stored = {}
+    m.run_with_hooks(runs["tokens"], fwd_hooks=[(ref.DAS_HOOK, lambda x, hook: stored.setdefault("clean", x.clone()))])
+    unit = direction / direction.norm()
+
+    def grab(x, hook):
+        stored["patched"] = x.clone()
+        return x
+    hook = f"blocks.{int(ref.DAS_HOOK.split('.')[1]) + 1}.hook_resid_pre"
+    with m.hooks(fwd_hooks=[(hook, grab)]):
+        ref.patch_direction(m, runs["tokens"], runs["last"], runs["resid"].flip(0), direction, ref.DAS_HOOK)
+    change = stored["patched"] - stored["clean"]  # [batch, pos, d_model]
+    rows = torch.arange(len(runs["last"]))
+    at_last = change[rows, runs["last"]]
+    assert torch.allclose(at_last, (at_last @ unit)[:, None] * unit, atol=1e-3)  # only along the direction
+    assert torch.allclose(at_last @ unit, (runs["resid"].flip(0) - runs["resid"]) @ unit, atol=1e-3)
+    change[rows, runs["last"]] = 0
+    assert change.abs().max() < 1e-4  # nowhere else
+
+
+def test_das_and_the_difference_of_means_both_swap_the_verdict_after_block_2():
+    m = model()
+    train, test, das = das_runs()
+    means = ref.difference_of_means(train)
+    random = torch.nn.functional.normalize(torch.randn(m.cfg.d_model, generator=torch.Generator().manual_seed(claim_seed())), dim=0)
+    claim("ch06 DAS: the learned direction's held-out swap rate ('nearly every pair')", ref.swap_rate(m, test, das, ref.DAS_HOOK),
+          above=0.9)
+    claim("ch06 DAS: the difference of means' held-out swap rate ('so does')", ref.swap_rate(m, test, means, ref.DAS_HOOK),
+          above=0.9)
+    claim("ch06 DAS: cosine of the learned direction with the difference of means ('nearly coincide')", das @ means,
+          above=0.7)
+    claim("ch06 DAS: a random direction's swap rate ('nothing')", ref.swap_rate(m, test, random, ref.DAS_HOOK), below=0.1)
+
+
+def test_the_part_of_mlp2s_difference_of_means_that_w_out_ignores_reads_the_verdict_and_patches_nothing():
+    from utils.references.ch05_saes import column_aurocs
+
+    m, seed = model(), claim_seed()
+    hook = "blocks.2.mlp.hook_post"
+    train, test = ref.truth_runs(m, "train", 120, hook, seed=seed), ref.truth_runs(m, "test", None, hook, seed=seed)
+    means = ref.difference_of_means(train)
+    basis, _ = torch.linalg.qr(m.W_out[2])
+    ignored = means - basis @ (basis.T @ means)
+    assert (ignored @ m.W_out[2]).abs().max() < 1e-3 * ignored.norm() * m.W_out[2].norm()  # truly never read
+    auroc = column_aurocs((test["resid"] @ (ignored / ignored.norm()))[:, None], test["verdict"])[0].item()
+    claim("ch06 DAS: the ignored part of MLP2's difference of means as a probe ('almost perfectly')", max(auroc, 1 - auroc),
+          above=0.9)
+    claim("ch06 DAS: the ignored part as a patch ('changes nothing': swap rate)", ref.swap_rate(m, test, ignored, hook),
+          below=0.1)
+    claim("ch06 DAS: in MLP2's hidden layer the difference of means patches poorly (swap rate)",
+          ref.swap_rate(m, test, means, hook), below=0.5)

@@ -566,3 +566,58 @@ def test_saelens_trains_every_variant_the_text_names_from_the_same_call_and_save
         assert trained[name].W_dec.shape == (32, 16), name
     trained["batchtopk"].save_inference_model(str(tmp_path))
     assert type(sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")).__name__ == "JumpReLUSAE"
+
+
+@pytest.fixture(scope="module")
+def jumprelu(train_acts):
+    return organism_sae.train_with_sae_lens(train_acts, "jumprelu", k=32, steps=ref.ORGANISM_STEPS, lr=1e-2, lr_end=1e-3,
+                                            jumprelu_init_threshold=ref.JUMPRELU_INIT_THRESHOLD, jumprelu_bandwidth=1.0,
+                                            seed=SEED, progress=False)
+
+
+def test_jumprelu_at_matched_l0_ties_with_topk_and_beats_l1(model, held, our_saes, jumprelu):
+    rows, acts, tokens = held
+    metrics = {name: ref.organism_metrics(sae, acts) for name, sae in (("jumprelu", jumprelu), *our_saes.items())}
+    claim("ch05 variants: the JumpReLU's L0 near TopK's 32, from above", metrics["jumprelu"]["l0"], above=20)
+    claim("ch05 variants: the JumpReLU's L0 near TopK's 32, from below", metrics["jumprelu"]["l0"], below=48)
+    claim("ch05 variants: |JumpReLU - TopK| explained variance ('about equally')",
+          abs(metrics["jumprelu"]["explained_variance"] - metrics["topk"]["explained_variance"]), below=0.03)
+    claim("ch05 variants: JumpReLU's L2 ratio ('near 1')", metrics["jumprelu"]["l2_ratio"], above=0.95)
+    claim("ch05 variants: JumpReLU minus L1, explained variance ('the L1 SAE is behind')",
+          metrics["jumprelu"]["explained_variance"] - metrics["l1"]["explained_variance"], above=0.02)
+    keep = organism_sae.kept_positions(rows[:16], model.tokenizer.eos_token_id)
+    claim("ch05 variants: JumpReLU's CE loss recovered ('nearly whole')",
+          ref.ce_loss_recovered(model, jumprelu, rows[:16], keep, organism_sae.HOOK_NAME), above=0.95)
+    masks = {name: mask[:ref.DETECTION_TOKENS] for name, mask in ref.token_label_masks(tokens, model.tokenizer).items()}
+    aurocs = {name: ref.mean_best_latent_auroc(sae, acts[:ref.DETECTION_TOKENS], masks, SEED)
+              for name, sae in (("jumprelu", jumprelu), *our_saes.items())}
+    claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('close')",
+          max(aurocs.values()) - min(aurocs.values()), below=0.05)
+
+
+def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequency_explains_little(model, held, train_acts,
+                                                                                                      train_rows, our_saes):
+    from scipy.stats import spearmanr
+
+    _, acts, tokens = held
+    train_tokens = train_rows[organism_sae.kept_positions(train_rows, model.tokenizer.eos_token_id)]
+    words = sorted(set().union(*ref.TOKEN_LABELS.values()))
+    word_ids = torch.tensor([model.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words])
+    frequency = (train_tokens[:, None] == word_ids[None]).float().mean(0)
+    rare = frequency < frequency.median()
+    scores = {}
+    for width in ref.COMPLETENESS_WIDTHS:
+        sae = our_saes["topk"] if width == 1024 else ref.train_organism_sae(train_acts, k=32, d_sae=width, seed=SEED,
+                                                                              progress_bar=False)[0]
+        scores[width] = ref.word_detection_score(sae, acts, tokens, word_ids, seed=SEED)
+    narrow, middle, wide = (scores[width].mean().item() for width in ref.COMPLETENESS_WIDTHS)
+    claim("ch05 completeness: mean word score at the widest dictionary ('well under 0.15')", wide, below=0.15)
+    claim("ch05 completeness: 512 latents over 128 ('roughly doubles')", middle / narrow, above=1.4)
+    claim("ch05 completeness: |1024 latents - 512| ('about nothing')", abs(wide - middle), below=0.02)
+    claim("ch05 completeness: the world's words span a narrow range of frequency (most / least frequent)",
+          frequency.max() / frequency.min(), below=5)
+    claim("ch05 completeness: commoner half minus rarer half, averaged over widths ('a little higher')",
+          sum((s[~rare].mean() - s[rare].mean()).item() for s in scores.values()) / len(scores), above=0)
+    for width, s in scores.items():
+        claim(f"ch05 completeness: rank correlation of frequency and score at {width} latents ('explains little')",
+              spearmanr(frequency.log(), s).correlation, below=0.5)

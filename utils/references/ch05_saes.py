@@ -359,25 +359,28 @@ def probe_share(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"
     return (codes[where, latent] * projections[latent]).sum().item() / total.item()
 
 
-COMPLETENESS_WIDTHS = (256, 1024, 2048)
+COMPLETENESS_WIDTHS = (128, 512, 1024)
 
 
-def word_detection_f1(sae, activations: Float[Tensor, "token d_model"], tokens: Int[Tensor, "token"],
-                      word_ids: Int[Tensor, "word"], seed: int = 0) -> Float[Tensor, "word"]:
-    """For each word, the held-out F1 of the latent whose firing best detects that word (chosen on one half)."""
+def word_detection_score(sae, activations: Float[Tensor, "token d_model"], tokens: Int[Tensor, "token"],
+                         word_ids: Int[Tensor, "word"], seed: int = 0) -> Float[Tensor, "word"]:
+    """For each word, how well its best latent finds it: among the n tokens where the latent is
+    highest (n = the word's count), the share that are the word (precision at n, which equals recall
+    at n). The latent is chosen on one half of the tokens and scored on the other."""
     with torch.no_grad():
-        fires = (sae.encode(activations) > 0).float()  # [token, d_sae]
-    is_word = (tokens[:, None] == word_ids[None]).float()  # [token, word]
+        codes = sae.encode(activations)  # [token, d_sae]
 
-    def f1(rows: Tensor) -> Float[Tensor, "d_sae word"]:
-        true_positives = fires[rows].T @ is_word[rows]  # [d_sae, word]
-        precision = true_positives / fires[rows].sum(0)[:, None].clamp(min=1)
-        recall = true_positives / is_word[rows].sum(0)[None].clamp(min=1)
-        return 2 * precision * recall / (precision + recall).clamp(min=1e-9)
+    def scores(rows: Tensor) -> Float[Tensor, "d_sae word"]:
+        ranked = tokens[rows][codes[rows].argsort(0, descending=True)]  # [token, d_sae]: each latent's tokens, highest first
+        columns = []
+        for word in word_ids.tolist():
+            n = max(int((tokens[rows] == word).sum()), 1)
+            columns.append((ranked[:n] == word).float().sum(0) / n)  # [d_sae]
+        return torch.stack(columns, 1)
 
     choose, score = halves(len(tokens), seed)
-    best = f1(choose).argmax(0)  # [word]
-    return f1(score)[best, torch.arange(len(word_ids))]
+    best = scores(choose).argmax(0)  # [word]
+    return scores(score)[best, torch.arange(len(word_ids))]
 
 
 import html

@@ -550,7 +550,7 @@ from utils import progress_bar
 
 VERDICT_WORDS = (" true", " false")
 DAS_HOOK = "blocks.2.hook_resid_post"  # after block 2: MLP2 has written the verdict (Chapter 03)
-DAS_STEPS = 60
+DAS_STEPS = 40
 
 
 @torch.no_grad()
