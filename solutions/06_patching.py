@@ -1806,14 +1806,15 @@ das_direction = train_das(model, das_train, DAS_HOOK)
 mean_direction = difference_of_means(das_train).to(das_direction.device)
 random_direction = F.normalize(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=0).to(das_direction.device)
 pd.DataFrame({name: {"held-out swap rate": swap_rate(model, das_test, direction, DAS_HOOK),
-                     "cosine with the difference of means": float(direction @ mean_direction)}
+                     "|cosine| with the difference of means": abs(float(direction @ mean_direction))}
               for name, direction in {"DAS (learned)": das_direction, "difference of means": mean_direction,
                                       "random": random_direction}.items()}).T.round(3)
 
 # %% [markdown]
 # After block 2 the verdict is one direction, and an easy one to find. The learned direction swaps
 # the verdict on nearly every held-out pair, and so does the plain difference of the two classes'
-# mean residuals, with no training at all; the two directions nearly coincide. A random direction
+# mean residuals, with no training at all; the two directions nearly coincide (up to sign: a patch
+# along $u$ is the same patch as along $-u$, so only the size of the cosine means anything). A random direction
 # swaps nothing (its "swap rate" is the few pairs the model gets wrong anyway). So here DAS
 # confirms what the probe of Chapter 02 suggested: the verdict is linearly represented at this
 # point *and* used from there.
