@@ -612,10 +612,10 @@ for method in ("zero", "mean"):
 # GPT-2 that leak matters, because its heads detect the repetition; the organism's heads, Section 4
 # will show, do not, so the choice matters less here.)
 #
-# Our ABC mean has a smaller leak of its own. Each prompt's ABC twin keeps the prompt's two names at
-# IO and S1, and the mean is taken over the twins of *these* 16 prompts, so each prompt's own names
-# are one sixteenth of the mean at those positions. Measure it: ablate every head with the mean of
-# these twins, and with the mean of the ABC twins of 64 other prompts (other names).
+# Does our ABC mean leak too? Each prompt's ABC twin keeps the prompt's two names at IO and S1,
+# and the mean is taken over the twins of *these* 16 prompts, so each prompt's own names are one
+# sixteenth of the mean at those positions. Measure it: ablate every head with the mean of these
+# twins, and with the mean of the ABC twins of 64 other prompts (other names).
 
 # %%
 other_set = ioi_prompts("test", start=16, n=64)
@@ -629,14 +629,16 @@ for label, reference in leak.items():
           f"(clean {mean_logit_diff(clean_logits):.2f})")
 
 # %% [markdown]
-# With every head mean-ablated, the model should have no idea which name is the answer; with the
-# twins' own mean it still prefers it by more than a logit, about a tenth of the clean difference,
-# and with other prompts' twins by about nothing. That is the leak: a mean over a small reference
-# batch that contains each prompt's own names. It inflates what "ablated" leaves and so shifts every
-# faithfulness score of Section 6 a little (the four cells score about 1.15 with the twins' mean and
-# about 1.10 with the other prompts'), without changing which heads matter. We keep the twins'
-# mean, as Wang et al. pair each prompt with its own ABC version, and now you know its size; for a
-# clean baseline, take the mean over ABC prompts whose names the measured prompts do not use.
+# With every head mean-ablated, the model should have no idea which name is the answer. On these
+# prompts the twins' own mean still prefers it by more than a logit, about a tenth of the clean
+# difference, and other prompts' twins by about nothing: it looks like a leak. But on another sample
+# of prompts the tests find the reverse (the own twins near zero, other prompts' twins near a tenth).
+# So what we measure is the noise of a mean over a small batch, not a systematic leak: whichever
+# reference you average, the fully ablated model sits within about a tenth of the clean difference
+# of zero, and every faithfulness score of Section 6 carries that uncertainty (the four cells score
+# about 1.15 with the twins' mean and about 1.10 with other prompts'). Scores that differ by less
+# than that say nothing. We keep the twins' mean, as Wang et al. pair each prompt with its own ABC
+# version; a larger reference batch would shrink the noise.
 
 # ## 4. Path patching: Chapter 03's open question
 #
@@ -1428,17 +1430,20 @@ print(f"L0H3 and L0H6 ablated together: drop {both_drop:.2f}")
 pd.DataFrame(repair_rows).T
 
 # %% [markdown]
-# The two heads that carry S2 behave differently when removed alone:
+# On these prompts the two heads that carry S2 behave differently when removed alone:
 # - **L0H3** costs a few logits, and the later shares mostly fall (L3H1's and MLP3's among them),
 #   though some rise (L3H4, a head that pushes against the answer on most of these prompts, pushes
 #   less): partial compensation.
 # - **L0H6** alone costs nothing; the logit difference even rises a little. L3H1's share falls, but
 #   other later components (MLP3 and the other layer-3 heads) raise theirs by at least as much: the
-#   network repairs the loss downstream.
+#   network repairs the loss downstream (on other prompts the tests find it repairing about half).
 # - Together they cost far more than the two alone added up: the pair backs each other up (an OR
 #   in Section 6's language), which single-node scores cannot see.
 #
-# So the organism does self-repair, on a small scale and for one of its two S2 heads. The lesson for
+# On another sample of prompts the two heads can trade places (the cheap one is then L0H3, as
+# ACDC's choice above already hinted); what stays is that one of the pair can be removed at little
+# cost and the two together cannot. So the organism does self-repair, on a small scale, within its
+# pair of S2 heads. The lesson for
 # every ablation in this chapter: the effect of removing one component is a lower bound on what it
 # does when another component can take its place.
 #
