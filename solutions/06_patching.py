@@ -1238,8 +1238,8 @@ print("position of each token:", " ".join(f"{i} {t}" for i, t in enumerate(model
 # Write `ioi_circuit()` returning a circuit for **template 1**: a list of at most **4** `(layer, head,
 # position)` nodes, positions in template 1's 19 tokens. Search for it with this chapter's tools on the
 # template-1 prompts above (`t1_tokens`, `t1_swap`, `t1_abc`, `t1_logit_diff`). The check grades it
-# with `circuit_report` on other held-out prompts of template 1, whose pairs of names none of this
-# chapter's prompts uses, with ABC mean ablation. To pass, it needs **faithfulness at least 0.95**
+# with `circuit_report` on other held-out prompts of template 1, whose pairs of names none of the
+# template-1 prompts above uses, with ABC mean ablation. To pass, it needs **faithfulness at least 0.95**
 # there, and **every node must earn its place: minimality at least 0.05** (each node's largest drop
 # over the subsets of your circuit, so either of two nodes that back each other up counts, and a node
 # that adds nothing in any subset does not). Three nodes are not enough; more than one set of four
