@@ -116,10 +116,10 @@ def _capital_prompts() -> world.PromptSet:
     return facts.subset(keep)
 
 
-@torch.no_grad()
 INDUCTION_HEAD_BAR = 0.5  # a head whose induction score reaches this is called an induction head on the card
 
 
+@torch.no_grad()
 def induction_head_scores(model, tokenizer, n: int = 50, length: int = 15) -> Float[Tensor, "layer head_index"]:
     """Mean attention from each token of the second copy to the token after its first occurrence."""
     rng = __import__("random").Random(7)
