@@ -1521,7 +1521,7 @@ pd.DataFrame(variant_rows).T.round(3)
 # shrinkage (L2 ratios near 1), and both leave the model's loss nearly whole; the L1 SAE is the one
 # behind, as in Section 3. On the world's token labels the three are close. This is one short run
 # on a small model: it says the two shrinkage-free designs tie here, not which is better at scale
-# (Rajamanoharan et al. 2024b report JumpReLU slightly ahead of TopK on Gemma 2 at matched L0).
+# (Rajamanoharan et al. 2024b report JumpReLU at least as faithful as TopK on Gemma 2 at matched L0).
 #
 # ## 8. On a real model
 # A published SAE for GPT-2 small's residual stream, loaded through SAELens when the Hugging Face
