@@ -6,8 +6,11 @@ held-out IOI prompts of template 0): what the corruptions do to the logit differ
 residual and head patching light up, that noising and denoising agree here, that the ablations
 disagree the way the text says, that L3H1 acts more through MLP3 than directly, that attribution
 patching correlates with activation patching but underestimates the large effects, the circuits'
-faithfulness, what L3H1 and the early heads attend to and write (the organism's own IOI algorithm),
-K-composition in the induction circuit, and the phase change of the induction toy. Every claim goes
+faithfulness, what L3H1 and the early heads attend to and write (the organism's own IOI algorithm)
+under both path-patching conventions, the ABC mean's sample noise, self-repair within the S2 pair,
+what ACDC-style pruning keeps, K-composition in the induction circuit, the phase change of the
+induction toy, and the truth verdict's direction (DAS against the difference of means, and a
+direction a probe reads that no weight downstream reads). Every claim goes
 through `claim()` with its margin; `claim_seed()` picks other prompts and sequences in `make claims`.
 If a retrained organism breaks a claim, a test here fails and the prose needs another look.
 """
