@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 06: Activation patching and circuits
 #
-# **Time:** about 4½ hours. **Exercises:** 9, each checked as soon as you run the cell after it.
+# **Time:** about 5 hours. **Exercises:** 10, each checked as soon as you run the cell after it.
 # *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
@@ -25,12 +25,17 @@
 #   where its linear approximation fails;
 # - search for a **circuit** for IOI on a template the chapter does not map for you, and have it graded
 #   by faithfulness and minimality on name pairs the model never saw;
+#   run an **ACDC-style** pruning loop and see what its threshold and order decide; measure
+#   **self-repair** after ablating an early head;
 #   confirm the **induction circuit** by path patching into the induction heads' keys, and watch
-#   induction **form during training**.
+#   induction **form during training**;
+# - learn a **direction** whose patching swaps the truth verdict (distributed alignment search) and
+#   compare it with the difference of means, and meet the **subspace illusion**.
 #
 # **Seed concepts:** activation patching and ablation; tracing a circuit backwards and forwards; the
-# circuits hypothesis; self-repair; the IOI task; attribution patching (AtP); automated circuit
-# discovery (ACDC) and causal scrubbing as named methods; faithfulness; developmental
+# circuits hypothesis; self-repair (the Hydra effect); the IOI task; attribution patching (AtP);
+# automated circuit discovery (ACDC, measured in a node-level version) and causal scrubbing (named);
+# faithfulness; distributed alignment search and the subspace illusion; developmental
 # interpretability (induction heads form suddenly in training).
 #
 # Chapter 03 read the model: where each answer appears, which components write it. Reading is not
@@ -606,6 +611,34 @@ for method in ("zero", "mean"):
 # shares, a repeated name included, stays in the mean, so it cannot be what ablation removes. (In
 # GPT-2 that leak matters, because its heads detect the repetition; the organism's heads, Section 4
 # will show, do not, so the choice matters less here.)
+#
+# Does our ABC mean leak too? Each prompt's ABC twin keeps the prompt's two names at IO and S1,
+# and the mean is taken over the twins of *these* 16 prompts, so each prompt's own names are one
+# sixteenth of the mean at those positions. Measure it: ablate every head with the mean of these
+# twins, and with the mean of the ABC twins of 64 other prompts (other names).
+
+# %%
+other_set = ioi_prompts("test", start=16, n=64)
+_, other_abc_tokens, _ = paired_tokens(model, other_set.prompts, abc_prompts(other_set, seed=3).prompts)
+every_head = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+leak = {"these prompts' own ABC twins": abc_tokens, "ABC twins of 64 other prompts": other_abc_tokens}
+for label, reference in leak.items():
+    ablated = mean_logit_diff(ablate_heads(model, clean_tokens, every_head, "mean", reference))
+    early = mean_logit_diff(ablate_heads(model, clean_tokens, head_sets["L0H3, L0H6, L0H7"], "mean", reference))
+    print(f"mean of {label:<31}: every head ablated {ablated:5.2f}, the early heads ablated {early:5.2f} "
+          f"(clean {mean_logit_diff(clean_logits):.2f})")
+
+# %% [markdown]
+# With every head mean-ablated, the model should have no idea which name is the answer. On these
+# prompts the twins' own mean still prefers it by more than a logit, about a tenth of the clean
+# difference, and other prompts' twins by about nothing: it looks like a leak. But on another sample
+# of prompts the tests find the reverse (the own twins near zero, other prompts' twins near a tenth).
+# So what we measure is the noise of a mean over a small batch, not a systematic leak: whichever
+# reference you average, the fully ablated model sits within about a tenth of the clean difference
+# of zero, and every faithfulness score of Section 6 carries that uncertainty (the four cells score
+# about 1.15 with the twins' mean and about 1.10 with other prompts'). Scores that differ by less
+# than that say nothing. We keep the twins' mean, as Wang et al. pair each prompt with its own ABC
+# version; a larger reference batch would shrink the noise.
 
 # ## 4. Path patching: Chapter 03's open question
 #
@@ -786,6 +819,30 @@ def own_logit_extremes(model, embedding: Float[Tensor, "n_tokens d_model"], toke
 
 
 @torch.no_grad()
+def path_patch_recomputing_mlps(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                                sender: tuple[int, int], receiver: str, metric: Metric,
+                                receiver_heads: list[int] | None = None) -> Tensor:
+    """`path_patch` with Wang et al.'s convention: only the heads are frozen, every MLP recomputes, so
+    the receiver also sees the sender's change as the MLPs between them pass it on."""
+    check_same_shape(base_tokens, source_tokens)
+    sender_layer, sender_head = sender
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda name: name in z_names + [receiver])
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[sender_layer])
+    frozen = {name: freeze_hook(base[name]) for name in z_names}
+    frozen[z_names[sender_layer]] = sender_hook(base[z_names[sender_layer]], source[z_names[sender_layer]], sender_head)
+    frozen.pop(receiver, None)
+    recorded = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, store_hook(recorded, receiver))])
+    value = recorded[receiver]
+    if receiver_heads is not None:
+        patched = base[receiver].clone()
+        patched[:, :, receiver_heads] = value[:, :, receiver_heads]
+        value = patched
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
+
+
+@torch.no_grad()
 def head_direct_logits(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], layer: int, head: int,
                        token_ids: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
     """A head's direct effect on one token's logit per prompt, at the last position (final LayerNorm scale frozen)."""
@@ -824,6 +881,8 @@ for layer, head in [(0, 3), (0, 6), (0, 7)]:
     costs = {f"L3H1's {part}": 1 - float(path_patch(model, clean_tokens, swap_tokens, (layer, head), f"blocks.3.attn.hook_{part}",
                                                     swap_metric, receiver_heads=[1])) for part in "qkv"}
     costs["MLP0"] = 1 - float(path_patch(model, clean_tokens, swap_tokens, (layer, head), "blocks.0.hook_mlp_out", swap_metric))
+    costs["L3H1's v, MLPs recomputing"] = 1 - float(path_patch_recomputing_mlps(
+        model, clean_tokens, swap_tokens, (layer, head), "blocks.3.attn.hook_v", swap_metric, receiver_heads=[1]))
     costs["every path"] = 1 - float(heads_noising[layer, head])
     into_l3h1[f"L{layer}H{head}"] = costs
 pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early head, seen only by one receiver (cost on the swap scale)")
@@ -839,11 +898,19 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # - **L0H3 and L0H6 at S2 attend to themselves**: they pass on *which name sits at S2*. They never look
 #   at S1, so they cannot notice a repetition. L0H7 at the end looks at S2.
 # - **The early heads reach L3H1 only through its values**, never its queries or keys: where L3H1 looks
-#   does not depend on them, what it reads there does. With every MLP frozen (the convention of
-#   Section 4), the direct route carries about a quarter of their effect and the route through MLP0
-#   at S2 more. The two are not independent: MLP0 reads these heads' output at S2 and writes into the
-#   same position L3H1 reads, so freezing it cuts a path that also ends in L3H1's values. L0H7 does
-#   not reach L3H1 at all: its effect takes other routes.
+#   does not depend on them, what it reads there does. How much goes through the values depends on
+#   the convention, and the two readings answer different questions:
+#   - with every MLP frozen (Section 4's convention), the route straight from L0H3 or L0H6 into
+#     L3H1's values carries only about a quarter of the head's effect, and the route into MLP0 at S2
+#     more;
+#   - with the MLPs recomputing (Wang et al.'s convention), the route into L3H1's values carries
+#     about nine tenths of it. The difference is MLP0: it reads these heads' output at S2 and
+#     rewrites it into the same position L3H1 reads, so most of what the early heads write reaches
+#     L3H1's values *through* MLP0. Freezing MLP0 cuts that path; letting it recompute keeps it.
+#
+#   Both numbers are right; "through L3H1's values" means "directly" in the first and "by any route
+#   that ends there" in the second. Whenever you read a path-patching result, ask which convention
+#   it used. L0H7 does not reach L3H1 by either: its effect takes other routes.
 #
 # So the organism's algorithm, as far as we measured it: read the name in the S2 slot and push it
 # *down*; more than half of L3H1's effect reaches the answer through MLP3 (Section 4). None of the heads
@@ -853,7 +920,7 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # model is predicting and lowers its logit), and the *negative* name movers 10.7 and 11.10 of Wang et
 # al. Same task, a patching map of the same shape, another algorithm: this is Chapter 00's universality
 # question seen close up. A circuit story does not transfer from one model to another until it has
-# been measured on the new one (Section 9 runs the sweep on GPT-2 small when you are online).
+# been measured on the new one (Section 10 runs the sweep on GPT-2 small when you are online).
 
 # %% [markdown]
 # ## 5. Attribution patching
@@ -1168,19 +1235,20 @@ print("position of each token:", " ".join(f"{i} {t}" for i, t in enumerate(model
 
 # %% [markdown]
 # ### Exercise 6.8: find the IOI circuit of template 1 (difficulty 3/3, ~40 min)
-# Write `ioi_circuit()` returning a circuit for **template 1**: a list of at most **5** `(layer, head,
+# Write `ioi_circuit()` returning a circuit for **template 1**: a list of at most **4** `(layer, head,
 # position)` nodes, positions in template 1's 19 tokens. Search for it with this chapter's tools on the
 # template-1 prompts above (`t1_tokens`, `t1_swap`, `t1_abc`, `t1_logit_diff`). The check grades it
-# with `circuit_report` on other held-out prompts of template 1, name pairs this chapter never shows,
-# with ABC mean ablation. To pass, it needs **faithfulness at least 0.8** there, and **every node must
-# earn its place: minimality at least 0.05** (each node's largest drop over the subsets of your
-# circuit, so either of two nodes that back each other up counts, and a node that adds nothing in any
-# subset does not). More than one circuit passes.
+# with `circuit_report` on other held-out prompts of template 1, whose pairs of names none of the
+# template-1 prompts above uses, with ABC mean ablation. To pass, it needs **faithfulness at least 0.95**
+# there, and **every node must earn its place: minimality at least 0.05** (each node's largest drop
+# over the subsets of your circuit, so either of two nodes that back each other up counts, and a node
+# that adds nothing in any subset does not). Three nodes are not enough; more than one set of four
+# passes.
 #
 # <details><summary>Hint 1</summary>
 #
-# Which roles did the template-0 circuit use, and at which positions do those roles sit in template 1?
-# The positions printed above answer the second question.
+# Do not start from positions: start from a map. Which cells of template 1 change the answer when
+# you patch them?
 # </details>
 # <details><summary>Hint 2</summary>
 #
@@ -1219,19 +1287,168 @@ print(f"your circuit {sorted(ioi_circuit())} on the prompts above: "
 
 # %% [markdown]
 # Finding a circuit by hand, cell by cell, does not scale. **ACDC** (automated circuit discovery,
-# Conmy et al., 2023) automates this loop: it walks the graph from the output backwards and prunes
-# every edge whose patching changes the metric by less than a threshold. **Causal scrubbing** (Chan et
-# al., 2022) goes further and tests a full *hypothesis* (which activations may be resampled from which
-# inputs without changing the behaviour). Both are patching, done systematically; both inherit every
-# caveat of Section 10.
+# Conmy et al., 2023) automates the loop: walk the graph from the output backwards, and remove every
+# piece whose removal changes the metric by less than a threshold $\tau$, keeping what was removed
+# removed as you go. Conmy et al. prune *edges* (a sender's contribution to one receiver); the
+# version below prunes *nodes*, every head (at all positions) and every MLP, layer by layer from the
+# last, with the same ABC mean ablation and the normalised score of this section. It is a
+# simplification, and it already shows what the method does and what it cannot do.
+
+# %% tags=["export"]
+@torch.no_grad()
+def pruned_logits(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                  pruned_heads: list[tuple[int, int]], pruned_mlps: list[int]) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with the pruned heads (every position) and MLPs replaced by their mean over the reference batch."""
+    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)] + [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(reference_tokens, names_filter=lambda name: name in names)
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        heads = [h for l, h in pruned_heads if l == layer]
+        if heads:
+            mean = cache[f"blocks.{layer}.attn.hook_z"].mean(0, keepdim=True)
+            mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=tokens.device)
+            mask[:, heads] = True
+            hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(mean, mask)))
+        if layer in pruned_mlps:
+            mean = cache[f"blocks.{layer}.hook_mlp_out"].mean(0, keepdim=True)
+            hooks.append((f"blocks.{layer}.hook_mlp_out", lambda act, hook, mean=mean: mean.expand_as(act).clone()))
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@torch.no_grad()
+def acdc_prune(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"], score: Metric,
+               tau: float) -> tuple[list[tuple[int, int]], list[int], float]:
+    """ACDC-style pruning over nodes: from the output backwards, remove every head or MLP whose
+    removal (on top of those already removed) moves the normalised score by less than `tau`.
+    Returns the heads and MLPs kept, and the kept graph's score (full model 1, everything removed 0)."""
+    full = float(score(model(tokens)))
+    every_head = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    empty = float(score(pruned_logits(model, tokens, reference_tokens, every_head, list(range(model.cfg.n_layers)))))
+    normalise = lambda value: (float(value) - empty) / (full - empty)  # noqa: E731
+    heads, mlps = [], []
+    current = 1.0
+    order = []
+    for layer in reversed(range(model.cfg.n_layers)):
+        order.append(("mlp", layer))
+        order += [("head", (layer, h)) for h in range(model.cfg.n_heads)]
+    for kind, node in order:
+        trial_heads, trial_mlps = heads + ([node] if kind == "head" else []), mlps + ([node] if kind == "mlp" else [])
+        value = normalise(score(pruned_logits(model, tokens, reference_tokens, trial_heads, trial_mlps)))
+        if abs(value - current) < tau:
+            heads, mlps, current = trial_heads, trial_mlps, value
+    kept_heads = [h for h in every_head if h not in heads]
+    kept_mlps = [l for l in range(model.cfg.n_layers) if l not in mlps]
+    return kept_heads, kept_mlps, current
+
+
+# %%
+acdc = {}
+for tau in (0.03, 0.1):
+    kept_heads, kept_mlps, kept_score = acdc_prune(model, clean_tokens, abc_tokens, mean_logit_diff, tau)
+    acdc[tau] = kept_heads
+    print(f"tau {tau}: {len(kept_heads)} heads kept, " + " ".join(f"L{l}H{h}" for l, h in kept_heads)
+          + f"; MLPs {kept_mlps}; score of what is kept {kept_score:.2f}")
+
+# %% [markdown]
+# Compare with Section 2's map and the hand-made circuit. At $\tau = 0.1$ the loop keeps L3H1, L0H7,
+# L2H0 (the fifth cell of the map) and one of the two S2 heads, L0H3 or L0H6 depending on the sample
+# of prompts; on these prompts, and on most samples the tests draw, not both. The self-repair
+# measured below is why. Removing one of the pair costs
+# little while the other is there, so a greedy loop drops whichever it tries second, and what it
+# reports depends on its order. It also keeps the other layer-3 heads, which push the answer up on
+# some prompts and down on others: a node-level search counts a component that matters in either
+# direction, while the hand-made circuit kept only what carries the answer. A smaller $\tau$ keeps
+# more heads. And $\tau$ bounds each step, not their sum: every removal costs a little, and what
+# the loop keeps at $\tau = 0.1$ carries well under the whole behaviour (on other samples of
+# prompts the tests find between about 0.6 and 0.9). Which subgraph is "the" circuit is a choice of threshold, of
+# ablation and of order, not a fact the loop discovers; ACDC is a search, and its output needs the
+# same checks (faithfulness, completeness, minimality) as a circuit found by hand.
+#
+# **Causal scrubbing** (Chan et al., 2022) goes further and tests a full *hypothesis* (which
+# activations may be resampled from which inputs without changing the behaviour). Both are patching,
+# done systematically; both inherit every caveat of Section 11.
 #
 # ### Self-repair
 # In GPT-2 small, ablating the main name-mover head costs *less* than its direct effect: other heads
 # take over (the "backup name movers" of Wang et al.; McGrath et al., 2023, call the general effect,
-# whole layers compensating for an ablated one, the **Hydra effect**). Section 4 found L3H1's two paths
-# adding up to its total effect, but that is no test of self-repair: L3H1 sits in the last layer, and
-# only MLP3 comes after it to compensate. A test would ablate an early head and watch the later heads'
-# direct effects change.
+# later components compensating for an ablated one, the **Hydra effect**). Section 4 found L3H1's
+# two paths adding up to its total effect, but that is no test of self-repair: L3H1 sits in the last
+# layer, and only MLP3 comes after it to compensate. An early head is a fair test. Mean-ablate one
+# (over the ABC twins, as above) and compare every later component's direct effect on the logit
+# difference (its share at the last position, final LayerNorm scale frozen, as in Chapter 03)
+# before and after: a component whose share *rises* is compensating.
+
+# %% tags=["export"]
+@torch.no_grad()
+def component_direct_effects(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                             correct: Int[Tensor, "batch"], wrong: Int[Tensor, "batch"],
+                             fwd_hooks=()) -> dict[str, float]:
+    """Mean direct effect on the logit difference of every head and MLP at each prompt's last position,
+    under `fwd_hooks` (the final LayerNorm's scale of that same run)."""
+    def wanted(name: str) -> bool:
+        return name.endswith("attn.hook_z") or name.endswith("hook_mlp_out") or name == "ln_final.hook_scale"
+
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        _, cache = model.run_with_cache(tokens, names_filter=wanted)
+    rows = torch.arange(len(last), device=tokens.device)
+    scale = cache["ln_final.hook_scale"][rows, last]  # [batch, 1]
+    direction = (model.W_U[:, correct] - model.W_U[:, wrong]).T  # [batch, d_model]
+    effects = {}
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][rows, last]  # [batch, head, d_head]
+        heads = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer]) / scale[:, None]  # [batch, head, d_model]
+        for head in range(model.cfg.n_heads):
+            effects[f"L{layer}H{head}"] = float((heads[:, head] * direction).sum(-1).mean())
+        mlp = cache[f"blocks.{layer}.hook_mlp_out"][rows, last] / scale  # [batch, d_model]
+        effects[f"MLP{layer}"] = float((mlp * direction).sum(-1).mean())
+    return effects
+
+
+def mean_ablation_hooks(model, tokens: Int[Tensor, "batch pos"], heads: list[tuple[int, int]],
+                        reference_tokens: Int[Tensor, "ref_batch pos"]) -> list:
+    """The hooks that `ablate_heads(..., "mean", ...)` runs, for use with other measurements."""
+    layers = sorted({layer for layer, _ in heads})
+    means = head_replacements(model, tokens, layers, "mean", reference_tokens)
+    hooks = []
+    for layer in layers:
+        mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=model.cfg.device)
+        mask[:, [head for l, head in heads if l == layer]] = True
+        hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(means[layer], mask)))
+    return hooks
+
+
+# %%
+intact = component_direct_effects(model, clean_tokens, last, correct, wrong)
+repair_rows = {}
+for ablated in [(0, 3), (0, 6)]:
+    after = component_direct_effects(model, clean_tokens, last, correct, wrong,
+                                     mean_ablation_hooks(model, clean_tokens, [ablated], abc_tokens))
+    change = pd.Series({name: after[name] - intact[name] for name in intact if not name.startswith("L0")})
+    repair_rows[f"L{ablated[0]}H{ablated[1]} ablated"] = {
+        "drop in the logit difference": float(clean_value - mean_logit_diff(ablate_heads(model, clean_tokens, [ablated], "mean", abc_tokens))),
+        "later shares that fell (sum)": change[change < 0].sum(), "later shares that rose (sum)": change[change > 0].sum(),
+        "rose most": f"{change.idxmax()} {change.max():+.2f}", "fell most": f"{change.idxmin()} {change.min():+.2f}"}
+both_drop = float(clean_value - mean_logit_diff(ablate_heads(model, clean_tokens, [(0, 3), (0, 6)], "mean", abc_tokens)))
+print(f"L0H3 and L0H6 ablated together: drop {both_drop:.2f}")
+pd.DataFrame(repair_rows).T
+
+# %% [markdown]
+# On these prompts the two heads that carry S2 behave differently when removed alone:
+# - **L0H3** costs a few logits, and the later shares mostly fall (L3H1's and MLP3's among them),
+#   though some rise (L3H4, a head that pushes against the answer on most of these prompts, pushes
+#   less): partial compensation.
+# - **L0H6** alone costs nothing; the logit difference even rises a little. L3H1's share falls, but
+#   other later components (MLP3 and the other layer-3 heads) raise theirs by at least as much: the
+#   network repairs the loss downstream (on other prompts the tests find it repairing about half).
+# - Together they cost far more than the two alone added up: the pair backs each other up (an OR
+#   in Section 6's language), which single-node scores cannot see.
+#
+# On another sample of prompts the two heads can trade places (the cheap one is then L0H3, as
+# ACDC's choice above already hinted); what stays is that one of the pair can be removed at little
+# cost and the two together cannot. So the organism does self-repair, on a small scale, within its
+# pair of S2 heads. The lesson for
+# every ablation in this chapter: the effect of removing one component is a lower bound on what it
+# does when another component can take its place.
 #
 # ## 7. The induction circuit
 #
@@ -1436,7 +1653,222 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
 # about a quarter of the positions can be predicted by copying. That bump in the training loss is the
 # signature Olsson et al. (2022) report.
 #
-# ## 9. On a real model
+# ## 9. Patching a direction: distributed alignment search
+#
+# Every patch so far swapped a whole component: a head, an MLP, a residual stream at one position.
+# A model need not store a variable in one component; it may store it along one *direction* of the
+# residual stream, shared by many. **Distributed alignment search** (DAS; Geiger et al., 2024) asks
+# for that direction: learn a unit vector $u$ such that swapping only the component along $u$,
+#
+# $$x_\text{base} \;\mapsto\; x_\text{base} + \big((x_\text{source} - x_\text{base}) \cdot u\big)\, u,$$
+#
+# makes the model give the *source's* answer (an **interchange intervention**). Here the variable is
+# the truth family's verdict: "The capital of France is Rome. That is" should get " false". Chapter
+# 02 read the verdict with a probe after every block; Chapter 03 found MLP0 and MLP2 writing it.
+# Does one direction carry it, in the sense that patching it flips the answer?
+#
+# ### Exercise 6.10: patch along a direction (difficulty 2/3, ~20 min)
+# Write `patch_direction(model, tokens, last, source_resid, direction, hook_name)`. Run `tokens`
+# with a hook on `hook_name` (a residual stream, `[batch, pos, d_model]`) that, at **each prompt's
+# own last position** `last[i]` only, replaces the component along `direction` (normalise it to unit
+# length first) by the component of `source_resid[i]` (`[batch, d_model]`, the source prompts'
+# residuals at their own last positions), and leaves everything orthogonal to it, and every other
+# position, as it was. Return the logits. Keep it differentiable in `direction`: the training loop
+# below takes the gradient through your function.
+#
+# <details><summary>Hint 1</summary>
+#
+# Only one number per prompt changes: the coordinate along the unit direction. Write the new vector
+# as the old one plus a multiple of the direction.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `unit = direction / direction.norm()`; at the last positions `x = resid[rows, last]` (`[batch,
+# d_model]`); the coefficient is `((source_resid - x) @ unit)` (`[batch]`). Clone the activation
+# before writing into it, and do not detach anything.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# ```python
+# unit = direction / direction.norm()
+# rows = torch.arange(len(last), device=tokens.device)
+# def hook(resid, hook):
+#     resid = resid.clone()
+#     x = resid[rows, last]
+#     resid[rows, last] = x + ((source_resid - x) @ unit)[:, None] * unit
+#     return resid
+# return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+# ```
+# </details>
+
+# %% tags=["export"]
+import torch.nn.functional as F
+
+from utils import progress_bar
+
+VERDICT_WORDS = (" true", " false")
+DAS_HOOK = "blocks.2.hook_resid_post"  # after block 2: MLP2 has written the verdict (Chapter 03)
+DAS_STEPS = 40
+
+
+@torch.no_grad()
+def truth_runs(model, split: str, n: int | None, hook_name: str, seed: int = 0) -> dict:
+    """Truth prompts with their tokens, last positions, verdicts (True = " true") and residuals at
+    `hook_name` at each prompt's last position."""
+    prompts = prompt_set("truth", split, n=n, seed=seed)
+    tokens, last = tokenize(model, prompts.prompts)
+    tokens, last = tokens.to(model.cfg.device), last.to(model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    rows = torch.arange(len(last), device=tokens.device)
+    return {"tokens": tokens, "last": last, "verdict": torch.tensor(prompts.labels["truth"]).bool(),
+            "resid": cache[hook_name][rows, last]}
+
+
+def opposite_pairs(verdict: Bool[Tensor, "batch"], seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Base and source indices: every pair has opposite verdicts, as many true-to-false as false-to-true."""
+    generator = torch.Generator().manual_seed(seed)
+    true, false = torch.where(verdict)[0], torch.where(~verdict)[0]
+    n = min(len(true), len(false))
+    true, false = true[torch.randperm(len(true), generator=generator)[:n]], false[torch.randperm(len(false), generator=generator)[:n]]
+    return torch.cat([true, false]), torch.cat([false, true])
+
+
+def verdict_logit_diff(model, logits: Float[Tensor, "batch pos d_vocab"], last: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+    """logit(" true") - logit(" false") at each prompt's last position."""
+    true_id, false_id = (model.to_single_token(word) for word in VERDICT_WORDS)
+    final = logits[torch.arange(len(last), device=logits.device), last]
+    return final[:, true_id] - final[:, false_id]
+
+
+def patch_direction(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                    source_resid: Float[Tensor, "batch d_model"], direction: Float[Tensor, "d_model"],
+                    hook_name: str) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with the component along `direction` of the residual at each prompt's last position
+    replaced by the source's (an interchange intervention on one direction)."""
+    ### BEGIN SOLUTION
+    unit = direction / direction.norm()
+    rows = torch.arange(len(last), device=tokens.device)
+
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        x = resid[rows, last]  # [batch, d_model]
+        resid[rows, last] = x + ((source_resid - x) @ unit)[:, None] * unit
+        return resid
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+    ### END SOLUTION
+
+
+# %%
+patch_direction = check_exercise("6.10", patch_direction)
+
+# %% [markdown]
+# The training loop: pairs of prompts with opposite verdicts; patch the source's component along
+# `direction` into the base; the loss asks the patched run to give the source's verdict (a logistic
+# loss on the " true"/" false" logit difference). Only the direction learns. We score a direction by
+# its **swap rate** on held-out pairs: the share whose patched verdict is the source's.
+
+# %% tags=["export"]
+def swap_rate(model, runs: dict, direction: Float[Tensor, "d_model"], hook_name: str, seed: int = 0) -> float:
+    """Share of opposite-verdict pairs whose verdict follows the source when only `direction` is patched."""
+    base, source = opposite_pairs(runs["verdict"], seed)
+    with torch.no_grad():
+        logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], direction, hook_name)
+    return ((verdict_logit_diff(model, logits, runs["last"][base]) > 0) == runs["verdict"][source]).float().mean().item()
+
+
+def train_das(model, runs: dict, hook_name: str, steps: int = DAS_STEPS, lr: float = 0.05, seed: int = 0,
+              orthogonal_to: Float[Tensor, "d_model"] | None = None, progress: bool = True) -> Float[Tensor, "d_model"]:
+    """A unit direction learned so that patching along it gives the source's verdict (1-d DAS).
+    With `orthogonal_to`, the direction is kept orthogonal to that vector."""
+    base, source = opposite_pairs(runs["verdict"], seed)
+    target = runs["verdict"][source].float().to(runs["resid"].device)
+    block = None if orthogonal_to is None else orthogonal_to / orthogonal_to.norm()
+
+    def unit(raw: Tensor) -> Tensor:
+        if block is not None:
+            raw = raw - (raw @ block) * block
+        return raw / raw.norm()
+
+    raw = torch.nn.Parameter(torch.randn(runs["resid"].shape[1], generator=torch.Generator().manual_seed(seed)).to(runs["resid"].device))
+    optimizer = torch.optim.Adam([raw], lr=lr)
+    with torch.enable_grad():
+        for _ in progress_bar(range(steps), show=progress, desc="DAS"):
+            logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], unit(raw), hook_name)
+            loss = F.binary_cross_entropy_with_logits(verdict_logit_diff(model, logits, runs["last"][base]), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return unit(raw.detach())
+
+
+def difference_of_means(runs: dict) -> Float[Tensor, "d_model"]:
+    """The unit vector from the mean residual of false statements to that of true ones."""
+    direction = runs["resid"][runs["verdict"]].mean(0) - runs["resid"][~runs["verdict"]].mean(0)
+    return direction / direction.norm()
+
+
+# %%
+das_train, das_test = truth_runs(model, "train", 120, DAS_HOOK), truth_runs(model, "test", None, DAS_HOOK)
+das_direction = train_das(model, das_train, DAS_HOOK)
+mean_direction = difference_of_means(das_train).to(das_direction.device)
+random_direction = F.normalize(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=0).to(das_direction.device)
+pd.DataFrame({name: {"held-out swap rate": swap_rate(model, das_test, direction, DAS_HOOK),
+                     "|cosine| with the difference of means": abs(float(direction @ mean_direction))}
+              for name, direction in {"DAS (learned)": das_direction, "difference of means": mean_direction,
+                                      "random": random_direction}.items()}).T.round(3)
+
+# %% [markdown]
+# After block 2 the verdict is one direction, and an easy one to find. The learned direction swaps
+# the verdict on nearly every held-out pair, and so does the plain difference of the two classes'
+# mean residuals, with no training at all; the two directions nearly coincide (up to sign: a patch
+# along $u$ is the same patch as along $-u$, so only the size of the cosine means anything). A random direction
+# swaps nothing (its "swap rate" is the few pairs the model gets wrong anyway). So here DAS
+# confirms what the probe of Chapter 02 suggested: the verdict is linearly represented at this
+# point *and* used from there.
+#
+# A direction that patches well is not yet "where the model keeps the variable". Makelov et al.
+# (2023) show how a 1-dimensional patch can mislead: take a **disconnected** direction, one that
+# varies with the variable but that nothing downstream reads, and add a **dormant** one, which the
+# model does read but which hardly varies between inputs. Patching along the sum moves the dormant
+# part by an amount the disconnected part supplies, and can flip the answer, so a search finds it
+# and it looks like the variable's home, though on real inputs the model never uses it that way
+# (the **subspace illusion**). Its first ingredient is easy to exhibit here. MLP2's hidden layer
+# has 1024 neurons and writes into a 256-dimensional stream, so 768 directions of it are never
+# read: `W_out` maps them to zero. Split the hidden layer's difference of means into the part
+# `W_out` reads and the part it ignores, and test each as a probe and as a patch:
+
+# %%
+MLP_HOOK = "blocks.2.mlp.hook_post"
+from utils.references.ch05_saes import column_aurocs
+
+hidden_train, hidden_test = truth_runs(model, "train", 120, MLP_HOOK), truth_runs(model, "test", None, MLP_HOOK)
+hidden_means = difference_of_means(hidden_train)
+read_basis, _ = torch.linalg.qr(model.W_out[2])  # [d_mlp, d_model]: the hidden directions W_out reads
+read_part = read_basis @ (read_basis.T @ hidden_means)
+hidden_directions = {"difference of means": hidden_means, "the part W_out reads": read_part,
+                     "the part W_out ignores": hidden_means - read_part}
+illusion_table = {}
+for name, direction in hidden_directions.items():
+    projection = hidden_test["resid"] @ (direction / direction.norm())  # [prompt]
+    auroc = column_aurocs(projection[:, None].cpu(), hidden_test["verdict"])[0].item()
+    illusion_table[name] = {"share of the length": float(direction.norm() ** 2 / hidden_means.norm() ** 2),
+                            "as a probe: held-out AUROC": max(auroc, 1 - auroc),
+                            "as a patch: held-out swap rate": swap_rate(model, hidden_test, direction, MLP_HOOK)}
+pd.DataFrame(illusion_table).T.round(3)
+
+# %% [markdown]
+# The ignored part reads the verdict almost perfectly as a probe, and patching it changes nothing
+# (its swap rate is the few pairs the model gets wrong anyway): a disconnected direction, exactly as
+# the weights say it must be. It is what a probe alone would call "a truth direction in MLP2". Note
+# also that in this layer the difference of means patches poorly: MLP2 is one of two writers of the
+# verdict (Chapter 03: MLP0 is the other), so a patch here moves only its share. The full illusion
+# needs a dormant direction to pair with the ignored one; in this small model we have not found
+# one that makes a clean example, so we stop at the ingredient. The lesson stands: before calling a
+# patched direction the model's own, check that the model *reads* it (here, that it is not in the
+# kernel of the weights downstream) and that it varies on real inputs, not only under the patch.
+#
+# ## 10. On a real model
 # With the Hugging Face Hub reachable, the same sweep on GPT-2 small: head patching (all positions) on
 # our IOI prompts with the swap corruption. The name movers (9.9, 9.6, 10.0) and S-inhibition heads
 # (7.3, 7.9, 8.6, 8.10) that Wang et al. (2022) found are where to look first; the cell prints where
@@ -1464,7 +1896,7 @@ else:
     print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
 
 # %% [markdown]
-# ## 10. What patching can't tell you
+# ## 11. What patching can't tell you
 #
 # **The answer depends on the corruption.** Patching measures the difference between two runs, so it
 # finds only the components that *differ* between them. Here is the head sweep again with the ABC
@@ -1520,6 +1952,8 @@ for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
 #   *In-context Learning and Induction Heads.*
 # - Makelov, Lange, Nanda (2023). *Is This the Subspace You Are Looking For? An Interpretability
 #   Illusion for Subspace Activation Patching.*
+# - Geiger, Wu, Potts, Icard, Goodman (2024). *Finding Alignments Between Interpretable Causal
+#   Variables and Distributed Neural Representations* (distributed alignment search).
 #
 # **Your record so far:**
 

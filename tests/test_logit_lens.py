@@ -183,6 +183,17 @@ def test_tuned_lens_is_closer_to_the_final_distribution_before_the_last_point():
     claim("ch03: the gap is largest at the embeddings (minus the next largest)", gap[0] - gap[1:].max(), above=0)
 
 
+def test_one_pooled_tuned_lens_reads_every_family_about_as_well_as_its_own():
+    table = ref.pooled_vs_own_lens(model(), n_train=100, n_test=64, seed=claim_seed(), progress=False)
+    assert ref.LENS_FAMILIES == ("ioi", "facts", "truth", "sentiment")  # restored
+    assert set(table["family"]) == set(ref.LENS_FAMILIES)
+    later = table[table["point"] > 0]["pooled minus own"]
+    claim("ch03: after block 0, the pooled lens is within a few hundredths of a nat of each family's own (largest gap)",
+          later.max(), below=0.1)
+    claim("ch03: at the embeddings, a family's own lens gains a few tenths of a nat at most (largest gap)",
+          table[table["point"] == 0]["pooled minus own"].max(), below=0.4)
+
+
 # ------------------------------------------------------------------------------------------
 # Section 4: direct logit attribution
 # ------------------------------------------------------------------------------------------

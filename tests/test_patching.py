@@ -6,8 +6,11 @@ held-out IOI prompts of template 0): what the corruptions do to the logit differ
 residual and head patching light up, that noising and denoising agree here, that the ablations
 disagree the way the text says, that L3H1 acts more through MLP3 than directly, that attribution
 patching correlates with activation patching but underestimates the large effects, the circuits'
-faithfulness, what L3H1 and the early heads attend to and write (the organism's own IOI algorithm),
-K-composition in the induction circuit, and the phase change of the induction toy. Every claim goes
+faithfulness, what L3H1 and the early heads attend to and write (the organism's own IOI algorithm)
+under both path-patching conventions, the ABC mean's sample noise, self-repair within the S2 pair,
+what ACDC-style pruning keeps, K-composition in the induction circuit, the phase change of the
+induction toy, and the truth verdict's direction (DAS against the difference of means, and a
+direction a probe reads that no weight downstream reads). Every claim goes
 through `claim()` with its margin; `claim_seed()` picks other prompts and sequences in `make claims`.
 If a retrained organism breaks a claim, a test here fails and the prose needs another look.
 """
@@ -324,6 +327,8 @@ def paths_into_l3h1():
         cost = {part: 1 - ref.path_patch(m, runs["clean"], runs["swap"], (layer, head), f"blocks.3.attn.hook_{part}", metric,
                                          receiver_heads=[1]).item() for part in "qkv"}
         cost["MLP0"] = 1 - ref.path_patch(m, runs["clean"], runs["swap"], (layer, head), "blocks.0.hook_mlp_out", metric).item()
+        cost["v recomputing"] = 1 - ref.path_patch_recomputing_mlps(m, runs["clean"], runs["swap"], (layer, head),
+                                                                    "blocks.3.attn.hook_v", metric, receiver_heads=[1]).item()
         cost["every path"] = 1 - noising[layer, head].item()
         costs[f"L{layer}H{head}"] = cost
     return costs
@@ -339,8 +344,24 @@ def test_early_heads_reach_l3h1_only_through_its_values():
         claim(f"ch06: {head}'s route through L3H1's values is about a quarter of its effect (share)",
               cost["v"] / cost["every path"], below=0.4)
         claim(f"ch06: MLP0 carries more of {head} than L3H1's values (difference)", cost["MLP0"] - cost["v"], above=0)
+        claim(f"ch06: with the MLPs recomputing, {head}'s route into L3H1's values carries about nine tenths (share)",
+              cost["v recomputing"] / cost["every path"], above=0.75)
+        claim(f"ch06: recomputing MLPs at least doubles {head}'s share through L3H1's values (ratio of the two readings)",
+              cost["v recomputing"] / cost["v"], above=2)
     claim("ch06: L0H7 does not reach L3H1 (largest |cost| over q, k, v)",
           max(abs(costs["L0H7"][part]) for part in "qkv"), below=0.01)
+    claim("ch06: L0H7 does not reach L3H1's values with the MLPs recomputing either (|cost|)",
+          abs(costs["L0H7"]["v recomputing"]), below=0.02)
+
+
+def test_path_patching_recomputing_mlps_equals_frozen_when_the_receiver_reads_the_sender_directly():
+    """A receiver in the sender's own layer's MLP sees the same change under both conventions."""
+    m, runs = model(), small_runs(4)
+    frozen = ref.path_patch(m, runs["clean"], runs["swap"], (0, 3), "blocks.0.hook_mlp_out", runs["metric"])
+    free = ref.path_patch_recomputing_mlps(m, runs["clean"], runs["swap"], (0, 3), "blocks.0.hook_mlp_out", runs["metric"])
+    assert abs(float(frozen) - float(free)) < 1e-4
+    with pytest.raises(ValueError):
+        ref.path_patch_recomputing_mlps(m, runs["clean"], runs["swap"][:, :-1], (0, 3), "blocks.0.hook_mlp_out", runs["metric"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,6 +395,110 @@ def test_circuit_reports_on_the_chapter_prompts():
         claim("ch06: on the chapter's prompts, a little more than all of it (faithfulness)", four["faithfulness"], above=1.0)
     claim("ch06: something is still missing (completeness gap of the four cells)", four["completeness gap"], above=0.05)
     claim("ch06: every one of the four cells matters (subset minimality)", four["minimality"], above=0.1)
+
+
+def test_pruned_logits_with_nothing_pruned_is_the_model_and_with_everything_pruned_forgets_the_prompt():
+    m, runs = model(), chapter_runs()
+    tokens = runs["clean"][:4]
+    assert torch.allclose(ref.pruned_logits(m, tokens, runs["abc"], [], []), m(tokens), atol=1e-4)
+    every_head = [(layer, head) for layer in range(m.cfg.n_layers) for head in range(m.cfg.n_heads)]
+    everything = ref.pruned_logits(m, tokens, runs["abc"], every_head, list(range(m.cfg.n_layers)))
+    # only the last token's own embedding still reaches the last position, and it is " to" in every prompt
+    assert torch.allclose(everything[0, END], everything[1, END], atol=1e-3)
+    assert not torch.allclose(everything[0, END], m(tokens)[0, END], atol=1e-1)
+
+
+def test_acdc_style_pruning_keeps_l3h1_l0h7_and_at_least_one_of_the_two_s2_heads():
+    m, runs = model(), chapter_runs()
+    heads, mlps, kept_score = ref.acdc_prune(m, runs["clean"], runs["abc"], runs["score"], tau=0.1)
+    for head in [(3, 1), (0, 7), (2, 0)]:
+        assert head in heads, (head, heads)
+    assert {0, 3} <= set(mlps), mlps
+    s2_heads_kept = ((0, 3) in heads) + ((0, 6) in heads)
+    claim("ch06 ACDC: at least one of L0H3 and L0H6 survives tau 0.1 (number kept)", s2_heads_kept, above=0.5)
+    if claim_seed() == 0:  # on the chapter's prompts (and most samples) only one: the pair is an OR
+        claim("ch06 ACDC: on the chapter's prompts, exactly one of them (number kept)", s2_heads_kept, below=1.5)
+    claim("ch06 ACDC: what tau 0.1 keeps still carries more than half of the behaviour (score)", kept_score, above=0.5)
+    claim("ch06 ACDC: ... but less than the whole: the small losses add up (score)", kept_score, below=0.95)
+    claim("ch06 ACDC: tau 0.1 keeps a minority of the 32 heads (number)", len(heads), below=14)
+
+
+def test_the_abc_mean_leaves_up_to_a_tenth_whichever_prompts_it_averages():
+    m, runs = model(), chapter_runs()
+    seed = claim_seed()
+    other = ref.ioi_prompts("test", start=16 * seed + 16, n=64)
+    _, other_abc, _ = ref.paired_tokens(m, other.prompts, ref.abc_prompts(other, seed=seed + 3).prompts)
+    every_head = [(layer, head) for layer in range(m.cfg.n_layers) for head in range(m.cfg.n_heads)]
+    clean = runs["score"](runs["logits"]["clean"]).item()
+    own = runs["score"](ref.ablate_heads(m, runs["clean"], every_head, "mean", runs["abc"])).item()
+    disjoint = runs["score"](ref.ablate_heads(m, runs["clean"], every_head, "mean", other_abc)).item()
+    if claim_seed() == 0:  # the chapter's numbers; on other samples the two can trade places
+        claim("ch06: every head mean-ablated over the prompts' own twins still prefers the answer (share of clean)",
+              own / clean, above=0.05)
+        claim("ch06: ... over other prompts' twins, about nothing (|share of clean|)", abs(disjoint) / clean, below=0.05)
+    claim("ch06: with every head ablated, the own twins leave at most about a tenth (|share of clean|)",
+          abs(own) / clean, below=0.2)
+    claim("ch06: ... and so do other prompts' twins (|share of clean|)", abs(disjoint) / clean, below=0.2)
+    four = [(3, 1, END), (0, 3, S2), (0, 6, S2), (0, 7, END)]
+    gap = (ref.circuit_faithfulness(m, runs["clean"], runs["abc"], four, runs["score"])
+           - ref.circuit_faithfulness(m, runs["clean"], other_abc, four, runs["score"]))
+    claim("ch06: the leak shifts the four cells' faithfulness a little (|difference|)", abs(gap), below=0.15)
+
+
+@functools.cache
+def self_repair():
+    m, runs = model(), chapter_runs()
+    args = (m, runs["clean"], runs["last"], runs["correct"], runs["wrong"])
+    intact = ref.component_direct_effects(*args)
+    clean = runs["score"](runs["logits"]["clean"]).item()
+    result = {"clean": clean}
+    for head in [(0, 3), (0, 6)]:
+        after = ref.component_direct_effects(*args, ref.mean_ablation_hooks(m, runs["clean"], [head], runs["abc"]))
+        change = torch.tensor([after[name] - intact[name] for name in intact if not name.startswith("L0")])
+        result[head] = {"drop": clean - runs["score"](ref.ablate_heads(m, runs["clean"], [head], "mean", runs["abc"])).item(),
+                        "rose": change[change > 0].sum().item(), "fell": -change[change < 0].sum().item(),
+                        "L3H1": after["L3H1"] - intact["L3H1"]}
+    result["both"] = clean - runs["score"](ref.ablate_heads(m, runs["clean"], [(0, 3), (0, 6)], "mean", runs["abc"])).item()
+    return result
+
+
+def test_direct_effects_add_up_to_the_logit_difference():
+    m = model()
+    s = ref.ioi_prompts("test", n=4)
+    clean, _, last = ref.paired_tokens(m, s.prompts, ref.swapped_prompts(s).prompts)
+    correct, wrong = ch02.answer_ids(m, s.correct), ch02.answer_ids(m, s.wrong)
+    effects = ref.component_direct_effects(m, clean, last, correct, wrong)
+    _, cache = m.run_with_cache(clean, names_filter=lambda n: n in ("hook_embed", "hook_pos_embed", "ln_final.hook_scale"))
+    rows = torch.arange(len(last))
+    rest = (cache["hook_embed"] + cache["hook_pos_embed"])[rows, last] / cache["ln_final.hook_scale"][rows, last]
+    rest = (rest * (m.W_U[:, correct] - m.W_U[:, wrong]).T).sum(-1).mean().item()
+    bias = sum(((m.b_O[layer] / cache["ln_final.hook_scale"][rows, last]) * (m.W_U[:, correct] - m.W_U[:, wrong]).T).sum(-1).mean().item()
+               for layer in range(m.cfg.n_layers))
+    unembed_bias = (m.b_U[correct] - m.b_U[wrong]).mean().item()
+    total = ref.logit_diff(m(clean), correct, wrong, last).mean().item()
+    assert sum(effects.values()) + rest + bias + unembed_bias == pytest.approx(total, abs=0.05)
+
+
+def test_self_repair_after_ablating_an_early_head():
+    repair = self_repair()
+    clean = repair["clean"]
+    cheap, costly = sorted([(0, 3), (0, 6)], key=lambda head: repair[head]["drop"])
+    if claim_seed() == 0:  # the chapter's prompts: the text names which head is which
+        assert (cheap, costly) == ((0, 6), (0, 3)), repair
+        claim("ch06 self-repair: L0H6 ablated, L3H1's direct share falls (change)", repair[cheap]["L3H1"], below=-0.2)
+        claim("ch06 self-repair: L0H3 ablated, some later shares rise (sum)", repair[costly]["rose"], above=0.5)
+        claim("ch06 self-repair: L0H3 ablated, but more falls than rises (fell - rose)",
+              repair[costly]["fell"] - repair[costly]["rose"], above=0)
+        claim("ch06 self-repair: L0H3 ablated costs a few logits (drop / clean)", repair[costly]["drop"] / clean, above=0.1)
+    claim("ch06 self-repair: one of the two S2 heads ablated alone costs little (drop / clean)",
+          repair[cheap]["drop"] / clean, below=0.1)
+    claim("ch06 self-repair: ... and later shares that rise make up a good part of what falls (rose / fell)",
+          repair[cheap]["rose"] / repair[cheap]["fell"], above=0.3)
+    if claim_seed() == 0:
+        claim("ch06 self-repair: on the chapter's prompts, at least as much (rose / fell)",
+              repair[cheap]["rose"] / repair[cheap]["fell"], above=0.8)
+    claim("ch06 self-repair: the pair costs far more than the two alone added up (excess / clean)",
+          (repair["both"] - repair[(0, 3)]["drop"] - repair[(0, 6)]["drop"]) / clean, above=0.15)
 
 
 def test_minimality_by_subsets_credits_both_nodes_of_a_redundant_pair():
@@ -412,6 +537,16 @@ def test_whole_model_as_circuit_is_faithful_and_empty_circuit_is_not():
     assert torch.allclose(ref.circuit_logits(m, tokens, reference, everything), m(tokens), atol=1e-4)
     assert ref.circuit_faithfulness(m, runs["clean"], reference, everything, score) == pytest.approx(1.0, abs=1e-4)
     assert ref.circuit_faithfulness(m, runs["clean"], reference, [], score) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_held_out_prompts_of_template_1_share_no_pair_of_names_with_the_chapters():
+    from utils.exercises import ch06_patching as checks
+
+    seen = ref.ioi_prompts("test", template=1, start=0, n=16)
+    held = checks.held_out_prompts(24)
+    pairs = lambda p: {frozenset(pair) for pair in zip(p.labels["io"], p.labels["s"])}
+    assert len(held) == 24 and not pairs(seen) & pairs(held)
+    assert not set(seen.prompts) & set(held.prompts)
 
 
 def test_the_reference_circuit_passes_on_held_out_prompts_of_template_1():
@@ -537,7 +672,7 @@ def test_toy_checkpoints_are_reproducible():
 
 
 # ------------------------------------------------------------------------------------------
-# Section 10: the corruption matters, here less than it might
+# Section 11: the corruption matters, here less than it might
 # ------------------------------------------------------------------------------------------
 def test_swap_and_abc_point_at_the_same_heads():
     runs = chapter_runs()
@@ -547,3 +682,77 @@ def test_swap_and_abc_point_at_the_same_heads():
     others[swap_top] = False
     claim("ch06: the ABC sweep's top four are the swap sweep's (weakest of them minus the best other head)",
           abc_heads[swap_top].min() - abc_heads[others].max(), above=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 9: a direction (distributed alignment search)
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def das_runs():
+    m, seed = model(), claim_seed()
+    train = ref.truth_runs(m, "train", 120, ref.DAS_HOOK, seed=seed)
+    test = ref.truth_runs(m, "test", None, ref.DAS_HOOK, seed=seed)
+    return train, test, ref.train_das(m, train, ref.DAS_HOOK, seed=seed, progress=False)
+
+
+def test_opposite_pairs_have_opposite_verdicts_in_both_directions():
+    verdict = torch.tensor([True, False, True, True, False, False, False])
+    base, source = ref.opposite_pairs(verdict, seed=1)
+    assert len(base) == 6 and (verdict[base] != verdict[source]).all()
+    assert int(verdict[base].sum()) == 3  # as many true-to-false as false-to-true
+
+
+def test_patch_direction_changes_only_the_component_along_the_direction_at_the_last_positions():
+    m = model()
+    runs = ref.truth_runs(m, "test", 8, ref.DAS_HOOK, seed=2)
+    direction = torch.randn(m.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    stored = {}
+    m.run_with_hooks(runs["tokens"], fwd_hooks=[(ref.DAS_HOOK, lambda x, hook: stored.setdefault("clean", x.clone()))])
+    unit = direction / direction.norm()
+
+    def grab(x, hook):
+        stored["patched"] = x.clone()
+        return x
+    hook = f"blocks.{int(ref.DAS_HOOK.split('.')[1]) + 1}.hook_resid_pre"
+    with m.hooks(fwd_hooks=[(hook, grab)]):
+        ref.patch_direction(m, runs["tokens"], runs["last"], runs["resid"].flip(0), direction, ref.DAS_HOOK)
+    change = stored["patched"] - stored["clean"]  # [batch, pos, d_model]
+    rows = torch.arange(len(runs["last"]))
+    at_last = change[rows, runs["last"]]
+    assert torch.allclose(at_last, (at_last @ unit)[:, None] * unit, atol=1e-3)  # only along the direction
+    assert torch.allclose(at_last @ unit, (runs["resid"].flip(0) - runs["resid"]) @ unit, atol=1e-3)
+    change[rows, runs["last"]] = 0
+    assert change.abs().max() < 1e-4  # nowhere else
+
+
+def test_das_and_the_difference_of_means_both_swap_the_verdict_after_block_2():
+    m = model()
+    train, test, das = das_runs()
+    means = ref.difference_of_means(train)
+    random = torch.nn.functional.normalize(torch.randn(m.cfg.d_model, generator=torch.Generator().manual_seed(claim_seed())), dim=0)
+    claim("ch06 DAS: the learned direction's held-out swap rate ('nearly every pair')", ref.swap_rate(m, test, das, ref.DAS_HOOK),
+          above=0.9)
+    claim("ch06 DAS: the difference of means' held-out swap rate ('so does')", ref.swap_rate(m, test, means, ref.DAS_HOOK),
+          above=0.9)
+    claim("ch06 DAS: |cosine| of the learned direction with the difference of means ('nearly coincide'; a patch "
+          "along u is one along -u)", (das @ means).abs(), above=0.7)
+    claim("ch06 DAS: a random direction's swap rate ('nothing')", ref.swap_rate(m, test, random, ref.DAS_HOOK), below=0.1)
+
+
+def test_the_part_of_mlp2s_difference_of_means_that_w_out_ignores_reads_the_verdict_and_patches_nothing():
+    from utils.references.ch05_saes import column_aurocs
+
+    m, seed = model(), claim_seed()
+    hook = "blocks.2.mlp.hook_post"
+    train, test = ref.truth_runs(m, "train", 120, hook, seed=seed), ref.truth_runs(m, "test", None, hook, seed=seed)
+    means = ref.difference_of_means(train)
+    basis, _ = torch.linalg.qr(m.W_out[2])
+    ignored = means - basis @ (basis.T @ means)
+    assert (ignored @ m.W_out[2]).abs().max() < 1e-3 * ignored.norm() * m.W_out[2].norm()  # truly never read
+    auroc = column_aurocs((test["resid"] @ (ignored / ignored.norm()))[:, None], test["verdict"])[0].item()
+    claim("ch06 DAS: the ignored part of MLP2's difference of means as a probe ('almost perfectly')", max(auroc, 1 - auroc),
+          above=0.9)
+    claim("ch06 DAS: the ignored part as a patch ('changes nothing': swap rate)", ref.swap_rate(m, test, ignored, hook),
+          below=0.1)
+    claim("ch06 DAS: in MLP2's hidden layer the difference of means patches poorly (swap rate)",
+          ref.swap_rate(m, test, means, hook), below=0.5)

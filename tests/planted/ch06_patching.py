@@ -603,7 +603,11 @@ def circuit_every_head_at_two_positions():
 
 
 def circuit_with_dead_weight():
-    return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18), (1, 5, 3)]
+    return [(0, 3, 14), (0, 6, 14), (3, 1, 18), (1, 5, 3)]
+
+
+def circuit_five_nodes():
+    return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18), (2, 0, 18)]
 
 
 def circuit_of_template_0():
@@ -620,6 +624,10 @@ def circuit_three_nodes():
 
 def circuit_with_l2h0():
     return {(0, 3, 14), (0, 6, 14), (2, 0, 18), (3, 1, 18)}
+
+
+def circuit_as_tuple_of_lists():
+    return ([3, 1, 18], [0, 7, 18], [0, 6, 14], [0, 3, 14])
 
 
 def circuit_numpy_integers():
@@ -661,6 +669,98 @@ def repeat_loss_loop(logits, tokens, seq_len):
     return total / count
 
 
+# 6.10 ----------------------------------------------------------------------------------------
+def _direction_run(model, tokens, hook_name, edit):
+    def hook(resid, hook):
+        resid = resid.clone()
+        edit(resid)
+        return resid
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+
+
+def direction_not_normalised(model, tokens, last, source_resid, direction, hook_name):
+    rows = torch.arange(len(last))
+
+    def edit(resid):
+        x = resid[rows, last]
+        resid[rows, last] = x + ((source_resid - x) @ direction)[:, None] * direction
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_whole_vector(model, tokens, last, source_resid, direction, hook_name):
+    rows = torch.arange(len(last))
+
+    def edit(resid):
+        resid[rows, last] = source_resid
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_at_minus_one(model, tokens, last, source_resid, direction, hook_name):
+    unit = direction / direction.norm()
+
+    def edit(resid):
+        x = resid[:, -1]
+        resid[:, -1] = x + ((source_resid - x) @ unit)[:, None] * unit
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_added_not_swapped(model, tokens, last, source_resid, direction, hook_name):
+    unit, rows = direction / direction.norm(), torch.arange(len(last))
+
+    def edit(resid):
+        resid[rows, last] = resid[rows, last] + (source_resid @ unit)[:, None] * unit
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_sign_flipped(model, tokens, last, source_resid, direction, hook_name):
+    unit, rows = direction / direction.norm(), torch.arange(len(last))
+
+    def edit(resid):
+        x = resid[rows, last]
+        resid[rows, last] = x + ((x - source_resid) @ unit)[:, None] * unit
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_every_position(model, tokens, last, source_resid, direction, hook_name):
+    unit = direction / direction.norm()
+
+    def edit(resid):
+        resid[:] = resid + ((source_resid[:, None] - resid) @ unit)[..., None] * unit
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_detached(model, tokens, last, source_resid, direction, hook_name):
+    unit, rows = (direction / direction.norm()).detach(), torch.arange(len(last))
+
+    def edit(resid):
+        x = resid[rows, last]
+        resid[rows, last] = x + ((source_resid - x) @ unit)[:, None] * unit
+    return _direction_run(model, tokens, hook_name, edit)
+
+
+def direction_projection_matrix(model, tokens, last, source_resid, direction, hook_name):
+    unit = F.normalize(direction, dim=0)
+    projector = torch.outer(unit, unit)  # [d_model, d_model]
+
+    def hook(resid, hook):
+        patched = resid.clone()
+        for row, position in enumerate(last.tolist()):
+            x = resid[row, position]
+            patched[row, position] = x - projector @ x + projector @ source_resid[row]
+        return patched
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+
+
+def direction_mask_and_einsum(model, tokens, last, source_resid, direction, hook_name):
+    unit = direction / torch.linalg.vector_norm(direction)
+    at_last = F.one_hot(last, tokens.shape[1]).to(unit.dtype)  # [batch, pos]
+
+    def hook(resid, hook):
+        coefficient = torch.einsum("bd,d->b", source_resid, unit)[:, None] - torch.einsum("bpd,d->bp", resid, unit)
+        return resid + (at_last * coefficient)[..., None] * unit
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+
+
 MISTAKES = {
     "6.1": [(metric_unnormalised, "raw mean logit difference"), (metric_sign_flipped, "clean and corrupted are swapped"),
             (metric_at_minus_one, "not at -1"), (metric_mean_of_ratios, "ratio of means"),
@@ -687,9 +787,15 @@ MISTAKES = {
     "6.7": [(circuit_zero_ablation, "not zero-ablate them"), (circuit_mean_over_ioi, "a mean over the IOI prompts themselves"),
             (circuit_ablated_instead, "you ablated the circuit's nodes"), (circuit_one_mean, "one value per position")],
     "6.8": [(circuit_only_l3h1, "a node that carries the behaviour is missing"),
+            (circuit_three_nodes, "a node that carries the behaviour is missing"),
             (circuit_of_template_0, "template 0's positions"), (circuit_off_by_one, "off by one"),
             (circuit_with_dead_weight, "node (1, 5, 3) adds almost nothing"),
+            (circuit_five_nodes, "keep at most"),
             (circuit_every_head_at_two_positions, "keep at most")],
+    "6.10": [(direction_not_normalised, "normalise the direction"), (direction_whole_vector, "not the whole residual"),
+             (direction_at_minus_one, "own last position"), (direction_added_not_swapped, "not the source's component alone"),
+             (direction_sign_flipped, "not (base - source)"), (direction_every_position, "not every position"),
+             (direction_detached, "differentiabl")],
     "6.9": [(repeat_loss_unshifted, "shift by one"), (repeat_loss_from_first_token, "its first token cannot be predicted"),
             (repeat_loss_whole_sequence, "only the second copy"), (repeat_loss_summed, "not the sum")],
 }
@@ -702,6 +808,7 @@ ALTERNATIVES = {
     "6.5": [path_in_place, path_double_precision_metric],
     "6.6": [attribution_retain_grad, attribution_float64_einsum],
     "6.7": [circuit_loops, circuit_float_masks],
-    "6.8": [circuit_three_nodes, circuit_with_l2h0, circuit_numpy_integers],
+    "6.8": [circuit_with_l2h0, circuit_numpy_integers, circuit_as_tuple_of_lists],
     "6.9": [repeat_loss_cross_entropy, repeat_loss_loop],
+    "6.10": [direction_projection_matrix, direction_mask_and_einsum],
 }

@@ -635,14 +635,36 @@ def check_circuit_logits(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 6.8
 # ------------------------------------------------------------------------------------------
-MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.8, 5, 0.05
+MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.95, 4, 0.05
+# Measured on the held-out prompts: the reference's four nodes score 1.07 and another four-node
+# circuit (L2H0 at the end instead of L0H7) 0.99; every three-node subset of the reference stays
+# at or below 0.92, so the bar asks for the fourth node.
 CIRCUIT_TEMPLATE = 1  # the chapter maps template 0; the learner searches template 1
+ROLE_POSITIONS = (14, 18)  # S2 and the last token of template 1: the same role in every prompt
 
 
-def _template_case(start: int, n: int, seed: int):
-    """Prompts of template 1, their ABC twins, and the raw score."""
+def _name_pair(io: str, s: str) -> frozenset:
+    return frozenset((io, s))
+
+
+def held_out_prompts(n: int = 24):
+    """`n` prompts of template 1 after the chapter's 16 whose pair of names (in either order) none of
+    the chapter's prompts uses: held out by names, not only by position in the list."""
+    seen = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=0, n=16)
+    seen_pairs = {_name_pair(io, s) for io, s in zip(seen.labels["io"], seen.labels["s"])}
+    rest = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=16)
+    keep = [i for i, (io, s) in enumerate(zip(rest.labels["io"], rest.labels["s"])) if _name_pair(io, s) not in seen_pairs]
+    if len(keep) < n:
+        raise RuntimeError(f"only {len(keep)} held-out prompts of template {CIRCUIT_TEMPLATE} with unseen name pairs")
+    return rest.subset(keep[:n])
+
+
+def _template_case(start: int | None, n: int, seed: int):
+    """Prompts of template 1 (the chapter's when `start` is 0, the held-out ones when it is None),
+    their ABC twins, and the raw score."""
     model = organism()
-    clean = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=start, n=n)
+    clean = (held_out_prompts(n) if start is None
+             else ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=start, n=n))
     clean_tokens, abc_tokens, last = ref.paired_tokens(model, clean.prompts, ref.abc_prompts(clean, seed=seed).prompts)
     correct, wrong = ch02.answer_ids(model, clean.correct), ch02.answer_ids(model, clean.wrong)
     return clean_tokens, abc_tokens, lambda logits: ref.logit_diff(logits, correct, wrong, last).mean()
@@ -650,8 +672,9 @@ def _template_case(start: int, n: int, seed: int):
 
 @functools.cache
 def held_out_ioi():
-    """Held-out prompts of template 1 that the chapter never shows (it shows the first 16), with their ABC twins."""
-    return _template_case(16, 24, seed=1)
+    """Held-out prompts of template 1 that the chapter never shows (it shows the first 16), none with a
+    pair of names the chapter's prompts use, with their ABC twins."""
+    return _template_case(None, 24, seed=1)
 
 
 @functools.cache
@@ -699,10 +722,20 @@ def _why_unfaithful(model, nodes, faithfulness: float) -> str:
         if moved and ref.circuit_faithfulness(model, tokens, reference, moved, score) >= MIN_FAITHFULNESS:
             return (f"{start}: your positions are off by one; position 0 is the start token <|endoftext|>, "
                     "so count from it (model.to_str_tokens shows every position)")
+    if len(nodes) > 1:
+        drops = ref.node_minimality(model, tokens, reference, nodes, score)
+        weakest = min(drops, key=drops.get)
+        if drops[weakest] < MIN_DROP:
+            return (f"{start}: node {weakest} adds almost nothing (its largest drop over the subsets of your circuit is "
+                    f"{drops[weakest]:.3f}); spend that node on one that carries the behaviour")
     seen_tokens, seen_reference, seen_score = chapter_ioi()
-    if ref.circuit_faithfulness(model, seen_tokens, seen_reference, nodes, seen_score) >= MIN_FAITHFULNESS:
-        return (f"{start}, although it passes on the chapter's template-1 prompts: it is tuned to those names; "
-                "prefer nodes at positions whose role is the same in every prompt (S2, the end)")
+    seen = ref.circuit_faithfulness(model, seen_tokens, seen_reference, nodes, seen_score)
+    if seen >= MIN_FAITHFULNESS:
+        if any(position not in ROLE_POSITIONS for _, _, position in nodes):
+            return (f"{start}, although it passes on the chapter's template-1 prompts (faithfulness {seen:.2f}): it is "
+                    "tuned to those names; prefer nodes at positions whose role is the same in every prompt (S2, the end)")
+        return (f"{start}, although it passes on the chapter's template-1 prompts (faithfulness {seen:.2f}): those 16 "
+                "prompts flatter every circuit, so a node that carries the behaviour is missing; add the next cell of your map")
     return f"{start}: a node that carries the behaviour is missing"
 
 
@@ -767,3 +800,91 @@ def check_repeated_half_loss(candidate) -> None:
         mistakes = {hint: float(value) for hint, value in _repeat_variants(logits, tokens, seq_len).items()
                     if abs(float(value) - expected) > 1e-3}
         expect_close(got, expected, f"your loss (seq_len={seq_len})", atol=1e-4, mistakes=mistakes)
+
+
+# ------------------------------------------------------------------------------------------
+# 6.10
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def _direction_cases():
+    """Truth prompts of different lengths (right-padded), sources with the opposite verdicts, and two directions."""
+    model = organism()
+    cases = []
+    for hook_name, n, seed, scale in (("blocks.1.hook_resid_post", 6, 3, 3.0), ("blocks.0.hook_resid_post", 5, 4, 0.2)):
+        runs = ref.truth_runs(model, "test", n=24, hook_name=hook_name, seed=seed)
+        base, source = ref.opposite_pairs(runs["verdict"], seed)
+        base, source = base[:n], source[:n]
+        tokens, last = runs["tokens"][base], runs["last"][base]
+        if len(set(last.tolist())) < 2:
+            raise RuntimeError("the check's prompts should have different lengths")
+        direction = scale * ref.difference_of_means(runs) + torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
+        cases.append((hook_name, tokens, last, runs["resid"][source], direction))
+    return cases
+
+
+def _direction_variants(model, tokens, last, source, direction, hook_name) -> dict:
+    unit = direction / direction.norm()
+    rows = torch.arange(len(last))
+
+    def run(edit):
+        def hook(resid, hook):
+            resid = resid.clone()
+            edit(resid)
+            return resid
+        return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+
+    def along(vector):
+        def edit(resid):
+            x = resid[rows, last]
+            resid[rows, last] = x + ((source - x) @ vector)[:, None] * vector
+        return edit
+
+    def whole(resid):
+        resid[rows, last] = source
+
+    def at_minus_one(resid):
+        x = resid[:, -1]
+        resid[:, -1] = x + ((source - x) @ unit)[:, None] * unit
+
+    def added(resid):
+        resid[rows, last] = resid[rows, last] + (source @ unit)[:, None] * unit
+
+    def reversed_sign(resid):
+        x = resid[rows, last]
+        resid[rows, last] = x + ((x - source) @ unit)[:, None] * unit
+
+    def every_position(resid):
+        x = resid
+        resid[:] = x + ((source[:, None] - x) @ unit)[..., None] * unit
+
+    return {
+        "normalise the direction to unit length first: a longer vector moves the residual further than the swap": run(along(direction)),
+        "replace only the component along the direction, not the whole residual vector": run(whole),
+        "patch at each prompt's own last position (the prompts are right-padded), not at -1": run(at_minus_one),
+        "replace the base's component by the source's: add (source - base) . u times u, not the source's component alone": run(added),
+        "the coefficient is (source - base) . u, not (base - source) . u": run(reversed_sign),
+        "only the last position changes, not every position": run(every_position),
+    }
+
+
+@exercise("6.10", "patch along a direction", CHAPTER, ref.patch_direction)
+def check_patch_direction(candidate) -> None:
+    model = organism()
+    for hook_name, tokens, last, source, direction in _direction_cases():
+        with torch.no_grad():
+            expected = ref.patch_direction(model, tokens, last, source, direction, hook_name)
+            got = call(candidate, model, tokens.clone(), last.clone(), source.clone(), direction.clone(), hook_name)
+        expect_or_hint(got, expected, f"your logits ({hook_name})", 2e-3,
+                       lambda: _direction_variants(model, tokens, last, source, direction, hook_name))
+    with torch.enable_grad():
+        mine, theirs = direction.clone().requires_grad_(True), direction.clone().requires_grad_(True)
+        reference = ref.verdict_logit_diff(model, ref.patch_direction(model, tokens, last, source, mine, hook_name), last).sum()
+        (expected_grad,) = torch.autograd.grad(reference, [mine])
+        got = call(candidate, model, tokens.clone(), last.clone(), source.clone(), theirs, hook_name)
+        if not (isinstance(got, torch.Tensor) and got.requires_grad):
+            raise Wrong("your logits are not differentiable in `direction` (no .detach(), no torch.no_grad(), "
+                        "no .item() on it): the DAS training loop needs its gradient")
+        (got_grad,) = torch.autograd.grad(ref.verdict_logit_diff(model, got, last).sum(), [theirs], allow_unused=True)
+    if got_grad is None or not torch.allclose(got_grad, expected_grad, atol=1e-3, rtol=1e-3):
+        raise Wrong("your logits are right, but their gradient with respect to `direction` is not: keep them "
+                    "differentiable in `direction`, the normalisation included (nothing detached)")

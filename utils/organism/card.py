@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from utils.organism import world
-from utils.organism.evaluate import BARS, bars_met, results_table
+from utils.organism.evaluate import BARS, INDUCTION_HEAD_BAR, bars_met, results_table
 from utils.organism.train import ARCHITECTURE, MODEL_DIR, RECIPE
 
 CARD_TEMPLATE = """---
@@ -45,7 +45,9 @@ Measured by `python -m utils.organism.evaluate` (`make evaluate`) on the Transfo
 {table}
 {gaps}
 Other numbers: IOI accuracy by order ABBA {ioi_accuracy_ABBA:.3f}, BABA {ioi_accuracy_BABA:.3f}; all
-held-out facts top-1 {facts_top1_all_held_out:.3f}; best induction head {induction_best_head};
+held-out facts top-1 {facts_top1_all_held_out:.3f}; induction heads (induction score at least
+{induction_bar} on length-15 repeats, measured by `induction_head_scores`): {induction_heads}, the
+highest {induction_best_head};
 probe accuracy by layer (after each block), truth {truth_probe_by_layer}, sentiment
 {sentiment_probe_by_layer}.
 
@@ -97,6 +99,8 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
         ioi_accuracy_ABBA=results["ioi_accuracy_ABBA"], ioi_accuracy_BABA=results["ioi_accuracy_BABA"],
         facts_top1_all_held_out=results["facts_top1_all_held_out"],
         induction_best_head=results["induction_best_head"],
+        induction_heads=", ".join(results.get("induction_heads") or ["not measured"]),
+        induction_bar=INDUCTION_HEAD_BAR,
         truth_probe_by_layer=_fmt(results["truth_probe_by_layer"]),
         sentiment_probe_by_layer=_fmt(results["sentiment_probe_by_layer"]),
     )

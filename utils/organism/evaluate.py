@@ -116,6 +116,9 @@ def _capital_prompts() -> world.PromptSet:
     return facts.subset(keep)
 
 
+INDUCTION_HEAD_BAR = 0.5  # a head whose induction score reaches this is called an induction head on the card
+
+
 @torch.no_grad()
 def induction_head_scores(model, tokenizer, n: int = 50, length: int = 15) -> Float[Tensor, "layer head_index"]:
     """Mean attention from each token of the second copy to the token after its first occurrence."""
@@ -201,6 +204,7 @@ def evaluate(model_dir: Path | None = None) -> dict:
         "induction_loss_ratio": induction_loss_ratio(forward, tokenizer),
         "induction_head_score": head_scores.max().item(),
         "induction_best_head": f"L{best_head[0]}H{best_head[1]}",
+        "induction_heads": [f"L{layer}H{head}" for layer, head in (head_scores >= INDUCTION_HEAD_BAR).nonzero().tolist()],
         "truth_probe_accuracy": max(truth_probe),
         "truth_probe_by_layer": truth_probe,
         "sentiment_probe_accuracy": max(sentiment_probe),

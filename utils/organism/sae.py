@@ -90,8 +90,11 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
                         d_sae: int = 1024, k: int = 32, l1_coefficient: float = 5.0, steps: int = 400,
                         batch_size: int = 1024, lr: float = 1e-3, lr_end: float = 1e-4,
                         dead_feature_window: int = 25, decoder_init_norm: float | None = None, seed: int = 0,
-                        progress: bool = True):
-    """An SAE trained by SAELens's `SAETrainer` on cached activations ("topk" or "standard" L1).
+                        progress: bool = True, target_l0: float | None = None, l0_coefficient: float = 1.0,
+                        jumprelu_init_threshold: float = 2.0, jumprelu_bandwidth: float = 1.0):
+    """An SAE trained by SAELens's `SAETrainer` on cached activations ("topk", "standard" L1, or
+    "jumprelu": Rajamanoharan et al.'s JumpReLU, with the quadratic L0 penalty around `target_l0`
+    that SAELens calls "quadratic" (Gemma Scope 2's), so its L0 can be matched to TopK's `k`).
 
     `lr_end` must be given when training from an iterator (SAELens asserts it); the
     `dead_feature_window` (in steps) decides when TopK's auxiliary loss starts reviving latents.
@@ -100,8 +103,8 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
     """
     import io
 
-    from sae_lens import (LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig,
-                          TopKTrainingSAE, TopKTrainingSAEConfig)
+    from sae_lens import (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, LoggingConfig, SAETrainer,
+                          StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig)
     from sae_lens.config import SAETrainerConfig
 
     torch.manual_seed(seed)
@@ -111,8 +114,13 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
     elif architecture == "standard":
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1_coefficient,
                                                             decoder_init_norm=decoder_init_norm))
+    elif architecture == "jumprelu":
+        sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+            d_in=d_in, d_sae=d_sae, decoder_init_norm=decoder_init_norm, l0_coefficient=l0_coefficient,
+            jumprelu_init_threshold=jumprelu_init_threshold, jumprelu_bandwidth=jumprelu_bandwidth,
+            jumprelu_sparsity_loss_mode="quadratic", target_l0=float(k if target_l0 is None else target_l0)))
     else:
-        raise ValueError(f"unknown architecture {architecture!r}; use 'topk' or 'standard'")
+        raise ValueError(f"unknown architecture {architecture!r}; use 'topk', 'standard' or 'jumprelu'")
     with torch.no_grad():
         sae.b_dec.copy_(activations[:20_000].mean(0))
     config = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,

@@ -183,6 +183,35 @@ def lens_kl_by_point(model, train: dict, test: dict, steps: int = 100, progress:
 
 
 @torch.no_grad()
+def pooled_vs_own_lens(model, n_train: int = 100, n_test: int = 64, steps: int = 100, seed: int = 0,
+                       progress: bool = True) -> "pd.DataFrame":
+    """Held-out KL(final || lens) by family and point before the output: the pooled tuned lens
+    (trained on all families) against one trained on the family alone."""
+    import pandas as pd
+
+    global LENS_FAMILIES
+    pooled_train = lens_data(model, n_train, "train", seed=seed)
+    n_points = pooled_train["resid"].shape[0] - 1
+    pooled = [train_translator(model, pooled_train["resid"][p], pooled_train["final_logits"], steps=steps)
+              for p in range(n_points)]
+    rows, families = [], LENS_FAMILIES
+    try:
+        for family in progress_bar(families, show=progress, desc="families"):
+            LENS_FAMILIES = (family,)
+            train, test = lens_data(model, n_train, "train", seed=seed), lens_data(model, n_test, "test", seed=seed)
+            for point in range(n_points):
+                own = train_translator(model, train["resid"][point], train["final_logits"], steps=steps)
+                kl = {name: kl_from_final(test["final_logits"], lens_logits(model, lens(test["resid"][point]))).mean().item()
+                      for name, lens in (("pooled lens", pooled[point]), ("own lens", own))}
+                rows.append({"family": family, "point": point, **kl})
+    finally:
+        LENS_FAMILIES = families
+    table = pd.DataFrame(rows)
+    table["pooled minus own"] = table["pooled lens"] - table["own lens"]
+    return table
+
+
+@torch.no_grad()
 def head_attribution(model, prompts: PromptSet) -> Float[Tensor, "layer head batch"]:
     """Every head's direct contribution to each prompt's logit difference.
 

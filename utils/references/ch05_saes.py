@@ -359,6 +359,30 @@ def probe_share(codes: Float[Tensor, "token d_sae"], tokens: Int[Tensor, "token"
     return (codes[where, latent] * projections[latent]).sum().item() / total.item()
 
 
+COMPLETENESS_WIDTHS = (128, 512, 1024)
+
+
+def word_detection_score(sae, activations: Float[Tensor, "token d_model"], tokens: Int[Tensor, "token"],
+                         word_ids: Int[Tensor, "word"], seed: int = 0) -> Float[Tensor, "word"]:
+    """For each word, how well its best latent finds it: among the n tokens where the latent is
+    highest (n = the word's count), the share that are the word (precision at n, which equals recall
+    at n). The latent is chosen on one half of the tokens and scored on the other."""
+    with torch.no_grad():
+        codes = sae.encode(activations)  # [token, d_sae]
+
+    def scores(rows: Tensor) -> Float[Tensor, "d_sae word"]:
+        ranked = tokens[rows][codes[rows].argsort(0, descending=True)]  # [token, d_sae]: each latent's tokens, highest first
+        columns = []
+        for word in word_ids.tolist():
+            n = max(int((tokens[rows] == word).sum()), 1)
+            columns.append((ranked[:n] == word).float().sum(0) / n)  # [d_sae]
+        return torch.stack(columns, 1)
+
+    choose, score = halves(len(tokens), seed)
+    best = scores(choose).argmax(0)  # [word]
+    return scores(score)[best, torch.arange(len(word_ids))]
+
+
 import html
 
 import plotly.graph_objects as go
@@ -425,3 +449,15 @@ def latent_dashboard(sae, model, codes, tokens, rows, keep, masks, latent: int) 
                                f"explained as {label!r}, held-out AUROC {score:.3f}", height=460)
     panel = f"<b>Top contexts of latent {latent}</b>" + top_contexts_html(codes, rows, keep, latent, model.tokenizer)
     return figure, panel
+
+
+JUMPRELU_INIT_THRESHOLD = 4.0  # with 100 steps, what puts the JumpReLU's L0 near TopK's 32 on these activations
+
+
+def mean_best_latent_auroc(sae, activations: Float[Tensor, "token d_model"], masks: dict[str, Bool[Tensor, "token"]],
+                           seed: int = 0) -> float:
+    """The held-out AUROC of the best latent for each token label (chosen on one half, scored on the other), averaged."""
+    with torch.no_grad():
+        codes = sae.encode(activations)
+    train, test = halves(len(activations), seed)
+    return sum(best_column_auroc(codes[train], mask[train], codes[test], mask[test])[0] for mask in masks.values()) / len(masks)

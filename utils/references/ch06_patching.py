@@ -269,6 +269,30 @@ def own_logit_extremes(model, embedding: Float[Tensor, "n_tokens d_model"], toke
 
 
 @torch.no_grad()
+def path_patch_recomputing_mlps(model, base_tokens: Int[Tensor, "batch pos"], source_tokens: Int[Tensor, "batch pos"],
+                                sender: tuple[int, int], receiver: str, metric: Metric,
+                                receiver_heads: list[int] | None = None) -> Tensor:
+    """`path_patch` with Wang et al.'s convention: only the heads are frozen, every MLP recomputes, so
+    the receiver also sees the sender's change as the MLPs between them pass it on."""
+    check_same_shape(base_tokens, source_tokens)
+    sender_layer, sender_head = sender
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    _, base = model.run_with_cache(base_tokens, names_filter=lambda name: name in z_names + [receiver])
+    _, source = model.run_with_cache(source_tokens, names_filter=z_names[sender_layer])
+    frozen = {name: freeze_hook(base[name]) for name in z_names}
+    frozen[z_names[sender_layer]] = sender_hook(base[z_names[sender_layer]], source[z_names[sender_layer]], sender_head)
+    frozen.pop(receiver, None)
+    recorded = {}
+    model.run_with_hooks(base_tokens, fwd_hooks=list(frozen.items()) + [(receiver, store_hook(recorded, receiver))])
+    value = recorded[receiver]
+    if receiver_heads is not None:
+        patched = base[receiver].clone()
+        patched[:, :, receiver_heads] = value[:, :, receiver_heads]
+        value = patched
+    return metric(model.run_with_hooks(base_tokens, fwd_hooks=[(receiver, freeze_hook(value))]))
+
+
+@torch.no_grad()
 def head_direct_logits(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], layer: int, head: int,
                        token_ids: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
     """A head's direct effect on one token's logit per prompt, at the last position (final LayerNorm scale frozen)."""
@@ -396,6 +420,90 @@ def ioi_circuit() -> list[Node]:
     return [(0, 3, 14), (0, 6, 14), (0, 7, 18), (3, 1, 18)]
 
 
+@torch.no_grad()
+def pruned_logits(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"],
+                  pruned_heads: list[tuple[int, int]], pruned_mlps: list[int]) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with the pruned heads (every position) and MLPs replaced by their mean over the reference batch."""
+    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)] + [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(reference_tokens, names_filter=lambda name: name in names)
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        heads = [h for l, h in pruned_heads if l == layer]
+        if heads:
+            mean = cache[f"blocks.{layer}.attn.hook_z"].mean(0, keepdim=True)
+            mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=tokens.device)
+            mask[:, heads] = True
+            hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(mean, mask)))
+        if layer in pruned_mlps:
+            mean = cache[f"blocks.{layer}.hook_mlp_out"].mean(0, keepdim=True)
+            hooks.append((f"blocks.{layer}.hook_mlp_out", lambda act, hook, mean=mean: mean.expand_as(act).clone()))
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@torch.no_grad()
+def acdc_prune(model, tokens: Int[Tensor, "batch pos"], reference_tokens: Int[Tensor, "ref_batch pos"], score: Metric,
+               tau: float) -> tuple[list[tuple[int, int]], list[int], float]:
+    """ACDC-style pruning over nodes: from the output backwards, remove every head or MLP whose
+    removal (on top of those already removed) moves the normalised score by less than `tau`.
+    Returns the heads and MLPs kept, and the kept graph's score (full model 1, everything removed 0)."""
+    full = float(score(model(tokens)))
+    every_head = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    empty = float(score(pruned_logits(model, tokens, reference_tokens, every_head, list(range(model.cfg.n_layers)))))
+    normalise = lambda value: (float(value) - empty) / (full - empty)  # noqa: E731
+    heads, mlps = [], []
+    current = 1.0
+    order = []
+    for layer in reversed(range(model.cfg.n_layers)):
+        order.append(("mlp", layer))
+        order += [("head", (layer, h)) for h in range(model.cfg.n_heads)]
+    for kind, node in order:
+        trial_heads, trial_mlps = heads + ([node] if kind == "head" else []), mlps + ([node] if kind == "mlp" else [])
+        value = normalise(score(pruned_logits(model, tokens, reference_tokens, trial_heads, trial_mlps)))
+        if abs(value - current) < tau:
+            heads, mlps, current = trial_heads, trial_mlps, value
+    kept_heads = [h for h in every_head if h not in heads]
+    kept_mlps = [l for l in range(model.cfg.n_layers) if l not in mlps]
+    return kept_heads, kept_mlps, current
+
+
+@torch.no_grad()
+def component_direct_effects(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                             correct: Int[Tensor, "batch"], wrong: Int[Tensor, "batch"],
+                             fwd_hooks=()) -> dict[str, float]:
+    """Mean direct effect on the logit difference of every head and MLP at each prompt's last position,
+    under `fwd_hooks` (the final LayerNorm's scale of that same run)."""
+    def wanted(name: str) -> bool:
+        return name.endswith("attn.hook_z") or name.endswith("hook_mlp_out") or name == "ln_final.hook_scale"
+
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        _, cache = model.run_with_cache(tokens, names_filter=wanted)
+    rows = torch.arange(len(last), device=tokens.device)
+    scale = cache["ln_final.hook_scale"][rows, last]  # [batch, 1]
+    direction = (model.W_U[:, correct] - model.W_U[:, wrong]).T  # [batch, d_model]
+    effects = {}
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][rows, last]  # [batch, head, d_head]
+        heads = torch.einsum("bhd,hdm->bhm", z, model.W_O[layer]) / scale[:, None]  # [batch, head, d_model]
+        for head in range(model.cfg.n_heads):
+            effects[f"L{layer}H{head}"] = float((heads[:, head] * direction).sum(-1).mean())
+        mlp = cache[f"blocks.{layer}.hook_mlp_out"][rows, last] / scale  # [batch, d_model]
+        effects[f"MLP{layer}"] = float((mlp * direction).sum(-1).mean())
+    return effects
+
+
+def mean_ablation_hooks(model, tokens: Int[Tensor, "batch pos"], heads: list[tuple[int, int]],
+                        reference_tokens: Int[Tensor, "ref_batch pos"]) -> list:
+    """The hooks that `ablate_heads(..., "mean", ...)` runs, for use with other measurements."""
+    layers = sorted({layer for layer, _ in heads})
+    means = head_replacements(model, tokens, layers, "mean", reference_tokens)
+    hooks = []
+    for layer in layers:
+        mask = torch.zeros(tokens.shape[1], model.cfg.n_heads, dtype=torch.bool, device=model.cfg.device)
+        mask[:, [head for l, head in heads if l == layer]] = True
+        hooks.append((f"blocks.{layer}.attn.hook_z", replace_heads_hook(means[layer], mask)))
+    return hooks
+
+
 def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
                        seq_len: int) -> Float[Tensor, ""]:
     """Mean loss on the second copy of a repeated sequence, from its second token to its end."""
@@ -434,3 +542,97 @@ def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
     change = (values[1:] - values[:-1]).abs()  # [checkpoint - 1]
     i = int(change.argmax())
     return steps[i], steps[i + 1]
+
+
+import torch.nn.functional as F
+
+from utils import progress_bar
+
+VERDICT_WORDS = (" true", " false")
+DAS_HOOK = "blocks.2.hook_resid_post"  # after block 2: MLP2 has written the verdict (Chapter 03)
+DAS_STEPS = 40
+
+
+@torch.no_grad()
+def truth_runs(model, split: str, n: int | None, hook_name: str, seed: int = 0) -> dict:
+    """Truth prompts with their tokens, last positions, verdicts (True = " true") and residuals at
+    `hook_name` at each prompt's last position."""
+    prompts = prompt_set("truth", split, n=n, seed=seed)
+    tokens, last = tokenize(model, prompts.prompts)
+    tokens, last = tokens.to(model.cfg.device), last.to(model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    rows = torch.arange(len(last), device=tokens.device)
+    return {"tokens": tokens, "last": last, "verdict": torch.tensor(prompts.labels["truth"]).bool(),
+            "resid": cache[hook_name][rows, last]}
+
+
+def opposite_pairs(verdict: Bool[Tensor, "batch"], seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Base and source indices: every pair has opposite verdicts, as many true-to-false as false-to-true."""
+    generator = torch.Generator().manual_seed(seed)
+    true, false = torch.where(verdict)[0], torch.where(~verdict)[0]
+    n = min(len(true), len(false))
+    true, false = true[torch.randperm(len(true), generator=generator)[:n]], false[torch.randperm(len(false), generator=generator)[:n]]
+    return torch.cat([true, false]), torch.cat([false, true])
+
+
+def verdict_logit_diff(model, logits: Float[Tensor, "batch pos d_vocab"], last: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
+    """logit(" true") - logit(" false") at each prompt's last position."""
+    true_id, false_id = (model.to_single_token(word) for word in VERDICT_WORDS)
+    final = logits[torch.arange(len(last), device=logits.device), last]
+    return final[:, true_id] - final[:, false_id]
+
+
+def patch_direction(model, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"],
+                    source_resid: Float[Tensor, "batch d_model"], direction: Float[Tensor, "d_model"],
+                    hook_name: str) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits with the component along `direction` of the residual at each prompt's last position
+    replaced by the source's (an interchange intervention on one direction)."""
+    unit = direction / direction.norm()
+    rows = torch.arange(len(last), device=tokens.device)
+
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        x = resid[rows, last]  # [batch, d_model]
+        resid[rows, last] = x + ((source_resid - x) @ unit)[:, None] * unit
+        return resid
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+
+
+def swap_rate(model, runs: dict, direction: Float[Tensor, "d_model"], hook_name: str, seed: int = 0) -> float:
+    """Share of opposite-verdict pairs whose verdict follows the source when only `direction` is patched."""
+    base, source = opposite_pairs(runs["verdict"], seed)
+    with torch.no_grad():
+        logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], direction, hook_name)
+    return ((verdict_logit_diff(model, logits, runs["last"][base]) > 0) == runs["verdict"][source]).float().mean().item()
+
+
+def train_das(model, runs: dict, hook_name: str, steps: int = DAS_STEPS, lr: float = 0.05, seed: int = 0,
+              orthogonal_to: Float[Tensor, "d_model"] | None = None, progress: bool = True) -> Float[Tensor, "d_model"]:
+    """A unit direction learned so that patching along it gives the source's verdict (1-d DAS).
+    With `orthogonal_to`, the direction is kept orthogonal to that vector."""
+    base, source = opposite_pairs(runs["verdict"], seed)
+    target = runs["verdict"][source].float().to(runs["resid"].device)
+    block = None if orthogonal_to is None else orthogonal_to / orthogonal_to.norm()
+
+    def unit(raw: Tensor) -> Tensor:
+        if block is not None:
+            raw = raw - (raw @ block) * block
+        return raw / raw.norm()
+
+    raw = torch.nn.Parameter(torch.randn(runs["resid"].shape[1], generator=torch.Generator().manual_seed(seed)).to(runs["resid"].device))
+    optimizer = torch.optim.Adam([raw], lr=lr)
+    with torch.enable_grad():
+        for _ in progress_bar(range(steps), show=progress, desc="DAS"):
+            logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], unit(raw), hook_name)
+            loss = F.binary_cross_entropy_with_logits(verdict_logit_diff(model, logits, runs["last"][base]), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return unit(raw.detach())
+
+
+def difference_of_means(runs: dict) -> Float[Tensor, "d_model"]:
+    """The unit vector from the mean residual of false statements to that of true ones."""
+    direction = runs["resid"][runs["verdict"]].mean(0) - runs["resid"][~runs["verdict"]].mean(0)
+    return direction / direction.norm()
