@@ -10,7 +10,7 @@
 # # Chapter 10: Circuit tracing with transcoders and attribution graphs
 #
 # **Time:** about 3½ hours. **Exercises:** 5, each checked as soon as you run the cell after it.
-# *Run All* takes under RUNALL on a 2-core laptop CPU (longer when the machine is busy): the
+# *Run All* takes under three minutes on a 2-core laptop CPU (longer when the machine is busy): the
 # transcoders ship with the organism, and the chapter trains only a small one to show the recipe.
 #
 # **You will learn to**
@@ -256,7 +256,17 @@ eval_keep = kept_positions(eval_rows, model.tokenizer.eos_token_id)
 replacement_table(model, shipped, eval_rows, eval_keep).style.format(precision=3)
 
 # %% [markdown]
-# PROSE_REPLACEMENT
+# Replacing one MLP at a time costs little: each transcoder alone keeps almost all of the loss that
+# zero-ablating its MLP would lose (MLP 2 matters least of the four: zeroing it costs only a few
+# hundredths of a nat, so its ratio is the noisiest). Replacing all four at once costs more than
+# any one alone, because each transcoder now reads a stream that earlier transcoders have already
+# bent: errors compound. The test module holds the all-four ratio above 0.9 and the compounding.
+#
+# One more thing the `keep` mask hides: at end-of-text tokens and each row's first position, where
+# the transcoders were never trained, their error is several times larger than elsewhere (the test
+# module measures more than three times, for layer 2). Replaced there too, MLP 2's transcoder made
+# the loss *worse than zero-ablating the MLP*. In a graph, that error shows up as large error nodes
+# at the first position.
 #
 # ## 2. The local replacement model
 #
@@ -678,8 +688,6 @@ draw_graph(example_graph, example_influence, example_kept,
            title=f"{example.prompts[0]!r} -> {example.correct[0]!r} (vs {example.wrong[0]!r})")
 
 # %% [markdown]
-# EXPORT_PROSE
-# %% [markdown]
 # ## 4. Graded against the world
 #
 # A graph is a hypothesis about how the model computes one answer. On a real model nobody can say
@@ -836,7 +844,8 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 
 
 # %% [markdown]
-# GRADE_PROSE
+# Each family's graphs, one row per prompt the model answers correctly, averaged (the test module
+# re-measures these rates on more prompts):
 
 # %%
 families = chapter_families(model)
@@ -846,7 +855,26 @@ grade_summary = pd.DataFrame({name: table.mean() for name, table in grades.items
 grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9ecae1", vmin=0, vmax=1)
 
 # %% [markdown]
-# FAMILY_PROSE
+# What the three families show:
+#
+# - **Facts**: the country token is among the two most influential inputs (besides the last token)
+#   in most graphs, and every graph keeps last-position features that the world labels with the
+#   prompt's relation ("capital" features): the labelled route, as defined, is recovered in most
+#   graphs (the test holds it above 70%). But the picture of the papers, a country feature at the
+#   country token that attention then moves to the end, is *not* what the organism does: the graphs
+#   keep almost no feature at the country token, and none labelled with the country (the test holds
+#   it under 20%). The country's identity travels from its embedding, through attention, straight
+#   into the last position, where relation features and, above all, **error nodes** turn it into a
+#   capital. Error nodes hold more of the influence in facts graphs than in sentiment graphs (at
+#   least one and a half times the share, in the test): recalling *which* capital is the part the
+#   transcoders reconstruct worst.
+# - **Sentiment**: the adjective is among the top inputs and the graph keeps last-position features
+#   labelled with the review's sentiment: the labelled route is recovered in most graphs.
+# - **IOI**: both names are among the top inputs, but no graph keeps a last-position feature
+#   labelled with the answer's name. The names reach the answer through their *embeddings' direct
+#   edges*: paths through attention heads, with no transcoder feature in between. A graph whose
+#   nodes are MLP features can't show such a mechanism as anything but a thick edge; the heads are
+#   inside the edges.
 #
 # ### The heads of Chapter 06 in an IOI graph
 # Attention is frozen, so a head is not a node: it is part of every edge that crosses positions. To
@@ -894,7 +922,11 @@ heatmap(ioi_head_shares, x=[f"H{head}" for head in range(model.cfg.n_heads)],
               f"{ioi_prompts.prompts[ioi_index]!r}")
 
 # %% [markdown]
-# HEAD_PROSE
+# The heads that carry the names' effect are the ones Chapter 06 found by patching: **L0H3** (and
+# L0H6), which read the repeated name at S2, and **L3H1** at the last position, with a few other
+# late heads beside them. The test module checks that L0H3 and L3H1 are among the six heads with
+# the largest shares in most IOI graphs. The graph and patching agree on *where*; as Chapter 06
+# showed, neither says on its own what these heads compute.
 #
 # ## 5. Validate by intervention
 #
@@ -979,11 +1011,30 @@ figure.update_layout(title="Turning one feature off: the graph's prediction agai
                      xaxis_title="predicted change of the logit difference", yaxis_title="measured change", height=420)
 
 # %% [markdown]
-# VALIDATION_PROSE
+# The graph predicts the direction of almost every intervention, and its predictions correlate
+# with the real changes (the test holds the correlation above 0.6 and the sign agreement above 75%).
+# The frozen run explains where it fails:
+#
+# - for **layer-3 features** the frozen run equals the prediction to the digits: with attention and
+#   normalisation frozen and no MLP after them, the local replacement *is* the model, and an edge
+#   is exactly what an intervention does. The real model then differs only by how attention and
+#   LayerNorm move;
+# - for **early features** the frozen run changes the answer by more than the graph's direct effect
+#   (in the median, by more than 1.3 times): later MLPs respond to the change, paths the direct edge
+#   leaves to other nodes of the graph. In the real model, attention and the LayerNorms partly
+#   undo that amplification, so the real change often lies nearer the prediction than the frozen
+#   run's, for a reason the graph knows nothing about.
 #
 # ## 6. Exporting a graph for the field's viewers
 #
-# EXPORT_PROSE
+# The field's graph viewers (Neuronpedia's, and the one bundled with `circuit-tracer`) read a JSON
+# file of nodes and links. Writing it is cheap: `graph_json` follows the schema of circuit-tracer's
+# frontend (`circuit_tracer/frontend/graph_models.py`: `metadata`, `qParams`, `nodes` with ids such
+# as `"1_203_4"` for layer 1, feature 203, position 4 and `"E_812_4"` for an embedding, and `links`
+# with a source, a target and a weight). Two caveats: the viewer's feature pages (top activations)
+# live on Neuronpedia's servers and know nothing of the organism, and we could not open the
+# viewer offline to confirm it renders our file; our target node is a logit *difference*, written
+# as the correct answer's logit node.
 
 # %% tags=["export"]
 import json
@@ -1038,7 +1089,25 @@ print(json.dumps(exported["nodes"][0]))
 # %% [markdown]
 # ## 7. What attribution graphs can't tell you
 #
-# LIMITS_PROSE
+# - **Frozen attention.** A graph never shows *why* a head attended where it did: the QK circuit is
+#   frozen out, and a change that moves attention (every real intervention on an early feature)
+#   behaves differently from the graph's prediction (Section 5). IOI's names move entirely through
+#   heads, which the graph shows only as edges from embeddings.
+# - **Error nodes.** Whatever the transcoders miss becomes an opaque node. In the facts graphs error
+#   nodes hold a sizeable share of the influence: the part of the computation that recalls *which*
+#   capital is the part the graph does not explain. At the first position the error is several
+#   times larger still.
+# - **One prompt at a time.** Each graph is about one prompt's local replacement. The grading of
+#   Section 4 needed many graphs per family and labels from whole prompt sets to say anything
+#   general; a graph alone is an anecdote.
+# - **An explanation of the replacement, not the model.** The graph's edges are exact in the local
+#   replacement. On the model they are predictions, right in sign and trend here, wrong in size
+#   wherever later MLPs, attention or normalisation respond (Section 5).
+# - **Labels are needed to read it.** A node named `L3 F240` means nothing until something labels
+#   it. Here the world did; on a real model, feature labels come from automated interpretation of
+#   top activations, and grading them is a research problem of its own.
+# - **The transcoders' own choices.** Width, `k`, the data and the training seed decide which
+#   features exist; another set of transcoders gives another graph of the same computation.
 #
 # ### References
 # - Dunefsky, Chlenski, Nanda (2024). *Transcoders Find Interpretable LLM Feature Circuits.*

@@ -46,7 +46,7 @@ def _start(family_size: int, n: int) -> int:
 
 @pytest.fixture(scope="module")
 def grades(model, shipped, families):
-    sizes = {"facts": 10, "IOI": 4, "sentiment": 8}
+    sizes = {"facts": 8, "IOI": 3, "sentiment": 6}
     return {family.name: ref.grade_family(model, shipped, family, sizes[family.name],
                                           start=_start(len(family.prompts), sizes[family.name]), progress=False)
             for family in families}
@@ -132,10 +132,10 @@ def test_local_replacement_is_exact_and_effects_add_up(model, shipped, families)
         constant = target(*ref.local_replacement(model, shipped, run, *zeros))
         total = sum(effect.sum() for effect in effects) + constant
         worst_sum = max(worst_sum, abs((total - target(run.logits, None)).item()))
-        graph = ref.build_graph(model, shipped, run, target)
-        row = graph.adjacency[-1]
-        n_pos = len(run.tokens)
-        assert torch.allclose(row[:n_pos], effects[0], atol=1e-4)  # the batched graph agrees with one backward pass
+        if family.name == "facts":  # the batched graph agrees with one backward pass
+            graph = ref.build_graph(model, shipped, run, target)
+            assert torch.allclose(graph.adjacency[-1, :len(run.tokens)], effects[0], atol=1e-4)
+            assert torch.allclose(graph.adjacency[-1, -1 - run.errors[:, :, 0].numel():-1], effects[2].flatten(), atol=1e-4)
     claim("ch10: local replacement's largest logit difference from the real model", worst_logits, below=1e-3)
     claim("ch10: direct effects plus biases minus the target", worst_sum, below=1e-3)
 
