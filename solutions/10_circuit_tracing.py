@@ -803,6 +803,25 @@ def prompt_graph(model, transcoders: list, prompts, index: int) -> tuple[Graph, 
     return graph, influence, kept_nodes(influence)
 
 
+def pruned_faithfulness(model, transcoders: list, graph: Graph, kept: Tensor, target) -> tuple[float, float]:
+    """The target with every active feature outside `kept` turned off, over the full target: in the local
+    replacement, and in the real model (its MLP outputs minus the dropped features' decoder rows)."""
+    run = graph.run
+    keep_mask = torch.zeros_like(run.features, dtype=torch.bool)
+    for index in kept.tolist():
+        kind, layer, position, feature = graph.nodes[index]
+        if kind == "feature":
+            keep_mask[layer, position, feature] = True
+    dropped = torch.where(keep_mask, 0.0, run.features)  # [layer, pos, d_tc]
+    full = target(run.logits, None).item()
+    with torch.no_grad():
+        local = target(*local_replacement(model, transcoders, run, run.embeddings, run.features - dropped, run.errors))
+        hooks = [(output_hook(layer), lambda out, hook, layer=layer: out - transcoders[layer].decode(dropped[layer])
+                  + transcoders[layer].b_dec) for layer in range(model.cfg.n_layers)]
+        real = target(model.run_with_hooks(run.tokens[None], fwd_hooks=hooks)[0], None)
+    return local.item() / full, real.item() / full
+
+
 def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int], value, source_value,
                 labels: tuple[FeatureLabels, FeatureLabels], top_inputs: int) -> dict[str, float]:
     """Does the graph recover the labelled route? And how much influence sits on errors and features."""
@@ -838,14 +857,21 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
     chosen = [i for i in range(start, len(prompts)) if answered[i]][:n]
     for i in progress_bar(chosen, show=progress, desc=f"graphs of {family.name} prompts"):
         graph, influence, kept = prompt_graph(model, transcoders, prompts, i)
-        rows.append(grade_graph(graph, influence, kept, family.sources(i), prompts.labels[family.label][i],
-                                prompts.labels[family.source_label][i], labels, family.top_inputs))
+        row = grade_graph(graph, influence, kept, family.sources(i), prompts.labels[family.label][i],
+                          prompts.labels[family.source_label][i], labels, family.top_inputs)
+        target = logit_diff_target(model, prompts.correct[i], prompts.wrong[i])
+        row["faithfulness, local replacement"], row["faithfulness, real model"] = pruned_faithfulness(
+            model, transcoders, graph, kept, target)
+        rows.append(row)
     return pd.DataFrame(rows, index=chosen)
 
 
 # %% [markdown]
 # Each family's graphs, one row per prompt the model answers correctly, averaged (the test module
-# re-measures these rates on more prompts):
+# re-measures these rates on more prompts). The last two columns grade the pruning: the logit
+# difference with every active feature *outside* the kept nodes turned off, over the full logit
+# difference, once in the local replacement and once in the real model (its MLP outputs minus the
+# dropped features' decoder rows, attention and LayerNorm free to move):
 
 # %%
 families = chapter_families(model)
@@ -870,6 +896,11 @@ grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9
 #   transcoders reconstruct worst.
 # - **Sentiment**: the adjective is among the top inputs and the graph keeps last-position features
 #   labelled with the review's sentiment: the labelled route is recovered in most graphs.
+# - **Pruning is faithful to the replacement, not to the model.** With only the kept features, the
+#   local replacement keeps close to all of the logit difference (between 0.8 and 1.2 of it on
+#   average, in the test). The real model, with the same features turned off, keeps much less
+#   (at least 0.2 less, in the test; sentiment keeps well under half): the many small features the
+#   pruning dropped matter to the model through responses the local replacement freezes.
 # - **IOI**: both names are among the top inputs, but no graph keeps a last-position feature
 #   labelled with the answer's name. The names reach the answer through their *embeddings' direct
 #   edges*: paths through attention heads, with no transcoder feature in between. A graph whose

@@ -151,6 +151,17 @@ def test_facts_graphs_route_the_country_to_capital_features(grades):
         "labelled feature at the source token"], below=0.2)
 
 
+def test_pruned_graphs_are_faithful_to_the_replacement_not_to_the_model(grades):
+    graded = [grades["facts"], grades["sentiment"]]
+    local = sum(table["faithfulness, local replacement"].mean() for table in graded) / 2
+    real = sum(table["faithfulness, real model"].mean() for table in graded) / 2
+    claim("ch10: pruned graphs' faithfulness in the local replacement (facts and sentiment, mean)", local, above=0.8)
+    claim("ch10: pruned graphs' faithfulness in the local replacement (at most)", local, below=1.2)
+    claim("ch10: faithfulness lost in the real model (local minus real)", local - real, above=0.2)
+    claim("ch10: sentiment graphs' faithfulness in the real model", grades["sentiment"]["faithfulness, real model"].mean(),
+          below=0.5)
+
+
 def test_sentiment_graphs_route_the_adjective_to_sentiment_features(grades):
     sentiment = grades["sentiment"].mean()
     claim("ch10: sentiment graphs recovering the labelled route", sentiment["labelled route"], above=0.6)

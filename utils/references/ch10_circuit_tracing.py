@@ -360,6 +360,25 @@ def prompt_graph(model, transcoders: list, prompts, index: int) -> tuple[Graph, 
     return graph, influence, kept_nodes(influence)
 
 
+def pruned_faithfulness(model, transcoders: list, graph: Graph, kept: Tensor, target) -> tuple[float, float]:
+    """The target with every active feature outside `kept` turned off, over the full target: in the local
+    replacement, and in the real model (its MLP outputs minus the dropped features' decoder rows)."""
+    run = graph.run
+    keep_mask = torch.zeros_like(run.features, dtype=torch.bool)
+    for index in kept.tolist():
+        kind, layer, position, feature = graph.nodes[index]
+        if kind == "feature":
+            keep_mask[layer, position, feature] = True
+    dropped = torch.where(keep_mask, 0.0, run.features)  # [layer, pos, d_tc]
+    full = target(run.logits, None).item()
+    with torch.no_grad():
+        local = target(*local_replacement(model, transcoders, run, run.embeddings, run.features - dropped, run.errors))
+        hooks = [(output_hook(layer), lambda out, hook, layer=layer: out - transcoders[layer].decode(dropped[layer])
+                  + transcoders[layer].b_dec) for layer in range(model.cfg.n_layers)]
+        real = target(model.run_with_hooks(run.tokens[None], fwd_hooks=hooks)[0], None)
+    return local.item() / full, real.item() / full
+
+
 def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int], value, source_value,
                 labels: tuple[FeatureLabels, FeatureLabels], top_inputs: int) -> dict[str, float]:
     """Does the graph recover the labelled route? And how much influence sits on errors and features."""
@@ -395,8 +414,12 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
     chosen = [i for i in range(start, len(prompts)) if answered[i]][:n]
     for i in progress_bar(chosen, show=progress, desc=f"graphs of {family.name} prompts"):
         graph, influence, kept = prompt_graph(model, transcoders, prompts, i)
-        rows.append(grade_graph(graph, influence, kept, family.sources(i), prompts.labels[family.label][i],
-                                prompts.labels[family.source_label][i], labels, family.top_inputs))
+        row = grade_graph(graph, influence, kept, family.sources(i), prompts.labels[family.label][i],
+                          prompts.labels[family.source_label][i], labels, family.top_inputs)
+        target = logit_diff_target(model, prompts.correct[i], prompts.wrong[i])
+        row["faithfulness, local replacement"], row["faithfulness, real model"] = pruned_faithfulness(
+            model, transcoders, graph, kept, target)
+        rows.append(row)
     return pd.DataFrame(rows, index=chosen)
 
 
