@@ -24,7 +24,7 @@
 #   error node on every feature and on the answer's logit, with one backward pass per target, and
 #   say why that is exact here; prune it by **influence**; draw it;
 # - **grade** graphs against the world: does the graph route the answer through the token and the
-#   features the world's labels say it should, for facts, IOI and sentiment prompts?
+#   features the world's labels say it should, for facts, truth, IOI and sentiment prompts?
 # - **validate** a graph by intervening on the real model, and find where the prediction fails;
 # - say what an attribution graph can't tell you, with numbers.
 #
@@ -60,9 +60,9 @@ torch.set_grad_enabled(False)  # most of the chapter only runs the model; the at
 # where `x` is the MLP's input (`blocks.L.mlp.hook_in`, the output of the block's second LayerNorm,
 # whose weights the bridge folds into the MLP) and the target is `blocks.L.hook_mlp_out`. Only the
 # `k` largest pre-activations of each token survive (TopK, Gao et al. 2024). Why bother? An MLP's
-# thousand neurons are dense and polysemantic, and they sit between a LayerNorm and a nonlinearity;
-# a transcoder's features are sparse, and once you know which are active, the MLP's contribution is
-# a *sum of fixed output directions*. That is what makes the graph of Section 3 linear.
+# 1,024 GELU neurons are almost never exactly zero, so all of them take part in every token, each
+# through a nonlinearity; a transcoder's features are sparse (16 of 512 per token), and once you
+# know which are active, the MLP's contribution is a *sum of fixed output directions*. That is what makes the graph of Section 3 linear.
 #
 # The organism ships with four transcoders, one per MLP, each with 512 features and `k = 16`
 # (`utils/organism/transcoders/`, with a card: how they were trained and what they measure). The
@@ -154,9 +154,9 @@ metric_table = pd.DataFrame({"small transcoder trained above (256 features)": tr
 metric_table.round(3)
 
 # %% [markdown]
-# The small transcoder, trained for seconds, already explains most of the MLP's output; the shipped
-# one explains more. Every MLP's shipped transcoder, on held-out tokens (from its card, where the
-# test module re-measures them):
+# Compare the small transcoder, trained for seconds on a few thousand tokens, with the shipped one
+# on the same held-out tokens. Every MLP's shipped transcoder, on the card's held-out tokens (the
+# test module re-measures them on fresh text, and rebuilds one by the card's recipe):
 
 # %%
 card = organism_transcoders.load_card_metrics()
@@ -692,11 +692,13 @@ draw_graph(example_graph, example_influence, example_kept,
 #
 # A graph is a hypothesis about how the model computes one answer. On a real model nobody can say
 # whether it is right. Here the world says what each prompt is about: which country, which relation,
-# which names, which sentiment. We grade graphs on three families, always on the logit difference
+# which names, which sentiment. We grade graphs on four families, always on the logit difference
 # between the world's answer and its natural wrong answer:
 #
 # - **facts** ("The capital of Japan is" -> " Tokyo"): the country token, and features the world labels
 #   by relation (capital, language, continent);
+# - **truth** ("Sweden has its capital in Athens. That is" -> " false"): the country and the stated
+#   value, and features labelled by the verdict;
 # - **IOI** ("When Kate and Rose went to the restaurant, Rose gave a drink to" -> " Kate"): the two
 #   names, and features labelled by the indirect object's name;
 # - **sentiment** ("The play was moving. I" -> " loved"): the adjective, and features labelled by the
@@ -771,10 +773,11 @@ class Family:
 
 
 def chapter_families(model) -> list[Family]:
-    """The three graded families: capital facts (train split), IOI and sentiment (held-out splits)."""
+    """The four graded families: facts (train split: the facts the model knows), IOI, sentiment and truth (held out)."""
     facts = world.prompt_set("facts", "train", seed=0)
     ioi = world.prompt_set("ioi", "test", seed=0)
     sentiment = world.prompt_set("sentiment", "test", seed=0)
+    truth = world.prompt_set("truth", "test", seed=0)
     return [
         Family("facts", facts, lambda i: [word_position(model, facts.prompts[i], facts.labels["country"][i])],
                "relation", "country", 2),
@@ -783,6 +786,9 @@ def chapter_families(model) -> list[Family]:
         Family("sentiment", sentiment,
                lambda i: [word_position(model, sentiment.prompts[i], sentiment.labels["adjective"][i])],
                "sentiment", "sentiment", 2),
+        Family("truth", truth, lambda i: [word_position(model, truth.prompts[i], truth.labels["country"][i]),
+                                          word_position(model, truth.prompts[i], truth.labels["stated"][i].split()[-1],
+                                                        last=True)], "truth", "country", 3),
     ]
 
 
@@ -875,13 +881,13 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 
 # %%
 families = chapter_families(model)
-GRAPHS_PER_FAMILY = {"facts": 6, "IOI": 2, "sentiment": 5}  # the IOI graphs are the largest (17 tokens): fewer of them
+GRAPHS_PER_FAMILY = {"facts": 6, "IOI": 2, "sentiment": 4, "truth": 4}  # the IOI graphs are the largest (17 tokens): fewer of them
 grades = {family.name: grade_family(model, shipped, family, GRAPHS_PER_FAMILY[family.name]) for family in families}
 grade_summary = pd.DataFrame({name: table.mean() for name, table in grades.items()}).T
 grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9ecae1", vmin=0, vmax=1)
 
 # %% [markdown]
-# What the three families show:
+# What the four families show:
 #
 # - **Facts**: the country token is among the two most influential inputs (besides the last token)
 #   in most graphs, and every graph keeps last-position features that the world labels with the
@@ -896,6 +902,10 @@ grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9
 #   transcoders reconstruct worst.
 # - **Sentiment**: the adjective is among the top inputs and the graph keeps last-position features
 #   labelled with the review's sentiment: the labelled route is recovered in most graphs.
+# - **Truth** ("Sweden has its capital in Athens. That is" -> " false"): the stated fact meets the
+#   recalled one at the last position. The country and the stated value are both among the top
+#   inputs, and the graph keeps last-position features labelled with the verdict: the labelled route
+#   is recovered in most graphs. Here too, no feature at the country token carries the country.
 # - **Pruning is faithful to the replacement, not to the model.** With only the kept features, the
 #   local replacement keeps close to all of the logit difference (between 0.8 and 1.2 of it on
 #   average, in the test). The real model, with the same features turned off, keeps much less

@@ -46,7 +46,7 @@ def _start(family_size: int, n: int) -> int:
 
 @pytest.fixture(scope="module")
 def grades(model, shipped, families):
-    sizes = {"facts": 8, "IOI": 3, "sentiment": 6}
+    sizes = {"facts": 8, "IOI": 3, "sentiment": 6, "truth": 6}
     return {family.name: ref.grade_family(model, shipped, family, sizes[family.name],
                                           start=_start(len(family.prompts), sizes[family.name]), progress=False)
             for family in families}
@@ -152,10 +152,10 @@ def test_facts_graphs_route_the_country_to_capital_features(grades):
 
 
 def test_pruned_graphs_are_faithful_to_the_replacement_not_to_the_model(grades):
-    graded = [grades["facts"], grades["sentiment"]]
-    local = sum(table["faithfulness, local replacement"].mean() for table in graded) / 2
-    real = sum(table["faithfulness, real model"].mean() for table in graded) / 2
-    claim("ch10: pruned graphs' faithfulness in the local replacement (facts and sentiment, mean)", local, above=0.8)
+    graded = [grades["facts"], grades["sentiment"], grades["truth"]]
+    local = sum(table["faithfulness, local replacement"].mean() for table in graded) / 3
+    real = sum(table["faithfulness, real model"].mean() for table in graded) / 3
+    claim("ch10: pruned graphs' faithfulness in the local replacement (facts, sentiment, truth, mean)", local, above=0.8)
     claim("ch10: pruned graphs' faithfulness in the local replacement (at most)", local, below=1.2)
     claim("ch10: faithfulness lost in the real model (local minus real)", local - real, above=0.2)
     claim("ch10: sentiment graphs' faithfulness in the real model", grades["sentiment"]["faithfulness, real model"].mean(),
@@ -165,6 +165,14 @@ def test_pruned_graphs_are_faithful_to_the_replacement_not_to_the_model(grades):
 def test_sentiment_graphs_route_the_adjective_to_sentiment_features(grades):
     sentiment = grades["sentiment"].mean()
     claim("ch10: sentiment graphs recovering the labelled route", sentiment["labelled route"], above=0.6)
+
+
+def test_truth_graphs_route_the_country_and_the_stated_value_to_verdict_features(grades):
+    truth = grades["truth"].mean()
+    claim("ch10: truth graphs recovering the labelled route (country and stated value, verdict feature at the end)",
+          truth["labelled route"], above=0.6)
+    claim("ch10: truth graphs keeping a country-labelled feature at the country token",
+          truth["labelled feature at the source token"], below=0.2)
 
 
 def test_ioi_graphs_have_the_names_but_no_name_feature_at_the_end(grades):

@@ -328,10 +328,11 @@ class Family:
 
 
 def chapter_families(model) -> list[Family]:
-    """The three graded families: capital facts (train split), IOI and sentiment (held-out splits)."""
+    """The four graded families: facts (train split: the facts the model knows), IOI, sentiment and truth (held out)."""
     facts = world.prompt_set("facts", "train", seed=0)
     ioi = world.prompt_set("ioi", "test", seed=0)
     sentiment = world.prompt_set("sentiment", "test", seed=0)
+    truth = world.prompt_set("truth", "test", seed=0)
     return [
         Family("facts", facts, lambda i: [word_position(model, facts.prompts[i], facts.labels["country"][i])],
                "relation", "country", 2),
@@ -340,6 +341,9 @@ def chapter_families(model) -> list[Family]:
         Family("sentiment", sentiment,
                lambda i: [word_position(model, sentiment.prompts[i], sentiment.labels["adjective"][i])],
                "sentiment", "sentiment", 2),
+        Family("truth", truth, lambda i: [word_position(model, truth.prompts[i], truth.labels["country"][i]),
+                                          word_position(model, truth.prompts[i], truth.labels["stated"][i].split()[-1],
+                                                        last=True)], "truth", "country", 3),
     ]
 
 
