@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 10: Circuit tracing with transcoders and attribution graphs
 #
-# **Time:** about 3½ hours. **Exercises:** 5, each checked as soon as you run the cell after it.
+# **Time:** about 3½ hours. **Exercises:** 6, each checked as soon as you run the cell after it.
 # *Run All* takes under three minutes on a 2-core laptop CPU (longer when the machine is busy): the
 # transcoders ship with the organism, and the chapter trains only a small one to show the recipe.
 #
@@ -597,14 +597,43 @@ def node_influence(adjacency: Float[Tensor, "node node"], target: int) -> Float[
 # %%
 node_influence = check_exercise("10.5", node_influence)
 
+# %% [markdown]
+# ### Exercise 10.6: pruning (difficulty 1/3, ~10 min)
+# Write `kept_nodes(influence, share)`: `influence` is `[node]` (non-negative, as `node_influence`
+# returns). Return the indices of the **smallest** set of most influential nodes whose influences
+# add up to at least `share` of the total, as a long tensor sorted in ascending order (node order).
+# The check also scores your kept nodes the way Section 4 scores a graph: by the share of the
+# logit difference they keep on held-out prompts.
+#
+# <details><summary>Hint 1</summary>
+#
+# Sort the nodes by influence, most influential first, and walk down the list adding up their
+# shares of the total until you reach `share`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `order = influence.argsort(descending=True)`; `cumulative = influence[order].cumsum(0) / influence.sum()`.
+# The node whose share makes `cumulative` reach `share` belongs to the set.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `n = int((cumulative < share).sum()) + 1`; return `order[:n].sort().values`.
+# </details>
+
 # %% tags=["export"]
 def kept_nodes(influence: Float[Tensor, "node"], share: float = 0.8) -> Int[Tensor, "kept"]:
     """The most influential nodes, until they hold `share` of the total influence (sorted indices)."""
+    ### BEGIN SOLUTION
     order = influence.argsort(descending=True)
     cumulative = influence[order].cumsum(0) / influence.sum()  # [node]
     return order[:int((cumulative < share).sum()) + 1].sort().values
+    ### END SOLUTION
 
 
+# %%
+kept_nodes = check_exercise("10.6", kept_nodes)
+
+# %% tags=["export"]
 def node_label(graph: Graph, index: int) -> str:
     """A short name for a node: 'L1 F203 @ France', 'emb France', 'err L2 @ is', 'target'."""
     kind, layer, position, feature = graph.nodes[index]

@@ -309,6 +309,48 @@ def influence_solve(adjacency, target):
     return x - unit[0]
 
 
+# 10.6 ----------------------------------------------------------------------------------------
+def kept_one_short(influence, share=0.8):
+    order = influence.argsort(descending=True)
+    cumulative = influence[order].cumsum(0) / influence.sum()
+    return order[:int((cumulative < share).sum())].sort().values
+
+
+def kept_least_influential(influence, share=0.8):
+    order = influence.argsort()
+    cumulative = influence[order.flip(0)].cumsum(0) / influence.sum()
+    return order[:int((cumulative < share).sum()) + 1].sort().values
+
+
+def kept_in_influence_order(influence, share=0.8):
+    order = influence.argsort(descending=True)
+    cumulative = influence[order].cumsum(0) / influence.sum()
+    return order[:int((cumulative < share).sum()) + 1]
+
+
+def kept_share_of_nodes(influence, share=0.8):
+    order = influence.argsort(descending=True)
+    return order[:max(1, int(torch.tensor(share * len(influence)).ceil()))].sort().values
+
+
+def kept_loop(influence, share=0.8):
+    total, kept = float(influence.sum()), []
+    running = 0.0
+    for index in sorted(range(len(influence)), key=lambda i: -float(influence[i])):
+        kept.append(index)
+        running += float(influence[index])
+        if running >= share * total - 1e-12:
+            break
+    return torch.tensor(sorted(kept), dtype=torch.long)
+
+
+def kept_searchsorted(influence, share=0.8):
+    values, order = influence.double().sort(descending=True)
+    cumulative = values.cumsum(0) / values.sum()
+    n = int(torch.searchsorted(cumulative, torch.tensor([share], dtype=torch.float64))[0]) + 1
+    return order[:n].sort().values
+
+
 MISTAKES = {
     "10.1": [(metrics_input_variance, "the variance that counts is the target's"),
              (metrics_uncentred_variance, "around its mean over tokens"),
@@ -328,6 +370,10 @@ MISTAKES = {
              (influence_unnormalised, "so its incoming weights sum to 1"),
              (influence_direct_only, "paths of every length"),
              (influence_with_identity, "subtract the identity")],
+    "10.6": [(kept_one_short, "the node that crosses it belongs to the set"),
+             (kept_least_influential, "keep the most influential nodes"),
+             (kept_in_influence_order, "sorted in ascending order"),
+             (kept_share_of_nodes, "not of the number of nodes")],
 }
 
 ALTERNATIVES = {
@@ -336,4 +382,5 @@ ALTERNATIVES = {
     "10.3": [local_with_head_loop, local_with_centring_matrix],
     "10.4": [effects_with_backward, effects_by_finite_differences],
     "10.5": [influence_power_series, influence_solve],
+    "10.6": [kept_loop, kept_searchsorted],
 }

@@ -335,3 +335,55 @@ def check_node_influence(candidate) -> None:
         }
         expect_tensor(got, expected, f"your influences on node {target} of a {n}-node graph", atol=1e-4,
                       mistakes=_distinct(mistakes, expected, 1e-4))
+
+
+# ------------------------------------------------------------------------------------------
+# 10.6
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def _held_out_graphs():
+    """Graphs of two held-out facts prompts (phrasings never seen in training) the chapter never shows."""
+    model = organism()
+    facts = ref.world.prompt_set("facts", "test", seed=3)
+    graphs = []
+    for index in range(2):
+        graph, influence, _ = ref.prompt_graph(model, shipped(), facts, index)
+        graphs.append((graph, influence, ref.logit_diff_target(model, facts.correct[index], facts.wrong[index])))
+    return graphs
+
+
+def _local_faithfulness(graph, kept, target) -> float:
+    return ref.pruned_faithfulness(organism(), shipped(), graph, kept, target)[0]
+
+
+@exercise("10.6", "pruning", CHAPTER, ref.kept_nodes)
+def check_kept_nodes(candidate) -> None:
+    generator = seeded_generator(11)
+    cases = [(torch.rand(12, generator=generator), 0.8), (torch.rand(30, generator=generator) ** 3, 0.5),
+             (torch.rand(9, generator=generator), 0.95)]
+    for influence, share in cases:
+        got = call(candidate, influence.clone(), share)
+        expected = ref.kept_nodes(influence, share)
+        order = influence.argsort(descending=True)
+        n = len(expected)
+        mistakes = {
+            "keep the smallest set that reaches the share: the node that crosses it belongs to the set":
+                order[:n - 1].sort().values,
+            "keep the most influential nodes (sort in descending order)":
+                influence.argsort()[:n].sort().values if n < len(influence) else expected,
+            "return the indices sorted in ascending order (node order), not in order of influence": order[:n],
+            "the share is of the total influence, not of the number of nodes":
+                order[:max(1, int(torch.tensor(share * len(influence)).ceil()))].sort().values,
+        }
+        if isinstance(got, torch.Tensor) and got.dtype.is_floating_point:
+            raise Wrong("return node indices as a long tensor, not influences")
+        expect_tensor(got, expected, f"your kept nodes ({len(influence)} nodes, share {share})", atol=0,
+                      mistakes=_distinct(mistakes, expected, 0))
+    for graph, influence, target in _held_out_graphs():
+        got = call(candidate, influence.clone(), 0.8)
+        expected = ref.kept_nodes(influence, 0.8)
+        if not (isinstance(got, torch.Tensor) and torch.equal(got.cpu().long(), expected)):
+            yours = _local_faithfulness(graph, got.long().cpu(), target) if isinstance(got, torch.Tensor) else float("nan")
+            raise Wrong(f"on a held-out prompt your {len(got) if hasattr(got, '__len__') else '?'} kept nodes keep "
+                        f"{yours:.3f} of the logit difference in the local replacement; the smallest set holding 80% "
+                        f"of the influence ({len(expected)} nodes) keeps {_local_faithfulness(graph, expected, target):.3f}")
