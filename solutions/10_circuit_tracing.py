@@ -257,8 +257,8 @@ replacement_table(model, shipped, eval_rows, eval_keep).style.format(precision=3
 
 # %% [markdown]
 # Replacing one MLP at a time costs little: each transcoder alone keeps almost all of the loss that
-# zero-ablating its MLP would lose (MLP 2 matters least of the four: zeroing it costs only a few
-# hundredths of a nat, so its ratio is the noisiest). Replacing all four at once costs more than
+# zero-ablating its MLP would lose (MLP 2 matters least of the four: zeroing it costs only a small
+# fraction of a nat, under 0.15 in the test, so its ratio is the noisiest). Replacing all four at once costs more than
 # any one alone, because each transcoder now reads a stream that earlier transcoders have already
 # bent: errors compound. The test module holds the all-four ratio above 0.9 and the compounding.
 #
@@ -887,7 +887,7 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
     tokens, last = tokenize(model, prompts.prompts)
     with torch.no_grad():
         final = model(tokens)[torch.arange(len(last)), last]  # [batch, d_vocab]
-    correct_ids, wrong_ids = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    correct_ids, wrong_ids = (answer_ids(model, words).to(final.device) for words in (prompts.correct, prompts.wrong))
     answered = (final.gather(-1, correct_ids[:, None]) > final.gather(-1, wrong_ids[:, None]))[:, 0].cpu()
     chosen = [i for i in range(start, len(prompts)) if answered[i]][:n]
     for i in progress_bar(chosen, show=progress, desc=f"graphs of {family.name} prompts"):
@@ -994,8 +994,8 @@ heatmap(ioi_head_shares, x=[f"H{head}" for head in range(model.cfg.n_heads)],
 # %% [markdown]
 # The heads that carry the names' effect are the ones Chapter 06 found by patching: **L0H3** (and
 # L0H6), which read the repeated name at S2, and **L3H1** at the last position, with a few other
-# late heads beside them. The test module checks that L0H3 and L3H1 are among the six heads with
-# the largest shares in most IOI graphs. The graph and patching agree on *where*; as Chapter 06
+# late heads beside them. The test module checks that L0H3 and L3H1 are among the eight heads (of 32)
+# with the largest shares in most IOI graphs. The graph and patching agree on *where*; as Chapter 06
 # showed, neither says on its own what these heads compute.
 #
 # ## 5. Validate by intervention

@@ -102,7 +102,7 @@ def train_transcoder(x: Float[Tensor, "token d_in"], y: Float[Tensor, "token d_o
     """
     from utils.session import progress_bar
 
-    transcoder = Transcoder(x.shape[1], y.shape[1], d_transcoder, k, seed=seed)
+    transcoder = Transcoder(x.shape[1], y.shape[1], d_transcoder, k, seed=seed).to(x.device)
     with torch.no_grad():
         transcoder.b_dec.copy_(y.mean(0))
     variance = (y - y.mean(0)).pow(2).sum(-1).mean()
@@ -111,7 +111,7 @@ def train_transcoder(x: Float[Tensor, "token d_in"], y: Float[Tensor, "token d_o
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for _ in progress_bar(range(steps), show=progress, desc="training a transcoder"):
-        batch = torch.randint(0, len(x), (batch_size,), generator=generator)  # [batch]
+        batch = torch.randint(0, len(x), (batch_size,), generator=generator).to(x.device)  # [batch]
         loss = (transcoder(x[batch]) - y[batch]).pow(2).sum(-1).mean() / variance
         optimiser.zero_grad()
         loss.backward()

@@ -413,7 +413,7 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
     tokens, last = tokenize(model, prompts.prompts)
     with torch.no_grad():
         final = model(tokens)[torch.arange(len(last)), last]  # [batch, d_vocab]
-    correct_ids, wrong_ids = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    correct_ids, wrong_ids = (answer_ids(model, words).to(final.device) for words in (prompts.correct, prompts.wrong))
     answered = (final.gather(-1, correct_ids[:, None]) > final.gather(-1, wrong_ids[:, None]))[:, 0].cpu()
     chosen = [i for i in range(start, len(prompts)) if answered[i]][:n]
     for i in progress_bar(chosen, show=progress, desc=f"graphs of {family.name} prompts"):
