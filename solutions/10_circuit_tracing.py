@@ -37,7 +37,8 @@
 # This chapter joins them: the field's newest circuit method (transcoders, Dunefsky et al. 2024;
 # attribution graphs, Ameisen et al. 2025 and Lindsey et al. 2025, and the open-source
 # `circuit-tracer` library that implements them) reads one prompt's computation as a graph of
-# feature-to-feature effects. Here every graph is graded against a world we wrote.
+# feature-to-feature effects. This chapter writes the method itself, on the bridge, as the earlier
+# chapters do, and every graph is graded against a world we wrote.
 
 # %%
 import torch
