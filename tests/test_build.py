@@ -104,7 +104,7 @@ def test_chapter_stems_are_ascii_snake_case():
         assert source.stem == source.stem.lower() and " " not in source.stem
 
 
-LADDER_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09")  # every chapter follows the full ladder
+LADDER_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10")  # every chapter follows the full ladder
 
 
 def _exercise_blocks(text: str) -> dict[str, str]:

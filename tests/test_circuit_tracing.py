@@ -1,0 +1,233 @@
+"""Chapter 10's claims about transcoders, the local replacement and attribution graphs, re-measured.
+
+Everything runs the chapter's exported reference code on the organism and its shipped transcoders.
+Graphs are the most expensive input: each family's graded graphs are built once (module fixtures),
+on prompts drawn with `claim_seed()`, so `make claims` reruns the claims on other prompts.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tests.claims import claim, claim_seed
+from utils.models import load_model
+from utils.organism import transcoders as organism_transcoders
+from utils.organism.sae import kept_positions, world_rows
+from utils.references import ch10_circuit_tracing as ref
+
+torch.set_num_threads(1)
+SEED = claim_seed()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_grad_enabled(False)
+    yield load_model(verbose=False, device="cpu")
+    torch.set_grad_enabled(True)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return organism_transcoders.load_transcoders()
+
+
+@pytest.fixture(scope="module")
+def families(model):
+    return ref.chapter_families(model)
+
+
+def _start(family_size: int, n: int) -> int:
+    """Where a claim's prompts start: the chapter's first prompts in the suite, elsewhere under other seeds."""
+    return 0 if SEED == 0 else random.Random(SEED).randrange(max(1, family_size - 4 * n))
+
+
+@pytest.fixture(scope="module")
+def grades(model, shipped, families):
+    sizes = {"facts": 8, "IOI": 3, "sentiment": 6, "truth": 6}
+    return {family.name: ref.grade_family(model, shipped, family, sizes[family.name],
+                                          start=_start(len(family.prompts), sizes[family.name]), progress=False)
+            for family in families}
+
+
+# ------------------------------------------------------------------------------------------
+# Section 1: the transcoders
+# ------------------------------------------------------------------------------------------
+def test_card_lists_the_shipped_transcoders_and_they_explain_fresh_mlp_outputs(model, shipped):
+    card = organism_transcoders.load_card_metrics()
+    assert card["recipe"] == organism_transcoders.RECIPE
+    text = (organism_transcoders.TRANSCODER_DIR / "README.md").read_text()
+    for layer, metrics in card["layers"].items():
+        assert f"| {layer} | {metrics['explained_variance']:.3f} |" in text
+    rows = world_rows(model.tokenizer, 2 ** 12, seed=40 + SEED)
+    pairs = organism_transcoders.cache_mlp_pairs(model, rows)
+    measured = {layer: ref.transcoder_metrics(shipped[layer], *pairs[layer]) for layer in range(4)}
+    claim("ch10: shipped transcoders' explained variance on fresh world text (worst layer)",
+          min(m["explained_variance"] for m in measured.values()), above=0.85)
+    claim("ch10: shipped transcoders' dead fraction (worst layer)", max(card_layer["dead_fraction"]
+                                                                       for card_layer in card["layers"].values()),
+          below=0.4)
+    for layer in range(4):  # fresh text, the card's held-out text: the same transcoder, nearly the same numbers
+        assert measured[layer]["explained_variance"] == pytest.approx(card["layers"][str(layer)]["explained_variance"],
+                                                                      abs=0.04)
+        assert measured[layer]["l0"] == pytest.approx(16, abs=0.1)
+
+
+def test_a_transcoder_retrained_by_the_recipe_matches_the_card(model):
+    """The card's recipe rebuilds layer 1 (on a quarter of the tokens, to stay quick) to about its numbers."""
+    recipe = {**organism_transcoders.RECIPE, "train_tokens": 2 ** 14, "held_out": 2048}
+    from utils.organism.sae import world_rows as rows_of
+
+    rows = rows_of(model.tokenizer, recipe["train_tokens"], recipe["data_seed"])
+    x, y = organism_transcoders.cache_mlp_pairs(model, rows, layers=[1])[1]
+    with torch.enable_grad():
+        transcoder = organism_transcoders.train_layer({1: (x[:-2048], y[:-2048])}, 1, recipe)
+    metrics = organism_transcoders.fit_metrics(transcoder, x[-2048:], y[-2048:])
+    card = organism_transcoders.load_card_metrics()["layers"]["1"]
+    claim("ch10: a layer-1 transcoder rebuilt by the recipe, explained variance short of the card's",
+          card["explained_variance"] - metrics["explained_variance"], below=0.05)
+
+
+@pytest.fixture(scope="module")
+def replacement(model, shipped):
+    rows = world_rows(model.tokenizer, 2 ** 11, seed=12 + SEED)
+    return ref.replacement_table(model, shipped, rows, kept_positions(rows, model.tokenizer.eos_token_id))
+
+
+def test_the_replacement_model_keeps_most_of_the_loss(replacement):
+    claim("ch10: loss recovered with all four MLPs replaced", replacement.loc["all four MLPs", "loss recovered"],
+          above=0.9)
+    claim("ch10: replacing all four costs more than the worst single MLP (replaced loss, all minus worst single)",
+          replacement.loc["all four MLPs", "replaced"] - replacement["replaced"].iloc[:4].max(), above=0.02)
+    claim("ch10: MLP 2 matters least (zero-ablation loss increase, nats)",
+          replacement.loc["MLP 2", "zero-ablated"] - replacement.loc["MLP 2", "clean loss"], below=0.15)
+
+
+def test_end_of_text_and_first_positions_are_where_the_transcoders_fail(model, shipped):
+    rows = world_rows(model.tokenizer, 2 ** 11, seed=50 + SEED)
+    keep = kept_positions(rows, model.tokenizer.eos_token_id)
+    names = {organism_transcoders.input_hook(2), organism_transcoders.output_hook(2)}
+    _, cache = model.run_with_cache(rows, names_filter=lambda name: name in names)
+    error = (shipped[2](cache[organism_transcoders.input_hook(2)]) - cache[organism_transcoders.output_hook(2)]).norm(dim=-1)
+    claim("ch10: transcoder error at end-of-text and first positions over elsewhere (layer 2)",
+          error[~keep].mean() / error[keep].mean(), above=3)
+
+
+# ------------------------------------------------------------------------------------------
+# Sections 2-3: the local replacement and exact attribution
+# ------------------------------------------------------------------------------------------
+def test_local_replacement_is_exact_and_effects_add_up(model, shipped, families):
+    worst_logits, worst_sum = 0.0, 0.0
+    for family in families:
+        prompts = family.prompts
+        index = random.Random(SEED).randrange(len(prompts))
+        run = ref.freeze_run(model, shipped, model.to_tokens(prompts.prompts[index])[0])
+        logits, mlp_inputs = ref.local_replacement(model, shipped, run, run.embeddings, run.features, run.errors)
+        worst_logits = max(worst_logits, (logits - run.logits).abs().max().item())
+        target = ref.logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+        effects = ref.direct_effects(model, shipped, run, target)
+        zeros = [torch.zeros_like(t) for t in (run.embeddings, run.features, run.errors)]
+        constant = target(*ref.local_replacement(model, shipped, run, *zeros))
+        total = sum(effect.sum() for effect in effects) + constant
+        worst_sum = max(worst_sum, abs((total - target(run.logits, None)).item()))
+        if family.name == "facts":  # the batched graph agrees with one backward pass
+            graph = ref.build_graph(model, shipped, run, target)
+            assert torch.allclose(graph.adjacency[-1, :len(run.tokens)], effects[0], atol=1e-4)
+            assert torch.allclose(graph.adjacency[-1, -1 - run.errors[:, :, 0].numel():-1], effects[2].flatten(), atol=1e-4)
+    claim("ch10: local replacement's largest logit difference from the real model", worst_logits, below=1e-3)
+    claim("ch10: direct effects plus biases minus the target", worst_sum, below=1e-3)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 4: graded against the world
+# ------------------------------------------------------------------------------------------
+def test_facts_graphs_route_the_country_to_capital_features(grades):
+    facts = grades["facts"].mean()
+    claim("ch10: facts graphs recovering the labelled route (country input, relation feature at the end)",
+          facts["labelled route"], above=0.7)
+    claim("ch10: facts graphs keeping a country-labelled feature at the country token", facts[
+        "labelled feature at the source token"], below=0.2)
+
+
+def test_pruned_graphs_are_faithful_to_the_replacement_not_to_the_model(grades):
+    graded = [grades["facts"], grades["sentiment"], grades["truth"]]
+    local = sum(table["faithfulness, local replacement"].mean() for table in graded) / 3
+    real = sum(table["faithfulness, real model"].mean() for table in graded) / 3
+    claim("ch10: pruned graphs' faithfulness in the local replacement (facts, sentiment, truth, mean)", local, above=0.8)
+    claim("ch10: pruned graphs' faithfulness in the local replacement (at most)", local, below=1.2)
+    claim("ch10: faithfulness lost in the real model (local minus real)", local - real, above=0.2)
+    claim("ch10: sentiment graphs' faithfulness in the real model", grades["sentiment"]["faithfulness, real model"].mean(),
+          below=0.5)
+
+
+def test_sentiment_graphs_route_the_adjective_to_sentiment_features(grades):
+    sentiment = grades["sentiment"].mean()
+    claim("ch10: sentiment graphs recovering the labelled route", sentiment["labelled route"], above=0.6)
+
+
+def test_truth_graphs_route_the_country_and_the_stated_value_to_verdict_features(grades):
+    truth = grades["truth"].mean()
+    claim("ch10: truth graphs recovering the labelled route (country and stated value, verdict feature at the end)",
+          truth["labelled route"], above=0.6)
+    claim("ch10: truth graphs keeping a country-labelled feature at the country token",
+          truth["labelled feature at the source token"], below=0.2)
+
+
+def test_ioi_graphs_have_the_names_but_no_name_feature_at_the_end(grades):
+    ioi = grades["IOI"].mean()
+    claim("ch10: IOI graphs with both names among the top inputs", ioi["source tokens among top inputs"], above=0.75)
+    claim("ch10: IOI graphs keeping a feature labelled with the answer's name at the last position",
+          ioi["labelled feature at the last position"], below=0.25)
+
+
+def test_error_nodes_hold_more_influence_in_facts_than_in_sentiment(grades):
+    claim("ch10: error nodes' share of influence, facts over sentiment",
+          grades["facts"]["influence on error nodes"].mean() / grades["sentiment"]["influence on error nodes"].mean(),
+          above=1.5)
+
+
+def test_chapter_06_heads_carry_the_names_in_ioi_graphs(model, shipped, families):
+    family = families[1]
+    prompts = family.prompts
+    start = _start(len(prompts), 3)
+    hits = {(0, 3): 0, (3, 1): 0}
+    for index in range(start, start + 3):
+        run = ref.freeze_run(model, shipped, model.to_tokens(prompts.prompts[index])[0])
+        target = ref.logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+        positions = family.sources(index) + [ref.word_position(model, prompts.prompts[index], prompts.labels["s"][index],
+                                                               last=True)]
+        shares = ref.head_shares(model, shipped, run, target, positions)
+        top = {(int(i) // shares.shape[1], int(i) % shares.shape[1]) for i in shares.flatten().argsort(descending=True)[:8]}
+        for head in hits:
+            hits[head] += head in top
+    claim("ch10: IOI graphs with L0H3 among the eight heads carrying most of the names' effect", hits[(0, 3)] / 3,
+          above=0.6)
+    claim("ch10: IOI graphs with L3H1 among the eight heads carrying most of the names' effect", hits[(3, 1)] / 3,
+          above=0.6)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 5: validation by intervention
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def validation(model, shipped, families, grades):
+    return ref.intervention_table(model, shipped, families[0].prompts, list(grades["facts"].index[:4]), top=5)
+
+
+def test_interventions_agree_with_the_graph_in_sign_and_trend(validation):
+    summary = ref.validation_summary(validation)
+    claim("ch10: correlation of the graph's prediction with the real model's change",
+          summary.loc["real model", "correlation with the prediction"], above=0.6)
+    claim("ch10: interventions whose sign the graph predicts", summary.loc["real model", "same sign"], above=0.75)
+
+
+def test_frozen_run_equals_the_prediction_for_last_layer_features_and_amplifies_early_ones(validation):
+    last = validation[validation["feature"].str.startswith("L3 ")]
+    early = validation[validation["feature"].str.startswith("L0 ")]
+    assert len(last) and len(early)
+    gap = (last["graph prediction"] - last["real, attention and LN frozen"]).abs().max()
+    claim("ch10: layer-3 features, frozen real run minus the graph's prediction (largest)", gap, below=1e-3)
+    ratio = (early["real, attention and LN frozen"].abs() / early["graph prediction"].abs()).median()
+    claim("ch10: layer-0 features, frozen real run over the graph's direct prediction (median)", ratio, above=1.3)
