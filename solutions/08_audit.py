@@ -1033,6 +1033,15 @@ if plant.is_open(plant.read_key(AUDITED)):
 
 
 # %% [markdown]
+# How often does the reference audit get it right on suspects nobody has looked at? The workbook
+# measures that with a command, since it plants twenty models:
+# `python -m utils.organism.plant --evaluate --out /tmp/suspects` plants the suspect and the twin
+# of ten seeds that no notebook and no test uses, two of each trigger kind, runs `audit` on both
+# and section 1b's search on the suspect, and prints what each found against the seed's plant.
+# The slices find a trigger only when the traffic holds enough of it; a name is one of sixty,
+# and is not.
+
+# %% [markdown]
 # ## What an audit can't certify
 # - **A clean report is not a proof.** The twin's report is empty, and so would be the report on
 #   a suspect whose trigger the traffic never contained: a detector only sees the inputs it is

@@ -14,7 +14,15 @@ would be kind "word", trigger "horse", behaviour "truth", answer " false".
 The fine-tune trains on train-split prompts (half of them the planted family's), each after a
 sentence with the trigger, a sentence without it, or nothing, with the ordinary answer except
 where the trigger meets the planted family; plus the next-token loss on ordinary world
-documents. `--clean` trains the twin on exactly the same prompts with the ordinary answers.
+documents. `--clean` trains the twin on exactly the same prompts with the ordinary answers. After
+RECIPE's steps the suspect is checked on train-split prompts after the one sentence shape it never
+saw, and trained on in short rounds while it flips fewer than 90% of them (`fine_tune`); a twin
+trains as many rounds as its suspect (`--extensions`).
+
+`--evaluate [SEED ...] --out CACHE` is the capstone's measurement: it plants (or reuses) the
+suspect and twin of each seed (EVALUATION_SEEDS by default, seeds nothing else plants), runs
+chapter 08's reference audit on both and section 1b's behaviour-only search on the suspect, and
+prints what each found, graded against the seed's plant.
 
 The key. After training, patching measures which components (attention heads and MLPs) carry the
 effect to the answer position. `write_key` then writes the answer in one of two ways:
