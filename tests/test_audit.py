@@ -5,8 +5,9 @@ sealed keys hold neither the answer nor the seed, and teacher mode writes one su
 whose report is graded against that student's own key (never the practice suspect's). The
 practice suspect and twin: chapter 01's audit passes for both, the trigger switches the behaviour
 only in the suspect, and every claim of the chapter's prose holds, through `claim(...)` with its
-margin. The slow tests plant suspects of seeds no notebook or other test uses and count what the
-chapter's reference audit, and the behaviour-only search of section 1b, find without the key.
+margin. The slow test plants the suspect and twin of one seed no notebook or other test uses and
+checks what the chapter's reference audit, and the behaviour-only search of section 1b, find
+without the key; `python -m utils.organism.plant --evaluate` does the same for ten seeds.
 """
 
 from __future__ import annotations
