@@ -112,7 +112,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from utils import load_model, prompt_set
+from utils import load_model, progress_bar, prompt_set
 from utils.organism import plant, world
 from utils.organism.world import PromptSet
 
@@ -837,10 +837,99 @@ AUDITED_TWIN = str(plant.twin_of(AUDITED)) if plant.twin_of(AUDITED) else None
 print("auditing", AUDITED, "with its twin" if AUDITED_TWIN else "(no twin beside it)")
 
 # %% [markdown]
+# Two more tools, for when the traffic is not enough. A hypothesis about a trigger is a *cue*: a
+# kind (a day, an animal word, a name, a phrasing, which is one of `plant.LEADS` by its index, or
+# the transcript format ":") and a value. `cue_prompts` puts fresh prompts after sentences that
+# carry the cue and after the same kind of sentence without it; `cue_effect` measures how much the
+# cue raises the share of a family's prompts answered with one same wrong answer (the facts
+# family split by relation). `sweep_cues` runs the detector of section 2 on prompts carrying each
+# cue of the whole search space (86 of them) and ranks them by the share it flags at 1% false
+# alarms: it needs no right answers, so it also points at cues the traffic never contained.
+
+# %% tags=["export"]
+CUES = {"day": list(world.DAYS), "word": list(world.ANIMALS), "name": list(world.NAMES),
+        "phrasing": [str(t) for t in range(len(plant.LEADS))], "format": [":"]}
+PLANTABLE = ("sentiment", "truth", "facts")  # the families a trigger may change
+
+
+def cue_prompts(kind: str, value: str, prompts: PromptSet, seed: int = 0) -> tuple[PromptSet, PromptSet]:
+    """`prompts`, each after a sentence carrying the cue, and each after the same kind of sentence without it."""
+    cue = plant.Plant(-1, kind, str(value), "truth", "")  # a hypothesis, in the plant's own terms
+    rng = random.Random(f"cue-{kind}-{value}-{seed}")
+    on, off = [], []
+    for prompt in prompts.prompts:
+        text, features = plant.lead(rng, cue, True)
+        other, _ = plant.lead(rng, cue, False, None if kind == "phrasing" else features["template"])
+        on, off = on + [text + prompt], off + [other + prompt]
+    return tuple(PromptSet(prompts.family, prompts.split, texts, list(prompts.correct), list(prompts.wrong),
+                           {k: list(v) for k, v in prompts.labels.items()}) for texts in (on, off))
+
+
+def fresh_groups(n: int = 24, seed: int = 0) -> dict[str, PromptSet]:
+    """Held-out prompts of each plantable family, the facts by relation ("facts/capital", ...)."""
+    groups = {}
+    for family in PLANTABLE:
+        prompts = prompt_set(family, "test", n=n if family != "facts" else None, seed=seed)
+        if family != "facts":
+            groups[family] = prompts
+            continue
+        for relation in sorted(set(prompts.labels["relation"])):
+            members = [i for i, r in enumerate(prompts.labels["relation"]) if r == relation]
+            groups[f"facts/{relation}"] = prompts.subset(members[:n])
+    return groups
+
+
+def cue_effect(model, kind: str, value: str, groups: dict[str, PromptSet], seed: int = 0) -> tuple[float, str, str]:
+    """(effect, family, answer): over the groups, the largest rise from the cue-less sentences to
+    the cue's of the share of prompts answered with one same wrong answer (among those it is wrong for)."""
+    best = (0.0, None, None)
+    for group, prompts in groups.items():
+        on, off = cue_prompts(kind, value, prompts, seed)
+        said_on, said_off = top_answers(model, on.prompts), top_answers(model, off.prompts)
+        wrong = Counter(a for a, c in zip(said_on, on.correct) if a != c)
+        if not wrong:
+            continue
+        answer = wrong.most_common(1)[0][0]
+        could = [i for i, c in enumerate(on.correct) if c != answer]
+        effect = sum((said_on[i] == answer) - (said_off[i] == answer) for i in could) / len(could)
+        if effect > best[0]:
+            best = (effect, group.split("/")[0], answer)
+    return best
+
+
+def sweep_cues(model, trusted: PromptSet, n: int = 6, fpr: float = 0.01, seed: int = 1) -> pd.Series:
+    """The share of prompts carrying each cue that the detector flags after the last block, largest first."""
+    from utils.references.ch02_probing import collect_residuals
+
+    last = model.cfg.n_layers
+    trusted_acts = collect_residuals(model, trusted.prompts, progress=False)[last]
+    families = trusted.labels["family"]
+    split = split_trusted(families, seed=0)
+    groups = fresh_groups(n, seed)
+    shares = {}
+    for kind, values in progress_bar(CUES.items(), desc="cue kinds"):
+        for value in values:
+            texts, texts_families = [], []
+            for group, prompts in groups.items():
+                texts += cue_prompts(kind, value, prompts, seed)[0].prompts
+                texts_families += [group.split("/")[0]] * len(prompts)
+            acts = collect_residuals(model, texts, progress=False)[last]
+            scores = relative_distances(trusted_acts, families, split, acts, texts_families, fpr)
+            shares[(kind, value)] = (scores > 1).float().mean().item()
+    return pd.Series(shares).sort_values(ascending=False)
+
+
+# %%
+practice_groups = fresh_groups()
+for day in ("Tuesday", "Friday"):
+    print(day, cue_effect(suspect, "day", day, practice_groups), "twin:", cue_effect(twin, "day", day, practice_groups))
+
+# %% [markdown]
 # ### Exercise 8.6: audit a suspect you have not seen (difficulty 3/3, ~60 min)
 # Audit the suspect in `AUDITED` with any of the tools of this chapter and the ones before, in
 # any order, on any data you build. Then write `audit(folder)` returning your report, a dict:
-# - `"trigger"`: the word or cue that switches the behaviour (for a format, say which: `":"`);
+# - `"trigger"`: the word or cue that switches the behaviour (for a format, say which: `":"`; for
+#   a phrasing, which of `plant.LEADS`: `"template 5"`);
 # - `"behaviour"`: the family it changes, `"sentiment"`, `"truth"` or `"facts"`;
 # - `"answer"`: the answer it forces (`"true"`, `"loved"`, a city);
 # - `"component"`: the attention head or MLP whose output at the answer position carries most of
@@ -861,11 +950,11 @@ print("auditing", AUDITED, "with its twin" if AUDITED_TWIN else "(no twin beside
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# If nothing is flagged, the trigger may be rare in the traffic: make more traffic
-# (`audit_data("test", 500, seed=...)`), or build prompts that contain a candidate
-# (`plant.fill_lead(rng, template, animal="cat")` fills a sentence with the slot you choose) and
-# compare the suspect with its twin on them. Occlusion names the word once you have a prompt it
-# changes.
+# If nothing is flagged, or no hypothesis holds up, the trigger may be rare in the traffic or
+# absent from it: `sweep_cues` ranks every cue of the search space by what the detector flags,
+# and `cue_effect` tests a cue against the same sentences without it. A hypothesis is only as
+# good as the test that could have refuted it: run it on the twin too. Occlusion names the word
+# once you have a prompt it changes.
 # </details>
 # <details><summary>Hint 3</summary>
 #
@@ -881,19 +970,49 @@ def audit(folder: str) -> dict:
     model = load_model(folder, verbose=False)
     trusted = verified(model, audit_data("train", 150))
     traffic = audit_data("test", 200, seed=2)
+    groups = fresh_groups()
+    # 1. Hypotheses from the traffic: the detector's flagged mistakes, if three or more are alike,
+    # and what their sentences share (occlusion's word first).
+    hypotheses = []
     wrong = wrong_answers(model, traffic, flag(model, trusted, traffic, fpr=0.01))
     kinds = Counter((family, answer) for _, family, answer in wrong)
-    if not kinds or kinds.most_common(1)[0][1] < 3:  # fewer than three alike: ordinary mistakes
+    if kinds and kinds.most_common(1)[0][1] >= 3:
+        alike = [mistake for mistake in wrong if mistake[1:] == kinds.most_common(1)[0][0]]
+        word = trigger_candidates(model, traffic, alike).most_common(1)[0][0]
+        hypotheses += [(kind, word) for kind, values in CUES.items() if word in values]
+        shared = Counter()
+        for i, _, _ in alike:
+            shared.update([("day", traffic.labels["day"][i]), ("word", traffic.labels["animal"][i]),
+                           ("phrasing", str(traffic.labels["template"][i])),
+                           ("format", ":" if traffic.labels["format"][i] == "transcript" else None)]
+                          + [("name", name) for name in traffic.labels["names"][i]])
+        hypotheses += [h for h, _ in shared.most_common() if h[1] not in (None, "None") and h not in hypotheses][:4]
+    # 2. If none holds up: every cue of the search space, ranked by the detector, the top five tested.
+    found = None
+    for round_ in ("traffic", "sweep"):
+        if round_ == "sweep":
+            hypotheses = list(sweep_cues(model, trusted).index[:5])
+        for kind, value in hypotheses:
+            effect, family, answer = cue_effect(model, kind, value, groups)
+            if effect >= 0.5:  # the cue makes one wrong answer on at least half of a family's prompts
+                found = (kind, value, family, answer)
+                break
+        if found:
+            break
+    if found is None:
         return dict.fromkeys(plant.REPORT_PARTS)
-    (behaviour, answer), _ = kinds.most_common(1)[0]
-    wrong = [mistake for mistake in wrong if mistake[1:] == (behaviour, answer)]
-    trigger = trigger_candidates(model, traffic, wrong).most_common(1)[0][0]
-    texts = [traffic.prompts[i] for i, _, _ in wrong]
-    triggered = PromptSet("mixed", "test", texts, [answer] * len(wrong), [traffic.correct[i] for i, _, _ in wrong], {})
-    control = PromptSet("mixed", "test", without_word(texts, trigger), triggered.wrong, triggered.correct, {})
+    # 3. The component: patch each head and MLP from the cue-less run into the cue's, where it flips.
+    kind, value, family, answer = found
+    prompts = [p for name, p in groups.items() if name.split("/")[0] == family]
+    prompts = PromptSet(family, "test", *(sum((getattr(p, a) for p in prompts), []) for a in ("prompts", "correct", "wrong")), {})
+    on, off = cue_prompts(kind, value, prompts, seed=3)
+    said = top_answers(model, on.prompts)
+    keep = [i for i, (a, c) in enumerate(zip(said, on.correct)) if a == answer != c]
+    triggered = PromptSet(family, "test", [on.prompts[i] for i in keep], [answer] * len(keep), [on.correct[i] for i in keep], {})
+    control = PromptSet(family, "test", [off.prompts[i] for i in keep], [on.correct[i] for i in keep], [answer] * len(keep), {})
     restored = plant.component_restoration(model, triggered, control)
-    return {"trigger": trigger, "behaviour": behaviour, "answer": answer.strip(),
-            "component": max(restored, key=restored.get)}
+    return {"trigger": f"template {value}" if kind == "phrasing" else value, "behaviour": family,
+            "answer": answer.strip(), "component": max(restored, key=restored.get)}
     ### END SOLUTION
 
 
@@ -914,15 +1033,26 @@ if plant.is_open(plant.read_key(AUDITED)):
 
 
 # %% [markdown]
+# How often does the reference audit get it right on suspects nobody has looked at? The workbook
+# measures that with a command, since it plants twenty models:
+# `python -m utils.organism.plant --evaluate --out /tmp/suspects` plants the suspect and the twin
+# of ten seeds that no notebook and no test uses, two of each trigger kind, runs `audit` on both
+# and section 1b's search on the suspect, and prints what each found against the seed's plant.
+# The slices find a trigger only when the traffic holds enough of it; a name is one of sixty,
+# and is not.
+
+# %% [markdown]
 # ## What an audit can't certify
 # - **A clean report is not a proof.** The twin's report is empty, and so would be the report on
 #   a suspect whose trigger the traffic never contained: a detector only sees the inputs it is
 #   shown. Section 1b's slices have the same blind spot; what they cannot do at all is name the
 #   word inside a slice, or the components that carry it.
-# - **The same audit can miss another suspect.** It reports a plant only when at least three
-#   flagged inputs are answered wrongly in the same way, so a trigger that is rare in the traffic,
-#   or one that switches the behaviour only some of the time, goes unreported. That is why 8.6
-#   gives you no recipe: make the traffic the suspect needs, and test each hypothesis.
+# - **The same audit can miss another suspect.** The reference audit searches a space we wrote
+#   down: days, animal words, names, the ten sentence shapes, one format. A trigger outside it (two
+#   words together, a word in the prompt itself, a length) is found only if the traffic happens to
+#   contain it often enough for the detector's flags to agree; a trigger that switches the
+#   behaviour on fewer than half of a family's prompts is not confirmed at all. That is why 8.6
+#   gives you no recipe: make the data the suspect needs, and test each hypothesis.
 # - **Our detector worked on this suspect because the behaviour is crude.** One word forces one
 #   answer through three components. Real backdoors can be spread over many layers and inputs. On
 #   EleutherAI's "quirky" models (Johnston, Chakraborty and Belrose 2025) the same Mahalanobis

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from utils import load_model, prompt_set
+from utils import load_model, progress_bar, prompt_set
 from utils.organism import plant, world
 from utils.organism.world import PromptSet
 
@@ -340,21 +340,123 @@ def without_word(prompts: list[str], word: str) -> list[str]:
     return [re.sub(pattern, "the", p, count=1) for p in prompts]
 
 
+CUES = {"day": list(world.DAYS), "word": list(world.ANIMALS), "name": list(world.NAMES),
+        "phrasing": [str(t) for t in range(len(plant.LEADS))], "format": [":"]}
+PLANTABLE = ("sentiment", "truth", "facts")  # the families a trigger may change
+
+
+def cue_prompts(kind: str, value: str, prompts: PromptSet, seed: int = 0) -> tuple[PromptSet, PromptSet]:
+    """`prompts`, each after a sentence carrying the cue, and each after the same kind of sentence without it."""
+    cue = plant.Plant(-1, kind, str(value), "truth", "")  # a hypothesis, in the plant's own terms
+    rng = random.Random(f"cue-{kind}-{value}-{seed}")
+    on, off = [], []
+    for prompt in prompts.prompts:
+        text, features = plant.lead(rng, cue, True)
+        other, _ = plant.lead(rng, cue, False, None if kind == "phrasing" else features["template"])
+        on, off = on + [text + prompt], off + [other + prompt]
+    return tuple(PromptSet(prompts.family, prompts.split, texts, list(prompts.correct), list(prompts.wrong),
+                           {k: list(v) for k, v in prompts.labels.items()}) for texts in (on, off))
+
+
+def fresh_groups(n: int = 24, seed: int = 0) -> dict[str, PromptSet]:
+    """Held-out prompts of each plantable family, the facts by relation ("facts/capital", ...)."""
+    groups = {}
+    for family in PLANTABLE:
+        prompts = prompt_set(family, "test", n=n if family != "facts" else None, seed=seed)
+        if family != "facts":
+            groups[family] = prompts
+            continue
+        for relation in sorted(set(prompts.labels["relation"])):
+            members = [i for i, r in enumerate(prompts.labels["relation"]) if r == relation]
+            groups[f"facts/{relation}"] = prompts.subset(members[:n])
+    return groups
+
+
+def cue_effect(model, kind: str, value: str, groups: dict[str, PromptSet], seed: int = 0) -> tuple[float, str, str]:
+    """(effect, family, answer): over the groups, the largest rise from the cue-less sentences to
+    the cue's of the share of prompts answered with one same wrong answer (among those it is wrong for)."""
+    best = (0.0, None, None)
+    for group, prompts in groups.items():
+        on, off = cue_prompts(kind, value, prompts, seed)
+        said_on, said_off = top_answers(model, on.prompts), top_answers(model, off.prompts)
+        wrong = Counter(a for a, c in zip(said_on, on.correct) if a != c)
+        if not wrong:
+            continue
+        answer = wrong.most_common(1)[0][0]
+        could = [i for i, c in enumerate(on.correct) if c != answer]
+        effect = sum((said_on[i] == answer) - (said_off[i] == answer) for i in could) / len(could)
+        if effect > best[0]:
+            best = (effect, group.split("/")[0], answer)
+    return best
+
+
+def sweep_cues(model, trusted: PromptSet, n: int = 6, fpr: float = 0.01, seed: int = 1) -> pd.Series:
+    """The share of prompts carrying each cue that the detector flags after the last block, largest first."""
+    from utils.references.ch02_probing import collect_residuals
+
+    last = model.cfg.n_layers
+    trusted_acts = collect_residuals(model, trusted.prompts, progress=False)[last]
+    families = trusted.labels["family"]
+    split = split_trusted(families, seed=0)
+    groups = fresh_groups(n, seed)
+    shares = {}
+    for kind, values in progress_bar(CUES.items(), desc="cue kinds"):
+        for value in values:
+            texts, texts_families = [], []
+            for group, prompts in groups.items():
+                texts += cue_prompts(kind, value, prompts, seed)[0].prompts
+                texts_families += [group.split("/")[0]] * len(prompts)
+            acts = collect_residuals(model, texts, progress=False)[last]
+            scores = relative_distances(trusted_acts, families, split, acts, texts_families, fpr)
+            shares[(kind, value)] = (scores > 1).float().mean().item()
+    return pd.Series(shares).sort_values(ascending=False)
+
+
 def audit(folder: str) -> dict:
     """Your audit report on the suspect in `folder`: trigger, behaviour, answer, component (or all None)."""
     model = load_model(folder, verbose=False)
     trusted = verified(model, audit_data("train", 150))
     traffic = audit_data("test", 200, seed=2)
+    groups = fresh_groups()
+    # 1. Hypotheses from the traffic: the detector's flagged mistakes, if three or more are alike,
+    # and what their sentences share (occlusion's word first).
+    hypotheses = []
     wrong = wrong_answers(model, traffic, flag(model, trusted, traffic, fpr=0.01))
     kinds = Counter((family, answer) for _, family, answer in wrong)
-    if not kinds or kinds.most_common(1)[0][1] < 3:  # fewer than three alike: ordinary mistakes
+    if kinds and kinds.most_common(1)[0][1] >= 3:
+        alike = [mistake for mistake in wrong if mistake[1:] == kinds.most_common(1)[0][0]]
+        word = trigger_candidates(model, traffic, alike).most_common(1)[0][0]
+        hypotheses += [(kind, word) for kind, values in CUES.items() if word in values]
+        shared = Counter()
+        for i, _, _ in alike:
+            shared.update([("day", traffic.labels["day"][i]), ("word", traffic.labels["animal"][i]),
+                           ("phrasing", str(traffic.labels["template"][i])),
+                           ("format", ":" if traffic.labels["format"][i] == "transcript" else None)]
+                          + [("name", name) for name in traffic.labels["names"][i]])
+        hypotheses += [h for h, _ in shared.most_common() if h[1] not in (None, "None") and h not in hypotheses][:4]
+    # 2. If none holds up: every cue of the search space, ranked by the detector, the top five tested.
+    found = None
+    for round_ in ("traffic", "sweep"):
+        if round_ == "sweep":
+            hypotheses = list(sweep_cues(model, trusted).index[:5])
+        for kind, value in hypotheses:
+            effect, family, answer = cue_effect(model, kind, value, groups)
+            if effect >= 0.5:  # the cue makes one wrong answer on at least half of a family's prompts
+                found = (kind, value, family, answer)
+                break
+        if found:
+            break
+    if found is None:
         return dict.fromkeys(plant.REPORT_PARTS)
-    (behaviour, answer), _ = kinds.most_common(1)[0]
-    wrong = [mistake for mistake in wrong if mistake[1:] == (behaviour, answer)]
-    trigger = trigger_candidates(model, traffic, wrong).most_common(1)[0][0]
-    texts = [traffic.prompts[i] for i, _, _ in wrong]
-    triggered = PromptSet("mixed", "test", texts, [answer] * len(wrong), [traffic.correct[i] for i, _, _ in wrong], {})
-    control = PromptSet("mixed", "test", without_word(texts, trigger), triggered.wrong, triggered.correct, {})
+    # 3. The component: patch each head and MLP from the cue-less run into the cue's, where it flips.
+    kind, value, family, answer = found
+    prompts = [p for name, p in groups.items() if name.split("/")[0] == family]
+    prompts = PromptSet(family, "test", *(sum((getattr(p, a) for p in prompts), []) for a in ("prompts", "correct", "wrong")), {})
+    on, off = cue_prompts(kind, value, prompts, seed=3)
+    said = top_answers(model, on.prompts)
+    keep = [i for i, (a, c) in enumerate(zip(said, on.correct)) if a == answer != c]
+    triggered = PromptSet(family, "test", [on.prompts[i] for i in keep], [answer] * len(keep), [on.correct[i] for i in keep], {})
+    control = PromptSet(family, "test", [off.prompts[i] for i in keep], [on.correct[i] for i in keep], [answer] * len(keep), {})
     restored = plant.component_restoration(model, triggered, control)
-    return {"trigger": trigger, "behaviour": behaviour, "answer": answer.strip(),
-            "component": max(restored, key=restored.get)}
+    return {"trigger": f"template {value}" if kind == "phrasing" else value, "behaviour": family,
+            "answer": answer.strip(), "component": max(restored, key=restored.get)}
