@@ -464,8 +464,8 @@ stack
 # output: ablation and activation patching (Chapter 06), steering and editing (Chapter 07). Only
 # they show what is *used*. Chapter 02 meets a feature that is present and not used.
 #
-# **Four approaches.** Interpretability work starts from one of four places, and this workbook
-# uses all of them:
+# **Four approaches, and a fifth angle.** Interpretability work starts from one of four places,
+# and this workbook uses all of them:
 # - **Behavioural**: inputs and outputs only, the model sealed. Chapter 01's test suite, and
 #   Chapter 08's first look at a suspect model (which prompts does it get wrong?).
 # - **Attributional**: which parts of the input or of the network an output depends on, without a
@@ -502,8 +502,8 @@ stack
 # |---|---|---|
 # | trust and auditing | check *why* a model behaves well, not only *that* it does | 01 (tests and their limits), 08 (audit a model) |
 # | **enumerative safety** | list every feature a model uses and check that none is dangerous | 05 (can an SAE list them all?), 08 |
-# | **retargeting the search** | if a model carries an internal goal, find it and point it elsewhere; speculative today | 07 (steering and editing, the small-scale version) |
-# | **relaxed adversarial training** | search for bad behaviour by perturbing the model's *activations*, not only its inputs, and train it away | 07 (attacks on latents) |
+# | **retargeting the search** | if a model carries an internal goal, find it and point it elsewhere; speculative today | 07 (named only; the organism has no search to retarget) |
+# | **relaxed adversarial training** | search for bad behaviour by perturbing the model's *activations*, not only its inputs, and train it away | 07 (latent attacks, the cheap cousin of latent adversarial training; no training) |
 # | **mechanistic anomaly detection** | flag inputs where the model gives the usual answer for an unusual reason | 08 (a planted trigger) |
 # | scaling up | the same experiments on models no laptop holds | 09 (nnsight) |
 # | **extrapolation** | learn from today's models how larger ones will behave, and which capabilities appear with scale | 03 (the organism's top IOI head against GPT-2 small's published one: the same task, an opposite finding), 09 ("can't tell you": what carries over) |

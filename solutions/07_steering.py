@@ -56,7 +56,7 @@ model = load_model()
 torch.set_grad_enabled(False)  # interventions only read gradients in sections 6 and 7, which turn them on
 
 # %% [markdown]
-# ## 1. Steering vectors four ways
+# ## 1. Steering vectors five ways
 #
 # A **steering vector** is a direction $v$ in the residual stream; steering adds a multiple of it
 # at one hook point while the model runs, $x \leftarrow x + \alpha\, v$. Two choices decide whether
@@ -405,8 +405,8 @@ lines({name: table["flipped"] for name, table in doses.items()}, x=alphas,
       y_label="share flipped")
 
 # %%
-caa = doses["mean difference"]
-lines({family: caa[family] for family in watch}, x=alphas,
+md_doses = doses["mean difference"]
+lines({family: md_doses[family] for family in watch}, x=alphas,
       title="Side effects of the mean-difference vector: held-out accuracy of the other families",
       x_label="alpha (relative to the residual norm)", y_label="accuracy")
 
@@ -631,6 +631,23 @@ def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
+def bisect_safe_coefficient(model, make_hooks: Callable[[float], list], safe: float, unsafe: float, target: PromptSet,
+                            watch: dict[str, PromptSet], baseline: dict[str, float], tolerance: float,
+                            steps: int = 4) -> tuple[float, dict[str, Tensor] | None]:
+    """Narrow a grid's last safe and first unsafe coefficients by bisection (assuming the cost grows with the
+    coefficient): the largest safe coefficient found, to (unsafe - safe) / 2**steps, and its dose-response row
+    (None when no midpoint was safe: the grid's row holds)."""
+    row = None
+    for _ in range(steps):
+        middle = (safe + unsafe) / 2
+        candidate = hooks_dose_response(model, make_hooks, [middle], target, watch)
+        if largest_safe_coefficient([middle], candidate, baseline, tolerance) is None:
+            unsafe = middle
+        else:
+            safe, row = middle, candidate
+    return safe, row
+
+
 # %%
 truth_fit, truth_val = truth_train.subset(range(540)), truth_train.subset(range(540, len(truth_train.prompts)))
 z_fit, y_fit = head_activations(model, truth_fit.prompts), torch.tensor(truth_fit.labels["truth"])  # [540, layer, head, d_head]
@@ -659,9 +676,18 @@ def at_coefficient(doses: dict[str, Tensor], coefficients: list[float], safe: fl
                for key, values in doses.items()}}
 
 
-at_safe = pd.DataFrame({"residual, mean difference": at_coefficient(truth_doses, alphas, truth_safe),
-                        f"ITI, top {ITI_HEADS} heads": at_coefficient(iti_doses, iti_alphas, iti_safe)}).T
-at_safe.rename_axis(columns="at each method's largest safe coefficient").style.format("{:.2f}")
+# The grids are coarse (a step of the grid can hide most of the gap to the tolerance), so each method's largest
+# safe coefficient is narrowed by bisection between its last safe and first unsafe grid point.
+residual_hooks = lambda alpha: [(HOOK, steering_hook(truth_vector.to(model.cfg.device), alpha))]
+matched = {}
+for name, make_hooks, grid, table, safe in [
+        ("residual, mean difference", residual_hooks, alphas, truth_doses, truth_safe),
+        (f"ITI, top {ITI_HEADS} heads", lambda alpha: iti_hooks(model, iti, alpha), iti_alphas, iti_doses, iti_safe)]:
+    fine, row = bisect_safe_coefficient(model, make_hooks, safe, grid[grid.index(safe) + 1], false_statements,
+                                        truth_watch, truth_baseline, TOLERANCE)
+    matched[name] = at_coefficient(row, [fine], fine) if row is not None else at_coefficient(table, grid, safe)
+at_safe = pd.DataFrame(matched).T
+at_safe.rename_axis(columns="at each method's largest safe coefficient (bisected)").style.format("{:.3f}")
 
 # %%
 dose_frame({f"ITI, top {ITI_HEADS} heads": iti_doses}, iti_alphas, "flipped")
@@ -670,15 +696,32 @@ dose_frame({f"ITI, top {ITI_HEADS} heads": iti_doses}, iti_alphas, "flipped")
 pd.DataFrame({family: (truth_baseline[family] - iti_doses[family]).tolist() for family in truth_watch},
              index=iti_alphas).rename_axis(index="ITI alpha (in sigma)", columns="drop in accuracy").style.format("{:.3f}")
 
+# %%
+# Which head carries the IOI cost? ITI at 10 sigma with each of the four heads left out, and L3H1 alone.
+ioi_watch = {"ioi": truth_watch["ioi"]}
+leave_out = {}
+choices = {f"without L{l}H{h}": {k: v for k, v in iti.items() if k != (l, h)} for l, h in top_heads}
+choices.update({"only L3H1": {k: v for k, v in iti.items() if k == (3, 1)}})
+for label, chosen in choices.items():
+    row = hooks_dose_response(model, lambda alpha: iti_hooks(model, chosen, alpha), [10.0], false_statements, ioi_watch)
+    leave_out[label] = {"flipped": row["flipped"].item(), "ioi drop": truth_baseline["ioi"] - row["ioi"].item()}
+pd.DataFrame(leave_out).T.rename_axis(columns="ITI at 10 sigma").style.format("{:.3f}")
+
 # %% [markdown]
 # No head of block 0 reads the verdict well (its best probe is under 0.7); most heads of blocks 1
 # to 3 read it above 0.8, and the best four, all in blocks 2 and 3, almost perfectly. Yet at matched side
-# effects the residual vector wins by far: at its largest safe coefficient it flips about seven in
-# ten false statements, while ITI on the four best heads, at its own largest safe coefficient,
-# flips about one in five. The next step of ITI pays with IOI first (about 8 points at
-# $7.5\,\sigma$, 20 at $10\,\sigma$, induction later) before it flips most statements. The
-# heads that read truth best are not reserved for truth: among them is L3H1, the head Chapter 03
-# found writing the indirect object's name, so pushing them pushes IOI too. Li et al. steered a few
+# effects the residual vector wins by far. Matched means each method pushed to the tolerance, found
+# by bisection between its last safe and first unsafe grid point (the grids alone are too coarse:
+# at $5\,\sigma$ ITI costs nothing yet, so comparing there would handicap it). At the tolerance the
+# residual vector flips about nine in ten false statements (at $\alpha \approx 0.61$), ITI on the
+# four best heads about four in ten (at about $6.7\,\sigma$). Beyond it ITI pays with IOI first (about 8
+# points at $7.5\,\sigma$, 20 at $10\,\sigma$, induction later) before it flips most statements.
+# Which head sends the bill? Leaving out one head at a time (last table) answers it: without L3H1,
+# the head Chapter 03 found writing the indirect object's name, ITI at $10\,\sigma$ leaves IOI
+# where it was (leaving out any other head, IOI still loses a tenth or more), and L3H1 pushed
+# alone costs IOI about nine points while flipping few statements (about one in six). One of the
+# heads that read truth best also carries IOI, and pushing it along its truth direction costs IOI.
+# Li et al. steered a few
 # dozen of LLaMA-7B's 1024 heads and measured the price as a rise in loss on general text; on a
 # model with 32 heads and five behaviours sharing them, the price lands on one behaviour, and the
 # watched families show which. Reading well is not writing well, at the level of heads as at the
@@ -700,10 +743,10 @@ def greedy_continuation(model, prompt: str, n_tokens: int = 8, fwd_hooks: list =
 
 
 # %%
-caa_vector = vectors["mean difference"]
+md_vector = vectors["mean difference"]
 for prompt in ["The movie was dull. I", "The hotel was awful. I", "Mary and John went to the park. The"]:
     plain = greedy_continuation(model, prompt)
-    steered = greedy_continuation(model, prompt, fwd_hooks=[(HOOK, steering_hook(caa_vector, 0.75))])
+    steered = greedy_continuation(model, prompt, fwd_hooks=[(HOOK, steering_hook(md_vector, 0.75))])
     print(f"{prompt!r}\n   unsteered: {plain!r}\n   steered:   {steered!r}")
 
 # %% [markdown]
@@ -781,7 +824,7 @@ directional_ablation_hooks = check_exercise("7.5", directional_ablation_hooks)
 
 # %%
 every_family = behaviour_sets(n=128)
-ablated = side_effect_table(model, every_family, directional_ablation_hooks(model, caa_vector))
+ablated = side_effect_table(model, every_family, directional_ablation_hooks(model, md_vector))
 plain = side_effect_table(model, every_family)
 for family in every_family:
     print(f"{family:<10} accuracy {plain[family]:.3f} -> {ablated[family]:.3f} with the sentiment direction ablated")
@@ -872,8 +915,8 @@ def last_logits(model, prompts: PromptSet, fwd_hooks: list = ()) -> Float[Tensor
 
 # %%
 mixed = prompt_set("sentiment", "test", n=32, seed=1)
-with_hooks = last_logits(model, mixed, directional_ablation_hooks(model, caa_vector))
-with weights_orthogonalized(model, caa_vector):
+with_hooks = last_logits(model, mixed, directional_ablation_hooks(model, md_vector))
+with weights_orthogonalized(model, md_vector):
     with_weights = last_logits(model, mixed)
     orthogonal_table = side_effect_table(model, every_family)
 print(f"largest logit difference, hooks vs orthogonalised weights: {(with_hooks - with_weights).abs().max():.2e}")
@@ -1050,7 +1093,8 @@ def report_frame(report: dict[str, dict[str, float]], highlight: list[str] = ())
 
 # %%
 truth_erasure = erasure_report(model, "truth", "truth", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "sentiment")))
-print(f"truth, base rate of the test split: {max(sum(prompt_set('truth', 'test').labels['truth']) / 180, 0.5):.2f}")
+truth_share = sum(prompt_set('truth', 'test').labels['truth']) / 180  # share of true statements
+print(f"truth, base rate of the test split (majority class share): {max(truth_share, 1 - truth_share):.2f}")
 report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
 
 # %% [markdown]
@@ -1076,55 +1120,90 @@ report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
 # chose). Read it as the side-effect view, beside the other families, which barely move either way.
 # The column `truth, other positions` separates the two edits: erased at every position after BOS
 # *except* the last, the verdict does not move at all (about 0.98 with either eraser). The edit of
-# the other positions breaks nothing by itself; added to the last token's, it removes the share of
-# the verdict that later blocks were still reading from those positions: all of it for the
-# projection (chance), little more for LEACE. The same report for sentiment:
+# the other positions breaks nothing by itself; added to the last token's, it removes the rest of
+# the verdict for the projection (chance), and little more for LEACE. One reading is that later
+# blocks also read the verdict from those positions; we have not measured that here (a fresh probe
+# at a non-final position, before and after, would be the test), and an edit off the fitted
+# distribution could also act by moving those positions somewhere new. The same report for sentiment:
 
 # %%
 sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")))
+sentiment_watch_sizes = {family: len(prompts)
+                         for family, prompts in behaviour_sets(n=64, families=("ioi", "facts", "truth")).items()}
+for name in ("LEACE", "mean-difference projection"):
+    print(f"{name}: prompts lost per watched family",
+          {family: f"{round((sentiment_erasure['none'][family] - sentiment_erasure[name][family]) * size)} of {size}"
+           for family, size in sentiment_watch_sizes.items()})
 report_frame(sentiment_erasure, highlight=["sentiment, last token", "ioi", "facts", "truth"])
 
 # %% [markdown]
 # Sentiment is erased too, from the probe's view and from the behaviour, and here the last token
-# alone is enough: erased there, the verdict is at chance, so for sentiment the direction at the
-# last token after block 1 carries the whole behaviour. Two lessons sit in the details. LEACE's
-# edit, the smallest that blinds every linear probe, is not the one that disturbs the *model*
-# least: with it in the model other families lose a few points that the projection leaves alone,
-# and sentiment overshoots below chance. Its guarantee is about the distribution it was fitted on
-# (last tokens of reviews), and in the model it also acts on every other position and prompt.
-# And a guarantee about what a *probe* can read is not a guarantee about what the *model* does:
-# that took the behaviour columns, measured. That is why erasure for bias mitigation ("remove
-# gender from the representation") must be checked on behaviour, and on the behaviours one wants
-# to keep.
+# alone is enough: erased there by the projection, the verdict is at chance, so for sentiment the
+# direction at the last token after block 1 carries the whole behaviour. LEACE goes further, the
+# wrong way: erased at the last token only, on the very distribution it was fitted on (last tokens
+# of reviews), it leaves the verdict *below* chance (about 0.38: it inverts more verdicts than it
+# removes), and at every position it is no lower. Its guarantee is that no *linear* probe at that
+# point beats a constant guess; it binds nothing about the nonlinear blocks after it, which still
+# read something from the edited residual stream and turn it into the opposite answer. And the
+# smallest edit that blinds every linear probe is not the one that disturbs the *model* least:
+# with LEACE in the model, the other families lose a few prompts that the projection leaves alone
+# (the counts are printed above the table). A guarantee about what a *probe* can read is not a
+# guarantee about what the *model* does: that took the behaviour columns, measured. That is why
+# erasure for bias mitigation ("remove gender from the representation") must be checked on
+# behaviour, and on the behaviours one wants to keep.
 #
 # ### Erasure for bias mitigation: the names' gender
 # The same tool is the field's standard answer to an unwanted attribute (Belrose et al. 2023 erase
 # gender from a model's representations with LEACE to reduce gender bias; Ravfogel et al. 2020 did
 # it by iterated projections). The organism's IOI stories carry one: the indirect object is a man
-# or a woman. Chapter 02 read that gender best after the last block (`blocks.3.hook_resid_post`),
-# and found the model does not need it to name the indirect object. Erase it there, with the
-# eraser fitted on the last tokens of training stories, and measure the two things a bias
-# mitigation must show: a fresh probe can no longer read the gender, and the task is unchanged.
+# or a woman. Where could we erase it? First, where the last token carries it at all: a fresh
+# probe (no eraser) on the last token's residual stream after each block.
+
+# %%
+gender_train, gender_test = prompt_set("ioi", "train", n=720), prompt_set("ioi", "test", n=180)
+gender_classes = sorted(set(gender_train.labels["io_gender"]))
+gender_y = [torch.tensor([gender_classes.index(v) for v in split.labels["io_gender"]])
+            for split in (gender_train, gender_test)]
+gender_readable = {}
+for layer in (1, 2):
+    name = f"blocks.{layer}.hook_resid_post"
+    gender_readable[name] = erased_probe_accuracy(
+        ERASERS["none"], last_token_activations(model, gender_train.prompts, name).cpu(), gender_y[0],
+        last_token_activations(model, gender_test.prompts, name).cpu(), gender_y[1])
+print("fresh probe for the indirect object's gender at the last token:",
+      {name: round(value, 3) for name, value in gender_readable.items()})
+
+# %% [markdown]
+# After blocks 1 and 2 the last token carries no linear trace of the gender (the probe is at
+# chance); Chapter 02 read it best after the last block (`blocks.3.hook_resid_post`), so that is
+# where we erase it. Erase it there, with the eraser fitted on the
+# last tokens of training stories. One consequence of the place: after the last block only the
+# unembedding reads the residual stream, and it reads each prompt's last token, so erasing at the
+# other positions changes nothing and erasing at every position is erasing at the last token. The
+# table keeps one behaviour column for IOI.
 
 # %%
 gender_erasure = erasure_report(model, "ioi", "io_gender", "blocks.3.hook_resid_post",
                                 behaviour_sets(n=64, families=("facts", "truth", "sentiment")))
-report_frame(gender_erasure, highlight=["fresh probe", "ioi, last token", "ioi, every position"])
+gender_columns = ["fresh probe", "class-mean gap", "mean squared edit", "ioi, last token", "facts", "truth", "sentiment"]
+report_frame({name: {column: row[column] for column in gender_columns} for name, row in gender_erasure.items()},
+             highlight=["fresh probe", "ioi, last token"])
 
 # %% [markdown]
 # Before erasure a fresh probe reads the indirect object's gender on about 80% of held-out
 # stories; after either eraser it is at chance, and the name answer stays right on every held-out
-# story (at most one of 180 changes), whether the eraser acts at the last token or at every
-# position. That is the measurement a bias mitigation owes: the attribute is gone for any linear
-# reader at that point, and the behaviour to keep is kept. The table shows two caveats. LEACE at
-# every position of the last block costs the facts family a sixth to a quarter of its 30 prompts
-# on the draws we tried, where the projection costs nothing: its guarantee is about probes on
-# IOI's last tokens, and in the
-# model it also edits every position of every other prompt, so the behaviours to keep must be
-# watched beyond the task itself. And this is the easy case: Chapter 02 found that the organism
-# does not need the gender to name the indirect object. Where a model does use an attribute,
-# erasing it changes the behaviour, and whether that is the mitigation or the damage is a
-# question about the task, not about the eraser.
+# story (at most one of 180 changes). What this shows is that the gender is no longer *decodable*
+# there, by any linear reader, and that IOI survives the edit. It does not show that a bias was
+# mitigated: no behaviour of the organism depends on the gender (the IOI answer is a name, and the
+# subject and the indirect object are often of the same gender), so there is no biased output to
+# measure before and after. Erasure removes decodability; whether that mitigates a bias depends on
+# the model *using* the attribute downstream, which is a separate measurement, and here the only
+# downstream reader is the unembedding. The other caveat is the watched families: LEACE at the last
+# block costs the facts family a sixth to a quarter of its 30 prompts on the draws we tried, where
+# the projection costs nothing. At that point the eraser edits each facts prompt's own last token,
+# the one position its answer is read from, and that token is off the distribution the eraser was
+# fitted on (the last tokens of IOI stories). The behaviours to keep must be watched beyond the
+# task itself.
 
 # %% [markdown]
 # ## 6. Editing one fact
@@ -1377,8 +1456,10 @@ traced.rename_axis(columns="share of p(Paris) restored, at the").style.format("{
 # %% [markdown]
 # The organism does not store this fact where ROME looks for it. Restoring any MLP at the
 # subject's token brings back nothing (under 1%); restoring MLP 0 at the *last* token brings back
-# most of it. Block 0's attention copies the country to the last position, and the capital is
-# produced there. (On GPT-2 XL, Meng et al. found mid-layer MLPs at the last subject token; a
+# most of it, and MLPs 1 to 3 at the last token each bring back less (the table). So the country
+# reaches the last position through attention and the capital is produced there, mostly by MLP 0;
+# that block 0's attention is the mover we infer from MLP 0 being first in line, without having
+# patched the attention output itself. (On GPT-2 XL, Meng et al. found mid-layer MLPs at the last subject token; a
 # four-layer model with a word-level tokenizer has no reason to do the same.) So the trace names
 # no layer for a subject-token edit. Does that mean no subject-token edit works? Hase et al. (2023)
 # found that on large models, where tracing localises a fact predicts little about which layer
@@ -1395,7 +1476,7 @@ pd.DataFrame(edits, index=[f"phrasing {i}" + (" (fitted)" if i == 0 else "") for
     .rename_axis(columns=f"p({NEW_CAPITAL.strip()}) after an edit at the subject's token").style.format("{:.2f}")
 
 # %% [markdown]
-# An edit at the subject's token works at MLPs 0 and 2 (and 1, not shown), though tracing found no
+# An edit at the subject's token works at MLPs 0 and 2 (MLP 1 was not tried), though tracing found no
 # fact stored in any of them: the new value is written at the subject and later attention layers carry it to the
 # end. At MLP 3 it cannot work at all: no attention layer comes after it to move anything from the
 # subject to the last token. Localisation and editability are different questions, as Hase et al.
@@ -1424,7 +1505,9 @@ for key in before:
 # **Generalisation** is where it is honest to be careful. "The city of government in France is"
 # follows the edit. "In France, the capital city is" does not, although its country is the same
 # token: the key is not the token alone. MLP 0 reads the residual stream after block 0's attention,
-# which mixes the preceding words into it, so the same " France" arrives with a different key. The
+# which mixes the preceding words into it, and the position embedding differs with the placement
+# too, so the same " France" arrives with a different key (which of the two matters more we have
+# not separated). The
 # rank-one change is $C^{-1}k\,(v^* - kW_{out})^\top / (k^\top C^{-1} k)$, so a phrasing whose key
 # is $k'$ receives the share $k'^\top C^{-1} k / k^\top C^{-1} k$ of the new value: 1 for the
 # fitted key, 0 for a key the edit does not see. Measured:
@@ -1434,14 +1517,29 @@ overlaps = key_overlaps(model, EDIT_LAYER, fit_on, COUNTRY, report["phrasings"])
 for phrasing, overlap, answer in zip(report["phrasings"], overlaps.tolist(), after["top answer"]):
     print(f"{phrasing!r:<42} share of the edit it receives {overlap:5.2f}   answer after the edit {answer!r}")
 
+# %%
+# The share depends on what precedes the phrasing, not only on its words: the same question after other openings.
+openings = ["", "The sky is blue. ", "The dog saw that ", "Then "]
+placed = ["In France, the capital city is", "The city of government in France is"]
+placed_overlaps = {phrasing: key_overlaps(model, EDIT_LAYER, fit_on, COUNTRY,
+                                          [opening + (phrasing if opening in ("", "The sky is blue. ")
+                                                      else phrasing[0].lower() + phrasing[1:]) for opening in openings]
+                                          ).tolist() for phrasing in placed}
+pd.DataFrame(placed_overlaps, index=[repr(opening) for opening in openings]).T \
+    .rename_axis(columns="share of the edit received, after the opening").style.format("{:.2f}")
+
 # %% [markdown]
 # The phrasings the edit carries receive most of it (the fitted one all, "The city of government
 # in France is" about seven tenths); "In France, the capital city is" receives about a quarter,
 # too little to outweigh Paris. And "France has its capital in" starts with `France` *without* a
 # leading space, a different token with a different key: it receives nothing (its share is about
-# 0). An edit is as general as the key it rewrites, and the organism's word-level tokenizer makes
-# that visible. (The same failure, subject spelled or placed differently, is a known weakness of
-# edits on large models.)
+# 0). The shares also move with what comes before the phrasing: after the other openings in the
+# second table, "In France, the capital city is" receives next to nothing (between about -0.02
+# and 0.05, against a quarter alone) and "The city of government in France is" between about a
+# half and seven tenths. A quarter is one placement's number, not the phrasing's. An edit is as
+# general as the key it rewrites, and the organism's word-level tokenizer makes that visible.
+# (The same failure, subject spelled or placed differently, is a known weakness of edits on large
+# models.)
 #
 # ## 7. Attacks on the latents
 #

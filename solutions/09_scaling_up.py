@@ -912,11 +912,11 @@ if big is not None:
 # |---|---|---|
 # | **scale** | frontier models are too large to read by hand, and every method costs compute | 06 (attribution patching: one pass instead of one per component, an approximation checked against the real patches); 09 (one request per experiment, and what comes back is only what you saved) |
 # | **distributed representations** | a concept is spread over many neurons, and neurons carry many concepts | 04 (more features than dimensions: superposition); 05 (the SAE's error term, what no latent explains) |
-# | **context-dependent representations** | the same word is a different vector in a different sentence | 07 (the fact edit: the same " France" token, a different key, a quarter of the edit) |
+# | **context-dependent representations** | the same word is a different vector in a different sentence | 07 (the fact edit: the same " France" token, a different key, between none and a quarter of the edit depending on what precedes it) |
 # | **present is not used** | a probe reads what the model need not use | 02 (gender read at the last token, and removed with the name answer still right); 07 (erasure in the model, not only for a probe) |
 # | **attribution is not causation** | a large direct share is neither necessary nor sufficient | 03 (a head's attribution against what ablating it costs) |
 # | **plausible is not faithful** | an explanation that reads well may not be how the model computes | 03 (the hypothesis that Chapter 06 tests by path patching); 05 (explanations scored on held-out data); 06 (faithfulness of a circuit) |
-# | **knowing is not controlling** | a feature that reads a concept perfectly may write it poorly | 07 (the SAE latent with AUROC 1.0 is the weakest steering vector; the heads that read truth best also carry IOI) |
+# | **knowing is not controlling** | a feature that reads a concept perfectly may write it poorly | 07 (the SAE latent with AUROC 1.0 is the weakest steering vector; one of the heads that read truth best, L3H1, also carries IOI) |
 # | **side effects** | an intervention changes more than its target | 07 (every dose-response table watches four other families) |
 # | **robust to noise is not robust** | random perturbations miss the few fragile directions | 07 (latent attacks against random ones of the same size) |
 # | **non-transfer** | a circuit found in one model may not exist in another | 03 (the organism's IOI head against GPT-2 small's published one) and this chapter's "can't tell you" |

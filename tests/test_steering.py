@@ -216,11 +216,15 @@ def truth_watch():
 
 
 @functools.cache
+def truth_vector():
+    return ref.mean_difference_vector(organism(), prompt_set("truth", "train", seed=SEED), HOOK, "truth")
+
+
+@functools.cache
 def truth_doses():
     """The residual truth vector's dose-response and the unsteered accuracies of the watched families."""
     model = organism()
-    vector = ref.mean_difference_vector(model, prompt_set("truth", "train", seed=SEED), HOOK, "truth")
-    table = ref.dose_response(model, HOOK, vector, ALPHAS, false_statements(), truth_watch())
+    table = ref.dose_response(model, HOOK, truth_vector(), ALPHAS, false_statements(), truth_watch())
     return table, ref.side_effect_table(model, truth_watch())
 
 
@@ -239,6 +243,12 @@ def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
 
 
 ITI_ALPHAS = [5.0, 7.5, 10.0]  # the chapter's coefficients, in units of each head's sigma
+_directions: dict = {}
+
+
+def iti_directions():
+    iti()
+    return _directions[SEED]
 
 
 @functools.cache
@@ -254,6 +264,7 @@ def iti():
     heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads)
              for i in accuracy.flatten().argsort(descending=True)[:4].tolist()]
     directions = ref.iti_directions(z_fit, y_fit, heads)
+    _directions[SEED] = directions
     table = ref.hooks_dose_response(model, lambda alpha: ref.iti_hooks(model, directions, alpha), ITI_ALPHAS,
                                     false_statements(), truth_watch())
     return accuracy, heads, table
@@ -277,15 +288,47 @@ def test_iti_reads_truth_in_heads_after_block_0_and_its_cost_falls_on_ioi():
 def test_iti_against_the_residual_vector_at_matched_side_effects():
     _, _, iti_table = iti()
     residual, base = truth_doses()
-    iti_safe = ref.largest_safe_coefficient(ITI_ALPHAS, iti_table, base, TOLERANCE)
-    residual_safe = ref.largest_safe_coefficient(ALPHAS, residual, base, TOLERANCE)
-    iti_flipped = iti_table["flipped"][ITI_ALPHAS.index(iti_safe)].item()
-    residual_flipped = residual["flipped"][ALPHAS.index(residual_safe)].item()
-    claim("ch07: at matched side effects the residual vector flips about seven in ten false statements",
-          residual_flipped, above=0.55)
-    claim("ch07: at matched side effects ITI on four heads flips about one in five (below)", iti_flipped, below=0.35)
-    claim("ch07: at matched side effects the residual vector flips far more than ITI", residual_flipped - iti_flipped,
+    flipped = {}
+    for name, make_hooks, grid, table in [
+            ("residual", lambda alpha: [(HOOK, ref.steering_hook(truth_vector(), alpha))], ALPHAS, residual),
+            ("ITI", lambda alpha: ref.iti_hooks(organism(), iti_directions(), alpha), ITI_ALPHAS, iti_table)]:
+        safe = ref.largest_safe_coefficient(grid, table, base, TOLERANCE)
+        fine, row = ref.bisect_safe_coefficient(organism(), make_hooks, safe, grid[grid.index(safe) + 1],
+                                                false_statements(), truth_watch(), base, TOLERANCE)
+        flipped[name] = (table["flipped"][grid.index(safe)] if row is None else row["flipped"][0]).item()
+    claim("ch07: at the tolerance (bisected) the residual vector flips about nine in ten false statements",
+          flipped["residual"], above=0.75)
+    claim("ch07: at the tolerance (bisected) ITI on four heads flips about four in ten (above)", flipped["ITI"],
           above=0.25)
+    claim("ch07: at the tolerance (bisected) ITI on four heads flips about four in ten (below)", flipped["ITI"],
+          below=0.6)
+    claim("ch07: at the tolerance the residual vector flips far more than ITI", flipped["residual"] - flipped["ITI"],
+          above=0.25)
+
+
+def test_of_the_four_heads_l3h1_carries_the_ioi_cost():
+    _, heads, table = iti()
+    _, base = truth_doses()
+    assert (3, 1) in heads, heads
+    ioi = {"ioi": truth_watch()["ioi"]}
+    directions = iti_directions()
+
+    def at_ten_sigma(chosen) -> tuple[float, float]:
+        row = ref.hooks_dose_response(organism(), lambda alpha: ref.iti_hooks(organism(), chosen, alpha), [10.0],
+                                      false_statements(), ioi)
+        return row["flipped"].item(), base["ioi"] - row["ioi"].item()
+
+    claim("ch07: ITI on all four heads at 10 sigma costs IOI (drop)", base["ioi"] - table["ioi"][-1].item(), above=0.1)
+    for head in heads:
+        _, drop = at_ten_sigma({k: v for k, v in directions.items() if k != head})
+        if head == (3, 1):
+            claim("ch07: ITI without L3H1 at 10 sigma leaves IOI (drop)", drop, below=0.02)
+        else:
+            claim(f"ch07: ITI without L{head[0]}H{head[1]} at 10 sigma still costs IOI about a tenth or more (drop)",
+                  drop, above=0.06)
+    flipped, drop = at_ten_sigma({(3, 1): directions[(3, 1)]})
+    claim("ch07: ITI on L3H1 alone at 10 sigma costs IOI (drop)", drop, above=0.04)
+    claim("ch07: ITI on L3H1 alone at 10 sigma flips few statements", flipped, below=0.3)
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,14 +398,27 @@ def test_erasing_the_names_gender_blinds_a_fresh_probe_and_leaves_ioi_unchanged(
     for name in ("LEACE", "mean-difference projection"):
         claim(f"ch07: gender fresh probe after {name} is at chance (distance to 0.5)",
               abs(report[name]["fresh probe"] - 0.5), below=0.08)
-        for column in ("ioi, last token", "ioi, every position"):
-            claim(f"ch07: gender erased by {name}: {column} unchanged (at most one story of 180)",
-                  report["none"][column] - report[name][column], below=1.5 / 180)
+        claim(f"ch07: gender erased by {name}: the IOI answer unchanged (at most one story of 180)",
+              report["none"]["ioi, last token"] - report[name]["ioi, last token"], below=1.5 / 180)
     for family in ("facts", "truth", "sentiment"):
         claim(f"ch07: gender erased by the projection: {family} unchanged (drop)",
               report["none"][family] - report["mean-difference projection"][family], below=0.02)
     claim("ch07: gender erased by LEACE at every position costs facts (a sixth to a quarter)",
           report["none"]["facts"] - report["LEACE"]["facts"], above=0.1)
+
+
+def test_the_last_token_carries_no_gender_before_the_last_block():
+    """Why the gender is erased after block 3: after blocks 1 and 2 a fresh probe at the last token is at chance."""
+    model = organism()
+    train, test = prompt_set("ioi", "train", n=720, seed=SEED), prompt_set("ioi", "test", n=180, seed=SEED)
+    classes = sorted(set(train.labels["io_gender"]))
+    y_train, y_test = (torch.tensor([classes.index(v) for v in split.labels["io_gender"]]) for split in (train, test))
+    for layer in (1, 2):
+        name = f"blocks.{layer}.hook_resid_post"
+        accuracy = ref.erased_probe_accuracy(ref.ERASERS["none"], ref.last_token_activations(model, train.prompts, name),
+                                             y_train, ref.last_token_activations(model, test.prompts, name), y_test)
+        claim(f"ch07: no gender at the last token after block {layer} (distance of a fresh probe to 0.5)",
+              abs(accuracy - 0.5), below=0.08)
 
 
 @pytest.mark.parametrize("family", ["truth", "sentiment"])
@@ -391,6 +447,8 @@ def test_erasing_truth_at_the_fitted_position_removes_part_of_the_verdict():
         claim(f"ch07: truth erased at the last token by {name}: the verdict falls", drop, above=0.1)
         claim(f"ch07: truth erased at the last token by {name}: not to chance", report[name]["truth, last token"],
               above=0.6)
+        claim(f"ch07: truth erased at the last token by {name}: well below the unerased verdict",
+              report[name]["truth, last token"], below=0.85)
         for family in ("ioi", "facts", "sentiment"):
             claim(f"ch07: truth erased by {name}: {family} barely moves",
                   report["none"][family] - report[name][family], below=0.06)
@@ -416,6 +474,8 @@ def test_erasing_sentiment_at_the_last_token_is_enough_and_leace_costs_more_else
         claim(f"ch07: sentiment erased at the last token by {name} is at chance or below",
               report[name]["sentiment, last token"], below=0.6)
     claim("ch07: LEACE overshoots sentiment below chance", report["LEACE"]["sentiment, every position"], below=0.5)
+    claim("ch07: LEACE overshoots even at the last token only, where it was fitted (about 0.38)",
+          report["LEACE"]["sentiment, last token"], below=0.45)
     lost = {name: sum(report["none"][f] - report[name][f] for f in ("ioi", "facts", "truth"))
             for name in ("LEACE", "mean-difference projection")}
     claim("ch07: LEACE costs other families more than the projection",
@@ -437,6 +497,8 @@ def test_causal_tracing_finds_no_subject_mlp_and_mlp0_at_the_last_token():
     claim("ch07: no MLP at the subject token restores the capital (largest share)", at_subject.abs().max().item(),
           below=0.01)
     claim("ch07: MLP 0 at the last token restores most of it", at_last[0].item(), above=0.5)
+    claim("ch07: MLPs 1 to 3 at the last token each restore less than MLP 0 (margin)",
+          at_last[0].item() - at_last[1:].max().item(), above=0.2)
 
 
 def test_editing_works_at_a_middle_mlp_and_not_at_mlp_3():
@@ -471,6 +533,18 @@ def test_rank_one_fact_edit_efficacy_generalisation_and_specificity():
     claim("ch07: 'In France, the capital city is' receives about a quarter (above)", overlaps[2].item(), above=0.1)
     claim("ch07: 'In France, the capital city is' receives about a quarter (below)", overlaps[2].item(), below=0.4)
     claim("ch07: 'France has its capital in' (another token) receives nothing", abs(overlaps[1].item()), below=0.1)
+    placed = ref.key_overlaps(model, 0, fit_on(), "France", ["The sky is blue. In France, the capital city is",
+                                                               "The dog saw that in France, the capital city is",
+                                                               "Then in France, the capital city is"])
+    claim("ch07: after another opening 'in France, the capital city is' receives next to nothing (largest share)",
+          placed.abs().max().item(), below=0.1)
+    placed = ref.key_overlaps(model, 0, fit_on(), "France", ["The sky is blue. The city of government in France is",
+                                                               "The dog saw that the city of government in France is",
+                                                               "Then the city of government in France is"])
+    claim("ch07: after another opening 'the city of government in France is' receives about a half or more",
+          placed.min().item(), above=0.35)
+    claim("ch07: after another opening 'the city of government in France is' receives at most about seven tenths",
+          placed.max().item(), below=0.85)
     assert before["top answer"] == [" Paris"] * 4, before
     # fitted; "city of government" follows; "In France, ..." and "France has ..." (no leading space) missed
     assert after["top answer"] == [" Rome", " Paris", " Paris", " Rome"], after

@@ -252,6 +252,23 @@ def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
+def bisect_safe_coefficient(model, make_hooks: Callable[[float], list], safe: float, unsafe: float, target: PromptSet,
+                            watch: dict[str, PromptSet], baseline: dict[str, float], tolerance: float,
+                            steps: int = 4) -> tuple[float, dict[str, Tensor] | None]:
+    """Narrow a grid's last safe and first unsafe coefficients by bisection (assuming the cost grows with the
+    coefficient): the largest safe coefficient found, to (unsafe - safe) / 2**steps, and its dose-response row
+    (None when no midpoint was safe: the grid's row holds)."""
+    row = None
+    for _ in range(steps):
+        middle = (safe + unsafe) / 2
+        candidate = hooks_dose_response(model, make_hooks, [middle], target, watch)
+        if largest_safe_coefficient([middle], candidate, baseline, tolerance) is None:
+            unsafe = middle
+        else:
+            safe, row = middle, candidate
+    return safe, row
+
+
 @torch.no_grad()
 def greedy_continuation(model, prompt: str, n_tokens: int = 8, fwd_hooks: list = ()) -> str:
     """The model's greedy continuation of `prompt` (BOS first), with `fwd_hooks` on at every step."""
