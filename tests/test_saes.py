@@ -591,8 +591,10 @@ def test_jumprelu_at_matched_l0_ties_with_topk_and_beats_l1(model, held, our_sae
     masks = {name: mask[:ref.DETECTION_TOKENS] for name, mask in ref.token_label_masks(tokens, model.tokenizer).items()}
     aurocs = {name: ref.mean_best_latent_auroc(sae, acts[:ref.DETECTION_TOKENS], masks, SEED)
               for name, sae in (("jumprelu", jumprelu), *our_saes.items())}
-    claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('close')",
-          max(aurocs.values()) - min(aurocs.values()), below=0.05)
+    claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('within 0.1')",
+          max(aurocs.values()) - min(aurocs.values()), below=0.1)
+    claim("ch05 variants: the L1 SAE, worst reconstructor, detects at least as well (L1 minus the best other AUROC)",
+          aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=-0.03)
 
 
 def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequency_explains_little(model, held, train_acts,
