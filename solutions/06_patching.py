@@ -1686,7 +1686,8 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
 # ### Exercise 6.10: patch along a direction (difficulty 2/3, ~20 min)
 # Write `patch_direction(model, tokens, last, source_resid, direction, hook_name)`. Run `tokens`
 # with a hook on `hook_name` (a residual stream, `[batch, pos, d_model]`) that, at **each prompt's
-# own last position** `last[i]` only, replaces the component along `direction` (normalise it to unit
+# own last position** `last[i]` only (`last` may hold the same value for several prompts: index
+# rows and positions together), replaces the component along `direction` (normalise it to unit
 # length first) by the component of `source_resid[i]` (`[batch, d_model]`, the source prompts'
 # residuals at their own last positions), and leaves everything orthogonal to it, and every other
 # position, as it was. Return the logits. Keep it differentiable in `direction`: the training loop

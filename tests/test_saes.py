@@ -618,7 +618,7 @@ def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequen
     claim("ch05 completeness: |1024 latents - 512| ('about nothing')", abs(wide - middle), below=0.02)
     claim("ch05 completeness: the world's words span a narrow range of frequency (most / least frequent)",
           frequency.max() / frequency.min(), below=5)
-    claim("ch05 completeness: commoner half minus rarer half, averaged over widths ('a little higher')",
+    claim("ch05 completeness: commoner half minus rarer half, averaged over widths ('does score higher')",
           sum((s[~rare].mean() - s[rare].mean()).item() for s in scores.values()) / len(scores), above=0)
     for width, s in scores.items():
         claim(f"ch05 completeness: rank correlation of frequency and score at {width} latents ('explains little')",
