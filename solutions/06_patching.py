@@ -608,9 +608,7 @@ for method in ("zero", "mean"):
 # on every input, at a value no later layer has ever seen. Resample ablation asks "what if this head
 # had seen another input?", and the answer depends on which input. A mean over the *IOI prompts
 # themselves* would be a mistake in principle: the names average out, but whatever every IOI prompt
-# shares, a repeated name included, stays in the mean, so it cannot be what ablation removes. (In
-# GPT-2 that leak matters, because its heads detect the repetition; the organism's heads, Section 4
-# will show, do not, so the choice matters less here.)
+# shares, a repeated name included, stays in the mean, so it cannot be what ablation removes.
 #
 # Does our ABC mean leak too? Each prompt's ABC twin keeps the prompt's two names at IO and S1,
 # and the mean is taken over the twins of *these* 16 prompts, so each prompt's own names are one
@@ -635,11 +633,12 @@ for label, reference in leak.items():
 # of prompts the tests find the reverse (the own twins near zero, other prompts' twins near a tenth).
 # So what we measure is the noise of a mean over a small batch, not a systematic leak: whichever
 # reference you average, the fully ablated model sits within about a tenth of the clean difference
-# of zero, and every faithfulness score of Section 6 carries that uncertainty (the four cells score
-# about 1.15 with the twins' mean and about 1.10 with other prompts'). Scores that differ by less
+# of zero, and every faithfulness score of Section 6 carries that uncertainty (Section 6 prints the
+# four cells' score with the twins' mean and with other prompts': about 1.15 and 1.10). Scores that differ by less
 # than that say nothing. We keep the twins' mean, as Wang et al. pair each prompt with its own ABC
 # version; a larger reference batch would shrink the noise.
 
+# %% [markdown]
 # ## 4. Path patching: Chapter 03's open question
 #
 # Chapter 03 ended on a disagreement. L3H1's **direct** logit attribution is about 3.5 on this
@@ -901,12 +900,14 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 #   does not depend on them, what it reads there does. How much goes through the values depends on
 #   the convention, and the two readings answer different questions:
 #   - with every MLP frozen (Section 4's convention), the route straight from L0H3 or L0H6 into
-#     L3H1's values carries only about a quarter of the head's effect, and the route into MLP0 at S2
-#     more;
+#     L3H1's values carries only about a quarter of the head's effect, and the route into MLP0 (at
+#     every position) more;
 #   - with the MLPs recomputing (Wang et al.'s convention), the route into L3H1's values carries
-#     about nine tenths of it. The difference is MLP0: it reads these heads' output at S2 and
-#     rewrites it into the same position L3H1 reads, so most of what the early heads write reaches
-#     L3H1's values *through* MLP0. Freezing MLP0 cuts that path; letting it recompute keeps it.
+#     about nine tenths of it. The difference is mostly MLP0: letting MLP0 alone recompute (the
+#     other MLPs frozen) recovers about two thirds of the gap between the two readings, and MLP1 and
+#     MLP2 the rest (the tests measure this split). MLP0 reads these heads' output and rewrites it
+#     into the stream L3H1 reads, so much of what the early heads write reaches L3H1's values
+#     *through* MLP0. Freezing MLP0 cuts that path; letting it recompute keeps it.
 #
 #   Both numbers are right; "through L3H1's values" means "directly" in the first and "by any route
 #   that ends there" in the second. Whenever you read a path-patching result, ask which convention
@@ -1207,6 +1208,10 @@ for label, nodes in {"L3H1 at the end": [(3, 1, 14)],
                      "Section 2's four cells": [(3, 1, 14), (0, 3, 10), (0, 6, 10), (0, 7, 14)]}.items():
     report = circuit_report(model, clean_tokens, abc_tokens, nodes, mean_logit_diff)
     print(f"{label:<24} " + "  ".join(f"{key} {value:.2f}" for key, value in report.items()))
+four_cells_other_mean = circuit_faithfulness(model, clean_tokens, other_abc_tokens,
+                                             [(3, 1, 14), (0, 3, 10), (0, 6, 10), (0, 7, 14)], mean_logit_diff)
+print(f"Section 2's four cells, ablating with the mean of other prompts' ABC twins (Section 3): "
+      f"faithfulness {four_cells_other_mean:.2f}")
 
 # %% [markdown]
 # L3H1 alone carries almost nothing: without the early heads it has nothing to read. With the
@@ -1352,15 +1357,17 @@ for tau in (0.03, 0.1):
 # %% [markdown]
 # Compare with Section 2's map and the hand-made circuit. At $\tau = 0.1$ the loop keeps L3H1, L0H7,
 # L2H0 (the fifth cell of the map) and one of the two S2 heads, L0H3 or L0H6 depending on the sample
-# of prompts; on these prompts, and on most samples the tests draw, not both. The self-repair
-# measured below is why. Removing one of the pair costs
-# little while the other is there, so a greedy loop drops whichever it tries second, and what it
-# reports depends on its order. It also keeps the other layer-3 heads, which push the answer up on
-# some prompts and down on others: a node-level search counts a component that matters in either
-# direction, while the hand-made circuit kept only what carries the answer. A smaller $\tau$ keeps
-# more heads. And $\tau$ bounds each step, not their sum: every removal costs a little, and what
-# the loop keeps at $\tau = 0.1$ carries well under the whole behaviour (on other samples of
-# prompts the tests find between about 0.6 and 0.9). Which subgraph is "the" circuit is a choice of threshold, of
+# of prompts; on these prompts, and on most samples the tests draw, not both. The redundancy
+# measured below is why: either head of the pair is enough while the other is there, so once one
+# is gone the other cannot go. Which one survives is not set by the loop's order but by what each
+# costs alone: on these prompts L0H3 alone costs a few logits and L0H6 nothing (the table of the
+# self-repair section below), so tried in either order the loop drops L0H6 and keeps L0H3. It also
+# keeps the five induction heads L3H3 to L3H7, which push the answer up on some prompts and down on
+# others: a node-level search counts a component that matters in either direction, while the
+# hand-made circuit kept only what carries the answer. A smaller $\tau$ keeps more heads. And
+# $\tau$ bounds each step, not their sum: every removal costs a little, and what the loop keeps at
+# $\tau = 0.1$ carries somewhat less than the whole behaviour (the score printed above; on other
+# samples of prompts the tests find between about 0.6 and 0.9). Which subgraph is "the" circuit is a choice of threshold, of
 # ablation and of order, not a fact the loop discovers; ACDC is a search, and its output needs the
 # same checks (faithfulness, completeness, minimality) as a circuit found by hand.
 #
@@ -1430,7 +1437,7 @@ for ablated in [(0, 3), (0, 6)]:
         "rose most": f"{change.idxmax()} {change.max():+.2f}", "fell most": f"{change.idxmin()} {change.min():+.2f}"}
 both_drop = float(clean_value - mean_logit_diff(ablate_heads(model, clean_tokens, [(0, 3), (0, 6)], "mean", abc_tokens)))
 print(f"L0H3 and L0H6 ablated together: drop {both_drop:.2f}")
-pd.DataFrame(repair_rows).T
+pd.DataFrame(repair_rows).T.round(2)
 
 # %% [markdown]
 # On these prompts the two heads that carry S2 behave differently when removed alone:
@@ -1445,10 +1452,13 @@ pd.DataFrame(repair_rows).T
 #
 # On another sample of prompts the two heads can trade places (the cheap one is then L0H3, as
 # ACDC's choice above already hinted); what stays is that one of the pair can be removed at little
-# cost and the two together cannot. So the organism does self-repair, on a small scale, within its
-# pair of S2 heads. The lesson for
-# every ablation in this chapter: the effect of removing one component is a lower bound on what it
-# does when another component can take its place.
+# cost and the two together cannot. Two different things are at work, and they should not be
+# confused. **Redundancy**: L0H3 and L0H6 sit in the same layer, so neither can react to the other's
+# removal; each simply carries the S2 signal too, and either one is enough (an OR). **Self-repair**:
+# when one is removed, components *downstream* change what they write (in the table, the rises:
+# MLP3 and the other layer-3 heads), making up part of the loss. The lesson for every ablation in
+# this chapter: the effect of removing one component can understate what it does when another
+# component carries the same thing or later ones compensate.
 #
 # ## 7. The induction circuit
 #
@@ -1574,10 +1584,16 @@ print(f"L0H2 and L0H4 together, seen only by the induction heads' keys: {both_ke
 # induction heads find their target by reading, in the *keys*, what the previous-token heads wrote
 # there.
 #
-# And the circuit is necessary: ablating it (mean over the other sequences, per position) brings the
-# repeated half's loss back up to the first copy's, while mean-ablating two other heads does not.
-# (Resample ablation is worse than "no induction": each sequence gets induction heads that confidently
-# copy *another* sequence's tokens.)
+# And the circuit is necessary. Ablating it, by any of the three methods, raises the repeated half's
+# loss at least to the first copy's, where there is nothing to copy; mean-ablating two other heads
+# does not. None of the three lands *on* "no induction", though: all overshoot it. Zero ablation
+# comes closest; mean and resample ablation go far above it, resample furthest. Both replace what the
+# induction heads write with what they wrote on *other* sequences (one other sequence, or the average
+# over them), and the measured loss says that this is worse than predicting with no copying at all
+# (why exactly, we leave unmeasured; one guess to test: the replacement still copies, but tokens from
+# the wrong sequence). An ablation answers "what if this circuit said something else?", and the
+# size of the answer depends on the something else: use it to show necessity, not to read off
+# "how much" the circuit does.
 
 # %%
 induction_circuit = [(0, 2), (0, 4)] + [(3, head) for head in induction_heads]
@@ -1670,7 +1686,8 @@ print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; 
 # ### Exercise 6.10: patch along a direction (difficulty 2/3, ~20 min)
 # Write `patch_direction(model, tokens, last, source_resid, direction, hook_name)`. Run `tokens`
 # with a hook on `hook_name` (a residual stream, `[batch, pos, d_model]`) that, at **each prompt's
-# own last position** `last[i]` only, replaces the component along `direction` (normalise it to unit
+# own last position** `last[i]` only (`last` may hold the same value for several prompts: index
+# rows and positions together), replaces the component along `direction` (normalise it to unit
 # length first) by the component of `source_resid[i]` (`[batch, d_model]`, the source prompts'
 # residuals at their own last positions), and leaves everything orthogonal to it, and every other
 # position, as it was. Return the logits. Keep it differentiable in `direction`: the training loop
@@ -1819,10 +1836,12 @@ pd.DataFrame({name: {"held-out swap rate": swap_rate(model, das_test, direction,
                                       "random": random_direction}.items()}).T.round(3)
 
 # %% [markdown]
-# After block 2 the verdict is one direction, and an easy one to find. The learned direction swaps
-# the verdict on nearly every held-out pair, and so does the plain difference of the two classes'
-# mean residuals, with no training at all; the two directions nearly coincide (up to sign: a patch
-# along $u$ is the same patch as along $-u$, so only the size of the cosine means anything). A random direction
+# After block 2 one direction suffices to swap the verdict, and it is an easy one to find. The
+# learned direction swaps the verdict on nearly every held-out pair, and so does the plain
+# difference of the two classes' mean residuals, with no training at all (on these prompts a little more often:
+# 40 steps of DAS do not beat the closed form). The two directions are close, $|\cos|$ about 0.8
+# (up to sign: a patch along $u$ is the same patch as along $-u$, so only the size of the cosine
+# means anything). A random direction
 # swaps nothing (its "swap rate" is the few pairs the model gets wrong anyway). So here DAS
 # confirms what the probe of Chapter 02 suggested: the verdict is linearly represented at this
 # point *and* used from there.
@@ -1861,10 +1880,13 @@ pd.DataFrame(illusion_table).T.round(3)
 # The ignored part reads the verdict almost perfectly as a probe, and patching it changes nothing
 # (its swap rate is the few pairs the model gets wrong anyway): a disconnected direction, exactly as
 # the weights say it must be. It is what a probe alone would call "a truth direction in MLP2". Note
-# also that in this layer the difference of means patches poorly: MLP2 is one of two writers of the
-# verdict (Chapter 03: MLP0 is the other), so a patch here moves only its share. The full illusion
-# needs a dormant direction to pair with the ignored one; in this small model we have not found
-# one that makes a clean example, so we stop at the ingredient. The lesson stands: before calling a
+# also that in this layer the difference of means patches poorly. That says nothing about whether
+# some other direction here patches well, and we have not measured why this one does not. The full
+# illusion needs a search that *rewards* mixing in the ignored part; DAS is such a search. To see it,
+# train `train_das` at `MLP_HOOK` (give it more steps than Section 9's 40: it converges more slowly
+# here), split the learned direction into the part `W_out` reads and the part it ignores as above,
+# and compare the swap rate of the whole with that of the read part alone: whatever the ignored part
+# adds to the swap rate is the illusion at work. The lesson stands: before calling a
 # patched direction the model's own, check that the model *reads* it (here, that it is not in the
 # kernel of the weights downstream) and that it varies on real inputs, not only under the patch.
 #
@@ -1925,7 +1947,9 @@ for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
 # - **Patching a subspace can create what it claims to find.** Patching a single direction (a
 #   subspace, not a whole activation) can change the output through a path the model never uses on
 #   its own inputs: a dormant direction that the patch activates (Makelov et al., 2023, "the
-#   interpretability illusion"). A subspace claim needs the direction to matter on unpatched inputs too.
+#   interpretability illusion"). Section 9 showed the ingredient here: a part of MLP2's hidden
+#   difference of means that reads the verdict perfectly and that `W_out` never reads. A subspace
+#   claim needs the direction to be read downstream and to matter on unpatched inputs too.
 # - **Linear estimates fail where it matters.** Attribution patching was worst on the most important
 #   early heads (Section 5).
 # - **A faithful circuit is not the whole story.** High faithfulness on one template and one corruption

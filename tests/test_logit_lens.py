@@ -189,7 +189,10 @@ def test_one_pooled_tuned_lens_reads_every_family_about_as_well_as_its_own():
     assert set(table["family"]) == set(ref.LENS_FAMILIES)
     later = table[table["point"] > 0]["pooled minus own"]
     claim("ch03: after block 0, the pooled lens is within a few hundredths of a nat of each family's own (largest gap)",
-          later.max(), below=0.1)
+          later.max(), below=0.06)
+    after = table[table["point"] > 0]
+    claim("ch03: ... though in relative terms the pooled KL can be several times the own lens's (largest ratio)",
+          (after["pooled lens"] / after["own lens"]).max(), above=2)
     claim("ch03: at the embeddings, a family's own lens gains a few tenths of a nat at most (largest gap)",
           table[table["point"] == 0]["pooled minus own"].max(), below=0.4)
 

@@ -591,8 +591,10 @@ def test_jumprelu_at_matched_l0_ties_with_topk_and_beats_l1(model, held, our_sae
     masks = {name: mask[:ref.DETECTION_TOKENS] for name, mask in ref.token_label_masks(tokens, model.tokenizer).items()}
     aurocs = {name: ref.mean_best_latent_auroc(sae, acts[:ref.DETECTION_TOKENS], masks, SEED)
               for name, sae in (("jumprelu", jumprelu), *our_saes.items())}
-    claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('close')",
-          max(aurocs.values()) - min(aurocs.values()), below=0.05)
+    claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('within 0.1')",
+          max(aurocs.values()) - min(aurocs.values()), below=0.1)
+    claim("ch05 variants: the L1 SAE, worst reconstructor, detects at least as well (L1 minus the best other AUROC)",
+          aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=-0.03)
 
 
 def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequency_explains_little(model, held, train_acts,
@@ -616,7 +618,7 @@ def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequen
     claim("ch05 completeness: |1024 latents - 512| ('about nothing')", abs(wide - middle), below=0.02)
     claim("ch05 completeness: the world's words span a narrow range of frequency (most / least frequent)",
           frequency.max() / frequency.min(), below=5)
-    claim("ch05 completeness: commoner half minus rarer half, averaged over widths ('a little higher')",
+    claim("ch05 completeness: commoner half minus rarer half, averaged over widths ('does score higher')",
           sum((s[~rare].mean() - s[rare].mean()).item() for s in scores.values()) / len(scores), above=0)
     for width, s in scores.items():
         claim(f"ch05 completeness: rank correlation of frequency and score at {width} latents ('explains little')",
