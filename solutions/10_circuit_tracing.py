@@ -270,8 +270,8 @@ replacement_table(model, shipped, eval_rows, eval_keep).style.format(precision=3
 # One more thing the `keep` mask hides: at end-of-text tokens and each row's first position, where
 # the transcoders were never trained, their error is several times larger than elsewhere (the test
 # module measures more than three times, for layer 2). Replaced there too, MLP 2's transcoder made
-# the loss *worse than zero-ablating the MLP*. In a graph, that error shows up as large error nodes
-# at the first position.
+# the loss *worse than zero-ablating the MLP*. In a graph, that error shows up as error nodes at the
+# first position, though they hold little of a graph's influence (Section 4 measures it).
 #
 # ## 2. The local replacement model
 #
@@ -432,6 +432,11 @@ print(f"largest difference from the real logits: {(replayed - example_run.logits
 # through paths that pass through no other feature: the residual stream, frozen attention and frozen
 # LayerNorms. A feature's value as a target is its pre-activation (`mlp_input @ W_enc + b_enc`).
 #
+# In code a node is a tuple `(kind, layer, position, index)`: `("embedding", -1, position, token id)`,
+# `("feature", layer, position, feature index)`, `("error", layer, position, -1)` and
+# `("target", n_layers, last position, -1)`, in that order (embeddings first, the target last), and
+# `adjacency[t, s]` holds the direct effect of source node `s` on target node `t`.
+#
 # **Why one backward pass per target is exact.** In the local replacement, a target `t` is an affine
 # function of the sources: `t = sum_s J_s * a_s + c`, where `a_s` is a source's value (an embedding, a
 # feature activation, an error term), `J_s` a constant (the product of frozen matrices along the
@@ -570,7 +575,10 @@ print(f"{len(example_graph.nodes)} nodes ({', '.join(f'{n} {kind}' for kind, n i
 # target: its share of the target's direct inputs, plus its share through one intermediate node,
 # and so on. Because edges only go from earlier layers (or positions) to later ones, `A` is
 # nilpotent and the series is a finite sum. The pruned graph keeps the most influential nodes until
-# they hold 80% of the total influence.
+# they hold 80% of the total influence. `circuit-tracer`'s `prune_graph` differs in two ways: it
+# starts from several logit nodes weighted by their probabilities (we start from one logit
+# difference), and after pruning nodes (threshold 0.8) it also prunes edges by their influence
+# (threshold 0.98); here every edge among kept nodes stays, and `draw_graph` only draws the strongest.
 #
 # ### Exercise 10.5: influence (difficulty 2/3, ~20 min)
 # Write `node_influence(adjacency, target)`: `adjacency` is `[node, node]` (row: target, column:
@@ -1091,7 +1099,8 @@ heatmap(ioi_head_shares, x=[f"H{head}" for head in range(model.cfg.n_heads)],
 # %% [markdown]
 # The heads that carry the names' effect are the ones Chapter 06 found by patching: **L0H3** (and
 # L0H6), which read the repeated name at S2, and **L3H1** at the last position, with a few other
-# late heads beside them. The test module checks that L0H3 and L3H1 are among the eight heads (of 32)
+# late heads beside them. L3H1 is not the largest late head on every prompt: on the chapter's
+# prompt, L3H6 carries a little more of the names' effect (about 0.25 against 0.22). The test module checks that L0H3 and L3H1 are among the eight heads (of 32)
 # with the largest shares in most IOI graphs. The graph and patching agree on *where*; as Chapter 06
 # showed, neither says on its own what these heads compute.
 #
