@@ -988,10 +988,11 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 
 # %% [markdown]
 # Each family's graphs, one row per prompt the model answers correctly, averaged (the test module
-# re-measures these rates on more prompts). The last two columns grade the pruning: the logit
+# re-measures these rates on more prompts). The last three columns grade the pruning: the logit
 # difference with every active feature *outside* the kept nodes turned off, over the full logit
-# difference, once in the local replacement and once in the real model (its MLP outputs minus the
-# dropped features' decoder rows, attention and LayerNorm free to move):
+# difference, in the local replacement, in the real model (its MLP outputs minus the dropped
+# features' decoder rows, attention and LayerNorm free to move), and in the real model with
+# attention patterns and LayerNorm scales frozen at their clean values:
 
 # %%
 families = chapter_families(model)
