@@ -26,6 +26,15 @@ def metrics_uncentred_variance(transcoder, x, y):
                 "dead_fraction": ((features > 0).sum(0) == 0).float().mean().item()}
 
 
+def metrics_unbiased_variance(transcoder, x, y):
+    with torch.no_grad():
+        features = transcoder.encode(x)
+        error = (transcoder.decode(features) - y).pow(2).sum(-1).mean()
+        return {"explained_variance": 1 - (error / torch.var(y, 0).sum()).item(),
+                "l0": (features > 0).float().sum(-1).mean().item(),
+                "dead_fraction": ((features > 0).sum(0) == 0).float().mean().item()}
+
+
 def metrics_l0_before_topk(transcoder, x, y):
     result = ref.transcoder_metrics(transcoder, x, y)
     with torch.no_grad():
@@ -354,6 +363,7 @@ def kept_searchsorted(influence, share=0.8):
 MISTAKES = {
     "10.1": [(metrics_input_variance, "the variance that counts is the target's"),
              (metrics_uncentred_variance, "around its mean over tokens"),
+             (metrics_unbiased_variance, "divides by n - 1"),
              (metrics_l0_before_topk, "after TopK and ReLU"),
              (metrics_alive_fraction, "never fire, not of those that do")],
     "10.2": [(replacement_from_clean_cache, "the replacement's own stream"),

@@ -71,9 +71,9 @@ def _metric_cases():
     with torch.no_grad():
         small.W_enc.copy_(torch.randn(8, 30, generator=generator))
         small.b_enc.copy_(torch.randn(30, generator=generator) - 1.5)  # some features never win: dead ones
-        small.b_dec.copy_(torch.randn(8, generator=generator))
+        small.b_dec.copy_(torch.randn(8, generator=generator) + 3.0)  # outputs with a mean far from zero
     x = torch.randn(40, 8, generator=generator) + 1.0  # [token, d_in]
-    y = small(x).detach() * 0.7 + torch.randn(40, 8, generator=generator) * 0.5 + 3.0  # mean far from zero
+    y = small(x).detach() + torch.randn(40, 8, generator=generator) * 0.2  # explained variance about 0.7
     x_org, y_org = _organism_pairs()
     return [(small, x, y), (shipped()[2], x_org, y_org)]
 
@@ -98,6 +98,8 @@ def check_transcoder_metrics(candidate) -> None:
                 1 - (error / (x - x.mean(0)).pow(2).sum()).item() if x.shape == y.shape else float("nan"),
             "the variance is of y around its mean over tokens: y - y.mean(0), not y itself":
                 1 - (error / y.pow(2).sum()).item(),
+            "the variance is the mean square around the mean (divide by n); torch.var divides by n - 1 by default":
+                1 - ((prediction - y).pow(2).sum(-1).mean() / y.var(0).sum()).item(),
             "compare the prediction with y, the MLP's output, not with x (that is an SAE's target)":
                 1 - ((prediction - x).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item() if x.shape == y.shape
                 else float("nan"),
