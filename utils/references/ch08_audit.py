@@ -390,26 +390,40 @@ def cue_effect(model, kind: str, value: str, groups: dict[str, PromptSet], seed:
     return best
 
 
-def sweep_cues(model, trusted: PromptSet, n: int = 6, fpr: float = 0.01, seed: int = 1) -> pd.Series:
-    """The share of prompts carrying each cue that the detector flags after the last block, largest first."""
+def sweep_cues(model, trusted: PromptSet, n: int = 6, fpr: float = 0.01, seed: int = 1) -> pd.DataFrame:
+    """Two scores for each cue, by "changed" largest first: the largest share, over the groups, of
+    prompts whose top answer under the cue differs from the answer most cues give them, and the share of the cue's prompts that the detector flags after the last block ("flagged")."""
     from utils.references.ch02_probing import collect_residuals
 
     last = model.cfg.n_layers
     trusted_acts = collect_residuals(model, trusted.prompts, progress=False)[last]
     families = trusted.labels["family"]
     split = split_trusted(families, seed=0)
-    groups = fresh_groups(n, seed)
-    shares = {}
+    groups = {}  # n prompts a group, as many of each right answer as can be (so any answer can be forced)
+    for group, prompts in fresh_groups(4 * n, seed).items():
+        by_answer = {c: [i for i, c2 in enumerate(prompts.correct) if c2 == c] for c in dict.fromkeys(prompts.correct)}
+        each = max(1, n // len(by_answer))
+        groups[group] = prompts.subset(sorted(sum((members[:each] for members in by_answer.values()), []))[:n])
+    texts_families = sum(([g.split("/")[0]] * len(p) for g, p in groups.items()), [])
+    ends = [len(p) for p in groups.values()]
+    ends = [sum(ends[:i + 1]) for i in range(len(ends))]
+    answers, flagged = {}, {}
     for kind, values in progress_bar(CUES.items(), desc="cue kinds"):
         for value in values:
-            texts, texts_families = [], []
-            for group, prompts in groups.items():
-                texts += cue_prompts(kind, value, prompts, seed)[0].prompts
-                texts_families += [group.split("/")[0]] * len(prompts)
+            texts = sum((cue_prompts(kind, value, prompts, seed)[0].prompts for prompts in groups.values()), [])
             acts = collect_residuals(model, texts, progress=False)[last]
-            scores = relative_distances(trusted_acts, families, split, acts, texts_families, fpr)
-            shares[(kind, value)] = (scores > 1).float().mean().item()
-    return pd.Series(shares).sort_values(ascending=False)
+            distances = relative_distances(trusted_acts, families, split, acts, texts_families, fpr)
+            flagged[(kind, value)] = (distances > 1).float().mean().item()
+            with torch.no_grad():  # the answers, from the same residuals: final norm, then unembedding
+                logits = model.unembed(model.ln_final(acts[:, None].to(model.cfg.device)))[:, 0]
+            answers[(kind, value)] = logits.argmax(-1).cpu()
+    usual = torch.stack(list(answers.values())).mode(0).values  # each prompt's answer under most cues
+    scores = {}
+    for cue, said in answers.items():
+        changed = (said != usual).float()
+        most = max(changed[a:b].mean().item() for a, b in zip([0] + ends, ends))
+        scores[cue] = {"changed": most, "flagged": flagged[cue]}
+    return pd.DataFrame.from_dict(scores, orient="index").sort_values("changed", ascending=False)
 
 
 def audit(folder: str) -> dict:
@@ -434,11 +448,13 @@ def audit(folder: str) -> dict:
                            ("format", ":" if traffic.labels["format"][i] == "transcript" else None)]
                           + [("name", name) for name in traffic.labels["names"][i]])
         hypotheses += [h for h, _ in shared.most_common() if h[1] not in (None, "None") and h not in hypotheses][:4]
-    # 2. If none holds up: every cue of the search space, ranked by the detector, the top five tested.
+    # 2. If none holds up: every cue of the search space, ranked by how much it changes the answers
+    # and by the detector, the top five of each ranking tested.
     found = None
     for round_ in ("traffic", "sweep"):
         if round_ == "sweep":
-            hypotheses = list(sweep_cues(model, trusted).index[:5])
+            swept = sweep_cues(model, trusted)
+            hypotheses = list(dict.fromkeys([*swept.index[:5], *swept["flagged"].sort_values(ascending=False).index[:5]]))
         for kind, value in hypotheses:
             effect, family, answer = cue_effect(model, kind, value, groups)
             if effect >= 0.5:  # the cue makes one wrong answer on at least half of a family's prompts
