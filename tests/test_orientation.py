@@ -186,7 +186,7 @@ def test_the_map_points_each_approach_and_limit_to_chapters_that_exist():
     solutions = Path(__file__).parents[1] / "solutions"
     source = (solutions / "00_orientation.py").read_text()
     chapters = {path.stem[:2] for path in solutions.glob("[0-9][0-9]_*.py")}
-    for start, end in (("**Four approaches.**", "Top-down and bottom-up"),
+    for start, end in (("**Four approaches", "Top-down and bottom-up"),
                        ("**What a model says about itself", "Why would this matter"),
                        ("| **extrapolation** |", "None of these works")):
         passage = source[source.index(start):]
