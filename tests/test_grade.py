@@ -22,7 +22,7 @@ from tests.planted import ch00_orientation as planted
 from utils.book import BOOK, generated_pages
 from utils.build import ROOT, chapter_sources, exercise_headings, reference_module_name
 from utils.checks import Verdict
-from utils.grade import CSV_COLUMNS, Row, cli, kernel, report, teachers
+from utils.grade import CSV_COLUMNS, Row, cli, kernel, report, sandbox, teachers
 from utils.grade.notebook import identify_chapter, official_chapter, read_notebook
 from utils.grade.tamper import scan_cell
 
@@ -338,6 +338,27 @@ def test_a_changed_workbook_stops_the_class(monkeypatch):
     monkeypatch.setattr(cli, "grade_submission", lambda *args: [])
     with pytest.raises(cli.WorkbookChanged, match="'alice'"):
         cli.grade_class({"alice": Path("alice.ipynb")}, cli.Limits(), show_progress=False)
+
+
+def test_a_folder_closed_to_other_users_is_found_on_the_way_up(tmp_path):
+    closed, workbook = tmp_path / "closed", tmp_path / "closed" / "open" / "workbook"
+    workbook.mkdir(parents=True)
+    closed.chmod(0o700)
+    try:
+        assert sandbox.closed_folder_above(workbook) == closed
+        closed.chmod(0o755)
+        assert sandbox.closed_folder_above(workbook) in (None, *tmp_path.parents, tmp_path)
+    finally:
+        closed.chmod(0o755)
+
+
+def test_a_workbook_lent_kernels_cannot_reach_stops_the_class_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "find", lambda: sandbox.Sandbox("bwrap", as_root=True))
+    monkeypatch.setattr(sandbox, "closed_folder_above", lambda *paths: tmp_path)
+    monkeypatch.setattr(cli, "grade_submission", lambda *args: pytest.fail("graded a notebook no kernel could run"))
+    with pytest.raises(cli.WorkbookUnreachable, match=f"chmod o\\+x {tmp_path}") as raised:
+        cli.grade_class({"alice": Path("alice.ipynb")}, cli.Limits(), show_progress=False)
+    assert "\n" not in str(raised.value)
 
 
 def test_the_teachers_page_is_in_the_book_with_its_generated_parts():

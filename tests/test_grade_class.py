@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,17 +34,10 @@ from utils.grade import sandbox as walls
 
 
 
-def _closed_folder_above(root: Path) -> Path | None:
-    """A folder above the workbook that other users cannot enter (a `mktemp -d` folder is 0700): a
-    kernel run as a lent uid could not reach its own Python there, and every row would be an error."""
-    if os.geteuid() != 0:
-        return None
-    return next((folder for folder in [root, *root.parents] if not folder.stat().st_mode & 0o001), None)
-
-
 pytestmark = [pytest.mark.skipif(walls.find() is None, reason=f"no sandbox here: {walls.missing_reason()}"),
-              pytest.mark.skipif(_closed_folder_above(ROOT) is not None,
-                                 reason=f"kernels run as other users cannot enter {_closed_folder_above(ROOT)}")]
+              pytest.mark.skipif(os.geteuid() == 0 and walls.closed_folder_above(ROOT, Path(sys.prefix)) is not None,
+                                 reason="kernels run as other users cannot enter "
+                                        f"{walls.closed_folder_above(ROOT, Path(sys.prefix))}")]
 
 CELL_SECONDS = 20
 OPTIONS = ["--chapter", "00", "--jobs", "2", "--cell-timeout", str(CELL_SECONDS), "--notebook-timeout", "400",

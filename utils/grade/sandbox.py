@@ -97,6 +97,17 @@ def missing_reason() -> str:
     return _found()[1]
 
 
+def closed_folder_above(*paths: Path) -> Path | None:
+    """The first folder, on the way from each of `paths` up to /, that other users cannot enter
+    (no o+x bit: a `mktemp -d` folder or a home is often 0700). A kernel run as a lent uid could
+    not reach the workbook's Python there, and every row would be an error; None when all are open."""
+    for path in paths:
+        for folder in [path, *path.parents]:
+            if folder.is_dir() and not folder.stat().st_mode & 0o001:
+                return folder
+    return None
+
+
 def lend_uid() -> int:
     """A uid no other kernel holds now, in this grader or another one on this machine (root
     only): each uid is taken with a lock on a file, held until this process lets it go
