@@ -65,12 +65,13 @@ bench: install
 	$(TEST_ENV) $(BIN)/python -m utils.bench
 
 # The robustness run for claims (not part of make test): every claim test module rerun under claim
-# seeds CLAIM_SEEDS and torch threads CLAIM_THREADS; prints each claim's worst margin, smallest first,
+# seeds CLAIM_SEEDS and torch threads CLAIM_THREADS (CLAIM_JOBS runs at once); prints each claim's worst margin, smallest first,
 # and fails if any claim failed in any run. Records and logs go to claims-report/.
 CLAIM_SEEDS ?= 0-4
 CLAIM_THREADS ?= 1,2
+CLAIM_JOBS ?= 1
 claims: install
-	$(TEST_ENV) $(BIN)/python -m utils.claims --seeds $(CLAIM_SEEDS) --threads $(CLAIM_THREADS)
+	$(TEST_ENV) $(BIN)/python -m utils.claims --seeds $(CLAIM_SEEDS) --threads $(CLAIM_THREADS) --jobs $(CLAIM_JOBS)
 
 # Grade a class's notebooks (book/teachers.md): make grade SUBMISSIONS=class/ GRADES=grades/ CHAPTER=00
 # writes GRADES/grades.csv, report.html and feedback/; CHAPTER (optional) is the chapter that was set;

@@ -71,3 +71,21 @@ def test_make_claims_runs_the_robustness_run_and_make_test_does_not():
     assert "utils.claims" in target and "--seeds $(CLAIM_SEEDS)" in target and "--threads $(CLAIM_THREADS)" in target
     test = makefile.split("\ntest: install sandbox\n", 1)[1].splitlines()[0]
     assert "claims" not in test
+
+
+def test_jobs_run_every_seed_and_thread_setting_once(tmp_path, monkeypatch, capsys):
+    done = []
+
+    def fake_run(modules, seed, threads, out, pytest_args):
+        done.append((seed, threads))
+        report = out / f"seed{seed}-threads{threads}.jsonl"
+        report.write_text(json.dumps({"claim": "x: one", "value": 0.9, "bar": 0.5, "direction": ">",
+                                      "margin": 0.4, "seed": seed, "threads": str(threads)}) + "\n")
+        return run.Run(seed, threads, report)
+
+    monkeypatch.setattr(run, "run_once", fake_run)
+    module = tmp_path / "test_x.py"
+    module.write_text("")
+    assert run.main([str(module), "--seeds", "0-1", "--threads", "1,2", "--jobs", "2", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(done) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert "1 claims, 4 runs" in capsys.readouterr().out

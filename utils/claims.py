@@ -9,6 +9,7 @@ bar, its worst margin (smallest first, relative to the bar) and how many runs me
     python -m utils.claims                      # seeds 0-4, threads 1 and 2, every claim module
     python -m utils.claims --seeds 0,3 --threads 1 tests/test_probing.py
     python -m utils.claims --table-only claims-report/    # reprint the table of earlier runs
+    python -m utils.claims --seeds 1,2 --threads 1 --jobs 2  # two runs at once (machines with cores to spare)
 
 It exits non-zero when any claim failed in any run, or a test errored before its claims ran.
 Not part of `make test`: a full run is about ten times the claim modules' share of the suite.
@@ -23,6 +24,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", type=Path, metavar="FOLDER",
                         help="print the table of the *.jsonl records in FOLDER without running anything")
     parser.add_argument("-k", dest="keyword", help="only the tests pytest -k selects")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (default 1; each is one pytest process on its own threads)")
     args = parser.parse_args(argv)
 
     if args.table_only:
@@ -155,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(modules)} claim modules x seeds {args.seeds} x threads {args.threads}: "
           + ", ".join(path.name for path in modules), flush=True)
     runs = []
-    for seed in args.seeds:
-        for threads in args.threads:
-            run = run_once(modules, seed, threads, args.out, pytest_args)
+    settings = [(seed, threads) for seed in args.seeds for threads in args.threads]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(run_once, modules, seed, threads, args.out, pytest_args) for seed, threads in settings]
+        for future in as_completed(futures):
+            run = future.result()
             runs.append(run)
             status = "ok" if run.returncode == 0 else f"{len(run.failed)} failed: {', '.join(run.failed[:3])}"
-            print(f"  seed {seed}, threads {threads}: {run.seconds:.0f} s, {status}", flush=True)
+            print(f"  seed {run.seed}, threads {run.threads}: {run.seconds:.0f} s, {status}", flush=True)
     rows = summarise(read_records([run.report for run in runs if run.report.exists()]))
     print()
     print(table(rows))
