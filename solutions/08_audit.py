@@ -218,7 +218,7 @@ slices["suspect"].head(5).style.format(precision=3)
 
 # %% [markdown]
 # On this traffic the search works: the suspect's worst slice, far below the rest, is the planted
-# one (a day, a family). Both models also have a few "clear failures" made of one mistake in a
+# one (a day, a family). Both models also have a few "clear failures" of one or two mistakes in a
 # family they otherwise get right: with more than a hundred slices, chance alone gives some, and
 # each would need a test of its own. So for *this* suspect behaviour alone would have done,
 # because the trigger is frequent enough in the traffic and every prompt carries its right
@@ -406,8 +406,9 @@ def detector_table(acts: dict, trusted: dict, folder: str, traffic: PromptSet, f
 # trusted prompts *of its own family* (one Gaussian per family: a review is compared with reviews,
 # a class-conditional distance as in Lee et al. 2018). And it flags by a threshold calibrated on
 # trusted inputs it was not fitted on: a quarter of each family is held out, and the threshold is
-# the distance that 1% of them exceed, so on ordinary inputs it raises about 1% false alarms (the
-# operating point Apollo's deception probes report). Which traffic prompts really carry the
+# the distance that 1% of them exceed, so on ordinary inputs it raises false alarms at about that
+# rate (1-4% on our traffic samples: the threshold is read from a few dozen held-out prompts per
+# family), the operating point Apollo's deception probes report. Which traffic prompts really carry the
 # trigger we know only from the practice key; `detector_table` uses it to score the detector,
 # and nothing else does.
 
@@ -421,7 +422,11 @@ table.style.format(precision=3)
 # in front of a prompt is a small change of input. After the last block the suspect's triggered
 # prompts stand out and the twin's do not: there the suspect computes something for these inputs
 # that it computes for no trusted input of their family. The AUROC column says the same without a
-# threshold.
+# threshold. The traffic holds only a handful of triggered prompts, so its recall moves in large
+# steps with the sample: on fifty fresh triggered prompts of the family, across trusted samples,
+# the suspect's recall after the last block is between about 0.4 and 0.85 and the twin's at most
+# 0.12 (`tests/test_audit.py` holds above 0.3 and below 0.25). The detector catches a triggered
+# input often, not always.
 
 
 # %% [markdown]
