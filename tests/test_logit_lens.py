@@ -181,11 +181,30 @@ def test_tuned_lens_is_closer_to_the_final_distribution_before_the_last_point():
     claim("ch03: the tuned lens is closer than the logit lens at every point before the output (smallest gap)",
           gap.min(), above=0)
     claim("ch03: the gap is largest at the embeddings (minus the next largest)", gap[0] - gap[1:].max(), above=0)
+    answer_logit, answer_tuned = kl["logit lens, answer position"], kl["tuned lens, answer position"]
+    assert answer_logit[-1] == answer_tuned[-1] == 0
+    claim("ch03: at the answer position too, the tuned lens is closer at every point before the output (smallest gap)",
+          (answer_logit[:-1] - answer_tuned[:-1]).min(), above=0.05)
+    claim("ch03: at the answer position, the tuned lens stays above a nat after block 0 (smallest KL, points 1 to 3)",
+          answer_tuned[1:-1].min(), above=0.9)
+    claim("ch03: ... several times its all-position average (smallest ratio, points 1 to 3)",
+          (answer_tuned[1:-1] / tuned[1:-1]).min(), above=3)
+    claim("ch03: ... and its gain over the logit lens after block 0 is a few tenths of a nat (largest gap, points 1 to 3)",
+          (answer_logit[1:-1] - answer_tuned[1:-1]).max(), below=1.2)
+
+
+def test_lens_data_takes_its_families_as_an_argument_and_marks_one_answer_position_per_prompt():
+    one = ref.lens_data(model(), 3, "test", seed=1, families=("facts",))
+    both = ref.lens_data(model(), 3, "test", seed=1, families=("facts", "truth"))
+    assert one["answer"].sum() == 3 and both["answer"].sum() == 6
+    assert one["resid"].shape[1] == len(one["answer"]) == len(one["final_logits"]) < both["resid"].shape[1]
+    assert torch.allclose(both["final_logits"][: len(one["answer"])], one["final_logits"], atol=1e-3)  # facts first, as asked
+    assert ref.LENS_FAMILIES == ("ioi", "facts", "truth", "sentiment")
 
 
 def test_one_pooled_tuned_lens_reads_every_family_about_as_well_as_its_own():
     table = ref.pooled_vs_own_lens(model(), n_train=100, n_test=64, seed=claim_seed(), progress=False)
-    assert ref.LENS_FAMILIES == ("ioi", "facts", "truth", "sentiment")  # restored
+    assert ref.LENS_FAMILIES == ("ioi", "facts", "truth", "sentiment")  # a constant: families travel as an argument
     assert set(table["family"]) == set(ref.LENS_FAMILIES)
     later = table[table["point"] > 0]["pooled minus own"]
     claim("ch03: after block 0, the pooled lens is within a few hundredths of a nat of each family's own (largest gap)",

@@ -429,6 +429,25 @@ def test_a_probe_on_the_untrained_model_reads_word_classes_well_above_chance(mod
     claim("ch05 detection: untrained model's probe on 'day' ('about 0.99')", untrained["day"], above=0.95)
     claim("ch05 detection: the organism's probe on 'country' minus the untrained model's", organism - untrained["country"],
           above=0.05)
+    # the word-type split: half of the countries (and of the other words) held out with all their occurrences
+    y = masks["country"]
+    first, second = ref.word_type_halves(held[2][:n], y, SEED)
+    assert not set(held[2][:n][first].tolist()) & set(held[2][:n][second].tolist())  # no word on both sides
+    assert y[first].any() and y[second].any()
+    untrained_words = ref.probe_auroc(baseline_held[:n][first], y[first], baseline_held[:n][second], y[second])
+    organism_words = ref.probe_auroc(held[1][:n][first], y[first], held[1][:n][second], y[second])
+    claim("ch05 detection: on the word-type split the untrained model's 'country' probe falls to about chance",
+          abs(untrained_words - 0.5), below=0.2)
+    claim("ch05 detection: ... the token split flattered it (token split minus word-type split)",
+          untrained["country"] - untrained_words, above=0.15)
+    claim("ch05 detection: on the word-type split the organism's 'country' probe stays near 1.0", organism_words, above=0.93)
+    y = masks["day"]
+    first, second = ref.word_type_halves(held[2][:n], y, SEED)
+    claim("ch05 detection: ... and the untrained model's 'day' probe is no better than chance (7 days: noisy, "
+          "0.3 to 0.5 measured)", ref.probe_auroc(baseline_held[:n][first], y[first], baseline_held[:n][second], y[second]),
+          below=0.7)
+    claim("ch05 detection: ... while the organism's 'day' probe stays near 1.0",
+          ref.probe_auroc(held[1][:n][first], y[first], held[1][:n][second], y[second]), above=0.9)
 
 
 # ------------------------------------------------------------------------------------------

@@ -622,6 +622,10 @@ def circuit_three_nodes():
     return [(3, 1, 18), (0, 6, 14), (0, 3, 14)]
 
 
+def circuit_one_early_head_and_l3h1():
+    return [(0, 3, 14), (3, 1, 18)]
+
+
 def circuit_with_l2h0():
     return {(0, 3, 14), (0, 6, 14), (2, 0, 18), (3, 1, 18)}
 
@@ -787,7 +791,7 @@ MISTAKES = {
     "6.7": [(circuit_zero_ablation, "not zero-ablate them"), (circuit_mean_over_ioi, "a mean over the IOI prompts themselves"),
             (circuit_ablated_instead, "you ablated the circuit's nodes"), (circuit_one_mean, "one value per position")],
     "6.8": [(circuit_only_l3h1, "a node that carries the behaviour is missing"),
-            (circuit_three_nodes, "a node that carries the behaviour is missing"),
+            (circuit_one_early_head_and_l3h1, "a node that carries the behaviour is missing"),
             (circuit_of_template_0, "template 0's positions"), (circuit_off_by_one, "off by one"),
             (circuit_with_dead_weight, "node (1, 5, 3) adds almost nothing"),
             (circuit_five_nodes, "keep at most"),
@@ -808,7 +812,7 @@ ALTERNATIVES = {
     "6.5": [path_in_place, path_double_precision_metric],
     "6.6": [attribution_retain_grad, attribution_float64_einsum],
     "6.7": [circuit_loops, circuit_float_masks],
-    "6.8": [circuit_with_l2h0, circuit_numpy_integers, circuit_as_tuple_of_lists],
+    "6.8": [circuit_with_l2h0, circuit_three_nodes, circuit_numpy_integers, circuit_as_tuple_of_lists],
     "6.9": [repeat_loss_cross_entropy, repeat_loss_loop],
     "6.10": [direction_projection_matrix, direction_mask_and_einsum],
 }

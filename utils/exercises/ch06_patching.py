@@ -635,10 +635,13 @@ def check_circuit_logits(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 6.8
 # ------------------------------------------------------------------------------------------
-MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.95, 4, 0.05
-# Measured on the held-out prompts: the reference's four nodes score 1.07 and another four-node
-# circuit (L2H0 at the end instead of L0H7) 0.99; every three-node subset of the reference stays
-# at or below 0.92, so the bar asks for the fourth node.
+MIN_FAITHFULNESS, MAX_NODES, MIN_DROP = 0.9, 4, 0.05
+HELD_OUT = 64  # held-out prompts the check grades on
+# Measured on 64 held-out prompts, over four draws of prompts and ABC twins (tests/test_patching.py):
+# the reference's four nodes score 1.15-1.21, the four with L2H0 instead of L0H7 1.05-1.16, and the
+# best three-node subset (L0H3 and L0H6 at S2, L3H1 at the end) 0.95-1.05, so it passes too; a bar
+# above it would ask for more than the whole model. The bar of 0.9 passes all three on every draw
+# and fails every pair of their nodes (the best pair 0.69-0.81).
 CIRCUIT_TEMPLATE = 1  # the chapter maps template 0; the learner searches template 1
 ROLE_POSITIONS = (14, 18)  # S2 and the last token of template 1: the same role in every prompt
 
@@ -647,23 +650,26 @@ def _name_pair(io: str, s: str) -> frozenset:
     return frozenset((io, s))
 
 
-def held_out_prompts(n: int = 24):
-    """`n` prompts of template 1 after the chapter's 16 whose pair of names (in either order) none of
-    the chapter's prompts uses: held out by names, not only by position in the list."""
+def held_out_prompts(n: int = HELD_OUT, seed: int = 0):
+    """`n` prompts of template 1 whose pair of names (in either order) none of the chapter's 16 uses:
+    held out by names, not only by position in the list. Seed 0 takes them from after the chapter's
+    prompts in the same draw (what the check grades on); other seeds from another draw of the test
+    split (what the tests use to show that the bar holds beyond one sample)."""
     seen = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=0, n=16)
     seen_pairs = {_name_pair(io, s) for io, s in zip(seen.labels["io"], seen.labels["s"])}
-    rest = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=16)
-    keep = [i for i, (io, s) in enumerate(zip(rest.labels["io"], rest.labels["s"])) if _name_pair(io, s) not in seen_pairs]
+    rest = ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=16 if seed == 0 else 0, seed=seed)
+    keep = [i for i, (io, s, prompt) in enumerate(zip(rest.labels["io"], rest.labels["s"], rest.prompts))
+            if _name_pair(io, s) not in seen_pairs and prompt not in seen.prompts]
     if len(keep) < n:
         raise RuntimeError(f"only {len(keep)} held-out prompts of template {CIRCUIT_TEMPLATE} with unseen name pairs")
     return rest.subset(keep[:n])
 
 
-def _template_case(start: int | None, n: int, seed: int):
-    """Prompts of template 1 (the chapter's when `start` is 0, the held-out ones when it is None),
-    their ABC twins, and the raw score."""
+def _template_case(start: int | None, n: int, seed: int, prompt_seed: int = 0):
+    """Prompts of template 1 (the chapter's when `start` is 0, the held-out ones of draw `prompt_seed`
+    when it is None), their ABC twins (drawn with `seed`), and the raw score."""
     model = organism()
-    clean = (held_out_prompts(n) if start is None
+    clean = (held_out_prompts(n, prompt_seed) if start is None
              else ref.ioi_prompts("test", template=CIRCUIT_TEMPLATE, start=start, n=n))
     clean_tokens, abc_tokens, last = ref.paired_tokens(model, clean.prompts, ref.abc_prompts(clean, seed=seed).prompts)
     correct, wrong = ch02.answer_ids(model, clean.correct), ch02.answer_ids(model, clean.wrong)
@@ -671,10 +677,10 @@ def _template_case(start: int | None, n: int, seed: int):
 
 
 @functools.cache
-def held_out_ioi():
+def held_out_ioi(seed: int = 0):
     """Held-out prompts of template 1 that the chapter never shows (it shows the first 16), none with a
-    pair of names the chapter's prompts use, with their ABC twins."""
-    return _template_case(None, 24, seed=1)
+    pair of names the chapter's prompts use, with their ABC twins. The check grades on seed 0."""
+    return _template_case(None, HELD_OUT, seed=seed + 1, prompt_seed=seed)
 
 
 @functools.cache

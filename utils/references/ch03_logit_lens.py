@@ -138,20 +138,23 @@ def kl_from_final(final_logits: Float[Tensor, "batch d_vocab"], logits: Float[Te
 
 
 @torch.no_grad()
-def lens_data(model, n_per_family: int, split: str, seed: int = 0) -> dict[str, Tensor]:
-    """Residuals at every point and the model's final logits, at every real position of prompts of all four families.
+def lens_data(model, n_per_family: int, split: str, seed: int = 0,
+              families: tuple[str, ...] = LENS_FAMILIES) -> dict[str, Tensor]:
+    """Residuals at every point and the model's final logits, at every real position of prompts of `families`.
 
-    Returns `resid` `[point, vector, d_model]` and `final_logits` `[vector, d_vocab]`, one vector per
-    (prompt, position) after the end-of-text token and before the padding.
+    Returns `resid` `[point, vector, d_model]`, `final_logits` `[vector, d_vocab]` and `answer`
+    `[vector]` (True where the vector sits at a prompt's last position, where the answer is
+    predicted), one vector per (prompt, position) after the end-of-text token and before the padding.
     """
-    prompts = [p for family in LENS_FAMILIES for p in prompt_set(family, split, n=n_per_family, seed=seed).prompts]
+    prompts = [p for family in families for p in prompt_set(family, split, n=n_per_family, seed=seed).prompts]
     names = residual_hook_names(model.cfg.n_layers)
     tokens, last = tokenize(model, prompts)
     tokens, last = tokens.to(model.cfg.device), last.to(model.cfg.device)
     logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     positions = torch.arange(tokens.shape[1], device=tokens.device)
     real = (positions[None] <= last[:, None]) & (positions[None] > 0)  # [batch, pos]
-    return {"resid": torch.stack([cache[name][real] for name in names]), "final_logits": logits[real]}
+    answer = (positions[None] == last[:, None])[real]  # [vector]
+    return {"resid": torch.stack([cache[name][real] for name in names]), "final_logits": logits[real], "answer": answer}
 
 
 def train_translator(model, resid: Float[Tensor, "vector d_model"], final_logits: Float[Tensor, "vector d_vocab"],
@@ -171,41 +174,42 @@ def train_translator(model, resid: Float[Tensor, "vector d_model"], final_logits
 
 
 def lens_kl_by_point(model, train: dict, test: dict, steps: int = 100, progress: bool = True) -> dict[str, Tensor]:
-    """Held-out mean KL(final || lens) at each residual point for the logit lens and a tuned lens."""
-    logit, tuned = [], []
+    """Held-out mean KL(final || lens) at each residual point for the logit lens and a tuned lens, over
+    every position and over the answer positions alone (each prompt's last, where the answer is predicted)."""
+    curves = {name: [] for name in ("logit lens", "tuned lens", "logit lens, answer position", "tuned lens, answer position")}
+    answer = test["answer"]
     for point in progress_bar(range(train["resid"].shape[0] - 1), show=progress, desc="translators"):
         translator = train_translator(model, train["resid"][point], train["final_logits"], steps=steps)
         with torch.no_grad():
-            logit.append(kl_from_final(test["final_logits"], lens_logits(model, test["resid"][point])).mean())
-            tuned.append(kl_from_final(test["final_logits"], lens_logits(model, translator(test["resid"][point]))).mean())
+            logit = kl_from_final(test["final_logits"], lens_logits(model, test["resid"][point]))  # [vector]
+            tuned = kl_from_final(test["final_logits"], lens_logits(model, translator(test["resid"][point])))
+        for name, kl in (("logit lens", logit), ("tuned lens", tuned)):
+            curves[name].append(kl.mean())
+            curves[f"{name}, answer position"].append(kl[answer].mean())
     zero = torch.zeros(1)  # the last point is the model's output
-    return {"logit lens": torch.cat([torch.stack(logit).cpu(), zero]), "tuned lens": torch.cat([torch.stack(tuned).cpu(), zero])}
+    return {name: torch.cat([torch.stack(values).cpu(), zero]) for name, values in curves.items()}
 
 
 @torch.no_grad()
 def pooled_vs_own_lens(model, n_train: int = 100, n_test: int = 64, steps: int = 100, seed: int = 0,
-                       progress: bool = True) -> "pd.DataFrame":
+                       families: tuple[str, ...] = LENS_FAMILIES, progress: bool = True) -> "pd.DataFrame":
     """Held-out KL(final || lens) by family and point before the output: the pooled tuned lens
     (trained on all families) against one trained on the family alone."""
     import pandas as pd
 
-    global LENS_FAMILIES
-    pooled_train = lens_data(model, n_train, "train", seed=seed)
+    pooled_train = lens_data(model, n_train, "train", seed=seed, families=families)
     n_points = pooled_train["resid"].shape[0] - 1
     pooled = [train_translator(model, pooled_train["resid"][p], pooled_train["final_logits"], steps=steps)
               for p in range(n_points)]
-    rows, families = [], LENS_FAMILIES
-    try:
-        for family in progress_bar(families, show=progress, desc="families"):
-            LENS_FAMILIES = (family,)
-            train, test = lens_data(model, n_train, "train", seed=seed), lens_data(model, n_test, "test", seed=seed)
-            for point in range(n_points):
-                own = train_translator(model, train["resid"][point], train["final_logits"], steps=steps)
-                kl = {name: kl_from_final(test["final_logits"], lens_logits(model, lens(test["resid"][point]))).mean().item()
-                      for name, lens in (("pooled lens", pooled[point]), ("own lens", own))}
-                rows.append({"family": family, "point": point, **kl})
-    finally:
-        LENS_FAMILIES = families
+    rows = []
+    for family in progress_bar(families, show=progress, desc="families"):
+        train = lens_data(model, n_train, "train", seed=seed, families=(family,))
+        test = lens_data(model, n_test, "test", seed=seed, families=(family,))
+        for point in range(n_points):
+            own = train_translator(model, train["resid"][point], train["final_logits"], steps=steps)
+            kl = {name: kl_from_final(test["final_logits"], lens_logits(model, lens(test["resid"][point]))).mean().item()
+                  for name, lens in (("pooled lens", pooled[point]), ("own lens", own))}
+            rows.append({"family": family, "point": point, **kl})
     table = pd.DataFrame(rows)
     table["pooled minus own"] = table["pooled lens"] - table["own lens"]
     return table

@@ -286,6 +286,20 @@ def halves(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     return order[: n // 2], order[n // 2:]
 
 
+def word_type_halves(token_ids: Int[Tensor, "token"], labels: Bool[Tensor, "token"], seed: int = 0
+                     ) -> tuple[Tensor, Tensor]:
+    """A seeded split of the tokens by word type: half of the label's word types (and half of the
+    other word types) go to the second half with every one of their occurrences, so no word of the
+    second half occurs in the first."""
+    generator = torch.Generator().manual_seed(seed)
+    held_types = []
+    for types in (token_ids[labels].unique(), token_ids[~labels & ~torch.isin(token_ids, token_ids[labels])].unique()):
+        order = types[torch.randperm(len(types), generator=generator)]
+        held_types.append(order[: len(order) // 2])
+    second = torch.isin(token_ids, torch.cat(held_types))
+    return torch.where(~second)[0], torch.where(second)[0]
+
+
 def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict[str, object],
                     probe: bool = True, seed: int = 0) -> "pd.DataFrame":
     """For each label: held-out AUROC of the best raw dimension, of each encoder's best latent, and of a probe.

@@ -636,3 +636,15 @@ def difference_of_means(runs: dict) -> Float[Tensor, "d_model"]:
     """The unit vector from the mean residual of false statements to that of true ones."""
     direction = runs["resid"][runs["verdict"]].mean(0) - runs["resid"][~runs["verdict"]].mean(0)
     return direction / direction.norm()
+
+
+MLP_HOOK = "blocks.2.mlp.hook_post"
+ILLUSION_STEPS = 120  # DAS in MLP2's 1024 hidden dimensions converges more slowly than in the 256 of the stream
+
+
+def kernel_split(direction: Float[Tensor, "d_mlp"], reader: Float[Tensor, "d_mlp d_model"]) -> tuple[Tensor, Tensor]:
+    """A hidden-layer direction split into the part `reader` (here `W_out`) reads and the part in its
+    kernel, which it maps to zero: (read part, ignored part), summing to `direction`."""
+    basis, _ = torch.linalg.qr(reader)  # [d_mlp, d_model]: an orthonormal basis of the hidden directions it reads
+    read = basis @ (basis.T @ direction)
+    return read, direction - read
