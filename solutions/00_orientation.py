@@ -357,7 +357,10 @@ class NetworkExplorer:
 # %%
 import pandas as pd
 
-variant_networks = [train_risk_network(seed=seed, n_hidden=n) for seed, n in NETWORK_VARIANTS]
+from utils import progress_bar
+
+variant_networks = [train_risk_network(seed=seed, n_hidden=n)
+                    for seed, n in progress_bar(NETWORK_VARIANTS, desc="training the variants")]
 variant_summaries = [network_summary(variant, grid) for variant in variant_networks]
 display(pd.DataFrame([{"seed": seed, "hidden units": n, "agreement with the rule": summary["agreement"],
                        "dead units": summary["dead"]} for (seed, n), summary in zip(NETWORK_VARIANTS, variant_summaries)]

@@ -529,7 +529,8 @@ for family, label_names in breakdowns.items():
             f"{g}: {acc:.0%} ({counts[g]})" for g, acc in sorted(by_group.items(), key=str))}
         worst += [(acc, f"{family} {label}={g}", counts[g]) for g, acc in by_group.items()]
 display(pd.DataFrame(breakdown_rows).T.rename_axis(["family", "by"]))
-print("weakest groups:", ", ".join(f"{name} {acc:.0%} (n={n})" for acc, name, n in sorted(worst)[:4]))
+pd.DataFrame(sorted(worst)[:4], columns=["accuracy", "group", "n"]).set_index("group").style.format(
+    {"accuracy": "{:.0%}"}).set_caption("The weakest groups")
 
 # %% [markdown]
 # Look at the weakest groups, and at their `n` before you trust them: a group of 6 prompts at 83%
@@ -1030,7 +1031,7 @@ class ShortcutExplorer:
 
 
 # %%
-curves = shortcut_curves()
+curves = shortcut_curves(progress_bar(SHORTCUT_AGREEMENTS, desc="training hospitals"))
 display(pd.DataFrame({name: list(values) for name, values in curves.items()}, index=list(SHORTCUT_AGREEMENTS)
                      ).T.rename_axis(columns="marker agreement in training").style.format("{:.0%}"))
 figure = go.Figure([go.Scatter(x=list(SHORTCUT_AGREEMENTS), y=values, mode="lines+markers", name=name)
