@@ -983,9 +983,12 @@ def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y
 
 
 # %%
+from utils.session import elapsed_bar
+
 d = data["organism", "sentiment"]
-mlp_sentiment = mlp_probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
-mlp_control = mlp_probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
+with elapsed_bar("training MLP probes"):  # your own function inside: the bar counts seconds
+    mlp_sentiment = mlp_probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
+    mlp_control = mlp_probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
 pd.DataFrame({(name, kind): values.tolist() for name, real, fake in (
     ("linear probe", accuracy["organism", "sentiment"], control_accuracy["organism"]), ("MLP probe", mlp_sentiment, mlp_control))
     for kind, values in (("sentiment", real), ("control task", fake), ("selectivity", real - fake))},
@@ -1230,7 +1233,8 @@ for label in ("sentiment", "io_gender"):
         f"{label} direction, after L0 only": {names[1]: own[1]},
         f"{label} directions, every point": dict(zip(names, own)),
     }
-    ablated_diffs[label] = {run: logit_diffs_without(model, test_sets[label], directions) for run, directions in runs.items()}
+    ablated_diffs[label] = {run: logit_diffs_without(model, test_sets[label], directions)
+                            for run, directions in progress_bar(runs.items(), desc=f"{label}: directions removed")}
     ablation[label] = {run: diffs.mean().item() for run, diffs in ablated_diffs[label].items()}
 display(pd.DataFrame({(label, run): {"mean logit difference": diffs.mean().item(), "answer right on": (diffs > 0).float().mean().item()}
                       for label, runs_diffs in ablated_diffs.items() for run, diffs in runs_diffs.items()}

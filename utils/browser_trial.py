@@ -219,9 +219,28 @@ def screenshots(lab: Lab, notebook: Path, folder: Path) -> dict:
             cell.screenshot(str(path))
             shots.append(str(path))
             problems += [{"cell": index, "problem": text} for text in driver.execute_script(_INSPECT, cell)]
+        saved_in_lab = save_in_lab(driver, notebook)
     finally:
         driver.quit()
-    return {"screenshots": shots, "browser_problems": problems}
+    return {"screenshots": shots, "browser_problems": problems, "saved_in_lab_bytes": saved_in_lab}
+
+
+def save_in_lab(driver, notebook: Path) -> int | None:
+    """Ctrl+S, as a learner saves: JupyterLab writes what it shows, a PNG snapshot of each plotly
+    figure included. The size of the file it wrote (None if it did not write within a minute)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    before = notebook.stat().st_mtime
+    driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[0].click()
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()
+    for _ in range(60):
+        time.sleep(1)
+        if notebook.stat().st_mtime != before:
+            time.sleep(1)  # let the write finish
+            return notebook.stat().st_size
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                     summary.setdefault(chapter, {"slow_without_progress": [], "wide_text": [], "errors": []})
                     lab.trust(saved)
                     summary[chapter].update(screenshots(lab, saved, args.out / chapter))
-                    print(f"{chapter}: {len(summary[chapter]['screenshots'])} screenshots in {args.out / chapter}, "
+                    print(f"{chapter}: saved from JupyterLab {summary[chapter]['saved_in_lab_bytes']} bytes; "
+                          f"{len(summary[chapter]['screenshots'])} screenshots in {args.out / chapter}, "
                           f"browser problems: {summary[chapter]['browser_problems'] or 'none'}", flush=True)
     summary_path.write_text(json.dumps(summary, indent=1))
     for chapter, found in summary.items():
