@@ -732,8 +732,9 @@ class SparsityExplorer:
 
 # %%
 slider_W = train_five_in_two(SLIDER_PROBABILITIES)
-print("fractional dimensionality per feature, one row per p:", dict(zip(SLIDER_PROBABILITIES, (
-    feature_dimensionality(slider_W).numpy().round(2).tolist()))))
+display(pd.DataFrame(feature_dimensionality(slider_W).numpy(), index=pd.Index(SLIDER_PROBABILITIES, name="p"),
+                     columns=[f"feature {i}" for i in range(slider_W.shape[-1])]
+                     ).rename_axis(columns="fractional dimensionality").round(2))
 sparsity_slider_figure(SLIDER_PROBABILITIES, slider_W)
 
 # %% [markdown]
