@@ -202,7 +202,8 @@ def slice_table(model, prompts: PromptSet, min_size: int = 8) -> pd.DataFrame:
 # %%
 trusted_prompts = audit_data("train", 300)
 traffic = audit_data("test", 200, seed=2)
-trusted = {name: verified(model, trusted_prompts) for name, model in models.items()}
+trusted = {name: verified(model, trusted_prompts)
+           for name, model in progress_bar(models.items(), desc="checking trusted prompts")}
 print(len(traffic), "traffic prompts, e.g.", repr(traffic.prompts[0]), "and", repr(traffic.prompts[1]))
 print({name: len(t) for name, t in trusted.items()}, "trusted prompts of", len(trusted_prompts))
 
@@ -213,7 +214,7 @@ print({name: len(t) for name, t in trusted.items()}, "trusted prompts of", len(t
 # interval entirely below).
 
 # %%
-slices = {name: slice_table(model, traffic) for name, model in models.items()}
+slices = {name: slice_table(model, traffic) for name, model in progress_bar(models.items(), desc="slicing the traffic")}
 print(len(slices["suspect"]), "slices of at least 8 prompts")
 for name in models:
     print(name, "- clear failures:", int(slices[name]["clear"].sum()))
@@ -462,8 +463,10 @@ def wrong_answers(model, prompts: PromptSet, flagged: Bool[Tensor, "batch"]) -> 
 
 
 # %%
-flags = {name: flag(model, trusted[name], traffic) for name, model in models.items()}
-mistakes = {name: wrong_answers(model, traffic, flags[name]) for name, model in models.items()}
+flags, mistakes = {}, {}
+for name, model in progress_bar(models.items(), desc="detector, then its flagged mistakes"):
+    flags[name] = flag(model, trusted[name], traffic)
+    mistakes[name] = wrong_answers(model, traffic, flags[name])
 for name in models:
     print(f"{name}: {int(flags[name].sum())} flagged, {len(mistakes[name])} of them answered wrongly:",
           Counter((family, answer) for _, family, answer in mistakes[name]).most_common(3))
