@@ -528,7 +528,8 @@ for family, label_names in breakdowns.items():
         breakdown_rows[family, label] = {"accuracy in each group (n)": ", ".join(
             f"{g}: {acc:.0%} ({counts[g]})" for g, acc in sorted(by_group.items(), key=str))}
         worst += [(acc, f"{family} {label}={g}", counts[g]) for g, acc in by_group.items()]
-display(pd.DataFrame(breakdown_rows).T.rename_axis(["family", "by"]))
+display(pd.DataFrame(breakdown_rows).T.rename_axis(["family", "by"]).style.set_properties(
+    **{"white-space": "normal", "text-overflow": "clip", "text-align": "left"}))  # JupyterLab cuts long cells with "..."
 pd.DataFrame(sorted(worst)[:4], columns=["accuracy", "group", "n"]).set_index("group").style.format(
     {"accuracy": "{:.0%}"}).set_caption("The weakest groups")
 
@@ -678,7 +679,8 @@ suite = {
 for name, (original, shifted) in suite.items():
     assert_known_words(model, shifted)
 pd.DataFrame({"first edited prompt": [repr(shifted.prompts[0]) for _, shifted in suite.values()],
-              "correct": [repr(shifted.correct[0]) for _, shifted in suite.values()]}, index=pd.Index(suite, name="edit"))
+              "correct": [repr(shifted.correct[0]) for _, shifted in suite.values()]}, index=pd.Index(suite, name="edit")
+             ).style.set_properties(**{"white-space": "normal", "text-overflow": "clip", "text-align": "left"})
 
 # %%
 original_diffs = {id(reviews): diffs["sentiment", "test"], id(statements): diffs["truth", "test"][is_phrasing],
