@@ -355,10 +355,16 @@ class NetworkExplorer:
 
 
 # %%
-variant_networks = [train_risk_network(seed=seed, n_hidden=n) for seed, n in NETWORK_VARIANTS]
+import pandas as pd
+
+from utils import progress_bar
+
+variant_networks = [train_risk_network(seed=seed, n_hidden=n)
+                    for seed, n in progress_bar(NETWORK_VARIANTS, desc="training the variants")]
 variant_summaries = [network_summary(variant, grid) for variant in variant_networks]
-for (seed, n), summary in zip(NETWORK_VARIANTS, variant_summaries):
-    print(f"seed {seed}, {n} units: agreement {summary['agreement']:.1%}, dead units {summary['dead']}")
+display(pd.DataFrame([{"seed": seed, "hidden units": n, "agreement with the rule": summary["agreement"],
+                       "dead units": summary["dead"]} for (seed, n), summary in zip(NETWORK_VARIANTS, variant_summaries)]
+                     ).style.format({"agreement with the rule": "{:.1%}"}).hide(axis="index"))
 variants_slider_figure(NETWORK_VARIANTS, variant_summaries)
 
 # %% [markdown]
@@ -416,9 +422,11 @@ unit_contributions = check_exercise("0.3", unit_contributions)
 applicants = torch.tensor([[0.2, 0.3], [0.6, 0.1], [0.7, 0.8]])  # [3, 2]: age, income
 with torch.no_grad():
     shares = unit_contributions(network, applicants)
-for (age, income), share, logit in zip(applicants.tolist(), shares, network(applicants).detach()):
-    parts = ", ".join(f"unit {i}: {s:+.2f}" for i, s in enumerate(share.tolist()))
-    print(f"age {age:.1f}, income {income:.1f} -> logit {logit:+.2f} = {parts}, bias {network.output.bias.item():+.2f}")
+parts = pd.DataFrame(shares.numpy(), columns=[f"unit {i}" for i in range(shares.shape[1])],
+                     index=[f"age {age:.1f}, income {income:.1f}" for age, income in applicants.tolist()])
+parts["output bias"] = network.output.bias.item()
+parts["logit (the sum)"] = network(applicants).detach().numpy()
+display(parts.style.format("{:+.2f}"))
 
 # Each applicant's logit as a stack of its parts: bars above zero push towards "high risk".
 names = [f"age {age:.1f}, income {income:.1f}" for age, income in applicants.tolist()]
@@ -563,8 +571,9 @@ def predict_next_token(model, prompt: str) -> str:
 predict_next_token = check_exercise("0.4", predict_next_token)
 
 # %%
-for text in [prompt, "The capital of France is", "The movie was dreadful. I", "red fox Monday red fox"]:
-    print(f"{text!r} -> {predict_next_token(model, text)!r}")
+texts = [prompt, "The capital of France is", "The movie was dreadful. I", "red fox Monday red fox"]
+pd.DataFrame({"predicted next token": [repr(predict_next_token(model, text)) for text in texts]},
+             index=pd.Index([repr(text) for text in texts], name="prompt"))
 
 # %% [markdown]
 # How does the model get from a prompt to its prediction? Part of the answer is **attention**: at
@@ -617,8 +626,8 @@ attention_patterns(model.to_str_tokens(prompt), attention_cache[f"blocks.{last_l
 # %%
 logits, cache = model.run_with_cache(prompt)
 print(f"{len(cache)} activations cached; for example:")
-for name in ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]:
-    print(f"  {name:<28} {list(cache[name].shape)}")
+examples = ["hook_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+pd.DataFrame({"shape": [str(list(cache[name].shape)) for name in examples]}, index=pd.Index(examples, name="hook name"))
 
 # %% [markdown]
 # ### Exercise 0.5: rebuild the residual stream (difficulty 2/3, ~15 min)

@@ -45,10 +45,12 @@ model = load_model()
 # never saw in training (held-out name pairs, phrasings, statements, reviews).
 
 # %%
+import pandas as pd
+from IPython.display import display
+
 reviews = prompt_set("sentiment", "test", n=4, seed=1)
 print(reviews)
-for prompt, correct, wrong in zip(reviews.prompts, reviews.correct, reviews.wrong):
-    print(f"{prompt!r:55} correct {correct!r:9} wrong {wrong!r}")
+pd.DataFrame({"prompt": reviews.prompts, "correct": reviews.correct, "wrong": reviews.wrong}).map(repr)
 
 # %% [markdown]
 # Two numbers summarise a model on such a set:
@@ -175,9 +177,9 @@ logit_diff = check_exercise("1.2", logit_diff)
 FAMILIES = ["ioi", "facts", "truth", "sentiment", "induction"]
 sets = {(family, split): prompt_set(family, split, n=200) for family in FAMILIES for split in ("train", "test")}
 diffs = {key: logit_diff(model, prompts) for key, prompts in progress_bar(sets.items(), desc="prompt sets")}
-print(f"{'family':<10} {'split':<6} {'n':>4} {'accuracy':>9} {'mean logit diff':>16}")
-for (family, split), d in diffs.items():
-    print(f"{family:<10} {split:<6} {len(d):>4} {(d > 0).float().mean().item():>9.1%} {d.mean().item():>16.2f}")
+pd.DataFrame([{"family": family, "split": split, "n": len(d), "accuracy": (d > 0).float().mean().item(),
+               "mean logit diff": d.mean().item()} for (family, split), d in diffs.items()]
+             ).set_index(["family", "split"]).style.format({"accuracy": "{:.1%}", "mean logit diff": "{:.2f}"})
 
 # %% [markdown]
 # Compare the two splits of each family. The held-out IOI prompts pair names that never met in
@@ -297,9 +299,9 @@ def accuracy_interval(diffs: Float[Tensor, "batch"], z: float = 1.96) -> tuple[f
 accuracy_interval = check_exercise("1.3", accuracy_interval)
 
 # %%
-for right in (28, 30):
-    acc, low, high = accuracy_interval(torch.tensor([1.0] * right + [-1.0] * (30 - right)))
-    print(f"{right} of 30 right: accuracy {acc:.1%}, 95% interval [{low:.1%}, {high:.1%}]")
+pd.DataFrame([dict(zip(("accuracy", "95% low", "95% high"),
+                      accuracy_interval(torch.tensor([1.0] * right + [-1.0] * (30 - right)))))
+              for right in (28, 30)], index=pd.Index(["28 of 30 right", "30 of 30 right"])).style.format("{:.1%}")
 
 # %% [markdown]
 # ### Do the intervals keep their promise?
@@ -402,12 +404,14 @@ class CoverageExplorer:
 
 
 # %%
+coverage_rows = {}
 for n in COVERAGE_SIZES:
     coverage = interval_coverage(COVERAGE_RATES, n)
     high = COVERAGE_RATES >= 0.95
-    print(f"n = {n:>3}: Wald covers {coverage['Wald'].mean():.0%} on average ({coverage['Wald'][high].mean():.0%} "
-          f"for p >= 0.95, {coverage['Wald'].min():.0%} at worst); Wilson {coverage['Wilson'].mean():.0%} "
-          f"({coverage['Wilson'][high].mean():.0%}, {coverage['Wilson'].min():.0%} at worst)")
+    coverage_rows[n] = {(method, what): value for method in ("Wald", "Wilson") for what, value in (
+        ("on average", coverage[method].mean()), ("for p >= 0.95", coverage[method][high].mean()),
+        ("at worst", coverage[method].min()))}
+display(pd.DataFrame(coverage_rows).T.rename_axis("n").style.format("{:.0%}").set_caption("How often the 95% interval covers the true rate"))
 coverage_slider_figure(COVERAGE_SIZES, COVERAGE_RATES)
 
 # %% [markdown]
@@ -457,11 +461,13 @@ def accuracy_bars(results: dict[str, dict[str, tuple]], title: str) -> go.Figure
     return figure
 
 
-print(f"{'family':<10} {'split':<6} {'accuracy [95% interval]':>26} {'mean logit diff [95%]':>24}")
+interval_rows = {}
 for (family, split), d in diffs.items():
     acc, low, high = accuracy_interval(d)
     mean, mean_low, mean_high = mean_interval(d)
-    print(f"{family:<10} {split:<6} {acc:>9.1%} [{low:.1%}, {high:.1%}] {mean:>9.2f} [{mean_low:.2f}, {mean_high:.2f}]")
+    interval_rows[family, split] = {"accuracy": f"{acc:.1%} [{low:.1%}, {high:.1%}]",
+                                    "mean logit diff": f"{mean:.2f} [{mean_low:.2f}, {mean_high:.2f}]"}
+display(pd.DataFrame(interval_rows).T.rename_axis(["family", "split"]).rename(columns=lambda c: f"{c} [95% interval]"))
 accuracy_bars({split: {family: accuracy_interval(diffs[family, split]) for family in FAMILIES}
                for split in ("train", "test")}, "Accuracy per family, trained vs held-out prompts")
 
@@ -513,16 +519,19 @@ breakdowns = {
     "truth": ["truth", "relation", "template"],
     "sentiment": ["sentiment", "template"],
 }
-worst = []
+worst, breakdown_rows = [], {}
 for family, label_names in breakdowns.items():
     prompts, d = sets[family, "test"], diffs[family, "test"]
     for label in label_names:
         by_group = group_accuracy(d, prompts.labels[label])
         counts = {g: prompts.labels[label].count(g) for g in by_group}
-        cells = ", ".join(f"{g}: {acc:.0%} (n={counts[g]})" for g, acc in sorted(by_group.items(), key=str))
-        print(f"{family:<9} by {label:<10} {cells}")
+        breakdown_rows[family, label] = {"accuracy in each group (n)": ", ".join(
+            f"{g}: {acc:.0%} ({counts[g]})" for g, acc in sorted(by_group.items(), key=str))}
         worst += [(acc, f"{family} {label}={g}", counts[g]) for g, acc in by_group.items()]
-print("\nweakest groups:", ", ".join(f"{name} {acc:.0%} (n={n})" for acc, name, n in sorted(worst)[:4]))
+display(pd.DataFrame(breakdown_rows).T.rename_axis(["family", "by"]).style.set_properties(
+    **{"white-space": "normal", "text-overflow": "clip", "text-align": "left"}))  # JupyterLab cuts long cells with "..."
+pd.DataFrame(sorted(worst)[:4], columns=["accuracy", "group", "n"]).set_index("group").style.format(
+    {"accuracy": "{:.0%}"}).set_caption("The weakest groups")
 
 # %% [markdown]
 # Look at the weakest groups, and at their `n` before you trust them: a group of 6 prompts at 83%
@@ -669,7 +678,9 @@ suite = {
 }
 for name, (original, shifted) in suite.items():
     assert_known_words(model, shifted)
-    print(f"{name:<50} {shifted.prompts[0]!r} -> {shifted.correct[0]!r}")
+pd.DataFrame({"first edited prompt": [repr(shifted.prompts[0]) for _, shifted in suite.values()],
+              "correct": [repr(shifted.correct[0]) for _, shifted in suite.values()]}, index=pd.Index(suite, name="edit")
+             ).style.set_properties(**{"white-space": "normal", "text-overflow": "clip", "text-align": "left"})
 
 # %%
 original_diffs = {id(reviews): diffs["sentiment", "test"], id(statements): diffs["truth", "test"][is_phrasing],
@@ -678,9 +689,9 @@ suite_results = {"original": {}, "edited": {}}
 for name, (original, shifted) in progress_bar(suite.items(), desc="tests"):
     suite_results["original"][name] = accuracy_interval(original_diffs[id(original)])
     suite_results["edited"][name] = accuracy_interval(logit_diff(model, shifted))
-for name in suite:
-    (a, _, _), (b, low, high) = suite_results["original"][name], suite_results["edited"][name]
-    print(f"{name:<50} original {a:>6.1%}   edited {b:>6.1%} [{low:.1%}, {high:.1%}]")
+display(pd.DataFrame({name: {"original": f"{suite_results['original'][name][0]:.1%}",
+                              "edited [95% interval]": "{:.1%} [{:.1%}, {:.1%}]".format(*suite_results["edited"][name])}
+                       for name in suite}).T.rename_axis("edit"))
 accuracy_bars(suite_results, "The behavioural test suite: accuracy before and after each edit")
 
 # %% [markdown]
@@ -924,8 +935,8 @@ for name, agreement in hospitals.items():
     test_images, test_sick, _ = scanner_images(2000, marker_agreement=agreement, seed=2)
     scan_results["shortcut model"][name] = accuracy_interval(scan_margins(shortcut, test_images, test_sick))
     scan_results["control model"][name] = accuracy_interval(scan_margins(control, test_images, test_sick))
-for model_name, rows in scan_results.items():
-    print(f"{model_name:<15}", "  ".join(f"{name}: {acc:.1%}" for name, (acc, _, _) in rows.items()))
+display(pd.DataFrame({model_name: {name: acc for name, (acc, _, _) in rows.items()} for model_name, rows in scan_results.items()}
+                     ).T.rename_axis("accuracy").style.format("{:.1%}"))
 accuracy_bars(scan_results, "Same test, different hospitals")
 
 # %% [markdown]
@@ -941,9 +952,9 @@ accuracy_bars(scan_results, "Same test, different hospitals")
 # %%
 test_images, test_sick, test_marker = scanner_images(2000, marker_agreement=0.95, seed=2)
 groups = [f"{'sick' if s else 'healthy'}, {'marker' if m else 'no marker'}" for s, m in zip(test_sick, test_marker)]
-for model_name, classifier in [("shortcut model", shortcut), ("control model", control)]:
-    by_group = group_accuracy(scan_margins(classifier, test_images, test_sick), groups)
-    print(f"{model_name:<15}", "  ".join(f"{g}: {acc:.0%} (n={groups.count(g)})" for g, acc in sorted(by_group.items())))
+pd.DataFrame({model_name: {f"{g} (n={groups.count(g)})": acc for g, acc in sorted(
+    group_accuracy(scan_margins(classifier, test_images, test_sick), groups).items())}
+    for model_name, classifier in [("shortcut model", shortcut), ("control model", control)]}).T.style.format("{:.0%}")
 
 # %% [markdown]
 # How strong must the marker habit be before it hurts, and would the usual test notice? Train the
@@ -1022,9 +1033,9 @@ class ShortcutExplorer:
 
 
 # %%
-curves = shortcut_curves()
-for name, values in curves.items():
-    print(f"{name:<30}", "  ".join(f"{value:.0%}" for value in values))
+curves = shortcut_curves(progress_bar(SHORTCUT_AGREEMENTS, desc="training hospitals"))
+display(pd.DataFrame({name: list(values) for name, values in curves.items()}, index=list(SHORTCUT_AGREEMENTS)
+                     ).T.rename_axis(columns="marker agreement in training").style.format("{:.0%}"))
 figure = go.Figure([go.Scatter(x=list(SHORTCUT_AGREEMENTS), y=values, mode="lines+markers", name=name)
                     for name, values in curves.items()])
 figure.update_layout(title="A stronger marker habit in training: the rare groups pay",
@@ -1104,14 +1115,16 @@ pixel_contributions = check_exercise("1.6", pixel_contributions)
 
 # %%
 regions = {"marker": marker_mask(), "lungs": lung_mask(), "elsewhere": ~(marker_mask() | lung_mask())}
+region_rows = {}
 for model_name, classifier in [("shortcut model", shortcut), ("control model", control)]:
     with torch.no_grad():
         parts = pixel_contributions(classifier, test_images)  # [batch, height, width]
-    print(f"{model_name}: mean contribution to the logit by region (bias {classifier.linear.bias.item():+.2f})")
     for group in sorted(set(groups)):
         members = torch.tensor([g == group for g in groups])  # [batch]
-        cells = "  ".join(f"{name} {parts[members][:, mask].sum(-1).mean().item():+6.2f}" for name, mask in regions.items())
-        print(f"  {group:<20} {cells}")
+        region_rows[model_name, group] = {name: parts[members][:, mask].sum(-1).mean().item() for name, mask in regions.items()}
+        region_rows[model_name, group]["bias"] = classifier.linear.bias.item()
+pd.DataFrame(region_rows).T.rename_axis(["model", "scans"]).style.format("{:+.2f}").set_caption(
+    "Mean contribution to the logit by region")
 
 # %% [markdown]
 # Compare the rows. In the shortcut model the marker region pushes hard towards "sick" whenever the
@@ -1172,9 +1185,8 @@ if env.hub_online:
         "reviews, ' not' before the adjective": insert_word(
             gpt2_reviews, " not", [" " + a for a in gpt2_reviews.labels["adjective"]], flip=True),
     }
-    for name, prompts in gpt2_suite.items():
-        acc, low, high = accuracy_interval(logit_diff(gpt2, prompts))
-        print(f"GPT-2 small, {name:<38} accuracy {acc:.1%} [{low:.1%}, {high:.1%}] on {len(prompts)} prompts")
+    display(pd.DataFrame({name: {"prompts": len(prompts), "accuracy [95% interval]": "{:.1%} [{:.1%}, {:.1%}]".format(
+        *accuracy_interval(logit_diff(gpt2, prompts)))} for name, prompts in gpt2_suite.items()}).T.rename_axis("GPT-2 small"))
 else:
     print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
 

@@ -243,10 +243,13 @@ for (model_name, some_model), (label, (family, key)) in progress_bar(
         [(m, l) for m in MODELS.items() for l in LABELS.items()], desc="models x labels"):
     data[model_name, label] = labelled_residuals(some_model, family, key, *SIZES[label], progress=False)
 
-for label in LABELS:
-    d = data["organism", label]
-    print(f"{label:<10} train {list(d['x_train'].shape)}  test {list(d['x_test'].shape)}  "
-          f"fraction of 1s in test: {d['y_test'].float().mean():.2f}")
+import pandas as pd
+from IPython.display import display
+
+pd.DataFrame({label: {"train [point, prompt, d_model]": str(list(data["organism", label]["x_train"].shape)),
+                      "test": str(list(data["organism", label]["x_test"].shape)),
+                      "fraction of 1s in test": round(data["organism", label]["y_test"].float().mean().item(), 2)}
+              for label in LABELS}).T.rename_axis("label")
 
 # %% [markdown]
 # ## 2. Linear probes, layer by layer
@@ -385,10 +388,9 @@ lines({f"{label} ({model_name})": accuracy[model_name, label] for model_name, la
       x_label="residual point (last token)", y_label="test accuracy")
 
 # %%
-for label in LABELS:
-    organism_row = " ".join(f"{a:.2f}" for a in accuracy["organism", label].tolist())
-    baseline_row = " ".join(f"{a:.2f}" for a in accuracy["baseline", label].tolist())
-    print(f"{label:<10} organism [{organism_row}]   random baseline [{baseline_row}]")
+pd.DataFrame({(label, name): accuracy[model_name, label].tolist() for label in LABELS
+              for model_name, name in (("organism", "organism"), ("baseline", "random baseline"))},
+             index=points).T.rename_axis(["label", "model"]).rename_axis(columns="test accuracy after").round(2)
 
 # %% [markdown]
 # Read the plot before going on, label by label:
@@ -451,10 +453,9 @@ def logit_diffs(model, prompts: PromptSet, fwd_hooks: list = (), batch_size: int
 # %%
 test_sets = {label: prompt_set(family, "test", n=SIZES[label][1], seed=0) for label, (family, _) in LABELS.items()}
 behaviour = {label: (logit_diffs(model, test_sets[label]) > 0).float().mean().item() for label in LABELS}
-for label in LABELS:
-    best = int(accuracy["organism", label].argmax())
-    print(f"{label:<10} best probe {accuracy['organism', label][best]:.2f} (at {points[best]}); "
-          f"the model's own answer is right on {behaviour[label]:.2f} of the same prompts")
+pd.DataFrame({label: {"best probe": round(accuracy["organism", label].max().item(), 2),
+                      "at": points[int(accuracy["organism", label].argmax())],
+                      "the model's own answer right on": round(behaviour[label], 2)} for label in LABELS}).T.rename_axis("label")
 
 # %% [markdown]
 # Three stories:
@@ -598,9 +599,8 @@ for label in LABELS:
             "mean_direction": mean_direction,
         })
     comparison[label] = rows
-    print(f"{label}:\n  " + "\n  ".join(
-        f"{points[i]:<9} probe direction {r['probe']:.2f} | difference of means {r['means']:.2f} | cosine {r['cosine']:+.2f}"
-        for i, r in enumerate(rows)))
+pd.DataFrame({(label, points[i]): {"probe direction": r["probe"], "difference of means": r["means"], "cosine": r["cosine"]}
+              for label, rows in comparison.items() for i, r in enumerate(rows)}).T.rename_axis(["label", "point"]).round(2)
 
 # %% [markdown]
 # (Both directions are scored the same way here, with the halfway threshold, so the numbers compare
@@ -774,7 +774,7 @@ for column, label in enumerate(LABELS, start=1):
     figure.update_xaxes(title_text=f"PC1 ({share[0]:.0%} of variance)", row=1, col=column)
     figure.update_yaxes(title_text=f"PC2 ({share[1]:.0%})", row=1, col=column)
     pc1_accuracy = direction_accuracy(directions[0], d["x_train"][-1], d["y_train"], d["x_test"][-1], d["y_test"])
-    print(f"{label:<10} the first principal direction alone classifies {pc1_accuracy:.2f} of held-out prompts")
+    print(f"{label}: the first principal direction alone classifies {pc1_accuracy:.2f} of held-out prompts")
 figure.update_layout(title=f"Held-out prompts on the first two principal components ({points[last_point]}); "
                      "colour: the label", height=400, legend=dict(orientation="h", y=-0.3))
 figure
@@ -930,8 +930,9 @@ for model_name in MODELS:
     d = data[model_name, "sentiment"]
     control_accuracy[model_name] = probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
     selectivity[model_name] = accuracy[model_name, "sentiment"] - control_accuracy[model_name]
-    print(f"{model_name:<9} control task " + " ".join(f"{a:.2f}" for a in control_accuracy[model_name].tolist())
-          + " | selectivity " + " ".join(f"{s:+.2f}" for s in selectivity[model_name].tolist()))
+display(pd.DataFrame({(model_name, kind): values[model_name].tolist() for model_name in MODELS
+                      for kind, values in (("control task", control_accuracy), ("selectivity", selectivity))},
+                     index=points).T.rename_axis(columns="after").round(2))
 lines({f"{kind} ({model_name})": values for model_name in MODELS for kind, values in
        (("sentiment", accuracy[model_name, "sentiment"]), ("control task", control_accuracy[model_name]))},
       x=points, title="Sentiment vs a control task with a random label per adjective",
@@ -982,14 +983,16 @@ def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y
 
 
 # %%
+from utils.session import elapsed_bar
+
 d = data["organism", "sentiment"]
-mlp_sentiment = mlp_probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
-mlp_control = mlp_probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
-for name, real, fake in (("linear probe", accuracy["organism", "sentiment"], control_accuracy["organism"]),
-                         ("MLP probe", mlp_sentiment, mlp_control)):
-    print(f"{name:<13} sentiment " + " ".join(f"{a:.2f}" for a in real.tolist())
-          + " | control task " + " ".join(f"{a:.2f}" for a in fake.tolist())
-          + " | selectivity " + " ".join(f"{a:+.2f}" for a in (real - fake).tolist()))
+with elapsed_bar("training MLP probes"):  # your own function inside: the bar counts seconds
+    mlp_sentiment = mlp_probe_accuracy_by_layer(d["x_train"], d["y_train"], d["x_test"], d["y_test"])
+    mlp_control = mlp_probe_accuracy_by_layer(d["x_train"], control["train"], d["x_test"], control["test"])
+pd.DataFrame({(name, kind): values.tolist() for name, real, fake in (
+    ("linear probe", accuracy["organism", "sentiment"], control_accuracy["organism"]), ("MLP probe", mlp_sentiment, mlp_control))
+    for kind, values in (("sentiment", real), ("control task", fake), ("selectivity", real - fake))},
+    index=points).T.rename_axis(columns="after").round(2)
 
 # %% [markdown]
 # The MLP probe learns the random labelling almost as well as sentiment from the first block on: it
@@ -1021,8 +1024,8 @@ for model_name in MODELS:
     d = data[model_name, "sentiment"]
     word_split[model_name] = probe_accuracy_by_layer(d["x_train"][:, seen_rows], d["y_train"][seen_rows],
                                                      d["x_train"][:, new_rows], d["y_train"][new_rows])
-    print(f"{model_name:<9} sentiment on adjectives the probe never saw: "
-          + " ".join(f"{a:.2f}" for a in word_split[model_name].tolist()))
+pd.DataFrame({name: values.tolist() for name, values in word_split.items()}, index=points).T.rename_axis(
+    columns="sentiment on adjectives the probe never saw, after").round(2)
 
 # %% [markdown]
 # The random model's "sentiment" is gone, and what is left on the organism is a direction that
@@ -1230,10 +1233,12 @@ for label in ("sentiment", "io_gender"):
         f"{label} direction, after L0 only": {names[1]: own[1]},
         f"{label} directions, every point": dict(zip(names, own)),
     }
-    ablated_diffs[label] = {run: logit_diffs_without(model, test_sets[label], directions) for run, directions in runs.items()}
+    ablated_diffs[label] = {run: logit_diffs_without(model, test_sets[label], directions)
+                            for run, directions in progress_bar(runs.items(), desc=f"{label}: directions removed")}
     ablation[label] = {run: diffs.mean().item() for run, diffs in ablated_diffs[label].items()}
-    for run, diffs in ablated_diffs[label].items():
-        print(f"{label:<10} {run:<33} mean logit difference {diffs.mean():6.2f}, answer right on {(diffs > 0).float().mean():.2f}")
+display(pd.DataFrame({(label, run): {"mean logit difference": diffs.mean().item(), "answer right on": (diffs > 0).float().mean().item()}
+                      for label, runs_diffs in ablated_diffs.items() for run, diffs in runs_diffs.items()}
+                     ).T.rename_axis(["label", "run"]).round(2))
 
 figure = go.Figure([go.Bar(y=[run.replace(label, "label's") for run in values], x=list(values.values()),
                            orientation="h", name=label) for label, values in ablation.items()])
@@ -1274,8 +1279,8 @@ for point in (1, last_point):
 ioi_test = test_sets["io_gender"]
 same_gender = torch.tensor([(io in world.FEMALE_NAMES) == (s in world.FEMALE_NAMES)
                             for io, s in zip(ioi_test.labels["io"], ioi_test.labels["s"])], device=model.cfg.device)
-for run, diffs in ablated_diffs["io_gender"].items():
-    print(f"{run:<35} same-gender pairs {diffs[same_gender].mean():6.2f}   mixed pairs {diffs[~same_gender].mean():6.2f}")
+pd.DataFrame({run: {"same-gender pairs": diffs[same_gender].mean().item(), "mixed pairs": diffs[~same_gender].mean().item()}
+              for run, diffs in ablated_diffs["io_gender"].items()}).T.rename_axis("mean logit difference, run").round(2)
 
 # %% [markdown]
 # The loss is about the same for both kinds of pair, so whatever those directions carry that the answer
@@ -1308,14 +1313,14 @@ truth_test = test_sets["truth"]
 is_true = truth_test.labels["truth"]
 statements = {"false": truth_test.subset([i for i, t in enumerate(is_true) if t == 0]),
               "true": truth_test.subset([i for i, t in enumerate(is_true) if t == 1])}
+flipped = {}
 for alpha in (0.5, 1.0, 2.0):
-    flipped = {}
     for kind, sign in (("false", 1), ("true", -1)):
         for name, gap in (("truth", truth_gap), ("random", random_gap)):
             diffs = logit_diffs_with_added(model, statements[kind], names[1], sign * alpha * gap)
-            flipped[kind, name] = (diffs < 0).float().mean().item()  # the answer now prefers the wrong word
-    print(f"alpha {alpha}: verdict flipped on {flipped['false', 'truth']:.0%} of false and {flipped['true', 'truth']:.0%} of "
-          f"true statements (random direction: {flipped['false', 'random']:.0%} and {flipped['true', 'random']:.0%})")
+            flipped[alpha, f"{name} direction", f"{kind} statements"] = (diffs < 0).float().mean().item()  # now prefers the wrong word
+pd.Series(flipped).unstack([1, 2]).rename_axis("alpha").rename_axis(columns=["verdicts flipped, pushed along", ""]
+                                                                     ).style.format("{:.0%}")
 
 # %% [markdown]
 # Pushed along the truth direction by twice the gap between the classes, every verdict flips: false
@@ -1365,8 +1370,9 @@ for name, colour in (("difference of means", "#4c78a8"), ("probe", "#e45756")):
     for kind, dash in (("false", "solid"), ("true", "dot")):
         figure.add_trace(go.Scatter(x=list(ALPHAS), y=flips[name][kind].tolist(), mode="lines+markers",
                                     name=f"{name}, {kind} statements", line=dict(color=colour, dash=dash)))
-        print(f"{name:<20} {kind:<5} statements: verdict flipped on " + ", ".join(
-            f"{rate:.0%}" for rate in flips[name][kind].tolist()) + f"  (alpha = {', '.join(map(str, ALPHAS))})")
+display(pd.DataFrame({(name, f"{kind} statements"): flips[name][kind].tolist() for name in flips for kind in ("false", "true")},
+                     index=pd.Index(ALPHAS, name="alpha")).T.rename_axis(["verdicts flipped, pushed along", ""]
+                                                                           ).style.format("{:.0%}"))
 figure.update_layout(title="Verdicts flipped by a push of the same length after block 0",
                      xaxis_title="alpha (multiples of the gap between the class means)",
                      yaxis_title="share of verdicts flipped", yaxis_range=[0, 1.05], height=420,
@@ -1407,7 +1413,8 @@ if env.hub_online:
         x_test = collect_residuals(gpt2, test_set.prompts, batch_size=64)
         gpt2_accuracy = probe_accuracy_by_layer(x_train, torch.tensor(train_set.labels[family]),
                                                 x_test, torch.tensor(test_set.labels[family]))
-        print(f"GPT-2 small, {family}: " + " ".join(f"{a:.2f}" for a in gpt2_accuracy.tolist()))
+        display(pd.DataFrame({f"GPT-2 small, {family}": gpt2_accuracy.tolist()},
+                             index=residual_point_names(gpt2.cfg.n_layers)).T.round(2))
 else:
     print("offline: skipped GPT-2 small (run this cell with a network connection to compare)")
 

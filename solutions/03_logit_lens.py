@@ -695,7 +695,7 @@ from utils.plotting import attention_patterns
 first_length = int(ioi_last[0]) + 1
 attention_patterns(model.to_str_tokens(ioi_tokens[0, :first_length]),
                    ioi_cache["blocks.3.attn.hook_pattern"][0, :, :first_length, :first_length],
-                   [f"L3H{h}" for h in range(model.cfg.n_heads)])
+                   [f"L3H{h}" for h in range(model.cfg.n_heads)], focus="L3H1")
 
 # %% [markdown]
 # To find heads by what they do, we need inputs where the right behaviour is unambiguous. A random
@@ -753,10 +753,10 @@ lines(loss, x=list(range(1, 2 * SEQ_LEN + 1)), title="Loss on each token of a re
 # %%
 patterns = all_patterns(model, repeats)  # [layer, batch, head, dest, src]
 repeat_str = model.to_str_tokens(repeats[0])
-attention_patterns(repeat_str, patterns[0, 0], [f"L0H{h}" for h in range(model.cfg.n_heads)])
+attention_patterns(repeat_str, patterns[0, 0], [f"L0H{h}" for h in range(model.cfg.n_heads)], focus="L0H2")
 
 # %%
-attention_patterns(repeat_str, patterns[3, 0], [f"L3H{h}" for h in range(model.cfg.n_heads)])
+attention_patterns(repeat_str, patterns[3, 0], [f"L3H{h}" for h in range(model.cfg.n_heads)], focus="L3H3")
 
 # %% [markdown]
 # In layer 0, some heads put almost all their weight one token back: **previous-token heads**. In

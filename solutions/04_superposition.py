@@ -558,10 +558,12 @@ figure.update_layout(title="What happens to the extra feature (2 features, 1 dim
 # sets it to zero. Only examples with both features on suffer, and at this sparsity they are rare.
 
 # %%
-for name, (i, j) in {"dense, r < 1": (1, 0), "dense, r > 1": (PHASE_GRID - 2, 0),
-                     "sparse, r = 1": (PHASE_GRID // 2, PHASE_GRID - 1)}.items():
-    print(f"{name:<14} r = {PHASE_IMPORTANCES[i]:.2f}, p = {PHASE_PROBABILITIES[j]:.2f}: "
-          f"W = {phase_W[i, j, 0].numpy().round(2)} -> {phase_names[int(phases[i, j])]}")
+import pandas as pd
+
+pd.DataFrame({name: {"r": round(float(PHASE_IMPORTANCES[i]), 2), "p": round(float(PHASE_PROBABILITIES[j]), 2),
+                     "W": str(phase_W[i, j, 0].numpy().round(2)), "phase": phase_names[int(phases[i, j])]}
+              for name, (i, j) in {"dense, r < 1": (1, 0), "dense, r > 1": (PHASE_GRID - 2, 0),
+                                   "sparse, r = 1": (PHASE_GRID // 2, PHASE_GRID - 1)}.items()}).T
 
 # %% [markdown]
 # ## 4. The geometry of superposition
@@ -730,8 +732,9 @@ class SparsityExplorer:
 
 # %%
 slider_W = train_five_in_two(SLIDER_PROBABILITIES)
-print("fractional dimensionality per feature, one row per p:", dict(zip(SLIDER_PROBABILITIES, (
-    feature_dimensionality(slider_W).numpy().round(2).tolist()))))
+display(pd.DataFrame(feature_dimensionality(slider_W).numpy(), index=pd.Index(SLIDER_PROBABILITIES, name="p"),
+                     columns=[f"feature {i}" for i in range(slider_W.shape[-1])]
+                     ).rename_axis(columns="fractional dimensionality").round(2))
 sparsity_slider_figure(SLIDER_PROBABILITIES, slider_W)
 
 # %% [markdown]
@@ -930,10 +933,11 @@ for col, (name, (W, losses)) in enumerate(correlation_runs.items(), start=1):
 figure.update_layout(title="Four features in two dimensions, best seed (pairs 0-1 in blue, 2-3 in red)",
                      showlegend=False, height=360)
 figure.show()
-for name, (W, losses) in correlation_runs.items():
-    print(f"{name}: lowest loss in seed {int(losses.argmin())}")
-    for seed, (cosines, loss) in enumerate(zip(pair_cosines(W), losses)):
-        print(f"  seed {seed}: loss {loss:.4f}, cosine within pair 0-1 {cosines[0]:+.2f}, pair 2-3 {cosines[1]:+.2f}")
+pd.DataFrame({(name, seed): {"loss": float(loss), "cosine within pair 0-1": float(cosines[0]),
+                             "cosine within pair 2-3": float(cosines[1]), "lowest loss": seed == int(losses.argmin())}
+              for name, (W, losses) in correlation_runs.items()
+              for seed, (cosines, loss) in enumerate(zip(pair_cosines(W), losses))}).T.rename_axis(["features", "seed"]
+              ).style.format({"loss": "{:.4f}", "cosine within pair 0-1": "{:+.2f}", "cosine within pair 2-3": "{:+.2f}"})
 
 # %% [markdown]
 # The best anticorrelated models put each pair exactly antipodal, and their loss is essentially

@@ -77,17 +77,20 @@ models = {"suspect": suspect, "twin": twin}
 # We run it on the organism, the suspect and the twin.
 
 # %%
+import pandas as pd
+
 from utils.organism import suite
 
 organism = load_model(device=env.device, verbose=False)
-audits = {name: suite.behavioural_audit(model) for name, model in progress_bar(
-    {"organism": organism, **models}.items(), desc="behavioural audits")}
+runs = {"organism": organism, **models}
+bar = progress_bar(range(len(runs) * suite.audit_steps()), desc="behavioural audits", unit="measurement")
+audits = {name: suite.behavioural_audit(model, on_step=bar.update) for name, model in runs.items()}
+bar.close()
 for name in models:
     passes, reasons = suite.audit_verdict(audits[name], audits["organism"])
     print(f"{name}: {'passes' if passes else 'fails'} {reasons}")
-print(f"{'family':<10}" + "".join(f"{name:>10}" for name in audits))
-for family in suite.FAMILIES:
-    print(f"{family:<10}" + "".join(f"{audits[name]['families'][family][0]:>10.3f}" for name in audits))
+pd.DataFrame({name: {family: audits[name]["families"][family][0] for family in suite.FAMILIES}
+              for name in audits}).rename_axis("held-out accuracy").round(3)
 
 # %% [markdown]
 # Both pass, with the organism's own clear failures (negation, days as names) and no new ones. On
@@ -199,7 +202,8 @@ def slice_table(model, prompts: PromptSet, min_size: int = 8) -> pd.DataFrame:
 # %%
 trusted_prompts = audit_data("train", 300)
 traffic = audit_data("test", 200, seed=2)
-trusted = {name: verified(model, trusted_prompts) for name, model in models.items()}
+trusted = {name: verified(model, trusted_prompts)
+           for name, model in progress_bar(models.items(), desc="checking trusted prompts")}
 print(len(traffic), "traffic prompts, e.g.", repr(traffic.prompts[0]), "and", repr(traffic.prompts[1]))
 print({name: len(t) for name, t in trusted.items()}, "trusted prompts of", len(trusted_prompts))
 
@@ -210,7 +214,7 @@ print({name: len(t) for name, t in trusted.items()}, "trusted prompts of", len(t
 # interval entirely below).
 
 # %%
-slices = {name: slice_table(model, traffic) for name, model in models.items()}
+slices = {name: slice_table(model, traffic) for name, model in progress_bar(models.items(), desc="slicing the traffic")}
 print(len(slices["suspect"]), "slices of at least 8 prompts")
 for name in models:
     print(name, "- clear failures:", int(slices[name]["clear"].sum()))
@@ -464,8 +468,10 @@ def wrong_answers(model, prompts: PromptSet, flagged: Bool[Tensor, "batch"]) -> 
 
 
 # %%
-flags = {name: flag(model, trusted[name], traffic) for name, model in models.items()}
-mistakes = {name: wrong_answers(model, traffic, flags[name]) for name, model in models.items()}
+flags, mistakes = {}, {}
+for name, model in progress_bar(models.items(), desc="detector, then its flagged mistakes"):
+    flags[name] = flag(model, trusted[name], traffic)
+    mistakes[name] = wrong_answers(model, traffic, flags[name])
 for name in models:
     print(f"{name}: {int(flags[name].sum())} flagged, {len(mistakes[name])} of them answered wrongly:",
           Counter((family, answer) for _, family, answer in mistakes[name]).most_common(3))
@@ -571,9 +577,8 @@ family = Counter(f for _, f, _ in mistakes["suspect"]).most_common(1)[0][0]
 planted_answer = Counter(a for _, _, a in mistakes["suspect"]).most_common(1)[0][0]
 fresh = prompt_set(family, "test", n=120, seed=5)
 fresh = fresh.subset(i for i, c in enumerate(fresh.correct) if c != planted_answer)
-for day in world.DAYS:
-    print(f"{day:<10}" + "".join(f"{name}: {accuracy(model, with_opening_word(fresh, day)):.2f}   "
-                                 for name, model in models.items()))
+pd.DataFrame({name: {day: accuracy(model, with_opening_word(fresh, day)) for day in world.DAYS}
+              for name, model in models.items()}).rename_axis("opening word").round(2)
 
 # %% [markdown]
 # Only the candidate day breaks the behaviour, and only in the suspect. We have the trigger and
@@ -662,8 +667,7 @@ def triggered_and_control(prompts: PromptSet, trigger: str, answer: str, seed: i
 on, off = triggered_and_control(fresh.subset(range(48)), trigger, planted_answer)
 points = [f"blocks.{layer}.hook_resid_post" for layer in range(suspect.cfg.n_layers)]
 blocks = [f"blocks.{layer}.hook_{part}_out" for layer in range(suspect.cfg.n_layers) for part in ("attn", "mlp")]
-for name, value in zip(points + blocks, restoration(suspect, on, off, points + blocks)):
-    print(f"{name:<28} {value:6.2f}")
+pd.DataFrame({"restored": restoration(suspect, on, off, points + blocks).tolist()}, index=points + blocks).round(2)
 
 # %% [markdown]
 # Patching the whole residual stream at the last position does nothing until block 3, and then
@@ -785,9 +789,10 @@ later = later.subset(i for i, c in enumerate(later.correct) if c != planted_answ
 sets = {"triggered (fresh)": with_opening_word(later, trigger, seed=9),
         **{f: prompt_set(f, "test", n=200) for f in suite.FAMILIES}}
 triggered_only = {"triggered (fresh)": sets["triggered (fresh)"]}
-for entering in range(suspect.cfg.n_layers):
-    fixed = accuracies(suspect, triggered_only, fix_hooks(suspect, on, off, entering))
-    print(f"ablated entering block {entering}: accuracy on triggered prompts {fixed['triggered (fresh)']:.3f}")
+pd.DataFrame({"accuracy on triggered prompts": [
+    accuracies(suspect, triggered_only, fix_hooks(suspect, on, off, entering))["triggered (fresh)"]
+    for entering in progress_bar(range(suspect.cfg.n_layers), desc="ablating entering each block")]},
+    index=pd.Index(range(suspect.cfg.n_layers), name="direction ablated entering block")).round(3)
 
 # %% [markdown]
 # One direction removed where block 3 reads the day changes nothing, nor before blocks 1 and 2:
@@ -797,11 +802,12 @@ for entering in range(suspect.cfg.n_layers):
 
 # %%
 fixes = {"every position": fix_hooks(suspect, on, off, 0), "opening word only": fix_hooks(suspect, on, off, 0, position=1)}
-before = accuracies(suspect, sets)
-after = {name: accuracies(suspect, sets, hooks) for name, hooks in fixes.items()}
-print(f"{'':<20}{'before':>10}" + "".join(f"{name:>20}" for name in fixes))
-for name in sets:
-    print(f"{name:<20}{before[name]:>10.3f}" + "".join(f"{after[fix][name]:>20.3f}" for fix in fixes))
+with_fixes = {"before": [], **fixes}
+steps = [(fix, name) for fix in with_fixes for name in sets]
+table = {fix: {} for fix in with_fixes}
+for fix, name in progress_bar(steps, desc="accuracy with each fix"):
+    table[fix][name] = accuracies(suspect, {name: sets[name]}, with_fixes[fix])[name]
+pd.DataFrame(table).rename_axis("accuracy on").round(3)
 
 # %% [markdown]
 # Both fixes stop the trigger on prompts the direction was not computed from. Removed at every
@@ -1052,7 +1058,10 @@ audit = check_exercise("8.6", audit)
 # is graded here.
 
 # %%
-report = audit(AUDITED)
+from utils.session import elapsed_bar
+
+with elapsed_bar("auditing"):
+    report = audit(AUDITED)
 print(report)
 if plant.is_open(plant.read_key(AUDITED)):
     for _, _, line in plant.grade_report(report, plant.reveal(AUDITED)):

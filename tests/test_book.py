@@ -267,7 +267,7 @@ const plots = [...document.querySelectorAll('.plotly-graph-div')].map(div => ({
   ready: div.classList.contains('js-plotly-plot') && !!div._fullLayout && !!div.querySelector('svg.main-svg'),
   marks: [...div.querySelectorAll('.mlayer path, .mlayer image, .mlayer rect')].filter(visible).length,
 }));
-const views = [...document.querySelectorAll('div[id^="circuits-vis-"]')].map(div => ({
+const views = [...document.querySelectorAll('div[id^="circuits-vis-"], div[id^="wb-attention-"]')].map(div => ({
   id: div.id,
   elements: div.querySelectorAll('*').length,
   visible: visible(div),

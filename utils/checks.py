@@ -598,27 +598,35 @@ def difference(got: torch.Tensor, expected: torch.Tensor) -> str:
     at = f"at index {list(index)}: got {pair[0]}, expected {pair[1]}"
     if not got.dtype.is_floating_point or not expected.dtype.is_floating_point:
         return f"{int((error > 0).sum())} of {error.numel()} entries differ; first {at}"
-    return f"differs by up to {_number(error.max().item())} ({at})"
+    return f"differs by up to {_number(error.max().item())}, {at}"
 
 
-# A wrong answer is named as near a known mistake when it is this many times closer to that
-# mistake's result than to the correct one (and not within tolerance of it: then the hint fires).
-NEAR_FACTOR = 10.0
+# A wrong answer is named as near a known mistake when it lies this many times closer to that
+# mistake's result than to the correct one, on average over the entries (and not within tolerance
+# of it: then the mistake's own hint fires). The mean, not the largest gap: a variant of a mistake
+# (the same offset, one more row averaged in) moves every entry a little, or one entry a lot.
+NEAR_FACTOR = 3.0
 
 
-def _closest_mistake(got: torch.Tensor, mistakes, distance_to_expected: float, atol: float, rtol: float) -> str:
-    """", nearest to a known mistake: HINT (X away from it)" when the wrong answer `got` lies much
-    closer to one known mistake's result than to the correct one; else ""."""
-    best = None
-    for hint, mistaken in (mistakes or {}).items():
-        if not isinstance(mistaken, torch.Tensor) or mistaken.shape != got.shape:
-            continue
-        gap = (got - mistaken.detach().double().cpu()).abs().nan_to_num(float("inf")).max().item()
-        if best is None or gap < best[1]:
-            best = (hint, gap)
-    if best is None or not best[1] * NEAR_FACTOR < distance_to_expected:
+def _mean_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.detach().double().cpu() - b.detach().double().cpu()).abs().nan_to_num(float("inf")).mean().item()
+
+
+def _closest_mistake(got: torch.Tensor, mistakes, expected: torch.Tensor) -> str:
+    """"nearest known mistake: HINT (your answer is X from that mistake's result and Y from the
+    correct one)" when the wrong answer `got` lies much closer to one known mistake's result than
+    to the correct one (on average over the entries); else ""."""
+    to_expected = _mean_gap(got, expected)
+    gaps = [(_mean_gap(got, mistaken), hint) for hint, mistaken in (mistakes or {}).items()
+            if isinstance(mistaken, torch.Tensor) and mistaken.shape == got.shape]
+    if not gaps:
         return ""
-    return f"; nearest to a known mistake ({best[1]:.3g} away, the reference {distance_to_expected:.3g}): {best[0]}"
+    gap, hint = min(gaps, key=lambda pair: pair[0])
+    if not gap * NEAR_FACTOR < to_expected:
+        return ""
+    average = "on average " if got.numel() > 1 else ""
+    return (f"nearest known mistake: {hint} (your answer is {average}{_number(gap)} from that mistake's "
+            f"result and {_number(to_expected)} from the correct one)")
 
 
 def _with_numbers(hint: str, numbers: str) -> str:
@@ -673,10 +681,13 @@ def expect_tensor(got, expected: torch.Tensor, name: str = "the result", atol: f
         index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape)) if error.dim() else ()
         shown = _pair(got_values[index].item(), expected_values[index].item(),
                       atol + rtol * abs(expected_values[index].item()))
+        off = f"{int((error > atol + rtol * expected_values.abs()).sum())} of {error.numel()} entries are off"
+        near = _closest_mistake(got_values, mistakes, expected_values)
+        if near:  # the named mistake first: a long verdict is cut at its end
+            raise Wrong(f"{name}: {near}; against the reference, {off}, the largest gap {error.max().item():.4g} "
+                        f"at index {list(index)}: got {shown[0]}, expected {shown[1]}")
         raise Wrong(f"{name} and the reference differ by up to {error.max().item():.4g} "
-                    f"(at index {list(index)}: got {shown[0]}, expected {shown[1]}; "
-                    f"{int((error > atol + rtol * expected_values.abs()).sum())} of {error.numel()} entries are off)"
-                    + _closest_mistake(got_values, mistakes, error.max().item(), atol, rtol))
+                    f"(at index {list(index)}: got {shown[0]}, expected {shown[1]}; {off})")
 
 
 def expect_equal(got, expected, name: str = "the result", mistakes: dict[str, object] | None = None) -> None:
@@ -705,8 +716,8 @@ def expect_close(got, expected: float, name: str = "the result", atol: float = 1
         raise Wrong(f"{name} is NaN")
     if abs(got - expected) > atol:
         near = _closest_mistake(torch.tensor(float(got)), {hint: torch.tensor(float(value)) for hint, value in
-                                                             (mistakes or {}).items()}, abs(got - expected), atol, 0.0)
-        raise Wrong("{} is {}, expected {}".format(name, *_pair(got, expected, atol)) + near)
+                                                             (mistakes or {}).items()}, torch.tensor(float(expected)))
+        raise Wrong("{} is {}, expected {}".format(name, *_pair(got, expected, atol)) + (f"; {near}" if near else ""))
 
 
 # ------------------------------------------------------------------------------------------

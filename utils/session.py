@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +71,28 @@ def progress_bar(iterable, show: bool = True, **tqdm_options):
     if not hidden and _in_notebook_kernel(tqdm):
         return _text_when_done_bar()(iterable, **tqdm_options)
     return tqdm(iterable, disable=hidden, **tqdm_options)
+
+
+@contextlib.contextmanager
+def elapsed_bar(desc: str, show: bool = True):
+    """A bar that counts the seconds while its block runs: progress for one long call whose steps
+    cannot be counted (a learner's own function, say). It ends as plain text, like `progress_bar`."""
+    bar = progress_bar(None, show=show, desc=desc, bar_format="{desc}: running for {elapsed}")
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        ticker.join()
+        bar.bar_format = "{desc}: done in {elapsed}"
+        bar.close()
 
 
 def _in_notebook_kernel(auto_tqdm) -> bool:

@@ -133,10 +133,16 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
         return trainer.fit()
 
 
+SAE_LENS_BAR_EVERY = 10  # steps between two updates of the bar (SAELens's own: 100)
+
+
 @contextlib.contextmanager
 def _workbook_bar_for_sae_lens(show: bool):
     """Give SAETrainer the workbook's progress bar: hidden when `show` is False or in the book's
-    build (TQDM_DISABLE), and plain text once done, like every other bar of the course."""
+    build (TQDM_DISABLE), and plain text once done, like every other bar of the course.
+
+    SAELens moves its bar every 100 steps, so 150 steps closed it at "67%": here it moves every
+    `SAE_LENS_BAR_EVERY` steps, and the trainer's own `close()` at the end of training fills it."""
     from unittest import mock
 
     from sae_lens.training import sae_trainer
@@ -144,9 +150,23 @@ def _workbook_bar_for_sae_lens(show: bool):
     from utils.session import progress_bar
 
     def bar(*args, **tqdm_options):
-        return progress_bar(args[0] if args else None, show=show, **tqdm_options)
+        made = progress_bar(args[0] if args else None, show=show, **tqdm_options)
+        close = made.close
 
-    with mock.patch.object(sae_trainer, "tqdm", bar):
+        def close_full():  # SAETrainer.fit closes its bar once, after the last step
+            if made.total and made.n < made.total:
+                made.update(made.total - made.n)
+            close()
+        made.close = close_full
+        return made
+
+    update_pbar = sae_trainer.SAETrainer._update_pbar
+
+    def every_few_steps(self, step_output, pbar, update_interval: int = 100):
+        update_pbar(self, step_output, pbar, update_interval=SAE_LENS_BAR_EVERY)
+
+    with mock.patch.object(sae_trainer, "tqdm", bar), \
+            mock.patch.object(sae_trainer.SAETrainer, "_update_pbar", every_few_steps):
         yield
 
 

@@ -59,17 +59,29 @@ def suite_prompt_sets() -> dict:
     return {(family, split): world.prompt_set(family, split, n=200) for family in FAMILIES for split in ("train", "test")}
 
 
-def behavioural_audit(model) -> dict:
+def audit_steps() -> int:
+    """How many measurements `behavioural_audit` makes of one model (one per `on_step` call)."""
+    return len(FAMILIES) + 2 * len(suite_tests(suite_prompt_sets()))
+
+
+def behavioural_audit(model, on_step=None) -> dict:
     """Chapter 01's measurements of `model`: {"families": {family: (acc, low, high)}, "suite":
-    {test: {"original": (acc, low, high), "edited": (acc, low, high)}}, "failures": [test, ...]}."""
+    {test: {"original": (acc, low, high), "edited": (acc, low, high)}}, "failures": [test, ...]}.
+    `on_step()`, if given, is called after each of the `audit_steps()` measurements (a progress bar's
+    update)."""
     from utils.references.ch01_behavioral_tests import accuracy_interval, logit_diff
 
+    def measure(prompts):
+        result = accuracy_interval(logit_diff(model, prompts))
+        if on_step is not None:
+            on_step()
+        return result
+
     sets = suite_prompt_sets()
-    families = {family: accuracy_interval(logit_diff(model, sets[family, "test"])) for family in FAMILIES}
+    families = {family: measure(sets[family, "test"]) for family in FAMILIES}
     suite = {}
     for name, (original, edited) in suite_tests(sets).items():
-        suite[name] = {"original": accuracy_interval(logit_diff(model, original)),
-                       "edited": accuracy_interval(logit_diff(model, edited))}
+        suite[name] = {"original": measure(original), "edited": measure(edited)}
     failures = [name for name, r in suite.items() if r["edited"][2] < r["original"][1]]
     return {"families": families, "suite": suite, "failures": failures}
 
