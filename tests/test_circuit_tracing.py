@@ -275,3 +275,55 @@ def test_frozen_run_equals_the_prediction_for_last_layer_features_and_amplifies_
     claim("ch10: layer-3 features, frozen real run minus the graph's prediction (largest)", gap, below=1e-3)
     ratio = (early["real, attention and LN frozen"].abs() / early["graph prediction"].abs()).median()
     claim("ch10: layer-0 features, frozen real run over the graph's direct prediction (median)", ratio, above=1.3)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 4, read fairly: influence through labelled features against as many random active ones
+# ------------------------------------------------------------------------------------------
+def test_labelled_features_hold_no_more_influence_than_chance(grades):
+    facts, truth, sentiment = grades["facts"], grades["truth"], grades["sentiment"]
+    claim("ch10: facts graphs, relation-labelled last-position features' influence over chance (mean)",
+          facts["labelled influence over chance, last position"].mean(), below=1.05)
+    claim("ch10: facts graphs, country-labelled last-position features' influence over chance (mean where any is active)",
+          facts["computed label influence over chance, last position"].mean(), below=1.2)
+    claim("ch10: truth graphs, verdict-labelled last-position features' influence over chance (mean)",
+          truth["labelled influence over chance, last position"].mean(), below=1.5)
+    claim("ch10: sentiment graphs, sentiment-labelled last-position features' influence over chance (mean)",
+          sentiment["labelled influence over chance, last position"].mean(), below=1.3)
+    claim("ch10: IOI graphs, first-or-second-labelled last-position features' influence over chance (0 where none is active)",
+          grades["IOI"]["computed label influence over chance, last position"].fillna(0).mean(), below=0.8)
+
+
+def test_the_country_travels_as_its_embedding_not_as_features_at_its_token(grades):
+    facts = grades["facts"]
+    claim("ch10: country-labelled features active at the country token (mean per facts prompt, of 64)",
+          facts["labelled features active at the source token"].mean(), below=0.5)
+    claim("ch10: facts graphs, features at the country token's share of influence (mean)",
+          facts["influence on features at the source token"].mean(), below=0.03)
+    claim("ch10: facts graphs, the country token's embedding over the features there (influence, ratio of means)",
+          facts["influence on the source token's embedding"].mean() / facts["influence on features at the source token"].mean(),
+          above=2)
+    claim("ch10: facts graphs, last-position error nodes' share of influence (mean)",
+          facts["influence on last-position error nodes"].mean(), above=0.08)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 5: steering at the last position and at earlier ones
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def steering(model, shipped, families, grades):
+    return ref.steering_summary(ref.steering_table(model, shipped, families[0].prompts, list(grades["facts"].index[:4])))
+
+
+def test_steering_earlier_features_fails_where_the_graph_froze_attention(steering):
+    last, earlier = steering.loc["last position"], steering.loc["earlier position"]
+    claim("ch10: last-position features' direct edges over earlier ones' (median |prediction|)",
+          last["median |prediction|"] / earlier["median |prediction|"], above=3)
+    claim("ch10: last-position features, frozen real run's error relative to the prediction (median)",
+          last["same, attention and LN frozen"], below=0.05)
+    claim("ch10: earlier-position features, frozen real run's error relative to the prediction (median)",
+          earlier["same, attention and LN frozen"], above=0.1)
+    claim("ch10: earlier-position features, real model's error relative to the prediction (median)",
+          earlier["median |real - prediction| / |prediction|"], above=0.2)
+    claim("ch10: earlier-position features, what attention and LN moving add (median |real - frozen| / |prediction|)",
+          earlier["median |real - frozen| / |prediction|"], above=0.1)
