@@ -1172,9 +1172,13 @@ pd.DataFrame({f"{what}, labels by {label}": route_scores(model, shipped, scored_
               for label, labels in (("relation", relation_labels), ("country", country_labels))}).T.round(3)
 
 # %% [markdown]
-# The pruned graph is faithful and the random draw is not; but the pruned graph's labelled shares
-# sit near the chance shares. A share counts features; it does not ask how much of the graph's
-# influence runs through them.
+# Two surprises. A random draw of as many nodes is nearly as faithful as the pruned graph (the test
+# module holds it above one half on a facts prompt): faithfulness turns off only features, and the
+# features' direct effects partly cancel (on the chapter's example prompt, the table of Section 3,
+# they sum to less than nothing, and the error nodes carry the answer), so a node set can be
+# faithful while saying little. And the pruned graph's
+# labelled shares sit near the chance shares. A share counts features; it does not ask how much of
+# the graph's influence runs through them.
 #
 # ### Is the route there when read right?
 # The papers' picture of a fact recall is a route: the subject token, features there that say which
@@ -1206,34 +1210,34 @@ grade_summary[route_columns].style.format(precision=2, na_rep="none labelled")
 # %% [markdown]
 # **No family's route through labelled features is there, read any of these ways.** What the
 # graphs show, family by family (the test module re-measures each on eight facts, six truth, six
-# sentiment and three IOI prompts):
+# sentiment and three IOI prompts, drawn afresh under each claim seed):
 #
-# - **Facts**: the last-position features labelled with the prompt's relation hold *less*
-#   influence than as many random active features there (about 0.85 of chance), and those labelled
-#   with its country less still (about 0.75, where any is active). At the country token the
-#   transcoders have almost no country features at all: about one prompt in eight has a single
-#   active feature there that the world labels with its country, out of 64 active. Features at
-#   the country token hold under 2% of a graph's influence; the country token's *embedding* holds
+# - **Facts**: the last-position features labelled with the prompt's relation hold no more
+#   influence than as many random active features there (0.8 to 1.0 of chance on three draws of
+#   prompts), and those labelled with its country no more either (0.6 to 0.9, where any is active).
+#   At the country token the transcoders have almost no country features at all: on average fewer
+#   than one active feature in 64 there is labelled with the prompt's country. Features at the
+#   country token hold 1 to 2% of a graph's influence; the country token's *embedding* holds
 #   several times more. The country's identity travels as its embedding, through frozen attention
 #   (inside the edges), to the last position, where the error nodes hold a large share of the
-#   influence (about 0.16 at the last position alone). The graph shows *that* the country matters
-#   and *where* it arrives; which capital it recalls sits in what the transcoders do not
-#   reconstruct.
-# - **Truth**: the verdict-labelled last-position features hold a little more than chance (about
-#   1.2 times); the country-labelled ones hold well under it. The closest any family comes to a
-#   labelled route, and weak.
-# - **Sentiment**: sentiment-labelled last-position features hold chance influence (about 1.05):
-#   two thirds of the active features there carry the prompt's sentiment, so a label this common
-#   cannot single anything out.
-# - **IOI**: the last-position features labelled by whether the indirect object came first hold far
-#   less than chance (when one is active at all); the names reach the answer through heads, inside
-#   the edges (next section).
+#   influence (0.09 to 0.17 at the last position alone). The graph shows *that* the country matters
+#   and *where* it arrives; which capital it recalls sits in what the transcoders do not reconstruct.
+# - **Truth**: the verdict-labelled last-position features hold a little more than chance (1.15 to
+#   1.26 times); the country-labelled ones hold well under it. The closest any family comes to a
+#   labelled route, and weak. At the country token, the few country features hold about twice the
+#   influence of the other features there, but features there hold almost none of the graph's.
+# - **Sentiment**: sentiment-labelled last-position features hold about chance influence (1.05 to
+#   1.08): two thirds of the active features there carry the prompt's sentiment, so a label this
+#   common cannot single anything out.
+# - **IOI**: the last-position features labelled by whether the indirect object came first hold well
+#   under chance (when one is active at all); the names reach the answer through heads, inside the
+#   edges (next section).
 #
 # Why: the organism's transcoders have 512 features and `k = 16` per layer for forty countries,
-# four verdict and sentiment values and dozens of names; they learned features for what is common
-# (a country slot, a relation, a verdict), not one per country, and the per-country computation
-# lands in their error. A graph reads a computation through the replacement's features, so a
-# route the features do not represent cannot appear in it, however the graph is read.
+# two verdicts, two sentiments and dozens of names; they learned features for what is common (a
+# country slot, a relation, a verdict), not one per country, and the per-country computation lands
+# in their error. A graph reads a computation through the replacement's features, so a route the
+# features do not represent cannot appear in it, however the graph is read.
 
 # %% [markdown]
 # ### The heads of Chapter 06 in an IOI graph
@@ -1518,6 +1522,23 @@ def steering_summary(table: pd.DataFrame) -> pd.DataFrame:
 # %%
 steering = steering_table(model, shipped, families[0].prompts, list(grades["facts"].index[:4]))
 steering_summary(steering).round(2)
+
+# %% [markdown]
+# Where the graph's direct edge fails, by where the feature sits (the test module re-measures each
+# line on other draws of prompts):
+#
+# - **At the last position** the frozen real run matches the prediction (median error 0: most of
+#   these features sit in layer 3, where the local replacement *is* the frozen model). The real
+#   model misses by about a third of the prediction in the median, all of it from the final
+#   LayerNorm and, for earlier layers' features, attention at the last position moving.
+# - **At earlier positions** the direct edges are an order of magnitude smaller (9 to 14 times, in
+#   the median): a feature there reaches the answer only through attention to the last position.
+#   The direct edge misses by a third to a half of itself, about as much as at the last position,
+#   but for two reasons at once: the frozen run already misses (by 0.25 to 0.35 of the prediction:
+#   later MLPs respond, which a direct edge ignores), and letting attention and LayerNorm move adds
+#   about 0.2 more on its own (the test holds it above 0.1). That second part is what the graph
+#   freezes out: it cannot see that turning a feature off at an earlier token also changes what the
+#   last position reads from it.
 
 
 # %% [markdown]
