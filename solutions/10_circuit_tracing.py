@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 10: Circuit tracing with transcoders and attribution graphs
 #
-# **Time:** about 3½ hours. **Exercises:** 6, each checked as soon as you run the cell after it.
+# **Time:** about 4 hours. **Exercises:** 8, each checked as soon as you run the cell after it.
 # *Run All* takes under three minutes on a 2-core laptop CPU (longer when the machine is busy): the
 # transcoders ship with the organism, and the chapter trains only a small one to show the recipe.
 #
@@ -418,9 +418,10 @@ example_tokens = model.to_tokens(example.prompts[0])[0]
 example_run = freeze_run(model, shipped, example_tokens)
 replayed, _ = local_replacement(model, shipped, example_run, example_run.embeddings, example_run.features,
                                 example_run.errors)
-print(example.prompts[0], "->", example.correct[0])
-print(f"largest difference from the real logits: {(replayed - example_run.logits).abs().max():.1e} "
-      f"(logits up to {example_run.logits.abs().max():.0f})")
+pd.DataFrame({"prompt": [example.prompts[0]], "answer": [example.correct[0]],
+              "largest difference from the real logits": [(replayed - example_run.logits).abs().max().item()],
+              "largest real logit": [example_run.logits.abs().max().item()]}).style.format(
+    {"largest difference from the real logits": "{:.1e}", "largest real logit": "{:.1f}"})
 
 # %% [markdown]
 # ## 3. Attribution graphs
@@ -506,7 +507,12 @@ embedding_effects, feature_effects, error_effects = direct_effects(model, shippe
 zeros = [torch.zeros_like(tensor) for tensor in (example_run.embeddings, example_run.features, example_run.errors)]
 constant = example_target(*local_replacement(model, shipped, example_run, *zeros))
 total = embedding_effects.sum() + feature_effects.sum() + error_effects.sum() + constant
-print(f"target {example_target(example_run.logits, None):.4f} = sum of direct effects + biases {total:.4f}")
+pd.DataFrame({"value": {"target (real run)": example_target(example_run.logits, None).item(),
+                        "embeddings' direct effects": embedding_effects.sum().item(),
+                        "features' direct effects": feature_effects.sum().item(),
+                        "error nodes' direct effects": error_effects.sum().item(),
+                        "biases (no source controls them)": constant.item(),
+                        "sum of direct effects and biases": total.item()}}).round(4)
 
 # %% [markdown]
 # The effects add up to the target exactly (the biases, which no source controls, are the constant
@@ -564,8 +570,9 @@ def build_graph(model, transcoders: list, run: FrozenRun, target) -> Graph:
 # %%
 example_graph = build_graph(model, shipped, example_run, example_target)
 kinds = pd.Series([node[0] for node in example_graph.nodes]).value_counts()
-print(f"{len(example_graph.nodes)} nodes ({', '.join(f'{n} {kind}' for kind, n in kinds.items())}), "
-      f"{int((example_graph.adjacency != 0).sum())} non-zero edges")
+pd.concat([kinds.rename(lambda kind: f"{kind} nodes"),
+           pd.Series({"all nodes": len(example_graph.nodes),
+                      "non-zero edges": int((example_graph.adjacency != 0).sum())})]).to_frame("count")
 
 # %% [markdown]
 # ### Pruning by influence
@@ -920,6 +927,17 @@ def random_draw_hit(active: list, kept_last: list, labels: FeatureLabels, value)
     return 1 - math.comb(len(active) - labelled, len(kept_last)) / math.comb(len(active), len(kept_last))
 
 
+def influence_over_chance(graph: Graph, influence: Tensor, labels: FeatureLabels, position: int, value) -> float:
+    """The mean influence of the features active at `position` that `labels` labels with `value`, over the mean
+    influence of all features active there: 1 is what as many active features drawn at random hold on average
+    (NaN where none is labelled)."""
+    active = [i for i, (kind, _, at, _) in enumerate(graph.nodes) if kind == "feature" and at == position]
+    labelled = [i for i in active if labels.labelled(graph.nodes[i][1], graph.nodes[i][3], value)]
+    if not labelled:
+        return float("nan")
+    return (influence[labelled].mean() / influence[active].mean().clamp_min(1e-12)).item()
+
+
 def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int], value, source_value,
                 labels: tuple, top_inputs: int, computed_value=None) -> dict[str, float]:
     """Does the graph recover the labelled route? And how much influence sits on errors and features."""
@@ -946,6 +964,16 @@ def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int
                                                                      for layer, feature in kept_last)),
                     "computed label, random draw of the same size": random_draw_hit(active, kept_last, computed_labels,
                                                                                     computed_value)}
+    over_chance = {"labelled influence over chance, last position":
+                       influence_over_chance(graph, influence, last_labels, n_pos - 1, value),
+                   "labelled influence over chance, source token":
+                       influence_over_chance(graph, influence, source_labels, sources[0], source_value),
+                   "labelled features active at the source token":
+                       float(sum(source_labels.labelled(layer, feature, source_value)
+                                 for layer, feature in graph.run.features[:, sources[0]].nonzero().tolist()))}
+    if computed_labels is not None:
+        over_chance["computed label influence over chance, last position"] = influence_over_chance(
+            graph, influence, computed_labels, n_pos - 1, computed_value)
     total = float(influence.sum())
     by_kind = {kind: sum(float(influence[i]) for i, node in enumerate(graph.nodes) if node[0] == kind) / total
                for kind in ("embedding", "feature", "error")}
@@ -953,10 +981,15 @@ def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int
             "labelled feature, random draw of the same size": random_hit,
             "labelled share, kept last-position features": labelled_kept / max(draw, 1),
             "labelled share, all active last-position features": labelled_active / max(len(active), 1),
-            **computed,
+            **computed, **over_chance,
             "labelled route": float(sources_in and answer_feature), "labelled feature at the source token": float(source_feature),
             "kept features at the source token": float(sum(position == sources[0] for _, _, position, _ in kept_features)),
             "influence on error nodes": by_kind["error"], "influence on features": by_kind["feature"],
+            "influence on the source token's embedding": float(influence[sources[0]]) / total,
+            "influence on features at the source token": sum(float(influence[i]) for i, node in enumerate(graph.nodes)
+                                                             if node[0] == "feature" and node[2] == sources[0]) / total,
+            "influence on last-position error nodes": sum(float(influence[i]) for i, node in enumerate(graph.nodes)
+                                                          if node[0] == "error" and node[2] == n_pos - 1) / total,
             "influence on first-position error nodes": sum(float(influence[i]) for i, node in enumerate(graph.nodes)
                                                           if node[0] == "error" and node[2] == 0) / total,
             "kept nodes": float(len(kept))}
@@ -1052,7 +1085,161 @@ grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9
 #   share above 0.3 and more than one kept feature there). Part of the route runs through attention heads straight from the
 #   embeddings, and a graph whose nodes are MLP features shows that part only as a thick edge; the
 #   heads are inside the edges.
+
+# %% [markdown]
+# ### Exercise 10.7: scoring a node set, against chance (difficulty 2/3, ~25 min)
+# A kept node set makes two promises: that it carries the computation (faithfulness) and that its
+# features mean what the world says they should (labels). Write `route_scores(model, transcoders,
+# graph, kept, target, labels, value)` that scores a node set `kept` (node indices of `graph`) on both,
+# and on what chance would give. Return a dict of floats:
+# - `"faithfulness"`: the target in the local replacement (`local_replacement`) with every active
+#   feature *outside* `kept` turned off (activation set to zero; embeddings and error terms unchanged),
+#   over the target of the real run (`target(graph.run.logits, None)`);
+# - `"labelled share"`: among the kept feature nodes at the last position, the share that `labels`
+#   labels with `value` (`labels.labelled(layer, feature, value)`); 0 when none is kept there;
+# - `"chance share"`: the same share among **all** features active at the last position of the run:
+#   what a random draw of active features holds on average.
 #
+# The check scores node sets kept from graphs of held-out prompts (phrasings the model never saw), with
+# labels by relation and by country, against the reference.
+#
+# <details><summary>Hint 1</summary>
+#
+# Three numbers from one pass over `kept`: build a mask of the kept features (`[layer, pos, d_tc]`),
+# run the local replacement with `torch.where(mask, run.features, 0.0)`, and collect the kept
+# features that sit at the last position.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# A node is `(kind, layer, position, feature)`; only `kind == "feature"` nodes go into the mask. The
+# last position is `len(graph.str_tokens) - 1`; the features active there are
+# `graph.run.features[:, last].nonzero()`, rows of `(layer, feature)`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `pruned = target(*local_replacement(model, transcoders, run, run.embeddings, torch.where(mask, run.features, 0.0), run.errors))`;
+# `faithfulness = (pruned / target(run.logits, None)).item()`;
+# `share = lambda pairs: sum(labels.labelled(l, f, value) for l, f in pairs) / max(len(pairs), 1)`.
+# </details>
+
+# %% tags=["export"]
+def route_scores(model, transcoders: list, graph: Graph, kept: Int[Tensor, "kept"], target, labels: FeatureLabels,
+                 value) -> dict[str, float]:
+    """A kept node set's faithfulness in the local replacement, and its labelled share at the last position
+    against the share among all active last-position features (chance)."""
+    ### BEGIN SOLUTION
+    run = graph.run
+    last = len(graph.str_tokens) - 1
+    mask = torch.zeros_like(run.features, dtype=torch.bool)  # [layer, pos, d_tc]
+    kept_last = []
+    for index in kept.tolist():
+        kind, layer, position, feature = graph.nodes[index]
+        if kind == "feature":
+            mask[layer, position, feature] = True
+            if position == last:
+                kept_last.append((layer, feature))
+    with torch.no_grad():
+        pruned = target(*local_replacement(model, transcoders, run, run.embeddings,
+                                           torch.where(mask, run.features, 0.0), run.errors))
+        full = target(run.logits, None)
+    active = run.features[:, last].nonzero().tolist()  # [(layer, feature)]
+
+    def share(pairs: list) -> float:
+        return sum(labels.labelled(layer, feature, value) for layer, feature in pairs) / max(len(pairs), 1)
+
+    return {"faithfulness": (pruned / full).item(), "labelled share": share(kept_last), "chance share": share(active)}
+    ### END SOLUTION
+
+
+# %%
+route_scores = check_exercise("10.7", route_scores)
+
+# %% [markdown]
+# Score the pruned graph of a facts prompt, and a random draw of as many nodes from the same graph,
+# with the world's labels at the last position: by relation, and by country (which capital, language
+# or continent the answer is about).
+
+# %%
+facts_family = families[0]
+relation_labels, _, country_labels = family_labels(model, shipped, facts_family)
+scored = int(grades["facts"].index[0])
+scored_graph, scored_influence, scored_kept = prompt_graph(model, shipped, facts_family.prompts, scored)
+scored_target = logit_diff_target(model, facts_family.prompts.correct[scored], facts_family.prompts.wrong[scored])
+random_nodes = torch.randperm(len(scored_graph.nodes) - 1, generator=torch.Generator().manual_seed(0))[:len(scored_kept)]
+pd.DataFrame({f"{what}, labels by {label}": route_scores(model, shipped, scored_graph, nodes, scored_target, labels,
+                                                          facts_family.prompts.labels[label][scored])
+              for what, nodes in (("pruned graph", scored_kept), ("random nodes", random_nodes.sort().values))
+              for label, labels in (("relation", relation_labels), ("country", country_labels))}).T.round(3)
+
+# %% [markdown]
+# Two surprises. A random draw of as many nodes is nearly as faithful as the pruned graph (the test
+# module holds it above one half on a facts prompt): faithfulness turns off only features, and the
+# features' direct effects partly cancel (on the chapter's example prompt, the table of Section 3,
+# they sum to less than nothing, and the error nodes carry the answer), so a node set can be
+# faithful while saying little. And the pruned graph's
+# labelled shares sit near the chance shares. A share counts features; it does not ask how much of
+# the graph's influence runs through them.
+#
+# ### Is the route there when read right?
+# The papers' picture of a fact recall is a route: the subject token, features there that say which
+# country it is, attention moving that to the end, features there that recall the answer. Four
+# fairer readings of the graphs, each against what as many random active features would give:
+#
+# - **influence over chance**: the mean influence of the active features labelled with the prompt's
+#   value, over the mean influence of all active features at the same position. 1 is chance; a
+#   route through labelled features would show well above 1. At the last position by the family's
+#   label (relation, verdict, sentiment) and by the computed one (which country; for IOI whether the
+#   indirect object came first or second), and at the source token by its label (the country);
+# - **features at the source token**: how many active features at the country token the world
+#   labels with the country at all, and how much influence features there hold, beside the source
+#   token's own embedding node;
+# - and, measured outside the chapter on 16 facts and 16 truth prompts, two more readings that
+#   gave the same answer: features whose decoder row points most along the prompt's country
+#   direction (the mean MLP output for that country's prompts minus the mean over all, a class-mean
+#   probe in the sense of Chapter 02), at the country token and at the last position, held
+#   1.0 to 1.2 times chance influence; and features labelled by continent at the country token,
+#   which no pruned graph kept.
+
+# %%
+route_columns = ["labelled influence over chance, last position", "computed label influence over chance, last position",
+                 "labelled influence over chance, source token", "labelled features active at the source token",
+                 "influence on the source token's embedding", "influence on features at the source token",
+                 "influence on last-position error nodes"]
+grade_summary[route_columns].style.format(precision=2, na_rep="none labelled")
+
+# %% [markdown]
+# **No family's route through labelled features is there, read any of these ways.** What the
+# graphs show, family by family (the test module re-measures each on eight facts, six truth, six
+# sentiment and three IOI prompts, drawn afresh under each claim seed):
+#
+# - **Facts**: the last-position features labelled with the prompt's relation hold no more
+#   influence than as many random active features there (0.8 to 1.0 of chance on three draws of
+#   prompts), and those labelled with its country no more either (0.6 to 0.9, where any is active).
+#   At the country token the transcoders have almost no country features at all: on average fewer
+#   than one active feature in 64 there is labelled with the prompt's country. Features at the
+#   country token hold 1 to 2% of a graph's influence; the country token's *embedding* holds
+#   several times more. The country's identity travels as its embedding, through frozen attention
+#   (inside the edges), to the last position, where the error nodes hold a large share of the
+#   influence (0.09 to 0.17 at the last position alone). The graph shows *that* the country matters
+#   and *where* it arrives; which capital it recalls sits in what the transcoders do not reconstruct.
+# - **Truth**: the verdict-labelled last-position features hold a little more than chance (1.15 to
+#   1.26 times); the country-labelled ones hold well under it. The closest any family comes to a
+#   labelled route, and weak. At the country token, the few country features hold about twice the
+#   influence of the other features there, but features there hold almost none of the graph's.
+# - **Sentiment**: sentiment-labelled last-position features hold about chance influence (1.05 to
+#   1.08): two thirds of the active features there carry the prompt's sentiment, so a label this
+#   common cannot single anything out.
+# - **IOI**: the last-position features labelled by whether the indirect object came first hold well
+#   under chance (when one is active at all); the names reach the answer through heads, inside the
+#   edges (next section).
+#
+# Why: the organism's transcoders have 512 features and `k = 16` per layer for forty countries,
+# two verdicts, two sentiments and dozens of names; they learned features for what is common (a
+# country slot, a relation, a verdict), not one per country, and the per-country computation lands
+# in their error. A graph reads a computation through the replacement's features, so a route the
+# features do not represent cannot appear in it, however the graph is read.
+
+# %% [markdown]
 # ### The heads of Chapter 06 in an IOI graph
 # Attention is frozen, so a head is not a node: it is part of every edge that crosses positions. To
 # see a head in a graph, remove it from the edges: set its frozen pattern to zero and recompute the
@@ -1228,7 +1415,133 @@ figure.update_layout(title="Turning one feature off: the graph's prediction agai
 # position** (the `position` column), so every intervention here changes the stream only where the
 # answer is read. Attention from the last position to earlier ones, which a feature at the country
 # token would have to go through, is not exercised by it.
+
+# %% [markdown]
+# ### Exercise 10.8: steer a feature, predict, measure (difficulty 2/3, ~20 min)
+# Write `steer_feature(model, transcoders, graph, node, target, scale)`: `node` is the index of a
+# feature node of `graph`. Set that feature to `scale` times its activation in the **real** model
+# (`scale=0` turns it off, `scale=2` doubles it) and return two floats, `(predicted, measured)`:
+# - `predicted`: the change of the target the graph predicts from its direct edge,
+#   `(scale - 1)` times the node's direct effect on the target (`graph.adjacency[-1, node]`);
+# - `measured`: the change of `target(logits, None)` in the real model, from its clean value
+#   `target(graph.run.logits, None)`, when the feature's MLP output at the feature's position gains
+#   `(scale - 1) * activation * W_dec[feature]` (a hook on `output_hook(layer)` of a
+#   `model.run_with_hooks` call on `graph.run.tokens[None]`).
 #
+# The check compares both with the reference for a last-position feature and for a feature at an
+# earlier position, turned off and doubled.
+#
+# <details><summary>Hint 1</summary>
+#
+# A feature's contribution to its MLP's output is its activation times its decoder row. Changing the
+# activation from `a` to `scale * a` adds `(scale - 1) * a * W_dec[feature]` at one position of one layer.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `_, layer, position, feature = graph.nodes[node]`; `a = graph.run.features[layer, position, feature]`.
+# The hook clones the `[batch, pos, d_model]` output and adds the change at `[0, position]` only.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `delta = (scale - 1) * a * transcoders[layer].W_dec[feature]`; in the hook `out = out.clone(); out[0, position] += delta; return out`;
+# `logits = model.run_with_hooks(graph.run.tokens[None], fwd_hooks=[(output_hook(layer), hook)])[0]`; return
+# `((scale - 1) * graph.adjacency[-1, node].item(), (target(logits, None) - target(graph.run.logits, None)).item())`.
+# </details>
+
+# %% tags=["export"]
+def steer_feature(model, transcoders: list, graph: Graph, node: int, target, scale: float = 0.0) -> tuple[float, float]:
+    """Set one feature of the graph to `scale` times its activation in the real model: the graph's predicted change
+    of the target (its direct edge times scale - 1) and the measured change."""
+    ### BEGIN SOLUTION
+    _, layer, position, feature = graph.nodes[node]
+    run = graph.run
+    delta = (scale - 1) * run.features[layer, position, feature] * transcoders[layer].W_dec[feature]  # [d_model]
+
+    def steer(out, hook):
+        out = out.clone()
+        out[0, position] += delta
+        return out
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(run.tokens[None], fwd_hooks=[(output_hook(layer), steer)])[0]
+        measured = target(logits, None) - target(run.logits, None)
+    return (scale - 1) * graph.adjacency[-1, node].item(), measured.item()
+    ### END SOLUTION
+
+
+# %%
+steer_feature = check_exercise("10.8", steer_feature)
+
+# %% [markdown]
+# The interventions of the table above all sat at the last position. Now the ones that do exercise
+# attention: for a few facts prompts, the features with the largest direct edges on the target at
+# the last position and at earlier positions (the first position aside), each turned off with your
+# `steer_feature`, and, beside the real model, the real model with attention patterns and LayerNorm
+# scales frozen at their clean values (`ablate_feature(..., freeze=True)`).
+
+# %% tags=["export"]
+def steering_table(model, transcoders: list, prompts, indices: list[int], per_position: int = 3) -> pd.DataFrame:
+    """The features with the largest direct edges on the target, at the last position and at earlier ones (not the
+    first), each turned off: the graph's prediction, the real change, and the real change with attention and LN frozen."""
+    rows = []
+    for index in indices:
+        graph, _, _ = prompt_graph(model, transcoders, prompts, index)
+        target = logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+        last = len(graph.str_tokens) - 1
+        edges = graph.adjacency[-1].abs()
+        features = [i for i, node in enumerate(graph.nodes) if node[0] == "feature"]
+        for where, pool in (("last position", [i for i in features if graph.nodes[i][2] == last]),
+                            ("earlier position", [i for i in features if 0 < graph.nodes[i][2] < last])):
+            for node in sorted(pool, key=lambda i: -edges[i].item())[:per_position]:
+                _, layer, position, feature = graph.nodes[node]
+                predicted, measured = steer_feature(model, transcoders, graph, node, target, 0.0)
+                rows.append({"prompt": index, "where": where, "feature": node_label(graph, node),
+                             "graph prediction": predicted, "real model": measured,
+                             "real, attention and LN frozen": ablate_feature(model, graph.run, transcoders, layer, position,
+                                                                             feature, target, freeze=True)})
+    return pd.DataFrame(rows)
+
+
+def steering_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """By where the feature sits: the median error of the graph's prediction relative to its size, and sign agreement."""
+    rows = {}
+    for where, group in table.groupby("where", sort=False):
+        size = group["graph prediction"].abs().clip(lower=1e-6)
+        rows[where] = {
+            "features": len(group),
+            "median |prediction|": group["graph prediction"].abs().median(),
+            "median |real - prediction| / |prediction|": ((group["real model"] - group["graph prediction"]).abs() / size).median(),
+            "same, attention and LN frozen": ((group["real, attention and LN frozen"] - group["graph prediction"]).abs()
+                                              / size).median(),
+            "median |real - frozen| / |prediction|": ((group["real model"] - group["real, attention and LN frozen"]).abs()
+                                                      / size).median(),
+            "same sign, real model": (group["real model"].gt(0) == group["graph prediction"].gt(0)).mean()}
+    return pd.DataFrame(rows).T
+
+
+# %%
+steering = steering_table(model, shipped, families[0].prompts, list(grades["facts"].index[:4]))
+steering_summary(steering).round(2)
+
+# %% [markdown]
+# Where the graph's direct edge fails, by where the feature sits (the test module re-measures each
+# line on other draws of prompts):
+#
+# - **At the last position** the frozen real run matches the prediction (median error 0: most of
+#   these features sit in layer 3, where the local replacement *is* the frozen model). The real
+#   model misses by about a third of the prediction in the median, all of it from the final
+#   LayerNorm and, for earlier layers' features, attention at the last position moving.
+# - **At earlier positions** the direct edges are an order of magnitude smaller (9 to 14 times, in
+#   the median): a feature there reaches the answer only through attention to the last position.
+#   The direct edge misses by a third to a half of itself, about as much as at the last position,
+#   but for two reasons at once: the frozen run already misses (by 0.25 to 0.35 of the prediction:
+#   later MLPs respond, which a direct edge ignores), and letting attention and LayerNorm move adds
+#   about 0.2 more on its own (the test holds it above 0.1). That second part is what the graph
+#   freezes out: it cannot see that turning a feature off at an earlier token also changes what the
+#   last position reads from it.
+
+
+# %% [markdown]
 # ## 6. Exporting a graph for the field's viewers
 #
 # The field's graph viewers (Neuronpedia's, and the one bundled with `circuit-tracer`) read a JSON
@@ -1310,6 +1623,10 @@ print(json.dumps(exported["nodes"][0]))
 # - **Labels are needed to read it.** A node named `L3 F240` means nothing until something labels
 #   it. Here the world did; on a real model, feature labels come from automated interpretation of
 #   top activations, and grading them is a research problem of its own.
+# - **A route the features don't carry.** Read every fair way we tried (Section 4), no family's graphs
+#   route through the features the world labels more than as many random active features would:
+#   the organism's transcoders have no feature per country, and the recall lands in their error. A
+#   graph can only show a computation in the replacement's own vocabulary.
 # - **The transcoders' own choices.** Width, `k`, the data and the training seed decide which
 #   features exist; another set of transcoders gives another graph of the same computation.
 #

@@ -275,3 +275,77 @@ def test_frozen_run_equals_the_prediction_for_last_layer_features_and_amplifies_
     claim("ch10: layer-3 features, frozen real run minus the graph's prediction (largest)", gap, below=1e-3)
     ratio = (early["real, attention and LN frozen"].abs() / early["graph prediction"].abs()).median()
     claim("ch10: layer-0 features, frozen real run over the graph's direct prediction (median)", ratio, above=1.3)
+
+
+# ------------------------------------------------------------------------------------------
+# Section 4, read fairly: influence through labelled features against as many random active ones
+# ------------------------------------------------------------------------------------------
+def test_labelled_features_hold_no_more_influence_than_chance(grades):
+    facts, truth, sentiment = grades["facts"], grades["truth"], grades["sentiment"]
+    claim("ch10: facts graphs, relation-labelled last-position features' influence over chance (mean)",
+          facts["labelled influence over chance, last position"].mean(), below=1.2)  # 0.85, 1.0 at claim seeds 0 and 1
+    claim("ch10: facts graphs, country-labelled last-position features' influence over chance (mean where any is active)",
+          facts["computed label influence over chance, last position"].mean(), below=1.2)
+    claim("ch10: truth graphs, verdict-labelled last-position features' influence over chance (mean)",
+          truth["labelled influence over chance, last position"].mean(), below=1.5)
+    claim("ch10: sentiment graphs, sentiment-labelled last-position features' influence over chance (mean)",
+          sentiment["labelled influence over chance, last position"].mean(), below=1.3)
+    claim("ch10: IOI graphs, first-or-second-labelled last-position features' influence over chance (0 where none is active)",
+          grades["IOI"]["computed label influence over chance, last position"].fillna(0).mean(), below=0.8)
+
+
+def test_the_country_travels_as_its_embedding_not_as_features_at_its_token(grades):
+    facts = grades["facts"]
+    claim("ch10: country-labelled features active at the country token (mean per facts prompt, of 64)",
+          facts["labelled features active at the source token"].mean(), below=1)
+    claim("ch10: facts graphs, features at the country token's share of influence (mean)",
+          facts["influence on features at the source token"].mean(), below=0.03)  # 0.016, 0.012 at claim seeds 0 and 1
+    claim("ch10: facts graphs, the country token's embedding over the features there (influence, ratio of means)",
+          facts["influence on the source token's embedding"].mean() / facts["influence on features at the source token"].mean(),
+          above=2)
+    claim("ch10: facts graphs, last-position error nodes' share of influence (mean)",
+          facts["influence on last-position error nodes"].mean(), above=0.05)  # 0.16, 0.09 at claim seeds 0 and 1
+
+
+# ------------------------------------------------------------------------------------------
+# Section 5: steering at the last position and at earlier ones
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def steering(model, shipped, families, grades):
+    return ref.steering_summary(ref.steering_table(model, shipped, families[0].prompts, list(grades["facts"].index[:4])))
+
+
+def test_steering_earlier_features_fails_where_the_graph_froze_attention(steering):
+    last, earlier = steering.loc["last position"], steering.loc["earlier position"]
+    claim("ch10: last-position features' direct edges over earlier ones' (median |prediction|)",
+          last["median |prediction|"] / earlier["median |prediction|"], above=3)
+    claim("ch10: last-position features, real model's error relative to the prediction (median)",
+          last["median |real - prediction| / |prediction|"], above=0.15)
+    claim("ch10: last-position features, frozen real run's error relative to the prediction (median)",
+          last["same, attention and LN frozen"], below=0.05)
+    claim("ch10: earlier-position features, frozen real run's error relative to the prediction (median)",
+          earlier["same, attention and LN frozen"], above=0.1)
+    claim("ch10: earlier-position features, real model's error relative to the prediction (median)",
+          earlier["median |real - prediction| / |prediction|"], above=0.2)
+    claim("ch10: earlier-position features, what attention and LN moving add (median |real - frozen| / |prediction|)",
+          earlier["median |real - frozen| / |prediction|"], above=0.1)
+
+
+def test_a_random_node_set_is_nearly_as_faithful_on_facts_prompts(model, shipped, families, grades):
+    """Exercise 10.7's lesson: faithfulness turns off only features, and the error nodes carry the facts."""
+    prompts = families[0].prompts
+    index = int(grades["facts"].index[0])
+    graph, influence, kept = ref.prompt_graph(model, shipped, prompts, index)
+    target = ref.logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+    labels = ref.FeatureLabels(["any"], torch.zeros(4, 512, dtype=torch.long), torch.ones(4, 512))
+    drawn = torch.randperm(len(graph.nodes) - 1, generator=torch.Generator().manual_seed(SEED))[:len(kept)].sort().values
+    random_scores = ref.route_scores(model, shipped, graph, drawn, target, labels, "any")
+    claim("ch10: a random draw of as many nodes as the pruned facts graph, faithfulness in the local replacement",
+          random_scores["faithfulness"], above=0.5)
+    # the chapter's example prompt (Section 3's table): the features' direct effects sum to less than nothing
+    facts = prompts.subset([i for i, relation in enumerate(prompts.labels["relation"]) if relation == "capital"])
+    run = ref.freeze_run(model, shipped, model.to_tokens(facts.prompts[0])[0])
+    example_target = ref.logit_diff_target(model, facts.correct[0], facts.wrong[0])
+    _, feature_effects, _ = ref.direct_effects(model, shipped, run, example_target)
+    claim("ch10: the chapter's example prompt, features' direct effects summed over the target", feature_effects.sum().item()
+          / example_target(run.logits, None).item(), below=0.0)

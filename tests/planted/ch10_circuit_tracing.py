@@ -360,6 +360,185 @@ def kept_searchsorted(influence, share=0.8):
     return order[:n].sort().values
 
 
+# 10.7 ----------------------------------------------------------------------------------------
+def _scores(model, transcoders, graph, kept, target, labels, value, *, invert=False, raw=False, zero_errors=False,
+            every_position=False, over_kept_nodes=False, chance_over_all=False):
+    run = graph.run
+    last = len(graph.str_tokens) - 1
+    mask = torch.zeros_like(run.features, dtype=torch.bool)
+    errors = torch.zeros(run.errors.shape[:2], dtype=torch.bool)
+    chosen = []
+    for index in kept.tolist():
+        kind, layer, position, feature = graph.nodes[index]
+        if kind == "feature":
+            mask[layer, position, feature] = True
+            if every_position or position == last:
+                chosen.append((layer, feature))
+        if kind == "error":
+            errors[layer, position] = True
+    features = torch.where(mask, 0.0, run.features) if invert else torch.where(mask, run.features, 0.0)
+    error_terms = torch.where(errors[..., None], run.errors, 0.0) if zero_errors else run.errors
+    with torch.no_grad():
+        pruned = target(*ref.local_replacement(model, transcoders, run, run.embeddings, features, error_terms)).item()
+    full = target(run.logits, None).item()
+    if chance_over_all:
+        active = [(layer, feature) for layer in range(run.features.shape[0]) for feature in range(run.features.shape[2])]
+    else:
+        active = run.features[:, last].nonzero().tolist()
+    count = lambda pairs: sum(labels.labelled(layer, feature, value) for layer, feature in pairs)
+    return {"faithfulness": pruned if raw else pruned / full,
+            "labelled share": count(chosen) / max(len(kept) if over_kept_nodes else len(chosen), 1),
+            "chance share": count(active) / max(len(active), 1)}
+
+
+def scores_inverted(model, transcoders, graph, kept, target, labels, value):
+    return _scores(model, transcoders, graph, kept, target, labels, value, invert=True)
+
+
+def scores_unnormalised(model, transcoders, graph, kept, target, labels, value):
+    return _scores(model, transcoders, graph, kept, target, labels, value, raw=True)
+
+
+def scores_zeroed_errors(model, transcoders, graph, kept, target, labels, value):
+    return _scores(model, transcoders, graph, kept, target, labels, value, zero_errors=True)
+
+
+def scores_every_position(model, transcoders, graph, kept, target, labels, value):
+    return _scores(model, transcoders, graph, kept, target, labels, value, every_position=True)
+
+
+def scores_over_kept_nodes(model, transcoders, graph, kept, target, labels, value):
+    return _scores(model, transcoders, graph, kept, target, labels, value, over_kept_nodes=True)
+
+
+def scores_chance_over_all(model, transcoders, graph, kept, target, labels, value):
+    return _scores(model, transcoders, graph, kept, target, labels, value, chance_over_all=True)
+
+
+def scores_from_edges(model, transcoders, graph, kept, target, labels, value):
+    """Features are given numbers in the local replacement: dropping some removes exactly their direct edges."""
+    full = target(graph.run.logits, None).item()
+    kept_set = set(kept.tolist())
+    nodes = graph.nodes
+    last = len(graph.str_tokens) - 1
+    dropped = sum(graph.adjacency[-1, i].item() for i, node in enumerate(nodes) if node[0] == "feature" and i not in kept_set)
+    kept_last = [nodes[i] for i in sorted(kept_set) if nodes[i][0] == "feature" and nodes[i][2] == last]
+    active_last = [node for node in nodes if node[0] == "feature" and node[2] == last]
+    share = lambda group: (sum(labels.labelled(n[1], n[3], value) for n in group) / len(group)) if group else 0.0
+    return {"faithfulness": (full - dropped) / full, "labelled share": share(kept_last), "chance share": share(active_last)}
+
+
+def scores_with_float_mask(model, transcoders, graph, kept, target, labels, value):
+    run = graph.run
+    n_pos = run.features.shape[1]
+    keep = torch.zeros(run.features.shape)
+    labelled_kept = kept_last = 0
+    for index in kept:
+        kind, layer, position, feature = graph.nodes[int(index)]
+        if kind != "feature":
+            continue
+        keep[layer, position, feature] = 1.0
+        if position == n_pos - 1:
+            kept_last += 1
+            labelled_kept += labels.labelled(layer, feature, value)
+    with torch.no_grad():
+        logits, _ = ref.local_replacement(model, transcoders, run, run.embeddings, run.features * keep, run.errors)
+    active = (run.features[:, -1] > 0).nonzero()
+    labelled_active = sum(labels.labelled(int(layer), int(feature), value) for layer, feature in active)
+    return {"faithfulness": float(target(logits, None) / target(run.logits, None)),
+            "labelled share": labelled_kept / kept_last if kept_last else 0.0,
+            "chance share": labelled_active / len(active)}
+
+
+# 10.8 ----------------------------------------------------------------------------------------
+def _steer(model, transcoders, graph, node, target, scale, *, new_value=False, flipped=False, no_activation=False,
+           every_position=False, overwrite=False, absolute=False, local=False):
+    _, layer, position, feature = graph.nodes[node]
+    run = graph.run
+    activation = 1.0 if no_activation else run.features[layer, position, feature]
+    delta = (scale - 1) * activation * transcoders[layer].W_dec[feature]
+
+    def hook(out, hook):
+        out = out.clone()
+        if overwrite:
+            out[0, position] = delta
+        elif every_position:
+            out[0] += delta
+        else:
+            out[0, position] += delta
+        return out
+
+    with torch.no_grad():
+        if local:
+            features = run.features.clone()
+            features[layer, position, feature] *= scale
+            value = target(*ref.local_replacement(model, transcoders, run, run.embeddings, features, run.errors))
+        else:
+            value = target(model.run_with_hooks(run.tokens[None], fwd_hooks=[(output_hook(layer), hook)])[0], None)
+    edge = graph.adjacency[-1, node].item()
+    predicted = scale * edge if new_value else (1 - scale) * edge if flipped else (scale - 1) * edge
+    measured = value.item() if absolute else (value - target(run.logits, None)).item()
+    return predicted, measured
+
+
+def steer_new_value(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, new_value=True)
+
+
+def steer_flipped(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, flipped=True)
+
+
+def steer_without_activation(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, no_activation=True)
+
+
+def steer_every_position(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, every_position=True)
+
+
+def steer_overwrite(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, overwrite=True)
+
+
+def steer_absolute(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, absolute=True)
+
+
+def steer_in_local_replacement(model, transcoders, graph, node, target, scale=0.0):
+    return _steer(model, transcoders, graph, node, target, scale, local=True)
+
+
+def steer_at_resid_post(model, transcoders, graph, node, target, scale=0.0):
+    """The MLP output joins the stream just before resid_post: adding there is the same change."""
+    _, layer, position, feature = graph.nodes[node]
+    run = graph.run
+    change = (scale - 1) * run.features[layer, position, feature] * transcoders[layer].W_dec[feature]
+    offset = torch.zeros(1, len(run.tokens), change.shape[0])
+    offset[0, position] = change
+    with torch.no_grad():
+        logits = model.run_with_hooks(run.tokens[None], fwd_hooks=[(f"blocks.{layer}.hook_resid_post",
+                                                                    lambda resid, hook: resid + offset)])[0]
+    return (scale - 1) * float(graph.adjacency[-1, node]), float(target(logits, None) - target(run.logits, None))
+
+
+def steer_by_reconstruction(model, transcoders, graph, node, target, scale=0.0):
+    """Rebuild the MLP output from the transcoder with the feature scaled, plus the run's error term."""
+    _, layer, position, feature = graph.nodes[node]
+    run = graph.run
+    features = run.features[layer].clone()
+    features[position, feature] = features[position, feature] * scale
+    rebuilt = transcoders[layer].decode(features) + run.errors[layer]  # [pos, d_model]
+
+    def replace(out, hook):
+        return rebuilt[None].to(out.dtype)
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(run.tokens[None], fwd_hooks=[(output_hook(layer), replace)])[0]
+    predicted = graph.adjacency[-1, node].item() * (scale - 1)
+    return predicted, (target(logits, None) - target(run.logits, None)).item()
+
+
 MISTAKES = {
     "10.1": [(metrics_input_variance, "the variance that counts is the target's"),
              (metrics_uncentred_variance, "around its mean over tokens"),
@@ -384,6 +563,19 @@ MISTAKES = {
              (kept_least_influential, "keep the most influential nodes"),
              (kept_in_influence_order, "sorted in ascending order"),
              (kept_share_of_nodes, "not of the number of nodes")],
+    "10.7": [(scores_inverted, "turn off the features outside the kept set"),
+             (scores_unnormalised, "faithfulness is a ratio"),
+             (scores_zeroed_errors, "only features are turned off"),
+             (scores_every_position, "count only the kept features at the last position"),
+             (scores_over_kept_nodes, "not of all kept nodes"),
+             (scores_chance_over_all, "not among every feature of the transcoders")],
+    "10.8": [(steer_new_value, "the change, not the new value"),
+             (steer_flipped, "mind the sign"),
+             (steer_without_activation, "multiply W_dec[feature] by the activation"),
+             (steer_every_position, "only at the feature's own position"),
+             (steer_overwrite, "don't overwrite"),
+             (steer_absolute, "subtract the clean run's target"),
+             (steer_in_local_replacement, "measure in the real model")],
 }
 
 ALTERNATIVES = {
@@ -393,4 +585,6 @@ ALTERNATIVES = {
     "10.4": [effects_with_backward, effects_by_finite_differences],
     "10.5": [influence_power_series, influence_solve],
     "10.6": [kept_loop, kept_searchsorted],
+    "10.7": [scores_from_edges, scores_with_float_mask],
+    "10.8": [steer_at_resid_post, steer_by_reconstruction],
 }

@@ -389,3 +389,169 @@ def check_kept_nodes(candidate) -> None:
             raise Wrong(f"on a held-out prompt your {len(got) if hasattr(got, '__len__') else '?'} kept nodes keep "
                         f"{yours:.3f} of the logit difference in the local replacement; the smallest set holding 80% "
                         f"of the influence ({len(expected)} nodes) keeps {_local_faithfulness(graph, expected, target):.3f}")
+
+
+# ------------------------------------------------------------------------------------------
+# 10.7
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def _held_out_labels():
+    """Feature labels at the last position of the held-out facts prompts, by relation and by country."""
+    model = organism()
+    facts = ref.world.prompt_set("facts", "test", seed=3)
+    activations, last = ref.family_feature_activations(model, shipped(), facts.prompts)
+    at_last = activations[torch.arange(len(last)), last]  # [batch, layer, d_tc]
+    return facts, {label: ref.label_features(at_last, facts.labels[label]) for label in ("relation", "country")}
+
+
+def _node_sets(graph, influence) -> list[tuple[str, torch.Tensor]]:
+    """Node sets to score: the pruned graph, a smaller one, and a random draw of the pruned graph's size."""
+    kept = ref.kept_nodes(influence, 0.8)
+    generator = seeded_generator(len(graph.nodes))
+    drawn = torch.randperm(len(graph.nodes) - 1, generator=generator)[:len(kept)].sort().values
+    return [("the nodes holding 80% of the influence", kept), ("the nodes holding 50%", ref.kept_nodes(influence, 0.5)),
+            ("a random draw of as many nodes", drawn)]
+
+
+def _mistaken_scores(graph, kept, target, labels, value) -> dict[str, dict[str, float]]:
+    """The scores with one realistic mistake each: {hint: {score name: value}}."""
+    model, transcoders, run = organism(), shipped(), graph.run
+    last = len(graph.str_tokens) - 1
+    mask = torch.zeros_like(run.features, dtype=torch.bool)
+    error_mask = torch.zeros(run.errors.shape[:2], dtype=torch.bool)
+    kept_last, kept_all, kept_nodes = [], [], kept.tolist()
+    for index in kept_nodes:
+        kind, layer, position, feature = graph.nodes[index]
+        if kind == "feature":
+            mask[layer, position, feature] = True
+            kept_all.append((layer, feature))
+            if position == last:
+                kept_last.append((layer, feature))
+        if kind == "error":
+            error_mask[layer, position] = True
+    full = target(run.logits, None).item()
+
+    def local(features, errors):
+        return target(*ref.local_replacement(model, transcoders, run, run.embeddings, features, errors)).item()
+
+    def count(pairs):
+        return sum(labels.labelled(layer, feature, value) for layer, feature in pairs)
+
+    with torch.no_grad():
+        pruned = local(torch.where(mask, run.features, 0.0), run.errors)
+        right = {"faithfulness": pruned / full, "labelled share": count(kept_last) / max(len(kept_last), 1),
+                 "chance share": count(run.features[:, last].nonzero().tolist())
+                 / max(len(run.features[:, last].nonzero()), 1)}
+        all_last = [(layer, feature) for layer in range(run.features.shape[0]) for feature in range(run.features.shape[2])]
+        return {
+            "turn off the features outside the kept set, and keep those inside it":
+                {**right, "faithfulness": local(torch.where(mask, 0.0, run.features), run.errors) / full},
+            "faithfulness is a ratio: divide by the target of the real run, target(graph.run.logits, None)":
+                {**right, "faithfulness": pruned},
+            "only features are turned off: embeddings and error terms stay as they are, kept or not":
+                {**right, "faithfulness": local(torch.where(mask, run.features, 0.0),
+                                                torch.where(error_mask[..., None], run.errors, 0.0)) / full},
+            "count only the kept features at the last position (the answer is read there)":
+                {**right, "labelled share": count(kept_all) / max(len(kept_all), 1)},
+            "the share is of the kept last-position features, not of all kept nodes":
+                {**right, "labelled share": count(kept_last) / max(len(kept_nodes), 1)},
+            "chance is the share among the features active at the last position (run.features[:, last] > 0), "
+            "not among every feature of the transcoders":
+                {**right, "chance share": count(all_last) / len(all_last)},
+        }
+
+
+@exercise("10.7", "scoring a node set, against chance", CHAPTER, ref.route_scores)
+def check_route_scores(candidate) -> None:
+    facts, labels = _held_out_labels()
+    for number, (graph, influence, target) in enumerate(_held_out_graphs()):
+        label = ("relation", "country")[number % 2]
+        value = facts.labels[label][number]
+        for what, kept in _node_sets(graph, influence):
+            got = call(candidate, organism(), shipped(), graph, kept.clone(), target, labels[label], value)
+            if not isinstance(got, dict):
+                raise Wrong(f"return a dict with 'faithfulness', 'labelled share' and 'chance share', got {type(got).__name__}")
+            missing = {"faithfulness", "labelled share", "chance share"} - set(got)
+            if missing:
+                raise Wrong(f"your dict lacks {', '.join(sorted(missing))}")
+            expected = ref.route_scores(organism(), shipped(), graph, kept, target, labels[label], value)
+            mistakes = _mistaken_scores(graph, kept, target, labels[label], value)
+            for name in ("faithfulness", "labelled share", "chance share"):
+                expect_close(got[name], expected[name],
+                             f"your {name!r} for {what} of a held-out prompt's graph (labels by {label})", atol=1e-3,
+                             mistakes=_distinct_numbers({hint: scores[name] for hint, scores in mistakes.items()},
+                                                        expected[name], 1e-3))
+
+
+# ------------------------------------------------------------------------------------------
+# 10.8
+# ------------------------------------------------------------------------------------------
+def _steered_nodes(graph) -> list[tuple[str, int]]:
+    """The last-position feature and the earlier-position feature with the largest direct edges on the target."""
+    last = len(graph.str_tokens) - 1
+    edges = graph.adjacency[-1].abs()
+    features = [i for i, node in enumerate(graph.nodes) if node[0] == "feature"]
+    at_last = max((i for i in features if graph.nodes[i][2] == last), key=lambda i: edges[i].item())
+    earlier = max((i for i in features if 0 < graph.nodes[i][2] < last), key=lambda i: edges[i].item())
+    return [("a last-position feature", at_last), ("an earlier-position feature", earlier)]
+
+
+def _mistaken_steering(graph, node, target, scale) -> dict[str, tuple[float, float]]:
+    model, transcoders, run = organism(), shipped(), graph.run
+    _, layer, position, feature = graph.nodes[node]
+    activation = run.features[layer, position, feature]
+    decoder = transcoders[layer].W_dec[feature]
+    edge = graph.adjacency[-1, node].item()
+    clean = target(run.logits, None).item()
+
+    def measured(change, positions=None, overwrite=False):
+        def hook(out, hook):
+            out = out.clone()
+            if overwrite:
+                out[0, position] = change
+            elif positions is None:
+                out[0, position] += change
+            else:
+                out[0] += change
+            return out
+
+        with torch.no_grad():
+            return target(model.run_with_hooks(run.tokens[None], fwd_hooks=[(ref.output_hook(layer), hook)])[0], None).item()
+
+    right = (scale - 1) * edge
+    delta = (scale - 1) * activation * decoder
+    with torch.no_grad():
+        features = run.features.clone()
+        features[layer, position, feature] *= scale
+        local = target(*ref.local_replacement(model, transcoders, run, run.embeddings, features, run.errors)).item()
+    steered = measured(delta)
+    return {
+        "the graph predicts (scale - 1) times the direct edge: the change, not the new value": (scale * edge, steered - clean),
+        "mind the sign: setting the feature to scale times its value changes the target by (scale - 1) * edge":
+            ((1 - scale) * edge, steered - clean),
+        "the feature writes its activation times its decoder row: multiply W_dec[feature] by the activation":
+            (right, measured((scale - 1) * decoder) - clean),
+        "change the MLP's output only at the feature's own position (out[0, position])":
+            (right, measured(delta, positions="all") - clean),
+        "add the change to the MLP's output; don't overwrite the output at that position":
+            (right, measured(delta, overwrite=True) - clean),
+        "return the change: subtract the clean run's target, target(graph.run.logits, None)": (right, steered),
+        "measure in the real model (model.run_with_hooks): the local replacement agrees with the graph by construction":
+            (right, local - clean),
+    }
+
+
+@exercise("10.8", "steer a feature, predict, measure", CHAPTER, ref.steer_feature)
+def check_steer_feature(candidate) -> None:
+    graph, _, target = _held_out_graphs()[0]
+    for what, node in _steered_nodes(graph):
+        for scale in (0.0, 2.0):
+            got = call(candidate, organism(), shipped(), graph, node, target, scale)
+            if not (isinstance(got, tuple) and len(got) == 2):
+                raise Wrong("return a tuple of two floats: (predicted, measured)")
+            expected = ref.steer_feature(organism(), shipped(), graph, node, target, scale)
+            mistakes = _mistaken_steering(graph, node, target, scale)
+            for slot, name in enumerate(("predicted", "measured")):
+                expect_close(got[slot], expected[slot], f"your {name} change for {what} at scale {scale}", atol=1e-3,
+                             mistakes=_distinct_numbers({hint: pair[slot] for hint, pair in mistakes.items()},
+                                                        expected[slot], 1e-3))

@@ -415,6 +415,17 @@ def random_draw_hit(active: list, kept_last: list, labels: FeatureLabels, value)
     return 1 - math.comb(len(active) - labelled, len(kept_last)) / math.comb(len(active), len(kept_last))
 
 
+def influence_over_chance(graph: Graph, influence: Tensor, labels: FeatureLabels, position: int, value) -> float:
+    """The mean influence of the features active at `position` that `labels` labels with `value`, over the mean
+    influence of all features active there: 1 is what as many active features drawn at random hold on average
+    (NaN where none is labelled)."""
+    active = [i for i, (kind, _, at, _) in enumerate(graph.nodes) if kind == "feature" and at == position]
+    labelled = [i for i in active if labels.labelled(graph.nodes[i][1], graph.nodes[i][3], value)]
+    if not labelled:
+        return float("nan")
+    return (influence[labelled].mean() / influence[active].mean().clamp_min(1e-12)).item()
+
+
 def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int], value, source_value,
                 labels: tuple, top_inputs: int, computed_value=None) -> dict[str, float]:
     """Does the graph recover the labelled route? And how much influence sits on errors and features."""
@@ -441,6 +452,16 @@ def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int
                                                                      for layer, feature in kept_last)),
                     "computed label, random draw of the same size": random_draw_hit(active, kept_last, computed_labels,
                                                                                     computed_value)}
+    over_chance = {"labelled influence over chance, last position":
+                       influence_over_chance(graph, influence, last_labels, n_pos - 1, value),
+                   "labelled influence over chance, source token":
+                       influence_over_chance(graph, influence, source_labels, sources[0], source_value),
+                   "labelled features active at the source token":
+                       float(sum(source_labels.labelled(layer, feature, source_value)
+                                 for layer, feature in graph.run.features[:, sources[0]].nonzero().tolist()))}
+    if computed_labels is not None:
+        over_chance["computed label influence over chance, last position"] = influence_over_chance(
+            graph, influence, computed_labels, n_pos - 1, computed_value)
     total = float(influence.sum())
     by_kind = {kind: sum(float(influence[i]) for i, node in enumerate(graph.nodes) if node[0] == kind) / total
                for kind in ("embedding", "feature", "error")}
@@ -448,10 +469,15 @@ def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int
             "labelled feature, random draw of the same size": random_hit,
             "labelled share, kept last-position features": labelled_kept / max(draw, 1),
             "labelled share, all active last-position features": labelled_active / max(len(active), 1),
-            **computed,
+            **computed, **over_chance,
             "labelled route": float(sources_in and answer_feature), "labelled feature at the source token": float(source_feature),
             "kept features at the source token": float(sum(position == sources[0] for _, _, position, _ in kept_features)),
             "influence on error nodes": by_kind["error"], "influence on features": by_kind["feature"],
+            "influence on the source token's embedding": float(influence[sources[0]]) / total,
+            "influence on features at the source token": sum(float(influence[i]) for i, node in enumerate(graph.nodes)
+                                                             if node[0] == "feature" and node[2] == sources[0]) / total,
+            "influence on last-position error nodes": sum(float(influence[i]) for i, node in enumerate(graph.nodes)
+                                                          if node[0] == "error" and node[2] == n_pos - 1) / total,
             "influence on first-position error nodes": sum(float(influence[i]) for i, node in enumerate(graph.nodes)
                                                           if node[0] == "error" and node[2] == 0) / total,
             "kept nodes": float(len(kept))}
@@ -480,6 +506,32 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
                                                                                        target)
         rows.append(row)
     return pd.DataFrame(rows, index=chosen)
+
+
+def route_scores(model, transcoders: list, graph: Graph, kept: Int[Tensor, "kept"], target, labels: FeatureLabels,
+                 value) -> dict[str, float]:
+    """A kept node set's faithfulness in the local replacement, and its labelled share at the last position
+    against the share among all active last-position features (chance)."""
+    run = graph.run
+    last = len(graph.str_tokens) - 1
+    mask = torch.zeros_like(run.features, dtype=torch.bool)  # [layer, pos, d_tc]
+    kept_last = []
+    for index in kept.tolist():
+        kind, layer, position, feature = graph.nodes[index]
+        if kind == "feature":
+            mask[layer, position, feature] = True
+            if position == last:
+                kept_last.append((layer, feature))
+    with torch.no_grad():
+        pruned = target(*local_replacement(model, transcoders, run, run.embeddings,
+                                           torch.where(mask, run.features, 0.0), run.errors))
+        full = target(run.logits, None)
+    active = run.features[:, last].nonzero().tolist()  # [(layer, feature)]
+
+    def share(pairs: list) -> float:
+        return sum(labels.labelled(layer, feature, value) for layer, feature in pairs) / max(len(pairs), 1)
+
+    return {"faithfulness": (pruned / full).item(), "labelled share": share(kept_last), "chance share": share(active)}
 
 
 def head_shares(model, transcoders: list, run: FrozenRun, target, positions: list[int]) -> Float[Tensor, "layer head_index"]:
@@ -565,6 +617,63 @@ def validation_summary(table: pd.DataFrame) -> pd.DataFrame:
                             torch.corrcoef(torch.stack([all_paths, measured]))[0, 1].item(),
                         "same sign": (prediction.sign() == measured.sign()).double().mean().item(),
                         "median |measured| / |predicted|": (measured.abs() / prediction.abs().clamp_min(1e-6)).median().item()}
+    return pd.DataFrame(rows).T
+
+
+def steer_feature(model, transcoders: list, graph: Graph, node: int, target, scale: float = 0.0) -> tuple[float, float]:
+    """Set one feature of the graph to `scale` times its activation in the real model: the graph's predicted change
+    of the target (its direct edge times scale - 1) and the measured change."""
+    _, layer, position, feature = graph.nodes[node]
+    run = graph.run
+    delta = (scale - 1) * run.features[layer, position, feature] * transcoders[layer].W_dec[feature]  # [d_model]
+
+    def steer(out, hook):
+        out = out.clone()
+        out[0, position] += delta
+        return out
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(run.tokens[None], fwd_hooks=[(output_hook(layer), steer)])[0]
+        measured = target(logits, None) - target(run.logits, None)
+    return (scale - 1) * graph.adjacency[-1, node].item(), measured.item()
+
+
+def steering_table(model, transcoders: list, prompts, indices: list[int], per_position: int = 3) -> pd.DataFrame:
+    """The features with the largest direct edges on the target, at the last position and at earlier ones (not the
+    first), each turned off: the graph's prediction, the real change, and the real change with attention and LN frozen."""
+    rows = []
+    for index in indices:
+        graph, _, _ = prompt_graph(model, transcoders, prompts, index)
+        target = logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+        last = len(graph.str_tokens) - 1
+        edges = graph.adjacency[-1].abs()
+        features = [i for i, node in enumerate(graph.nodes) if node[0] == "feature"]
+        for where, pool in (("last position", [i for i in features if graph.nodes[i][2] == last]),
+                            ("earlier position", [i for i in features if 0 < graph.nodes[i][2] < last])):
+            for node in sorted(pool, key=lambda i: -edges[i].item())[:per_position]:
+                _, layer, position, feature = graph.nodes[node]
+                predicted, measured = steer_feature(model, transcoders, graph, node, target, 0.0)
+                rows.append({"prompt": index, "where": where, "feature": node_label(graph, node),
+                             "graph prediction": predicted, "real model": measured,
+                             "real, attention and LN frozen": ablate_feature(model, graph.run, transcoders, layer, position,
+                                                                             feature, target, freeze=True)})
+    return pd.DataFrame(rows)
+
+
+def steering_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """By where the feature sits: the median error of the graph's prediction relative to its size, and sign agreement."""
+    rows = {}
+    for where, group in table.groupby("where", sort=False):
+        size = group["graph prediction"].abs().clip(lower=1e-6)
+        rows[where] = {
+            "features": len(group),
+            "median |prediction|": group["graph prediction"].abs().median(),
+            "median |real - prediction| / |prediction|": ((group["real model"] - group["graph prediction"]).abs() / size).median(),
+            "same, attention and LN frozen": ((group["real, attention and LN frozen"] - group["graph prediction"]).abs()
+                                              / size).median(),
+            "median |real - frozen| / |prediction|": ((group["real model"] - group["real, attention and LN frozen"]).abs()
+                                                      / size).median(),
+            "same sign, real model": (group["real model"].gt(0) == group["graph prediction"].gt(0)).mean()}
     return pd.DataFrame(rows).T
 
 
