@@ -578,16 +578,21 @@ pd.DataFrame({"predicted next token": [repr(predict_next_token(model, text)) for
 # %% [markdown]
 # How does the model get from a prompt to its prediction? Part of the answer is **attention**: at
 # each position, each attention head takes a weighted average of *value vectors* computed from the
-# earlier positions, the current one included, and its weights, its *pattern*, say where it looks. Below are the last layer's heads on our prompt: pick a
-# head, then hover over a token to see which earlier tokens it attends to. Chapter 03 reads these
-# patterns properly, and Chapter 06 tests which of them matter.
+# earlier positions, the current one included, and its weights, its *pattern*, say where it looks. Below are the last layer's heads on our prompt,
+# drawn by [circuitsvis](https://github.com/TransformerLensOrg/CircuitsVis), the viewer most
+# interpretability notebooks use (`circuitsvis.attention.attention_heads`): pick a head, then hover
+# over a token to see which earlier tokens it attends to. Offline, each circuitsvis view carries its
+# whole 1.3 MB script, so the later chapters draw the same patterns with the workbook's lighter
+# `attention_patterns`, which opens on the head the text discusses. Chapter 03 reads these patterns
+# properly, and Chapter 06 tests which of them matter.
 
 # %%
-from utils.plotting import attention_patterns
+from utils.plotting import circuitsvis_attention
 
 _, attention_cache = model.run_with_cache(prompt)
 last_layer = model.cfg.n_layers - 1
-attention_patterns(model.to_str_tokens(prompt), attention_cache[f"blocks.{last_layer}.attn.hook_pattern"][0])
+circuitsvis_attention(model.to_str_tokens(prompt), attention_cache[f"blocks.{last_layer}.attn.hook_pattern"][0],
+                      [f"L{last_layer}H{h}" for h in range(model.cfg.n_heads)])
 
 # %% [markdown]
 # ## 3. The residual stream is a sum

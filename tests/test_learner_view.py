@@ -75,6 +75,19 @@ def test_every_attention_view_in_the_chapters_opens_on_a_head_its_text_names():
             assert re.search(rf"\b{focus.value}\b", prose), f"{source}:{call.lineno}: the text never names {focus.value}"
 
 
+def test_the_circuitsvis_view_opens_on_the_named_head_with_every_head_keeping_its_name():
+    tokens, pattern = _induction_like(n_heads=4, seq_len=3)
+    names = [f"L3H{h}" for h in range(4)]
+    view = plotting.circuitsvis_attention(tokens, pattern, names, focus="L3H2")
+    props = view.local_src.rsplit("CircuitsVis.render(", 1)[1]
+    assert "CircuitsVis.AttentionHeads" in props  # circuitsvis's own component and bundle
+    shown = json.loads(props[props.index("{"):props.rindex("}") + 1])
+    assert shown["attentionHeadNames"] == ["L3H2", "L3H0", "L3H1", "L3H3"]
+    assert torch.allclose(torch.tensor(shown["attention"])[0], pattern[2], atol=1e-6)
+    with pytest.raises(ValueError, match="2 head names for 4 heads"):
+        plotting.circuitsvis_attention(tokens, pattern, names[:2])
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here")
 def test_attention_view_draws_in_a_real_browser(tmp_path):
     tokens, pattern = _induction_like(n_heads=2, seq_len=5)

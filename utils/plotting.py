@@ -112,6 +112,27 @@ def attention_patterns(str_tokens: Sequence[str], pattern, head_names: Sequence[
                 f'<script>{_ATTENTION_SCRIPT}("{view_id}", {payload});</script>')
 
 
+def circuitsvis_attention(str_tokens: Sequence[str], pattern, head_names: Sequence[str] | None = None,
+                          focus: int | str = 0):
+    """The same patterns in circuitsvis (`circuitsvis.attention.attention_heads`), the field's
+    viewer, opening on the head `focus` names (circuitsvis opens on its first head, so that head is
+    moved first; every head keeps its name). Online it loads its script from a CDN; offline each
+    view inlines circuitsvis's 1.3 MB bundle, which is why the chapters use `attention_patterns`."""
+    import circuitsvis as cv
+
+    pattern = torch.as_tensor(_to_numpy(pattern)).float()
+    if pattern.dim() != 3 or pattern.shape[1:] != (len(str_tokens), len(str_tokens)):
+        raise ValueError(f"pattern must be [head, {len(str_tokens)}, {len(str_tokens)}] for these tokens, "
+                         f"got {list(pattern.shape)}")
+    names = [str(name) for name in head_names] if head_names else [f"head {i}" for i in range(pattern.shape[0])]
+    if len(names) != pattern.shape[0]:
+        raise ValueError(f"{len(names)} head names for {pattern.shape[0]} heads")
+    first = _head_index(focus, names)
+    order = [first, *(h for h in range(len(names)) if h != first)]
+    return cv.attention.attention_heads(attention=pattern[order], tokens=[str(t) for t in str_tokens],
+                                        attention_head_names=[names[h] for h in order])
+
+
 _ATTENTION_STYLE = "font-family: sans-serif; font-size: 12px; margin: 10px 0; max-width: 100%;"
 
 # One function per view (self-contained, so a view works alone in Colab's per-output frame).
