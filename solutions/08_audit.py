@@ -222,8 +222,10 @@ slices["suspect"].head(5).style.format(precision=3)
 
 # %% [markdown]
 # On this traffic the search works: the suspect's worst slice, far below the rest, is the planted
-# one (a day, a family). Both models also have a few "clear failures" of one or two mistakes in a
-# family they otherwise get right: with more than a hundred slices, chance alone gives some, and
+# one (a day, a family); another slice of that family can fall just under it too, when it holds
+# many of the triggered prompts. Outside that family, both models have a few "clear failures" of
+# one or two mistakes in a family they otherwise get right: with more than a hundred slices,
+# chance alone gives some, and
 # each would need a test of its own. So for *this* suspect behaviour alone would have done,
 # because the trigger is frequent enough in the traffic and every prompt carries its right
 # answer. That is not the usual case. A trigger the traffic never contains (a name nobody used, a

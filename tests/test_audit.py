@@ -273,7 +273,8 @@ def test_the_behaviour_only_search_finds_this_trigger_and_only_chance_slices_els
     claim("ch08: gap from the planted slice's upper bound to the next slice's",
           slices["suspect"].iloc[1]["upper"] - worst["upper"], above=0.05)
     for name, table in slices.items():  # the chance "clear failures": one or two mistakes, in a near-perfect family
-        chance = table[table["clear"]].iloc[1 if name == "suspect" else 0:]
+        # (in the suspect, other slices of the planted family hold triggered prompts: claim seed 3's template 0)
+        chance = table[table["clear"] & ((table["family"] != practice.family) if name == "suspect" else True)]
         claim(f"ch08: mistakes in any chance clear slice, {name}",
               ((1 - chance["accuracy"]) * chance["n"]).round().max() if len(chance) else 0, below=2.5)
 

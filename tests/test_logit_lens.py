@@ -189,6 +189,8 @@ def test_tuned_lens_is_closer_to_the_final_distribution_before_the_last_point():
           answer_tuned[1:-1].min(), above=0.9)
     claim("ch03: ... several times its all-position average (smallest ratio, points 1 to 3)",
           (answer_tuned[1:-1] / tuned[1:-1]).min(), above=3)
+    claim("ch03: the all-position average flatters the logit lens too (smallest ratio, points 1 to 3)",
+          (answer_logit[1:-1] / logit[1:-1]).min(), above=1)
     claim("ch03: ... and its gain over the logit lens after block 0 is a few tenths of a nat (largest gap, points 1 to 3)",
           (answer_logit[1:-1] - answer_tuned[1:-1]).max(), below=1.2)
 

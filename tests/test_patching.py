@@ -604,9 +604,13 @@ def test_6_8s_bar_passes_the_three_and_four_node_circuits_and_fails_every_pair_o
                              for node in nodes)
             claim(f"ch06 6.8, draw {seed}: {name} circuit's subset minimality (over the bar)", minimality,
                   above=checks.MIN_DROP)
+            claim(f"ch06 6.8, draw {seed}: {name} circuit keeps more than the whole model (1.05-1.21 measured)",
+                  kept[frozenset(nodes)], above=1.0)
         three = frozenset(PASSING_CIRCUITS["reference"]) - {(0, 7, 18)}
         claim(f"ch06 6.8, draw {seed}: the three-node subset of Hint 3 passes too ('about 1.0')", subsets[three],
               above=checks.MIN_FAITHFULNESS)
+        claim(f"ch06 6.8, draw {seed}: the three-node subset stays near 1 (0.95-1.05 measured)", subsets[three],
+              below=1.1)
         claim(f"ch06 6.8, draw {seed}: ... and keeps less than either four-node circuit (smaller gap)",
               min(subsets[frozenset(nodes)] for nodes in PASSING_CIRCUITS.values()) - subsets[three], above=0)
         claim(f"ch06 6.8, draw {seed}: no pair of nodes reaches the bar (best pair)",
@@ -841,6 +845,7 @@ def test_das_in_mlp2s_hidden_layer_gains_a_little_from_the_part_w_out_ignores():
     print(f"DAS at MLP2's hidden layer, held-out swap rate: whole {whole:.3f}, read part {read_only:.3f}, "
           f"ignored part {ignored_only:.3f}; ignored share of the length {float(ignored.norm() ** 2):.3f}")
     claim("ch06 illusion: the whole DAS direction's swap rate ('about 0.7')", whole, above=0.6)
+    claim("ch06 illusion: ... and not near all pairs ('about 0.7')", whole, below=0.85)
     claim("ch06 illusion: its read part alone still swaps most pairs ('0.6 to 0.7')", read_only, above=0.5)
     claim("ch06 illusion: the read part alone loses some (whole minus read part, 'a few hundredths to a tenth')",
           whole - read_only, above=0.02)
