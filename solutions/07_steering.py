@@ -30,7 +30,8 @@
 #   names' gender as a bias mitigation and measure what it keeps and what it costs;
 # - change one fact with a rank-one edit of one MLP matrix, and grade it on efficacy,
 #   generalisation to phrasings it never saw and specificity everywhere else;
-# - attack the latents: find how small a residual perturbation flips a verdict;
+# - attack the latents: find how small a residual perturbation flips a verdict, and take one step of
+#   latent adversarial training against it, with a control;
 # - say what steering can't tell you.
 #
 # **Seed concepts:** interventional methods; activation steering (Templeton et al. 2024's feature
@@ -1747,12 +1748,90 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # A random perturbation changes no verdict at any of these sizes; an optimised one of the same size
 # starts to flip them once it is a fifth of the residual norm, and flips more the larger it may be.
 # The model is robust in almost every direction and fragile in a few, and those few are what an
-# input attack would be searching for. Latent adversarial training trains against such attacks;
-# Casper et al. and Sheshadri et al. report better robustness to some attacks that were not used
-# in training, a measured improvement, not a guarantee. This chapter stops at the attack: training
-# against it means fine-tuning the organism and then re-measuring every family, which does not
-# fit in its time budget. The flip side for interpretability: "the
-# behaviour survives random noise" is no evidence that it is robust.
+# input attack would be searching for. The flip side for interpretability: "the behaviour survives
+# random noise" is no evidence that it is robust.
+#
+# **Latent adversarial training** (LAT; Casper et al. 2024, Sheshadri et al. 2024) trains against
+# such attacks: find the worst perturbation of the latents for a batch, then take a training step
+# on the loss *with* that perturbation in place. Casper et al. and Sheshadri et al. report better
+# robustness to some attacks that were not used in training, a measured improvement, not a
+# guarantee. One step is enough to see what it buys and what it costs here: one Adam step on 128
+# training statements, with the worst perturbation of 30% of the residual norm at the last token
+# after block 1 (ten steps of the same projected gradient ascent) plus the unperturbed loss. The
+# control is the same step without the perturbation, so that what LAT buys is not mistaken for
+# what any step of fine-tuning does. Each copy is then attacked afresh, and every family measured.
+
+# %% tags=["export"]
+import copy
+
+
+def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool = True,
+                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15):
+    """A copy of `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation of each
+    last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place, plus the
+    unperturbed loss on the correct answer. With `adversarial=False`, the same step without the perturbation."""
+    trained = copy.deepcopy(model)
+    tokens, last = tokenize(trained, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    correct, wrong = answer_ids(trained, prompts.correct), answer_ids(trained, prompts.wrong)
+    delta = torch.zeros(len(last), trained.cfg.d_model, device=tokens.device)  # [batch, d_model]
+
+    def perturb(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = resid[rows, last] + delta
+        return resid
+
+    with torch.enable_grad():
+        if adversarial:
+            with torch.no_grad():
+                radius = budget * last_token_activations(trained, prompts.prompts, hook_name).norm(dim=-1, keepdim=True)
+            delta.requires_grad_(True)
+            for _ in range(attack_steps):
+                logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]
+                (gradient,) = torch.autograd.grad((logits[rows, wrong] - logits[rows, correct]).sum(), delta)
+                with torch.no_grad():
+                    delta += attack_lr * radius * gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    delta *= (radius / delta.norm(dim=-1, keepdim=True)).clamp(max=1.0)
+            delta = delta.detach()
+        parameters = list(trained.parameters())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimiser = torch.optim.Adam(parameters, lr=lr)
+        logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]  # [batch, d_vocab]
+        pair = torch.stack([logits[rows, correct], logits[rows, wrong]], dim=-1)  # [batch, 2]: correct first
+        loss = torch.nn.functional.cross_entropy(pair, torch.zeros_like(correct))
+        loss = loss + torch.nn.functional.cross_entropy(trained(tokens)[rows, last], correct)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+    return trained
+
+
+# %%
+lat_train = prompt_set("truth", "train", n=128, seed=0)
+trained_copies = {"LAT, one step": latent_adversarial_step(model, lat_train, HOOK, 0.3),
+                  "plain step (control)": latent_adversarial_step(model, lat_train, HOOK, 0.3, adversarial=False)}
+lat_watch = behaviour_sets(n=64)
+lat_rows = {}
+for name, copy_ in progress_bar({"unchanged": model, **trained_copies}.items(), desc="models"):
+    lat_rows[name] = {**{f"attack {budget:.0%} flips": latent_attack(copy_, attacked_statements, HOOK, budget)
+                         for budget in (0.2, 0.3)}, **side_effect_table(copy_, lat_watch)}
+pd.DataFrame(lat_rows).T.rename_axis(columns="attacked afresh; accuracy of every family").round(3)
+
+# %% [markdown]
+# One step of LAT takes the 20% attack from flipping about three true statements in ten to none,
+# and the 30% attack from nearly all to a fifth or fewer. The plain step is no substitute: its
+# effect on the attack is erratic (one draw of the training statements left the model more fragile
+# at 20% than before, another less), and LAT beat it at 30% on every draw we tried. The price is
+# paid by the behaviour that was trained: the unattacked truth verdicts lose a few points (about
+# six and eight of 100 on the two draws we measured with 200 statements), while the other four
+# families do not move. So on the
+# organism LAT buys what it was trained for, against the attack it was trained with; whether it buys
+# robustness to *other* attacks, the claim that matters for safety, this experiment does not test.
+# One step of Adam is a blunt instrument (its first step moves every weight by about the learning
+# rate), which is why the control matters more than the number.
 #
 # ## 8. On a real model
 # The same functions steer GPT-2 small when the Hugging Face Hub is reachable: ActAdd's "Love"

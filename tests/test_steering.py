@@ -615,3 +615,31 @@ def test_optimised_latent_perturbations_flip_verdicts_random_ones_do_not():
     claim("ch07: an optimised perturbation of 20% starts to flip", optimised[1], above=0.0)
     claim("ch07: an optimised perturbation of 30% flips more than of 20% (by more than a prompt of 48)",
           optimised[2] - optimised[1], above=1.5 / 48)
+
+
+def test_one_step_of_latent_adversarial_training_buys_robustness_and_costs_the_truth_verdicts():
+    """One Adam step against the 30% latent attack (the chapter's settings), with the same step without the
+    perturbation as the control: attacked afresh, and every family measured."""
+    model = organism()
+    train = prompt_set("truth", "train", n=128, seed=SEED)
+    attacked = ref.truth_subsets(prompt_set("truth", "test", seed=SEED))[1].subset(range(48))
+    watch = ref.behaviour_sets(n=64, seed=SEED)
+    copies = {"unchanged": model, "LAT": ref.latent_adversarial_step(model, train, HOOK, 0.3),
+              "plain": ref.latent_adversarial_step(model, train, HOOK, 0.3, adversarial=False)}
+    flips = {name: {budget: ref.latent_attack(copy_, attacked, HOOK, budget, seed=SEED) for budget in (0.2, 0.3)}
+             for name, copy_ in copies.items() if name != "plain"}
+    flips["plain"] = {0.3: ref.latent_attack(copies["plain"], attacked, HOOK, 0.3, seed=SEED)}
+    accuracy = {name: ref.side_effect_table(copy_, watch) for name, copy_ in copies.items() if name != "plain"}
+    one = 1.5 / len(attacked)  # more than one statement of 48
+    claim("ch07: after one LAT step the 20% attack flips none (at most one of 48)", flips["LAT"][0.2], below=one)
+    claim("ch07: the 20% attack flipped some before LAT", flips["unchanged"][0.2], above=one)
+    claim("ch07: one LAT step takes the 30% attack from nearly all to a fifth or fewer (drop)",
+          flips["unchanged"][0.3] - flips["LAT"][0.3], above=0.5)
+    claim("ch07: after one LAT step the 30% attack flips a fifth or fewer", flips["LAT"][0.3], below=0.25)
+    claim("ch07: LAT beats the plain step at 30% (by more than a statement)", flips["plain"][0.3] - flips["LAT"][0.3],
+          above=one)
+    base, lat = accuracy["unchanged"], accuracy["LAT"]
+    claim("ch07: one LAT step costs the truth verdicts (drop)", base["truth"] - lat["truth"], above=1.5 / 64)
+    claim("ch07: one LAT step costs the truth verdicts under a tenth (drop)", base["truth"] - lat["truth"], below=0.1)
+    claim("ch07: one LAT step leaves the other families (largest drop)",
+          max(base[f] - lat[f] for f in base if f != "truth"), below=0.02)

@@ -733,3 +733,50 @@ def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, step
         delta = delta.detach()
     with torch.no_grad():
         return (margin() > 0).float().mean().item()
+
+
+import copy
+
+
+def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool = True,
+                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15):
+    """A copy of `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation of each
+    last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place, plus the
+    unperturbed loss on the correct answer. With `adversarial=False`, the same step without the perturbation."""
+    trained = copy.deepcopy(model)
+    tokens, last = tokenize(trained, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    correct, wrong = answer_ids(trained, prompts.correct), answer_ids(trained, prompts.wrong)
+    delta = torch.zeros(len(last), trained.cfg.d_model, device=tokens.device)  # [batch, d_model]
+
+    def perturb(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = resid[rows, last] + delta
+        return resid
+
+    with torch.enable_grad():
+        if adversarial:
+            with torch.no_grad():
+                radius = budget * last_token_activations(trained, prompts.prompts, hook_name).norm(dim=-1, keepdim=True)
+            delta.requires_grad_(True)
+            for _ in range(attack_steps):
+                logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]
+                (gradient,) = torch.autograd.grad((logits[rows, wrong] - logits[rows, correct]).sum(), delta)
+                with torch.no_grad():
+                    delta += attack_lr * radius * gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    delta *= (radius / delta.norm(dim=-1, keepdim=True)).clamp(max=1.0)
+            delta = delta.detach()
+        parameters = list(trained.parameters())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimiser = torch.optim.Adam(parameters, lr=lr)
+        logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]  # [batch, d_vocab]
+        pair = torch.stack([logits[rows, correct], logits[rows, wrong]], dim=-1)  # [batch, 2]: correct first
+        loss = torch.nn.functional.cross_entropy(pair, torch.zeros_like(correct))
+        loss = loss + torch.nn.functional.cross_entropy(trained(tokens)[rows, last], correct)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+    return trained
