@@ -1762,15 +1762,29 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # what any step of fine-tuning does. Each copy is then attacked afresh, and every family measured.
 
 # %% tags=["export"]
-import copy
-
-
+@contextlib.contextmanager
 def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool = True,
-                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15):
-    """A copy of `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation of each
-    last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place, plus the
-    unperturbed loss on the correct answer. With `adversarial=False`, the same step without the perturbation."""
-    trained = copy.deepcopy(model)
+                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15) -> Iterator:
+    """Inside the block, `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation
+    of each last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place,
+    plus the unperturbed loss on the correct answer. With `adversarial=False`, the same step without the
+    perturbation. Every weight is put back afterwards, even after an error."""
+    parameters = list(model.parameters())
+    saved = [(parameter.detach().clone(), parameter.requires_grad) for parameter in parameters]
+    try:
+        _one_training_step(model, prompts, hook_name, budget, adversarial, lr, attack_steps, attack_lr)
+        yield model
+    finally:
+        with torch.no_grad():
+            for parameter, (original, requires_grad) in zip(parameters, saved):
+                parameter.copy_(original)
+                parameter.requires_grad_(requires_grad)
+                parameter.grad = None
+
+
+def _one_training_step(trained, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool, lr: float,
+                       attack_steps: int, attack_lr: float) -> None:
+    """`latent_adversarial_step`'s training step, in place."""
     tokens, last = tokenize(trained, prompts.prompts)
     rows = torch.arange(len(last), device=tokens.device)
     correct, wrong = answer_ids(trained, prompts.correct), answer_ids(trained, prompts.wrong)
@@ -1806,18 +1820,19 @@ def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: f
         optimiser.step()
         for parameter in parameters:
             parameter.requires_grad_(False)
-    return trained
 
 
 # %%
 lat_train = prompt_set("truth", "train", n=128, seed=0)
-trained_copies = {"LAT, one step": latent_adversarial_step(model, lat_train, HOOK, 0.3),
-                  "plain step (control)": latent_adversarial_step(model, lat_train, HOOK, 0.3, adversarial=False)}
+trainings = {"unchanged": lambda: contextlib.nullcontext(model),
+             "LAT, one step": lambda: latent_adversarial_step(model, lat_train, HOOK, 0.3),
+             "plain step (control)": lambda: latent_adversarial_step(model, lat_train, HOOK, 0.3, adversarial=False)}
 lat_watch = behaviour_sets(n=64)
 lat_rows = {}
-for name, copy_ in progress_bar({"unchanged": model, **trained_copies}.items(), desc="models"):
-    lat_rows[name] = {**{f"attack {budget:.0%} flips": latent_attack(copy_, attacked_statements, HOOK, budget)
-                         for budget in (0.2, 0.3)}, **side_effect_table(copy_, lat_watch)}
+for name, training in progress_bar(trainings.items(), desc="models (train, attack, measure)"):
+    with training() as trained:  # the weights are put back after the block
+        lat_rows[name] = {**{f"attack {budget:.0%} flips": latent_attack(trained, attacked_statements, HOOK, budget)
+                             for budget in (0.2, 0.3)}, **side_effect_table(trained, lat_watch)}
 pd.DataFrame(lat_rows).T.rename_axis(columns="attacked afresh; accuracy of every family").round(3)
 
 # %% [markdown]

@@ -735,15 +735,29 @@ def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, step
         return (margin() > 0).float().mean().item()
 
 
-import copy
-
-
+@contextlib.contextmanager
 def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool = True,
-                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15):
-    """A copy of `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation of each
-    last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place, plus the
-    unperturbed loss on the correct answer. With `adversarial=False`, the same step without the perturbation."""
-    trained = copy.deepcopy(model)
+                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15) -> Iterator:
+    """Inside the block, `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation
+    of each last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place,
+    plus the unperturbed loss on the correct answer. With `adversarial=False`, the same step without the
+    perturbation. Every weight is put back afterwards, even after an error."""
+    parameters = list(model.parameters())
+    saved = [(parameter.detach().clone(), parameter.requires_grad) for parameter in parameters]
+    try:
+        _one_training_step(model, prompts, hook_name, budget, adversarial, lr, attack_steps, attack_lr)
+        yield model
+    finally:
+        with torch.no_grad():
+            for parameter, (original, requires_grad) in zip(parameters, saved):
+                parameter.copy_(original)
+                parameter.requires_grad_(requires_grad)
+                parameter.grad = None
+
+
+def _one_training_step(trained, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool, lr: float,
+                       attack_steps: int, attack_lr: float) -> None:
+    """`latent_adversarial_step`'s training step, in place."""
     tokens, last = tokenize(trained, prompts.prompts)
     rows = torch.arange(len(last), device=tokens.device)
     correct, wrong = answer_ids(trained, prompts.correct), answer_ids(trained, prompts.wrong)
@@ -779,4 +793,3 @@ def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: f
         optimiser.step()
         for parameter in parameters:
             parameter.requires_grad_(False)
-    return trained
