@@ -10,8 +10,8 @@
 # # Chapter 07: Steering, erasure and editing
 #
 # **Time:** about 3 hours. **Exercises:** 8, each checked as soon as you run the cell after it.
-# *Run All* takes under three minutes on a 2-core laptop CPU (longer when the machine is busy); the longest
-# cells, the dose-response tables and the fact edits, show a progress bar.
+# *Run All* takes under four and a half minutes on a 2-core laptop CPU (longer when the machine is busy);
+# every cell that takes more than a few seconds shows a progress bar.
 #
 # **You will learn to**
 # - build steering vectors five ways (one contrast pair, a mean difference over many pairs, a
@@ -30,7 +30,8 @@
 #   names' gender as a bias mitigation and measure what it keeps and what it costs;
 # - change one fact with a rank-one edit of one MLP matrix, and grade it on efficacy,
 #   generalisation to phrasings it never saw and specificity everywhere else;
-# - attack the latents: find how small a residual perturbation flips a verdict;
+# - attack the latents: find how small a residual perturbation flips a verdict, and take one step of
+#   latent adversarial training against it, with a control;
 # - say what steering can't tell you.
 #
 # **Seed concepts:** interventional methods; activation steering (Templeton et al. 2024's feature
@@ -47,7 +48,9 @@
 # phrasings to test whether an edit generalises.
 
 # %%
+import pandas as pd
 import torch
+from IPython.display import display
 
 from utils import check_exercise, load_model, progress_bar, prompt_set, setup, show_progress
 
@@ -393,8 +396,8 @@ baseline = side_effect_table(model, watch)
 alphas = [0.25, 0.5, 0.75, 1.0, 1.5]
 doses = {name: dose_response(model, HOOK, vector, alphas, negative_reviews, watch)
          for name, vector in progress_bar(vectors.items(), desc="vectors")}
-print(f"{len(negative_reviews)} held-out negative reviews; watched:",
-      {family: f"{len(prompts)} prompts, baseline {baseline[family]:.3f}" for family, prompts in watch.items()})
+display(pd.DataFrame({"prompts": {family: len(prompts) for family, prompts in watch.items()}, "unsteered accuracy": baseline})
+        .rename_axis(f"watched (target: {len(negative_reviews)} held-out negative reviews)").round(3))
 dose_frame(doses, alphas, "flipped")
 
 # %%
@@ -430,24 +433,30 @@ lines({family: md_doses[family] for family in watch}, x=alphas,
 # indirect-object and induction tasks (more than one prompt in ten wrong at $\alpha = 1.5$) and
 # costs the truth verdicts a few points, none of which has anything to do with reviews. The honest
 # summary of a steering vector is therefore a coefficient *and* a cost. We fix a tolerance (no
-# family may lose more than 5 points of accuracy) and ask for the largest coefficient that stays
-# within it. How many prompts we watch matters as much as the tolerance: with 48 prompts a family,
+# family may lose more than 5 of every 100 prompts it answered) and ask for the largest
+# coefficient that stays within it. How many prompts we watch matters as much as the tolerance: with 48 prompts a family,
 # three prompts are six points, and a different draw of 48 prompts gave a different answer. With
 # 200 a family (30 for facts, all there are), a 5-point drop is ten prompts, and the answer below
 # was the same for four different draws of the watch sets we tried; a test checks three draws, and
 # `make claims` reruns it with other seeds.
 #
 # ### Exercise 7.4: the largest safe coefficient (difficulty 2/3, ~15 min)
-# Write `largest_safe_coefficient(alphas, accuracies, baseline, tolerance)`. `alphas` is a list of
-# coefficients in increasing order; `accuracies` maps each watched family to a tensor `[alpha]` of
-# its accuracy at each coefficient (the other keys of a dose-response table, such as "flipped",
-# are not families: use only the keys of `baseline`); `baseline` maps each family to its unsteered
-# accuracy. A coefficient is **safe** when no family's accuracy is more than `tolerance` below its
-# baseline (a drop of exactly `tolerance` is safe; a rise above the baseline is never unsafe). Return the largest coefficient such that it and
-# every smaller coefficient in `alphas` are safe, as a float; `None` when even the first is not.
-# Accuracies are float32 shares, so a drop that is exactly the tolerance on paper (10 prompts of
-# 200 against 0.05) can come out a hair above or below it; the reference counts a drop within
-# `1e-6` of the tolerance as a tie (safe), and the check accepts either answer for such a case.
+# The tolerance is stated in prompts, because prompts are what we count: a family of `n` watched
+# prompts may lose at most `n * 5 // 100` of them (10 of 200; 1 of the 30 facts prompts). In whole
+# numbers there is no rounding to argue about: a share such as 0.945 against 0.995 minus 0.05 can
+# come out a hair above or below the tolerance in float32, and on some draws of the watch sets a
+# family loses exactly ten prompts of 200 at a coefficient this section reads, where that hair
+# would decide the answer.
+#
+# Write `largest_safe_coefficient(alphas, correct, baseline, allowed)`. `alphas` is a list of
+# coefficients in increasing order; `correct` maps each watched family to an integer tensor
+# `[alpha]`: how many of its prompts are answered right at each coefficient (other keys of a
+# table, such as "flipped", are not families: use only the keys of `baseline`); `baseline` maps
+# each family to its unsteered count (an `int`); `allowed` maps each family to the number of
+# prompts it may lose (an `int`). A coefficient is **safe** when no family has lost more than its
+# allowance (losing exactly `allowed[family]` is safe; a count that rises above the baseline is
+# never unsafe). Return the largest coefficient such that it and every smaller coefficient in
+# `alphas` are safe, as a float; `None` when even the first is not.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -456,29 +465,28 @@ lines({family: md_doses[family] for family in watch}, x=alphas,
 # </details>
 # <details><summary>Hint 2</summary>
 #
-# The drop of a family at coefficient `i` is `baseline[family] - accuracies[family][i]`; compare it
-# with `tolerance` using `<=`, for **every** family, not their mean.
+# The loss of a family at coefficient `i` is `baseline[family] - int(correct[family][i])` prompts;
+# compare it with `allowed[family]` using `<=`, for **every** family on its own, not their total.
 # </details>
 # <details><summary>Hint 3</summary>
 #
 # ```python
 # safe = None
 # for i, alpha in enumerate(alphas):
-#     if any(baseline[f] - float(accuracies[f][i]) > tolerance for f in baseline):
+#     if any(baseline[f] - int(correct[f][i]) > allowed[f] for f in baseline):
 #         break
 #     safe = float(alpha)
 # ```
 # </details>
 
 # %% tags=["export"]
-def largest_safe_coefficient(alphas: list[float], accuracies: dict[str, Tensor], baseline: dict[str, float],
-                             tolerance: float) -> float | None:
-    """The largest coefficient up to which no watched family's accuracy has dropped more than `tolerance`."""
+def largest_safe_coefficient(alphas: list[float], correct: dict[str, Tensor], baseline: dict[str, int],
+                             allowed: dict[str, int]) -> float | None:
+    """The largest coefficient up to which no watched family has lost more prompts than it is allowed."""
     ### BEGIN SOLUTION
     safe = None
     for i, alpha in enumerate(alphas):
-        drops = [baseline[family] - float(accuracies[family][i]) for family in baseline]
-        if max(drops) > tolerance + 1e-6:  # a tie up to float32 rounding is still a tie
+        if any(baseline[family] - int(correct[family][i]) > allowed[family] for family in baseline):
             break
         safe = float(alpha)
     return safe
@@ -488,12 +496,57 @@ def largest_safe_coefficient(alphas: list[float], accuracies: dict[str, Tensor],
 # %%
 largest_safe_coefficient = check_exercise("7.4", largest_safe_coefficient)
 
+# %% tags=["export"]
+TOLERANCE_PERCENT = 5  # a watched family may lose at most 5 prompts in 100 (rounded down)
+
+
+def prompt_counts(shares: dict, sizes: dict[str, int]) -> dict:
+    """The families of `sizes` in a table of shares (a dose-response or side-effect table) as whole numbers of
+    prompts: a float becomes an int, a tensor `[alpha]` an integer tensor."""
+    counts = {}
+    for family, size in sizes.items():
+        value = shares[family]
+        counts[family] = (value.double() * size).round().long() if isinstance(value, Tensor) else round(value * size)
+    return counts
+
+
+def allowed_losses(sizes: dict[str, int], percent: int = TOLERANCE_PERCENT) -> dict[str, int]:
+    """How many prompts each family may lose: `percent` in 100 of its watched prompts, rounded down."""
+    return {family: size * percent // 100 for family, size in sizes.items()}
+
+
+def safe_coefficient(alphas: list[float], table: dict[str, Tensor], baseline: dict[str, float],
+                     watch: dict[str, PromptSet], percent: int = TOLERANCE_PERCENT) -> float | None:
+    """Exercise 7.4's rule on a dose-response table of shares, counted in prompts of each watched set."""
+    sizes = {family: len(watch[family]) for family in baseline}
+    return largest_safe_coefficient(alphas, prompt_counts(table, sizes), prompt_counts(baseline, sizes),
+                                    allowed_losses(sizes, percent))
+
+
+def losses_frame(table: dict[str, Tensor], baseline: dict[str, float], watch: dict[str, PromptSet],
+                 alphas: list[float], percent: int = TOLERANCE_PERCENT):
+    """Prompts lost by each watched family at each coefficient, as "lost of watched", with each family's allowance."""
+    import pandas as pd
+
+    sizes = {family: len(watch[family]) for family in baseline}
+    counts, base, allowed = prompt_counts(table, sizes), prompt_counts(baseline, sizes), allowed_losses(sizes, percent)
+    frame = pd.DataFrame({f"{family} (may lose {allowed[family]})": [f"{base[family] - int(c)} of {sizes[family]}"
+                                                                     for c in counts[family]] for family in sizes},
+                         index=alphas)
+    return frame.rename_axis(index="alpha")
+
+
 # %%
-TOLERANCE = 0.05
+safe_rows = {}
 for name, table in doses.items():
-    safe = largest_safe_coefficient(alphas, table, baseline, TOLERANCE)
-    flipped = "-" if safe is None else f"{table['flipped'][alphas.index(safe)]:.2f}"
-    print(f"{name:<16} largest safe alpha: {safe}   flipped there: {flipped}")
+    safe = safe_coefficient(alphas, table, baseline, watch)
+    flipped = round(table["flipped"][alphas.index(safe)].item() * len(negative_reviews)) if safe is not None else None
+    safe_rows[name] = {"largest safe alpha": safe,
+                       "reviews flipped there": "-" if safe is None else f"{flipped} of {len(negative_reviews)}"}
+pd.DataFrame(safe_rows).T
+
+# %%
+losses_frame(doses["mean difference"], baseline, watch, alphas)
 
 # %% [markdown]
 # ### Where to steer: a layer sweep
@@ -504,10 +557,10 @@ for name, table in doses.items():
 
 # %% tags=["export"]
 def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: float,
-                watch: dict[str, PromptSet] | None = None) -> dict[str, Tensor]:
+                watch: dict[str, PromptSet] | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Steer with a mean-difference vector computed at each block's output: flip rate (and side effects) per layer."""
     rows = []
-    for layer in range(model.cfg.n_layers):
+    for layer in progress_bar(range(model.cfg.n_layers), show=progress, desc="layers"):
         hook_name = f"blocks.{layer}.hook_resid_post"
         hooks = [(hook_name, steering_hook(mean_difference_vector(model, train, hook_name, label), alpha))]
         rows.append({"flipped": flip_rate(model, target, hooks), **side_effect_table(model, watch or {}, hooks)})
@@ -518,9 +571,10 @@ def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: f
 from utils.references.ch02_probing import residual_point_names
 
 sweep_alpha = 0.35
-sweep = layer_sweep(model, sentiment_train, "sentiment", negative_reviews, sweep_alpha, watch)
+sweep = layer_sweep(model, sentiment_train, "sentiment", negative_reviews, sweep_alpha, watch, progress=True)
 layers = residual_point_names(model.cfg.n_layers)[1:]
-print(f"flipped at alpha {sweep_alpha}: " + "  ".join(f"{name} {v:.2f}" for name, v in zip(layers, sweep["flipped"].tolist())))
+display(pd.DataFrame({"negative reviews flipped": sweep["flipped"].tolist()}, index=layers)
+        .rename_axis(f"steered at (alpha {sweep_alpha})").round(2))
 lines({"negative reviews flipped": sweep["flipped"], **{family: sweep[family] for family in watch}}, x=layers,
       title=f"Steering with a mean-difference vector at alpha = {sweep_alpha}, by layer",
       x_label="where the vector is added", y_label="share")
@@ -541,11 +595,12 @@ truth_train = prompt_set("truth", "train", seed=0)
 truth_vector = mean_difference_vector(model, truth_train, HOOK, "truth")
 false_statements, true_statements = truth_subsets(prompt_set("truth", "test", seed=0))
 truth_watch = behaviour_sets(n=WATCH_SIZE, families=("ioi", "facts", "sentiment", "induction"))
-truth_doses = dose_response(model, HOOK, truth_vector, alphas, false_statements, truth_watch)
+truth_doses = dose_response(model, HOOK, truth_vector, alphas, false_statements, truth_watch, progress=True)
 truth_baseline = side_effect_table(model, truth_watch)
-truth_safe = largest_safe_coefficient(alphas, truth_doses, truth_baseline, TOLERANCE)
-print(f"{len(false_statements)} held-out false statements; flipped to ' true': "
-      + " ".join(f"{v:.2f}" for v in truth_doses["flipped"].tolist()) + f"; largest safe alpha {truth_safe}")
+truth_safe = safe_coefficient(alphas, truth_doses, truth_baseline, truth_watch)
+print(f"{len(false_statements)} held-out false statements; largest safe alpha {truth_safe}")
+display(dose_frame({"truth vector": truth_doses}, alphas, "flipped"))
+losses_frame(truth_doses, truth_baseline, truth_watch, alphas)
 
 # %% [markdown]
 # The verdict moves as well, at about the same coefficients as sentiment, and the tolerance is
@@ -580,12 +635,12 @@ def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[
 
 
 def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
-                          z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"]
-                          ) -> Float[Tensor, "layer head"]:
+                          z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"],
+                          progress: bool = False) -> Float[Tensor, "layer head"]:
     """A probe per head (Chapter 02's train_probe), trained on one split: its accuracy on the other."""
     n_layers, n_heads = z_train.shape[1:3]
     accuracy = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
+    for layer in progress_bar(range(n_layers), show=progress, desc="layers of head probes"):
         for head in range(n_heads):
             with torch.enable_grad():
                 probe = train_probe(z_train[:, layer, head], y_train)
@@ -624,24 +679,25 @@ def iti_hooks(model, directions: dict[tuple[int, int], tuple[Tensor, float]], al
 
 
 def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list[float], target: PromptSet,
-                        watch: dict[str, PromptSet]) -> dict[str, Tensor]:
+                        watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
     """`dose_response` for any intervention: `make_hooks(alpha)` gives the hooks at each coefficient."""
     rows = [{"flipped": flip_rate(model, target, make_hooks(alpha)), **side_effect_table(model, watch, make_hooks(alpha))}
-            for alpha in alphas]
+            for alpha in progress_bar(alphas, show=progress, desc="coefficients")]
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
 def bisect_safe_coefficient(model, make_hooks: Callable[[float], list], safe: float, unsafe: float, target: PromptSet,
-                            watch: dict[str, PromptSet], baseline: dict[str, float], tolerance: float,
-                            steps: int = 4) -> tuple[float, dict[str, Tensor] | None]:
+                            watch: dict[str, PromptSet], baseline: dict[str, float],
+                            percent: int = TOLERANCE_PERCENT, steps: int = 4, progress: bool = False
+                            ) -> tuple[float, dict[str, Tensor] | None]:
     """Narrow a grid's last safe and first unsafe coefficients by bisection (assuming the cost grows with the
     coefficient): the largest safe coefficient found, to (unsafe - safe) / 2**steps, and its dose-response row
     (None when no midpoint was safe: the grid's row holds)."""
     row = None
-    for _ in range(steps):
+    for _ in progress_bar(range(steps), show=progress, desc="bisection steps"):
         middle = (safe + unsafe) / 2
         candidate = hooks_dose_response(model, make_hooks, [middle], target, watch)
-        if largest_safe_coefficient([middle], candidate, baseline, tolerance) is None:
+        if safe_coefficient([middle], candidate, baseline, watch, percent) is None:
             unsafe = middle
         else:
             safe, row = middle, candidate
@@ -652,7 +708,7 @@ def bisect_safe_coefficient(model, make_hooks: Callable[[float], list], safe: fl
 truth_fit, truth_val = truth_train.subset(range(540)), truth_train.subset(range(540, len(truth_train.prompts)))
 z_fit, y_fit = head_activations(model, truth_fit.prompts), torch.tensor(truth_fit.labels["truth"])  # [540, layer, head, d_head]
 head_accuracy = head_probe_accuracies(z_fit, y_fit, head_activations(model, truth_val.prompts),
-                                      torch.tensor(truth_val.labels["truth"]))
+                                      torch.tensor(truth_val.labels["truth"]), progress=True)
 heatmap(head_accuracy, x=[f"H{h}" for h in range(model.cfg.n_heads)], y=[f"L{l}" for l in range(model.cfg.n_layers)],
         title="Truth probe accuracy on each head's output at the last token (validation split)", diverging=False,
         text_auto=".2f")
@@ -662,11 +718,9 @@ top_heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads) for i in ranked]
 iti = iti_directions(z_fit, y_fit, top_heads)
 iti_alphas = [5.0, 7.5, 10.0]  # in units of each head's sigma
 iti_doses = hooks_dose_response(model, lambda alpha: iti_hooks(model, iti, alpha), iti_alphas, false_statements,
-                                truth_watch)
-iti_safe = largest_safe_coefficient(iti_alphas, iti_doses, truth_baseline, TOLERANCE)
+                                truth_watch, progress=True)
+iti_safe = safe_coefficient(iti_alphas, iti_doses, truth_baseline, truth_watch)
 print("top heads:", ", ".join(f"L{l}H{h} {head_accuracy[l, h]:.2f}" for l, h in top_heads))
-import pandas as pd
-
 
 
 def at_coefficient(doses: dict[str, Tensor], coefficients: list[float], safe: float | None) -> dict[str, float]:
@@ -684,7 +738,7 @@ for name, make_hooks, grid, table, safe in [
         ("residual, mean difference", residual_hooks, alphas, truth_doses, truth_safe),
         (f"ITI, top {ITI_HEADS} heads", lambda alpha: iti_hooks(model, iti, alpha), iti_alphas, iti_doses, iti_safe)]:
     fine, row = bisect_safe_coefficient(model, make_hooks, safe, grid[grid.index(safe) + 1], false_statements,
-                                        truth_watch, truth_baseline, TOLERANCE)
+                                        truth_watch, truth_baseline, progress=True)
     matched[name] = at_coefficient(row, [fine], fine) if row is not None else at_coefficient(table, grid, safe)
 at_safe = pd.DataFrame(matched).T
 at_safe.rename_axis(columns="at each method's largest safe coefficient (bisected)").style.format("{:.3f}")
@@ -702,7 +756,7 @@ ioi_watch = {"ioi": truth_watch["ioi"]}
 leave_out = {}
 choices = {f"without L{l}H{h}": {k: v for k, v in iti.items() if k != (l, h)} for l, h in top_heads}
 choices.update({"only L3H1": {k: v for k, v in iti.items() if k == (3, 1)}})
-for label, chosen in choices.items():
+for label, chosen in progress_bar(choices.items(), desc="heads left out"):
     row = hooks_dose_response(model, lambda alpha: iti_hooks(model, chosen, alpha), [10.0], false_statements, ioi_watch)
     leave_out[label] = {"flipped": row["flipped"].item(), "ioi drop": truth_baseline["ioi"] - row["ioi"].item()}
 pd.DataFrame(leave_out).T.rename_axis(columns="ITI at 10 sigma").style.format("{:.3f}")
@@ -826,8 +880,7 @@ directional_ablation_hooks = check_exercise("7.5", directional_ablation_hooks)
 every_family = behaviour_sets(n=128)
 ablated = side_effect_table(model, every_family, directional_ablation_hooks(model, md_vector))
 plain = side_effect_table(model, every_family)
-for family in every_family:
-    print(f"{family:<10} accuracy {plain[family]:.3f} -> {ablated[family]:.3f} with the sentiment direction ablated")
+pd.DataFrame({"accuracy": plain, "with the sentiment direction ablated": ablated}).rename_axis("family").round(3)
 
 # %% [markdown]
 # One direction, removed, takes sentiment to about chance (a review's adjective no longer decides
@@ -1053,7 +1106,8 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
 
 
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
-                   n_train: int = 720, n_test: int = 180, seed: int = 0) -> dict[str, dict[str, float]]:
+                   n_train: int = 720, n_test: int = 180, seed: int = 0, progress: bool = False
+                   ) -> dict[str, dict[str, float]]:
     """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in
     the model: at the last token only (where it was fitted: the causal question), at every other position after
     BOS but not the last (off the distribution it was fitted on), and at every position after BOS (what else
@@ -1064,7 +1118,7 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
     classes = sorted(set(train.labels[label]))  # string labels become 0/1 by sorted order (io_gender: female 0)
     y_train, y_test = (torch.tensor([classes.index(v) for v in split.labels[label]]) for split in (train, test))
     report = {}
-    for name, fit in ERASERS.items():
+    for name, fit in progress_bar(ERASERS.items(), show=progress, desc="erasers"):
         eraser = fit(x_train, y_train)
         erased = eraser(x_train)
         in_model = fit(x_train.to(model.cfg.device), y_train.to(model.cfg.device))  # the same eraser, on the model's device
@@ -1092,7 +1146,7 @@ def report_frame(report: dict[str, dict[str, float]], highlight: list[str] = ())
 
 
 # %%
-truth_erasure = erasure_report(model, "truth", "truth", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "sentiment")))
+truth_erasure = erasure_report(model, "truth", "truth", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "sentiment")), progress=True)
 truth_share = sum(prompt_set('truth', 'test').labels['truth']) / 180  # share of true statements
 print(f"truth, base rate of the test split (majority class share): {max(truth_share, 1 - truth_share):.2f}")
 report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
@@ -1121,19 +1175,93 @@ report_frame(truth_erasure, highlight=["fresh probe", "truth, last token"])
 # The column `truth, other positions` separates the two edits: erased at every position after BOS
 # *except* the last, the verdict does not move at all (about 0.98 with either eraser). The edit of
 # the other positions breaks nothing by itself; added to the last token's, it removes the rest of
-# the verdict for the projection (chance), and little more for LEACE. One reading is that later
-# blocks also read the verdict from those positions; we have not measured that here (a fresh probe
-# at a non-final position, before and after, would be the test), and an edit off the fitted
-# distribution could also act by moving those positions somewhere new. The same report for sentiment:
+# the verdict for the projection (chance), and little more for LEACE. Which positions, and which
+# later component reads them? Erase the projection at the last token plus one group of the other
+# positions at a time, and, with the last token alone erased, take one attention layer's output at
+# the last token from the run erased everywhere (Chapter 06's patching, with the "everywhere" run as
+# the source):
+
+# %% tags=["export"]
+@torch.no_grad()
+def accuracy_erased_at(model, prompts: PromptSet, hook_name: str, eraser: Callable, offsets: list[int] | None,
+                       attention_from_everywhere: tuple[int, ...] = ()) -> float:
+    """The share of `prompts` answered right with `eraser` applied at `hook_name` at the positions `offsets` before
+    each prompt's own last token (0 is the last token; None: every position after BOS). With
+    `attention_from_everywhere`, those blocks' attention outputs at the last token are replaced by their values in
+    a run erased at every position after BOS."""
+    tokens, last = tokenize(model, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]  # [1, pos]
+
+    def erase_at(where: Tensor) -> Hook:  # where: [batch, pos]
+        return lambda resid, hook: torch.where(where[..., None], eraser(resid), resid)
+
+    everywhere = (positions >= 1).expand(len(last), -1)
+    where = everywhere if offsets is None else torch.zeros_like(everywhere)
+    for offset in offsets or []:
+        where = where | (positions == (last - offset)[:, None])
+    names = [f"blocks.{layer}.hook_attn_out" for layer in attention_from_everywhere]
+    source = {}
+    if names:
+        with model.hooks(fwd_hooks=[(hook_name, erase_at(everywhere))]):
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        source = {name: cache[name][rows, last] for name in names}  # [batch, d_model] each
+
+    def patch(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = source[hook.name]
+        return resid
+
+    final = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, erase_at(where))] + [(name, patch) for name in names])
+    final = final[rows, last]  # [batch, d_vocab]
+    correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    return (final[rows, correct] > final[rows, wrong]).float().mean().item()
+
 
 # %%
-sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")))
+erasure_train, truth_test = prompt_set("truth", "train", n=720, seed=0), prompt_set("truth", "test", n=180, seed=0)  # the report's splits
+projection = fit_mean_difference_eraser(last_token_activations(model, erasure_train.prompts, HOOK),
+                                        torch.tensor(erasure_train.labels["truth"], device=model.cfg.device))
+print(repr(truth_test.prompts[0]), "-> offsets from the last token: 0 'is', 1 'That', 2 '.', 3 the stated object")
+where_erased = {"the last token only": ([0], ()), "the last token and 'That'": ([0, 1], ()),
+                "the last token and the period": ([0, 2], ()), "the last token and the stated object": ([0, 3], ()),
+                "every position after BOS": (None, ()),
+                "the last token, block 2's attention output from the everywhere run": ([0], (2,)),
+                "the last token, block 3's attention output from the everywhere run": ([0], (3,))}
+pd.DataFrame({"truth accuracy": {label: accuracy_erased_at(model, truth_test, HOOK, projection, offsets, blocks)
+                                 for label, (offsets, blocks) in where_erased.items()}}) \
+    .rename_axis("mean-difference projection erased at").style.format("{:.3f}")
+
+# %%
+# Is the verdict at the period too? The mean difference of true minus false statements there, after block 1.
+tokens, last = tokenize(model, erasure_train.prompts)
+_, cache = model.run_with_cache(tokens, names_filter=HOOK, stop_at_layer=2)
+at_period = cache[HOOK][torch.arange(len(last), device=tokens.device), last - 2]  # [batch, d_model]
+train_truth = torch.tensor(erasure_train.labels["truth"], device=at_period.device)
+period_difference = at_period[train_truth == 1].mean(0) - at_period[train_truth == 0].mean(0)
+print(f"cosine with the last token's mean difference: {torch.cosine_similarity(period_difference, projection.unit, 0):.2f}; "
+      f"length ratio {period_difference.norm() / mean_difference_vector(model, erasure_train, HOOK, 'truth').norm():.2f}")
+
+# %% [markdown]
+# The period carries the rest. Erased at the last token and at the period that ends the
+# statement, the projection takes the verdict to chance, as erased everywhere; adding `That` or
+# the stated object instead leaves it near where the last token alone put it (about three in
+# four right). After block 1 the period already holds the verdict along nearly the same direction
+# as the last token, as long (cosine about 0.95), and the reader is block 3's attention: with only
+# the last token erased, taking block 3's attention output at the last token from the run erased
+# everywhere brings the verdict close to chance, block 2's much less. Either copy alone is enough
+# for most statements (erasing the period alone changes nothing, the column `truth, other
+# positions`), so the honest causal statement is: the model uses this direction, at two
+# positions, and an erasure at the position it was fitted on removes only one of them. The same
+# report for sentiment:
+
+# %%
+sentiment_erasure = erasure_report(model, "sentiment", "sentiment", HOOK, behaviour_sets(n=64, families=("ioi", "facts", "truth")), progress=True)
 sentiment_watch_sizes = {family: len(prompts)
                          for family, prompts in behaviour_sets(n=64, families=("ioi", "facts", "truth")).items()}
-for name in ("LEACE", "mean-difference projection"):
-    print(f"{name}: prompts lost per watched family",
-          {family: f"{round((sentiment_erasure['none'][family] - sentiment_erasure[name][family]) * size)} of {size}"
-           for family, size in sentiment_watch_sizes.items()})
+display(pd.DataFrame({name: {family: f"{round((sentiment_erasure['none'][family] - sentiment_erasure[name][family]) * size)}"
+                                     f" of {size}" for family, size in sentiment_watch_sizes.items()}
+                      for name in ("LEACE", "mean-difference projection")}).T.rename_axis(columns="prompts lost"))
 report_frame(sentiment_erasure, highlight=["sentiment, last token", "ioi", "facts", "truth"])
 
 # %% [markdown]
@@ -1184,7 +1312,7 @@ print("fresh probe for the indirect object's gender at the last token:",
 
 # %%
 gender_erasure = erasure_report(model, "ioi", "io_gender", "blocks.3.hook_resid_post",
-                                behaviour_sets(n=64, families=("facts", "truth", "sentiment")))
+                                behaviour_sets(n=64, families=("facts", "truth", "sentiment")), progress=True)
 gender_columns = ["fresh probe", "class-mean gap", "mean squared edit", "ioi, last token", "facts", "truth", "sentiment"]
 report_frame({name: {column: row[column] for column in gender_columns} for name, row in gender_erasure.items()},
              highlight=["fresh probe", "ioi, last token"])
@@ -1490,13 +1618,13 @@ before = report["measure"]()
 with mlp_weight_replaced(model, EDIT_LAYER, new_w_out):
     after = report["measure"]()
 print(f"rank of the change: {torch.linalg.matrix_rank(new_w_out - model.blocks[EDIT_LAYER].mlp.W_out).item()}")
-for i, phrasing in enumerate(report["phrasings"]):
-    seen = "fitted" if i == 0 else "never seen"
-    print(f"{phrasing!r:<42} ({seen:>10}): {before['top answer'][i]!r} -> {after['top answer'][i]!r}  "
-          f"p({NEW_CAPITAL.strip()}) {before['p(new)'][i]:.2f} -> {after['p(new)'][i]:.2f}")
-for key in before:
-    if key not in ("top answer", "p(new)"):
-        print(f"{key:<22} accuracy {before[key]:.3f} -> {after[key]:.3f}")
+display(pd.DataFrame({"phrasing": report["phrasings"],
+                      "seen": ["fitted"] + ["never seen"] * (len(report["phrasings"]) - 1),
+                      "top answer before": before["top answer"], "top answer after": after["top answer"],
+                      f"p({NEW_CAPITAL.strip()}) before": before["p(new)"], f"p({NEW_CAPITAL.strip()}) after": after["p(new)"]})
+        .round(2))
+pd.DataFrame({"accuracy before": {key: before[key] for key in before if key not in ("top answer", "p(new)")},
+              "after the edit": {key: after[key] for key in before if key not in ("top answer", "p(new)")}}).round(3)
 
 # %% [markdown]
 # **Efficacy**: the phrasing the edit was fitted on now says Rome. **Specificity**: every other
@@ -1514,8 +1642,8 @@ for key in before:
 
 # %%
 overlaps = key_overlaps(model, EDIT_LAYER, fit_on, COUNTRY, report["phrasings"])
-for phrasing, overlap, answer in zip(report["phrasings"], overlaps.tolist(), after["top answer"]):
-    print(f"{phrasing!r:<42} share of the edit it receives {overlap:5.2f}   answer after the edit {answer!r}")
+pd.DataFrame({"phrasing": report["phrasings"], "share of the edit it receives": overlaps.tolist(),
+              "answer after the edit": after["top answer"]}).round(2)
 
 # %%
 # The share depends on what precedes the phrasing, not only on its words: the same question after other openings.
@@ -1607,10 +1735,11 @@ def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, step
 # %%
 budgets = [0.1, 0.2, 0.3]
 attacked_statements = true_statements.subset(range(48))
-attacked = [latent_attack(model, attacked_statements, HOOK, budget) for budget in budgets]
+attacked = [latent_attack(model, attacked_statements, HOOK, budget) for budget in progress_bar(budgets, desc="attack budgets")]
 random_pushes = [latent_attack(model, attacked_statements, HOOK, budget, random_baseline=True) for budget in budgets]
-for budget, flipped, random_flipped in zip(budgets, attacked, random_pushes):
-    print(f"perturbation of {budget:.0%} of the residual norm: attack flips {flipped:.2f}, a random one {random_flipped:.2f}")
+display(pd.DataFrame({"optimised attack flips": attacked, "a random one flips": random_pushes},
+                     index=[f"{budget:.0%}" for budget in budgets]).rename_axis("perturbation (of the residual norm)")
+        .round(2))
 lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in budgets],
       title="True statements flipped to ' false' by a perturbation after block 1", x_label="norm of the perturbation",
       y_label="share flipped")
@@ -1619,12 +1748,105 @@ lines({"optimised": attacked, "random": random_pushes}, x=[f"{b:.0%}" for b in b
 # A random perturbation changes no verdict at any of these sizes; an optimised one of the same size
 # starts to flip them once it is a fifth of the residual norm, and flips more the larger it may be.
 # The model is robust in almost every direction and fragile in a few, and those few are what an
-# input attack would be searching for. Latent adversarial training trains against such attacks;
-# Casper et al. and Sheshadri et al. report better robustness to some attacks that were not used
-# in training, a measured improvement, not a guarantee. This chapter stops at the attack: training
-# against it means fine-tuning the organism and then re-measuring every family, which does not
-# fit in its time budget. The flip side for interpretability: "the
-# behaviour survives random noise" is no evidence that it is robust.
+# input attack would be searching for. The flip side for interpretability: "the behaviour survives
+# random noise" is no evidence that it is robust.
+#
+# **Latent adversarial training** (LAT; Casper et al. 2024, Sheshadri et al. 2024) trains against
+# such attacks: find the worst perturbation of the latents for a batch, then take a training step
+# on the loss *with* that perturbation in place. Casper et al. and Sheshadri et al. report better
+# robustness to some attacks that were not used in training, a measured improvement, not a
+# guarantee. One step is enough to see what it buys and what it costs here: one Adam step on 128
+# training statements, with the worst perturbation of 30% of the residual norm at the last token
+# after block 1 (ten steps of the same projected gradient ascent) plus the unperturbed loss. The
+# control is the same step without the perturbation, so that what LAT buys is not mistaken for
+# what any step of fine-tuning does. Each copy is then attacked afresh, and every family measured.
+
+# %% tags=["export"]
+@contextlib.contextmanager
+def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool = True,
+                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15) -> Iterator:
+    """Inside the block, `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation
+    of each last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place,
+    plus the unperturbed loss on the correct answer. With `adversarial=False`, the same step without the
+    perturbation. Every weight is put back afterwards, even after an error."""
+    parameters = list(model.parameters())
+    saved = [(parameter.detach().clone(), parameter.requires_grad) for parameter in parameters]
+    try:
+        _one_training_step(model, prompts, hook_name, budget, adversarial, lr, attack_steps, attack_lr)
+        yield model
+    finally:
+        with torch.no_grad():
+            for parameter, (original, requires_grad) in zip(parameters, saved):
+                parameter.copy_(original)
+                parameter.requires_grad_(requires_grad)
+                parameter.grad = None
+
+
+def _one_training_step(trained, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool, lr: float,
+                       attack_steps: int, attack_lr: float) -> None:
+    """`latent_adversarial_step`'s training step, in place."""
+    tokens, last = tokenize(trained, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    correct, wrong = answer_ids(trained, prompts.correct), answer_ids(trained, prompts.wrong)
+    delta = torch.zeros(len(last), trained.cfg.d_model, device=tokens.device)  # [batch, d_model]
+
+    def perturb(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = resid[rows, last] + delta
+        return resid
+
+    with torch.enable_grad():
+        if adversarial:
+            with torch.no_grad():
+                radius = budget * last_token_activations(trained, prompts.prompts, hook_name).norm(dim=-1, keepdim=True)
+            delta.requires_grad_(True)
+            for _ in range(attack_steps):
+                logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]
+                (gradient,) = torch.autograd.grad((logits[rows, wrong] - logits[rows, correct]).sum(), delta)
+                with torch.no_grad():
+                    delta += attack_lr * radius * gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    delta *= (radius / delta.norm(dim=-1, keepdim=True)).clamp(max=1.0)
+            delta = delta.detach()
+        parameters = list(trained.parameters())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimiser = torch.optim.Adam(parameters, lr=lr)
+        logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]  # [batch, d_vocab]
+        pair = torch.stack([logits[rows, correct], logits[rows, wrong]], dim=-1)  # [batch, 2]: correct first
+        loss = torch.nn.functional.cross_entropy(pair, torch.zeros_like(correct))
+        loss = loss + torch.nn.functional.cross_entropy(trained(tokens)[rows, last], correct)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+
+
+# %%
+lat_train = prompt_set("truth", "train", n=128, seed=0)
+trainings = {"unchanged": lambda: contextlib.nullcontext(model),
+             "LAT, one step": lambda: latent_adversarial_step(model, lat_train, HOOK, 0.3),
+             "plain step (control)": lambda: latent_adversarial_step(model, lat_train, HOOK, 0.3, adversarial=False)}
+lat_watch = behaviour_sets(n=64)
+lat_rows = {}
+for name, training in progress_bar(trainings.items(), desc="models (train, attack, measure)"):
+    with training() as trained:  # the weights are put back after the block
+        lat_rows[name] = {**{f"attack {budget:.0%} flips": latent_attack(trained, attacked_statements, HOOK, budget)
+                             for budget in (0.2, 0.3)}, **side_effect_table(trained, lat_watch)}
+pd.DataFrame(lat_rows).T.rename_axis(columns="attacked afresh; accuracy of every family").round(3)
+
+# %% [markdown]
+# One step of LAT takes the 20% attack from flipping about three true statements in ten to none,
+# and the 30% attack from nearly all to a fifth or fewer. The plain step is no substitute: its
+# effect on the attack is erratic (one draw of the training statements left the model more fragile
+# at 20% than before, another less), and LAT beat it at 30% on every draw we tried. The price is
+# paid by the behaviour that was trained: the unattacked truth verdicts lose a few points (about
+# six and eight of 100 on the two draws we measured with 200 statements), while the other four
+# families do not move. So on the
+# organism LAT buys what it was trained for, against the attack it was trained with; whether it buys
+# robustness to *other* attacks, the claim that matters for safety, this experiment does not test.
+# One step of Adam is a blunt instrument (its first step moves every weight by about the learning
+# rate), which is why the control matters more than the number.
 #
 # ## 8. On a real model
 # The same functions steer GPT-2 small when the Hugging Face Hub is reachable: ActAdd's "Love"

@@ -39,6 +39,7 @@
 
 # %%
 import nnsight
+import pandas as pd
 import torch
 
 from utils import check_exercise, load_model, prompt_set, setup, show_progress
@@ -59,8 +60,8 @@ torch.set_grad_enabled(False)  # this chapter only reads and edits activations
 # "blocks.1.hook_resid_post")` reads a hook by its workbook name. Here is the table at layer 1:
 
 # %%
-for hook, access, relation in hook_table(lm, layer=1):
-    print(f"{hook:32} {access:52} {relation}")
+pd.DataFrame(hook_table(lm, layer=1), columns=["workbook hook", "nnsight access", "relation to the bridge's value"]) \
+    .set_index("workbook hook").style.set_properties(**{"text-align": "left", "font-family": "monospace"})
 
 # %% [markdown]
 # The last column says how the value relates to what the bridge caches under the same name. The
@@ -245,13 +246,16 @@ import time
 
 bridge_lens = bridge_logit_lens(model, *tokenize(model, ioi.prompts)).log_softmax(-1).cpu()
 ioi_correct = answer_ids(model, ioi.correct)
+lens_runs = {}
 for where in (False, "local"):
     start = time.perf_counter()
     lens = nnsight_logit_lens(lm, ioi_tokens, ioi_last, remote=where)
     top1 = (answer_rank(lens, ioi_correct) == 0).float().mean(-1)  # [point]
-    print(f"remote={where!r:8} {list(lens.shape)} in {time.perf_counter() - start:.2f}s; largest gap to "
-          f"Chapter 03's lens: {(lens - bridge_lens).abs().max():.1e}; top-1 by point: "
-          + " ".join(f"{v:.2f}" for v in top1.tolist()) + f" (first majority at point {first_top1_point(top1)})")
+    lens_runs[f"remote={where!r}"] = {"shape": str(list(lens.shape)), "seconds": round(time.perf_counter() - start, 2),
+                                      "largest gap to Chapter 03's lens": f"{(lens - bridge_lens).abs().max():.1e}",
+                                      **{f"top-1 at point {i}": round(v, 2) for i, v in enumerate(top1.tolist())},
+                                      "first majority at point": first_top1_point(top1)}
+pd.DataFrame(lens_runs).T
 
 # %% [markdown]
 # The rehearsal does more work for the same numbers: it serialises the block, rebuilds it, runs it
@@ -610,9 +614,10 @@ heatmap(sweep, x=labels, y=[f"resid_pre {layer}" for layer in range(lm.config.nu
 # %%
 changed = (clean != corrupt)[0].nonzero().flatten().tolist()  # the name positions
 effect = sweep - corrupt_diff  # [layer, pos]
-for position in [*changed, clean.shape[1] - 1]:
-    print(f"position {position:2} ({lm.tokenizer.decode([clean[0, position].item()])!r:>10}): "
-          + "  ".join(f"layer {layer} {effect[layer, position]:+6.2f}" for layer in range(len(effect))))
+pd.DataFrame({f"{position}: {lm.tokenizer.decode([clean[0, position].item()])!r}": effect[:, position].tolist()
+              for position in [*changed, clean.shape[1] - 1]},
+             index=[f"resid_pre {layer}" for layer in range(len(effect))]) \
+    .rename_axis(columns="position: clean token").style.format("{:+.2f}")
 
 # %% [markdown]
 # The same sweep in TransformerLens: Chapter 06's `patch_residual`, a hook on the bridge, one

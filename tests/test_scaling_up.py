@@ -523,18 +523,25 @@ def _runs_or_only_copies_out_of_meta(function):
         raise
 
 
-SECOND_DEVICE = "cuda" if torch.cuda.is_available() else "meta"
+NO_GPU = "no CUDA device here: the cpu/meta split stands in for it (every device check, no numbers); run this on a GPU"
 
 
-@pytest.fixture(scope="module")
-def split_lm():
-    return split_over_two_devices(SECOND_DEVICE)
+@pytest.fixture(scope="module", params=["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason=NO_GPU))])
+def split_lm(request):
+    """The organism over the CPU and a second device: "meta" everywhere (no data, every device check), "cuda"
+    where a GPU is lent (real numbers, compared with one device)."""
+    return split_over_two_devices(request.param)
+
+
+def second_device(split_lm) -> str:
+    return next(split_lm._module.lm_head.parameters()).device.type
 
 
 def test_the_split_model_really_is_on_two_devices(split_lm):
     hf = split_lm._module
     devices = {str(next(block.parameters()).device.type) for block in hf.transformer.h}
-    assert devices == {"cpu", SECOND_DEVICE}, devices
+    assert devices == {"cpu", second_device(split_lm)}, devices
     tokens, last = ref.nnsight_tokenize(split_lm, prompt_set("sentiment", "test", n=4, seed=0).prompts)
     assert tokens.device.type == "cpu"  # tokens stay on the CPU, as for a remote model
 
@@ -550,29 +557,61 @@ def test_the_split_model_really_is_on_two_devices(split_lm):
     assert "device" in str(raised.value) and "meta tensor" not in str(raised.value), raised.value
 
 
-def test_the_chapter_functions_run_on_a_model_split_over_two_devices(split_lm, lm):
-    """Every function of the chapter moves each value to the device of the activation it meets."""
+def _helpers_module():
+    """A helper module like the chapter's `my_helpers`, reading an activation on the second device."""
+    import sys
+    import types
+
+    helpers = types.ModuleType("split_model_helpers")
+    exec("def summary(lm):\n    return lm.transformer.h[3].output[:, -1]\n", helpers.__dict__)  # noqa: S102
+    sys.modules[helpers.__name__] = helpers
+    return helpers
+
+
+def _bridge_convention_body(model):
+    """Reads on both devices, in forward order, through `read_activations`; each value put in the bridge's
+    convention (a bias from each layer's own device) and moved to one device before they meet."""
+    from utils.nnsight_models import read_activations, to_bridge_convention
+
+    names = ["blocks.0.hook_resid_post", "blocks.2.attn.hook_z", "ln_final.hook_normalized"]
+    values = {name: to_bridge_convention(model, name, value) for name, value in read_activations(model, names).items()}
+    total = values["ln_final.hook_normalized"][:, -1]  # [batch, d_model] on the second device
+    for name in names[:2]:
+        total = total + values[name][:, -1].reshape(total.shape).to(total.device)
+    return total.detach().cpu().save()
+
+
+@pytest.mark.parametrize("remote", WHERE)
+def test_the_chapter_functions_run_on_a_model_split_over_two_devices(split_lm, lm, remote):
+    """Every function of the chapter and of utils/nnsight_models.py that runs a trace moves each value to the
+    device of the activation it meets, here and in the rehearsal of a remote run."""
+    from utils.nnsight_models import run_trace
+
     texts = prompt_set("sentiment", "test", n=6, seed=1)
     tokens, last = ref.nnsight_tokenize(split_lm, texts.prompts)
     vector = torch.randn(split_lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
     pair = prompt_set("ioi", "test", n=4, seed=3)
     clean, corrupt, answer, wrong = ref.swapped_names(split_lm, pair, 0)
-    results = {
-        "logit lens": _runs_or_only_copies_out_of_meta(lambda: ref.nnsight_logit_lens(split_lm, tokens, last)),
-        "steer before block 2": _runs_or_only_copies_out_of_meta(
-            lambda: ref.steer(split_lm, tokens, last, vector, 2, 1.0)),
-        "steer before block 0": _runs_or_only_copies_out_of_meta(
-            lambda: ref.steer(split_lm, tokens, last, vector, 0, 1.0)),
-        "steering vector": _runs_or_only_copies_out_of_meta(
-            lambda: ref.steering_vector(split_lm, tokens[:3], last[:3], tokens[3:], last[3:], 3)),
-        "patching sweep": _runs_or_only_copies_out_of_meta(
-            lambda: ref.patching_sweep(split_lm, clean, corrupt, answer, wrong, layers=[1, 3])),
-        "resid_at": _runs_or_only_copies_out_of_meta(lambda: ref.resid_at(split_lm, tokens, 2, 3)),
+    assert ref.first_token(split_lm, " Mary") == ref.first_token(lm, " Mary")
+    calls = {
+        "logit lens": lambda model: ref.nnsight_logit_lens(model, tokens, last, remote=remote),
+        "steer before block 2": lambda model: ref.steer(model, tokens, last, vector, 2, 1.0, remote=remote),
+        "steer before block 0": lambda model: ref.steer(model, tokens, last, vector, 0, 1.0, remote=remote),
+        "steering vector": lambda model: ref.steering_vector(model, tokens[:3], last[:3], tokens[3:], last[3:], 3,
+                                                             remote=remote),
+        "patching sweep": lambda model: ref.patching_sweep(model, clean, corrupt, answer, wrong, layers=[1, 3],
+                                                           remote=remote),
+        "resid_at": lambda model: ref.resid_at(model, tokens, 2, 3, remote=remote),
+        "run_helper": lambda model: ref.run_helper(model, tokens, _helpers_module(), remote=remote),
+        "read_activations, to_bridge_convention, run_trace": lambda model: run_trace(
+            model, tokens, _bridge_convention_body, remote=remote),
     }
-    if SECOND_DEVICE == "cuda":  # real numbers: the same as on one device
-        one_device = {"logit lens": ref.nnsight_logit_lens(lm, tokens, last),
-                      "steer before block 2": ref.steer(lm, tokens, last, vector, 2, 1.0)}
-        for name, expected in one_device.items():
+    results = {name: _runs_or_only_copies_out_of_meta(lambda: call(split_lm)) for name, call in calls.items()}
+    contract = ref.remote_contract_demo(split_lm, tokens, n_layers=4, remote="local")
+    assert contract == ref.what_comes_back(4), contract
+    if second_device(split_lm) == "cuda":  # real numbers: the same as on one device
+        for name, call in calls.items():
+            expected = call(lm)
             assert torch.allclose(results[name], expected, atol=1e-3), name
 
 

@@ -8,6 +8,7 @@ chapter's settings, through `claim(...)`: the bar comes from the words of the pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -22,7 +23,6 @@ from utils.references import ch07_steering as ref
 torch.set_num_threads(1)
 HOOK = "blocks.1.hook_resid_post"
 ALPHAS = [0.25, 0.5, 0.75, 1.0, 1.5]  # the chapter's dose-response coefficients
-TOLERANCE = 0.05
 SEED = claim_seed()
 
 
@@ -72,8 +72,16 @@ def at(name: str, key: str, alpha: float) -> float:
     return doses(name)[key][ALPHAS.index(alpha)].item()
 
 
-def worst_drop(table, base, alpha: float) -> float:
-    return max(base[family] - table[family][ALPHAS.index(alpha)].item() for family in base)
+def worst_excess(row: dict, base: dict, watch: dict) -> int:
+    """Prompts lost beyond its allowance by the family that lost most beyond it, at one coefficient (`row`: a
+    side-effect table of shares). 0 or less is safe; the tolerance is stated and decided in whole prompts."""
+    sizes = {family: len(watch[family]) for family in base}
+    counts, before, allowed = ref.prompt_counts(row, sizes), ref.prompt_counts(base, sizes), ref.allowed_losses(sizes)
+    return max(before[family] - int(counts[family]) - allowed[family] for family in base)
+
+
+def excess_at(table, base, watch, alpha: float) -> int:
+    return worst_excess({family: table[family][ALPHAS.index(alpha)] for family in base}, base, watch)
 
 
 # ------------------------------------------------------------------------------------------
@@ -165,11 +173,11 @@ def test_side_effects_grow_with_the_coefficient_and_break_ioi_induction_and_trut
 def test_the_largest_safe_coefficient_of_the_mean_difference_is_three_quarters_and_flips_every_review():
     """Stable across draws of the 200-prompt watch sets: 0.75 is within the tolerance and 1.0 is not."""
     table, base = doses("mean difference"), baseline()
-    claim("ch07: sentiment push, worst drop at 0.75 within the tolerance", worst_drop(table, base, 0.75),
-          below=TOLERANCE)
-    claim("ch07: sentiment push, worst drop at 1.0 beyond the tolerance", worst_drop(table, base, 1.0),
-          above=TOLERANCE)
-    safe = ref.largest_safe_coefficient(ALPHAS, table, base, TOLERANCE)
+    claim("ch07: sentiment push at 0.75, prompts lost beyond the allowance (0 or less: within)",
+          excess_at(table, base, watched(), 0.75), below=0.5)
+    claim("ch07: sentiment push at 1.0, prompts lost beyond the allowance (1 or more: beyond)",
+          excess_at(table, base, watched(), 1.0), above=0.5)
+    safe = ref.safe_coefficient(ALPHAS, table, base, watched())
     assert safe == 0.75, (safe, table)  # follows from the two claims above (the prefix rule)
     claim("ch07: every review flipped at the largest safe coefficient", at("mean difference", "flipped", safe),
           above=0.999)
@@ -185,15 +193,17 @@ def test_the_largest_safe_coefficient_is_the_same_on_three_draws_of_the_watch_se
         base = ref.side_effect_table(model, watch)
         for alpha, side in ((0.75, "within"), (1.0, "beyond")):
             table = ref.side_effect_table(model, watch, [(HOOK, ref.steering_hook(vector, alpha))])
-            drop = max(base[family] - table[family] for family in base)
+            excess = worst_excess(table, base, watch)
             if side == "within":
-                claim(f"ch07: sentiment push, worst drop at 0.75 within the tolerance (draw +{draw - SEED})", drop,
-                      below=TOLERANCE + 1e-6)
+                claim(f"ch07: sentiment push at 0.75, prompts lost beyond the allowance (draw +{draw - SEED})", excess,
+                      below=0.5)
             else:
-                claim(f"ch07: sentiment push, worst drop at 1.0 beyond the tolerance (draw +{draw - SEED})", drop,
-                      above=TOLERANCE)
+                claim(f"ch07: sentiment push at 1.0, prompts lost beyond the allowance (draw +{draw - SEED})", excess,
+                      above=0.5)
     table, base = doses("mean difference"), baseline()
-    claim("ch07: sentiment push, worst drop at 0.5 within the tolerance", worst_drop(table, base, 0.5), below=TOLERANCE)
+    for alpha in (0.25, 0.5):
+        claim(f"ch07: sentiment push at {alpha}, prompts lost beyond the allowance", excess_at(table, base, watched(), alpha),
+              below=0.5)
 
 
 def test_layer_sweep_steering_works_best_after_block_0_several_times_better():
@@ -234,8 +244,8 @@ def test_truth_verdict_moves_and_reaches_the_tolerance_sooner():
           above=0.9)
     # "reached sooner": beyond the tolerance at 0.75, where the sentiment push is still within it. (Whether 0.5 is
     # safe for truth depends on the draw: on one of four it sits exactly on the tolerance, ten prompts of 200.)
-    claim("ch07: truth push, worst drop at 0.75 beyond the tolerance (sooner than sentiment's 1.0)",
-          worst_drop(table, base, 0.75), above=TOLERANCE)
+    claim("ch07: truth push at 0.75, prompts lost beyond the allowance (sooner than sentiment's 1.0)",
+          excess_at(table, base, truth_watch(), 0.75), above=0.5)
     claim("ch07: truth push at 0.75 costs induction more than ten points",
           base["induction"] - table["induction"][ALPHAS.index(0.75)].item(), above=0.1)
     claim("ch07: truth push never touches sentiment (largest drop)",
@@ -277,7 +287,7 @@ def test_iti_reads_truth_in_heads_after_block_0_and_its_cost_falls_on_ioi():
     claim("ch07: no block-0 head reads truth well (best probe accuracy)", accuracy[0].max().item(), below=0.7)
     claim("ch07: most heads of blocks 1 to 3 read truth above 0.8 (median)", accuracy[1:].median().item(), above=0.8)
     assert all(layer >= 2 for layer, _ in heads) and (3, 1) in heads, heads  # L3H1: Chapter 03's IOI head
-    safe = ref.largest_safe_coefficient(ITI_ALPHAS, table, base, TOLERANCE)
+    safe = ref.safe_coefficient(ITI_ALPHAS, table, base, truth_watch())
     assert safe is not None and safe < ITI_ALPHAS[-1], (safe, table)
     beyond = ITI_ALPHAS.index(safe) + 1  # the first unsafe coefficient: which family pays
     drops = {family: base[family] - table[family][beyond].item() for family in base}
@@ -292,9 +302,9 @@ def test_iti_against_the_residual_vector_at_matched_side_effects():
     for name, make_hooks, grid, table in [
             ("residual", lambda alpha: [(HOOK, ref.steering_hook(truth_vector(), alpha))], ALPHAS, residual),
             ("ITI", lambda alpha: ref.iti_hooks(organism(), iti_directions(), alpha), ITI_ALPHAS, iti_table)]:
-        safe = ref.largest_safe_coefficient(grid, table, base, TOLERANCE)
+        safe = ref.safe_coefficient(grid, table, base, truth_watch())
         fine, row = ref.bisect_safe_coefficient(organism(), make_hooks, safe, grid[grid.index(safe) + 1],
-                                                false_statements(), truth_watch(), base, TOLERANCE)
+                                                false_statements(), truth_watch(), base)
         flipped[name] = (table["flipped"][grid.index(safe)] if row is None else row["flipped"][0]).item()
     claim("ch07: at the tolerance (bisected) the residual vector flips about nine in ten false statements",
           flipped["residual"], above=0.75)
@@ -468,6 +478,36 @@ def test_erasing_truth_at_the_fitted_position_removes_part_of_the_verdict():
           report["LEACE"]["truth, last token"] - report["LEACE"]["truth, every position"], below=0.05)
 
 
+def test_the_rest_of_the_truth_verdict_is_at_the_period_and_block_3_attention_reads_it():
+    """The projection at the last token and the period is as good as everywhere; 'That' or the stated object add
+    little; block 3's attention output (from the everywhere run) carries what the other positions add; after
+    block 1 the period holds the verdict along nearly the last token's direction."""
+    model = organism()
+    train, test = prompt_set("truth", "train", n=720, seed=SEED), prompt_set("truth", "test", n=180, seed=SEED)
+    labels = torch.tensor(train.labels["truth"])
+    x = ref.last_token_activations(model, train.prompts, HOOK)  # [batch, d_model]
+    projection = ref.fit_mean_difference_eraser(x, labels)
+    at = functools.partial(ref.accuracy_erased_at, model, test, HOOK, projection)
+    everywhere, with_period = at(None), at([0, 2])
+    claim("ch07: truth projected out at the last token and the period: as at every position (distance)",
+          abs(with_period - everywhere), below=0.05)
+    claim("ch07: truth projected out at the last token and the period: near chance", with_period, below=0.62)
+    for name, offsets in (("'That'", [0, 1]), ("the stated object", [0, 3])):
+        claim(f"ch07: truth projected out at the last token and {name}: far above the period's", at(offsets) - with_period,
+              above=0.15)
+    block_2, block_3 = at([0], (2,)), at([0], (3,))
+    claim("ch07: block 3's attention output from the everywhere run takes the verdict near chance", block_3, below=0.62)
+    claim("ch07: block 2's much less than block 3's", block_2 - block_3, above=0.08)
+    tokens, last = ref.tokenize(model, train.prompts)
+    _, cache = model.run_with_cache(tokens, names_filter=HOOK, stop_at_layer=2)
+    at_period = cache[HOOK][torch.arange(len(last)), last - 2]  # [batch, d_model]
+    difference = at_period[labels == 1].mean(0) - at_period[labels == 0].mean(0)
+    claim("ch07: the period's mean difference after block 1 points like the last token's (cosine)",
+          torch.cosine_similarity(difference, projection.unit, 0).item(), above=0.85)
+    claim("ch07: and is about as long (ratio to the last token's)",
+          (difference.norm() / (x[labels == 1].mean(0) - x[labels == 0].mean(0)).norm()).item(), above=0.75)
+
+
 def test_erasing_sentiment_at_the_last_token_is_enough_and_leace_costs_more_elsewhere():
     report = erasure("sentiment")
     for name in ("LEACE", "mean-difference projection"):
@@ -576,3 +616,36 @@ def test_optimised_latent_perturbations_flip_verdicts_random_ones_do_not():
     claim("ch07: an optimised perturbation of 20% starts to flip", optimised[1], above=0.0)
     claim("ch07: an optimised perturbation of 30% flips more than of 20% (by more than a prompt of 48)",
           optimised[2] - optimised[1], above=1.5 / 48)
+
+
+def test_one_step_of_latent_adversarial_training_buys_robustness_and_costs_the_truth_verdicts():
+    """One Adam step against the 30% latent attack (the chapter's settings), with the same step without the
+    perturbation as the control: attacked afresh, and every family measured."""
+    model = organism()
+    train = prompt_set("truth", "train", n=128, seed=SEED)
+    attacked = ref.truth_subsets(prompt_set("truth", "test", seed=SEED))[1].subset(range(48))
+    watch = ref.behaviour_sets(n=64, seed=SEED)
+    flips, accuracy = {}, {}
+    for name, adversarial in (("unchanged", None), ("LAT", True), ("plain", False)):
+        training = contextlib.nullcontext(model) if adversarial is None else ref.latent_adversarial_step(
+            model, train, HOOK, 0.3, adversarial=adversarial)
+        with training as trained:
+            budgets = (0.3,) if name == "plain" else (0.2, 0.3)
+            flips[name] = {budget: ref.latent_attack(trained, attacked, HOOK, budget, seed=SEED) for budget in budgets}
+            if name != "plain":
+                accuracy[name] = ref.side_effect_table(trained, watch)
+    after = ref.side_effect_table(model, watch)
+    assert after == accuracy["unchanged"], (after, accuracy["unchanged"])  # every weight put back
+    one = 1.5 / len(attacked)  # more than one statement of 48
+    claim("ch07: after one LAT step the 20% attack flips none (at most one of 48)", flips["LAT"][0.2], below=one)
+    claim("ch07: the 20% attack flipped some before LAT", flips["unchanged"][0.2], above=one)
+    claim("ch07: one LAT step takes the 30% attack from nearly all to a fifth or fewer (drop)",
+          flips["unchanged"][0.3] - flips["LAT"][0.3], above=0.5)
+    claim("ch07: after one LAT step the 30% attack flips a fifth or fewer", flips["LAT"][0.3], below=0.25)
+    claim("ch07: LAT beats the plain step at 30% (by more than a statement)", flips["plain"][0.3] - flips["LAT"][0.3],
+          above=one)
+    base, lat = accuracy["unchanged"], accuracy["LAT"]
+    claim("ch07: one LAT step costs the truth verdicts (drop)", base["truth"] - lat["truth"], above=1.5 / 64)
+    claim("ch07: one LAT step costs the truth verdicts under a tenth (drop)", base["truth"] - lat["truth"], below=0.1)
+    claim("ch07: one LAT step leaves the other families (largest drop)",
+          max(base[f] - lat[f] for f in base if f != "truth"), below=0.02)

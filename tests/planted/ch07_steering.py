@@ -152,53 +152,53 @@ def table_one_prompt_at_a_time(model, prompt_sets, fwd_hooks=()):
 # ------------------------------------------------------------------------------------------
 # 7.4 largest safe coefficient
 # ------------------------------------------------------------------------------------------
-def _drops(accuracies, baseline, i):
-    return [baseline[family] - float(accuracies[family][i]) for family in baseline]
+def _losses(correct, baseline, i):
+    return {family: baseline[family] - int(correct[family][i]) for family in baseline}
 
 
-def safe_strict(alphas, accuracies, baseline, tolerance):
+def safe_strict(alphas, correct, baseline, allowed):
     safe = None
     for i, alpha in enumerate(alphas):
-        if max(_drops(accuracies, baseline, i)) >= tolerance:
+        if any(loss >= allowed[f] for f, loss in _losses(correct, baseline, i).items()):
             break
         safe = float(alpha)
     return safe
 
 
-def safe_anywhere(alphas, accuracies, baseline, tolerance):
-    safe = [float(a) for i, a in enumerate(alphas) if max(_drops(accuracies, baseline, i)) <= tolerance]
+def safe_anywhere(alphas, correct, baseline, allowed):
+    safe = [float(a) for i, a in enumerate(alphas)
+            if all(loss <= allowed[f] for f, loss in _losses(correct, baseline, i).items())]
     return max(safe) if safe else None
 
 
-def safe_on_average(alphas, accuracies, baseline, tolerance):
+def safe_in_total(alphas, correct, baseline, allowed):
     safe = None
     for i, alpha in enumerate(alphas):
-        drops = _drops(accuracies, baseline, i)
-        if sum(drops) / len(drops) > tolerance:
+        if sum(_losses(correct, baseline, i).values()) > sum(allowed.values()):
             break
         safe = float(alpha)
     return safe
 
 
-def safe_first_unsafe(alphas, accuracies, baseline, tolerance):
+def safe_first_unsafe(alphas, correct, baseline, allowed):
     for i, alpha in enumerate(alphas):
-        if max(_drops(accuracies, baseline, i)) > tolerance:
+        if any(loss > allowed[f] for f, loss in _losses(correct, baseline, i).items()):
             return float(alpha)
     return float(alphas[-1])
 
 
-def safe_vectorised(alphas, accuracies, baseline, tolerance):
-    drops = torch.stack([baseline[f] - accuracies[f].double() for f in baseline])  # [family, alpha]
-    unsafe = (drops > tolerance).any(0)  # [alpha]
+def safe_vectorised(alphas, correct, baseline, allowed):
+    losses = torch.stack([baseline[f] - correct[f] for f in baseline])  # [family, alpha], integer
+    unsafe = (losses > torch.tensor([allowed[f] for f in baseline])[:, None]).any(0)  # [alpha]
     n_safe = int(unsafe.int().argmax()) if unsafe.any() else len(alphas)
     return float(alphas[n_safe - 1]) if n_safe > 0 else None
 
 
-def safe_while_loop(alphas, accuracies, baseline, tolerance):
+def safe_while_loop(alphas, correct, baseline, allowed):
     i = 0
-    while i < len(alphas) and all(accuracies[f][i] >= baseline[f] - tolerance for f in baseline):
+    while i < len(alphas) and all(correct[f][i] >= baseline[f] - allowed[f] for f in baseline):
         i += 1
-    return None if i == 0 else float(alphas[i - 1])
+    return float(alphas[i - 1]) if i > 0 else None
 
 
 # ------------------------------------------------------------------------------------------
@@ -380,7 +380,7 @@ MISTAKES = {
     "7.3": [(table_at_minus_one, "right-padded"), (table_without_hooks, "run the model with fwd_hooks on"),
             (table_of_mean_logit_diffs, "not the mean logit difference")],
     "7.4": [(safe_strict, "compare with <="), (safe_anywhere, "stop at the first unsafe coefficient"),
-            (safe_on_average, "not their mean"), (safe_first_unsafe, "not the first unsafe one")],
+            (safe_in_total, "not their total"), (safe_first_unsafe, "not the first unsafe one")],
     "7.5": [(ablation_unnormalised, "project out the unit direction"), (ablation_one_layer, "every layer"),
             (ablation_without_mid, "hook_resid_mid too")],
     "7.6": [(orthogonalize_without_embeddings, "embeddings write into the residual stream too"),
@@ -436,10 +436,10 @@ def table_sorting_in_place(model, prompt_sets, fwd_hooks=()):
     return table
 
 
-def safe_absolute_change(alphas, accuracies, baseline, tolerance):
+def safe_absolute_change(alphas, correct, baseline, allowed):
     safe = None
     for i, alpha in enumerate(alphas):
-        if any(abs(baseline[f] - float(accuracies[f][i])) > tolerance for f in baseline):
+        if any(abs(baseline[f] - int(correct[f][i])) > allowed[f] for f in baseline):
             break
         safe = float(alpha)
     return safe
@@ -476,7 +476,7 @@ def update_along_c_k(weight, key, value, second_moment):
     return weight + torch.outer(c_k, value - key @ weight) / (c_k @ key)
 
 
-MISTAKES["7.4"].append((safe_absolute_change, "only a drop counts"))
+MISTAKES["7.4"].append((safe_absolute_change, "only a loss counts"))
 MISTAKES["7.5"] += [(ablation_arditi_list, "the last block's hook_resid_post"),
                     (ablation_that_edits_weights, "of the model's weights in place")]
 MISTAKES["7.8"].append((update_along_c_k, "not the smallest change"))

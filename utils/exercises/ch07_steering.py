@@ -231,14 +231,17 @@ def check_side_effect_table(candidate) -> None:
 # ------------------------------------------------------------------------------------------
 # 7.4
 # ------------------------------------------------------------------------------------------
-def _safe_variant(alphas, accuracies, baseline, tolerance, *, strict=False, prefix=True, mean=False, first_unsafe=False,
+def _safe_variant(alphas, correct, baseline, allowed, *, strict=False, prefix=True, total=False, first_unsafe=False,
                   absolute=False):
     safe = None
     for i, alpha in enumerate(alphas):
-        drops = [abs(baseline[f] - float(accuracies[f][i])) if absolute else baseline[f] - float(accuracies[f][i])
-                 for f in baseline]
-        drop = sum(drops) / len(drops) if mean else max(drops)
-        unsafe = drop >= tolerance if strict else drop > tolerance
+        losses = {f: baseline[f] - int(correct[f][i]) for f in baseline}
+        if absolute:
+            losses = {f: abs(v) for f, v in losses.items()}
+        if total:
+            unsafe = sum(losses.values()) >= sum(allowed.values()) if strict else sum(losses.values()) > sum(allowed.values())
+        else:
+            unsafe = any(losses[f] >= allowed[f] if strict else losses[f] > allowed[f] for f in baseline)
         if unsafe:
             if first_unsafe:
                 return float(alpha)
@@ -250,51 +253,36 @@ def _safe_variant(alphas, accuracies, baseline, tolerance, *, strict=False, pref
 
 
 SAFE_MISTAKES = {
-    "a drop of exactly the tolerance is still safe: compare with <=, not <": dict(strict=True),
+    "losing exactly the allowed number of prompts is still safe: compare with <=, not <": dict(strict=True),
     "stop at the first unsafe coefficient: a larger one after a failure does not count": dict(prefix=False),
-    "every family must stay within the tolerance, not their mean": dict(mean=True),
+    "every family must stay within its own allowance, not their total": dict(total=True),
     "return the largest safe coefficient, not the first unsafe one": dict(first_unsafe=True),
-    "only a drop counts: an accuracy that rises above its baseline is not a side effect to stop at "
-    "(baseline - accuracy, not its absolute value)": dict(absolute=True),
+    "only a loss counts: a family that answers more prompts than at its baseline is not a side effect to stop at "
+    "(baseline - correct, not its absolute value)": dict(absolute=True),
 }
 
 
 def _safe_cases():
-    t = torch.tensor
+    t = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731 - counts of prompts
     return [
-        # exactly-at-tolerance drops are safe (all values exact in binary)
-        ([0.25, 0.5, 1.0, 2.0], {"flipped": t([0.1, 0.5, 0.9, 1.0]), "ioi": t([1.0, 1.0, 0.75, 0.5]),
-                                 "facts": t([0.5, 0.5, 0.5, 0.375])}, {"ioi": 1.0, "facts": 0.5}, 0.25),
+        # losing exactly the allowance is safe
+        ([0.25, 0.5, 1.0, 2.0], {"flipped": t([10, 50, 90, 100]), "ioi": t([200, 200, 190, 150]),
+                                 "facts": t([30, 29, 28, 20])}, {"ioi": 200, "facts": 30}, {"ioi": 10, "facts": 1}),
         # a failure, then recovery
-        ([0.1, 0.3, 0.6, 1.2, 2.4], {"ioi": t([1.0, 0.5, 0.97, 0.98, 0.2]), "truth": t([0.9, 0.9, 0.9, 0.88, 0.5])},
-         {"ioi": 1.0, "truth": 0.9}, 0.05),
-        # one family fails while the mean stays fine
-        ([0.5, 1.0, 1.5], {"a": t([0.8, 0.6, 0.5]), "b": t([0.5, 0.75, 0.75]), "c": t([1.0, 1.0, 1.0])},
-         {"a": 0.8, "b": 0.5, "c": 1.0}, 0.125),
+        ([0.1, 0.3, 0.6, 1.2, 2.4], {"ioi": t([200, 100, 195, 196, 40]), "truth": t([180, 180, 180, 176, 100])},
+         {"ioi": 200, "truth": 180}, {"ioi": 10, "truth": 9}),
+        # one family fails while the total stays within the total allowance
+        ([0.5, 1.0, 1.5], {"a": t([160, 150, 140]), "b": t([100, 100, 100]), "c": t([200, 200, 200])},
+         {"a": 160, "b": 100, "c": 200}, {"a": 8, "b": 5, "c": 10}),
         # even the first coefficient is unsafe
-        ([0.5, 1.0], {"ioi": t([0.5, 0.2])}, {"ioi": 1.0}, 0.1),
-        # a family that rises above its baseline is no side effect to stop at
-        ([0.5, 1.0, 2.0], {"flipped": t([0.5, 1.0, 1.0]), "ioi": t([1.0, 1.0, 0.5]), "truth": t([0.75, 0.75, 0.75])},
-         {"ioi": 1.0, "truth": 0.5}, 0.125),
-        # a tie on paper that float32 rounds either way (10 prompts of 200 against 0.05): either answer is accepted
-        ([0.25, 0.5, 0.75], {"ioi": t([0.995, 0.945, 0.5]), "truth": t([0.9, 0.9, 0.9])},
-         {"ioi": float(t(0.995)), "truth": float(t(0.9))}, 0.05),
+        ([0.5, 1.0], {"ioi": t([100, 40])}, {"ioi": 200}, {"ioi": 10}),
+        # a family that answers more than at its baseline is no side effect to stop at
+        ([0.5, 1.0, 2.0], {"flipped": t([50, 100, 100]), "ioi": t([200, 199, 100]), "truth": t([170, 170, 170])},
+         {"ioi": 200, "truth": 150}, {"ioi": 10, "truth": 7}),
+        # the chapter's shape: 200 prompts a family and the 30 facts prompts, a loss of exactly 10 at 0.5
+        ([0.25, 0.5, 0.75], {"ioi": t([199, 189, 100]), "facts": t([30, 30, 29]), "truth": t([180, 180, 180])},
+         {"ioi": 199, "facts": 30, "truth": 180}, {"ioi": 10, "facts": 1, "truth": 10}),
     ]
-
-
-def _float_tie(alphas, accuracies, baseline, tolerance) -> bool:
-    """Whether some drop sits within float rounding (1e-6) of the tolerance without equalling it, so that `<=` can
-    go either way. (An exact tie is exact: `<=` must call it safe.)"""
-    return any(0 < abs(baseline[family] - float(accuracies[family][i]) - tolerance) <= 1e-6
-               for family in baseline for i in range(len(alphas)))
-
-
-def _tie_answers(alphas, accuracies, baseline, tolerance) -> list:
-    """Every answer a correct function may give: with a float tie, the drop may count as equal or as above."""
-    answers = [ref.largest_safe_coefficient(alphas, accuracies, baseline, tolerance)]
-    if _float_tie(alphas, accuracies, baseline, tolerance):
-        answers.append(_safe_variant(alphas, accuracies, baseline, tolerance - 1e-6))  # the tie read as a drop above
-    return answers
 
 
 def _same(a, b) -> bool:
@@ -304,25 +292,25 @@ def _same(a, b) -> bool:
 @exercise("7.4", "the largest safe coefficient", CHAPTER, ref.largest_safe_coefficient)
 def check_largest_safe_coefficient(candidate) -> None:
     answers = []  # (case, got, expected) for every case: a hint is named only if it explains all of them
-    for alphas, accuracies, baseline, tolerance in _safe_cases():
-        expected = ref.largest_safe_coefficient(alphas, accuracies, baseline, tolerance)
-        got = call(candidate, list(alphas), {k: v.clone() for k, v in accuracies.items()}, dict(baseline), tolerance)
+    for alphas, correct, baseline, allowed in _safe_cases():
+        expected = ref.largest_safe_coefficient(alphas, correct, baseline, allowed)
+        got = call(candidate, list(alphas), {k: v.clone() for k, v in correct.items()}, dict(baseline), dict(allowed))
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if got is not None and not isinstance(got, (int, float)):
             raise Wrong(f"return a float (or None), got {type(got).__name__}")
-        answers.append(((alphas, accuracies, baseline, tolerance), got, expected))
-    wrong = [(case, got, expected) for case, got, expected in answers
-             if not any(_same(got, accepted) for accepted in _tie_answers(*case))]
+        answers.append(((alphas, correct, baseline, allowed), got, expected))
+    wrong = [(case, got, expected) for case, got, expected in answers if not _same(got, expected)]
     if not wrong:
         return
     for hint, kind in SAFE_MISTAKES.items():
         variant = [_safe_variant(*case, **kind) for case, _, _ in answers]
         if all(_same(value, got) for value, (_, got, _) in zip(variant, answers)):
-            (alphas, _, _, tolerance), got, expected = wrong[0]
-            raise Wrong(f"{hint} (got {got!r}, expected {expected!r} for alphas {alphas} and tolerance {tolerance})")
-    (alphas, _, _, tolerance), got, expected = wrong[0]
-    raise Wrong(f"your coefficient is {got!r}, expected {expected!r} for alphas {alphas} and tolerance {tolerance}")
+            (alphas, _, _, allowed), got, expected = wrong[0]
+            raise Wrong(f"{hint} (got {got!r}, expected {expected!r} for alphas {alphas} and allowances {allowed})")
+    (alphas, correct, baseline, allowed), got, expected = wrong[0]
+    raise Wrong(f"your coefficient is {got!r}, expected {expected!r} for alphas {alphas}, baseline counts {baseline}, "
+                f"allowances {allowed} and counts { {k: v.tolist() for k, v in correct.items()} }")
 
 
 # ------------------------------------------------------------------------------------------

@@ -164,23 +164,61 @@ def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], al
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
-def largest_safe_coefficient(alphas: list[float], accuracies: dict[str, Tensor], baseline: dict[str, float],
-                             tolerance: float) -> float | None:
-    """The largest coefficient up to which no watched family's accuracy has dropped more than `tolerance`."""
+def largest_safe_coefficient(alphas: list[float], correct: dict[str, Tensor], baseline: dict[str, int],
+                             allowed: dict[str, int]) -> float | None:
+    """The largest coefficient up to which no watched family has lost more prompts than it is allowed."""
     safe = None
     for i, alpha in enumerate(alphas):
-        drops = [baseline[family] - float(accuracies[family][i]) for family in baseline]
-        if max(drops) > tolerance + 1e-6:  # a tie up to float32 rounding is still a tie
+        if any(baseline[family] - int(correct[family][i]) > allowed[family] for family in baseline):
             break
         safe = float(alpha)
     return safe
 
 
+TOLERANCE_PERCENT = 5  # a watched family may lose at most 5 prompts in 100 (rounded down)
+
+
+def prompt_counts(shares: dict, sizes: dict[str, int]) -> dict:
+    """The families of `sizes` in a table of shares (a dose-response or side-effect table) as whole numbers of
+    prompts: a float becomes an int, a tensor `[alpha]` an integer tensor."""
+    counts = {}
+    for family, size in sizes.items():
+        value = shares[family]
+        counts[family] = (value.double() * size).round().long() if isinstance(value, Tensor) else round(value * size)
+    return counts
+
+
+def allowed_losses(sizes: dict[str, int], percent: int = TOLERANCE_PERCENT) -> dict[str, int]:
+    """How many prompts each family may lose: `percent` in 100 of its watched prompts, rounded down."""
+    return {family: size * percent // 100 for family, size in sizes.items()}
+
+
+def safe_coefficient(alphas: list[float], table: dict[str, Tensor], baseline: dict[str, float],
+                     watch: dict[str, PromptSet], percent: int = TOLERANCE_PERCENT) -> float | None:
+    """Exercise 7.4's rule on a dose-response table of shares, counted in prompts of each watched set."""
+    sizes = {family: len(watch[family]) for family in baseline}
+    return largest_safe_coefficient(alphas, prompt_counts(table, sizes), prompt_counts(baseline, sizes),
+                                    allowed_losses(sizes, percent))
+
+
+def losses_frame(table: dict[str, Tensor], baseline: dict[str, float], watch: dict[str, PromptSet],
+                 alphas: list[float], percent: int = TOLERANCE_PERCENT):
+    """Prompts lost by each watched family at each coefficient, as "lost of watched", with each family's allowance."""
+    import pandas as pd
+
+    sizes = {family: len(watch[family]) for family in baseline}
+    counts, base, allowed = prompt_counts(table, sizes), prompt_counts(baseline, sizes), allowed_losses(sizes, percent)
+    frame = pd.DataFrame({f"{family} (may lose {allowed[family]})": [f"{base[family] - int(c)} of {sizes[family]}"
+                                                                     for c in counts[family]] for family in sizes},
+                         index=alphas)
+    return frame.rename_axis(index="alpha")
+
+
 def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: float,
-                watch: dict[str, PromptSet] | None = None) -> dict[str, Tensor]:
+                watch: dict[str, PromptSet] | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Steer with a mean-difference vector computed at each block's output: flip rate (and side effects) per layer."""
     rows = []
-    for layer in range(model.cfg.n_layers):
+    for layer in progress_bar(range(model.cfg.n_layers), show=progress, desc="layers"):
         hook_name = f"blocks.{layer}.hook_resid_post"
         hooks = [(hook_name, steering_hook(mean_difference_vector(model, train, hook_name, label), alpha))]
         rows.append({"flipped": flip_rate(model, target, hooks), **side_effect_table(model, watch or {}, hooks)})
@@ -201,12 +239,12 @@ def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[
 
 
 def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
-                          z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"]
-                          ) -> Float[Tensor, "layer head"]:
+                          z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"],
+                          progress: bool = False) -> Float[Tensor, "layer head"]:
     """A probe per head (Chapter 02's train_probe), trained on one split: its accuracy on the other."""
     n_layers, n_heads = z_train.shape[1:3]
     accuracy = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
+    for layer in progress_bar(range(n_layers), show=progress, desc="layers of head probes"):
         for head in range(n_heads):
             with torch.enable_grad():
                 probe = train_probe(z_train[:, layer, head], y_train)
@@ -245,24 +283,25 @@ def iti_hooks(model, directions: dict[tuple[int, int], tuple[Tensor, float]], al
 
 
 def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list[float], target: PromptSet,
-                        watch: dict[str, PromptSet]) -> dict[str, Tensor]:
+                        watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
     """`dose_response` for any intervention: `make_hooks(alpha)` gives the hooks at each coefficient."""
     rows = [{"flipped": flip_rate(model, target, make_hooks(alpha)), **side_effect_table(model, watch, make_hooks(alpha))}
-            for alpha in alphas]
+            for alpha in progress_bar(alphas, show=progress, desc="coefficients")]
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
 def bisect_safe_coefficient(model, make_hooks: Callable[[float], list], safe: float, unsafe: float, target: PromptSet,
-                            watch: dict[str, PromptSet], baseline: dict[str, float], tolerance: float,
-                            steps: int = 4) -> tuple[float, dict[str, Tensor] | None]:
+                            watch: dict[str, PromptSet], baseline: dict[str, float],
+                            percent: int = TOLERANCE_PERCENT, steps: int = 4, progress: bool = False
+                            ) -> tuple[float, dict[str, Tensor] | None]:
     """Narrow a grid's last safe and first unsafe coefficients by bisection (assuming the cost grows with the
     coefficient): the largest safe coefficient found, to (unsafe - safe) / 2**steps, and its dose-response row
     (None when no midpoint was safe: the grid's row holds)."""
     row = None
-    for _ in range(steps):
+    for _ in progress_bar(range(steps), show=progress, desc="bisection steps"):
         middle = (safe + unsafe) / 2
         candidate = hooks_dose_response(model, make_hooks, [middle], target, watch)
-        if largest_safe_coefficient([middle], candidate, baseline, tolerance) is None:
+        if safe_coefficient([middle], candidate, baseline, watch, percent) is None:
             unsafe = middle
         else:
             safe, row = middle, candidate
@@ -414,7 +453,8 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
 
 
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
-                   n_train: int = 720, n_test: int = 180, seed: int = 0) -> dict[str, dict[str, float]]:
+                   n_train: int = 720, n_test: int = 180, seed: int = 0, progress: bool = False
+                   ) -> dict[str, dict[str, float]]:
     """Per eraser: a fresh probe's held-out accuracy, the mean squared edit, and the behaviour with the eraser in
     the model: at the last token only (where it was fitted: the causal question), at every other position after
     BOS but not the last (off the distribution it was fitted on), and at every position after BOS (what else
@@ -425,7 +465,7 @@ def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[s
     classes = sorted(set(train.labels[label]))  # string labels become 0/1 by sorted order (io_gender: female 0)
     y_train, y_test = (torch.tensor([classes.index(v) for v in split.labels[label]]) for split in (train, test))
     report = {}
-    for name, fit in ERASERS.items():
+    for name, fit in progress_bar(ERASERS.items(), show=progress, desc="erasers"):
         eraser = fit(x_train, y_train)
         erased = eraser(x_train)
         in_model = fit(x_train.to(model.cfg.device), y_train.to(model.cfg.device))  # the same eraser, on the model's device
@@ -450,6 +490,42 @@ def report_frame(report: dict[str, dict[str, float]], highlight: list[str] = ())
     styled = frame.style.format("{:.3f}")
     columns = [column for column in highlight if column in frame.columns]
     return styled.set_properties(subset=columns, **{"background-color": "#fff3b0"}) if columns else styled
+
+
+@torch.no_grad()
+def accuracy_erased_at(model, prompts: PromptSet, hook_name: str, eraser: Callable, offsets: list[int] | None,
+                       attention_from_everywhere: tuple[int, ...] = ()) -> float:
+    """The share of `prompts` answered right with `eraser` applied at `hook_name` at the positions `offsets` before
+    each prompt's own last token (0 is the last token; None: every position after BOS). With
+    `attention_from_everywhere`, those blocks' attention outputs at the last token are replaced by their values in
+    a run erased at every position after BOS."""
+    tokens, last = tokenize(model, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]  # [1, pos]
+
+    def erase_at(where: Tensor) -> Hook:  # where: [batch, pos]
+        return lambda resid, hook: torch.where(where[..., None], eraser(resid), resid)
+
+    everywhere = (positions >= 1).expand(len(last), -1)
+    where = everywhere if offsets is None else torch.zeros_like(everywhere)
+    for offset in offsets or []:
+        where = where | (positions == (last - offset)[:, None])
+    names = [f"blocks.{layer}.hook_attn_out" for layer in attention_from_everywhere]
+    source = {}
+    if names:
+        with model.hooks(fwd_hooks=[(hook_name, erase_at(everywhere))]):
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        source = {name: cache[name][rows, last] for name in names}  # [batch, d_model] each
+
+    def patch(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = source[hook.name]
+        return resid
+
+    final = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, erase_at(where))] + [(name, patch) for name in names])
+    final = final[rows, last]  # [batch, d_vocab]
+    correct, wrong = answer_ids(model, prompts.correct), answer_ids(model, prompts.wrong)
+    return (final[rows, correct] > final[rows, wrong]).float().mean().item()
 
 
 def rank_one_update(weight: Float[Tensor, "d_in d_out"], key: Float[Tensor, "d_in"], value: Float[Tensor, "d_out"],
@@ -657,3 +733,63 @@ def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, step
         delta = delta.detach()
     with torch.no_grad():
         return (margin() > 0).float().mean().item()
+
+
+@contextlib.contextmanager
+def latent_adversarial_step(model, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool = True,
+                            lr: float = 1e-3, attack_steps: int = 10, attack_lr: float = 0.15) -> Iterator:
+    """Inside the block, `model` after one Adam step on `prompts`: the two-answer loss with the worst perturbation
+    of each last token at `hook_name` (norm <= budget * its residual norm, by projected gradient ascent) in place,
+    plus the unperturbed loss on the correct answer. With `adversarial=False`, the same step without the
+    perturbation. Every weight is put back afterwards, even after an error."""
+    parameters = list(model.parameters())
+    saved = [(parameter.detach().clone(), parameter.requires_grad) for parameter in parameters]
+    try:
+        _one_training_step(model, prompts, hook_name, budget, adversarial, lr, attack_steps, attack_lr)
+        yield model
+    finally:
+        with torch.no_grad():
+            for parameter, (original, requires_grad) in zip(parameters, saved):
+                parameter.copy_(original)
+                parameter.requires_grad_(requires_grad)
+                parameter.grad = None
+
+
+def _one_training_step(trained, prompts: PromptSet, hook_name: str, budget: float, adversarial: bool, lr: float,
+                       attack_steps: int, attack_lr: float) -> None:
+    """`latent_adversarial_step`'s training step, in place."""
+    tokens, last = tokenize(trained, prompts.prompts)
+    rows = torch.arange(len(last), device=tokens.device)
+    correct, wrong = answer_ids(trained, prompts.correct), answer_ids(trained, prompts.wrong)
+    delta = torch.zeros(len(last), trained.cfg.d_model, device=tokens.device)  # [batch, d_model]
+
+    def perturb(resid: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[rows, last] = resid[rows, last] + delta
+        return resid
+
+    with torch.enable_grad():
+        if adversarial:
+            with torch.no_grad():
+                radius = budget * last_token_activations(trained, prompts.prompts, hook_name).norm(dim=-1, keepdim=True)
+            delta.requires_grad_(True)
+            for _ in range(attack_steps):
+                logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]
+                (gradient,) = torch.autograd.grad((logits[rows, wrong] - logits[rows, correct]).sum(), delta)
+                with torch.no_grad():
+                    delta += attack_lr * radius * gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    delta *= (radius / delta.norm(dim=-1, keepdim=True)).clamp(max=1.0)
+            delta = delta.detach()
+        parameters = list(trained.parameters())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimiser = torch.optim.Adam(parameters, lr=lr)
+        logits = trained.run_with_hooks(tokens, fwd_hooks=[(hook_name, perturb)])[rows, last]  # [batch, d_vocab]
+        pair = torch.stack([logits[rows, correct], logits[rows, wrong]], dim=-1)  # [batch, 2]: correct first
+        loss = torch.nn.functional.cross_entropy(pair, torch.zeros_like(correct))
+        loss = loss + torch.nn.functional.cross_entropy(trained(tokens)[rows, last], correct)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        for parameter in parameters:
+            parameter.requires_grad_(False)
