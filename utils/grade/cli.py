@@ -219,10 +219,6 @@ class WorkbookChanged(RuntimeError):
     """The workbook's own code changed while a class was graded: the grades cannot be trusted."""
 
 
-class WorkbookUnreachable(RuntimeError):
-    """Kernels run as lent users could not reach the workbook (a folder above it is closed to them)."""
-
-
 def workbook_digest(root: Path = ROOT) -> str:
     """A hash of the code every grade depends on: utils/ and the official student notebooks."""
     digest = hashlib.sha256()
@@ -249,12 +245,6 @@ def grade_class(submissions: dict[str, Path], limits: Limits, chapter: str | Non
         why = walls.missing_reason() if isolate else "isolation was turned off (--no-sandbox)"
         print(f"warning: grading WITHOUT isolation: {why}. Each notebook's code can then read and change "
               "your files, other submissions and the grades (book/teachers.md).", file=sys.stderr, flush=True)
-    if found is not None and found.as_root:
-        closed = walls.closed_folder_above(ROOT, Path(sys.prefix))
-        if closed is not None:
-            raise WorkbookUnreachable(
-                f"kernels run as users of their own cannot enter {closed} (other users have no access to it): "
-                f"run `chmod o+x {closed}`, or move the workbook to a folder everyone can enter")
     folders = [*(p if p.is_dir() else p.parent for p in submissions.values()), *hidden]
     setting = Setting(limits, chapter, keys, found, tuple(sorted({str(p.resolve()) for p in folders})))
     rows: list[Row] = []
@@ -318,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)  # it exists, so the kernels' view can hide it
         rows = grade_class(submissions, limits, resolve_chapter(args.chapter), args.jobs, keys=args.keys,
                            isolate=not args.no_sandbox, hidden=[args.out, *([args.keys] if args.keys else [])])
-    except (WorkbookChanged, WorkbookUnreachable) as error:
+    except WorkbookChanged as error:
         raise SystemExit(str(error)) from None
     for path in write_reports(rows, args.out):
         print("wrote:", path)
