@@ -72,6 +72,18 @@ def _head_index(focus, names: list[str]) -> int:
     return index % len(names)
 
 
+def _patterns_and_names(str_tokens: Sequence[str], pattern, head_names: Sequence[str] | None):
+    """`pattern` as a float [head, query, key] tensor checked against the tokens, and a name per head."""
+    pattern = torch.as_tensor(_to_numpy(pattern)).float()
+    if pattern.dim() != 3 or pattern.shape[1:] != (len(str_tokens), len(str_tokens)):
+        raise ValueError(f"pattern must be [head, {len(str_tokens)}, {len(str_tokens)}] for these tokens, "
+                         f"got {list(pattern.shape)}")
+    names = [str(name) for name in head_names] if head_names else [f"head {i}" for i in range(pattern.shape[0])]
+    if len(names) != pattern.shape[0]:
+        raise ValueError(f"{len(names)} head names for {pattern.shape[0]} heads")
+    return pattern, names
+
+
 def attention_patterns(str_tokens: Sequence[str], pattern, head_names: Sequence[str] | None = None,
                        focus: int | str = 0, query: int | None = -1) -> HTML:
     """Interactive attention patterns for one prompt: a thumbnail per head, and one head drawn large.
@@ -90,14 +102,8 @@ def attention_patterns(str_tokens: Sequence[str], pattern, head_names: Sequence[
     in the book. The large head is at most 560 px square (one screen with the thumbnails, for the
     41-token prompts of chapter 03), so the view needs no scroll box of its own.
     """
-    pattern = torch.as_tensor(_to_numpy(pattern)).float()
+    pattern, names = _patterns_and_names(str_tokens, pattern, head_names)
     n_tokens = len(str_tokens)
-    if pattern.dim() != 3 or pattern.shape[1:] != (n_tokens, n_tokens):
-        raise ValueError(f"pattern must be [head, {n_tokens}, {n_tokens}] for these tokens, "
-                         f"got {list(pattern.shape)}")
-    names = [str(name) for name in head_names] if head_names else [f"head {i}" for i in range(pattern.shape[0])]
-    if len(names) != pattern.shape[0]:
-        raise ValueError(f"{len(names)} head names for {pattern.shape[0]} heads")
     if query is not None and not -n_tokens <= int(query) < n_tokens:
         raise ValueError(f"query {query} is out of range for {n_tokens} tokens")
     weights = (pattern.clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes()
@@ -120,13 +126,7 @@ def circuitsvis_attention(str_tokens: Sequence[str], pattern, head_names: Sequen
     view inlines circuitsvis's 1.3 MB bundle, which is why the chapters use `attention_patterns`."""
     import circuitsvis as cv
 
-    pattern = torch.as_tensor(_to_numpy(pattern)).float()
-    if pattern.dim() != 3 or pattern.shape[1:] != (len(str_tokens), len(str_tokens)):
-        raise ValueError(f"pattern must be [head, {len(str_tokens)}, {len(str_tokens)}] for these tokens, "
-                         f"got {list(pattern.shape)}")
-    names = [str(name) for name in head_names] if head_names else [f"head {i}" for i in range(pattern.shape[0])]
-    if len(names) != pattern.shape[0]:
-        raise ValueError(f"{len(names)} head names for {pattern.shape[0]} heads")
+    pattern, names = _patterns_and_names(str_tokens, pattern, head_names)
     first = _head_index(focus, names)
     order = [first, *(h for h in range(len(names)) if h != first)]
     return cv.attention.attention_heads(attention=pattern[order], tokens=[str(t) for t in str_tokens],
