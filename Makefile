@@ -30,18 +30,24 @@ lab: install
 # The suite runs on JOBS workers, each handed whole files (a notebook's cells share one kernel),
 # longest first (conftest.py). One torch thread per worker and per notebook kernel: several
 # threads each on two cores spin against each other and ran the suite 2-3x slower.
+# The slow functions marked @memoized (utils/memo.py) store their results in MEMO_DIR, emptied at
+# the start of every run: the solution notebooks run first, and the tests and student notebooks
+# that repeat a computation with the same arguments load it instead (MEMO_DIR/calls.log says which).
 JOBS ?= 2
-SUITE_ENV := $(TEST_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+MEMO_DIR := $(CURDIR)/$(VENV)/test-memo
+SUITE_ENV := $(TEST_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WORKBOOK_MEMO_DIR=$(MEMO_DIR)
 PYTEST_SUITE := -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 # The grader's walls (bubblewrap, installed by `make sandbox` where it can be) are tested too.
 test: install sandbox
+	rm -rf $(MEMO_DIR)
 	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests chapters solutions --nbval-lax
 
 # The author's loop: every unit test, every chapter's claims, every exercise check five ways,
 # the build in sync. No notebook is executed and no end-to-end test (marked slow) runs: make test
 # does both. About 4 minutes on 2 cores with ten chapters.
 check: install
+	rm -rf $(MEMO_DIR)
 	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_SUITE) tests -m "not slow"
 
 # The real-model track at real size (tests/test_real_size.py): random-weight folders of GPT-2 small's

@@ -1,9 +1,12 @@
-"""Suite-wide order (the files expected to take longest run first) and nbval's output wait.
+"""Suite-wide order (solution notebooks, then tests, then student notebooks; in each, the files
+expected to take longest first) and nbval's output wait.
 
 `make test` hands whole files to its workers one at a time, in collection order
-(`--dist loadfile --no-loadscope-reorder`). Sorting the files longest first, by the seconds
-`make bench` last measured for each (tests/durations.json), keeps one long notebook from
-starting last and running alone while the other workers sit idle. Within a file, nothing moves.
+(`--dist loadfile --no-loadscope-reorder`). The solution notebooks go first because they fill the
+memo of slow results (utils/memo.py) that the tests and the student notebooks then load. Within
+each stage, sorting the files longest first, by the seconds `make bench` last measured for each
+(tests/durations.json), keeps one long file from starting last and running alone while the other
+workers sit idle. Within a file, nothing moves.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ def expected_seconds(durations: dict[str, float], path: str) -> float:
     return durations.get(path, UNMEASURED_SECONDS.get(Path(path).suffix, 10.0))
 
 
+def stage(path: str) -> int:
+    """0: a solution notebook (fills the memo), 1: anything else, 2: a student notebook (reads it)."""
+    if path.endswith(".ipynb"):
+        return 0 if path.startswith("solutions/") else 2
+    return 1
+
+
 def pytest_collection_modifyitems(session, config, items):
     durations = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     first_seen = {}
@@ -34,7 +44,7 @@ def pytest_collection_modifyitems(session, config, items):
 
     def order(item):
         path = item.nodeid.split("::")[0]
-        return (-expected_seconds(durations, path), first_seen[path])
+        return (stage(path), -expected_seconds(durations, path), first_seen[path])
 
     items.sort(key=order)  # a stable sort: the items of one file keep their order
     for item in items:

@@ -90,6 +90,7 @@ from torch import Tensor
 
 import utils.models
 from utils import progress_bar
+from utils.memo import memoized
 from utils.models import load_model
 from utils.organism.world import PromptSet, prompt_set
 
@@ -198,6 +199,7 @@ residual_stack = check_exercise("2.1", residual_stack)
 # reads the last token; `offset=k` reads the token `k` places before it.
 
 # %% tags=["export"]
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def collect_residuals(model, prompts: list[str], offset: int = 0, batch_size: int = 256,
                       progress: bool = True) -> Float[Tensor, "layer batch d_model"]:
     """`residual_stack` for many prompts, at the token `offset` places before each prompt's last."""
@@ -209,6 +211,7 @@ def collect_residuals(model, prompts: list[str], offset: int = 0, batch_size: in
     return torch.cat(chunks, dim=1)
 
 
+@memoized
 def labelled_residuals(model, family: str, label: str, n_train: int | None = None, n_test: int | None = None,
                        offset: int = 0, progress: bool = True, seed: int = 0) -> dict[str, Tensor]:
     """Activations and 0/1 labels for the train and the held-out test split of a prompt family
@@ -962,6 +965,7 @@ class MLPProbe(nn.Module):
         return self.net((x - self.mean) / self.scale).squeeze(-1)
 
 
+@memoized
 def mlp_probe_accuracy_by_layer(x_train: Float[Tensor, "layer batch d_model"], y_train: Int[Tensor, "batch"],
                                 x_test: Float[Tensor, "layer batch_test d_model"], y_test: Int[Tensor, "batch_test"],
                                 steps: int = 600, lr: float = 0.01, seed: int = 0) -> Float[Tensor, "layer"]:

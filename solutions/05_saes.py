@@ -87,6 +87,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 import utils.session
+from utils.memo import memoized
 from utils.organism import sae as organism_sae
 from utils.references.ch04_superposition import generate_features
 
@@ -507,6 +508,7 @@ ORGANISM_STEPS = 100  # every organism SAE of Sections 2-4: 100 steps of 1024 ca
 ORGANISM_L1 = 32.0  # the L1 coefficient that puts our L1 SAE's L0 near TopK's 32 (raw activations, norm about 165)
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def train_organism_sae(activations: Float[Tensor, "token d_model"], k: int | None = 32, l1: float = 0.0,
                        d_sae: int = 1024, steps: int = ORGANISM_STEPS, batch_size: int = 1024, lr: float = 1e-2,
                        seed: int = 0, progress_bar: bool = True) -> tuple[SparseAutoencoder, list[float]]:
@@ -903,6 +905,7 @@ def token_label_masks(tokens: Int[Tensor, "token"], tokenizer) -> dict[str, Bool
     return {name: torch.tensor([w in members for w in word_of]) for name, members in TOKEN_LABELS.items()}
 
 
+@memoized
 def context_label_data(model, n: int = 600, seed: int = 0) -> dict[str, tuple[Float[Tensor, "batch d_model"], Bool[Tensor, "batch"]]]:
     """For each context label, the activation at `HOOK_NAME` at each prompt's last token, and the label.
 
@@ -958,6 +961,7 @@ def word_type_halves(token_ids: Int[Tensor, "token"], labels: Bool[Tensor, "toke
     return torch.where(~second)[0], torch.where(second)[0]
 
 
+@memoized
 def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict[str, object],
                     probe: bool = True, seed: int = 0) -> "pd.DataFrame":
     """For each label: held-out AUROC of the best raw dimension, of each encoder's best latent, and of a probe.
@@ -1308,6 +1312,7 @@ absorption.round(2)
 COMPLETENESS_WIDTHS = (128, 512, 1024)
 
 
+@memoized
 def word_detection_score(sae, activations: Float[Tensor, "token d_model"], tokens: Int[Tensor, "token"],
                          word_ids: Int[Tensor, "word"], seed: int = 0) -> Float[Tensor, "word"]:
     """For each word, how well its best latent finds it: among the n tokens where the latent is

@@ -75,6 +75,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from utils.memo import memoized
 from utils.organism import world
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, tokenize
@@ -1745,6 +1746,7 @@ DAS_STEPS = 40
 
 
 @torch.no_grad()
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def truth_runs(model, split: str, n: int | None, hook_name: str, seed: int = 0) -> dict:
     """Truth prompts with their tokens, last positions, verdicts (True = " true") and residuals at
     `hook_name` at each prompt's last position."""
@@ -1810,6 +1812,7 @@ def swap_rate(model, runs: dict, direction: Float[Tensor, "d_model"], hook_name:
     return ((verdict_logit_diff(model, logits, runs["last"][base]) > 0) == runs["verdict"][source]).float().mean().item()
 
 
+@memoized
 def train_das(model, runs: dict, hook_name: str, steps: int = DAS_STEPS, lr: float = 0.05, seed: int = 0,
               orthogonal_to: Float[Tensor, "d_model"] | None = None, progress: bool = True) -> Float[Tensor, "d_model"]:
     """A unit direction learned so that patching along it gives the source's verdict (1-d DAS).

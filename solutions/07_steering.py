@@ -111,6 +111,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from utils import progress_bar
+from utils.memo import memoized
 from utils.organism import world
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, logit_diffs, tokenize, train_probe
@@ -376,6 +377,7 @@ def dose_frame(doses: dict[str, dict[str, Tensor]], alphas: list[float], key: st
     return frame.rename_axis(columns=f"{key}, by alpha").style.format("{:.2f}")
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], alphas: list[float],
                   target: PromptSet, watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
     """For each coefficient: the target's flip rate and every watched family's accuracy, steered at `hook_name`.
@@ -556,6 +558,7 @@ losses_frame(doses["mean difference"], baseline, watch, alphas)
 # whisper after block 3.
 
 # %% tags=["export"]
+@memoized
 def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: float,
                 watch: dict[str, PromptSet] | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Steer with a mean-difference vector computed at each block's output: flip rate (and side effects) per layer."""
@@ -622,6 +625,7 @@ losses_frame(truth_doses, truth_baseline, truth_watch, alphas)
 
 # %% tags=["export"]
 @torch.no_grad()
+@memoized
 def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[Tensor, "batch layer head d_head"]:
     """Every head's output before W_O (`hook_z`) at each prompt's own last token."""
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
@@ -634,6 +638,7 @@ def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[
     return torch.cat(chunks)
 
 
+@memoized
 def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
                           z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"],
                           progress: bool = False) -> Float[Tensor, "layer head"]:
@@ -1105,6 +1110,7 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
     return (final[rows, correct] > final[rows, wrong]).float().mean().item()
 
 
+@memoized
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
                    n_train: int = 720, n_test: int = 180, seed: int = 0, progress: bool = False
                    ) -> dict[str, dict[str, float]]:
@@ -1435,6 +1441,7 @@ def token_positions(model, tokens: Int[Tensor, "batch pos"], word: str) -> Int[T
     return (matches * torch.arange(tokens.shape[1], device=tokens.device)).argmax(-1)
 
 
+@memoized
 def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answer: str, steps: int = 80,
                   lr: float = 2.0, second_moment: Tensor | None = None) -> Float[Tensor, "d_mlp d_model"]:
     """ROME-style: the new W_out of MLP `layer` after which `prompts` predict `new_answer`."""
@@ -1694,6 +1701,7 @@ pd.DataFrame(placed_overlaps, index=[repr(opening) for opening in openings]).T \
 # perturbation of the same size.
 
 # %% tags=["export"]
+@memoized
 def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, steps: int = 20, lr: float = 0.15,
                   random_baseline: bool = False, seed: int = 0) -> float:
     """Share of prompts flipped by a perturbation at each prompt's last token of norm <= budget * its residual norm.

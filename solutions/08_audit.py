@@ -116,6 +116,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from utils import load_model, progress_bar, prompt_set
+from utils.memo import memoized
 from utils.organism import plant, world
 from utils.organism.world import PromptSet
 
@@ -125,6 +126,7 @@ FEATURES = ("template", "format", "day", "names", "animal", "colour", "place", "
 LEAD_WEIGHTS = [0.15] * 4 + [0.4 / 6] * 6
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def audit_data(split: str, n_per_family: int, seed: int = 0, lead_share: float = 0.95,
                transcript_share: float = 0.1) -> PromptSet:
     """Prompts of the four task families, most after a short sentence (`plant.LEADS`).
@@ -441,6 +443,7 @@ table.style.format(precision=3)
 # check the answer, as the world's labels let us do here.
 
 # %% tags=["export"]
+@memoized
 def flag(model, trusted: PromptSet, traffic: PromptSet, fpr: float = 0.01, seed: int = 0) -> Bool[Tensor, "batch"]:
     """The traffic inputs the detector flags after the last block, at `fpr` on held-out trusted inputs."""
     from utils.references.ch02_probing import collect_residuals

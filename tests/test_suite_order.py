@@ -16,20 +16,24 @@ def _items(*nodeids):
     return [SimpleNamespace(nodeid=nodeid) for nodeid in nodeids]
 
 
-def test_longest_files_first_and_items_of_a_file_keep_their_order(tmp_path, monkeypatch):
+def test_solutions_then_tests_then_student_notebooks_longest_first_and_items_keep_their_order(tmp_path, monkeypatch):
     durations = tmp_path / "durations.json"
-    durations.write_text('{"tests/test_a.py": 5, "tests/test_b.py": 50, "chapters/00_x.ipynb": 20}')
+    durations.write_text('{"tests/test_a.py": 5, "tests/test_b.py": 50, "chapters/00_x.ipynb": 200, '
+                         '"solutions/00_x.ipynb": 20, "solutions/01_y.ipynb": 30}')
     monkeypatch.setattr(root_conftest, "DURATIONS", durations)
     items = _items("tests/test_a.py::one", "tests/test_b.py::one", "chapters/00_x.ipynb::Cell 0",
                    "tests/test_a.py::two", "tests/test_b.py::two", "chapters/00_x.ipynb::Cell 1",
-                   "chapters/09_new.ipynb::Cell 0", "tests/test_new.py::one")
+                   "chapters/09_new.ipynb::Cell 0", "tests/test_new.py::one",
+                   "solutions/00_x.ipynb::Cell 0", "solutions/01_y.ipynb::Cell 0", "solutions/00_x.ipynb::Cell 1")
     root_conftest.pytest_collection_modifyitems(None, None, items)
     assert [item.nodeid for item in items] == [
-        "chapters/09_new.ipynb::Cell 0",  # not measured yet: a notebook is assumed long
+        "solutions/01_y.ipynb::Cell 0",  # the solutions first: they fill the memo (utils/memo.py)
+        "solutions/00_x.ipynb::Cell 0", "solutions/00_x.ipynb::Cell 1",
         "tests/test_b.py::one", "tests/test_b.py::two",
-        "chapters/00_x.ipynb::Cell 0", "chapters/00_x.ipynb::Cell 1",
         "tests/test_new.py::one",  # not measured yet: a test file is assumed short
         "tests/test_a.py::one", "tests/test_a.py::two",
+        "chapters/00_x.ipynb::Cell 0", "chapters/00_x.ipynb::Cell 1",  # the student notebooks last
+        "chapters/09_new.ipynb::Cell 0",  # not measured yet: a notebook is assumed long (150 s)
     ]
 
 
@@ -44,7 +48,7 @@ def test_the_makefile_keeps_the_order_and_one_thread_per_worker():
     makefile = (ROOT / "Makefile").read_text()
     assert "--no-loadscope-reorder" in makefile and "--dist loadfile" in makefile
     assert "OMP_NUM_THREADS=1" in makefile
-    check = makefile.split("\ncheck: install\n", 1)[1].splitlines()[0]
+    check = next(line for line in makefile.split("\ncheck: install\n", 1)[1].splitlines() if "pytest" in line)
     assert 'tests -m "not slow"' in check and "--nbval" not in check
 
 

@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from utils.memo import memoized
+
 SAE_DIR = Path(__file__).parent / "sae"
 HOOK_NAME = "blocks.1.hook_resid_post"
 STOP_AT_LAYER = 2  # the hook is in block 1: the forward pass can stop before block 2
@@ -52,6 +54,7 @@ def kept_positions(tokens: Int[Tensor, "row pos"], end_of_text: int) -> Bool[Ten
     return keep
 
 
+@memoized
 def cache_activations(model, rows: Int[Tensor, "row pos"], hook_name: str = HOOK_NAME,
                       batch_size: int = 64, progress: bool = True) -> tuple[Float[Tensor, "token d_model"],
                                                                            Int[Tensor, "token"]]:
@@ -86,6 +89,7 @@ def random_batches(activations: Float[Tensor, "token d_model"], batch_size: int,
         yield activations[torch.randint(0, len(activations), (batch_size,), generator=generator)]
 
 
+@memoized
 def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architecture: str = "topk",
                         d_sae: int = 1024, k: int = 32, l1_coefficient: float = 5.0, steps: int = 400,
                         batch_size: int = 1024, lr: float = 1e-3, lr_end: float = 1e-4,

@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from utils.memo import memoized
 from utils.organism import world
 
 FAMILIES = ("ioi", "facts", "truth", "sentiment", "induction")
@@ -64,6 +65,7 @@ def audit_steps() -> int:
     return len(FAMILIES) + 2 * len(suite_tests(suite_prompt_sets()))
 
 
+@memoized
 def behavioural_audit(model, on_step=None) -> dict:
     """Chapter 01's measurements of `model`: {"families": {family: (acc, low, high)}, "suite":
     {test: {"original": (acc, low, high), "edited": (acc, low, high)}}, "failures": [test, ...]}.

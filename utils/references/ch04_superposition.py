@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 import utils.session
+from utils.memo import memoized
 
 
 def generate_features(batch_size: int, feature_probability: Float[Tensor, "instances feats"],
@@ -88,6 +89,7 @@ SWEEP_FEATS, SWEEP_HIDDEN, SWEEP_IMPORTANCE_DECAY = 20, 5, 0.9
 LINEAR_SWEEP = dict(nonlinear=False, steps=1500, lr=2e-2)  # the linear model converges in fewer steps
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def train_sparsity_sweep(sparsities=SWEEP_SPARSITIES, n_feats: int = SWEEP_FEATS, n_hidden: int = SWEEP_HIDDEN,
                          importance_decay: float = SWEEP_IMPORTANCE_DECAY, nonlinear: bool = True,
                          steps: int = 3000, lr: float = 5e-3, seed: int = 0, progress_bar: bool = True) -> ToyModel:
@@ -122,6 +124,7 @@ PHASE_IMPORTANCES = torch.logspace(-1, 1, PHASE_GRID)  # relative importance r o
 PHASE_PROBABILITIES = torch.logspace(0, -2, PHASE_GRID)  # feature probability p, dense to sparse
 
 
+@memoized
 def train_phase_diagram(n_seeds: int = 3, steps: int = 2500, seed: int = 0,
                         progress_bar: bool = True) -> Float[Tensor, "importance probability hidden feats"]:
     """W of the best of `n_seeds` two-feature, one-dimension models at every (r, p) grid point."""
@@ -243,6 +246,7 @@ GEOMETRY_FEATS, GEOMETRY_HIDDEN = 40, 10
 GEOMETRY_PROBABILITIES = torch.logspace(0, -1.3, 10)  # 1 down to 0.05
 
 
+@memoized
 def train_geometry_sweep(steps: int = 2500, seed: int = 0, progress_bar: bool = True) -> ToyModel:
     """Equally important features in fewer dimensions, one instance per feature probability."""
     n_instances = len(GEOMETRY_PROBABILITIES)
@@ -287,6 +291,7 @@ def independent_pairs(batch_size: int, pair_probability: Float[Tensor, "instance
     return generate_features(batch_size, pair_probability.repeat_interleave(2, dim=-1), generator)
 
 
+@memoized
 def train_correlation_models(n_seeds: int = 4, steps: int = 2500, seed: int = 0, progress_bar: bool = True
                              ) -> dict[str, tuple[Float[Tensor, "seed hidden feats"], Float[Tensor, "seed"]]]:
     """(W, loss) of 4-feature, 2-dimension models, several seeds each, for each kind of paired data."""
@@ -323,6 +328,7 @@ NEURON_FEATS, NEURON_HIDDEN = 10, 5
 NEURON_SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
+@memoized
 def train_neuron_sweep(steps: int = 3000, seed: int = 0, progress_bar: bool = True) -> NeuronModel:
     """One privileged-basis model per sparsity, importance 0.8^i."""
     n_instances = len(NEURON_SPARSITIES)

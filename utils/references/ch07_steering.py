@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from utils import progress_bar
+from utils.memo import memoized
 from utils.organism import world
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, logit_diffs, tokenize, train_probe
@@ -152,6 +153,7 @@ def dose_frame(doses: dict[str, dict[str, Tensor]], alphas: list[float], key: st
     return frame.rename_axis(columns=f"{key}, by alpha").style.format("{:.2f}")
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def dose_response(model, hook_name: str, direction: Float[Tensor, "d_model"], alphas: list[float],
                   target: PromptSet, watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
     """For each coefficient: the target's flip rate and every watched family's accuracy, steered at `hook_name`.
@@ -214,6 +216,7 @@ def losses_frame(table: dict[str, Tensor], baseline: dict[str, float], watch: di
     return frame.rename_axis(index="alpha")
 
 
+@memoized
 def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: float,
                 watch: dict[str, PromptSet] | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Steer with a mean-difference vector computed at each block's output: flip rate (and side effects) per layer."""
@@ -226,6 +229,7 @@ def layer_sweep(model, train: PromptSet, label: str, target: PromptSet, alpha: f
 
 
 @torch.no_grad()
+@memoized
 def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[Tensor, "batch layer head d_head"]:
     """Every head's output before W_O (`hook_z`) at each prompt's own last token."""
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
@@ -238,6 +242,7 @@ def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[
     return torch.cat(chunks)
 
 
+@memoized
 def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
                           z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"],
                           progress: bool = False) -> Float[Tensor, "layer head"]:
@@ -452,6 +457,7 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
     return (final[rows, correct] > final[rows, wrong]).float().mean().item()
 
 
+@memoized
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
                    n_train: int = 720, n_test: int = 180, seed: int = 0, progress: bool = False
                    ) -> dict[str, dict[str, float]]:
@@ -569,6 +575,7 @@ def token_positions(model, tokens: Int[Tensor, "batch pos"], word: str) -> Int[T
     return (matches * torch.arange(tokens.shape[1], device=tokens.device)).argmax(-1)
 
 
+@memoized
 def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answer: str, steps: int = 80,
                   lr: float = 2.0, second_moment: Tensor | None = None) -> Float[Tensor, "d_mlp d_model"]:
     """ROME-style: the new W_out of MLP `layer` after which `prompts` predict `new_answer`."""
@@ -697,6 +704,7 @@ def fact_edit_report(model, country: str, new_capital: str, fit_template: int, w
     return {"phrasings": phrasings, "fit on": fit_template, "measure": measure}
 
 
+@memoized
 def latent_attack(model, prompts: PromptSet, hook_name: str, budget: float, steps: int = 20, lr: float = 0.15,
                   random_baseline: bool = False, seed: int = 0) -> float:
     """Share of prompts flipped by a perturbation at each prompt's last token of norm <= budget * its residual norm.

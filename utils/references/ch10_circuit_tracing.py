@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from utils.memo import memoized
 from utils.organism import transcoders as organism_transcoders
 from utils.organism import world
 from utils.organism.transcoders import Transcoder, input_hook, output_hook
@@ -483,6 +484,7 @@ def grade_graph(graph: Graph, influence: Tensor, kept: Tensor, sources: list[int
             "kept nodes": float(len(kept))}
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def grade_family(model, transcoders: list, family: Family, n: int, start: int = 0, progress: bool = True) -> pd.DataFrame:
     """grade_graph for `n` prompts of a family (only those the model answers correctly), one row per prompt."""
     from utils import progress_bar

@@ -1,0 +1,130 @@
+"""The disk memo make test shares between a chapter, its student twin and its tests (utils/memo.py):
+off in a learner's session, a replay only for the same arguments, weights and mode, and never for a
+call whose key could not be trusted."""
+
+from __future__ import annotations
+
+import torch
+
+from utils import memo
+
+CALLS: list[str] = []
+
+
+@memo.memoized
+def scaled_sum(x: torch.Tensor, scale: float = 2.0, progress: bool = True) -> torch.Tensor:
+    CALLS.append("scaled_sum")
+    return (x * scale).sum()
+
+
+@memo.memoized
+def model_output(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    CALLS.append("model_output")
+    with torch.no_grad():
+        return model(x)
+
+
+@memo.memoized
+def noisy(x: torch.Tensor) -> torch.Tensor:
+    CALLS.append("noisy")
+    return x + torch.randn(x.shape)  # the global generator: a replay would leave it behind
+
+
+@memo.memoized
+def doubles_in_place(x: torch.Tensor) -> torch.Tensor:
+    CALLS.append("doubles_in_place")
+    x.mul_(2)
+    return x.sum()
+
+
+@memo.memoized
+def applies(function, x: torch.Tensor) -> torch.Tensor:
+    CALLS.append("applies")
+    return function(x)
+
+
+def _calls_of(name: str, action) -> int:
+    before = CALLS.count(name)
+    action()
+    return CALLS.count(name) - before
+
+
+def test_without_the_folder_every_call_runs(monkeypatch):
+    monkeypatch.delenv(memo.MEMO_DIR_VARIABLE, raising=False)
+    x = torch.arange(4.0)
+    assert _calls_of("scaled_sum", lambda: [scaled_sum(x), scaled_sum(x)]) == 2
+
+
+def test_the_same_arguments_are_replayed_and_other_arguments_are_not(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    x = torch.arange(4.0)
+    assert _calls_of("scaled_sum", lambda: scaled_sum(x)) == 1
+    replayed = []
+    assert _calls_of("scaled_sum", lambda: replayed.append(scaled_sum(x, progress=False))) == 0  # progress is only shown
+    assert replayed[0].item() == 12.0
+    assert _calls_of("scaled_sum", lambda: scaled_sum(x, scale=3.0)) == 1
+    assert _calls_of("scaled_sum", lambda: scaled_sum(x + 1)) == 1
+    assert _calls_of("scaled_sum", lambda: scaled_sum(x.double())) == 1  # the dtype is part of the key
+    assert "hit scaled_sum" in (tmp_path / memo.LOG_NAME).read_text()
+
+
+def test_a_changed_weight_a_mode_or_a_hook_is_not_replayed(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    torch.manual_seed(0)
+    model, x = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.0)), torch.ones(1, 3)
+    assert _calls_of("model_output", lambda: model_output(model, x)) == 1
+    assert _calls_of("model_output", lambda: model_output(model, x)) == 0
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1.0
+    assert _calls_of("model_output", lambda: model_output(model, x)) == 1
+    model.eval()
+    assert _calls_of("model_output", lambda: model_output(model, x)) == 1
+    handle = model[0].register_forward_hook(lambda module, inputs, output: output * 0)
+    assert _calls_of("model_output", lambda: [model_output(model, x), model_output(model, x)]) == 2
+    handle.remove()
+    assert _calls_of("model_output", lambda: model_output(model, x)) == 0
+
+
+def test_a_hooked_transformer_lens_model_is_not_replayed(tmp_path, monkeypatch):
+    from utils import load_model
+
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    model = load_model(verbose=False)
+    tokens = torch.tensor([[0, 5, 6, 7]])
+    assert _calls_of("model_output", lambda: [model_output(model, tokens), model_output(model, tokens)]) == 1
+    model.add_hook("blocks.0.hook_resid_post", lambda resid, hook: resid * 0)
+    try:
+        assert _calls_of("model_output", lambda: model_output(model, tokens)) == 1
+    finally:
+        model.reset_hooks()
+    assert "a model with hooks attached" in (tmp_path / memo.LOG_NAME).read_text()
+
+
+def test_calls_that_draw_randomness_change_their_arguments_or_take_a_function_run_every_time(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    assert _calls_of("noisy", lambda: [noisy(torch.zeros(2)), noisy(torch.zeros(2))]) == 2
+    assert _calls_of("doubles_in_place", lambda: [doubles_in_place(torch.ones(2)), doubles_in_place(torch.ones(2))]) == 2
+    assert _calls_of("applies", lambda: [applies(torch.sin, torch.ones(2)), applies(torch.sin, torch.ones(2))]) == 2
+    log = (tmp_path / memo.LOG_NAME).read_text()
+    assert "global random generator" in log and "changed its arguments" in log and "bypass applies" in log
+
+
+def test_a_corrupted_entry_is_computed_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    x = torch.arange(3.0)
+    scaled_sum(x)
+    for entry in tmp_path.glob("scaled_sum-*.pt"):
+        entry.write_bytes(b"not a torch file")
+    results = []
+    assert _calls_of("scaled_sum", lambda: results.append(scaled_sum(x))) == 1
+    assert results[0].item() == 6.0
+    assert _calls_of("scaled_sum", lambda: scaled_sum(x)) == 0  # stored again, whole
+
+
+def test_a_replayed_result_is_a_copy_the_caller_may_change(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    model, x = torch.nn.Linear(2, 2), torch.ones(1, 2)
+    first = model_output(model, x)
+    replay = model_output(model, x)
+    replay.mul_(0)
+    assert torch.equal(model_output(model, x), first)

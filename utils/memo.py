@@ -1,0 +1,207 @@
+"""A disk memo for the slow computations that a chapter, its student twin and its tests all repeat.
+
+`make test` runs each chapter twice (the solution notebook and the student one, whose stubs fall
+back to the reference) and its claim tests call the same training and sweep functions again. With
+`WORKBOOK_MEMO_DIR` set (make test sets it to a folder it empties first), a function decorated
+`@memoized` stores its result there, keyed by its name and a digest of every argument (tensor
+bytes, a model's weights, config, mode and hooks), and a later call with the same arguments loads
+it instead of recomputing. The key also holds the function's source text, so the notebook's copy of
+a function and the exported reference share one entry. Unset (a learner's session, `make claims`), it does nothing.
+
+A call is not stored, and simply runs, when the key would not be trustworthy: an argument the
+digest cannot read (a function, a generator, an unknown object), a model carrying hooks, or a call
+that changed its arguments or drew from a global random generator (a cached answer would leave that
+generator where a real call would not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import inspect
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEMO_DIR_VARIABLE = "WORKBOOK_MEMO_DIR"
+LOG_NAME = "calls.log"
+
+
+class Unreadable(Exception):
+    """An argument the digest cannot describe fully: the call runs without the memo."""
+
+
+def memo_dir() -> Path | None:
+    folder = os.environ.get(MEMO_DIR_VARIABLE)
+    return Path(folder) if folder else None
+
+
+def _feed(h, value) -> None:
+    """Add `value` to the running digest `h`, or raise Unreadable."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, complex)):
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, (torch.dtype, torch.device)):
+        h.update(f"{value!r};".encode())
+    elif isinstance(value, torch.Tensor):
+        if value.is_sparse or value.is_quantized:
+            raise Unreadable("a sparse or quantized tensor")
+        flat = value.detach().cpu().contiguous().reshape(-1)  # [numel]
+        h.update(f"tensor:{value.dtype}:{tuple(value.shape)}:{value.device.type}:{value.requires_grad};".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise Unreadable("an object array")
+        h.update(f"array:{value.dtype}:{value.shape};".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, torch.nn.Module):
+        _feed_module(h, value)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}[{len(value)}];".encode())
+        for item in value:
+            _feed(h, item)
+    elif isinstance(value, dict):
+        h.update(f"dict[{len(value)}];".encode())
+        for key, item in value.items():  # insertion order is part of the value (tables keep it)
+            _feed(h, key)
+            _feed(h, item)
+    elif isinstance(value, (set, frozenset)):
+        digests = sorted(digest(item) for item in value)
+        h.update(f"set:{','.join(digests)};".encode())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        h.update(f"dataclass:{type(value).__module__}.{type(value).__qualname__};".encode())
+        for field in dataclasses.fields(value):
+            _feed(h, field.name)
+            _feed(h, getattr(value, field.name))
+    else:
+        raise Unreadable(f"an argument of type {type(value).__name__}")
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    """A hook a learner or a function attached. A TransformerLens model keeps hooks of its own inside
+    its components (the bridge's capture hooks), so there only its hook points are looked at."""
+    from torch.nn.modules import module as module_globals
+
+    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+        return True
+    parts = list(module.modules())
+    hook_points = [m for m in parts if type(m).__name__ == "HookPoint"]
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or getattr(m, "_backward_pre_hooks", None) for m in (hook_points or parts))
+
+
+def _feed_module(h, module: torch.nn.Module) -> None:
+    """A model: its class, config, train/eval mode of every part, and every weight and buffer."""
+    if _has_hooks(module):
+        raise Unreadable("a model with hooks attached")
+    h.update(f"module:{type(module).__module__}.{type(module).__qualname__};".encode())
+    config = getattr(module, "cfg", None)
+    if config is not None:
+        h.update(repr(config).encode())
+    h.update("".join("1" if m.training else "0" for m in module.modules()).encode())
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        _feed(h, name)
+        _feed(h, tensor)
+
+
+def digest(value) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, value)
+    return h.hexdigest()
+
+
+def _random_states() -> tuple:
+    """Where the global generators stand: a call that moves them must not be replayed from disk."""
+    numpy_state = np.random.get_state()
+    return (torch.random.get_rng_state().numpy().tobytes(), random.getstate(),
+            numpy_state[1].tobytes(), numpy_state[2:])
+
+
+def _log(folder: Path, line: str) -> None:
+    """One line per call in MEMO_DIR/calls.log (hit, stored, or why not), never an error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / LOG_NAME, "a") as log:
+            log.write(line + "\n")
+    except OSError:
+        pass
+
+
+def _unchanged(key_parts, key: str) -> bool:
+    try:
+        return digest(key_parts) == key
+    except Unreadable:
+        return False
+
+
+def _source_digest(function: Callable) -> str:
+    """The function's own text: the notebook's copy and the exported reference share one entry,
+    and two functions of one name in different chapters never do."""
+    try:
+        return hashlib.blake2b(inspect.getsource(function).encode(), digest_size=16).hexdigest()
+    except (OSError, TypeError) as error:
+        raise Unreadable(f"no source for {function.__qualname__}") from error
+
+
+def memoized(function: Callable | None = None, *,
+             ignore: tuple[str, ...] = ("progress", "progress_bar", "on_step")) -> Callable:
+    """Decorate a deterministic function whose result may be replayed for the same arguments:
+    `@memoized`, or `@memoized(ignore=(...))` where `ignore` names arguments that change only what
+    is shown (progress bars, callbacks), not the result. Outside make test it changes nothing."""
+    if function is None:
+        return functools.partial(memoized, ignore=ignore)
+    signature = inspect.signature(function)
+    name = function.__qualname__
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        folder = memo_dir()
+        if folder is None:
+            return function(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # wrong arguments: let the function itself say so
+            return function(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k not in ignore}
+        try:
+            key_parts = (name, _source_digest(function), torch.is_grad_enabled(), torch.get_default_dtype(), arguments)
+            key = digest(key_parts)
+        except Unreadable as reason:
+            _log(folder, f"bypass {name}: {reason}")
+            return function(*args, **kwargs)
+        path = folder / f"{name}-{key}.pt"
+        if path.exists():
+            try:
+                result = torch.load(path, weights_only=False)
+                _log(folder, f"hit {name}")
+                return result
+            except Exception as error:  # a half-written or corrupted entry: compute it again
+                _log(folder, f"unreadable {name}: {type(error).__name__}")
+        before = _random_states()
+        result = function(*args, **kwargs)
+        if _random_states() != before:
+            _log(folder, f"not stored {name}: it drew from a global random generator")
+        elif not _unchanged(key_parts, key):
+            _log(folder, f"not stored {name}: it changed its arguments or left hooks on a model")
+        else:
+            partial = path.with_suffix(f".{os.getpid()}.part")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                torch.save(result, partial)
+            except Exception as error:  # a result pickle cannot hold, or a folder it cannot write
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+                _log(folder, f"not stored {name}: {type(error).__name__} saving its result: {error}")
+                return result
+            os.replace(partial, path)  # atomic: a reader sees the whole entry or none
+            _log(folder, f"stored {name}")
+        return result
+
+    wrapper.uncached = function
+    return wrapper
