@@ -43,6 +43,13 @@ def applies(function, x: torch.Tensor) -> torch.Tensor:
     return function(x)
 
 
+@memo.memoized(reseeds=True)
+def seeded_init(seed: int) -> torch.Tensor:
+    CALLS.append("seeded_init")
+    torch.manual_seed(seed)
+    return torch.randn(3)
+
+
 def _calls_of(name: str, action) -> int:
     before = CALLS.count(name)
     action()
@@ -100,13 +107,35 @@ def test_a_hooked_transformer_lens_model_is_not_replayed(tmp_path, monkeypatch):
     assert "a model with hooks attached" in (tmp_path / memo.LOG_NAME).read_text()
 
 
-def test_calls_that_draw_randomness_change_their_arguments_or_take_a_function_run_every_time(tmp_path, monkeypatch):
+def test_calls_that_draw_randomness_change_their_arguments_or_take_a_builtin_run_every_time(tmp_path, monkeypatch):
     monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
     assert _calls_of("noisy", lambda: [noisy(torch.zeros(2)), noisy(torch.zeros(2))]) == 2
     assert _calls_of("doubles_in_place", lambda: [doubles_in_place(torch.ones(2)), doubles_in_place(torch.ones(2))]) == 2
     assert _calls_of("applies", lambda: [applies(torch.sin, torch.ones(2)), applies(torch.sin, torch.ones(2))]) == 2
     log = (tmp_path / memo.LOG_NAME).read_text()
     assert "global random generator" in log and "changed its arguments" in log and "bypass applies" in log
+
+
+def test_a_python_function_argument_is_part_of_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    shift = torch.tensor(1.0)
+    add, also_add = lambda x: x + shift, lambda x: x + shift
+    twice = {"double": lambda x: x * 2, "triple": lambda x: x * 3}  # one line, two functions
+    assert _calls_of("applies", lambda: [applies(add, torch.ones(2)), applies(also_add, torch.ones(2))]) == 1
+    assert _calls_of("applies", lambda: [applies(twice["double"], torch.ones(2)), applies(twice["triple"], torch.ones(2))]) == 2
+    shift += 1  # what a function closes over is part of it
+    assert _calls_of("applies", lambda: applies(add, torch.ones(2))) == 1
+    assert applies(twice["triple"], torch.ones(2)).tolist() == [3.0, 3.0]
+
+
+def test_a_function_that_seeds_torch_itself_is_replayed_and_leaves_the_generator_where_the_call_did(tmp_path, monkeypatch):
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    first = seeded_init(3)
+    after_call = torch.randn(2)
+    torch.manual_seed(123)  # somewhere else entirely
+    replays = []
+    assert _calls_of("seeded_init", lambda: replays.append(seeded_init(3))) == 0
+    assert torch.equal(replays[0], first) and torch.equal(torch.randn(2), after_call)
 
 
 def test_a_corrupted_entry_is_computed_again(tmp_path, monkeypatch):
@@ -128,3 +157,31 @@ def test_a_replayed_result_is_a_copy_the_caller_may_change(tmp_path, monkeypatch
     replay = model_output(model, x)
     replay.mul_(0)
     assert torch.equal(model_output(model, x), first)
+
+
+@memo.memoized(reseeds=True)
+def probe_of(x: torch.Tensor):
+    from utils.references.ch02_probing import LinearProbe
+
+    CALLS.append("probe_of")
+    torch.manual_seed(0)
+    return LinearProbe(x)
+
+
+def test_a_class_the_solution_notebook_defined_is_found_where_the_result_is_loaded(tmp_path, monkeypatch):
+    """A notebook's classes pickle as `__main__.Name`; a test process has no such name in its own
+    `__main__` and finds the exported reference's class instead, not an unreadable entry."""
+    import sys
+
+    from utils.references.ch02_probing import LinearProbe
+
+    monkeypatch.setenv(memo.MEMO_DIR_VARIABLE, str(tmp_path))
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    with monkeypatch.context() as notebook:  # as if LinearProbe had been defined in a notebook cell
+        notebook.setattr(LinearProbe, "__module__", "__main__")
+        notebook.setattr(sys.modules["__main__"], "LinearProbe", LinearProbe, raising=False)
+        stored = probe_of(x)
+    assert not hasattr(sys.modules["__main__"], "LinearProbe")
+    loaded = []
+    assert _calls_of("probe_of", lambda: loaded.append(probe_of(x))) == 0
+    assert type(loaded[0]) is LinearProbe and torch.equal(loaded[0](x), stored(x))

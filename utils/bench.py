@@ -108,8 +108,9 @@ def _timed_suite(pytest_args: list[str], slowest: int, condition: str) -> dict[s
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "suite.xml"
         start = time.perf_counter()
+        memo = {"WORKBOOK_MEMO_DIR": str(Path(scratch) / "memo")}  # fresh, as make test empties its own
         subprocess.run([sys.executable, "-m", "pytest", *pytest_args, f"--junitxml={report}", "-q"], cwd=ROOT,
-                       check=False, stdout=subprocess.DEVNULL, env={**os.environ, **SUITE_ENV})
+                       check=False, stdout=subprocess.DEVNULL, env={**os.environ, **SUITE_ENV, **memo})
         wall = time.perf_counter() - start
         tree = ElementTree.parse(report)
         cases = [(case.get("classname", ""), case.get("name", ""), float(case.get("time", 0)))

@@ -20,9 +20,14 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib
 import inspect
 import os
+import pickle
+import pkgutil
 import random
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +78,8 @@ def _feed(h, value) -> None:
     elif isinstance(value, (set, frozenset)):
         digests = sorted(digest(item) for item in value)
         h.update(f"set:{','.join(digests)};".encode())
+    elif isinstance(value, types.FunctionType):
+        _feed_function(h, value)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         h.update(f"dataclass:{type(value).__module__}.{type(value).__qualname__};".encode())
         for field in dataclasses.fields(value):
@@ -80,6 +87,19 @@ def _feed(h, value) -> None:
             _feed(h, getattr(value, field.name))
     else:
         raise Unreadable(f"an argument of type {type(value).__name__}")
+
+
+def _feed_function(h, function: types.FunctionType) -> None:
+    """A plain function or lambda: its name, compiled code, constants, defaults and the values it
+    closes over (a closure over something the digest cannot read makes the call unreadable)."""
+    code = function.__code__
+    h.update(f"function:{function.__module__}.{function.__qualname__};".encode())
+    h.update(code.co_code)
+    h.update(repr(code.co_consts).encode())
+    h.update(repr(code.co_names).encode())
+    _feed(h, function.__defaults__)
+    for cell in function.__closure__ or ():
+        _feed(h, cell.cell_contents)
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
@@ -122,6 +142,35 @@ def _random_states() -> tuple:
             numpy_state[1].tobytes(), numpy_state[2:])
 
 
+class _Unpickler(pickle.Unpickler):
+    """Finds a class the solution notebook defined (pickled as `__main__.Name`) in whichever process
+    loads it: the loading notebook's own class of that name, else the exported reference's."""
+
+    def find_class(self, module: str, name: str):
+        if module == "__main__":
+            for namespace in _main_namespaces():
+                found = getattr(namespace, name, None)
+                if isinstance(found, type):
+                    return found
+        return super().find_class(module, name)
+
+
+def _main_namespaces():
+    yield sys.modules["__main__"]
+    import utils.references
+
+    for info in sorted(pkgutil.iter_modules(utils.references.__path__), key=lambda info: info.name):
+        yield importlib.import_module(f"utils.references.{info.name}")
+
+
+_PICKLE = types.ModuleType("workbook_memo_pickle")
+_PICKLE.Unpickler, _PICKLE.load = _Unpickler, pickle.load
+
+
+def _restore_torch_state(states: tuple) -> None:
+    torch.random.set_rng_state(torch.frombuffer(bytearray(states[0]), dtype=torch.uint8))
+
+
 def _log(folder: Path, line: str) -> None:
     """One line per call in MEMO_DIR/calls.log (hit, stored, or why not), never an error."""
     try:
@@ -149,12 +198,14 @@ def _source_digest(function: Callable) -> str:
 
 
 def memoized(function: Callable | None = None, *,
-             ignore: tuple[str, ...] = ("progress", "progress_bar", "on_step")) -> Callable:
+             ignore: tuple[str, ...] = ("progress", "progress_bar", "on_step"), reseeds: bool = False) -> Callable:
     """Decorate a deterministic function whose result may be replayed for the same arguments:
     `@memoized`, or `@memoized(ignore=(...))` where `ignore` names arguments that change only what
-    is shown (progress bars, callbacks), not the result. Outside make test it changes nothing."""
+    is shown (progress bars, callbacks), not the result. `reseeds=True` marks a function that seeds
+    torch's global generator itself (`torch.manual_seed(seed)`, as a library's trainer may need): a
+    replay then also leaves that generator where the call did. Outside make test it changes nothing."""
     if function is None:
-        return functools.partial(memoized, ignore=ignore)
+        return functools.partial(memoized, ignore=ignore, reseeds=reseeds)
     signature = inspect.signature(function)
     name = function.__qualname__
 
@@ -178,14 +229,17 @@ def memoized(function: Callable | None = None, *,
         path = folder / f"{name}-{key}.pt"
         if path.exists():
             try:
-                result = torch.load(path, weights_only=False)
+                result, random_states = torch.load(path, weights_only=False, pickle_module=_PICKLE)
+                if reseeds:
+                    _restore_torch_state(random_states)
                 _log(folder, f"hit {name}")
                 return result
             except Exception as error:  # a half-written or corrupted entry: compute it again
                 _log(folder, f"unreadable {name}: {type(error).__name__}")
         before = _random_states()
         result = function(*args, **kwargs)
-        if _random_states() != before:
+        after = _random_states()
+        if (after[1:] if reseeds else after) != (before[1:] if reseeds else before):
             _log(folder, f"not stored {name}: it drew from a global random generator")
         elif not _unchanged(key_parts, key):
             _log(folder, f"not stored {name}: it changed its arguments or left hooks on a model")
@@ -193,7 +247,7 @@ def memoized(function: Callable | None = None, *,
             partial = path.with_suffix(f".{os.getpid()}.part")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                torch.save(result, partial)
+                torch.save((result, after), partial)
             except Exception as error:  # a result pickle cannot hold, or a folder it cannot write
                 with contextlib.suppress(OSError):
                     partial.unlink(missing_ok=True)

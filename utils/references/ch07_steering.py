@@ -242,7 +242,6 @@ def head_activations(model, prompts: list[str], batch_size: int = 256) -> Float[
     return torch.cat(chunks)
 
 
-@memoized
 def head_probe_accuracies(z_train: Float[Tensor, "batch layer head d_head"], y_train: Int[Tensor, "batch"],
                           z_val: Float[Tensor, "batch_val layer head d_head"], y_val: Int[Tensor, "batch_val"],
                           progress: bool = False) -> Float[Tensor, "layer head"]:
@@ -287,6 +286,7 @@ def iti_hooks(model, directions: dict[tuple[int, int], tuple[Tensor, float]], al
     return [(f"blocks.{layer}.attn.hook_z", shift(pushes)) for layer, pushes in by_layer.items()]
 
 
+@memoized
 def hooks_dose_response(model, make_hooks: Callable[[float], list], alphas: list[float], target: PromptSet,
                         watch: dict[str, PromptSet], progress: bool = False) -> dict[str, Tensor]:
     """`dose_response` for any intervention: `make_hooks(alpha)` gives the hooks at each coefficient."""
@@ -457,7 +457,6 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
     return (final[rows, correct] > final[rows, wrong]).float().mean().item()
 
 
-@memoized
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
                    n_train: int = 720, n_test: int = 180, seed: int = 0, progress: bool = False
                    ) -> dict[str, dict[str, float]]:
