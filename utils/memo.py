@@ -167,10 +167,6 @@ _PICKLE = types.ModuleType("workbook_memo_pickle")
 _PICKLE.Unpickler, _PICKLE.load = _Unpickler, pickle.load
 
 
-def _restore_torch_state(states: tuple) -> None:
-    torch.random.set_rng_state(torch.frombuffer(bytearray(states[0]), dtype=torch.uint8))
-
-
 def _log(folder: Path, line: str) -> None:
     """One line per call in MEMO_DIR/calls.log (hit, stored, or why not), never an error."""
     try:
@@ -198,14 +194,12 @@ def _source_digest(function: Callable) -> str:
 
 
 def memoized(function: Callable | None = None, *,
-             ignore: tuple[str, ...] = ("progress", "progress_bar", "on_step"), reseeds: bool = False) -> Callable:
+             ignore: tuple[str, ...] = ("progress", "progress_bar", "on_step")) -> Callable:
     """Decorate a deterministic function whose result may be replayed for the same arguments:
     `@memoized`, or `@memoized(ignore=(...))` where `ignore` names arguments that change only what
-    is shown (progress bars, callbacks), not the result. `reseeds=True` marks a function that seeds
-    torch's global generator itself (`torch.manual_seed(seed)`, as a library's trainer may need): a
-    replay then also leaves that generator where the call did. Outside make test it changes nothing."""
+    is shown (progress bars, callbacks), not the result. Outside make test it changes nothing."""
     if function is None:
-        return functools.partial(memoized, ignore=ignore, reseeds=reseeds)
+        return functools.partial(memoized, ignore=ignore)
     signature = inspect.signature(function)
     name = function.__qualname__
 
@@ -229,17 +223,14 @@ def memoized(function: Callable | None = None, *,
         path = folder / f"{name}-{key}.pt"
         if path.exists():
             try:
-                result, random_states = torch.load(path, weights_only=False, pickle_module=_PICKLE)
-                if reseeds:
-                    _restore_torch_state(random_states)
+                result = torch.load(path, weights_only=False, pickle_module=_PICKLE)
                 _log(folder, f"hit {name}")
                 return result
             except Exception as error:  # a half-written or corrupted entry: compute it again
                 _log(folder, f"unreadable {name}: {type(error).__name__}")
         before = _random_states()
         result = function(*args, **kwargs)
-        after = _random_states()
-        if (after[1:] if reseeds else after) != (before[1:] if reseeds else before):
+        if _random_states() != before:
             _log(folder, f"not stored {name}: it drew from a global random generator")
         elif not _unchanged(key_parts, key):
             _log(folder, f"not stored {name}: it changed its arguments or left hooks on a model")
@@ -247,7 +238,7 @@ def memoized(function: Callable | None = None, *,
             partial = path.with_suffix(f".{os.getpid()}.part")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                torch.save((result, after), partial)
+                torch.save(result, partial)
             except Exception as error:  # a result pickle cannot hold, or a folder it cannot write
                 with contextlib.suppress(OSError):
                     partial.unlink(missing_ok=True)

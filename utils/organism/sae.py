@@ -89,7 +89,6 @@ def random_batches(activations: Float[Tensor, "token d_model"], batch_size: int,
         yield activations[torch.randint(0, len(activations), (batch_size,), generator=generator)]
 
 
-@memoized(reseeds=True)  # it calls torch.manual_seed(seed): SAELens draws its initial weights from the global generator
 def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architecture: str = "topk",
                         d_sae: int = 1024, k: int = 32, l1_coefficient: float = 5.0, steps: int = 400,
                         batch_size: int = 1024, lr: float = 1e-3, lr_end: float = 1e-4,
