@@ -10,7 +10,7 @@
 # # Chapter 07: Steering, erasure and editing
 #
 # **Time:** about 3 hours. **Exercises:** 8, each checked as soon as you run the cell after it.
-# *Run All* takes under four and a half minutes on a 2-core laptop CPU (longer when the machine is busy);
+# *Run All* takes under two and a half minutes on a 2-core laptop CPU (longer when the machine is busy);
 # every cell that takes more than a few seconds shows a progress bar.
 #
 # **You will learn to**
