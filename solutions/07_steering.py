@@ -1274,8 +1274,9 @@ report_frame(sentiment_erasure, highlight=["sentiment, last token", "ioi", "fact
 # alone is enough: erased there by the projection, the verdict is at chance, so for sentiment the
 # direction at the last token after block 1 carries the whole behaviour. LEACE goes further, the
 # wrong way: erased at the last token only, on the very distribution it was fitted on (last tokens
-# of reviews), it leaves the verdict *below* chance (about 0.38: it inverts more verdicts than it
-# removes), and at every position it is no lower. Its guarantee is that no *linear* probe at that
+# of reviews), it leaves the verdict at or *below* chance (0.38 to 0.49 over five draws of the
+# prompts: on most draws it inverts more verdicts than it removes), and at every position it is no
+# lower. Its guarantee is that no *linear* probe at that
 # point beats a constant guess; it binds nothing about the nonlinear blocks after it, which still
 # read something from the edited residual stream and turn it into the opposite answer. And the
 # smallest edit that blinds every linear probe is not the one that disturbs the *model* least:
@@ -1324,16 +1325,17 @@ report_frame({name: {column: row[column] for column in gender_columns} for name,
 
 # %% [markdown]
 # Before erasure a fresh probe reads the indirect object's gender on about 80% of held-out
-# stories; after either eraser it is at chance, and the name answer stays right on every held-out
-# story (at most one of 180 changes). What this shows is that the gender is no longer *decodable*
+# stories; after either eraser it is at chance, and the name answer barely moves (LEACE changed
+# none of 180 stories on five draws of the prompts, the projection at most four). What this shows
+# is that the gender is no longer *decodable*
 # there, by any linear reader, and that IOI survives the edit. It does not show that a bias was
 # mitigated: no behaviour of the organism depends on the gender (the IOI answer is a name, and the
 # subject and the indirect object are often of the same gender), so there is no biased output to
 # measure before and after. Erasure removes decodability; whether that mitigates a bias depends on
 # the model *using* the attribute downstream, which is a separate measurement, and here the only
 # downstream reader is the unembedding. The other caveat is the watched families: LEACE at the last
-# block costs the facts family a sixth to a quarter of its 30 prompts on the draws we tried, where
-# the projection costs nothing. At that point the eraser edits each facts prompt's own last token,
+# block can cost the facts family a sixth to a quarter of its 30 prompts (on three of five draws we
+# tried; on the other two, 0 and 2 prompts), where the projection costs at most one. At that point the eraser edits each facts prompt's own last token,
 # the one position its answer is read from, and that token is off the distribution the eraser was
 # fitted on (the last tokens of IOI stories). The behaviours to keep must be watched beyond the
 # task itself.
@@ -1844,12 +1846,12 @@ pd.DataFrame(lat_rows).T.rename_axis(columns="attacked afresh; accuracy of every
 
 # %% [markdown]
 # One step of LAT takes the 20% attack from flipping about three true statements in ten to none,
-# and the 30% attack from nearly all to a fifth or fewer. The plain step is no substitute: its
+# and the 30% attack from nearly all to under a half (a fifth or fewer on four of five draws we
+# tried, 0.42 on the fifth). The plain step is no substitute: its
 # effect on the attack is erratic (one draw of the training statements left the model more fragile
 # at 20% than before, another less), and LAT beat it at 30% on every draw we tried. The price is
-# paid by the behaviour that was trained: the unattacked truth verdicts lose a few points (about
-# six and eight of 100 on the two draws we measured with 200 statements), while the other four
-# families do not move. So on the
+# paid by the behaviour that was trained: the unattacked truth verdicts lose a few points (1 to 7
+# of 64 watched statements over five draws), while the other four families do not move. So on the
 # organism LAT buys what it was trained for, against the attack it was trained with; whether it buys
 # robustness to *other* attacks, the claim that matters for safety, this experiment does not test.
 # One step of Adam is a blunt instrument (its first step moves every weight by about the learning
