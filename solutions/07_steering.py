@@ -1272,13 +1272,14 @@ report_frame(sentiment_erasure, highlight=["sentiment, last token", "ioi", "fact
 # %% [markdown]
 # Sentiment is erased too, from the probe's view and from the behaviour, and here the last token
 # alone is enough: erased there by the projection, the verdict is at chance, so for sentiment the
-# direction at the last token after block 1 carries the whole behaviour. LEACE goes further, the
-# wrong way: erased at the last token only, on the very distribution it was fitted on (last tokens
-# of reviews), it leaves the verdict at or *below* chance (0.38 to 0.49 over five draws of the
-# prompts: on most draws it inverts more verdicts than it removes), and at every position it is no
-# lower. Its guarantee is that no *linear* probe at that
+# direction at the last token after block 1 carries the whole behaviour. LEACE can overshoot:
+# erased at the last token only, on the very distribution it was fitted on (last tokens of
+# reviews), it left the verdict below chance on each of five draws of the prompts, from 0.38
+# (more verdicts inverted than removed) to 0.49 (chance); erased at every position, 0.42 to 0.49.
+# Its guarantee is that no *linear* probe at that
 # point beats a constant guess; it binds nothing about the nonlinear blocks after it, which still
-# read something from the edited residual stream and turn it into the opposite answer. And the
+# read something from the edited residual stream and, on some draws, turn it into the opposite
+# answer. And the
 # smallest edit that blinds every linear probe is not the one that disturbs the *model* least:
 # with LEACE in the model, the other families lose a few prompts that the projection leaves alone
 # (the counts are printed above the table). A guarantee about what a *probe* can read is not a
@@ -1325,8 +1326,8 @@ report_frame({name: {column: row[column] for column in gender_columns} for name,
 
 # %% [markdown]
 # Before erasure a fresh probe reads the indirect object's gender on about 80% of held-out
-# stories; after either eraser it is at chance, and the name answer barely moves (LEACE changed
-# none of 180 stories on five draws of the prompts, the projection at most four). What this shows
+# stories; after either eraser it is at chance, and the name answer barely moves (on five draws of
+# the prompts LEACE changed none of 180 stories, the projection at most four). What this shows
 # is that the gender is no longer *decodable*
 # there, by any linear reader, and that IOI survives the edit. It does not show that a bias was
 # mitigated: no behaviour of the organism depends on the gender (the IOI answer is a name, and the
@@ -1845,13 +1846,14 @@ for name, training in progress_bar(trainings.items(), desc="models (train, attac
 pd.DataFrame(lat_rows).T.rename_axis(columns="attacked afresh; accuracy of every family").round(3)
 
 # %% [markdown]
-# One step of LAT takes the 20% attack from flipping about three true statements in ten to none,
-# and the 30% attack from nearly all to under a half (a fifth or fewer on four of five draws we
-# tried, 0.42 on the fifth). The plain step is no substitute: its
+# One step of LAT takes the 20% attack from flipping three to four true statements in ten to none
+# (one of 48 on one draw), and the 30% attack from most (0.82 to 0.88) to under a half (a fifth or
+# fewer on four of five draws we tried, 0.42 on the fifth). The plain step is no substitute: its
 # effect on the attack is erratic (one draw of the training statements left the model more fragile
 # at 20% than before, another less), and LAT beat it at 30% on every draw we tried. The price is
-# paid by the behaviour that was trained: the unattacked truth verdicts lose a few points (1 to 7
-# of 64 watched statements over five draws), while the other four families do not move. So on the
+# paid by the behaviour that was trained: the unattacked truth verdicts lose 1 to 7 of 64 watched
+# statements over five draws (up to 11 points), while the other four families lose at most one
+# prompt. So on the
 # organism LAT buys what it was trained for, against the attack it was trained with; whether it buys
 # robustness to *other* attacks, the claim that matters for safety, this experiment does not test.
 # One step of Adam is a blunt instrument (its first step moves every weight by about the learning

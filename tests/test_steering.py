@@ -408,13 +408,15 @@ def test_erasing_the_names_gender_blinds_a_fresh_probe_and_leaves_ioi_unchanged(
     for name in ("LEACE", "mean-difference projection"):
         claim(f"ch07: gender fresh probe after {name} is at chance (distance to 0.5)",
               abs(report[name]["fresh probe"] - 0.5), below=0.08)
-        claim(f"ch07: gender erased by {name}: the IOI answer nearly unchanged (under 5% of 180 stories)",
-              report["none"]["ioi, last token"] - report[name]["ioi, last token"], below=0.05)
-    for family in ("facts", "truth", "sentiment"):
-        claim(f"ch07: gender erased by the projection: {family} unchanged (drop, at most one facts prompt of 30)",
-              report["none"][family] - report["mean-difference projection"][family], below=1.5 / 30)
-    claim("ch07: gender erased by LEACE at every position costs facts at most a quarter (0 to 7 of 30 by draw)",
-          report["none"]["facts"] - report["LEACE"]["facts"], below=0.3)
+        claim(f"ch07: gender erased by {name}: the IOI answer nearly unchanged (at most six of 180 stories; "
+              "measured 0 to 4)", report["none"]["ioi, last token"] - report[name]["ioi, last token"], below=6.5 / 180)
+    claim("ch07: gender erased by the projection: facts unchanged (drop: at most one prompt of 30)",
+          report["none"]["facts"] - report["mean-difference projection"]["facts"], below=1.5 / 30)
+    for family in ("truth", "sentiment"):
+        claim(f"ch07: gender erased by the projection: {family} unchanged (drop)",
+              report["none"][family] - report["mean-difference projection"][family], below=0.02)
+    claim("ch07: gender erased by LEACE at every position costs facts at most 8 of 30 (0 to 7 by draw)",
+          report["none"]["facts"] - report["LEACE"]["facts"], below=8.5 / 30)
 
 
 def test_the_last_token_carries_no_gender_before_the_last_block():
@@ -513,9 +515,9 @@ def test_erasing_sentiment_at_the_last_token_is_enough_and_leace_costs_more_else
     for name in ("LEACE", "mean-difference projection"):
         claim(f"ch07: sentiment erased at the last token by {name} is at chance or below",
               report[name]["sentiment, last token"], below=0.6)
-    claim("ch07: LEACE at every position leaves sentiment at or below chance (0.42 to 0.49 by draw)",
+    claim("ch07: LEACE at every position leaves sentiment at chance or below (not above 0.55; 0.42 to 0.49 by draw)",
           report["LEACE"]["sentiment, every position"], below=0.55)
-    claim("ch07: LEACE at the last token only, where it was fitted, leaves sentiment at or below chance (0.38 to 0.49)",
+    claim("ch07: LEACE at the last token only, where it was fitted, leaves sentiment at chance or below (0.38 to 0.49)",
           report["LEACE"]["sentiment, last token"], below=0.55)
     lost = {name: sum(report["none"][f] - report[name][f] for f in ("ioi", "facts", "truth"))
             for name in ("LEACE", "mean-difference projection")}
