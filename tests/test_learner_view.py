@@ -209,7 +209,9 @@ def test_the_behavioural_audit_reports_every_measurement(monkeypatch):
     from utils.references import ch01_behavioral_tests as ch01
 
     monkeypatch.setattr(ch01, "logit_diff", lambda model, prompts: torch.ones(len(prompts.prompts)))
-    monkeypatch.delenv("WORKBOOK_MEMO_DIR", raising=False)  # every measurement made, none replayed (utils/memo.py)
+    from utils.memo import MEMO_DIR_VARIABLE
+
+    monkeypatch.delenv(MEMO_DIR_VARIABLE, raising=False)  # every measurement made, none replayed (utils/memo.py)
     steps = []
     results = suite.behavioural_audit(None, on_step=lambda: steps.append(1))
     assert len(steps) == suite.audit_steps() >= 10  # fine enough to move: the bar had 3 steps, one per model

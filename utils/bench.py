@@ -24,6 +24,8 @@ import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
 
+from utils.memo import MEMO_DIR_VARIABLE
+
 ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = ROOT / "tests" / "durations.json"
 
@@ -108,7 +110,7 @@ def _timed_suite(pytest_args: list[str], slowest: int, condition: str) -> dict[s
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "suite.xml"
         start = time.perf_counter()
-        memo = {"WORKBOOK_MEMO_DIR": str(Path(scratch) / "memo")}  # fresh, as make test empties its own
+        memo = {MEMO_DIR_VARIABLE: str(Path(scratch) / "memo")}  # fresh, as make test empties its own
         subprocess.run([sys.executable, "-m", "pytest", *pytest_args, f"--junitxml={report}", "-q"], cwd=ROOT,
                        check=False, stdout=subprocess.DEVNULL, env={**os.environ, **SUITE_ENV, **memo})
         wall = time.perf_counter() - start
