@@ -1,14 +1,19 @@
 """A hidden class of chapter 00 submissions, graded the way a teacher would, with every row asserted.
 
-The class (built by `build_class`, 34 notebooks) holds honest students (correct, alternative
+The class (built by `build_class`, 21 notebooks) holds honest students (correct, alternative
 answers, realistic mistakes, helpers in cells of their own, debugging magics, a redefinition
-after the check, merged cells, odd file names, an nbformat 3 file), broken files and runaway code,
-and students who cheat or attack: the reference fetched around the checks, the grader's state
-patched, a forged verdict, the progress file rewritten, another student's notebook overwritten, a
-detached process rewriting the grades, the grader killed through /proc, the workbook's files
-edited, the network, a fork bomb. The attacks are real code with the class's real paths in them;
-the operating system's walls (utils/grade/sandbox.py) are what stop them, so the class needs
-bubblewrap and is skipped where the machine has none.
+after the check, merged cells, odd file names, an nbformat 3 file), broken files and crashing
+kernels, and students who cheat or attack: the reference fetched around the checks, the grader's
+state patched, a forged verdict, the progress file rewritten, another student's notebook
+overwritten, a detached process rewriting the grades, the grader killed through /proc, the
+workbook's files edited, the network, a fork bomb. The attacks are real code with the class's real
+paths in them; the operating system's walls (utils/grade/sandbox.py) are what stop them, so the
+class needs bubblewrap and is skipped where the machine has none.
+
+Behaviours that need no notebook of their own share one, so the class costs fewer kernels: one
+tinkerer holds the helpers, the magics and the late redefinition; one intruder makes every attack
+that must leave the notebook's grades alone. Loops, memory and `os._exit` inside an exercise are
+test_grade.py's Runaway student.
 
 Every row of every student is asserted, the files of the class and of the workbook are checked
 unchanged, no process of a kernel survives, and a rerun of part of the class gives the same rows.
@@ -94,8 +99,10 @@ def mistakes() -> dict:
     return notebook
 
 
-def helpers() -> dict:
-    """Imports and a helper function in cells of their own, above the exercises that use them."""
+def tinkerer() -> dict:
+    """Imports and a helper function in cells of their own, above the exercises that use them;
+    `%matplotlib inline` inside an exercise cell and a debug cell with `%pip`, `%time` and
+    vars(model.cfg); and, after all the checks, a redefinition to experiment with."""
     notebook = correct()
     _insert_above(notebook, "rule_based_risk", "import numpy as np\nYOUNG, POOR, VERY_POOR = 0.3, 0.5, 0.2")
     _replace_body(notebook, "rule_based_risk",
@@ -104,21 +111,9 @@ def helpers() -> dict:
                   "def centre(weights):\n    return weights - weights.mean() + weights.mean()")
     _replace_body(notebook, "unit_contributions",
                   "return hidden_activations(network, x) * centre(network.output.weight[0])")
-    return notebook
-
-
-def debugging() -> dict:
-    """`%matplotlib inline` inside an exercise cell, a debug cell with vars(model.cfg), a `%pip` line."""
-    notebook = correct()
     cell = _cell(notebook, "hidden_activations")
     cell["source"] = "%matplotlib inline\n" + "".join(cell["source"])
     _insert_above(notebook, "predict_next_token", "%pip install einops\nprint(vars(model.cfg))\n%time x = 1 + 1")
-    return notebook
-
-
-def redefined_after_check() -> dict:
-    """Right, checked, then redefined in a last cell to experiment."""
-    notebook = correct()
     _add_last(notebook, "def rule_based_risk(age, income):\n    return age < 0.5  # what if?")
     return notebook
 
@@ -134,45 +129,20 @@ def merged() -> dict:
     return notebook
 
 
-def early_exit() -> dict:
-    notebook = correct()
-    _replace_body(notebook, "rule_based_risk", "import os\nos._exit(1)")
-    return notebook
-
-
-def self_kill() -> dict:
+def crashes() -> dict:
+    """0.2's cell kills its own kernel; a cell of the student's own above 0.3 ends it with
+    os._exit. Each costs its exercise only: the notebook runs three times."""
     notebook = correct()
     _replace_body(notebook, "hidden_activations", "import os as system\nsystem.kill(system.getpid(), 9)")
-    return notebook
-
-
-def crash_in_helper() -> dict:
-    notebook = correct()
     _insert_above(notebook, "unit_contributions", "import os\nprint('checking')\nos._exit(2)")
     return notebook
 
 
-def loop() -> dict:
-    notebook = correct()
-    _replace_body(notebook, "predict_next_token", "while True:\n    pass")
-    return notebook
-
-
-def memory() -> dict:
-    notebook = correct()
-    _replace_body(notebook, "hidden_activations", "chunks = []\nwhile True:\n    chunks.append(torch.ones(2**27))")
-    return notebook
-
-
-def renamed() -> dict:
+def renamed_and_broken() -> dict:
+    """0.4's function renamed, and a syntax error left at the end of 0.3's cell."""
     notebook = correct()
     cell = _cell(notebook, "predict_next_token")
     cell["source"] = "".join(cell["source"]).replace("def predict_next_token(", "def next_token(")
-    return notebook
-
-
-def syntax_error() -> dict:
-    notebook = correct()
     _append(notebook, "unit_contributions", "def oops(:\n    pass")
     return notebook
 
@@ -230,74 +200,52 @@ def forged_verdict() -> dict:
     return notebook
 
 
-def progress_rewrite() -> dict:
+def intruder(victim: Path, out: Path) -> dict:
+    """Every attack that must leave this notebook's own grades alone, one cell each above 0.1:
+    the progress file rewritten, another student's notebook truncated, a process that leaves its
+    kernel's group and for ten minutes rewrites the grades and points the report elsewhere, the
+    grader killed through /proc, the workbook's checks and the suspect's key edited, the network."""
     notebook = correct()
-    _insert_above(notebook, "rule_based_risk",
-                  "import os, json\nfrom pathlib import Path\n"
-                  "record = Path(os.environ.get('WORKBOOK_PROGRESS', Path.home() / '.interp_workbook' / 'progress.json'))\n"
-                  "with record.open('x') as f:\n    json.dump({'0.1': 'passed'}, f)")
-    return notebook
-
-
-def overwrite_victim(victim: Path) -> dict:
-    notebook = correct()
-    _insert_above(notebook, "rule_based_risk",
-                  f"from pathlib import Path\nwith Path({str(victim)!r}).open('r+') as f:\n    f.truncate(0)")
-    return notebook
-
-
-def detached_writer(out: Path) -> dict:
-    """A process that leaves its kernel's group and, for ten minutes, rewrites the grades and
-    points the report elsewhere."""
-    notebook = correct()
-    _insert_above(notebook, "rule_based_risk", f"""import os as system, time
+    attacks = [
+        "import os, json\nfrom pathlib import Path\n"
+        "record = Path(os.environ.get('WORKBOOK_PROGRESS', Path.home() / '.interp_workbook' / 'progress.json'))\n"
+        "with record.open('x') as f:\n    json.dump({'0.1': 'passed'}, f)",
+        f"from pathlib import Path\nwith Path({str(victim)!r}).open('r+') as f:\n    f.truncate(0)",
+        f"""import os as system, time
 from pathlib import Path
 if system.fork() == 0:
     system.setsid()
     for _ in range(600):
         try:
             with Path({str(out / 'grades.csv')!r}).open('a') as f:
-                f.write('detached_writer,00_orientation,0.9,passed,,0.0\\n')
+                f.write('intruder,00_orientation,0.9,passed,,0.0\\n')
             system.symlink('/etc/hostname', {str(out / 'report.html')!r})
         except OSError:
             pass
         time.sleep(1)
-    system._exit(0)""")
-    return notebook
-
-
-def kill_grader() -> dict:
-    notebook = correct()
-    _insert_above(notebook, "rule_based_risk", """import os as system
+    system._exit(0)""",
+        """import os as system
 for pid in system.listdir('/proc'):
     try:
         with open(f'/proc/{pid}/cmdline', 'rb') as f:
             if b'utils.grade' in f.read():
                 system.kill(int(pid), 9)
     except (OSError, ValueError):
-        pass""")
-    return notebook
-
-
-def edit_workbook() -> dict:
-    """Appends to the workbook's checks and rewrites the shipped suspect's key."""
-    notebook = correct()
-    _insert_above(notebook, "rule_based_risk", f"""from pathlib import Path
+        pass""",
+        f"""from pathlib import Path
 for target, text in [({str(ROOT / 'utils' / 'checks.py')!r}, '\\nraise SystemExit\\n'),
                      ({str(ROOT / 'utils' / 'organism' / 'suspect' / 'key.json')!r}, '{{}}')]:
     try:
         with Path(target).open('a') as f:
             f.write(text)
     except OSError as error:
-        print(error)""")
-    return notebook
-
-
-def network() -> dict:
-    notebook = correct()
-    _insert_above(notebook, "rule_based_risk", "import socket\n"
-                  "try:\n    socket.create_connection(('1.1.1.1', 80), timeout=3)\n    print('online')\n"
-                  "except OSError as error:\n    print('offline', error)")
+        print(error)""",
+        "import socket\n"
+        "try:\n    socket.create_connection(('1.1.1.1', 80), timeout=3)\n    print('online')\n"
+        "except OSError as error:\n    print('offline', error)",
+    ]
+    for attack in attacks:
+        _insert_above(notebook, "rule_based_risk", attack)
     return notebook
 
 
@@ -321,15 +269,11 @@ def monkeypatch_grade() -> dict:
 
 ALL = ([P] * 5)
 EXPECTED = {
-    "alice": ALL, "stub": [NA] * 5, "alternatives": ALL, "mistakes": [W] * 5, "helpers": ALL, "debugging": ALL,
-    "redefined_after_check": ALL, "merged": [NA, W, P, P, P], "early_exit": [E, P, P, P, P],
-    "self_kill": [P, E, P, P, P], "crash_in_helper": [P, P, E, P, P], "loop": [P, P, P, T, P],
-    "memory": [P, OOM, P, P, P], "renamed": [P, P, P, M, P], "syntax_error": [P, P, E, P, P],
-    "CAROL": ALL, "old_format": ALL, "dave": ALL, "malformed": [E] * 5, "empty": [E] * 5,
-    "other_chapter": [M] * 5,
+    "alice": ALL, "stub": [NA] * 5, "alternatives": ALL, "mistakes": [W] * 5, "tinkerer": ALL,
+    "merged": [NA, W, P, P, P], "crashes": [P, E, E, P, P], "renamed_and_broken": [P, P, E, M, P],
+    "CAROL": ALL, "dave": ALL, "malformed": [E] * 5, "empty": [E] * 5, "other_chapter": [M] * 5,
     "reference_by_import": [X] * 5, "reference_by_getattr": [X] * 5, "reference_from_fallback": [W, NA, NA, NA, NA],
-    "grader_state": [X] * 5, "forged_verdict": [X] * 5, "progress_rewrite": ALL, "overwrite_victim": ALL,
-    "detached_writer": ALL, "kill_grader": ALL, "edit_workbook": ALL, "network": ALL,
+    "grader_state": [X] * 5, "forged_verdict": [X] * 5, "intruder": ALL,
     "fork_bomb": [P, P, P, P, (W, T)], "monkeypatch_grade": [X] * 5,
 }
 
@@ -337,20 +281,14 @@ EXPECTED = {
 def build_class(folder: Path, out: Path) -> None:
     _save(correct(), folder / "alice.ipynb")
     _save(_load("chapters"), folder / "stub.ipynb")
-    for name, make in [("alternatives", alternatives), ("mistakes", mistakes), ("helpers", helpers),
-                       ("debugging", debugging), ("redefined_after_check", redefined_after_check), ("merged", merged),
-                       ("early_exit", early_exit), ("self_kill", self_kill), ("crash_in_helper", crash_in_helper),
-                       ("loop", loop), ("memory", memory), ("renamed", renamed), ("syntax_error", syntax_error),
+    for name, make in [("alternatives", alternatives), ("mistakes", mistakes), ("tinkerer", tinkerer), ("merged", merged),
+                       ("crashes", crashes), ("renamed_and_broken", renamed_and_broken),
                        ("reference_by_import", reference_by_import), ("reference_by_getattr", reference_by_getattr),
                        ("reference_from_fallback", reference_from_fallback), ("grader_state", grader_state),
-                       ("forged_verdict", forged_verdict), ("progress_rewrite", progress_rewrite),
-                       ("kill_grader", kill_grader), ("edit_workbook", edit_workbook), ("network", network),
-                       ("fork_bomb", fork_bomb), ("monkeypatch_grade", monkeypatch_grade)]:
+                       ("forged_verdict", forged_verdict), ("fork_bomb", fork_bomb), ("monkeypatch_grade", monkeypatch_grade)]:
         _save(make(), folder / f"{name}.ipynb")
-    _save(overwrite_victim(folder / "alice.ipynb"), folder / "overwrite_victim.ipynb")
-    _save(detached_writer(out), folder / "detached_writer.ipynb")
-    _save(correct(), folder / "CAROL.IPYNB")  # as some platforms download it
-    (folder / "old_format.ipynb").write_text(nbformat3(), encoding="utf-8")
+    _save(intruder(folder / "alice.ipynb", out), folder / "intruder.ipynb")
+    (folder / "CAROL.IPYNB").write_text(nbformat3(), encoding="utf-8")  # nbformat 3, named as some platforms download it
     _save(correct(), folder / "dave" / f"{CHAPTER}.ipynb")
     (folder / "malformed.ipynb").write_text('{"cells": [{"cell_type": "code", "source": ', encoding="utf-8")
     (folder / "empty.ipynb").write_text("", encoding="utf-8")
@@ -409,13 +347,10 @@ def test_every_row_of_the_hidden_class(graded):
 def test_the_messages_name_what_happened(graded):
     rows = graded["rows"]
     assert planted.MISTAKES["0.1"][1][1] in rows[("mistakes", "0.1")]["message"]  # the printed "passed" counts for nothing
-    assert "SIGKILL" in rows[("self_kill", "0.2")]["message"] and "memory" not in rows[("self_kill", "0.2")]["status"]
-    assert "exited with code 1" in rows[("early_exit", "0.1")]["message"]
-    assert "a cell of yours above it" in rows[("crash_in_helper", "0.3")]["message"]
-    assert "allocate memory" in rows[("memory", "0.2")]["message"]
-    assert f"{CELL_SECONDS} s limit" in rows[("loop", "0.4")]["message"]
-    assert "predict_next_token" in rows[("renamed", "0.4")]["message"]
-    assert "SyntaxError" in rows[("syntax_error", "0.3")]["message"]
+    assert "SIGKILL" in rows[("crashes", "0.2")]["message"] and "memory" not in rows[("crashes", "0.2")]["status"]
+    assert "a cell of yours above it" in rows[("crashes", "0.3")]["message"]
+    assert "predict_next_token" in rows[("renamed_and_broken", "0.4")]["message"]
+    assert "SyntaxError" in rows[("renamed_and_broken", "0.3")]["message"]
     assert "malformed JSON" in rows[("malformed", "0.1")]["message"]
     assert "chapter 01_behavioral_tests" in rows[("other_chapter", "0.1")]["message"]
     assert "utils.references.ch00_orientation" in rows[("reference_by_import", "0.1")]["message"]
@@ -433,7 +368,7 @@ def test_no_student_changed_another_file_the_grades_or_the_workbook(graded):
     assert not graded["record"].exists(), "grading wrote to the teacher's progress file"
     out = graded["out"]
     assert not (out / "report.html").is_symlink() and "Class report" in (out / "report.html").read_text(encoding="utf-8")
-    assert "detached_writer,00_orientation,0.9" not in (out / "grades.csv").read_text(encoding="utf-8")
+    assert "intruder,00_orientation,0.9" not in (out / "grades.csv").read_text(encoding="utf-8")
     assert _kernel_processes() == [], "a kernel's process outlived its run"
     assert not list(cli.scratch_root().glob(f"{cli.SCRATCH_PREFIX}{os.getpid()}-*")), "scratch folders were left behind"
 
@@ -441,10 +376,10 @@ def test_no_student_changed_another_file_the_grades_or_the_workbook(graded):
 @pytest.mark.slow
 def test_a_rerun_of_part_of_the_class_matches(graded, tmp_path):
     folder = graded["folder"]
-    subset = ["mistakes", "merged", "early_exit", "forged_verdict", "reference_by_getattr", "old_format", "malformed"]
-    cli.main([*(str(folder / f"{name}.ipynb") for name in subset), "--out", str(tmp_path), *OPTIONS])
+    subset = ["mistakes", "merged", "crashes", "forged_verdict", "malformed"]
+    cli.main([*(str(folder / f"{name}.ipynb") for name in subset), str(folder / "CAROL.IPYNB"), "--out", str(tmp_path), *OPTIONS])
     again = report.read_csv(tmp_path / "grades.csv")
-    assert {row["student"] for row in again} == set(subset)
+    assert {row["student"] for row in again} == {*subset, "CAROL"}
     for row in again:
         before = graded["rows"][(row["student"], row["exercise"])]
         assert {k: v for k, v in row.items() if k != "seconds"} == {k: v for k, v in before.items() if k != "seconds"}

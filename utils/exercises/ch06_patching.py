@@ -745,24 +745,37 @@ def _why_unfaithful(model, nodes, faithfulness: float) -> str:
     return f"{start}: a node that carries the behaviour is missing"
 
 
+@functools.lru_cache(maxsize=32)
+def _circuit_verdict(nodes: tuple) -> str | None:
+    """None when the circuit passes, else what is wrong with it. The model and the held-out prompts
+    are fixed, so the verdict depends on the node set alone and each set is measured once (a
+    faithfulness and its 2^n subsets cost a few seconds)."""
+    model = organism()
+    tokens, reference, score = held_out_ioi()
+    with torch.no_grad():
+        faithfulness = ref.circuit_faithfulness(model, tokens, reference, list(nodes), score)
+        if faithfulness < MIN_FAITHFULNESS:
+            return _why_unfaithful(model, list(nodes), faithfulness)
+        drops = ref.node_minimality(model, tokens, reference, list(nodes), score)
+    weakest = min(drops, key=drops.get)
+    if drops[weakest] < MIN_DROP:
+        return (f"node {weakest} adds almost nothing: its largest drop over the subsets of your circuit is "
+                f"{drops[weakest]:.3f} (at least {MIN_DROP} needed; faithfulness {faithfulness:.2f}): drop the dead weight")
+    return None
+
+
 @exercise("6.8", "find the IOI circuit of template 1", CHAPTER, ref.ioi_circuit)
 def check_ioi_circuit(candidate) -> None:
     model = organism()
-    tokens, reference, score = held_out_ioi()
+    tokens, _, _ = held_out_ioi()
     nodes = sorted(set(_valid_nodes(call(candidate), model, tokens.shape[1])))
     if not nodes:
         raise Wrong("your circuit is empty: it carries nothing (faithfulness 0)")
     if len(nodes) > MAX_NODES:
         raise Wrong(f"your circuit has {len(nodes)} nodes; keep at most {MAX_NODES}, the ones that matter")
-    with torch.no_grad():
-        faithfulness = ref.circuit_faithfulness(model, tokens, reference, nodes, score)
-        if faithfulness < MIN_FAITHFULNESS:
-            raise Wrong(_why_unfaithful(model, nodes, faithfulness))
-        drops = ref.node_minimality(model, tokens, reference, nodes, score)
-    weakest = min(drops, key=drops.get)
-    if drops[weakest] < MIN_DROP:
-        raise Wrong(f"node {weakest} adds almost nothing: its largest drop over the subsets of your circuit is "
-                    f"{drops[weakest]:.3f} (at least {MIN_DROP} needed; faithfulness {faithfulness:.2f}): drop the dead weight")
+    problem = _circuit_verdict(tuple(nodes))
+    if problem is not None:
+        raise Wrong(problem)
 
 
 # ------------------------------------------------------------------------------------------
