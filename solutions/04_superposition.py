@@ -811,9 +811,11 @@ figure.update_layout(title=f"Fractional dimensionality of each feature ({GEOMETR
 # %% [markdown]
 # Dense, the model uses its 10 dimensions for 10 features' worth of norm (the black line at 1);
 # because all features are equally important, *which* combination it keeps is arbitrary, so the
-# individual `D_i` are scattered. As sparsity grows the black line falls in steps, and at each step
-# nearly every represented feature sits at the same special fraction: first all antipodal pairs at
-# `1/2` (20 features in 10 dimensions), then pentagons at `2/5`, then lower fractions. The line
+# individual `D_i` are scattered. As sparsity grows the black line falls in steps, and the features
+# gather at special fractions: first every represented feature in antipodal pairs at `1/2` (20
+# features in 10 dimensions, in each of the five seeds we tried), then, one step sparser, the first
+# pentagons at `2/5` beside the pairs that remain (at least one whole pentagon in every seed; how
+# many, one to three, and how many pairs stay, changes from seed to seed), then lower fractions. The line
 # lingers at those values instead of sliding smoothly. Elhage et al. observe this stickiness and tie
 # it to particular polytopes; *why* it happens is not settled. One guess, ours and not the paper's,
 # is that a model gains little from a shape it cannot complete. (Our model is smaller and trained for less time than the paper's, so expect

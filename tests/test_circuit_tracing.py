@@ -332,16 +332,27 @@ def test_steering_earlier_features_fails_where_the_graph_froze_attention(steerin
 
 
 def test_a_random_node_set_is_nearly_as_faithful_on_facts_prompts(model, shipped, families, grades):
-    """Exercise 10.7's lesson: faithfulness turns off only features, and the error nodes carry the facts."""
+    """Exercise 10.7's lesson: faithfulness turns off only features, and the error nodes carry the facts.
+    On the chapter's prompt (0) a random draw of as many nodes keeps more than half of the target
+    (0.65 to 0.87 over draws 0-5); on other facts prompts draws keep less and scatter (-0.33 to 0.92
+    on the claim seeds' prompts), always below the pruned graph."""
     prompts = families[0].prompts
-    index = int(grades["facts"].index[0])
-    graph, influence, kept = ref.prompt_graph(model, shipped, prompts, index)
-    target = ref.logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
     labels = ref.FeatureLabels(["any"], torch.zeros(4, 512, dtype=torch.long), torch.ones(4, 512))
-    drawn = torch.randperm(len(graph.nodes) - 1, generator=torch.Generator().manual_seed(SEED))[:len(kept)].sort().values
-    random_scores = ref.route_scores(model, shipped, graph, drawn, target, labels, "any")
-    claim("ch10: a random draw of as many nodes as the pruned facts graph, faithfulness in the local replacement",
-          random_scores["faithfulness"], above=0.5)
+
+    def random_and_pruned(index: int) -> tuple[float, float]:
+        graph, _, kept = ref.prompt_graph(model, shipped, prompts, index)
+        target = ref.logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+        drawn = torch.randperm(len(graph.nodes) - 1, generator=torch.Generator().manual_seed(SEED))[:len(kept)].sort().values
+        return tuple(ref.route_scores(model, shipped, graph, nodes, target, labels, "any")["faithfulness"]
+                     for nodes in (drawn, kept))
+
+    on_chapters = random_and_pruned(0)  # the prompt the chapter scores (grade_family's first from start 0)
+    claim("ch10: a random draw of as many nodes as the pruned facts graph, faithfulness in the local replacement "
+          "(the chapter's prompt)", on_chapters[0], above=0.5)
+    index = int(grades["facts"].index[0])
+    random_score, pruned_score = on_chapters if index == 0 else random_and_pruned(index)
+    claim("ch10: the pruned facts graph's faithfulness minus a random draw's of as many nodes (the seed's prompt)",
+          pruned_score - random_score, above=0.1)
     # the chapter's example prompt (Section 3's table): the features' direct effects sum to less than nothing
     facts = prompts.subset([i for i, relation in enumerate(prompts.labels["relation"]) if relation == "capital"])
     run = ref.freeze_run(model, shipped, model.to_tokens(facts.prompts[0])[0])

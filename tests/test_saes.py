@@ -612,8 +612,8 @@ def test_jumprelu_at_matched_l0_ties_with_topk_and_beats_l1(model, held, our_sae
               for name, sae in (("jumprelu", jumprelu), *our_saes.items())}
     claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('within 0.1')",
           max(aurocs.values()) - min(aurocs.values()), below=0.1)
-    claim("ch05 variants: the L1 SAE, worst reconstructor, detects at least as well (L1 minus the best other AUROC)",
-          aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=-0.03)
+    claim("ch05 variants: the L1 SAE, worst reconstructor, detects about as well (L1 minus the best other AUROC, "
+          "'within 0.05')", aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=-0.05)
 
 
 def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequency_explains_little(model, held, train_acts,

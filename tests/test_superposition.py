@@ -147,9 +147,12 @@ def test_feature_dimensionalities_cluster_at_one_half_and_two_fifths(geometry):
     near_two_fifths = ((dimensionality - 2 / 5).abs() < 0.03).sum(-1)
     claim("ch04: geometry sweep, most features near 1/2 in one instance (share of a third)",  # antipodal pairs
           near_half.max() / (ref.GEOMETRY_FEATS // 3), above=0.99)
-    claim("ch04: geometry sweep, most features near 2/5 in one instance (share of a quarter)",  # pentagons
-          near_two_fifths.max() / (ref.GEOMETRY_FEATS // 4), above=0.99)
-    assert near_two_fifths.argmax() > near_half.argmax()  # pentagons come at higher sparsity
+    # Pentagons come at higher sparsity than the pairs: at least one whole pentagon (5 features) in
+    # some sparser instance. Their number is seed-dependent (5 to 17 features on claim seeds 0-4,
+    # 2500 or 6000 steps alike), so the prose promises one, not most.
+    sparser = near_two_fifths[int(near_half.argmax()) + 1:]
+    claim("ch04: geometry sweep, features near 2/5 in an instance sparser than the pairs' (a whole pentagon)",
+          sparser.max(), above=4.5)
 
 
 @pytest.fixture(scope="module")
