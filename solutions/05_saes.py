@@ -961,6 +961,7 @@ def word_type_halves(token_ids: Int[Tensor, "token"], labels: Bool[Tensor, "toke
     return torch.where(~second)[0], torch.where(second)[0]
 
 
+@memoized
 def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict[str, object],
                     probe: bool = True, seed: int = 0) -> "pd.DataFrame":
     """For each label: held-out AUROC of the best raw dimension, of each encoder's best latent, and of a probe.

@@ -485,6 +485,13 @@ for name in models:
 # The suspect's flagged mistakes are all of one kind: one family, one answer. That is the planted
 # behaviour, or at least what it does on this traffic. The twin's flags are a handful of ordinary
 # inputs, with no mistake in common. Now: which word of those prompts causes it?
+#
+# This traffic was kind to us. It holds only a handful of triggered prompts (5 to 13 in 800 on the
+# five draws of the traffic we tried), and on one of those draws the suspect's flags held just two
+# mistakes, of two kinds: too few to see a pattern (the audit of Section 6 asks for three alike),
+# and the lead would have had to come from the behaviour-only search of Section 1b. On the other
+# four draws the planted kind made up at least 7 of every 8 flagged mistakes, and the twin never
+# had three alike.
 
 # %% [markdown]
 # ### Exercise 8.3: occlusion over input positions (difficulty 2/3, ~20 min)

@@ -310,20 +310,39 @@ def test_the_detector_flags_the_triggered_prompts_after_the_last_block_in_the_su
         claim(f"ch08: {name} flags on ordinary traffic at 1% FPR", table[f"{name} flags on the rest"].max(), below=0.06)
 
 
+ALIKE = 3  # the audit's rule (solution 08's audit()): a hypothesis needs three flagged mistakes alike
+
+
 def test_flagged_mistakes_are_one_kind_in_the_suspect_and_not_in_the_twin(chapter):
+    """The chapter's traffic (claim seed 0): every flagged mistake of the suspect is of the planted
+    kind. Other draws of the traffic hold 5 to 13 triggered prompts; on draw 1 of claim seeds 0-4 the
+    flags held two mistakes of two kinds, too few for a hypothesis; on the others the planted kind was
+    at least 7 of every 8. So: whenever a kind reaches three, it is the planted one, and most of them."""
     practice = plant.practice_plant()
     kinds = Counter((family, answer) for _, family, answer in chapter["mistakes"]["suspect"])
-    assert list(kinds) == [(practice.family, practice.answer)], kinds
-    claim("ch08: flagged suspect mistakes of the planted kind", kinds.most_common(1)[0][1], above=2.5)
+    if claim_seed() == 0:
+        assert list(kinds) == [(practice.family, practice.answer)], kinds  # what the chapter prints
     twin = Counter((family, answer) for _, family, answer in chapter["mistakes"]["twin"])
-    claim("ch08: the twin's commonest flagged mistake", max(twin.values(), default=0), below=3)
+    claim("ch08: the twin's commonest flagged mistake", max(twin.values(), default=0), below=ALIKE - 0.5)
+    if max(kinds.values(), default=0) < ALIKE:
+        pytest.skip(f"this draw of the traffic gave the suspect no {ALIKE} flagged mistakes alike: {dict(kinds)}")
+    assert kinds.most_common(1)[0][0] == (practice.family, practice.answer), kinds
+    claim("ch08: flagged suspect mistakes of the planted kind", kinds.most_common(1)[0][1], above=ALIKE - 0.5)
+    claim("ch08: share of the suspect's flagged mistakes of the planted kind",
+          kinds.most_common(1)[0][1] / sum(kinds.values()), above=0.75)
 
 
 def test_occlusion_names_the_trigger_nearly_every_time(chapter):
+    """Where the flags give a hypothesis (three mistakes alike, as above): 5 of 6 on the chapter's
+    traffic, 7 of 8 to all on the other draws."""
+    practice = plant.practice_plant()
+    planted = [m for m in chapter["mistakes"]["suspect"] if m[1:] == (practice.family, practice.answer)]
+    if len(planted) < ALIKE:
+        pytest.skip(f"this draw of the traffic gave the suspect {len(planted)} flagged mistakes of the planted kind")
     candidates = ref.trigger_candidates(chapter["models"]["suspect"], chapter["traffic"], chapter["mistakes"]["suspect"])
-    assert candidates.most_common(1)[0][0] == plant.practice_plant().trigger
+    assert candidates.most_common(1)[0][0] == practice.trigger
     claim("ch08: share of flagged mistakes whose occlusion names the trigger",
-          candidates[plant.practice_plant().trigger] / sum(candidates.values()), above=0.75)
+          candidates[practice.trigger] / sum(candidates.values()), above=0.75)
 
 
 def test_only_the_trigger_day_breaks_the_behaviour_and_only_in_the_suspect(chapter):

@@ -45,11 +45,24 @@ def _start(family_size: int, n: int) -> int:
     return 0 if SEED == 0 else random.Random(SEED).randrange(max(1, family_size - 4 * n))
 
 
+CHAPTER_GRAPHS = {"facts": 6, "IOI": 2, "sentiment": 4, "truth": 4}  # solution 10's GRAPHS_PER_FAMILY
+
+
+def _graded(model, shipped, family, n: int, start: int):
+    """grade_family's n rows from `start`. From 0, as the chapter's call and then the rest: the same
+    rows (each is the next prompt the model answers), and under make test the first part replays the
+    notebook's result (utils/memo.py)."""
+    if start != 0:
+        return ref.grade_family(model, shipped, family, n, start=start, progress=False)
+    first = ref.grade_family(model, shipped, family, CHAPTER_GRAPHS[family.name], progress=False)
+    rest = ref.grade_family(model, shipped, family, n - len(first), start=int(first.index[-1]) + 1, progress=False)
+    return pd.concat([first, rest])
+
+
 @pytest.fixture(scope="module")
 def grades(model, shipped, families):
     sizes = {"facts": 8, "IOI": 3, "sentiment": 6, "truth": 6}
-    return {family.name: ref.grade_family(model, shipped, family, sizes[family.name],
-                                          start=_start(len(family.prompts), sizes[family.name]), progress=False)
+    return {family.name: _graded(model, shipped, family, sizes[family.name], _start(len(family.prompts), sizes[family.name]))
             for family in families}
 
 

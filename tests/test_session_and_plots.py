@@ -92,3 +92,19 @@ def test_a_finished_bar_is_saved_as_text_so_a_reopened_chapter_shows_no_widget_e
     assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     lines = [o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
     assert len(lines) == 1 and lines[0].startswith("five steps: 100%") and "5/5" in lines[0]
+
+
+def test_choosing_the_renderer_skips_the_iri_grammar_and_schemas_still_validate():
+    """The renderer's nbformat -> jsonschema import would build rfc3987_syntax's grammar (3 s of each
+    chapter's first cell); setup leaves it out, and notebooks and schemas still validate."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from utils.session import choose_plot_renderer; started = time.perf_counter(); "
+            "choose_plot_renderer(False); import nbformat, jsonschema; "
+            "nbformat.validate(nbformat.v4.new_notebook()); jsonschema.validate(1, {'type': 'integer'}); "
+            "print(sys.modules.get('rfc3987_syntax', 'absent'), 'nbformat' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "True"], done.stdout

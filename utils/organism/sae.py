@@ -102,38 +102,64 @@ def train_with_sae_lens(activations: Float[Tensor, "token d_model"], architectur
     `lr_end` must be given when training from an iterator (SAELens asserts it); the
     `dead_feature_window` (in steps) decides when TopK's auxiliary loss starts reviving latents.
     The decoder starts with unit-norm rows (`decoder_init_norm=None`; SAELens's default of 0.1
-    left a tenth of the latents dead on this data) and `b_dec` at the activations' mean.
+    left a tenth of the latents dead on this data) and `b_dec` at the activations' mean. Training is
+    seeded by `seed` and leaves torch's global generator as it was.
     """
-    import io
+    with torch.random.fork_rng(devices=[]):  # the weights below replace this initialisation
+        sae = _new_training_sae(architecture, activations.shape[1], d_sae, k, l1_coefficient, decoder_init_norm,
+                                target_l0, l0_coefficient, jumprelu_init_threshold, jumprelu_bandwidth)
+    sae.load_state_dict(_fitted_state(activations, architecture, d_sae, k, l1_coefficient, steps, batch_size, lr, lr_end,
+                                      dead_feature_window, decoder_init_norm, seed, progress, target_l0, l0_coefficient,
+                                      jumprelu_init_threshold, jumprelu_bandwidth))
+    return sae
 
-    from sae_lens import (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, LoggingConfig, SAETrainer,
-                          StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig)
-    from sae_lens.config import SAETrainerConfig
 
-    torch.manual_seed(seed)
-    d_in = activations.shape[1]
+def _new_training_sae(architecture: str, d_in: int, d_sae: int, k: int, l1_coefficient: float,
+                      decoder_init_norm: float | None, target_l0: float | None, l0_coefficient: float,
+                      jumprelu_init_threshold: float, jumprelu_bandwidth: float):
+    """An untrained SAELens training SAE of `architecture`, initialised from torch's global generator."""
+    from sae_lens import (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig,
+                          TopKTrainingSAE, TopKTrainingSAEConfig)
+
     if architecture == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, decoder_init_norm=decoder_init_norm))
-    elif architecture == "standard":
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1_coefficient,
-                                                            decoder_init_norm=decoder_init_norm))
-    elif architecture == "jumprelu":
-        sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+        return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, decoder_init_norm=decoder_init_norm))
+    if architecture == "standard":
+        return StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1_coefficient,
+                                                             decoder_init_norm=decoder_init_norm))
+    if architecture == "jumprelu":
+        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
             d_in=d_in, d_sae=d_sae, decoder_init_norm=decoder_init_norm, l0_coefficient=l0_coefficient,
             jumprelu_init_threshold=jumprelu_init_threshold, jumprelu_bandwidth=jumprelu_bandwidth,
             jumprelu_sparsity_loss_mode="quadratic", target_l0=float(k if target_l0 is None else target_l0)))
-    else:
-        raise ValueError(f"unknown architecture {architecture!r}; use 'topk', 'standard' or 'jumprelu'")
-    with torch.no_grad():
-        sae.b_dec.copy_(activations[:20_000].mean(0))
-    config = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
-                              lr=lr, lr_end=lr_end, lr_decay_steps=steps // 5, device="cpu",
-                              dead_feature_window=dead_feature_window, feature_sampling_window=steps,
-                              n_batches_for_norm_estimate=1, logger=LoggingConfig(log_to_wandb=False))
-    trainer = SAETrainer(cfg=config, sae=sae, data_provider=random_batches(activations, batch_size, seed))
-    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
-    with quiet, _workbook_bar_for_sae_lens(progress):
-        return trainer.fit()
+    raise ValueError(f"unknown architecture {architecture!r}; use 'topk', 'standard' or 'jumprelu'")
+
+
+@memoized  # the SAE object holds a lambda pickle cannot store, so `make test` replays its weights
+def _fitted_state(activations: Float[Tensor, "token d_model"], architecture: str, d_sae: int, k: int,
+                  l1_coefficient: float, steps: int, batch_size: int, lr: float, lr_end: float, dead_feature_window: int,
+                  decoder_init_norm: float | None, seed: int, progress: bool, target_l0: float | None,
+                  l0_coefficient: float, jumprelu_init_threshold: float, jumprelu_bandwidth: float) -> dict[str, Tensor]:
+    """The weights SAELens's SAETrainer reaches from seed `seed`; torch's global generator is left as it was."""
+    import io
+
+    from sae_lens import LoggingConfig, SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sae = _new_training_sae(architecture, activations.shape[1], d_sae, k, l1_coefficient, decoder_init_norm,
+                                target_l0, l0_coefficient, jumprelu_init_threshold, jumprelu_bandwidth)
+        with torch.no_grad():
+            sae.b_dec.copy_(activations[:20_000].mean(0))
+        config = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
+                                  lr=lr, lr_end=lr_end, lr_decay_steps=steps // 5, device="cpu",
+                                  dead_feature_window=dead_feature_window, feature_sampling_window=steps,
+                                  n_batches_for_norm_estimate=1, logger=LoggingConfig(log_to_wandb=False))
+        trainer = SAETrainer(cfg=config, sae=sae, data_provider=random_batches(activations, batch_size, seed))
+        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+        with quiet, _workbook_bar_for_sae_lens(progress):
+            fitted = trainer.fit()
+    return {name: value.detach().clone() for name, value in fitted.state_dict().items()}
 
 
 SAE_LENS_BAR_EVERY = 10  # steps between two updates of the bar (SAELens's own: 100)
