@@ -4,9 +4,10 @@ expected to take longest first) and nbval's output wait.
 `make test` hands whole files to its workers one at a time, in collection order
 (`--dist loadfile --no-loadscope-reorder`). The solution notebooks go first because they fill the
 memo of slow results (utils/memo.py) that the tests and the student notebooks then load. Within
-each stage, sorting the files longest first, by the seconds `make bench` last measured for each
-(tests/durations.json), keeps one long file from starting last and running alone while the other
-workers sit idle. Within a file, nothing moves.
+each stage, sorting the files longest first, by the seconds last measured for each
+(tests/durations.json: `make bench` writes it, or `python -m utils.bench --durations-from
+suite.xml` from the JUnit report of an idle `make test`), keeps one long file from starting last
+and running alone while the other workers sit idle. Within a file, nothing moves.
 """
 
 from __future__ import annotations

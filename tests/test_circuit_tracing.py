@@ -116,8 +116,13 @@ def test_the_replacement_model_keeps_most_of_the_loss(replacement):
     claim("ch10: replacing all four costs more than the worst single MLP (replaced loss, all minus worst single)",
           replacement.loc["all four MLPs", "replaced"] - replacement["replaced"].iloc[:4].max(), above=0.02)
     increase = replacement["zero-ablated"] - replacement["clean loss"]
-    claim("ch10: MLP 1 matters least (zero-ablation loss increase, nats)", increase["MLP 1"], below=0.08)
-    claim("ch10: zeroing MLP 2 costs more than zeroing MLP 1 (nats)", increase["MLP 2"] - increase["MLP 1"], above=0.0)
+    # On claim seeds 0-4 (2048 tokens each): MLP 1 0.036-0.076 nats, MLP 2 0.075-0.115, MLP 1 the cheaper by 0.0075 to
+    # 0.048; on 8192 tokens the gap was still only 0.010-0.043, so the order is asserted for the chapter's sample only.
+    claim("ch10: MLP 1 matters least (zero-ablation loss increase, nats)", increase["MLP 1"], below=0.1)
+    claim("ch10: MLP 2 matters little too (zero-ablation loss increase, nats)", increase["MLP 2"], below=0.15)
+    if SEED == 0:
+        claim("ch10: on the chapter's sample, zeroing MLP 2 costs more than zeroing MLP 1 (nats)",
+              increase["MLP 2"] - increase["MLP 1"], above=0.0)
     claim("ch10: zeroing MLP 0 or MLP 3 costs more than a nat (the smaller)", min(increase["MLP 0"], increase["MLP 3"]),
           above=0.8)
 
@@ -232,7 +237,7 @@ def test_ioi_graphs_have_the_names_but_no_name_feature_at_the_end(grades):
 def test_error_nodes_hold_more_influence_in_facts_than_in_sentiment(grades):
     claim("ch10: error nodes' share of influence, facts over sentiment",
           grades["facts"]["influence on error nodes"].mean() / grades["sentiment"]["influence on error nodes"].mean(),
-          above=1.5)
+          above=1.3)  # 1.50 to 2.10 on claim seeds 1-4
 
 
 def test_chapter_06_heads_carry_the_names_in_ioi_graphs(model, shipped, families):

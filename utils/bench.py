@@ -133,6 +133,14 @@ def _timed_suite(pytest_args: list[str], slowest: int, condition: str) -> dict[s
     return {path: round(seconds, 1) for path, seconds in sorted(per_file.items())}
 
 
+def durations_from_report(report: Path) -> dict[str, float]:
+    """Seconds per file in a JUnit report of a suite run, as tests/durations.json holds them."""
+    per_file: Counter = Counter()
+    for case in ElementTree.parse(report).iter("testcase"):
+        per_file[_file_of(case.get("classname", ""))] += float(case.get("time", 0))
+    return {path: round(seconds, 1) for path, seconds in sorted(per_file.items())}
+
+
 def _file_of(classname: str) -> str:
     """The file of a JUnit classname: `tests.test_x` or `chapters.00_orientation.ipynb`."""
     if classname.endswith(".ipynb"):
@@ -159,8 +167,14 @@ def main() -> None:
     parser.add_argument("--suite-args", default="", help="extra pytest arguments for the suite run")
     parser.add_argument("--busy-core", action="store_true", help="time the suite with one core kept busy")
     parser.add_argument("--suite-only", action="store_true", help="only the timed run of the test suite")
+    parser.add_argument("--durations-from", type=Path, metavar="JUNIT_XML",
+                        help="write tests/durations.json from the report of an idle `make test` run, and stop")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
     args = parser.parse_args()
+    if args.durations_from:
+        DURATIONS.write_text(json.dumps(durations_from_report(args.durations_from), indent=1) + "\n")
+        print(f"wrote {DURATIONS.relative_to(ROOT)}")
+        return
     if args.execute_one:
         print(json.dumps(execute_once(args.execute_one.resolve())))
         return

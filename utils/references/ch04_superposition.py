@@ -157,7 +157,7 @@ def feature_dimensionality(W: Float[Tensor, "instances hidden feats"]) -> Float[
 PENTAGON_PROBABILITIES = (0.3, 0.05)
 
 
-def train_pentagon(n_seeds: int = 2, steps: int = 2500, seed: int = 0, progress_bar: bool = True
+def train_pentagon(n_seeds: int = 4, steps: int = 2500, seed: int = 0, progress_bar: bool = True
                    ) -> Float[Tensor, "probability hidden feats"]:
     """W of the best-of-seeds model with five equally important features in two dimensions, per probability."""
     n_instances = len(PENTAGON_PROBABILITIES) * n_seeds
@@ -329,7 +329,7 @@ NEURON_SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 @memoized
-def train_neuron_sweep(steps: int = 3000, seed: int = 0, progress_bar: bool = True) -> NeuronModel:
+def train_neuron_sweep(steps: int = 6000, seed: int = 0, progress_bar: bool = True) -> NeuronModel:
     """One privileged-basis model per sparsity, importance 0.8^i."""
     n_instances = len(NEURON_SPARSITIES)
     feature_probability = (1 - torch.tensor(NEURON_SPARSITIES))[:, None].expand(n_instances, NEURON_FEATS)
