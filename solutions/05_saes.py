@@ -1561,7 +1561,7 @@ pd.DataFrame(variant_rows).T.round(3)
 # within 0.1 of each other, and the L1 SAE, the worst reconstructor, detects about as well as the
 # other two (from 0.05 below the better of them to the top over the five seeds we tried; in this
 # run it scores highest). Reconstruction and detection are different yardsticks;
-# a better score on one does not buy a better score on the other. This is one short run
+# a better score on one need not buy a better score on the other. This is one short run
 # on a small model: it says the two shrinkage-free designs tie here, not which is better at scale
 # (Rajamanoharan et al. 2024b report JumpReLU at least as faithful as TopK on Gemma 2 at matched L0).
 #

@@ -640,10 +640,11 @@ pd.DataFrame({label: {"every head ablated": mean_logit_diff(ablate_heads(model, 
 # of prompts the tests find the reverse (the own twins near zero, other prompts' twins near a tenth).
 # So what we measure is the noise of a mean over a small batch, not a systematic leak: whichever
 # reference you average, the fully ablated model sits within about a tenth of the clean difference
-# of zero, and every faithfulness score of Section 6 carries that uncertainty (Section 6 prints the
-# four cells' score with the twins' mean and with other prompts': about 1.15 and 1.10, and on other
-# draws of prompts the two differed by up to 0.12). Scores that differ by less than that say nothing. We keep the twins' mean, as Wang et al. pair each prompt with its own ABC
-# version; a larger reference batch would shrink the noise.
+# of zero, and every faithfulness score of Section 6 carries that uncertainty: Section 6 prints
+# the four cells' score with the twins' mean and with other prompts', about 1.15 and 1.10, and on
+# four other draws of prompts the two differed by 0.05 to 0.12 (the test allows 0.16). Scores that
+# differ by less than about a tenth say nothing. We keep the twins' mean, as Wang et al. pair each
+# prompt with its own ABC version; a larger reference batch would shrink the noise.
 
 # %% [markdown]
 # ## 4. Path patching: Chapter 03's open question

@@ -490,8 +490,8 @@ for name in models:
 # five draws of the traffic we tried), and on one of those draws the suspect's flags held just two
 # mistakes, of two kinds: too few to see a pattern (the audit of Section 6 asks for three alike),
 # and the lead would have had to come from the behaviour-only search of Section 1b. On the other
-# four draws the planted kind made up at least 7 of every 8 flagged mistakes, and the twin never
-# had three alike.
+# four draws the planted kind made up at least 7 of every 8 flagged mistakes (the test holds three
+# in four), and the twin never had three alike.
 
 # %% [markdown]
 # ### Exercise 8.3: occlusion over input positions (difficulty 2/3, ~20 min)

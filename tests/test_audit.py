@@ -320,11 +320,13 @@ def test_flagged_mistakes_are_one_kind_in_the_suspect_and_not_in_the_twin(chapte
     at least 7 of every 8. So: whenever a kind reaches three, it is the planted one, and most of them."""
     practice = plant.practice_plant()
     kinds = Counter((family, answer) for _, family, answer in chapter["mistakes"]["suspect"])
-    if claim_seed() == 0:
-        assert list(kinds) == [(practice.family, practice.answer)], kinds  # what the chapter prints
     twin = Counter((family, answer) for _, family, answer in chapter["mistakes"]["twin"])
     claim("ch08: the twin's commonest flagged mistake", max(twin.values(), default=0), below=ALIKE - 0.5)
-    if max(kinds.values(), default=0) < ALIKE:
+    if claim_seed() == 0:  # what the chapter prints: all of one kind, enough of them for a hypothesis
+        assert list(kinds) == [(practice.family, practice.answer)], kinds
+        claim("ch08: the chapter's traffic, flagged suspect mistakes (all of the planted kind)", kinds.total(),
+              above=ALIKE - 0.5)
+    elif max(kinds.values(), default=0) < ALIKE:
         pytest.skip(f"this draw of the traffic gave the suspect no {ALIKE} flagged mistakes alike: {dict(kinds)}")
     assert kinds.most_common(1)[0][0] == (practice.family, practice.answer), kinds
     claim("ch08: flagged suspect mistakes of the planted kind", kinds.most_common(1)[0][1], above=ALIKE - 0.5)
@@ -337,7 +339,7 @@ def test_occlusion_names_the_trigger_nearly_every_time(chapter):
     traffic, 7 of 8 to all on the other draws."""
     practice = plant.practice_plant()
     planted = [m for m in chapter["mistakes"]["suspect"] if m[1:] == (practice.family, practice.answer)]
-    if len(planted) < ALIKE:
+    if len(planted) < ALIKE and claim_seed() != 0:  # the chapter's traffic never skips
         pytest.skip(f"this draw of the traffic gave the suspect {len(planted)} flagged mistakes of the planted kind")
     candidates = ref.trigger_candidates(chapter["models"]["suspect"], chapter["traffic"], chapter["mistakes"]["suspect"])
     assert candidates.most_common(1)[0][0] == practice.trigger

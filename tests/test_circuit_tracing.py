@@ -118,12 +118,12 @@ def test_the_replacement_model_keeps_most_of_the_loss(replacement):
     increase = replacement["zero-ablated"] - replacement["clean loss"]
     # On claim seeds 0-4 (2048 tokens each): MLP 1 0.036-0.076 nats, MLP 2 0.075-0.115, MLP 1 the cheaper by 0.0075 to
     # 0.048; on 8192 tokens the gap was still only 0.010-0.043, so the order is asserted for the chapter's sample only.
-    claim("ch10: MLP 1 matters least (zero-ablation loss increase, nats)", increase["MLP 1"], below=0.1)
-    claim("ch10: MLP 2 matters little too (zero-ablation loss increase, nats)", increase["MLP 2"], below=0.15)
+    claim("ch10: zeroing MLP 1 costs under a tenth of a nat (loss increase)", increase["MLP 1"], below=0.1)
+    claim("ch10: zeroing MLP 2 costs little too (loss increase, nats)", increase["MLP 2"], below=0.15)
     if SEED == 0:
         claim("ch10: on the chapter's sample, zeroing MLP 2 costs more than zeroing MLP 1 (nats)",
               increase["MLP 2"] - increase["MLP 1"], above=0.0)
-    claim("ch10: zeroing MLP 0 or MLP 3 costs more than a nat (the smaller)", min(increase["MLP 0"], increase["MLP 3"]),
+    claim("ch10: zeroing MLP 0 or MLP 3 costs about a nat or more (the smaller)", min(increase["MLP 0"], increase["MLP 3"]),
           above=0.8)
 
 
@@ -349,6 +349,15 @@ def test_steering_earlier_features_fails_where_the_graph_froze_attention(steerin
           earlier["median |real - frozen| / |prediction|"], above=0.1)
 
 
+def _first_answered(model, prompts) -> int:
+    """The first prompt whose correct answer beats the wrong one at the last token (where grade_family starts)."""
+    tokens, last = ref.tokenize(model, prompts.prompts)
+    final = model(tokens)[torch.arange(len(last)), last]  # [batch, d_vocab]
+    correct, wrong = (ref.answer_ids(model, words).to(final.device) for words in (prompts.correct, prompts.wrong))
+    answered = (final.gather(-1, correct[:, None]) > final.gather(-1, wrong[:, None]))[:, 0]  # [batch]
+    return int(answered.nonzero()[0, 0])
+
+
 def test_a_random_node_set_is_nearly_as_faithful_on_facts_prompts(model, shipped, families, grades):
     """Exercise 10.7's lesson: faithfulness turns off only features, and the error nodes carry the facts.
     On the chapter's prompt (0) a random draw of as many nodes keeps more than half of the target
@@ -364,11 +373,16 @@ def test_a_random_node_set_is_nearly_as_faithful_on_facts_prompts(model, shipped
         return tuple(ref.route_scores(model, shipped, graph, nodes, target, labels, "any")["faithfulness"]
                      for nodes in (drawn, kept))
 
-    on_chapters = random_and_pruned(0)  # the prompt the chapter scores (grade_family's first from start 0)
+    chapters = _first_answered(model, prompts)  # the prompt the chapter scores: grade_family's first from 0
+    on_chapters = random_and_pruned(chapters)
     claim("ch10: a random draw of as many nodes as the pruned facts graph, faithfulness in the local replacement "
           "(the chapter's prompt)", on_chapters[0], above=0.5)
+    claim("ch10: the chapter's pruned facts graph keeps about the whole target (faithfulness, at least)",
+          on_chapters[1], above=0.8)
+    claim("ch10: the chapter's pruned facts graph keeps about the whole target (faithfulness, at most)",
+          on_chapters[1], below=1.2)
     index = int(grades["facts"].index[0])
-    random_score, pruned_score = on_chapters if index == 0 else random_and_pruned(index)
+    random_score, pruned_score = on_chapters if index == chapters else random_and_pruned(index)
     claim("ch10: the pruned facts graph's faithfulness minus a random draw's of as many nodes (the seed's prompt)",
           pruned_score - random_score, above=0.1)
     # the chapter's example prompt (Section 3's table): the features' direct effects sum to less than nothing

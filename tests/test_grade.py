@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import os
 import textwrap
 import types
 from pathlib import Path
@@ -203,6 +204,30 @@ def test_loops_memory_and_crashes_cost_only_their_exercise(graded):
     assert "allocate memory" in rows[("Runaway", "0.2")]["message"]
     assert "exited with code 3" in rows[("Runaway", "0.3")]["message"]
     assert "SIGSEGV" in rows[("Runaway", "0.4")]["message"]
+
+
+def _kernel_processes(grader_pid: int | None = None) -> list[int]:
+    """Live processes of the uids the grader lends to kernels, started by the grader in process
+    `grader_pid` (default: this one): their environment points into its scratch folders. Another
+    test file's grader may be running beside this one, with kernels of its own."""
+    marker = f"{cli.SCRATCH_PREFIX}{grader_pid or os.getpid()}-".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and sandbox.FIRST_UID <= entry.stat().st_uid < sandbox.FIRST_UID + sandbox.UIDS
+                    and marker in (entry / "environ").read_bytes()):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_nothing_of_the_runaway_kernels_is_left(graded):
+    """A loop past its time, a kernel out of memory, os._exit and a segfault: no process of theirs
+    survives, and no scratch folder."""
+    assert _kernel_processes() == [], "a kernel's process outlived its run"
+    assert not list(cli.scratch_root().glob(f"{cli.SCRATCH_PREFIX}{os.getpid()}-*")), "scratch folders were left behind"
 
 
 @pytest.mark.slow

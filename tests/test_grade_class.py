@@ -32,7 +32,8 @@ import nbformat
 import pytest
 
 from tests.planted import ch00_orientation as planted
-from tests.test_grade import CHAPTER, EXERCISES, _append, _body, _cell, _load, _replace_body, _save, correct
+from tests.test_grade import (CHAPTER, EXERCISES, _append, _body, _cell, _kernel_processes, _load, _replace_body,
+                               _save, correct)
 from utils.build import ROOT
 from utils.grade import cli, report
 from utils.grade import sandbox as walls
@@ -298,18 +299,6 @@ def build_class(folder: Path, out: Path) -> None:
 
 def _digest(paths) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
-
-
-def _kernel_processes() -> list[int]:
-    """Processes of the uids the grader lends to kernels (none once grading is over)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and walls.FIRST_UID <= entry.stat().st_uid < walls.FIRST_UID + walls.UIDS:
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -169,3 +169,22 @@ def test_a_class_the_solution_notebook_defined_is_found_where_the_result_is_load
     loaded = []
     assert _calls_of("probe_of", lambda: loaded.append(probe_of(x))) == 0
     assert type(loaded[0]) is LinearProbe and torch.equal(loaded[0](x), stored(x))
+
+
+def test_a_notebooks_copy_of_a_function_or_dataclass_digests_like_the_reference():
+    """A chapter's functions and dataclasses exist twice, in the notebook (module __main__, a cell's
+    file name) and in utils/references: arguments built from either share an entry. A comprehension
+    inside a function is a code object whose repr holds an address: it is read by its contents."""
+    source = ("import dataclasses\n"
+              "@dataclasses.dataclass\nclass Family:\n    name: str\n    sources: object\n"
+              "def make(n):\n    return Family('facts', lambda i: [i + k for k in range(n)])\n")
+    copies = []
+    for module, filename in (("__main__", "/tmp/ipykernel_1/2.py"), ("utils.references.ch99_x", "ch99_x.py")):
+        namespace = {"__name__": module}
+        exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - our own test source
+        copies.append(namespace["make"](3))
+    assert memo.digest(copies[0]) == memo.digest(copies[1])
+    namespace = {"__name__": "__main__"}
+    exec(compile(source.replace("i + k", "i - k"), "x.py", "exec", dont_inherit=True), namespace)  # noqa: S102
+    assert memo.digest(namespace["make"](3)) != memo.digest(copies[0])  # other code, other entry
+    assert memo.digest(copies[0]) != memo.digest(namespace["make"](4))  # another closure value too

@@ -464,7 +464,7 @@ def test_the_abc_mean_leaves_up_to_a_tenth_whichever_prompts_it_averages():
     four = [(3, 1, END), (0, 3, S2), (0, 6, S2), (0, 7, END)]
     gap = (ref.circuit_faithfulness(m, runs["clean"], runs["abc"], four, runs["score"])
            - ref.circuit_faithfulness(m, runs["clean"], other_abc, four, runs["score"]))
-    claim("ch06: the leak shifts the four cells' faithfulness a little (|difference|: about 0.05, up to 0.12; "
+    claim("ch06: the leak shifts the four cells' faithfulness a little (|difference|: 0.05 in the chapter, "
           "0.046-0.119 on claim seeds 1-4)", abs(gap), below=0.16)
 
 

@@ -357,7 +357,7 @@ def test_io_gender_is_not_computed_after_block_1(recovery):
 def test_probe_is_the_ceiling(recovery):
     for column in ("shipped", "ours"):
         claim(f"ch05 detection: smallest margin of the probe over the '{column}' column ('a few hundredths', "
-              "'up to 0.05')", (recovery["linear probe"] - recovery[column]).min(), above=-0.08)
+              "'up to 0.05')", (recovery["linear probe"] - recovery[column]).min(), above=-0.06)
 
 
 # ------------------------------------------------------------------------------------------
@@ -613,7 +613,10 @@ def test_jumprelu_at_matched_l0_ties_with_topk_and_beats_l1(model, held, our_sae
     claim("ch05 variants: token labels, largest gap between the three SAEs' mean best-latent AUROC ('within 0.1')",
           max(aurocs.values()) - min(aurocs.values()), below=0.1)
     claim("ch05 variants: the L1 SAE, worst reconstructor, detects about as well (L1 minus the best other AUROC, "
-          "'from 0.05 below')", aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=-0.08)
+          "'from 0.05 below')", aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=-0.06)
+    if SEED == 0:
+        claim("ch05 variants: in the chapter's run the L1 SAE detects best (L1 minus the best other AUROC)",
+              aurocs["l1"] - max(aurocs["jumprelu"], aurocs["topk"]), above=0.0)
 
 
 def test_completeness_few_words_have_a_latent_width_helps_then_stops_and_frequency_explains_little(model, held, train_acts,

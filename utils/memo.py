@@ -81,7 +81,8 @@ def _feed(h, value) -> None:
     elif isinstance(value, types.FunctionType):
         _feed_function(h, value)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        h.update(f"dataclass:{type(value).__module__}.{type(value).__qualname__};".encode())
+        # by name, not module: a class a notebook defines (__main__) and its exported reference are one
+        h.update(f"dataclass:{type(value).__qualname__};".encode())
         for field in dataclasses.fields(value):
             _feed(h, field.name)
             _feed(h, getattr(value, field.name))
@@ -91,15 +92,25 @@ def _feed(h, value) -> None:
 
 def _feed_function(h, function: types.FunctionType) -> None:
     """A plain function or lambda: its name, compiled code, constants, defaults and the values it
-    closes over (a closure over something the digest cannot read makes the call unreadable)."""
-    code = function.__code__
-    h.update(f"function:{function.__module__}.{function.__qualname__};".encode())
-    h.update(code.co_code)
-    h.update(repr(code.co_consts).encode())
-    h.update(repr(code.co_names).encode())
+    closes over (a closure over something the digest cannot read makes the call unreadable). Not its
+    module, so a notebook's copy (in __main__) and the exported reference's digest alike."""
+    h.update(f"function:{function.__qualname__};".encode())
+    _feed_code(h, function.__code__)
     _feed(h, function.__defaults__)
     for cell in function.__closure__ or ():
         _feed(h, cell.cell_contents)
+
+
+def _feed_code(h, code: types.CodeType) -> None:
+    """Bytecode, names and constants; a nested function or comprehension (a code object among the
+    constants) by its own contents, since its repr holds a memory address and a file name."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            _feed_code(h, constant)
+        else:
+            h.update(f"{constant!r};".encode())
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
