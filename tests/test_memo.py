@@ -188,3 +188,18 @@ def test_a_notebooks_copy_of_a_function_or_dataclass_digests_like_the_reference(
     exec(compile(source.replace("i + k", "i - k"), "x.py", "exec", dont_inherit=True), namespace)  # noqa: S102
     assert memo.digest(namespace["make"](3)) != memo.digest(copies[0])  # other code, other entry
     assert memo.digest(copies[0]) != memo.digest(namespace["make"](4))  # another closure value too
+
+
+def test_a_module_class_is_known_by_its_code_not_its_module():
+    """The notebook's SparseAutoencoder and the reference's share entries; a learner's class of the
+    same name whose forward differs does not share the reference's."""
+    source = ("import torch\nclass Probe(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.w = torch.nn.Parameter(torch.ones(3))\n    def forward(self, x):\n        return x @ self.w\n")
+    made = []
+    for module, text in (("__main__", source), ("utils.references.ch99_x", source),
+                         ("__main__", source.replace("x @ self.w", "x @ self.w.abs()"))):
+        namespace = {"__name__": module}
+        exec(compile(text, "cell.py", "exec", dont_inherit=True), namespace)  # noqa: S102 - our own test source
+        made.append(namespace["Probe"]())
+    assert memo.digest(made[0]) == memo.digest(made[1])
+    assert memo.digest(made[0]) != memo.digest(made[2])

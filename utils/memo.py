@@ -81,8 +81,8 @@ def _feed(h, value) -> None:
     elif isinstance(value, types.FunctionType):
         _feed_function(h, value)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # by name, not module: a class a notebook defines (__main__) and its exported reference are one
-        h.update(f"dataclass:{type(value).__qualname__};".encode())
+        h.update(b"dataclass:")
+        _feed_class(h, type(value))
         for field in dataclasses.fields(value):
             _feed(h, field.name)
             _feed(h, getattr(value, field.name))
@@ -99,6 +99,21 @@ def _feed_function(h, function: types.FunctionType) -> None:
     _feed(h, function.__defaults__)
     for cell in function.__closure__ or ():
         _feed(h, cell.cell_contents)
+
+
+def _feed_class(h, cls: type) -> None:
+    """A class by its name and the code of its own methods (and its bases' up to torch's Module), not
+    its module: a class a notebook defines (__main__) and its exported reference share a digest,
+    while a learner's class of the same name with another forward does not."""
+    for klass in cls.__mro__:
+        if klass in (object, torch.nn.Module):
+            break
+        h.update(f"class:{klass.__qualname__};".encode())
+        for name, attribute in sorted(vars(klass).items()):
+            function = getattr(attribute, "__func__", attribute)  # staticmethod, classmethod
+            if isinstance(function, types.FunctionType):
+                h.update(f"{name}:".encode())
+                _feed_code(h, function.__code__)
 
 
 def _feed_code(h, code: types.CodeType) -> None:
@@ -130,7 +145,8 @@ def _feed_module(h, module: torch.nn.Module) -> None:
     """A model: its class, config, train/eval mode of every part, and every weight and buffer."""
     if _has_hooks(module):
         raise Unreadable("a model with hooks attached")
-    h.update(f"module:{type(module).__module__}.{type(module).__qualname__};".encode())
+    h.update(b"module:")
+    _feed_class(h, type(module))
     config = getattr(module, "cfg", None)
     if config is not None:
         h.update(repr(config).encode())
