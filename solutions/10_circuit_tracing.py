@@ -1059,9 +1059,9 @@ grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9
 #   then moves to the end, is *not* what the organism does: the graphs keep almost no feature at the
 #   country token, and none labelled with the country (the test holds it under 20%). The country's
 #   identity travels from its embedding, through attention, into the last position, where features
-#   and, above all, **error nodes** turn it into an answer. Error nodes hold more of the influence in
-#   facts graphs than in sentiment graphs (one and a half to two times the share over five draws
-#   of prompts; the test holds it above 1.3):
+#   and **error nodes** turn it into an answer. Error nodes hold more of the influence in facts
+#   graphs than in sentiment graphs (one and a half to three times the share over five draws of
+#   prompts, 2.9 on the test's draw of the chapter's prompts; the test holds it above 1.3):
 #   recalling *which* capital is the part the transcoders reconstruct worst. The first position's
 #   error nodes, where the transcoders are worst per token (Section 1), hold little of it: under 3%
 #   of the influence in each graph (the test holds the mean under 5%).
