@@ -85,6 +85,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from utils import progress_bar
+from utils.memo import memoized
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, residual_hook_names, residual_point_names, tokenize
 
@@ -347,7 +348,7 @@ class Translator(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        self.linear = nn.Linear(d_model, d_model)
+        self.linear = nn.utils.skip_init(nn.Linear, d_model, d_model)  # no random initialisation: zeroed below
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -500,6 +501,7 @@ lines(kl, x=points, title="How far each lens is from the model's final distribut
 # the pooled lens's on the same family's prompts:
 
 # %% tags=["export"]
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 @torch.no_grad()
 def pooled_vs_own_lens(model, n_train: int = 100, n_test: int = 64, steps: int = 100, seed: int = 0,
                        families: tuple[str, ...] = LENS_FAMILIES, progress: bool = True) -> "pd.DataFrame":

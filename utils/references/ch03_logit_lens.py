@@ -8,6 +8,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from utils import progress_bar
+from utils.memo import memoized
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, residual_hook_names, residual_point_names, tokenize
 
@@ -115,7 +116,7 @@ class Translator(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        self.linear = nn.Linear(d_model, d_model)
+        self.linear = nn.utils.skip_init(nn.Linear, d_model, d_model)  # no random initialisation: zeroed below
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -190,6 +191,7 @@ def lens_kl_by_point(model, train: dict, test: dict, steps: int = 100, progress:
     return {name: torch.cat([torch.stack(values).cpu(), zero]) for name, values in curves.items()}
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 @torch.no_grad()
 def pooled_vs_own_lens(model, n_train: int = 100, n_test: int = 64, steps: int = 100, seed: int = 0,
                        families: tuple[str, ...] = LENS_FAMILIES, progress: bool = True) -> "pd.DataFrame":
