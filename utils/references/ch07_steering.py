@@ -457,6 +457,7 @@ def accuracy_erased_at_last_token(model, prompts: PromptSet, hook_name: str, era
     return (final[rows, correct] > final[rows, wrong]).float().mean().item()
 
 
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def erasure_report(model, family: str, label: str, hook_name: str, watch: dict[str, PromptSet],
                    n_train: int = 720, n_test: int = 180, seed: int = 0, progress: bool = False
                    ) -> dict[str, dict[str, float]]:
