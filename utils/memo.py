@@ -6,10 +6,12 @@ back to the reference) and its claim tests call the same training and sweep func
 `@memoized` stores its result there, keyed by its name and a digest of every argument (tensor
 bytes, a model's weights, config, mode and hooks), and a later call with the same arguments loads
 it instead of recomputing. The key also holds the function's source text, so the notebook's copy of
-a function and the exported reference share one entry. Unset (a learner's session, `make claims`), it does nothing.
+a function and the exported reference share one entry; functions, classes and dataclasses among the
+arguments are digested by their code, not their module, for the same reason. Unset (a learner's
+session, `make claims`), it does nothing.
 
 A call is not stored, and simply runs, when the key would not be trustworthy: an argument the
-digest cannot read (a function, a generator, an unknown object), a model carrying hooks, or a call
+digest cannot read (a generator, an unknown object), a model carrying hooks, or a call
 that changed its arguments or drew from a global random generator (a cached answer would leave that
 generator where a real call would not).
 """
