@@ -276,7 +276,7 @@ class LinearProbe(nn.Module):
         centred = x_train - x_train.mean(0)
         self.register_buffer("mean", x_train.mean(0))
         self.register_buffer("scale", (centred.norm(dim=-1).mean() / x_train.shape[1] ** 0.5).clamp_min(1e-6))
-        self.linear = nn.utils.skip_init(nn.Linear, x_train.shape[1], 1)  # no random initialisation: zeroed below
+        self.linear = nn.utils.skip_init(nn.Linear, x_train.shape[1], 1)  # zeroed below: skip the random draw
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 

@@ -348,7 +348,7 @@ class Translator(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        self.linear = nn.utils.skip_init(nn.Linear, d_model, d_model)  # no random initialisation: zeroed below
+        self.linear = nn.utils.skip_init(nn.Linear, d_model, d_model)  # zeroed below: skip the random draw
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 

@@ -643,7 +643,7 @@ pd.DataFrame({label: {"every head ablated": mean_logit_diff(ablate_heads(model, 
 # of zero, and every faithfulness score of Section 6 carries that uncertainty: Section 6 prints
 # the four cells' score with the twins' mean and with other prompts', about 1.15 and 1.10, and on
 # four other draws of prompts the two differed by 0.05 to 0.12 (the test allows 0.16). Scores that
-# differ by less than about a tenth say nothing. We keep the twins' mean, as Wang et al. pair each
+# differ by less than about 0.15 say nothing. We keep the twins' mean, as Wang et al. pair each
 # prompt with its own ABC version; a larger reference batch would shrink the noise.
 
 # %% [markdown]

@@ -360,7 +360,7 @@ def _first_answered(model, prompts) -> int:
 
 def test_a_random_node_set_is_nearly_as_faithful_on_facts_prompts(model, shipped, families, grades):
     """Exercise 10.7's lesson: faithfulness turns off only features, and the error nodes carry the facts.
-    On the chapter's prompt (0) a random draw of as many nodes keeps more than half of the target
+    On the chapter's prompt (the first facts prompt answered correctly: 0 today) a random draw of as many nodes keeps more than half of the target
     (0.65 to 0.87 over draws 0-5); on other facts prompts draws keep less and scatter (-0.33 to 0.92
     on the claim seeds' prompts), always below the pruned graph."""
     prompts = families[0].prompts

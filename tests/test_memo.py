@@ -4,6 +4,9 @@ call whose key could not be trusted."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from utils import memo
@@ -203,3 +206,62 @@ def test_a_module_class_is_known_by_its_code_not_its_module():
         made.append(namespace["Probe"]())
     assert memo.digest(made[0]) == memo.digest(made[1])
     assert memo.digest(made[0]) != memo.digest(made[2])
+
+
+def test_a_lambda_written_in_a_loop_counts_the_global_it_reads():
+    """`for chosen in ...: f(lambda a: g(chosen, a))` at a notebook's top level: `chosen` is a global,
+    not a closure, and each turn of the loop is another function."""
+    namespace = {"__name__": "__main__"}
+    exec(compile("def g(c, a):\n    return c * a\nchosen = 1\nfirst = lambda a: g(chosen, a)\n", "cell.py", "exec",
+                 dont_inherit=True), namespace)  # noqa: S102 - our own test source
+    before = memo.digest(namespace["first"])
+    namespace["chosen"] = 2
+    assert memo.digest(namespace["first"]) != before
+    namespace["chosen"] = object()  # a global the digest cannot read: the call runs unmemoized
+    with pytest.raises(memo.Unreadable):
+        memo.digest(namespace["first"])
+
+
+def test_a_models_constants_defaults_properties_and_plain_attributes_are_part_of_it():
+    base = ("import torch\nclass Encoder(torch.nn.Module):\n    SCALE = 2.0\n"
+            "    def __init__(self, k=3):\n        super().__init__()\n        self.k = k\n"
+            "        self.w = torch.nn.Parameter(torch.ones(3))\n"
+            "    @property\n    def width(self):\n        return 3\n"
+            "    @torch.no_grad()\n    def encode(self, x, threshold=0.0):\n        return (x * self.w).topk(self.k).values\n")
+    variants = [base, base.replace("SCALE = 2.0", "SCALE = 3.0"), base.replace("return 3", "return 4"),
+                base.replace("threshold=0.0", "threshold=0.5"), base.replace(".topk(self.k).values", ".relu()")]
+    digests = []
+    for text in variants:
+        namespace = {"__name__": "__main__"}
+        exec(compile(text, "cell.py", "exec", dont_inherit=True), namespace)  # noqa: S102 - our own test source
+        digests.append(memo.digest(namespace["Encoder"]()))
+    assert len(set(digests)) == len(variants), "two different encoders share a digest"
+    namespace = {"__name__": "__main__"}
+    exec(compile(base, "cell.py", "exec", dont_inherit=True), namespace)  # noqa: S102
+    assert memo.digest(namespace["Encoder"](k=2)) != memo.digest(namespace["Encoder"](k=3))  # an instance attribute
+
+
+def test_a_function_that_refers_to_itself_is_unreadable_not_a_crash():
+    def countdown(n):
+        return countdown(n - 1) if n else 0
+    with pytest.raises(memo.Unreadable):
+        memo.digest(countdown)
+
+
+def test_the_organisms_digest_is_the_same_in_every_process_and_after_a_forward_pass():
+    """A frozenset among a library class's constants prints in hash-seed order: the digest sorts it,
+    so the solution notebook, the student notebook and each test worker agree on the model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from utils.models import load_model; from utils import memo; import torch; m = load_model(verbose=False); "
+            "before = memo.digest(m); m(torch.tensor([[1, 2, 3]])); m.run_with_cache(torch.tensor([[1, 2]])); "
+            "assert memo.digest(m) == before, 'a forward pass changed the digest'; print(before)")
+    found = set()
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr[-2000:]
+        found.add(done.stdout.split()[-1])
+    assert len(found) == 1, found

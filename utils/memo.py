@@ -92,30 +92,81 @@ def _feed(h, value) -> None:
         raise Unreadable(f"an argument of type {type(value).__name__}")
 
 
-def _feed_function(h, function: types.FunctionType) -> None:
-    """A plain function or lambda: its name, compiled code, constants, defaults and the values it
-    closes over (a closure over something the digest cannot read makes the call unreadable). Not its
-    module, so a notebook's copy (in __main__) and the exported reference's digest alike."""
+def _feed_function(h, function: types.FunctionType, globals_too: bool = True) -> None:
+    """A plain function or lambda: its name, compiled code, constants, defaults, the values it
+    closes over and the values of the module-level names it reads (a lambda written in a notebook's
+    loop reads the loop variable as a global). Not its module, so a notebook's copy (in __main__)
+    and the exported reference's digest alike. Anything the digest cannot read makes the call
+    unreadable."""
     h.update(f"function:{function.__qualname__};".encode())
     _feed_code(h, function.__code__)
     _feed(h, function.__defaults__)
+    _feed(h, function.__kwdefaults__)
     for cell in function.__closure__ or ():
         _feed(h, cell.cell_contents)
+    if globals_too:
+        for name in sorted(_names_read(function.__code__)):
+            if name in function.__globals__:
+                h.update(f"global:{name}=".encode())
+                _feed_global(h, function.__globals__[name])
+
+
+def _names_read(code: types.CodeType) -> set[str]:
+    """Every name a code object and the functions nested in it look up (globals among them)."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names_read(constant)
+    return names
+
+
+def _feed_global(h, value) -> None:
+    """A module-level value a function argument reads: a module by name, a function or class by its
+    code (not the globals it reads in turn), anything else as an argument."""
+    if isinstance(value, types.ModuleType):
+        h.update(f"module-name:{value.__name__};".encode())
+    elif isinstance(value, types.FunctionType):
+        _feed_function(h, value, globals_too=False)
+    elif isinstance(value, type):
+        _feed_class(h, value)
+    elif callable(value) and not isinstance(value, torch.nn.Module):  # a builtin, a torch function, a partial
+        h.update(f"callable:{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)};".encode())
+    else:
+        _feed(h, value)
+
+
+SIMPLE = (type(None), bool, int, float, str, bytes, complex)
+
+
+def _feed_simple_attributes(h, owner) -> None:
+    """The plain public attributes of an object or class (numbers, strings, tuples of them): a
+    TopK's k, a toy model's nonlinearity flag, a class constant. Private ones (`_name`, where a
+    library keeps per-run state) and anything else are left out."""
+    for name, value in sorted(vars(owner).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, SIMPLE) or (isinstance(value, tuple) and all(isinstance(v, SIMPLE) for v in value)):
+            h.update(f"attribute:{name}={value!r};".encode())
 
 
 def _feed_class(h, cls: type) -> None:
-    """A class by its name and the code of its own methods (and its bases' up to torch's Module), not
-    its module: a class a notebook defines (__main__) and its exported reference share a digest,
-    while a learner's class of the same name with another forward does not."""
+    """A class by its name, its plain class attributes and the code of its own methods and
+    properties (and its bases', up to torch's Module), not its module: a class a notebook defines
+    (__main__) and its exported reference share a digest, while a learner's class of the same name
+    with another forward, default or constant does not."""
     for klass in cls.__mro__:
         if klass in (object, torch.nn.Module):
-            break
+            continue
         h.update(f"class:{klass.__qualname__};".encode())
+        _feed_simple_attributes(h, klass)
         for name, attribute in sorted(vars(klass).items()):
-            function = getattr(attribute, "__func__", attribute)  # staticmethod, classmethod
-            if isinstance(function, types.FunctionType):
-                h.update(f"{name}:".encode())
-                _feed_code(h, function.__code__)
+            for part in ((attribute.fget, attribute.fset) if isinstance(attribute, property) else (attribute,)):
+                function = getattr(part, "__func__", part)  # staticmethod, classmethod
+                function = inspect.unwrap(function) if callable(function) else function  # @torch.no_grad()
+                if isinstance(function, types.FunctionType):
+                    h.update(f"{name}:".encode())
+                    _feed_code(h, function.__code__)
+                    _feed(h, function.__defaults__)
 
 
 def _feed_code(h, code: types.CodeType) -> None:
@@ -124,10 +175,22 @@ def _feed_code(h, code: types.CodeType) -> None:
     h.update(code.co_code)
     h.update(repr(code.co_names).encode())
     for constant in code.co_consts:
-        if isinstance(constant, types.CodeType):
-            _feed_code(h, constant)
-        else:
-            h.update(f"{constant!r};".encode())
+        _feed_constant(h, constant)
+
+
+def _feed_constant(h, constant) -> None:
+    """A compiled constant, the same in every process: a frozenset's repr follows the string hash
+    seed (PYTHONHASHSEED), so its members are sorted first."""
+    if isinstance(constant, types.CodeType):
+        _feed_code(h, constant)
+    elif isinstance(constant, frozenset):
+        h.update(f"frozenset:{sorted(repr(member) for member in constant)};".encode())
+    elif isinstance(constant, tuple):
+        h.update(f"tuple[{len(constant)}];".encode())
+        for member in constant:
+            _feed_constant(h, member)
+    else:
+        h.update(f"{constant!r};".encode())
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
@@ -149,6 +212,8 @@ def _feed_module(h, module: torch.nn.Module) -> None:
         raise Unreadable("a model with hooks attached")
     h.update(b"module:")
     _feed_class(h, type(module))
+    for part in module.modules():  # plain attributes of every part: a TopK's k, a nonlinearity flag
+        _feed_simple_attributes(h, part)
     config = getattr(module, "cfg", None)
     if config is not None:
         h.update(repr(config).encode())
@@ -160,7 +225,10 @@ def _feed_module(h, module: torch.nn.Module) -> None:
 
 def digest(value) -> str:
     h = hashlib.blake2b(digest_size=16)
-    _feed(h, value)
+    try:
+        _feed(h, value)
+    except RecursionError as error:  # a closure or a global that leads back to itself
+        raise Unreadable("an argument that refers to itself") from error
     return h.hexdigest()
 
 
