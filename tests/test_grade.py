@@ -225,9 +225,11 @@ def _kernel_processes(grader_pid: int | None = None) -> list[int]:
 @pytest.mark.slow
 def test_nothing_of_the_runaway_kernels_is_left(graded):
     """A loop past its time, a kernel out of memory, os._exit and a segfault: no process of theirs
-    survives, and no scratch folder."""
-    assert _kernel_processes() == [], "a kernel's process outlived its run"
+    survives, and no scratch folder. (Kernels run under uids of their own only as root in the sandbox.)"""
     assert not list(cli.scratch_root().glob(f"{cli.SCRATCH_PREFIX}{os.getpid()}-*")), "scratch folders were left behind"
+    if sandbox.find() is None or os.geteuid() != 0:
+        pytest.skip("kernels run as this user here: their processes cannot be told apart by uid")
+    assert _kernel_processes() == [], "a kernel's process outlived its run"
 
 
 @pytest.mark.slow
