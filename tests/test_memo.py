@@ -265,3 +265,18 @@ def test_the_organisms_digest_is_the_same_in_every_process_and_after_a_forward_p
         assert done.returncode == 0, done.stderr[-2000:]
         found.add(done.stdout.split()[-1])
     assert len(found) == 1, found
+
+
+def test_a_dataclass_with_a_default_factory_is_readable():
+    """PromptSet-like dataclasses (a field with default_factory) are arguments of most memoized calls."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Prompts:
+        family: str
+        labels: dict = dataclasses.field(default_factory=dict)
+
+    assert memo.digest(Prompts("ioi")) == memo.digest(Prompts("ioi"))
+    assert memo.digest(Prompts("ioi")) != memo.digest(Prompts("facts"))
+    from utils.organism.world import prompt_set
+    memo.digest(prompt_set("ioi", "test", n=4, seed=0))  # the real one: no Unreadable

@@ -166,7 +166,9 @@ def _feed_class(h, cls: type) -> None:
                 if isinstance(function, types.FunctionType):
                     h.update(f"{name}:".encode())
                     _feed_code(h, function.__code__)
-                    _feed(h, function.__defaults__)
+                    for default in function.__defaults__ or ():  # a dataclass's default_factory marker too
+                        h.update(f"default:{default!r};".encode() if isinstance(default, SIMPLE)
+                                 else f"default:{type(default).__qualname__};".encode())
 
 
 def _feed_code(h, code: types.CodeType) -> None:
