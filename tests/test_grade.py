@@ -12,6 +12,8 @@ import html
 import inspect
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import types
 from pathlib import Path
@@ -165,6 +167,25 @@ def graded(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 def statuses(rows: dict, student: str) -> list[str]:
     return [rows[(student, exercise)]["status"] for exercise in EXERCISES]
+
+
+def test_the_graders_own_processes_start_without_torch_or_the_iri_grammar():
+    """A runner starts for every notebook graded: torch (a second) and rfc3987_syntax's grammar
+    (1.5 s, built when nbformat imports jsonschema) stay out of it; the kernel imports what the
+    chapter needs. Both were in every runner until `utils` loaded its helpers on first use."""
+    code = ("import sys, utils.grade.cli, utils.grade.execute\n"
+            "print([name for name in ('torch', 'rfc3987_syntax') if sys.modules.get(name) is not None])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_helpers_load_on_first_use_and_an_unknown_name_is_an_attribute_error():
+    import utils
+    from utils import load_model, setup
+
+    assert utils.load_model is load_model and utils.setup is setup
+    with pytest.raises(AttributeError, match="no attribute 'lod_model'"):
+        utils.lod_model  # noqa: B018
 
 
 @pytest.mark.slow

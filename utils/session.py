@@ -53,10 +53,8 @@ def choose_plot_renderer(colab: bool) -> str:
     """
     import plotly.io as pio
 
-    # The renderer imports nbformat, whose jsonschema imports rfc3987_syntax where it is installed
-    # (JupyterLab's jupyter-events asks for it); that module builds a grammar on import, 3 s of every
-    # chapter's first cell. No kernel here validates IRIs, so it is treated as not installed.
-    sys.modules.setdefault("rfc3987_syntax", None)
+    # The renderer imports nbformat, and with it jsonschema: `utils/__init__.py` keeps that import
+    # from building rfc3987_syntax's grammar (3 s of every chapter's first cell).
     renderer = os.environ.get("WORKBOOK_PLOT_RENDERER") or ("colab" if colab else "plotly_mimetype")
     pio.renderers.default = renderer
     return renderer

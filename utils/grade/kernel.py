@@ -127,6 +127,8 @@ def start(chapter: str, key_file: str) -> None:
     import utils.references
     from utils import checks, progress
 
+    for name in utils.__all__:  # the helpers load on first use: load them now, so the snapshot watches them
+        getattr(utils, name)
     with open(key_file, "rb") as f:
         key = bytes.fromhex(f.read().decode())
     os.unlink(key_file)
