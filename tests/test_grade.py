@@ -111,10 +111,11 @@ def mixed() -> dict:
 
 
 def runaway() -> dict:
-    """0.1 loops forever, 0.2 fills memory, 0.3 ends its kernel with os._exit, 0.4's cell crashes
-    it with a segfault; 0.5 is right, and still passes."""
+    """0.1 waits forever, 0.2 fills memory, 0.3 ends its kernel with os._exit, 0.4's cell crashes
+    it with a segfault; 0.5 is right, and still passes. (0.1 polls rather than spins: the grader
+    stops both the same way, by wall clock and interrupt, and a spin costs the suite a core.)"""
     notebook = correct()
-    _replace_body(notebook, "rule_based_risk", "while True:\n    pass")
+    _replace_body(notebook, "rule_based_risk", "import time\nwhile True:  # for a result that never comes\n    time.sleep(0.2)")
     _replace_body(notebook, "hidden_activations", "chunks = []\nwhile True:\n    chunks.append(torch.ones(2**27))")
     _replace_body(notebook, "unit_contributions", "import os\nos._exit(3)")
     _append(notebook, "predict_next_token", "import faulthandler\nfaulthandler._sigsegv()")

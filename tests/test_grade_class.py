@@ -1,6 +1,6 @@
 """A hidden class of chapter 00 submissions, graded the way a teacher would, with every row asserted.
 
-The class (built by `build_class`, 21 notebooks) holds honest students (correct, alternative
+The class (built by `build_class`, 18 notebooks) holds honest students (correct, alternative
 answers, realistic mistakes, helpers in cells of their own, debugging magics, a redefinition
 after the check, merged cells, odd file names, an nbformat 3 file), broken files and crashing
 kernels, and students who cheat or attack: the reference fetched around the checks, the grader's
@@ -11,8 +11,10 @@ paths in them; the operating system's walls (utils/grade/sandbox.py) are what st
 class needs bubblewrap and is skipped where the machine has none.
 
 Behaviours that need no notebook of their own share one, so the class costs fewer kernels: one
-tinkerer holds the helpers, the magics and the late redefinition; one intruder makes every attack
-that must leave the notebook's grades alone. Loops, memory and `os._exit` inside an exercise are
+tinkerer holds the helpers, the magics and the late redefinition, saved as dave's file in a folder
+named after him; CAROL's nbformat 3 file holds the alternative answers; one notebook holds both the
+merged cells and the renamed and broken ones; one intruder makes every attack that must leave the
+notebook's grades alone. Loops, memory and `os._exit` inside an exercise are
 test_grade.py's Runaway student.
 
 Every row of every student is asserted, the files of the class and of the workbook are checked
@@ -119,17 +121,6 @@ def tinkerer() -> dict:
     return notebook
 
 
-def merged() -> dict:
-    """0.1's stub and 0.2's wrong answer each merged with their check cell."""
-    notebook = _load("chapters")
-    for name in ("unit_contributions", "predict_next_token", "residual_from_components"):
-        _cell(notebook, name)["source"] = "".join(_cell(correct(), name)["source"])
-    _replace_body(notebook, "hidden_activations", _body(planted.hidden_without_relu))
-    _merge_with_check(notebook, "0.1")
-    _merge_with_check(notebook, "0.2")
-    return notebook
-
-
 def crashes() -> dict:
     """0.2's cell kills its own kernel; a cell of the student's own above 0.3 ends it with
     os._exit. Each costs its exercise only: the notebook runs three times."""
@@ -139,9 +130,15 @@ def crashes() -> dict:
     return notebook
 
 
-def renamed_and_broken() -> dict:
-    """0.4's function renamed, and a syntax error left at the end of 0.3's cell."""
-    notebook = correct()
+def merged_renamed_and_broken() -> dict:
+    """0.1's stub and 0.2's wrong answer each merged with their check cell (what Shift+M does),
+    a syntax error left at the end of 0.3's cell, and 0.4's function renamed."""
+    notebook = _load("chapters")
+    for name in ("unit_contributions", "predict_next_token", "residual_from_components"):
+        _cell(notebook, name)["source"] = "".join(_cell(correct(), name)["source"])
+    _replace_body(notebook, "hidden_activations", _body(planted.hidden_without_relu))
+    _merge_with_check(notebook, "0.1")
+    _merge_with_check(notebook, "0.2")
     cell = _cell(notebook, "predict_next_token")
     cell["source"] = "".join(cell["source"]).replace("def predict_next_token(", "def next_token(")
     _append(notebook, "unit_contributions", "def oops(:\n    pass")
@@ -149,7 +146,8 @@ def renamed_and_broken() -> dict:
 
 
 def nbformat3() -> str:
-    notebook = nbformat.reads(json.dumps(correct()), as_version=4)
+    """The alternative answers, saved in nbformat 3."""
+    notebook = nbformat.reads(json.dumps(alternatives()), as_version=4)
     return nbformat.writes(nbformat.convert(notebook, 3), version=3)
 
 
@@ -270,9 +268,8 @@ def monkeypatch_grade() -> dict:
 
 ALL = ([P] * 5)
 EXPECTED = {
-    "alice": ALL, "stub": [NA] * 5, "alternatives": ALL, "mistakes": [W] * 5, "tinkerer": ALL,
-    "merged": [NA, W, P, P, P], "crashes": [P, E, E, P, P], "renamed_and_broken": [P, P, E, M, P],
-    "CAROL": ALL, "dave": ALL, "malformed": [E] * 5, "empty": [E] * 5, "other_chapter": [M] * 5,
+    "alice": ALL, "stub": [NA] * 5, "mistakes": [W] * 5, "crashes": [P, E, E, P, P],
+    "merged_renamed_and_broken": [NA, W, E, M, P], "CAROL": ALL, "dave": ALL, "malformed": [E] * 5, "empty": [E] * 5, "other_chapter": [M] * 5,
     "reference_by_import": [X] * 5, "reference_by_getattr": [X] * 5, "reference_from_fallback": [W, NA, NA, NA, NA],
     "grader_state": [X] * 5, "forged_verdict": [X] * 5, "intruder": ALL,
     "fork_bomb": [P, P, P, P, (W, T)], "monkeypatch_grade": [X] * 5,
@@ -282,15 +279,14 @@ EXPECTED = {
 def build_class(folder: Path, out: Path) -> None:
     _save(correct(), folder / "alice.ipynb")
     _save(_load("chapters"), folder / "stub.ipynb")
-    for name, make in [("alternatives", alternatives), ("mistakes", mistakes), ("tinkerer", tinkerer), ("merged", merged),
-                       ("crashes", crashes), ("renamed_and_broken", renamed_and_broken),
+    for name, make in [("mistakes", mistakes), ("crashes", crashes), ("merged_renamed_and_broken", merged_renamed_and_broken),
                        ("reference_by_import", reference_by_import), ("reference_by_getattr", reference_by_getattr),
                        ("reference_from_fallback", reference_from_fallback), ("grader_state", grader_state),
                        ("forged_verdict", forged_verdict), ("fork_bomb", fork_bomb), ("monkeypatch_grade", monkeypatch_grade)]:
         _save(make(), folder / f"{name}.ipynb")
     _save(intruder(folder / "alice.ipynb", out), folder / "intruder.ipynb")
     (folder / "CAROL.IPYNB").write_text(nbformat3(), encoding="utf-8")  # nbformat 3, named as some platforms download it
-    _save(correct(), folder / "dave" / f"{CHAPTER}.ipynb")
+    _save(tinkerer(), folder / "dave" / f"{CHAPTER}.ipynb")  # named by its folder
     (folder / "malformed.ipynb").write_text('{"cells": [{"cell_type": "code", "source": ', encoding="utf-8")
     (folder / "empty.ipynb").write_text("", encoding="utf-8")
     _save(json.loads((ROOT / "chapters" / "01_behavioral_tests.ipynb").read_text(encoding="utf-8")),
@@ -338,8 +334,8 @@ def test_the_messages_name_what_happened(graded):
     assert planted.MISTAKES["0.1"][1][1] in rows[("mistakes", "0.1")]["message"]  # the printed "passed" counts for nothing
     assert "SIGKILL" in rows[("crashes", "0.2")]["message"] and "memory" not in rows[("crashes", "0.2")]["status"]
     assert "a cell of yours above it" in rows[("crashes", "0.3")]["message"]
-    assert "predict_next_token" in rows[("renamed_and_broken", "0.4")]["message"]
-    assert "SyntaxError" in rows[("renamed_and_broken", "0.3")]["message"]
+    assert "predict_next_token" in rows[("merged_renamed_and_broken", "0.4")]["message"]
+    assert "SyntaxError" in rows[("merged_renamed_and_broken", "0.3")]["message"]
     assert "malformed JSON" in rows[("malformed", "0.1")]["message"]
     assert "chapter 01_behavioral_tests" in rows[("other_chapter", "0.1")]["message"]
     assert "utils.references.ch00_orientation" in rows[("reference_by_import", "0.1")]["message"]
@@ -364,8 +360,10 @@ def test_no_student_changed_another_file_the_grades_or_the_workbook(graded):
 
 @pytest.mark.slow
 def test_a_rerun_of_part_of_the_class_matches(graded, tmp_path):
+    """Wrong answers, a forged verdict, an unreadable file and nbformat 3 again: the same rows.
+    (test_grade.py reruns the submission whose kernel dies and times out.)"""
     folder = graded["folder"]
-    subset = ["mistakes", "crashes", "forged_verdict", "malformed"]
+    subset = ["mistakes", "forged_verdict", "malformed"]
     cli.main([*(str(folder / f"{name}.ipynb") for name in subset), str(folder / "CAROL.IPYNB"), "--out", str(tmp_path), *OPTIONS])
     again = report.read_csv(tmp_path / "grades.csv")
     assert {row["student"] for row in again} == {*subset, "CAROL"}
