@@ -35,7 +35,7 @@ def applicant_grid(steps: int = 41) -> Float[Tensor, "batch 2"]:
     return torch.stack([age.flatten(), income.flatten()], dim=-1)  # [steps * steps, 2]
 
 
-def train_risk_network(seed: int = 0, n_hidden: int = 3, steps: int = 1500) -> RiskNetwork:
+def train_risk_network(seed: int = 0, n_hidden: int = 3, steps: int = 500) -> RiskNetwork:
     """Fit a RiskNetwork to random applicants labelled by `rule_based_risk` (seeded)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(4000, 2, generator=generator)  # [batch, 2]: age, income
