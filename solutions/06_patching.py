@@ -76,6 +76,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from utils.memo import memoized
+from utils.models import frozen_weights
 from utils.organism import world
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, tokenize
@@ -1829,7 +1830,7 @@ def train_das(model, runs: dict, hook_name: str, steps: int = DAS_STEPS, lr: flo
 
     raw = torch.nn.Parameter(torch.randn(runs["resid"].shape[1], generator=torch.Generator().manual_seed(seed)).to(runs["resid"].device))
     optimizer = torch.optim.Adam([raw], lr=lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), frozen_weights(model):  # only the direction learns: no gradient for the weights
         for _ in progress_bar(range(steps), show=progress, desc="DAS"):
             logits = patch_direction(model, runs["tokens"][base], runs["last"][base], runs["resid"][source], unit(raw), hook_name)
             loss = F.binary_cross_entropy_with_logits(verdict_logit_diff(model, logits, runs["last"][base]), target)

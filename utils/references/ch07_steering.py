@@ -12,6 +12,7 @@ from torch import Tensor
 
 from utils import progress_bar
 from utils.memo import memoized
+from utils.models import frozen_weights
 from utils.organism import world
 from utils.organism.world import PromptSet, prompt_set
 from utils.references.ch02_probing import answer_ids, logit_diffs, tokenize, train_probe
@@ -595,7 +596,7 @@ def fit_fact_edit(model, layer: int, prompts: list[str], subject: str, new_answe
         out[rows, positions] = out[rows, positions] + delta
         return out
 
-    with torch.enable_grad():
+    with torch.enable_grad(), frozen_weights(model):  # only delta learns: no gradient for the weights
         for _ in range(steps):
             logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", add_delta)])
             loss = -logits[rows, last].log_softmax(-1)[:, target].mean()
