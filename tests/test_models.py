@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from utils import models
-from utils.models import ModelUnavailableError, load_model, resolve_device
+from utils.models import ModelUnavailableError, frozen_weights, load_model, resolve_device
 
 # Hook names the chapters rely on; TransformerLens renaming any of them must fail here first.
 PINNED_HOOKS = [
@@ -113,3 +113,16 @@ def test_devices():
 def test_hub_detection_respects_offline_flag(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert models.hub_is_reachable() is False
+
+
+def test_frozen_weights_gives_no_weight_a_gradient_and_restores_what_was_trainable():
+    layer = torch.nn.Linear(3, 1)
+    layer.bias.requires_grad_(False)  # frozen before: stays frozen after
+    x = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inside"):
+        with frozen_weights(layer):
+            layer(x).sum().backward()
+            assert not layer.weight.requires_grad
+            raise RuntimeError("an error inside the block")
+    assert layer.weight.grad is None and x.grad is not None
+    assert layer.weight.requires_grad and not layer.bias.requires_grad
