@@ -32,7 +32,7 @@ from utils.grade.tamper import scan_cell
 CHAPTER = "00_orientation"
 REFERENCE = "utils.references.ch00_orientation"
 # Short limits keep the class quick: the loop costs one cell limit, memory fills in a second.
-CELL_SECONDS = 20  # the check of 0.2 trains two networks, and memory fills, within it: keep a margin
+CELL_SECONDS = 12  # the check of 0.2 trains two networks (about 1 s idle), and memory fills, within it: a margin
 OPTIONS = ["--chapter", "00", "--jobs", "2", "--cell-timeout", str(CELL_SECONDS), "--notebook-timeout", "300",
            "--memory-gib", "3"]
 EXERCISES = [slot.id for slot in official_chapter(CHAPTER).slots]
@@ -111,11 +111,10 @@ def mixed() -> dict:
 
 
 def runaway() -> dict:
-    """0.1 waits forever, 0.2 fills memory, 0.3 ends its kernel with os._exit, 0.4's cell crashes
-    it with a segfault; 0.5 is right, and still passes. (0.1 polls rather than spins: the grader
-    stops both the same way, by wall clock and interrupt, and a spin costs the suite a core.)"""
+    """0.1 loops forever, 0.2 fills memory, 0.3 ends its kernel with os._exit, 0.4's cell crashes
+    it with a segfault; 0.5 is right, and still passes."""
     notebook = correct()
-    _replace_body(notebook, "rule_based_risk", "import time\nwhile True:  # for a result that never comes\n    time.sleep(0.2)")
+    _replace_body(notebook, "rule_based_risk", "while True:\n    pass")
     _replace_body(notebook, "hidden_activations", "chunks = []\nwhile True:\n    chunks.append(torch.ones(2**27))")
     _replace_body(notebook, "unit_contributions", "import os\nos._exit(3)")
     _append(notebook, "predict_next_token", "import faulthandler\nfaulthandler._sigsegv()")

@@ -131,8 +131,9 @@ def crashes() -> dict:
 
 
 def merged_renamed_and_broken() -> dict:
-    """0.1's stub and 0.2's wrong answer each merged with their check cell (what Shift+M does),
-    a syntax error left at the end of 0.3's cell, and 0.4's function renamed."""
+    """0.1's stub and 0.2's wrong answer each merged with their check cell (what Shift+M does);
+    0.3, which calls 0.2's function, right (it runs on the reference: a wrong answer costs only its
+    own exercise); 0.4's function renamed; a syntax error left at the end of 0.5's cell."""
     notebook = _load("chapters")
     for name in ("unit_contributions", "predict_next_token", "residual_from_components"):
         _cell(notebook, name)["source"] = "".join(_cell(correct(), name)["source"])
@@ -141,7 +142,7 @@ def merged_renamed_and_broken() -> dict:
     _merge_with_check(notebook, "0.2")
     cell = _cell(notebook, "predict_next_token")
     cell["source"] = "".join(cell["source"]).replace("def predict_next_token(", "def next_token(")
-    _append(notebook, "unit_contributions", "def oops(:\n    pass")
+    _append(notebook, "residual_from_components", "def oops(:\n    pass")
     return notebook
 
 
@@ -269,7 +270,7 @@ def monkeypatch_grade() -> dict:
 ALL = ([P] * 5)
 EXPECTED = {
     "alice": ALL, "stub": [NA] * 5, "mistakes": [W] * 5, "crashes": [P, E, E, P, P],
-    "merged_renamed_and_broken": [NA, W, E, M, P], "CAROL": ALL, "dave": ALL, "malformed": [E] * 5, "empty": [E] * 5, "other_chapter": [M] * 5,
+    "merged_renamed_and_broken": [NA, W, P, M, E], "CAROL": ALL, "dave": ALL, "malformed": [E] * 5, "empty": [E] * 5, "other_chapter": [M] * 5,
     "reference_by_import": [X] * 5, "reference_by_getattr": [X] * 5, "reference_from_fallback": [W, NA, NA, NA, NA],
     "grader_state": [X] * 5, "forged_verdict": [X] * 5, "intruder": ALL,
     "fork_bomb": [P, P, P, P, (W, T)], "monkeypatch_grade": [X] * 5,
@@ -335,7 +336,7 @@ def test_the_messages_name_what_happened(graded):
     assert "SIGKILL" in rows[("crashes", "0.2")]["message"] and "memory" not in rows[("crashes", "0.2")]["status"]
     assert "a cell of yours above it" in rows[("crashes", "0.3")]["message"]
     assert "predict_next_token" in rows[("merged_renamed_and_broken", "0.4")]["message"]
-    assert "SyntaxError" in rows[("merged_renamed_and_broken", "0.3")]["message"]
+    assert "SyntaxError" in rows[("merged_renamed_and_broken", "0.5")]["message"]
     assert "malformed JSON" in rows[("malformed", "0.1")]["message"]
     assert "chapter 01_behavioral_tests" in rows[("other_chapter", "0.1")]["message"]
     assert "utils.references.ch00_orientation" in rows[("reference_by_import", "0.1")]["message"]
@@ -360,10 +361,10 @@ def test_no_student_changed_another_file_the_grades_or_the_workbook(graded):
 
 @pytest.mark.slow
 def test_a_rerun_of_part_of_the_class_matches(graded, tmp_path):
-    """Wrong answers, a forged verdict, an unreadable file and nbformat 3 again: the same rows.
-    (test_grade.py reruns the submission whose kernel dies and times out.)"""
+    """Kernels that die (run three times), a forged verdict, an unreadable file and nbformat 3
+    again: the same rows."""
     folder = graded["folder"]
-    subset = ["mistakes", "forged_verdict", "malformed"]
+    subset = ["crashes", "forged_verdict", "malformed"]
     cli.main([*(str(folder / f"{name}.ipynb") for name in subset), str(folder / "CAROL.IPYNB"), "--out", str(tmp_path), *OPTIONS])
     again = report.read_csv(tmp_path / "grades.csv")
     assert {row["student"] for row in again} == {*subset, "CAROL"}
