@@ -179,15 +179,6 @@ def test_the_graders_own_processes_start_without_torch_or_the_iri_grammar():
     assert done.stdout.strip() == "[]", done.stdout
 
 
-def test_the_helpers_load_on_first_use_and_an_unknown_name_is_an_attribute_error():
-    import utils
-    from utils import load_model, setup
-
-    assert utils.load_model is load_model and utils.setup is setup
-    with pytest.raises(AttributeError, match="no attribute 'lod_model'"):
-        utils.lod_model  # noqa: B018
-
-
 @pytest.mark.slow
 def test_every_submission_gets_a_row_per_exercise(graded):
     _, out, rows = graded

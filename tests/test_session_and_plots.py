@@ -94,9 +94,18 @@ def test_a_finished_bar_is_saved_as_text_so_a_reopened_chapter_shows_no_widget_e
     assert len(lines) == 1 and lines[0].startswith("five steps: 100%") and "5/5" in lines[0]
 
 
+def test_the_helpers_load_on_first_use_and_an_unknown_name_is_an_attribute_error():
+    import utils
+    from utils import load_model, setup
+
+    assert utils.load_model is load_model and utils.setup is setup
+    with pytest.raises(AttributeError, match="no attribute 'lod_model'"):
+        utils.lod_model  # noqa: B018
+
+
 def test_choosing_the_renderer_skips_the_iri_grammar_and_schemas_still_validate():
     """The renderer's nbformat -> jsonschema import would build rfc3987_syntax's grammar (3 s of each
-    chapter's first cell); setup leaves it out, and notebooks and schemas still validate."""
+    chapter's first cell); importing `utils` leaves it out, and notebooks and schemas still validate."""
     import subprocess
     import sys
 
