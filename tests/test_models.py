@@ -39,6 +39,19 @@ def test_loading_draws_no_weight_loading_bar_and_leaves_transformers_bars_on(cap
     assert transformers_logging.is_progress_bar_enabled()
 
 
+def test_loading_says_what_it_loads_before_the_wait_and_ends_the_line(capsys, tmp_path, monkeypatch):
+    """The wait (TransformerLens's import, the weights) shows a started line, finished on success or failure."""
+    load_model(device="cpu")
+    said = capsys.readouterr().out
+    assert said.startswith("loading the workbook organism on cpu ...") and ": done in " in said
+    assert said.count("\n") == 1
+
+    (tmp_path / "config.json").write_text("{}")  # a folder that looks like a model and is not one
+    with pytest.raises(Exception):
+        load_model(str(tmp_path), device="cpu")
+    assert capsys.readouterr().out.endswith(" failed\n")
+
+
 def test_bridge_matches_plain_transformers(organism):
     """Compatibility mode folds layer norms and centres the unembedding: log-probs must not change."""
     from transformers import GPT2LMHeadModel

@@ -164,11 +164,17 @@ def load_model(name: str | None = None, device: str = "auto", dtype: torch.dtype
                 raise ModelUnavailableError(
                     f"{name!r} needs the Hugging Face Hub, which is not reachable from here (offline). "
                     "Use load_model() for the bundled organism, or load_model('/path/to/folder') for a local copy.")
-    model = _boot(source, device, dtype, compatibility)
+    if verbose:  # said before the wait (TransformerLens's import alone is a few seconds), finished after
+        print(f"loading {label} on {device} ...", end="", flush=True)
+    try:
+        model = _boot(source, device, dtype, compatibility)
+    except BaseException:
+        if verbose:
+            print(" failed", flush=True)  # end the line, so the error does not start mid-sentence
+        raise
     if verbose:
-        print(f"loaded {label}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
-              f"{model.cfg.n_heads} heads, vocab {model.cfg.d_vocab}, on {device} "
-              f"({time.perf_counter() - start:.1f}s)")
+        print(f" {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.n_heads} heads, "
+              f"vocab {model.cfg.d_vocab}: done in {time.perf_counter() - start:.1f} s")
     return model
 
 
