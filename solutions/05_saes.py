@@ -491,8 +491,8 @@ train_rows = organism_sae.world_rows(model.tokenizer, TRAIN_TOKENS, organism_sae
 train_acts, train_tokens = organism_sae.cache_activations(model, train_rows, HOOK)
 held_rows, held_acts, held_tokens = organism_sae.held_out_data(model)
 norms = train_acts.norm(dim=-1)
-print(f"{len(train_acts):,} training activations of {HOOK} ({train_rows.numel():,} tokens before dropping "
-      f"end-of-text and first positions), {len(held_acts):,} held out; mean norm {norms.mean():.0f}")
+print(f"{len(train_acts):,} training activations of {HOOK}, {len(held_acts):,} held out; mean norm {norms.mean():.0f}\n"
+      f"({train_rows.numel():,} training tokens before dropping end-of-text and first positions)")
 
 # %% [markdown]
 # ### Our trainer, then SAELens's
@@ -973,7 +973,7 @@ def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict
     import pandas as pd
 
     rows = {}
-    for label, (x, y) in label_data.items():
+    for label, (x, y) in progress_bar(label_data.items(), total=len(label_data), desc="labels"):
         train, test = halves(len(y), seed)
         row = {"positives": int(y.sum()), "best residual dimension": best_column_auroc(x[train], y[train], x[test], y[test])[0]}
         for name, (sae, x_other) in encoders.items():
@@ -1000,7 +1000,7 @@ def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict
 # %%
 baseline = random_init_model(seed=0)
 baseline_acts, _ = organism_sae.cache_activations(baseline, train_rows[:256], HOOK, progress=False)
-baseline_sae, _ = train_organism_sae(baseline_acts, k=32, progress_bar=False)
+baseline_sae, _ = train_organism_sae(baseline_acts, k=32)
 baseline_held, _ = organism_sae.cache_activations(baseline, held_rows[:64], HOOK, progress=False)  # the same first tokens
 
 with torch.no_grad():
@@ -1270,7 +1270,7 @@ probe_cosines = F.normalize(shipped.W_dec.detach(), dim=-1) @ probe_direction  #
 with torch.no_grad():
     probe_scores = country_probe(held_acts[probe_test])  # [token]
 probe_auroc_held = column_aurocs(probe_scores[:, None], token_masks["country"][probe_test])[0].item()
-print(f"the probe's held-out AUROC {probe_auroc_held:.4f}; decoder cosine with the probe direction: latent "
+print(f"the probe's held-out AUROC {probe_auroc_held:.4f}\ndecoder cosine with the probe direction: latent "
       f"{country_latent} {probe_cosines[country_latent]:+.2f}, the largest of all 1024 latents {probe_cosines.max():+.2f}")
 absorption = pd.DataFrame([{
     "country": country, f"latent {country_latent} fires": recall[country],
@@ -1487,7 +1487,7 @@ explanations = [explain_latent(held_codes, held_tokens, token_masks, int(i), mod
 scores = torch.tensor([score for _, score, _ in explanations])
 by_word = sum(name.startswith("the word") for name, _, _ in explanations)
 print(f"of {len(sample)} live latents, {(scores > 0.9).float().mean():.0%} have an explanation with held-out AUROC "
-      f"above 0.9 ({by_word} of the explanations are a single word); median AUROC {scores.median():.2f}")
+      f"above 0.9; median AUROC {scores.median():.2f}\n({by_word} of the explanations are a single word)")
 
 # %% [markdown]
 # For nearly every latent the best candidate is a single word, but only a minority of those
@@ -1543,8 +1543,7 @@ def mean_best_latent_auroc(sae, activations: Float[Tensor, "token d_model"], mas
 
 # %%
 jumprelu_sae = organism_sae.train_with_sae_lens(train_acts, "jumprelu", k=32, steps=ORGANISM_STEPS, lr=1e-2, lr_end=1e-3,
-                                                jumprelu_init_threshold=JUMPRELU_INIT_THRESHOLD, jumprelu_bandwidth=1.0,
-                                                progress=False)
+                                                jumprelu_init_threshold=JUMPRELU_INIT_THRESHOLD, jumprelu_bandwidth=1.0)
 detection_masks = {name: mask[:DETECTION_TOKENS] for name, mask in token_masks.items()}
 variant_rows = {}
 for name, variant in {"TopK k = 32 (ours)": our_sae, "L1 (ours)": our_l1_sae, "JumpReLU (SAELens)": jumprelu_sae}.items():

@@ -385,11 +385,14 @@ patch_head_output = check_exercise("6.3", patch_head_output)
 import math
 import time
 
+from utils.session import elapsed_bar
+
 head_labels = [f"H{h}" for h in range(model.cfg.n_heads)]
-heads_denoising = patch_head_output(model, swap_tokens, clean_tokens, swap_metric)  # [layer, head]
-started = time.perf_counter()
-heads_by_position = patch_head_output(model, swap_tokens, clean_tokens, swap_metric, by_position=True)  # [layer, pos, head]
-ours_seconds = time.perf_counter() - started
+with elapsed_bar("patching every head, then every head at every position"):  # your function: the bar counts seconds
+    heads_denoising = patch_head_output(model, swap_tokens, clean_tokens, swap_metric)  # [layer, head]
+    started = time.perf_counter()
+    heads_by_position = patch_head_output(model, swap_tokens, clean_tokens, swap_metric, by_position=True)  # [layer, pos, head]
+    ours_seconds = time.perf_counter() - started
 heatmap(heads_denoising, x=head_labels, y=[f"L{layer}" for layer in range(model.cfg.n_layers)], text_auto=".2f",
         title="Denoising each head's output at every position (swap corruption)", x_label="head", y_label="layer")
 
@@ -1214,7 +1217,14 @@ def circuit_report(model, tokens: Int[Tensor, "batch pos"], reference_tokens: In
 # 10, and the last, 14, mean the same thing in every prompt.)
 
 # %%
-print("position of each token:", " ".join(position_labels))
+def print_positions(labels: list[str], per_line: int = 8) -> None:
+    """Each token with its position, a few to a line (one long line would wrap mid-token)."""
+    print("position of each token:")
+    for start in range(0, len(labels), per_line):
+        print("   " + "   ".join(labels[start:start + per_line]))
+
+
+print_positions(position_labels)
 four_cells_other_mean = circuit_faithfulness(model, clean_tokens, other_abc_tokens,
                                              [(3, 1, 14), (0, 3, 10), (0, 6, 10), (0, 7, 14)], mean_logit_diff)
 print(f"Section 2's four cells, ablating with the mean of other prompts' ABC twins (Section 3): "
@@ -1246,7 +1256,7 @@ def t1_logit_diff(logits):
 
 
 print(t1_set.prompts[0], "->", t1_set.correct[0])
-print("position of each token:", " ".join(f"{i} {t}" for i, t in enumerate(model.to_str_tokens(t1_tokens[0]))))
+print_positions([f"{i} {t}" for i, t in enumerate(model.to_str_tokens(t1_tokens[0]))])
 
 # %% [markdown]
 # ### Exercise 6.8: find the IOI circuit of template 1 (difficulty 3/3, ~40 min)
@@ -1303,7 +1313,7 @@ ioi_circuit = check_exercise("6.8", ioi_circuit)
 
 # %%
 t1_report = circuit_report(model, t1_tokens, t1_abc, ioi_circuit(), t1_logit_diff)
-print(f"your circuit {sorted(ioi_circuit())} on the prompts above: "
+print(f"your circuit {sorted(ioi_circuit())} on the prompts above:\n   "
       + "  ".join(f"{key} {value:.2f}" for key, value in t1_report.items()))
 
 # %% [markdown]
@@ -1367,8 +1377,8 @@ acdc = {}
 for tau in (0.03, 0.1):
     kept_heads, kept_mlps, kept_score = acdc_prune(model, clean_tokens, abc_tokens, mean_logit_diff, tau)
     acdc[tau] = kept_heads
-    print(f"tau {tau}: {len(kept_heads)} heads kept, " + " ".join(f"L{l}H{h}" for l, h in kept_heads)
-          + f"; MLPs {kept_mlps}; score of what is kept {kept_score:.2f}")
+    print(f"tau {tau}: {len(kept_heads)} heads and MLPs {kept_mlps} kept, score of what is kept {kept_score:.2f}\n   "
+          + " ".join(f"L{l}H{h}" for l, h in kept_heads))
 
 # %% [markdown]
 # Compare with Section 2's map and the hand-made circuit. At $\tau = 0.1$ the loop keeps L3H1, L0H7,
@@ -1674,8 +1684,8 @@ def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
 # %%
 loss_change, score_change = steepest_change(steps, toy_loss), steepest_change(steps, toy_induction)
 overall_change = steepest_change(steps[1:], toy_overall[1:])  # after the first 50 steps, where every loss falls from the start
-print(f"the repeated half's loss falls fastest between steps {loss_change}, the loss over every position "
-      f"(after step {steps[1]}) between {overall_change}; the induction score rises fastest between steps {score_change}")
+print(f"fastest change between steps: the repeated half's loss {loss_change}, the loss over every position "
+      f"(after step {steps[1]}) {overall_change},\n   the induction score {score_change}")
 print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; "
       f"after: loss {toy_loss[-1]:.2f}, induction score {toy_induction[-1]:.2f}")
 
@@ -1900,7 +1910,7 @@ read_part, ignored_part = kernel_split(hidden_means, model.W_out[2])
 hidden_directions = {"difference of means": hidden_means, "the part W_out reads": read_part,
                      "the part W_out ignores": ignored_part}
 illusion_table = {}
-for name, direction in hidden_directions.items():
+for name, direction in progress_bar(hidden_directions.items(), total=len(hidden_directions), desc="directions"):
     projection = hidden_test["resid"] @ (direction / direction.norm())  # [prompt]
     auroc = column_aurocs(projection[:, None].cpu(), hidden_test["verdict"])[0].item()
     illusion_table[name] = {"share of the length": float(direction.norm() ** 2 / hidden_means.norm() ** 2),
@@ -1990,7 +2000,8 @@ else:
 # corruption instead of the swap:
 
 # %%
-abc_heads = patch_head_output(model, abc_tokens, clean_tokens, abc_metric)  # [layer, head]
+with elapsed_bar("patching every head"):
+    abc_heads = patch_head_output(model, abc_tokens, clean_tokens, abc_metric)  # [layer, head]
 strongest = {}
 for label, scores in {"swap": heads_denoising, "ABC": abc_heads}.items():
     top = scores.flatten().argsort(descending=True)[:4].tolist()

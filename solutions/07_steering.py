@@ -292,14 +292,14 @@ sentiment_train = prompt_set("sentiment", "train", n=600, seed=0)
 vectors, sae_latent = sentiment_steering_vectors(model, HOOK, sentiment_train)
 units = torch.stack([v / v.norm() for v in vectors.values()])  # [5, d_model]
 print(f"SAE latent {sae_latent['latent']}: AUROC for positive reviews {sae_latent['auroc']:.3f}")
-print("norms:", {name: round(v.norm().item(), 1) for name, v in vectors.items()},
-      f" residual norm at the last token: {sae_latent['residual norm']:.1f}")
+print("norms:", {name: round(v.norm().item(), 1) for name, v in vectors.items()})
+print(f"residual norm at the last token: {sae_latent['residual norm']:.1f}")
 
 # %%
 from utils.plotting import heatmap
 
 cosines = units @ units.T  # [5, 5]
-print("cosine with the mean difference:", {name: round(c, 2) for name, c in zip(vectors, cosines[1].tolist())})
+print("cosine with the mean difference:\n  ", {name: round(c, 2) for name, c in zip(vectors, cosines[1].tolist())})
 heatmap(cosines, x=list(vectors), y=list(vectors), title="Cosine similarity of the five sentiment vectors",
         diverging=True, text_auto=".2f")
 
@@ -981,7 +981,7 @@ with weights_orthogonalized(model, md_vector):
     with_weights = last_logits(model, mixed)
     orthogonal_table = side_effect_table(model, every_family)
 print(f"largest logit difference, hooks vs orthogonalised weights: {(with_hooks - with_weights).abs().max():.2e}")
-print("accuracies with the weights orthogonalised:", {family: round(v, 3) for family, v in orthogonal_table.items()})
+print("accuracies with the weights orthogonalised:\n  ", {family: round(v, 3) for family, v in orthogonal_table.items()})
 print(f"and after the block the model is back: {(last_logits(model, mixed) - last_logits(model, mixed, [])).abs().max():.1e}, "
       f"sentiment accuracy {side_effect_table(model, {'sentiment': every_family['sentiment']})['sentiment']:.3f}")
 
@@ -1309,7 +1309,7 @@ for layer in (1, 2):
     gender_readable[name] = erased_probe_accuracy(
         ERASERS["none"], last_token_activations(model, gender_train.prompts, name).cpu(), gender_y[0],
         last_token_activations(model, gender_test.prompts, name).cpu(), gender_y[1])
-print("fresh probe for the indirect object's gender at the last token:",
+print("fresh probe for the indirect object's gender at the last token:\n  ",
       {name: round(value, 3) for name, value in gender_readable.items()})
 
 # %% [markdown]

@@ -847,7 +847,7 @@ try:
     big = load_nnsight_model(NDIF_MODEL, remote=True)
 except (ModelUnavailableError, ValueError) as reason:
     big = None
-    print(f"skipped the NDIF run: {reason}")
+    print(f"skipped the NDIF run:\n{reason}")
 
 if big is not None:
     ioi_big = prompt_set("ioi", "test", n=8, seed=0)

@@ -1036,8 +1036,10 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 families = chapter_families(model)
 GRAPHS_PER_FAMILY = {"facts": 6, "IOI": 2, "sentiment": 4, "truth": 4}  # the IOI graphs are the largest (17 tokens): fewer of them
 grades = {family.name: grade_family(model, shipped, family, GRAPHS_PER_FAMILY[family.name]) for family in families}
-grade_summary = pd.DataFrame({name: table.mean() for name, table in grades.items()}).T
-grade_summary.style.format(precision=2).bar(subset=["labelled route"], color="#9ecae1", vmin=0, vmax=1)
+grade_summary = pd.DataFrame({name: table.mean() for name, table in grades.items()}).T  # [family, measure]
+# shown turned, one row a measure, so that its twenty-odd measures fit the page's width
+grade_summary.T.style.format(precision=2).bar(subset=pd.IndexSlice[["labelled route"], :], axis=1, color="#9ecae1",
+                                              vmin=0, vmax=1)
 
 # %% [markdown]
 # What the four families show:
@@ -1608,7 +1610,7 @@ exported = graph_json(example_graph, example_influence, example_kept, "organism-
                       example.wrong[0], model.tokenizer)
 print(f"{len(exported['nodes'])} nodes and {len(exported['links'])} links; "
       f"json.dump(exported, open('graph.json', 'w')) writes a file the viewer can load")
-print(json.dumps(exported["nodes"][0]))
+print(json.dumps(exported["nodes"][0], indent=1))
 
 # %% [markdown]
 # ## 7. What attribution graphs can't tell you
