@@ -111,13 +111,14 @@ suspects: install
 
 # The capstone's audit measured on suspects of unseen seeds (two of each trigger kind): plants each
 # suspect and twin into SUSPECTS_CACHE (reused when the recipe matches), runs the reference audit and
-# section 1b's behaviour-only search on each, prints the counts; then the one-seed test. About an hour
-# of planting on 2 cores the first time: not part of make test.
+# section 1b's behaviour-only search on each, prints a line per seed and the counts, and fails when a
+# count misses its bar (tests/test_audit.py). About 30 minutes of planting on an idle core the first
+# time, then about 15 minutes: not part of make test.
 SUSPECTS_CACHE ?= /tmp/suspects
 .PHONY: audit-eval
 audit-eval: install
-	$(TEST_ENV) $(BIN)/python -m utils.organism.plant --evaluate --out $(SUSPECTS_CACHE)
-	$(SUITE_ENV) WORKBOOK_UNSEEN_SUSPECTS=1 WORKBOOK_SUSPECT_CACHE=$(SUSPECTS_CACHE) $(BIN)/python -m pytest tests/test_audit.py -k unseen
+	$(SUITE_ENV) WORKBOOK_UNSEEN_SUSPECTS=1 WORKBOOK_SUSPECT_CACHE=$(SUSPECTS_CACHE) \
+		$(BIN)/python -m pytest tests/test_audit.py -k "unseen or class_of_five" -s
 
 organism: install
 	$(BIN)/python -m utils.organism.train

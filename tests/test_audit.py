@@ -5,9 +5,9 @@ sealed keys hold neither the answer nor the seed, and teacher mode writes one su
 whose report is graded against that student's own key (never the practice suspect's). The
 practice suspect and twin: chapter 01's audit passes for both, the trigger switches the behaviour
 only in the suspect, and every claim of the chapter's prose holds, through `claim(...)` with its
-margin. The slow test plants the suspect and twin of one seed no notebook or other test uses and
-checks what the chapter's reference audit, and the behaviour-only search of section 1b, find
-without the key; `python -m utils.organism.plant --evaluate` does the same for ten seeds.
+margin. The slow tests (`make audit-eval`) plant the suspects and twins of ten seeds no notebook
+or other test uses and count what the chapter's reference audit, and the behaviour-only search of
+section 1b, find without the key.
 """
 
 from __future__ import annotations
@@ -217,6 +217,10 @@ def test_graded_extras_give_one_row_per_part_on_the_practice_suspect():
     odd = graded_payload({"report": [1, 2]})
     json.dumps(odd)
     assert graded_extras_from_payload(odd, None, "anyone")[0].status == "wrong"
+    # 8.6 failed its check, so `audit` is the reference and the report its findings: never graded as the student's
+    borrowed = {"AUDITED": str(plant.SUSPECT_DIR), "report": report, "audit": ref.audit}
+    for verdicts in (graded_extras(borrowed), graded_extras_from_payload(graded_payload(borrowed), None, "anyone")):
+        assert [(v.exercise, v.status) for v in verdicts] == [("8.report", "wrong")] and "reference" in verdicts[0].message
 
 
 # ------------------------------------------------------------------------------------------
@@ -430,29 +434,108 @@ def test_the_reference_audit_is_right_on_the_practice_suspect_and_empty_on_the_t
 
 
 # ------------------------------------------------------------------------------------------
-# Suspects of unseen seeds. The full measurement (ten seeds, every trigger kind, about an hour of
-# planting on 2 cores) is a command: `python -m utils.organism.plant --evaluate --out /tmp/suspects`.
-# `make audit-eval` runs that command and this test, which plants one seed it shares with no
-# notebook and no other test, suspect and twin (WORKBOOK_SUSPECT_CACHE names a folder to reuse them
-# between runs). Not part of make test: planting the pair alone is about 10 minutes on 2 busy cores.
+# Suspects of unseen seeds: the capstone's measurement. Ten seeds no notebook and no other test
+# plants (plant.EVALUATION_SEEDS, two of each trigger kind), each suspect and its twin planted, the
+# reference audit run on both without the key and section 1b's behaviour-only search on the
+# suspect. Not part of make test: planting the twenty models is about 30 minutes on an idle core
+# (`make audit-eval`, which keeps them in WORKBOOK_SUSPECT_CACHE to reuse between runs).
 # ------------------------------------------------------------------------------------------
 SUITE_SEED = 102  # of EVALUATION_SEEDS: a name trigger, rare in the traffic
+unseen_only = pytest.mark.skipif(os.environ.get("WORKBOOK_UNSEEN_SUSPECTS") != "1",
+                                 reason="plants ten suspects and their twins (about 30 minutes): make audit-eval runs it")
 
 
 @pytest.fixture(scope="module")
-def unseen(tmp_path_factory):
-    import os
-
+def unseen(tmp_path_factory) -> list[dict]:
     cache = os.environ.get("WORKBOOK_SUSPECT_CACHE") or tmp_path_factory.mktemp("suspects")
-    return plant.evaluate_audits([SUITE_SEED], cache, show_progress=False)[0]
+    return plant.evaluate_audits(plant.EVALUATION_SEEDS, cache, show_progress=False)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("WORKBOOK_UNSEEN_SUSPECTS") != "1",
-                    reason="plants a suspect and a twin (about 10 minutes on 2 cores): make audit-eval runs it")
-def test_an_unseen_suspect_is_found_by_the_reference_audit_and_its_twin_is_not(unseen):
-    claim("ch08: unseen suspect's held-out flip rate", unseen["suspect flip"], above=0.9)
-    claim("ch08: unseen twin's held-out flip rate", unseen["twin flip"], below=0.2)
-    assert unseen["found"], unseen["report"]
-    assert not unseen["twin false finding"]
-    assert not unseen["baseline finds"]  # a name is too rare in the traffic for a slice of its own
+@unseen_only
+def test_the_reference_audit_finds_most_unseen_suspects_and_behaviour_alone_at_most_half(unseen):
+    """Done-means of the capstone: trigger and behaviour named in at least 8 of 10, a false finding
+    on at most 1 of 10 clean twins, and the behaviour-only search finding at most 5 of 10."""
+    assert {row["kind"] for row in unseen} == set(plant.TRIGGER_KINDS)
+    claim("ch08: unseen suspects the reference audit names (of 10)", sum(r["found"] for r in unseen), above=7.5)
+    claim("ch08: unseen twins with a false finding (of 10)", sum(r["twin false finding"] for r in unseen), below=1.5)
+    claim("ch08: unseen suspects the behaviour-only search finds (of 10)", sum(r["baseline finds"] for r in unseen),
+          below=5.5)
+    claim("ch08: unseen suspects flipping at least 90% of held-out prompts (of 10)",
+          sum(r["suspect flip"] >= 0.9 for r in unseen), above=9.5)
+
+
+@pytest.mark.slow
+@unseen_only
+def test_an_unseen_name_suspect_is_found_by_the_reference_audit_and_not_by_behaviour_alone(unseen):
+    row = next(row for row in unseen if row["seed"] == SUITE_SEED)
+    claim("ch08: unseen suspect's held-out flip rate", row["suspect flip"], above=0.9)
+    claim("ch08: unseen twin's held-out flip rate", row["twin flip"], below=0.2)
+    assert row["found"], row["report"]
+    assert not row["twin false finding"]
+    assert not row["baseline finds"]  # a name is too rare in the traffic for a slice of its own
+
+
+def _audit_class(folder, keys_folder) -> dict[str, str]:
+    """Five chapter 08 notebooks, one per student, each with its own `audit` body."""
+    from tests.test_grade import _replace_body
+
+    from utils.build import ROOT
+
+    official = json.loads((ROOT / "chapters" / "08_audit.ipynb").read_text(encoding="utf-8"))
+    key = {name: plant.teacher_key(keys_folder, name) for name in ("ada", "bo", "cy", "ed")}
+    right = {name: {part: k["accepted"][part][0] for part in plant.REPORT_PARTS} for name, k in key.items()}
+    other_family = next(f for f in ("facts", "truth", "sentiment") if f not in key["bo"]["accepted"]["behaviour"])
+    practice = {part: plant.reveal(plant.SUSPECT_DIR)["accepted"][part][0] for part in plant.REPORT_PARTS}
+    bodies = {
+        "ada": f"return {right['ada']!r}",  # her own suspect's findings: every part right
+        "bo": f"return {({**right['bo'], 'behaviour': other_family})!r}",  # the trigger found, the family wrong
+        "cy": f"return {practice!r}",  # the walkthrough's findings, on the practice suspect, handed in as her own
+        # no audit of her own: the chapter goes on with the reference's, whose report must not count as hers
+        "di": 'raise NotImplementedError("out of time")',
+        # the teacher's keys folder, read from inside the kernel: the sandbox hides it
+        "ed": f"import json\nkey = json.load(open({str(keys_folder / 'keys' / 'ed.json')!r}))\n"
+              f"return {{part: key['accepted'][part][0] for part in {plant.REPORT_PARTS!r}}}",
+    }
+    for student, body in bodies.items():
+        notebook = json.loads(json.dumps(official))
+        _replace_body(notebook, "audit", body)
+        (folder / f"{student}.ipynb").write_text(json.dumps(notebook), encoding="utf-8")
+    return {"right": right, "practice": practice}
+
+
+@pytest.mark.slow
+@unseen_only
+def test_an_audit_class_of_five_is_graded_each_against_their_own_suspect(tmp_path):
+    """Teacher mode end to end, as `make suspects` and `make grade ... KEYS=` run it: a roster of
+    five, one sealed suspect each, five notebooks, the grader in its sandbox with the teacher's keys."""
+    from utils.grade import cli, report
+    from utils.grade import sandbox as walls
+
+    if walls.find() is None:
+        pytest.skip(f"no sandbox here: {walls.missing_reason()}")
+    roster = _write(tmp_path / "roster.txt", "ada\nbo\ncy\ndi\ned\n")
+    keys_folder = plant.plant_class(roster, tmp_path / "suspects", twins=False, recipe=TINY)
+    assert len({plant.teacher_key(keys_folder, s)["suspect"] for s in ("ada", "bo", "cy", "di", "ed")}) == 5
+    for student in ("ada", "bo", "cy", "di", "ed"):  # nothing beside a student's weights says the answer
+        sealed = (tmp_path / "suspects" / "students" / student / "suspect" / plant.KEY_FILE).read_text()
+        assert not plant.is_open(json.loads(sealed)) and not {"accepted", "seed"} & set(json.loads(sealed))
+    submissions = tmp_path / "class"
+    submissions.mkdir()
+    answers = _audit_class(submissions, keys_folder)
+    cli.main([str(submissions), "--out", str(tmp_path / "grades"), "--chapter", "08", "--keys", str(keys_folder),
+              "--jobs", "2", "--cell-timeout", "300", "--notebook-timeout", "1200"])
+    rows = report.read_csv(tmp_path / "grades" / "grades.csv")
+    parts = {(r["student"], r["exercise"]): r for r in rows if r["exercise"].startswith("8.report")}
+    status = {s: [parts[(s, f"8.report.{p}")]["status"] for p in plant.REPORT_PARTS] for s in ("ada", "bo", "cy")}
+    print({s: status[s] for s in status})
+    assert status["ada"] == ["passed"] * 4, [parts[("ada", f"8.report.{p}")]["message"] for p in plant.REPORT_PARTS]
+    assert "practice" not in parts[("ada", "8.report.trigger")]["message"]  # her kernel audited her own suspect
+    assert status["bo"][:2] == ["passed", "wrong"], status["bo"]
+    if answers["practice"] != answers["right"]["cy"]:  # graded against cy's own key, not the walkthrough's
+        assert status["cy"] != ["passed"] * 4, status["cy"]
+    for student in ("di", "ed"):  # no audit of her own, and a cell that reads the teacher's key (not there)
+        theirs = [r for r in rows if r["student"] == student and r["exercise"].startswith("8.report")]
+        assert theirs and all(r["status"] != "passed" for r in theirs), theirs
+    assert "reference" in parts[("di", "8.report")]["message"]
+    assert {r["student"]: r["status"] for r in rows if r["exercise"] == "8.6"}["ed"] != "passed"

@@ -4,8 +4,10 @@ Exercises 8.3 and 8.4 run on the practice suspect (its key is open). The audit r
 graded against the key of the suspect the learner audited (`plant.audited_folder()`), part by
 part; where that key is sealed (a teacher's suspect) the check can only test the report's form.
 
-For the classroom grader: `graded_payload(namespace)` runs in the student's kernel after the last
-cell and returns the report and which suspect was audited, as JSON, without grading;
+For the classroom grader: `graded_inputs(keys, student)` hands the student's kernel their own
+suspect (the grader copies it in), so the notebook audits what the student audited;
+`graded_payload(namespace)` runs in the student's kernel after the last cell and returns the
+report and which suspect was audited, as JSON, without grading;
 `graded_extras_from_payload(payload, keys, student)` grades it in the grader's own process against
 the student's plain key in the teacher's keys folder (`make suspects`), or against the practice
 suspect's open key when `keys` is None. `graded_extras(namespace)` grades in the kernel, for an
@@ -278,14 +280,23 @@ def _jsonable(value):
     return {"unreadable": type(value).__name__}
 
 
+NOT_YOURS = ("8.6 did not pass its check, so the chapter ran the reference audit: "
+             "the report it printed is the reference's, not yours, and is not graded")
+
+
 def graded_payload(namespace: dict) -> dict:
-    """What the student's kernel hands the grader: the report and which suspect was audited. No grading."""
+    """What the student's kernel hands the grader: the report and which suspect was audited. No grading.
+
+    When 8.6 did not pass its check the chapter went on with the reference `audit`, and the report
+    is the reference's findings, not the student's: it is not handed on."""
     folder = namespace.get("AUDITED", namespace.get("SUSPECT", str(plant.SUSPECT_DIR)))
     try:
         suspect_id = plant.read_key(folder).get("suspect")
     except (OSError, ValueError):
         suspect_id = None
-    return {"report": _jsonable(namespace.get("report")), "folder": str(folder), "suspect": suspect_id}
+    own = namespace.get("audit") is not ref.audit
+    return {"report": _jsonable(namespace.get("report")) if own else None, "folder": str(folder), "suspect": suspect_id,
+            "reference": not own}
 
 
 def _verdicts(report, key: dict, note: str = "") -> list[Verdict]:
@@ -304,6 +315,8 @@ def graded_extras_from_payload(payload: dict, keys: Path | None, student: str) -
     folder when the file keeps the chapter's name), lower case.
     """
     payload = payload if isinstance(payload, dict) else {}
+    if payload.get("reference"):
+        return [Verdict("8.report", "audit report", WRONG, NOT_YOURS)]
     if keys is None:
         key = plant.reveal(plant.SUSPECT_DIR)
     else:
@@ -317,9 +330,18 @@ def graded_extras_from_payload(payload: dict, keys: Path | None, student: str) -
     return _verdicts(payload.get("report"), key, note)
 
 
+def graded_inputs(keys: Path | None, student: str) -> dict[str, Path]:
+    """For the classroom grader: the student's kernel audits the student's own suspect, as it did
+    for the student (WORKBOOK_SUSPECT), not the practice suspect. Nothing without keys."""
+    folder = None if keys is None else plant.student_suspect(keys, student)
+    return {} if folder is None else {plant.SUSPECT_ENV: folder}
+
+
 def graded_extras(namespace: dict) -> list[Verdict]:
     """In the kernel: the student's `report` on the suspect they audited, one row per part (open keys only)."""
     payload = graded_payload(namespace)
+    if payload["reference"]:
+        return [Verdict("8.report", "audit report", WRONG, NOT_YOURS)]
     key = plant.read_key(payload["folder"])
     if not plant.is_open(key):
         return [Verdict("8.report", "audit report", WRONG,

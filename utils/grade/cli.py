@@ -29,7 +29,7 @@ from utils.build import ROOT, reference_module_name
 from utils.grade import ERROR, MISSING, NOT_ATTEMPTED, TAMPERED, TIMEOUT, Row
 from utils.grade import sandbox as walls
 from utils.grade.execute import Limits, tampered_rows
-from utils.grade.kernel import FROM_PAYLOAD_HOOK
+from utils.grade.kernel import FROM_PAYLOAD_HOOK, INPUTS_HOOK
 from utils.grade.notebook import (Unreadable, chapter_stems, helper_cells, identify_chapter, match_exercises,
                                   missing_message, official_chapter, read_notebook, submitted_code_cells)
 from utils.grade.tamper import runnable_source, scan_submission
@@ -116,7 +116,8 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
            "sources": {key: None if m.source is None else runnable_source(m.source) for key, m in matches.items()},
            "cells": {key: m.cell for key, m in matches.items()},
            "helpers": {key: [runnable_source(source) for _, source in cells] for key, cells in helpers.items()},
-           "sandbox": asdict(setting.sandbox) if setting.sandbox else None, "hidden": list(setting.hidden)}
+           "sandbox": asdict(setting.sandbox) if setting.sandbox else None, "hidden": list(setting.hidden),
+           "inputs": chapter_inputs(found, setting.keys, student.lower())}
     rows, payload = run_job(job, setting.limits)
     if payload is not None:
         extras = rows_from_payload(student, found, payload, setting.keys, student.lower())
@@ -124,6 +125,14 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
             extras = tampered_rows(extras, [rows[0].message.removeprefix("changed at run time: ")])
         rows += extras
     return rows
+
+
+def chapter_inputs(stem: str, keys: Path | None, name: str) -> dict[str, str]:
+    """The folders the chapter's `graded_inputs(keys, name)` says this student's kernel reads, by
+    environment variable ({} for a chapter without the hook)."""
+    module = importlib.import_module(f"utils.exercises.{reference_module_name(stem)}")
+    hook = getattr(module, INPUTS_HOOK, None)
+    return {} if hook is None else {str(variable): str(folder) for variable, folder in hook(keys, name).items()}
 
 
 def rows_from_payload(student: str, stem: str, payload: dict, keys: Path | None, name: str) -> list[Row]:

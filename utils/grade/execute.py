@@ -264,6 +264,8 @@ class Place:
         self.scratch = scratch
         self.kernel_dir, self.work = scratch / "kernel", scratch / "work"
         self.hidden = [Path(p) for p in job.get("hidden", [])]
+        # folders the chapter's kernel reads (graded_inputs), by environment variable: copied in each run
+        self.inputs = {variable: Path(folder) for variable, folder in job.get("inputs", {}).items()}
         self.key = b""
 
     def reset(self) -> None:
@@ -272,6 +274,10 @@ class Place:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(mode=0o700)
             walls.give_to(folder, self.uid)
+        for variable, source in self.inputs.items():  # a copy in the working folder, the kernel user's
+            copy = Path(shutil.copytree(source, self.input_copy(variable)))
+            for path in (copy.parent, copy, *copy.rglob("*")):
+                walls.give_to(path, self.uid)
         self.key = secrets.token_bytes(32)
         fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -283,6 +289,9 @@ class Place:
     def key_file(self) -> Path:
         return self.kernel_dir / "key"
 
+    def input_copy(self, variable: str) -> Path:
+        return self.work / "inputs" / variable
+
     def environment(self) -> dict[str, str]:
         """The kernel's environment: offline, one thread, a scratch home and progress file."""
         keep = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TZ") if name in os.environ}
@@ -291,7 +300,8 @@ class Place:
                 "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                 "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg", "MPLCONFIGDIR": work,
                 "IPYTHONDIR": str(self.work / ".ipython"), "XDG_CACHE_HOME": str(self.work / ".cache"),
-                "JUPYTER_RUNTIME_DIR": str(self.kernel_dir), "PYTHONPATH": str(ROOT), "PYTHONNOUSERSITE": "1"}
+                "JUPYTER_RUNTIME_DIR": str(self.kernel_dir), "PYTHONPATH": str(ROOT), "PYTHONNOUSERSITE": "1",
+                **{variable: str(self.input_copy(variable)) for variable in self.inputs}}
 
     def end_of_kernel(self) -> None:
         """Whatever the kernel left running goes (its PID namespace already took it; this is the

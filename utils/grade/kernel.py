@@ -27,6 +27,10 @@ Extension points, for the capstone (chapter 08), in a chapter's check module
   Verdict becomes one more row. Nothing the student's code can reach grades these rows.
 - Without those, `graded_extras(namespace) -> list[Verdict]` runs here after the last cell and
   each Verdict becomes one more row.
+- `graded_inputs(keys, student) -> dict[str, pathlib.Path]`, called in the grader's process before
+  the notebook runs: folders the student's kernel reads, by the environment variable that names
+  them (chapter 08: the student's own suspect as WORKBOOK_SUSPECT). The runner puts a copy of
+  each in the kernel's working folder; nothing else outside the workbook is visible there.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from collections.abc import Callable
 MIMETYPE = "application/vnd.workbook.verdict+json"
 EXTRAS_HOOK = "graded_extras"
 PAYLOAD_HOOK, FROM_PAYLOAD_HOOK = "graded_payload", "graded_extras_from_payload"
+INPUTS_HOOK = "graded_inputs"
 # ipykernel binds builtins.input afresh for every cell it runs (to forward input() to the browser).
 REBOUND_BY_THE_KERNEL = {"builtins.input"}
 _MISSING = object()

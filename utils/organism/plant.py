@@ -600,6 +600,15 @@ def teacher_key(keys_dir, student: str) -> dict:
     return json.loads(path.read_text())
 
 
+def student_suspect(keys_dir, student: str) -> Path | None:
+    """A student's own suspect, where `make suspects` put it beside the teachers' folder
+    (OUT/students/<name>/suspect, the name matched without case), or None."""
+    students = Path(keys_dir).parent / "students"
+    found = [f / "suspect" for f in (students.iterdir() if students.is_dir() else [])
+             if f.name.lower() == student.lower() and (f / "suspect" / KEY_FILE).exists()]
+    return found[0] if found else None
+
+
 def grade_report(report, key: dict) -> list[tuple[str, bool, str]]:
     """(part, right, one line) for each part of an audit report, against a plain-text key."""
     if not isinstance(report, dict):
