@@ -528,9 +528,11 @@ stack
 # GPT-2 when you are online, through the same code.
 
 # %%
+from pprint import pprint
+
 model = load_model()
 prompt = "When Mary and John went to the store, John gave a drink to"
-print(model.to_str_tokens(prompt))
+pprint(model.to_str_tokens(prompt), compact=True, width=100)  # a list of strings, folded to fit the page
 
 # %% [markdown]
 # The model reads **tokens**. Ours has a word-level vocabulary, so each word is one token, with its

@@ -151,10 +151,12 @@ def residual_point_names(n_layers: int) -> list[str]:
 
 
 # %%
+from pprint import pprint
+
 tokens, last = tokenize(model, ["The movie was dreadful. I", "I thought the book was really fun, so I"])
 print(tokens)
 print("last real token of each prompt:", last.tolist())
-print(model.to_str_tokens(tokens[0]))
+pprint(model.to_str_tokens(tokens[0]), compact=True, width=100)  # folded to fit the page
 
 # %% [markdown]
 # ### Exercise 2.1: the residual stream at chosen positions (difficulty 2/3, ~15 min)
@@ -849,7 +851,7 @@ shuffles = shuffled_label_accuracies(d["x_train"][-1], d["y_train"], d["x_test"]
 coin_flip_se = (0.25 / len(d["y_test"])) ** 0.5
 print(f"real labels: held-out accuracy {real_test:.2f}")
 print(f"20 shuffles: training accuracy {shuffles['train'].mean():.2f} on average; held-out accuracy "
-      f"{shuffles['test'].mean():.2f} on average, spread {shuffles['test'].std():.3f} "
+      f"{shuffles['test'].mean():.2f} on average,\n   spread {shuffles['test'].std():.3f} "
       f"(coin flips on {len(d['y_test'])} prompts would spread {coin_flip_se:.3f}), "
       f"from {shuffles['test'].min():.2f} to {shuffles['test'].max():.2f}")
 figure = go.Figure(go.Histogram(x=shuffles["test"].tolist(), xbins=dict(start=0.3, end=1.0, size=0.02),

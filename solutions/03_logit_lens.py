@@ -121,7 +121,7 @@ components, component_labels = ioi_cache.decompose_resid(layer=-1, return_labels
 components = at_last(components, ioi_last)  # [component, batch, d_model]
 final_scale = at_last(ioi_cache["ln_final.hook_scale"], ioi_last)[:, 0]  # [batch]
 print(component_labels)
-print("components:", list(components.shape), " final LayerNorm scale of the first prompts:", final_scale[:4].tolist())
+print("components:", list(components.shape), " final LayerNorm scale of the first prompts:", [round(s, 2) for s in final_scale[:4].tolist()])
 
 # %% [markdown]
 # ### Exercise 3.1: a stack of residual parts to logit differences (difficulty 2/3, ~15 min)
