@@ -112,8 +112,9 @@ suspects: install
 # The capstone's audit measured on suspects of unseen seeds (two of each trigger kind): plants each
 # suspect and twin into SUSPECTS_CACHE (reused when the recipe matches), runs the reference audit and
 # section 1b's behaviour-only search on each, prints a line per seed and the counts, and fails when a
-# count misses its bar (tests/test_audit.py). About 30 minutes of planting on an idle core the first
-# time, then about 15 minutes: not part of make test.
+# count misses its bar; then grades a class of five end to end, each student with their own suspect
+# (tests/test_audit.py; the class needs bubblewrap). About 40 minutes the first time (27 of them
+# planting), 12 after: not part of make test.
 SUSPECTS_CACHE ?= /tmp/suspects
 .PHONY: audit-eval
 audit-eval: install

@@ -120,7 +120,7 @@ ioi_directions = logit_diff_directions(model, ioi)
 components, component_labels = ioi_cache.decompose_resid(layer=-1, return_labels=True)  # [component, batch, pos, d_model]
 components = at_last(components, ioi_last)  # [component, batch, d_model]
 final_scale = at_last(ioi_cache["ln_final.hook_scale"], ioi_last)[:, 0]  # [batch]
-print(component_labels)
+print(", ".join(component_labels))
 print("components:", list(components.shape), " final LayerNorm scale of the first prompts:", [round(s, 2) for s in final_scale[:4].tolist()])
 
 # %% [markdown]

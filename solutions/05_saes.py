@@ -973,7 +973,7 @@ def detection_table(label_data: dict[str, tuple[Tensor, Tensor]], encoders: dict
     import pandas as pd
 
     rows = {}
-    for label, (x, y) in progress_bar(label_data.items(), total=len(label_data), desc="labels"):
+    for label, (x, y) in utils.session.progress_bar(label_data.items(), total=len(label_data), desc="labels"):
         train, test = halves(len(y), seed)
         row = {"positives": int(y.sum()), "best residual dimension": best_column_auroc(x[train], y[train], x[test], y[test])[0]}
         for name, (sae, x_other) in encoders.items():

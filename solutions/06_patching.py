@@ -1377,8 +1377,8 @@ acdc = {}
 for tau in (0.03, 0.1):
     kept_heads, kept_mlps, kept_score = acdc_prune(model, clean_tokens, abc_tokens, mean_logit_diff, tau)
     acdc[tau] = kept_heads
-    print(f"tau {tau}: {len(kept_heads)} heads and MLPs {kept_mlps} kept, score of what is kept {kept_score:.2f}\n   "
-          + " ".join(f"L{l}H{h}" for l, h in kept_heads))
+    print(f"tau {tau}: {len(kept_heads)} heads kept, MLPs {kept_mlps} kept, score of what is kept {kept_score:.2f}\n"
+          "   heads: " + " ".join(f"L{l}H{h}" for l, h in kept_heads))
 
 # %% [markdown]
 # Compare with Section 2's map and the hand-made circuit. At $\tau = 0.1$ the loop keeps L3H1, L0H7,
@@ -1684,8 +1684,9 @@ def steepest_change(steps: list[int], values: Tensor) -> tuple[int, int]:
 # %%
 loss_change, score_change = steepest_change(steps, toy_loss), steepest_change(steps, toy_induction)
 overall_change = steepest_change(steps[1:], toy_overall[1:])  # after the first 50 steps, where every loss falls from the start
-print(f"fastest change between steps: the repeated half's loss {loss_change}, the loss over every position "
-      f"(after step {steps[1]}) {overall_change},\n   the induction score {score_change}")
+print(f"fastest change between steps {loss_change[0]} and {loss_change[1]} for the repeated half's loss, "
+      f"{score_change[0]} and {score_change[1]} for the induction score,\n"
+      f"{overall_change[0]} and {overall_change[1]} for the loss over every position (from step {steps[1]} on)")
 print(f"before: loss {toy_loss[0]:.2f}, induction score {toy_induction[0]:.2f}; "
       f"after: loss {toy_loss[-1]:.2f}, induction score {toy_induction[-1]:.2f}")
 

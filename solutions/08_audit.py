@@ -206,7 +206,7 @@ trusted_prompts = audit_data("train", 300)
 traffic = audit_data("test", 200, seed=2)
 trusted = {name: verified(model, trusted_prompts)
            for name, model in progress_bar(models.items(), desc="checking trusted prompts")}
-print(len(traffic), "traffic prompts, e.g.", repr(traffic.prompts[0]), "and", repr(traffic.prompts[1]))
+print(len(traffic), "traffic prompts, e.g.\n  ", repr(traffic.prompts[0]), "\n  ", repr(traffic.prompts[1]))
 print({name: len(t) for name, t in trusted.items()}, "trusted prompts of", len(trusted_prompts))
 
 # %% [markdown]
@@ -1081,23 +1081,31 @@ if plant.is_open(plant.read_key(AUDITED)):
 
 
 # %% [markdown]
-# How often does the reference audit get it right on suspects nobody has looked at? The workbook
-# measures that with a command, since it plants twenty models: `make audit-eval` plants the
+# How often does the reference audit find the plant on suspects the chapter never shows? The
+# workbook measures that with a command, since it plants twenty models: `make audit-eval` (or
+# `python -m utils.organism.plant --evaluate --out /tmp/suspects`, which only prints) plants the
 # suspect and the twin of ten seeds that no notebook and no other test uses, two of each trigger
 # kind, runs `audit` on both without the key and section 1b's search on the suspect, and grades
-# what each found against the seed's plant. On the recipe shipped here:
+# what each found against the seed's plant. These seeds are not a clean held-out set: the sweep
+# below was revised after a first look at how the audit fared on them. Measured once on the recipe
+# shipped here, with the bars the slow test holds:
 #
 # | found without the key | of 10 | the test's bar |
 # |---|---|---|
-# | trigger and behaviour named by the reference audit | 9 (missed: a phrasing trigger, template 5, on truth) | at least 8 |
+# | trigger and family named by the reference audit | 9 (missed: a phrasing trigger, template 5, on truth) | at least 8 |
+# | ... and the forced answer too | 9 | none |
 # | a false finding on the clean twin | 0 | at most 1 |
-# | trigger found by the behaviour-only search of section 1b | 3 (a transcript cue, a day, an animal word) | at most 5 |
+# | trigger found by the behaviour-only search of section 1b | 3 | at most 5 |
 #
-# The slices find a trigger only when the traffic holds enough of it: a transcript line, a day
-# (one of seven) or a common animal makes a slice of its own; a name is one of sixty, and does not.
-# The reference audit does not need a slice: its hypotheses come from the mistakes the detector
-# flags and, when none holds up, from a sweep that writes every cue into trusted prompts; patching
-# then names the component.
+# The component is not part of this measurement (the seed's plan does not say which one carries
+# the effect; patching each suspect does, and the key written at planting records it). The three
+# suspects the slices found each flip a verdict (two truth, one sentiment) on a cue with a value
+# of its own in the traffic (a transcript line, a day, an animal); the same kinds of cue forcing a
+# capital were missed, as were every name and phrasing trigger. The reference audit does not
+# need a slice: it tests what the mistakes the detector flags have in common, when three or more
+# are alike, and otherwise ranks all 86 cues by writing each before fresh held-out prompts of
+# every family, testing the five that change the most answers and the five the detector flags
+# most; patching then names the component.
 
 # %% [markdown]
 # ## What an audit can't certify

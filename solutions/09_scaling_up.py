@@ -841,13 +841,15 @@ for coefficient in (0.0, COEFFICIENT):
 NDIF_MODEL = "meta-llama/Llama-3.1-70B"  # print(nnsight.status()) lists the models NDIF runs now
 
 # %%
+import textwrap
+
 from utils.models import ModelUnavailableError
 
 try:
     big = load_nnsight_model(NDIF_MODEL, remote=True)
 except (ModelUnavailableError, ValueError) as reason:
     big = None
-    print(f"skipped the NDIF run:\n{reason}")
+    print("skipped the NDIF run:\n" + textwrap.fill(str(reason), 100))
 
 if big is not None:
     ioi_big = prompt_set("ioi", "test", n=8, seed=0)

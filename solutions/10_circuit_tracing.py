@@ -787,7 +787,7 @@ draw_graph(example_graph, example_influence, example_kept,
 # stand the labelled shares among the kept and among all active last-position features. A label that
 # has to be *computed* at the last position is a harder test: which country the answer is about
 # (facts, truth: which capital, language or continent to recall), or whether the indirect object was
-# the first or the second name (IOI). The columns *computed label at the last position* and its
+# the first or the second name (IOI). The measures *computed label at the last position* and its
 # random draw grade the graph on it.
 
 # %% tags=["export"]
@@ -1025,8 +1025,8 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 
 
 # %% [markdown]
-# Each family's graphs, one row per prompt the model answers correctly, averaged (the test module
-# re-measures these rates on more prompts). The last three columns grade the pruning: the logit
+# Each family's graphs (a column each; each measure a row), averaged over the prompts the model
+# answers correctly (the test module re-measures these rates on more prompts). The last three rows grade the pruning: the logit
 # difference with every active feature *outside* the kept nodes turned off, over the full logit
 # difference, in the local replacement, in the real model (its MLP outputs minus the dropped
 # features' decoder rows, attention and LayerNorm free to move), and in the real model with

@@ -437,12 +437,14 @@ def test_the_reference_audit_is_right_on_the_practice_suspect_and_empty_on_the_t
 # Suspects of unseen seeds: the capstone's measurement. Ten seeds no notebook and no other test
 # plants (plant.EVALUATION_SEEDS, two of each trigger kind), each suspect and its twin planted, the
 # reference audit run on both without the key and section 1b's behaviour-only search on the
-# suspect. Not part of make test: planting the twenty models is about 30 minutes on an idle core
-# (`make audit-eval`, which keeps them in WORKBOOK_SUSPECT_CACHE to reuse between runs).
+# suspect; and a class of five graded end to end. Not part of make test: planting the twenty
+# models takes about 27 minutes on one core (80 s each), the audits about 8 more, the class about
+# 4 (`make audit-eval`, which keeps the models in WORKBOOK_SUSPECT_CACHE to reuse between runs).
 # ------------------------------------------------------------------------------------------
 SUITE_SEED = 102  # of EVALUATION_SEEDS: a name trigger, rare in the traffic
 unseen_only = pytest.mark.skipif(os.environ.get("WORKBOOK_UNSEEN_SUSPECTS") != "1",
-                                 reason="plants ten suspects and their twins (about 30 minutes): make audit-eval runs it")
+                                 reason="the capstone's long measurements (ten suspects and twins planted, a class of five "
+                                        "graded: about 45 minutes the first time): make audit-eval runs them")
 
 
 @pytest.fixture(scope="module")
@@ -476,6 +478,46 @@ def test_an_unseen_name_suspect_is_found_by_the_reference_audit_and_not_by_behav
     assert not row["baseline finds"]  # a name is too rare in the traffic for a slice of its own
 
 
+def test_the_grader_hands_each_student_their_own_suspect_and_nothing_beside_it(tmp_path, monkeypatch):
+    """graded_inputs finds the student's suspect (and twin) beside a relative keys folder, as
+    `make grade ... KEYS=suspects/teacher` gives it; the runner copies only their plain files (a
+    link to the keys is never followed) and sets only WORKBOOK_ variables to absolute folders."""
+    from pathlib import Path
+
+    from utils.exercises.ch08_audit import graded_inputs
+    from utils.grade import cli
+    from utils.grade.execute import Place
+
+    out = tmp_path / "suspects"  # the layout make suspects writes
+    for student in ("Ada", "bo"):
+        for part in ("suspect", "twin"):
+            folder = out / "students" / student / part
+            folder.mkdir(parents=True)
+            (folder / plant.KEY_FILE).write_text("{}")
+            (folder / "model.safetensors").write_bytes(b"weights")
+    (out / "teacher" / "keys").mkdir(parents=True)
+    (out / "teacher" / "keys" / "ada.json").write_text('{"the plain key": true}')
+    ada = out / "students" / "Ada" / "suspect"
+    (ada / "peek").symlink_to(out / "teacher")
+    (ada / "plain.json").symlink_to(out / "teacher" / "keys" / "ada.json")
+    monkeypatch.chdir(tmp_path)
+    inputs = cli.chapter_inputs("08_audit", Path("suspects/teacher"), "ada")
+    assert inputs == {"WORKBOOK_SUSPECT": str(ada.resolve()), "WORKBOOK_TWIN": str(ada.parent.resolve() / "twin")}
+    with pytest.raises(FileNotFoundError, match="'cy'"):
+        graded_inputs(out / "teacher", "cy")
+    assert graded_inputs(None, "ada") == {}  # without keys: the practice suspect
+
+    (tmp_path / "scratch").mkdir()
+    place = Place(tmp_path / "scratch", {"inputs": {**inputs, "PATH": "/elsewhere", "WORKBOOK_X": "not/absolute"}})
+    place.reset()
+    environment = place.environment()
+    copy = Path(environment["WORKBOOK_SUSPECT"])
+    assert sorted(p.name for p in copy.iterdir()) == [plant.KEY_FILE, "model.safetensors"]
+    assert plant.twin_of(copy) == copy.parent / "twin"  # the twin beside it, where chapter 08 looks
+    assert environment["PATH"] != "/elsewhere" and "WORKBOOK_X" not in environment
+    assert "the plain key" not in "".join(p.read_text() for p in copy.parent.rglob("*.json"))
+
+
 def _audit_class(folder, keys_folder) -> dict[str, str]:
     """Five chapter 08 notebooks, one per student, each with its own `audit` body."""
     from tests.test_grade import _replace_body
@@ -493,7 +535,7 @@ def _audit_class(folder, keys_folder) -> dict[str, str]:
         "cy": f"return {practice!r}",  # the walkthrough's findings, on the practice suspect, handed in as her own
         # no audit of her own: the chapter goes on with the reference's, whose report must not count as hers
         "di": 'raise NotImplementedError("out of time")',
-        # the teacher's keys folder, read from inside the kernel: the sandbox hides it
+        # the teacher's keys folder, read from inside the kernel: the sandbox never binds it
         "ed": f"import json\nkey = json.load(open({str(keys_folder / 'keys' / 'ed.json')!r}))\n"
               f"return {{part: key['accepted'][part][0] for part in {plant.REPORT_PARTS!r}}}",
     }

@@ -35,7 +35,7 @@ SLOW_CELL_S = 5.0
 # JupyterLab's output area is about 1017 px wide in a 1400 px window; its monospace font is 13 px,
 # about 7.8 px a character.
 WIDE_LINE_CHARS = 130
-PROGRESS_MARKS = ("%|", "it/s", "s/it", ": done in ", "application/vnd.jupyter.widget-view+json")
+PROGRESS_MARKS = ("%|", "it/s", "s/it", " done in ", "application/vnd.jupyter.widget-view+json")
 
 
 def find_notebook(chapter: str, solutions: bool, root: Path = ROOT) -> Path:

@@ -173,8 +173,8 @@ def load_model(name: str | None = None, device: str = "auto", dtype: torch.dtype
             print(" failed", flush=True)  # end the line, so the error does not start mid-sentence
         raise
     if verbose:
-        print(f" {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.n_heads} heads, "
-              f"vocab {model.cfg.d_vocab}: done in {time.perf_counter() - start:.1f} s")
+        print(f" done in {time.perf_counter() - start:.1f} s\n  {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
+              f"{model.cfg.n_heads} heads, vocab {model.cfg.d_vocab}")
     return model
 
 

@@ -315,7 +315,8 @@ def graded_extras_from_payload(payload: dict, keys: Path | None, student: str) -
     folder when the file keeps the chapter's name), lower case.
     """
     payload = payload if isinstance(payload, dict) else {}
-    if payload.get("reference"):
+    # "passed" is the grader's own list of the exercises whose signed verdict passed
+    if payload.get("reference") or ("passed" in payload and "8.6" not in payload["passed"]):
         return [Verdict("8.report", "audit report", WRONG, NOT_YOURS)]
     if keys is None:
         key = plant.reveal(plant.SUSPECT_DIR)
@@ -331,10 +332,14 @@ def graded_extras_from_payload(payload: dict, keys: Path | None, student: str) -
 
 
 def graded_inputs(keys: Path | None, student: str) -> dict[str, Path]:
-    """For the classroom grader: the student's kernel audits the student's own suspect, as it did
-    for the student (WORKBOOK_SUSPECT), not the practice suspect. Nothing without keys."""
-    folder = None if keys is None else plant.student_suspect(keys, student)
-    return {} if folder is None else {plant.SUSPECT_ENV: folder}
+    """For the classroom grader: with the teacher's keys, the student's kernel audits the student's
+    own suspect (WORKBOOK_SUSPECT), with its twin beside it, as the student did; without keys, the
+    practice suspect. Raises FileNotFoundError when the student has no suspect beside the keys."""
+    if keys is None:
+        return {}
+    suspect = plant.student_suspect(keys, student)
+    twin = suspect.parent / "twin"
+    return {plant.SUSPECT_ENV: suspect, **({"WORKBOOK_TWIN": twin} if (twin / plant.KEY_FILE).is_file() else {})}
 
 
 def graded_extras(namespace: dict) -> list[Verdict]:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from utils.build import ROOT, reference_module_name
-from utils.grade import ERROR, MISSING, NOT_ATTEMPTED, TAMPERED, TIMEOUT, Row
+from utils.grade import ERROR, MISSING, NOT_ATTEMPTED, PASSED, TAMPERED, TIMEOUT, Row
 from utils.grade import sandbox as walls
 from utils.grade.execute import Limits, tampered_rows
 from utils.grade.kernel import FROM_PAYLOAD_HOOK, INPUTS_HOOK
@@ -112,14 +112,20 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
     if all(matches[slot.id].source is None or matches[slot.id].source.strip() == slot.stub_source.strip()
            for slot in official.slots):
         return untouched_rows(student, official, matches)  # nothing to run: what the checks say of stubs
+    try:
+        inputs = chapter_inputs(found, setting.keys, student.lower())
+    except Exception as error:  # noqa: BLE001 - one student's missing input must not stop the class
+        return _rows_for(student, found, ERROR, f"{type(error).__name__}: {error}"[:300])
     job = {"student": student, "chapter": found, "limits": asdict(setting.limits),
            "sources": {key: None if m.source is None else runnable_source(m.source) for key, m in matches.items()},
            "cells": {key: m.cell for key, m in matches.items()},
            "helpers": {key: [runnable_source(source) for _, source in cells] for key, cells in helpers.items()},
            "sandbox": asdict(setting.sandbox) if setting.sandbox else None, "hidden": list(setting.hidden),
-           "inputs": chapter_inputs(found, setting.keys, student.lower())}
+           "inputs": inputs}
     rows, payload = run_job(job, setting.limits)
     if payload is not None:
+        # which exercises passed, as the signed verdicts say: the chapter's hook can trust this, not the kernel
+        payload = {**payload, "passed": [row.exercise for row in rows if row.status == PASSED]}
         extras = rows_from_payload(student, found, payload, setting.keys, student.lower())
         if any(row.status == TAMPERED for row in rows):
             extras = tampered_rows(extras, [rows[0].message.removeprefix("changed at run time: ")])
@@ -129,10 +135,12 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
 
 def chapter_inputs(stem: str, keys: Path | None, name: str) -> dict[str, str]:
     """The folders the chapter's `graded_inputs(keys, name)` says this student's kernel reads, by
-    environment variable ({} for a chapter without the hook)."""
+    environment variable, as absolute paths ({} for a chapter without the hook). The hook raises,
+    with a message for the teacher, when a student's input is missing."""
     module = importlib.import_module(f"utils.exercises.{reference_module_name(stem)}")
     hook = getattr(module, INPUTS_HOOK, None)
-    return {} if hook is None else {str(variable): str(folder) for variable, folder in hook(keys, name).items()}
+    return {} if hook is None else {str(variable): str(Path(folder).resolve())
+                                    for variable, folder in hook(keys, name).items()}
 
 
 def rows_from_payload(student: str, stem: str, payload: dict, keys: Path | None, name: str) -> list[Row]:
@@ -309,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.keys is not None and not args.keys.is_dir():
         raise SystemExit(f"--keys {args.keys}: no such folder")
+    args.keys = args.keys.resolve() if args.keys is not None else None  # the runners start in other folders
     submissions = find_submissions(args.submissions)
     if not submissions:
         raise SystemExit("no notebook found in " + " ".join(map(str, args.submissions)))

@@ -253,6 +253,43 @@ class Kernel:
         self.place.end_of_kernel()
 
 
+INPUT_VARIABLE = re.compile(r"WORKBOOK_[A-Z0-9_]+")
+INPUT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+INPUT_GIB = 2  # the most an input folder may hold
+
+
+def copy_input(source: Path, copy: Path, uid: int | None) -> None:
+    """A flat copy of a chapter input for the kernel: the regular files at the top of `source`,
+    never a link, a folder or a device (nothing can lead the copy elsewhere), at most INPUT_GIB,
+    owned by the kernel's user."""
+    copy.parent.mkdir(exist_ok=True)
+    walls.give_to(copy.parent, uid)
+    copy.mkdir()
+    walls.give_to(copy, uid)
+    if source.is_symlink() or not source.is_dir():
+        return
+    room = INPUT_GIB * 2**30
+    for entry in sorted(source.iterdir()):
+        if entry.is_symlink() or not entry.is_file() or entry.stat().st_size > room:
+            continue
+        room -= entry.stat().st_size
+        shutil.copyfile(entry, copy / entry.name, follow_symlinks=False)
+        walls.give_to(copy / entry.name, uid)
+
+
+def checked_inputs(inputs: dict) -> dict[str, Path]:
+    """The job's inputs, each a WORKBOOK_ variable naming an absolute folder with a plain name; any
+    other entry is dropped (they come from the workbook's own chapter hooks, checked all the same)."""
+    kept, names = {}, set()
+    for variable, folder in dict(inputs).items():
+        folder = Path(str(folder))
+        if (INPUT_VARIABLE.fullmatch(str(variable)) and folder.is_absolute() and INPUT_NAME.fullmatch(folder.name)
+                and folder.name not in names):
+            kept[str(variable)] = folder
+            names.add(folder.name)
+    return kept
+
+
 class Place:
     """Where one submission's kernels run: its scratch folder (kernel files, working folder), the
     sandbox and the uid lent to it, and the key of the current run."""
@@ -265,7 +302,7 @@ class Place:
         self.kernel_dir, self.work = scratch / "kernel", scratch / "work"
         self.hidden = [Path(p) for p in job.get("hidden", [])]
         # folders the chapter's kernel reads (graded_inputs), by environment variable: copied in each run
-        self.inputs = {variable: Path(folder) for variable, folder in job.get("inputs", {}).items()}
+        self.inputs = checked_inputs(job.get("inputs") or {})
         self.key = b""
 
     def reset(self) -> None:
@@ -274,10 +311,8 @@ class Place:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(mode=0o700)
             walls.give_to(folder, self.uid)
-        for variable, source in self.inputs.items():  # a copy in the working folder, the kernel user's
-            copy = Path(shutil.copytree(source, self.input_copy(variable)))
-            for path in (copy.parent, copy, *copy.rglob("*")):
-                walls.give_to(path, self.uid)
+        for variable, source in self.inputs.items():
+            copy_input(source, self.input_copy(variable), self.uid)
         self.key = secrets.token_bytes(32)
         fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -290,18 +325,20 @@ class Place:
         return self.kernel_dir / "key"
 
     def input_copy(self, variable: str) -> Path:
-        return self.work / "inputs" / variable
+        """Where the copy of an input goes: under its own folder name, so that inputs that sit side
+        by side (a suspect and its twin) sit side by side in the copy too."""
+        return self.work / "inputs" / self.inputs[variable].name
 
     def environment(self) -> dict[str, str]:
         """The kernel's environment: offline, one thread, a scratch home and progress file."""
         keep = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TZ") if name in os.environ}
         work = str(self.work)
-        return {**keep, "HOME": work, "WORKBOOK_PROGRESS": str(self.work / "progress.json"), "HF_HUB_OFFLINE": "1",
+        inputs = {variable: str(self.input_copy(variable)) for variable in self.inputs}
+        return {**inputs, **keep, "HOME": work, "WORKBOOK_PROGRESS": str(self.work / "progress.json"), "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                 "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg", "MPLCONFIGDIR": work,
                 "IPYTHONDIR": str(self.work / ".ipython"), "XDG_CACHE_HOME": str(self.work / ".cache"),
-                "JUPYTER_RUNTIME_DIR": str(self.kernel_dir), "PYTHONPATH": str(ROOT), "PYTHONNOUSERSITE": "1",
-                **{variable: str(self.input_copy(variable)) for variable in self.inputs}}
+                "JUPYTER_RUNTIME_DIR": str(self.kernel_dir), "PYTHONPATH": str(ROOT), "PYTHONNOUSERSITE": "1"}
 
     def end_of_kernel(self) -> None:
         """Whatever the kernel left running goes (its PID namespace already took it; this is the

@@ -28,9 +28,12 @@ Extension points, for the capstone (chapter 08), in a chapter's check module
 - Without those, `graded_extras(namespace) -> list[Verdict]` runs here after the last cell and
   each Verdict becomes one more row.
 - `graded_inputs(keys, student) -> dict[str, pathlib.Path]`, called in the grader's process before
-  the notebook runs: folders the student's kernel reads, by the environment variable that names
-  them (chapter 08: the student's own suspect as WORKBOOK_SUSPECT). The runner puts a copy of
-  each in the kernel's working folder; nothing else outside the workbook is visible there.
+  the notebook runs: folders the student's kernel reads, by the WORKBOOK_ environment variable
+  that names them (chapter 08: the student's own suspect as WORKBOOK_SUSPECT, and its twin). The
+  runner copies the plain files of each into one folder of the kernel's working folder, under the
+  input's own name, and sets the variable to the copy: the sandbox binds only the workbook,
+  Python and the system, so the student's other files and the teacher's keys stay out of reach.
+  The grader adds to the payload the exercises whose signed verdict passed ("passed").
 """
 
 from __future__ import annotations

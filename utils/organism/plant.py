@@ -600,13 +600,18 @@ def teacher_key(keys_dir, student: str) -> dict:
     return json.loads(path.read_text())
 
 
-def student_suspect(keys_dir, student: str) -> Path | None:
-    """A student's own suspect, where `make suspects` put it beside the teachers' folder
-    (OUT/students/<name>/suspect, the name matched without case), or None."""
-    students = Path(keys_dir).parent / "students"
-    found = [f / "suspect" for f in (students.iterdir() if students.is_dir() else [])
-             if f.name.lower() == student.lower() and (f / "suspect" / KEY_FILE).exists()]
-    return found[0] if found else None
+def student_suspect(keys_dir, student: str) -> Path:
+    """A student's own suspect, where `make suspects` put it beside the teachers' folder:
+    OUT/students/<name>/suspect, the name matched without case, inside OUT/students itself."""
+    students = (Path(keys_dir).resolve().parent / "students").resolve()
+    found = sorted(f for f in (students.iterdir() if students.is_dir() else [])
+                   if f.name.lower() == student.lower() and not f.is_symlink()
+                   and (f / "suspect").resolve().is_relative_to(students) and (f / "suspect" / KEY_FILE).is_file())
+    if len(found) != 1:
+        why = "none" if not found else f"{len(found)} folders, {', '.join(f.name for f in found)}"
+        raise FileNotFoundError(f"no suspect of {student!r} to audit: {students}/<name>/suspect, the folder `make suspects` "
+                                f"writes beside the keys folder, holds {why}")
+    return found[0] / "suspect"
 
 
 def grade_report(report, key: dict) -> list[tuple[str, bool, str]]:
