@@ -1026,7 +1026,7 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 
 # %% [markdown]
 # Each family's graphs (a column each; each measure a row), averaged over the prompts the model
-# answers correctly (the test module re-measures these rates on more prompts). The last three rows grade the pruning: the logit
+# answers correctly (the test module re-measures these rates on more prompts). The three *faithfulness* rows grade the pruning: the logit
 # difference with every active feature *outside* the kept nodes turned off, over the full logit
 # difference, in the local replacement, in the real model (its MLP outputs minus the dropped
 # features' decoder rows, attention and LayerNorm free to move), and in the real model with
