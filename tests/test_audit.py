@@ -498,24 +498,42 @@ def test_the_grader_hands_each_student_their_own_suspect_and_nothing_beside_it(t
     (out / "teacher" / "keys").mkdir(parents=True)
     (out / "teacher" / "keys" / "ada.json").write_text('{"the plain key": true}')
     ada = out / "students" / "Ada" / "suspect"
-    (ada / "peek").symlink_to(out / "teacher")
-    (ada / "plain.json").symlink_to(out / "teacher" / "keys" / "ada.json")
+    (ada / "plain.json").symlink_to(out / "teacher" / "keys" / "ada.json")  # a link to a key: not copied
+    os.link(out / "teacher" / "keys" / "ada.json", ada / "linked.json")  # a hard link to it: not copied either
+    (out / "students" / "cy").mkdir()
+    (out / "students" / "cy" / "suspect").symlink_to(out / "students" / "bo" / "suspect")  # bo's, through a link
+    (out / "students" / "bo" / "twin").rename(out / "students" / "bo" / "old-twin")
+    (out / "students" / "bo" / "twin").symlink_to(out / "teacher" / "keys")  # a "twin" that is the keys
+    (out / "teacher" / "keys" / plant.KEY_FILE).write_text("{}")
     monkeypatch.chdir(tmp_path)
     inputs = cli.chapter_inputs("08_audit", Path("suspects/teacher"), "ada")
     assert inputs == {"WORKBOOK_SUSPECT": str(ada.resolve()), "WORKBOOK_TWIN": str(ada.parent.resolve() / "twin")}
-    with pytest.raises(FileNotFoundError, match="'cy'"):
-        graded_inputs(out / "teacher", "cy")
+    for who in ("cy", "dan"):
+        with pytest.raises(FileNotFoundError, match=f"'{who}'"):
+            graded_inputs(out / "teacher", who)
+    assert list(graded_inputs(out / "teacher", "bo")) == [plant.SUSPECT_ENV]
     assert graded_inputs(None, "ada") == {}  # without keys: the practice suspect
+    assert cli.keys_folders(out.resolve() / "teacher") == [out.resolve() / "teacher", out.resolve() / "students"]
 
     (tmp_path / "scratch").mkdir()
-    place = Place(tmp_path / "scratch", {"inputs": {**inputs, "PATH": "/elsewhere", "WORKBOOK_X": "not/absolute"}})
+    place = Place(tmp_path / "scratch", {"inputs": {**inputs, "PYTHONSTARTUP": str(tmp_path), "WORKBOOK_X": "not/absolute"}})
     place.reset()
     environment = place.environment()
     copy = Path(environment["WORKBOOK_SUSPECT"])
     assert sorted(p.name for p in copy.iterdir()) == [plant.KEY_FILE, "model.safetensors"]
     assert plant.twin_of(copy) == copy.parent / "twin"  # the twin beside it, where chapter 08 looks
-    assert environment["PATH"] != "/elsewhere" and "WORKBOOK_X" not in environment
+    assert "PYTHONSTARTUP" not in environment and "WORKBOOK_X" not in environment
     assert "the plain key" not in "".join(p.read_text() for p in copy.parent.rglob("*.json"))
+
+
+def test_a_report_counts_only_when_the_graders_signed_verdicts_say_8_6_passed():
+    from utils.exercises.ch08_audit import graded_extras_from_payload
+
+    right = {part: plant.reveal(plant.SUSPECT_DIR)["accepted"][part][0] for part in plant.REPORT_PARTS}
+    assert {v.status for v in graded_extras_from_payload({"report": right, "passed": ["8.1", "8.6"]}, None, "ada")} == {
+        "passed"}
+    refused = graded_extras_from_payload({"report": right, "passed": ["8.1"]}, None, "ada")
+    assert [(v.exercise, v.status) for v in refused] == [("8.report", "wrong")] and "reference" in refused[0].message
 
 
 def _audit_class(folder, keys_folder) -> dict[str, str]:
@@ -572,7 +590,7 @@ def test_an_audit_class_of_five_is_graded_each_against_their_own_suspect(tmp_pat
     status = {s: [parts[(s, f"8.report.{p}")]["status"] for p in plant.REPORT_PARTS] for s in ("ada", "bo", "cy")}
     print({s: status[s] for s in status})
     assert status["ada"] == ["passed"] * 4, [parts[("ada", f"8.report.{p}")]["message"] for p in plant.REPORT_PARTS]
-    assert "practice" not in parts[("ada", "8.report.trigger")]["message"]  # her kernel audited her own suspect
+    assert "audited suspect" not in parts[("ada", "8.report.trigger")]["message"]  # her kernel audited her own suspect
     assert status["bo"][:2] == ["passed", "wrong"], status["bo"]
     if answers["practice"] != answers["right"]["cy"]:  # graded against cy's own key, not the walkthrough's
         assert status["cy"] != ["passed"] * 4, status["cy"]

@@ -235,7 +235,7 @@ def test_a_chapter_payload_is_graded_in_the_grader_after_the_kernel(monkeypatch,
     monkeypatch.setattr(cli, "run_job", lambda job, limits: (list(own), {"answer": 42}))
     _save(correct(), tmp_path / "Alice.ipynb")
     rows = cli.grade_submission("Alice", tmp_path / "Alice.ipynb", cli.Setting(cli.Limits(), CHAPTER, keys))
-    assert calls == [({"answer": 42}, keys, "alice")]
+    assert calls == [({"answer": 42, "passed": ["0.1"]}, keys, "alice")]  # "passed": the grader's, from signed verdicts
     assert [(r.exercise, r.status) for r in rows] == [("0.1", "passed"), ("8.report.x", "passed")]
 
     # A file that keeps the chapter's name is named by its folder: the key is the folder's student's.
@@ -243,7 +243,7 @@ def test_a_chapter_payload_is_graded_in_the_grader_after_the_kernel(monkeypatch,
     (keys / "bob" / "key.json").write_text(json.dumps({"answer": 42}))
     _save(correct(), tmp_path / "Bob" / f"{CHAPTER}_chapter.ipynb")
     cli.grade_submission("Bob", tmp_path / "Bob" / f"{CHAPTER}_chapter.ipynb", cli.Setting(cli.Limits(), CHAPTER, keys))
-    assert calls[-1] == ({"answer": 42}, keys, "bob")
+    assert calls[-1] == ({"answer": 42, "passed": ["0.1"]}, keys, "bob")
 
     monkeypatch.setattr(cli, "run_job", lambda job, limits: (list(own), {"answer": 41}))
     assert cli.grade_submission("Alice", tmp_path / "Alice.ipynb", cli.Setting(cli.Limits(), CHAPTER, keys))[1].status == "wrong"

@@ -339,7 +339,7 @@ def graded_inputs(keys: Path | None, student: str) -> dict[str, Path]:
         return {}
     suspect = plant.student_suspect(keys, student)
     twin = suspect.parent / "twin"
-    return {plant.SUSPECT_ENV: suspect, **({"WORKBOOK_TWIN": twin} if (twin / plant.KEY_FILE).is_file() else {})}
+    return {plant.SUSPECT_ENV: suspect, **({"WORKBOOK_TWIN": twin} if plant.own_folder(twin, suspect.parent) else {})}
 
 
 def graded_extras(namespace: dict) -> list[Verdict]:

@@ -114,8 +114,9 @@ def grade_submission(student: str, path: Path, setting: Setting | Limits, chapte
         return untouched_rows(student, official, matches)  # nothing to run: what the checks say of stubs
     try:
         inputs = chapter_inputs(found, setting.keys, student.lower())
-    except Exception as error:  # noqa: BLE001 - one student's missing input must not stop the class
-        return _rows_for(student, found, ERROR, f"{type(error).__name__}: {error}"[:300])
+    except FileNotFoundError as error:  # the notebook runs without it; the chapter's rows say what it audited
+        print(f"warning: {student}: {error}", file=sys.stderr, flush=True)
+        inputs = {}
     job = {"student": student, "chapter": found, "limits": asdict(setting.limits),
            "sources": {key: None if m.source is None else runnable_source(m.source) for key, m in matches.items()},
            "cells": {key: m.cell for key, m in matches.items()},
@@ -299,6 +300,14 @@ def resolve_chapter(text: str | None) -> str | None:
     return stem
 
 
+def keys_folders(keys: Path | None) -> list[Path]:
+    """What the kernels must not see of a keys folder: it, and the students' suspects that
+    `make suspects` writes beside it (each kernel gets a copy of its own student's alone)."""
+    if keys is None:
+        return []
+    return [keys, *([keys.parent / "students"] if (keys.parent / "students").is_dir() else [])]
+
+
 def main(argv: list[str] | None = None) -> None:
     from utils.grade.report import write_reports
 
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.out.mkdir(parents=True, exist_ok=True)  # it exists, so the kernels' view can hide it
         rows = grade_class(submissions, limits, resolve_chapter(args.chapter), args.jobs, keys=args.keys,
-                           isolate=not args.no_sandbox, hidden=[args.out, *([args.keys] if args.keys else [])])
+                           isolate=not args.no_sandbox, hidden=[args.out, *keys_folders(args.keys)])
     except WorkbookChanged as error:
         raise SystemExit(str(error)) from None
     for path in write_reports(rows, args.out):

@@ -34,6 +34,7 @@ import resource
 import secrets
 import shutil
 import signal
+import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -255,26 +256,42 @@ class Kernel:
 
 INPUT_VARIABLE = re.compile(r"WORKBOOK_[A-Z0-9_]+")
 INPUT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-INPUT_GIB = 2  # the most an input folder may hold
+INPUT_MIB = 64  # the most an input folder may hold (a suspect is about 14 MB)
 
 
 def copy_input(source: Path, copy: Path, uid: int | None) -> None:
-    """A flat copy of a chapter input for the kernel: the regular files at the top of `source`,
-    never a link, a folder or a device (nothing can lead the copy elsewhere), at most INPUT_GIB,
-    owned by the kernel's user."""
+    """A flat copy of a chapter input for the kernel: the regular files at the top of `source`
+    that have one link each, read through descriptors opened without following a link (so nothing
+    swapped in during the copy leads it elsewhere), at most INPUT_MIB in all, owned by the
+    kernel's user. A folder that cannot be opened so gives an empty copy."""
     copy.parent.mkdir(exist_ok=True)
     walls.give_to(copy.parent, uid)
     copy.mkdir()
     walls.give_to(copy, uid)
-    if source.is_symlink() or not source.is_dir():
+    try:
+        folder = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
         return
-    room = INPUT_GIB * 2**30
-    for entry in sorted(source.iterdir()):
-        if entry.is_symlink() or not entry.is_file() or entry.stat().st_size > room:
-            continue
-        room -= entry.stat().st_size
-        shutil.copyfile(entry, copy / entry.name, follow_symlinks=False)
-        walls.give_to(copy / entry.name, uid)
+    room = INPUT_MIB * 2**20
+    try:
+        for name in sorted(os.listdir(folder)):
+            try:
+                handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            except OSError:
+                continue
+            with os.fdopen(handle, "rb") as reading:
+                found = os.fstat(reading.fileno())
+                if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or found.st_size > room:
+                    continue
+                data = reading.read(found.st_size)
+            room -= len(data)
+            target = os.open(copy / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(target, "wb") as writing:
+                writing.write(data)
+                if uid is not None:
+                    os.fchown(writing.fileno(), uid, uid)
+    finally:
+        os.close(folder)
 
 
 def checked_inputs(inputs: dict) -> dict[str, Path]:

@@ -167,15 +167,17 @@ def check(exercise_id: str, name: str, serial: int):
     learner's object when it passed and the reference otherwise, so the chapter goes on), and
     send the verdict to the grader: exactly one message, whatever the student's code does."""
     exercise = _state["exercises"][exercise_id]
-    body = {"cell": serial, "exercise": exercise_id, "defined": False}
+    # What is sent is built only at the end, from these immutable locals: the student's code, which
+    # runs inside the check, can reach objects on the stack, not the verdict it has not been given yet.
+    defined, outcome = False, None  # outcome: (status, message) once the check has given its verdict
     candidate = _notebook_namespace().get(name, _MISSING)
     try:
         if candidate is _MISSING:
             print(f"Exercise {exercise_id} ({exercise.title}): {name} is not defined")
             return exercise.reference
-        body["defined"] = True
+        defined = True
         verdict = _state["grade"](exercise_id, candidate)
-        body.update(status=verdict.status, message=verdict.message)
+        outcome = (str(verdict.status), str(verdict.message))
         print(verdict)
         try:
             _state["record"](exercise.chapter, exercise.id, exercise.title, verdict.status)
@@ -183,12 +185,14 @@ def check(exercise_id: str, name: str, serial: int):
             pass
         return candidate if verdict.passed else exercise.reference
     except BaseException as error:  # noqa: BLE001 - stopped by the grader (KeyboardInterrupt) or by the student's code
-        if "status" not in body:
-            body.update(status="error", message=f"the check was stopped ({type(error).__name__})")
+        if outcome is None:
+            outcome = ("error", f"the check was stopped ({type(error).__name__})")
         print(f"Exercise {exercise_id} ({exercise.title}): stopped ({type(error).__name__})")
         return exercise.reference
     finally:
-        body["changed"] = _changed()
+        body = {"cell": serial, "exercise": exercise_id, "defined": defined, "changed": _changed()}
+        if outcome is not None:
+            body.update(status=outcome[0], message=outcome[1])
         _send(body)
 
 

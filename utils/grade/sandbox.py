@@ -234,4 +234,4 @@ def kill_user(uid: int) -> int:
 def give_to(path: Path, uid: int | None) -> None:
     """Make `path` (a folder) the kernel user's, so the kernel can write there."""
     if uid is not None:
-        os.chown(path, uid, uid)
+        os.chown(path, uid, uid, follow_symlinks=False)

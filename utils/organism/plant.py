@@ -600,13 +600,18 @@ def teacher_key(keys_dir, student: str) -> dict:
     return json.loads(path.read_text())
 
 
+def own_folder(folder: Path, parent: Path) -> bool:
+    """Is `folder` a real suspect folder of `parent` itself: no link on the way, a key in it."""
+    return (not parent.is_symlink() and not folder.is_symlink() and folder.is_dir()
+            and folder.resolve().parent == parent.resolve() and (folder / KEY_FILE).is_file())
+
+
 def student_suspect(keys_dir, student: str) -> Path:
     """A student's own suspect, where `make suspects` put it beside the teachers' folder:
     OUT/students/<name>/suspect, the name matched without case, inside OUT/students itself."""
     students = (Path(keys_dir).resolve().parent / "students").resolve()
     found = sorted(f for f in (students.iterdir() if students.is_dir() else [])
-                   if f.name.lower() == student.lower() and not f.is_symlink()
-                   and (f / "suspect").resolve().is_relative_to(students) and (f / "suspect" / KEY_FILE).is_file())
+                   if f.name.lower() == student.lower() and own_folder(f / "suspect", f))
     if len(found) != 1:
         why = "none" if not found else f"{len(found)} folders, {', '.join(f.name for f in found)}"
         raise FileNotFoundError(f"no suspect of {student!r} to audit: {students}/<name>/suspect, the folder `make suspects` "
@@ -696,6 +701,7 @@ def plant_class(roster: Path, out: Path, twins: bool = True, recipe: dict | None
     out = Path(out)
     secret = read_secret(out / "teacher" / "secret.txt")
     (out / "teacher" / "keys").mkdir(parents=True, exist_ok=True)
+    os.chmod(out / "teacher", 0o700)  # the secret and the plain keys: the teacher's alone
     for student in read_roster(roster):
         folder = out / "students" / student
         seed = student_seed(secret, student)
