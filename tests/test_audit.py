@@ -465,6 +465,10 @@ def test_the_reference_audit_finds_most_unseen_suspects_and_behaviour_alone_at_m
           below=5.5)
     claim("ch08: unseen suspects flipping at least 90% of held-out prompts (of 10)",
           sum(r["suspect flip"] >= 0.9 for r in unseen), above=9.5)
+    # what chapter 08 says of the slices' finds: only verdicts flipped (truth, sentiment), never a
+    # forced capital, never a name or a phrasing trigger
+    sliced = [(r["seed"], r["kind"], r["behaviour"]) for r in unseen if r["baseline finds"]]
+    assert all(behaviour != "capital" and kind not in ("name", "phrasing") for _, kind, behaviour in sliced), sliced
 
 
 @pytest.mark.slow
