@@ -338,7 +338,7 @@ def graded_inputs(keys: Path | None, student: str) -> dict[str, Path]:
     if keys is None:
         return {}
     suspect = plant.student_suspect(keys, student)
-    twin = suspect.parent / "twin"
+    twin = suspect.parent / "twin"  # nothing reads WORKBOOK_TWIN: naming it gets the twin copied beside the suspect
     return {plant.SUSPECT_ENV: suspect, **({"WORKBOOK_TWIN": twin} if plant.own_folder(twin, suspect.parent) else {})}
 
 
