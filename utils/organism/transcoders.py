@@ -6,7 +6,11 @@ wide layer of features. Ours are TopK (Gao et al. 2024): only the k largest pre-
 token survive, ReLU'd.
 
 `python -m utils.organism.transcoders` retrains the shipped set (one per layer) into
-`utils/organism/transcoders/` and rewrites its card; `load_transcoders()` reads it.
+`utils/organism/transcoders/` and rewrites its card; `load_transcoders()` reads it. Chapter 10 compares it with two
+more sets: `--set long` (LONG_RECIPE: the same 512 features trained on four times the tokens for
+five times the steps) writes `utils/organism/transcoders_long/`, and `--set wide` (WIDE_RECIPE: the
+long recipe with 2048 features) `utils/organism/transcoders_wide/`; `load_transcoders(folder=LONG_DIR)`
+and `load_transcoders(folder=WIDE_DIR)` read them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ N_LAYERS = 4
 # The recipe of the shipped set: width, sparsity, data, optimisation (all seeded).
 RECIPE = dict(d_transcoder=512, k=16, train_tokens=2 ** 16, data_seed=7, steps=300, batch_size=1024, lr=3e-3,
               lr_end_fraction=0.1, held_out=4096)
+LONG_DIR = Path(__file__).parent / "transcoders_long"
+WIDE_DIR = Path(__file__).parent / "transcoders_wide"
+# The long set: the shipped width and k, four times the tokens and five times the steps; the wide set:
+# the long recipe with four times the features. Chapter 10 separates what training and width each change.
+LONG_RECIPE = {**RECIPE, "train_tokens": 2 ** 18, "steps": 1500}
+WIDE_RECIPE = {**LONG_RECIPE, "d_transcoder": 2048}
+SETS = {"shipped": (RECIPE, TRANSCODER_DIR, "RECIPE", "load_transcoders()"),
+        "long": (LONG_RECIPE, LONG_DIR, "LONG_RECIPE", "load_transcoders(folder=LONG_DIR)"),
+        "wide": (WIDE_RECIPE, WIDE_DIR, "WIDE_RECIPE", "load_transcoders(folder=WIDE_DIR)")}
 
 
 def input_hook(layer: int) -> str:
@@ -159,12 +172,14 @@ def save_transcoders(transcoders: list[Transcoder], folder: Path = TRANSCODER_DI
 
 
 def load_transcoders(device: str = "cpu", folder: Path = TRANSCODER_DIR) -> list[Transcoder]:
-    """The shipped transcoders, one per layer, on `device` (safetensors; nothing is unpickled)."""
+    """The shipped transcoders (or the set in `folder`, e.g. WIDE_DIR), one per layer, on `device`
+    (safetensors; nothing is unpickled). `k` comes from the recipe on the set's card."""
     tensors = load_file(str(folder / "transcoders.safetensors"))
+    k = load_card_metrics(folder)["recipe"]["k"]
     transcoders = []
     for layer in range(N_LAYERS):
         W_enc = tensors[f"blocks.{layer}.W_enc"]
-        transcoder = Transcoder(W_enc.shape[0], tensors[f"blocks.{layer}.W_dec"].shape[1], W_enc.shape[1], RECIPE["k"])
+        transcoder = Transcoder(W_enc.shape[0], tensors[f"blocks.{layer}.W_dec"].shape[1], W_enc.shape[1], k)
         transcoder.load_state_dict({name: tensors[f"blocks.{layer}.{name}"] for name in ("W_enc", "b_enc", "W_dec", "b_dec")})
         transcoders.append(transcoder.to(device).eval().requires_grad_(False))
     return transcoders
@@ -174,28 +189,37 @@ def load_card_metrics(folder: Path = TRANSCODER_DIR) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def write_card(metrics: dict, seconds: float, folder: Path = TRANSCODER_DIR) -> None:
-    (folder / "metrics.json").write_text(json.dumps({"recipe": RECIPE, "layers": metrics}, indent=1) + "\n")
+TESTED = {"shipped": "retrains one layer by the recipe and compares its\n  metrics with this card",
+          "long": "checks that it explains more of every MLP's output than the\n  shipped set on fresh text",
+          "wide": "retrains one layer by the recipe, on a quarter of its tokens and\n  a fifth of its steps, and compares its metrics with this card"}
+
+
+def write_card(metrics: dict, seconds: float, which: str = "shipped") -> None:
+    """Write the card (README.md) and metrics.json of the set `which` (a key of SETS) into its folder."""
+    recipe, folder, name, loader = SETS[which]
+    flag = "" if which == "shipped" else f" --set {which}"
+    title = {"shipped": "Transcoders", "long": "Longer-trained transcoders", "wide": "Wide transcoders"}[which]
+    compared = ", which compares them with the shipped set (512 features, the shorter recipe)"
+    (folder / "metrics.json").write_text(json.dumps({"recipe": recipe, "layers": metrics}, indent=1) + "\n")
     rows = "\n".join(f"| {layer} | {m['explained_variance']:.3f} | {m['l0']:.0f} | {m['dead_fraction']:.3f} |"
                      for layer, m in metrics.items())
-    (folder / "README.md").write_text(f"""# Transcoders for the organism's MLPs
+    (folder / "README.md").write_text(f"""# {title} for the organism's MLPs
 
 Four TopK transcoders (Dunefsky et al. 2024; TopK as in Gao et al. 2024), one per MLP of the
 workbook organism: layer L reads `blocks.L.mlp.hook_in` (the MLP's input, after the second
 LayerNorm, whose weights the bridge folds into the MLP) and predicts `blocks.L.hook_mlp_out`.
-Used by Chapter 10 (circuit tracing).
+Used by Chapter 10 (circuit tracing){compared if which != "shipped" else ""}.
 
-- **File**: `transcoders.safetensors`, tensors `blocks.L.W_enc` [256, {RECIPE['d_transcoder']}], `blocks.L.b_enc`,
-  `blocks.L.W_dec` [{RECIPE['d_transcoder']}, 256], `blocks.L.b_dec`; load with
-  `utils.organism.transcoders.load_transcoders()`.
-- **Recipe** (`RECIPE` in `utils/organism/transcoders.py`): {RECIPE['d_transcoder']} features, k = {RECIPE['k']},
-  {RECIPE['train_tokens']:,} tokens of world text (seed {RECIPE['data_seed']}; end-of-text tokens and each row's first
-  position left out), the last {RECIPE['held_out']:,} of them held out; {RECIPE['steps']} Adam steps of
-  {RECIPE['batch_size']} tokens, learning rate {RECIPE['lr']} falling linearly to a tenth, seed = layer; loss =
+- **File**: `transcoders.safetensors`, tensors `blocks.L.W_enc` [256, {recipe['d_transcoder']}], `blocks.L.b_enc`,
+  `blocks.L.W_dec` [{recipe['d_transcoder']}, 256], `blocks.L.b_dec`; load with
+  `utils.organism.transcoders.{loader}`.
+- **Recipe** (`{name}` in `utils/organism/transcoders.py`): {recipe['d_transcoder']} features, k = {recipe['k']},
+  {recipe['train_tokens']:,} tokens of world text (seed {recipe['data_seed']}; end-of-text tokens and each row's first
+  position left out), the last {recipe['held_out']:,} of them held out; {recipe['steps']} Adam steps of
+  {recipe['batch_size']} tokens, learning rate {recipe['lr']} falling linearly to a tenth, seed = layer; loss =
   squared error over the output's variance.
-- **Rebuild**: `python -m utils.organism.transcoders` ({seconds:.0f} s for all four on the machine that made
-  them, under load); `tests/test_circuit_tracing.py` retrains one layer by the recipe and compares its
-  metrics with this card.
+- **Rebuild**: `python -m utils.organism.transcoders{flag}` ({seconds:.0f} s for all four on the two-core
+  machine that made them); `tests/test_circuit_tracing.py` {TESTED[which]}.
 
 ## Metrics on the held-out tokens
 
@@ -206,17 +230,24 @@ Used by Chapter 10 (circuit tracing).
 
 
 def main() -> None:
+    import argparse
+
     from utils import load_model
 
+    parser = argparse.ArgumentParser(description="Retrain a shipped set of transcoders and rewrite its card.")
+    parser.add_argument("--set", choices=sorted(SETS), default="shipped", dest="which",
+                        help="shipped (RECIPE), long (LONG_RECIPE) or wide (WIDE_RECIPE)")
+    which = parser.parse_args().which
+    recipe, folder, _, _ = SETS[which]
     torch.manual_seed(0)
     model = load_model(verbose=False, device="cpu")
     start = time.perf_counter()
-    train, test = recipe_data(model, progress=True)
-    transcoders = [train_layer(train, layer, progress=True) for layer in range(N_LAYERS)]
+    train, test = recipe_data(model, recipe, progress=True)
+    transcoders = [train_layer(train, layer, recipe, progress=True) for layer in range(N_LAYERS)]
     seconds = time.perf_counter() - start
     metrics = {layer: fit_metrics(transcoders[layer], *test[layer]) for layer in range(N_LAYERS)}
-    save_transcoders(transcoders)
-    write_card(metrics, seconds)
+    save_transcoders(transcoders, folder)
+    write_card(metrics, seconds, which)
     print(json.dumps(metrics, indent=1), f"{seconds:.0f} s")
 
 

@@ -409,6 +409,16 @@ def pruned_faithfulness(model, transcoders: list, graph: Graph, kept: Tensor, ta
     return local.item() / full, real.item() / full, frozen.item() / full
 
 
+def answered_prompts(model, prompts, n: int, start: int = 0) -> list[int]:
+    """The indices of the first `n` prompts from `start` whose correct answer beats the wrong one."""
+    tokens, last = tokenize(model, prompts.prompts)
+    with torch.no_grad():
+        final = model(tokens)[torch.arange(len(last)), last]  # [batch, d_vocab]
+    correct_ids, wrong_ids = (answer_ids(model, words).to(final.device) for words in (prompts.correct, prompts.wrong))
+    answered = (final.gather(-1, correct_ids[:, None]) > final.gather(-1, wrong_ids[:, None]))[:, 0].cpu()
+    return [i for i in range(start, len(prompts)) if answered[i]][:n]
+
+
 def random_draw_hit(active: list, kept_last: list, labels: FeatureLabels, value) -> float:
     """Draw as many of a prompt's active last-position features as its graph kept there, at random: the chance that
     the draw holds a feature labelled with `value` (hypergeometric, exact)."""
@@ -491,12 +501,7 @@ def grade_family(model, transcoders: list, family: Family, n: int, start: int = 
 
     labels = family_labels(model, transcoders, family)
     prompts, rows = family.prompts, []
-    tokens, last = tokenize(model, prompts.prompts)
-    with torch.no_grad():
-        final = model(tokens)[torch.arange(len(last)), last]  # [batch, d_vocab]
-    correct_ids, wrong_ids = (answer_ids(model, words).to(final.device) for words in (prompts.correct, prompts.wrong))
-    answered = (final.gather(-1, correct_ids[:, None]) > final.gather(-1, wrong_ids[:, None]))[:, 0].cpu()
-    chosen = [i for i in range(start, len(prompts)) if answered[i]][:n]
+    chosen = answered_prompts(model, prompts, n, start)
     for i in progress_bar(chosen, show=progress, desc=f"graphs of {family.name} prompts"):
         graph, influence, kept = prompt_graph(model, transcoders, prompts, i)
         row = grade_graph(graph, influence, kept, family.sources(i), prompts.labels[family.label][i],
@@ -534,6 +539,85 @@ def route_scores(model, transcoders: list, graph: Graph, kept: Int[Tensor, "kept
         return sum(labels.labelled(layer, feature, value) for layer, feature in pairs) / max(len(pairs), 1)
 
     return {"faithfulness": (pruned / full).item(), "labelled share": share(kept_last), "chance share": share(active)}
+
+
+@dataclass
+class Reading:
+    """One place a route should pass in a family's graphs: a position, and the label a feature there should carry."""
+
+    name: str
+    position: object  # prompt index -> the position read (-1: the last)
+    value: object  # prompt index -> the label value a feature there should carry
+
+
+def chapter_readings(model, families: list[Family]) -> dict[str, list[Reading]]:
+    """The places this section reads, per family (sentiment has none: two-valued labels single nothing out)."""
+    by_name = {family.name: family for family in families}
+    facts, ioi, truth = (by_name[name] for name in ("facts", "IOI", "truth"))
+    return {
+        "facts": [Reading("country, at its token", lambda i: facts.sources(i)[0], lambda i: facts.prompts.labels["country"][i]),
+                  Reading("country, at the last position", lambda i: -1, lambda i: facts.prompts.labels["country"][i])],
+        "IOI": [Reading("indirect object, at its token", lambda i: ioi.sources(i)[0], lambda i: ioi.prompts.labels["io"][i]),
+                Reading("indirect object, at the last position", lambda i: -1, lambda i: ioi.prompts.labels["io"][i])],
+        "truth": [Reading("country, at the last position", lambda i: -1, lambda i: truth.prompts.labels["country"][i]),
+                  Reading("stated value, at its token", lambda i: truth.sources(i)[1],
+                          lambda i: truth.prompts.labels["stated"][i])],
+    }
+
+
+MIN_SUPPORT = 2  # a feature is labelled with a value only if it fires on at least this many other prompts with it
+
+
+@memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
+def route_readings(model, transcoders: list, family: Family, readings: list[Reading], n: int, start: int = 0,
+                   progress: bool = True) -> pd.DataFrame:
+    """For the first `n` prompts from `start` the model answers, and each reading: how many active features at the
+    reading's position the family's *other* prompts label with this prompt's value, whether the most influential
+    active feature there is one of them (and whether the most strongly activated one is), the chance of a random
+    active feature being one (labelled / active), and their influence over chance."""
+    from utils import progress_bar
+
+    activations, last = family_feature_activations(model, transcoders, family.prompts.prompts)  # [batch, pos, layer, d_tc]
+    rows = []
+    for i in progress_bar(answered_prompts(model, family.prompts, n, start), show=progress,
+                          desc=f"graphs of {family.name} prompts"):
+        graph, influence, _ = prompt_graph(model, transcoders, family.prompts, i)
+        others = [j for j in range(len(last)) if j != i]
+        for reading in readings:
+            at = [int(last[j]) if reading.position(j) == -1 else reading.position(j) for j in others]
+            others_activations = activations[others, at]  # [other, layer, d_tc]
+            values = [reading.value(j) for j in others]
+            labels = label_features(others_activations, values)  # leave-one-out: this prompt labels nothing
+            value = reading.value(i)
+            fired_with_value = (others_activations[[v == value for v in values]] > 0).sum(0)  # [layer, d_tc]
+
+            def is_labelled(node: int) -> bool:
+                _, layer, _, feature = graph.nodes[node]
+                return labels.labelled(layer, feature, value) and int(fired_with_value[layer, feature]) >= MIN_SUPPORT
+
+            position = len(graph.str_tokens) - 1 if reading.position(i) == -1 else reading.position(i)
+            active = [node for node, (kind, _, where, _) in enumerate(graph.nodes) if kind == "feature" and where == position]
+            labelled = [node for node in active if is_labelled(node)]  # TopK: `active` is never empty
+            top = max(active, key=lambda node: float(influence[node]))
+            strongest = max(active, key=lambda node: float(graph.run.features[graph.nodes[node][1], position,
+                                                                               graph.nodes[node][3]]))
+            rows.append({"prompt": i, "reading": reading.name, "active": len(active), "labelled": len(labelled),
+                         "top feature labelled": float(top in labelled), "chance": len(labelled) / len(active),
+                         "most active feature labelled": float(strongest in labelled),
+                         "influence over chance": (influence[labelled].mean()
+                                                   / influence[active].mean().clamp_min(1e-12)).item()
+                         if labelled else float("nan"),
+                         "influence on error nodes": sum(float(influence[node]) for node, (kind, *_) in enumerate(graph.nodes)
+                                                         if kind == "error") / float(influence.sum())})
+    return pd.DataFrame(rows)
+
+
+def route_summary(readings: pd.DataFrame) -> pd.DataFrame:
+    """Per reading: the mean labelled and active counts, the rate at which the top feature is labelled beside its
+    chance, the influence over chance (where any is labelled), and the error nodes' share."""
+    return readings.groupby("reading", sort=False)[["labelled", "active", "top feature labelled", "chance",
+                                                    "most active feature labelled", "influence over chance",
+                                                    "influence on error nodes"]].mean()
 
 
 def head_shares(model, transcoders: list, run: FrozenRun, target, positions: list[int]) -> Float[Tensor, "layer head_index"]:
