@@ -1248,12 +1248,12 @@ grade_summary[route_columns].style.format(precision=2, na_rep="none labelled")
 #   under chance (when one is active at all); the names reach the answer through heads, inside the
 #   edges (next section).
 #
-# Why: the organism's transcoders have 512 features and `k = 16` per layer for forty countries,
-# two verdicts, two sentiments and dozens of names; they learned features for what is common (a
-# country slot, a relation, a verdict), not one per country, and the per-country computation lands
-# in their error. A graph reads a computation through the replacement's features, so a route the
-# features do not represent cannot appear in it, however the graph is read. That is a claim about
-# the dictionary, and it can be tested.
+# Why: the shipped transcoders (512 features, `k = 16` per layer, trained briefly) face forty
+# countries, two verdicts, two sentiments and dozens of names; they learned features for what is
+# common (a country slot, a relation, a verdict), not one per country, and the per-country
+# computation lands in their error. A graph reads a computation through the replacement's features,
+# so a route the features do not represent cannot appear in it, however the graph is read. That is a
+# claim about this dictionary, and it can be tested.
 
 # %% [markdown]
 # ### Another dictionary
@@ -1271,20 +1271,24 @@ grade_summary[route_columns].style.format(precision=2, na_rep="none labelled")
 # build the same graphs with all three sets and read them where a route should pass:
 #
 # - **facts**: the country's token and the last position, for features labelled with the prompt's
-#   country (40 values);
+#   country (40 values), and the last position for features labelled with the prompt's answer word;
 # - **IOI**: the indirect object's token and the last position, for features labelled with the
 #   indirect object's name (dozens of values);
 # - **truth**: the last position, for the country; the stated value's token, for the value stated.
 #
-# Three changes make this reading fairer than the ones above. Labels are **left out one**: a
-# prompt's features are labelled by the family's *other* prompts, and only when at least
-# `MIN_SUPPORT` of those with the prompt's value fire them, so a rare feature cannot be labelled by
-# a single prompt. The question is sharper: is **the most influential feature** at that position one
-# the world labels with the prompt's value? A feature drawn at random from the active ones there
-# would be with chance *labelled / active*, the column beside it. And a second baseline asks the same
-# of the **most strongly activated** feature there, so that influence is not merely picking features
-# that fire hard. Sentiment is left out: its label has two values, and most active features carry
-# the prompt's own.
+# Three changes make this reading fairer than the ones above. Labels are **left out**: a prompt's
+# features are labelled by the family's *other* prompts, and only when at least `MIN_SUPPORT` of
+# those with the prompt's value fire them, so a rare feature cannot be labelled by a single prompt.
+# For the country in facts prompts, every prompt about the same country *and relation* is left out
+# too, so the label comes from the country's other relations: a feature that only says " Tokyo"
+# cannot pass for a "Japan" feature (the answer reading asks about that kind directly). The question
+# is sharper: is **the most influential feature** at that position one the world labels with the
+# prompt's value? A feature drawn at random from the active ones there would be with chance
+# *labelled / active*, the column beside it. And a second baseline asks the same of the **most
+# active** feature there (each feature's activation over its largest on the labelling prompts), so
+# that influence is not merely picking features that fire hard. `value labelable` is the share of
+# graphs whose value has enough labelling prompts to be labelled at all. Sentiment is left out: its
+# label has two values, and most active features carry the prompt's own.
 
 # %% tags=["export"]
 @dataclass
@@ -1294,15 +1298,19 @@ class Reading:
     name: str
     position: object  # prompt index -> the position read (-1: the last)
     value: object  # prompt index -> the label value a feature there should carry
+    group: object = None  # prompt index -> a key; prompts sharing the read prompt's key do not label (None: itself only)
 
 
 def chapter_readings(model, families: list[Family]) -> dict[str, list[Reading]]:
     """The places this section reads, per family (sentiment has none: two-valued labels single nothing out)."""
     by_name = {family.name: family for family in families}
     facts, ioi, truth = (by_name[name] for name in ("facts", "IOI", "truth"))
+    country, fact = (lambda i: facts.prompts.labels["country"][i],
+                     lambda i: (facts.prompts.labels["country"][i], facts.prompts.labels["relation"][i]))
     return {
-        "facts": [Reading("country, at its token", lambda i: facts.sources(i)[0], lambda i: facts.prompts.labels["country"][i]),
-                  Reading("country, at the last position", lambda i: -1, lambda i: facts.prompts.labels["country"][i])],
+        "facts": [Reading("country, at its token", lambda i: facts.sources(i)[0], country, fact),
+                  Reading("answer, at the last position", lambda i: -1, lambda i: facts.prompts.correct[i]),
+                  Reading("country, at the last position", lambda i: -1, country, fact)],
         "IOI": [Reading("indirect object, at its token", lambda i: ioi.sources(i)[0], lambda i: ioi.prompts.labels["io"][i]),
                 Reading("indirect object, at the last position", lambda i: -1, lambda i: ioi.prompts.labels["io"][i])],
         "truth": [Reading("country, at the last position", lambda i: -1, lambda i: truth.prompts.labels["country"][i]),
@@ -1311,48 +1319,56 @@ def chapter_readings(model, families: list[Family]) -> dict[str, list[Reading]]:
     }
 
 
-MIN_SUPPORT = 2  # a feature is labelled with a value only if it fires on at least this many other prompts with it
+MIN_SUPPORT = 2  # a feature is labelled with a value only if it fires on at least this many labelling prompts with it
 
 
 @memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def route_readings(model, transcoders: list, family: Family, readings: list[Reading], n: int, start: int = 0,
                    progress: bool = True) -> pd.DataFrame:
     """For the first `n` prompts from `start` the model answers, and each reading: how many active features at the
-    reading's position the family's *other* prompts label with this prompt's value, whether the most influential
-    active feature there is one of them (and whether the most strongly activated one is), the chance of a random
-    active feature being one (labelled / active), and their influence over chance."""
+    reading's position the family's other prompts label with this prompt's value, whether the most influential
+    active feature there is one of them (and whether the most active one is, each feature's activation taken over
+    its largest on the labelling prompts), the chance of a random active feature being one (labelled / active),
+    their influence over chance, and whether the value has enough labelling prompts to be labelled at all."""
     from utils import progress_bar
 
     activations, last = family_feature_activations(model, transcoders, family.prompts.prompts)  # [batch, pos, layer, d_tc]
+    positions = {reading.name: [int(last[j]) if reading.position(j) == -1 else reading.position(j)
+                                for j in range(len(last))] for reading in readings}
     rows = []
     for i in progress_bar(answered_prompts(model, family.prompts, n, start), show=progress,
                           desc=f"graphs of {family.name} prompts"):
         graph, influence, _ = prompt_graph(model, transcoders, family.prompts, i)
-        others = [j for j in range(len(last)) if j != i]
         for reading in readings:
-            at = [int(last[j]) if reading.position(j) == -1 else reading.position(j) for j in others]
-            others_activations = activations[others, at]  # [other, layer, d_tc]
+            group = reading.group or (lambda j: j)  # by default a prompt only leaves itself out
+            others = [j for j in range(len(last)) if group(j) != group(i)]
+            others_activations = activations[others, [positions[reading.name][j] for j in others]]  # [other, layer, d_tc]
             values = [reading.value(j) for j in others]
-            labels = label_features(others_activations, values)  # leave-one-out: this prompt labels nothing
+            labels = label_features(others_activations, values)  # this prompt (and its group) labels nothing
             value = reading.value(i)
-            fired_with_value = (others_activations[[v == value for v in values]] > 0).sum(0)  # [layer, d_tc]
+            with_value = torch.tensor([v == value for v in values])  # [other]
+            fired_with_value = (others_activations[with_value] > 0).sum(0)  # [layer, d_tc]
+            largest = others_activations.amax(0).clamp_min(1e-6)  # [layer, d_tc]
 
             def is_labelled(node: int) -> bool:
                 _, layer, _, feature = graph.nodes[node]
                 return labels.labelled(layer, feature, value) and int(fired_with_value[layer, feature]) >= MIN_SUPPORT
 
+            def relative_activation(node: int) -> float:
+                _, layer, where, feature = graph.nodes[node]
+                return float(graph.run.features[layer, where, feature] / largest[layer, feature])
+
             position = len(graph.str_tokens) - 1 if reading.position(i) == -1 else reading.position(i)
             active = [node for node, (kind, _, where, _) in enumerate(graph.nodes) if kind == "feature" and where == position]
             labelled = [node for node in active if is_labelled(node)]  # TopK: `active` is never empty
             top = max(active, key=lambda node: float(influence[node]))
-            strongest = max(active, key=lambda node: float(graph.run.features[graph.nodes[node][1], position,
-                                                                               graph.nodes[node][3]]))
             rows.append({"prompt": i, "reading": reading.name, "active": len(active), "labelled": len(labelled),
                          "top feature labelled": float(top in labelled), "chance": len(labelled) / len(active),
-                         "most active feature labelled": float(strongest in labelled),
+                         "most active feature labelled": float(max(active, key=relative_activation) in labelled),
                          "influence over chance": (influence[labelled].mean()
                                                    / influence[active].mean().clamp_min(1e-12)).item()
                          if labelled else float("nan"),
+                         "value labelable": float(int(with_value.sum()) >= MIN_SUPPORT),
                          "influence on error nodes": sum(float(influence[node]) for node, (kind, *_) in enumerate(graph.nodes)
                                                          if kind == "error") / float(influence.sum())})
     return pd.DataFrame(rows)
@@ -1363,7 +1379,7 @@ def route_summary(readings: pd.DataFrame) -> pd.DataFrame:
     chance, the influence over chance (where any is labelled), and the error nodes' share."""
     return readings.groupby("reading", sort=False)[["labelled", "active", "top feature labelled", "chance",
                                                     "most active feature labelled", "influence over chance",
-                                                    "influence on error nodes"]].mean()
+                                                    "value labelable", "influence on error nodes"]].mean()
 
 
 # %%
@@ -1379,42 +1395,48 @@ route_table = pd.concat({(set_name, family.name): route_summary(route_readings(m
 route_table.style.format(precision=2, na_rep="none labelled")
 
 # %% [markdown]
-# **Training, more than width, brings part of the route into view, in one family.** Read against
-# both baselines, on the chapter's prompts and on three other draws of twenty facts, four IOI and
-# twelve truth prompts that the test module makes:
+# **Longer training brings part of the facts route into view; width adds to it.** Read against both
+# baselines, on the chapter's prompts and on four other draws of twenty facts, four IOI and twelve
+# truth prompts that the test module makes:
 #
-# - **Facts: the country appears at the last position.** With the shipped set, the most influential
-#   last-position feature never carries the prompt's country. With the long set it does in 10 to 40%
-#   of the graphs, with the wide set in 20 to 50%, against chances of about 4% and 6 to 10%; and the
-#   most strongly *activated* feature there never does, with any set. So influence singles out
-#   country features that activation alone would miss. Width adds country features (four to six of
-#   the 64 active ones carry the country with 2048 features, two to three with the long set, one or
-#   two with the shipped set) and takes a little more from the error nodes (their share of the
-#   influence: 0.15-0.19 shipped, 0.09-0.12 long, 0.07-0.08 wide), but the longer training made most
-#   of the difference. The country's token is unchanged: almost no feature there carries the country, with
-#   any set. So the route the papers draw is there in part: the country's embedding, moved by
-#   attention to the last position, where a feature that singles out the country is among the most
-#   influential nodes. Influence counts effects of either sign, so the table alone does not say this
-#   feature pushes *toward* the answer; the graph's edge signs and Section 5's interventions are where
-#   to look.
+# - **Facts: a country feature appears at the last position.** With the shipped set, the most
+#   influential last-position feature never carries the prompt's country. With the long set it does
+#   in 5 to 30% of the graphs, with the wide set in 15 to 40%, against chances of 2 to 3% and 4 to 6%.
+#   These are country features, not answer features: their label comes from the country's *other*
+#   relations, and the top feature almost never carries the answer word itself (in at most one
+#   graph in ten, with any set). They show on capital and language prompts, whose answer belongs to
+#   one country (over the four larger draws, long 10 of 32 and 5 of 23, wide 12 of 32 and 8 of 23),
+#   and never on the 25 continent prompts, whose answer is shared by many countries. The most active
+#   feature is a country feature in at most one graph in ten with the long and wide sets: influence
+#   picks out features that activation alone does not. Width doubles the number of active country
+#   features (about three of 64 with 2048 features, one or two with the long set, under one with the
+#   shipped set) and raises the rate in three of the five draws. The country's token is unchanged:
+#   almost no feature there carries the country, with any set. So the route the papers draw is there
+#   in part: the country's embedding, moved by attention to the last position, where a feature that
+#   singles out the country is among the most influential nodes. Influence counts effects of either
+#   sign, so the table alone does not say this feature pushes *toward* the answer; the graph's edge
+#   signs and Section 5's interventions are where to look.
+# - **The error nodes' share of a graph's influence drops in every family** with the longer-trained
+#   sets (facts: 0.15-0.19 shipped, 0.09-0.12 long, 0.07-0.08 wide; truth and IOI fall by a quarter
+#   to a half too), so a smaller error is not by itself a sign of a recovered route: truth and IOI gain
+#   none.
 # - **Truth: nothing new.** The recalled country at the last position, where the stated fact should
 #   meet the recalled one, is never carried by the top feature, with any set. At the stated value's
-#   token the top feature carries the value in at most one graph in four in the chapter's draw and one
-#   in six in the larger draws, with any set; a feature for a word at its own token is a token
-#   feature, not a route.
+#   token the top feature carries the value in at most one graph in four, with any set; a feature for
+#   a word at its own token is a token feature, not a route. And in up to half of the graphs the
+#   stated value appears in too few other prompts to be labelled at all (the `value labelable`
+#   column), so this reading can miss.
 # - **IOI: little change.** About one active feature in 64 at the indirect object's token, or fewer,
 #   carries its name, with every set, and almost none at the last position. With the wide set that
-#   feature is the top one at its token in one of the chapter's two graphs, and in at most one graph
-#   in four in the other draws: a token feature again. The names travel through
-#   the heads (next section).
+#   feature is the top one at its token in at most half of the graphs: a token feature again. The
+#   names travel through the heads (next section).
 #
 # What this teaches. A graph can only show a computation in its replacement's vocabulary, and the
-# vocabulary is a choice: its width, and how long and on what it was trained. Here a set trained
-# five times longer moved part of the per-country computation out of the error nodes and into
-# features a graph can name; four times the width added more such features and little else. A
-# finding of "no route" from one dictionary is a finding about that dictionary; before you believe
-# it of the model, train another. The rest of the chapter keeps the shipped set: its numbers are the
-# ones the exercises check.
+# vocabulary is a choice: its width, and how long and on what it was trained. Here training five
+# times longer moved part of the per-country computation into features a graph can name, and four
+# times the width added more of them. A finding of "no route" from one dictionary is a finding about
+# that dictionary; before you believe it of the model, train another. The rest of the chapter keeps
+# the shipped set: its numbers are the ones the exercises check.
 
 # %% [markdown]
 # ### The heads of Chapter 06 in an IOI graph
@@ -1788,7 +1810,7 @@ print(json.dumps(exported["nodes"][0], indent=1))
 #   behaves differently from the graph's prediction (Section 5). IOI's names move entirely through
 #   heads, which the graph shows only as edges from embeddings.
 # - **Error nodes.** Whatever the transcoders miss becomes an opaque node. In the facts graphs of the
-#   512-feature set, error nodes hold a sizeable share of the influence: the part of the computation
+#   shipped set, error nodes hold a sizeable share of the influence: the part of the computation
 #   that recalls *which* capital is the part the graph does not explain. At the first position the error is several
 #   times larger still.
 # - **One prompt at a time.** Each graph is about one prompt's local replacement. The grading of
@@ -1801,10 +1823,10 @@ print(json.dumps(exported["nodes"][0], indent=1))
 #   it. Here the world did; on a real model, feature labels come from automated interpretation of
 #   top activations, and grading them is a research problem of its own.
 # - **A route the features don't carry.** Read every fair way we tried (Section 4), no family's graphs
-#   with the 512-feature transcoders route through the features the world labels more than as many
+#   with the shipped transcoders route through the features the world labels more than as many
 #   random active features would: they have no feature per country, and the recall lands in their
-#   error. Sets trained five times longer bring the country into view at the last position, in a tenth
-#   to a half of the facts graphs. A graph can only show a computation in the replacement's own
+#   error. Sets trained five times longer put a country feature at the top of the last position in
+#   5 to 40% of the facts graphs. A graph can only show a computation in the replacement's own
 #   vocabulary.
 # - **The transcoders' own choices.** Width, `k`, the data and the training seed decide which
 #   features exist; another set of transcoders gives another graph of the same computation (Section

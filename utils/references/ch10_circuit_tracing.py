@@ -548,15 +548,19 @@ class Reading:
     name: str
     position: object  # prompt index -> the position read (-1: the last)
     value: object  # prompt index -> the label value a feature there should carry
+    group: object = None  # prompt index -> a key; prompts sharing the read prompt's key do not label (None: itself only)
 
 
 def chapter_readings(model, families: list[Family]) -> dict[str, list[Reading]]:
     """The places this section reads, per family (sentiment has none: two-valued labels single nothing out)."""
     by_name = {family.name: family for family in families}
     facts, ioi, truth = (by_name[name] for name in ("facts", "IOI", "truth"))
+    country, fact = (lambda i: facts.prompts.labels["country"][i],
+                     lambda i: (facts.prompts.labels["country"][i], facts.prompts.labels["relation"][i]))
     return {
-        "facts": [Reading("country, at its token", lambda i: facts.sources(i)[0], lambda i: facts.prompts.labels["country"][i]),
-                  Reading("country, at the last position", lambda i: -1, lambda i: facts.prompts.labels["country"][i])],
+        "facts": [Reading("country, at its token", lambda i: facts.sources(i)[0], country, fact),
+                  Reading("answer, at the last position", lambda i: -1, lambda i: facts.prompts.correct[i]),
+                  Reading("country, at the last position", lambda i: -1, country, fact)],
         "IOI": [Reading("indirect object, at its token", lambda i: ioi.sources(i)[0], lambda i: ioi.prompts.labels["io"][i]),
                 Reading("indirect object, at the last position", lambda i: -1, lambda i: ioi.prompts.labels["io"][i])],
         "truth": [Reading("country, at the last position", lambda i: -1, lambda i: truth.prompts.labels["country"][i]),
@@ -565,48 +569,56 @@ def chapter_readings(model, families: list[Family]) -> dict[str, list[Reading]]:
     }
 
 
-MIN_SUPPORT = 2  # a feature is labelled with a value only if it fires on at least this many other prompts with it
+MIN_SUPPORT = 2  # a feature is labelled with a value only if it fires on at least this many labelling prompts with it
 
 
 @memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def route_readings(model, transcoders: list, family: Family, readings: list[Reading], n: int, start: int = 0,
                    progress: bool = True) -> pd.DataFrame:
     """For the first `n` prompts from `start` the model answers, and each reading: how many active features at the
-    reading's position the family's *other* prompts label with this prompt's value, whether the most influential
-    active feature there is one of them (and whether the most strongly activated one is), the chance of a random
-    active feature being one (labelled / active), and their influence over chance."""
+    reading's position the family's other prompts label with this prompt's value, whether the most influential
+    active feature there is one of them (and whether the most active one is, each feature's activation taken over
+    its largest on the labelling prompts), the chance of a random active feature being one (labelled / active),
+    their influence over chance, and whether the value has enough labelling prompts to be labelled at all."""
     from utils import progress_bar
 
     activations, last = family_feature_activations(model, transcoders, family.prompts.prompts)  # [batch, pos, layer, d_tc]
+    positions = {reading.name: [int(last[j]) if reading.position(j) == -1 else reading.position(j)
+                                for j in range(len(last))] for reading in readings}
     rows = []
     for i in progress_bar(answered_prompts(model, family.prompts, n, start), show=progress,
                           desc=f"graphs of {family.name} prompts"):
         graph, influence, _ = prompt_graph(model, transcoders, family.prompts, i)
-        others = [j for j in range(len(last)) if j != i]
         for reading in readings:
-            at = [int(last[j]) if reading.position(j) == -1 else reading.position(j) for j in others]
-            others_activations = activations[others, at]  # [other, layer, d_tc]
+            group = reading.group or (lambda j: j)  # by default a prompt only leaves itself out
+            others = [j for j in range(len(last)) if group(j) != group(i)]
+            others_activations = activations[others, [positions[reading.name][j] for j in others]]  # [other, layer, d_tc]
             values = [reading.value(j) for j in others]
-            labels = label_features(others_activations, values)  # leave-one-out: this prompt labels nothing
+            labels = label_features(others_activations, values)  # this prompt (and its group) labels nothing
             value = reading.value(i)
-            fired_with_value = (others_activations[[v == value for v in values]] > 0).sum(0)  # [layer, d_tc]
+            with_value = torch.tensor([v == value for v in values])  # [other]
+            fired_with_value = (others_activations[with_value] > 0).sum(0)  # [layer, d_tc]
+            largest = others_activations.amax(0).clamp_min(1e-6)  # [layer, d_tc]
 
             def is_labelled(node: int) -> bool:
                 _, layer, _, feature = graph.nodes[node]
                 return labels.labelled(layer, feature, value) and int(fired_with_value[layer, feature]) >= MIN_SUPPORT
 
+            def relative_activation(node: int) -> float:
+                _, layer, where, feature = graph.nodes[node]
+                return float(graph.run.features[layer, where, feature] / largest[layer, feature])
+
             position = len(graph.str_tokens) - 1 if reading.position(i) == -1 else reading.position(i)
             active = [node for node, (kind, _, where, _) in enumerate(graph.nodes) if kind == "feature" and where == position]
             labelled = [node for node in active if is_labelled(node)]  # TopK: `active` is never empty
             top = max(active, key=lambda node: float(influence[node]))
-            strongest = max(active, key=lambda node: float(graph.run.features[graph.nodes[node][1], position,
-                                                                               graph.nodes[node][3]]))
             rows.append({"prompt": i, "reading": reading.name, "active": len(active), "labelled": len(labelled),
                          "top feature labelled": float(top in labelled), "chance": len(labelled) / len(active),
-                         "most active feature labelled": float(strongest in labelled),
+                         "most active feature labelled": float(max(active, key=relative_activation) in labelled),
                          "influence over chance": (influence[labelled].mean()
                                                    / influence[active].mean().clamp_min(1e-12)).item()
                          if labelled else float("nan"),
+                         "value labelable": float(int(with_value.sum()) >= MIN_SUPPORT),
                          "influence on error nodes": sum(float(influence[node]) for node, (kind, *_) in enumerate(graph.nodes)
                                                          if kind == "error") / float(influence.sum())})
     return pd.DataFrame(rows)
@@ -617,7 +629,7 @@ def route_summary(readings: pd.DataFrame) -> pd.DataFrame:
     chance, the influence over chance (where any is labelled), and the error nodes' share."""
     return readings.groupby("reading", sort=False)[["labelled", "active", "top feature labelled", "chance",
                                                     "most active feature labelled", "influence over chance",
-                                                    "influence on error nodes"]].mean()
+                                                    "value labelable", "influence on error nodes"]].mean()
 
 
 def head_shares(model, transcoders: list, run: FrozenRun, target, positions: list[int]) -> Float[Tensor, "layer head_index"]:
