@@ -1396,8 +1396,8 @@ route_table.style.format(precision=2, na_rep="none labelled")
 
 # %% [markdown]
 # **Longer training brings part of the facts route into view; width adds to it.** Read against both
-# baselines, on the chapter's prompts and on four other draws of twenty facts, four IOI and twelve
-# truth prompts that the test module makes:
+# baselines, on the chapter's prompts and on four draws of twenty facts, four IOI and twelve truth
+# prompts that the test module makes (the first extends the chapter's own):
 #
 # - **Facts: a country feature appears at the last position.** With the shipped set, the most
 #   influential last-position feature never carries the prompt's country. With the long set it does
@@ -1409,15 +1409,15 @@ route_table.style.format(precision=2, na_rep="none labelled")
 #   and never on the 25 continent prompts, whose answer is shared by many countries. The most active
 #   feature is a country feature in at most one graph in ten with the long and wide sets: influence
 #   picks out features that activation alone does not. Width doubles the number of active country
-#   features (about three of 64 with 2048 features, one or two with the long set, under one with the
-#   shipped set) and raises the rate in three of the five draws. The country's token is unchanged:
+#   features (three to four of 64 with 2048 features, two and a half in one draw; one or two with
+#   the long set; under one with the shipped set) and raises the rate in three of the five draws. The country's token is unchanged:
 #   almost no feature there carries the country, with any set. So the route the papers draw is there
 #   in part: the country's embedding, moved by attention to the last position, where a feature that
 #   singles out the country is among the most influential nodes. Influence counts effects of either
 #   sign, so the table alone does not say this feature pushes *toward* the answer; the graph's edge
 #   signs and Section 5's interventions are where to look.
 # - **The error nodes' share of a graph's influence drops in every family** with the longer-trained
-#   sets (facts: 0.15-0.19 shipped, 0.09-0.12 long, 0.07-0.08 wide; truth and IOI fall by a quarter
+#   sets (facts: 0.15-0.19 shipped, 0.09-0.12 long, 0.07-0.08 wide; truth and IOI fall by a fifth
 #   to a half too), so a smaller error is not by itself a sign of a recovered route: truth and IOI gain
 #   none.
 # - **Truth: nothing new.** The recalled country at the last position, where the stated fact should
@@ -1823,8 +1823,8 @@ print(json.dumps(exported["nodes"][0], indent=1))
 #   it. Here the world did; on a real model, feature labels come from automated interpretation of
 #   top activations, and grading them is a research problem of its own.
 # - **A route the features don't carry.** Read every fair way we tried (Section 4), no family's graphs
-#   with the shipped transcoders route through the features the world labels more than as many
-#   random active features would: they have no feature per country, and the recall lands in their
+#   with the shipped transcoders route through last-position features the world labels more than as
+#   many random active features would: they have no feature per country, and the recall lands in their
 #   error. Sets trained five times longer put a country feature at the top of the last position in
 #   5 to 40% of the facts graphs. A graph can only show a computation in the replacement's own
 #   vocabulary.
