@@ -270,10 +270,51 @@ def test_a_killed_grader_leaves_nothing_running_and_its_scratch_goes_next_time(t
     assert scratch, "the grader started no kernel"
     grader.kill()
     grader.wait()
-    time.sleep(5)
-    assert _running_with(str(scratch[0])) == [], "the runner or the kernel outlived the grader"
+    assert _gone_within(str(scratch[0]), 30), "the runner or the kernel outlived the grader"
     cli.remove_stale_scratch()
     assert not any(folder.exists() for folder in scratch)
+
+
+def _gone_within(text: str, seconds: float) -> bool:
+    """Whether every process that mentions `text` ends within `seconds` (a SIGKILL chain takes a
+    moment on a busy machine; a process that lost the race with its parent's death stays for good)."""
+    deadline = time.monotonic() + seconds
+    while _running_with(text):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_the_kernel_guard_dies_with_its_parent_and_refuses_an_orphaned_start(tmp_path):
+    """The prefix that wraps every walled kernel: it arms the parent-death signal before anything
+    runs, so a SIGKILLed parent takes the command with it, even one killed the moment the command
+    was started (without the guard, that command ran on for good)."""
+    for wait_for_the_child in (True, False):
+        marker = f"workbook-guard-{tmp_path.name}-{wait_for_the_child}"
+        parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import os, signal, subprocess, sys, time
+            from utils.grade.sandbox import orphan_guard
+            subprocess.Popen([*orphan_guard(), "prlimit", "--core=0", "--", sys.executable, "-c",
+                              "import time; time.sleep(300)", "{marker}"])
+            if not {wait_for_the_child}:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(300)
+        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+        if wait_for_the_child:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(_running_with(marker)) < 2:  # the parent and its child
+                time.sleep(0.2)
+            assert len(_running_with(marker)) == 2, "the guarded child never started"
+            parent.kill()
+        parent.wait()
+        assert _gone_within(marker, 30), f"the guarded child outlived its parent (waited for it: {wait_for_the_child})"
+
+    orphaned = subprocess.run([*walls.orphan_guard(parent=1), "true"], capture_output=True, text=True, timeout=60)
+    assert orphaned.returncode != 0 and "the grader is gone" in orphaned.stderr
+    kept = subprocess.run([*walls.orphan_guard(), sys.executable, "-c", "print('ran')"], capture_output=True, text=True,
+                          timeout=60)
+    assert kept.stdout.strip() == "ran"
 
 
 def _running_with(text: str) -> list[int]:

@@ -206,7 +206,8 @@ def run_job(job: dict, limits: Limits) -> tuple[list[Row], dict | None]:
         (workdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
         result = workdir / "result.json"
         with open(workdir / "runner.log", "w", encoding="utf-8") as log:
-            runner = subprocess.Popen([sys.executable, "-m", "utils.grade.execute", str(workdir / "job.json"), str(result)],
+            runner = subprocess.Popen([sys.executable, "-m", "utils.grade.execute", str(workdir / "job.json"), str(result),
+                                       str(os.getpid())],
                                       cwd=workdir, env=kernel_environment(workdir), stdin=subprocess.DEVNULL,
                                       stdout=log, stderr=log, start_new_session=True)
             try:

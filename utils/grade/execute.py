@@ -540,21 +540,23 @@ def _outcomes(job, chapter, cells, results, key, stop, settled, limits):
     return outcomes, changed, extras, payload
 
 
-def die_with_the_grader() -> None:
-    """Have Linux kill this runner if the grader that started it dies (and with it, through
-    bubblewrap's --die-with-parent, the kernel): a killed grader leaves nothing running."""
+def die_with_the_grader(grader: int | None) -> None:
+    """Have Linux kill this runner if the grader that started it (pid `grader`) dies (and with it,
+    through the kernel's own guard and bubblewrap's --die-with-parent, the kernel): a killed grader
+    leaves nothing running."""
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the grader's own clean-up still kills the runner's session
-    if os.getppid() == 1:  # the grader died before the line above
+    # The grader died before the line above: this runner now belongs to init or to a subreaper.
+    if os.getppid() == 1 or (grader is not None and os.getppid() != grader):
         raise SystemExit("the grader is gone")
 
 
 def main() -> None:
-    die_with_the_grader()
+    die_with_the_grader(int(sys.argv[3]) if len(sys.argv) > 3 else None)
     job_path, result_path = Path(sys.argv[1]), Path(sys.argv[2])
     job = json.loads(job_path.read_text(encoding="utf-8"))
     if not job.get("sandbox"):

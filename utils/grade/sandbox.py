@@ -193,7 +193,22 @@ def kernel_command(sandbox: Sandbox, command: list[str], *, root: Path, writable
     if uid is not None:
         wrapped += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                     "--bounding-set=-all", "--no-new-privs", "--"]
-    return limits + wrapped + list(command)
+    return [*orphan_guard(), *limits, *wrapped, *command]
+
+
+# A child of the runner that has set its parent-death signal and then finds a different parent has
+# lost the race with a killed runner: it exits instead of starting a kernel no one will stop.
+_GUARD = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "  # 1: PR_SET_PDEATHSIG, 9: SIGKILL
+          "os.getppid() == int(sys.argv[1]) or sys.exit('the grader is gone'); os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def orphan_guard(parent: int | None = None) -> list[str]:
+    """A prefix that makes the wrapped command die with `parent` (this process by default).
+
+    bubblewrap's --die-with-parent only arms itself once bwrap runs; a runner killed between its
+    fork and that moment left bwrap and the kernel running for good. The guard arms the signal
+    before anything else executes (it survives prlimit's and bwrap's exec) and checks the parent."""
+    return [sys.executable, "-I", "-S", "-c", _GUARD, str(os.getpid() if parent is None else parent)]
 
 
 def _hub_cache() -> list[str]:
