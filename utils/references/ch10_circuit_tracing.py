@@ -612,7 +612,10 @@ def route_readings(model, transcoders: list, family: Family, readings: list[Read
             active = [node for node, (kind, _, where, _) in enumerate(graph.nodes) if kind == "feature" and where == position]
             labelled = [node for node in active if is_labelled(node)]  # TopK: `active` is never empty
             top = max(active, key=lambda node: float(influence[node]))
+            _, top_layer, _, top_feature = graph.nodes[top]
             rows.append({"prompt": i, "reading": reading.name, "active": len(active), "labelled": len(labelled),
+                         "top layer": top_layer, "top feature": top_feature,
+                         "top direct effect": graph.adjacency[-1, top].item(),
                          "top feature labelled": float(top in labelled), "chance": len(labelled) / len(active),
                          "most active feature labelled": float(max(active, key=relative_activation) in labelled),
                          "influence over chance": (influence[labelled].mean()
@@ -716,6 +719,29 @@ def validation_summary(table: pd.DataFrame) -> pd.DataFrame:
                         "same sign": (prediction.sign() == measured.sign()).double().mean().item(),
                         "median |measured| / |predicted|": (measured.abs() / prediction.abs().clamp_min(1e-6)).median().item()}
     return pd.DataFrame(rows).T
+
+
+def top_feature_ablations(model, transcoders: list, prompts, rows: pd.DataFrame) -> pd.DataFrame:
+    """For each graph in `rows` (one reading's rows of `route_readings`) whose top feature carries the label: the
+    real logit difference, its change when that feature is turned off, the graph's prediction, the change's rank
+    among turning off each active feature at that position one at a time (1: the largest drop), and the median
+    change over the others."""
+    table = []
+    for row in rows[rows["top feature labelled"] == 1].to_dict("records"):
+        index = int(row["prompt"])
+        run = freeze_run(model, transcoders, model.to_tokens(prompts.prompts[index])[0])
+        target = logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
+        position = len(run.tokens) - 1  # route_readings reads this reading at the last position
+        active = (run.features[:, position] > 0).nonzero().tolist()  # [[layer, feature], ...]
+        changes = {(layer, feature): ablate_feature(model, run, transcoders, layer, position, feature, target)
+                   for layer, feature in active}
+        top = (int(row["top layer"]), int(row["top feature"]))
+        others = torch.tensor([change for key, change in changes.items() if key != top])  # [active - 1]
+        table.append({"prompt": index, "feature": f"L{top[0]} F{top[1]}", "logit difference": target(run.logits, None).item(),
+                      "graph prediction": -row["top direct effect"], "turned off": changes[top],
+                      "rank of its drop": 1 + int((others < changes[top]).sum()), "active": len(active),
+                      "median of the others": others.median().item()})
+    return pd.DataFrame(table)
 
 
 def steer_feature(model, transcoders: list, graph: Graph, node: int, target, scale: float = 0.0) -> tuple[float, float]:
