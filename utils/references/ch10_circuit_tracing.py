@@ -721,13 +721,15 @@ def validation_summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def top_feature_ablations(model, transcoders: list, prompts, rows: pd.DataFrame) -> pd.DataFrame:
-    """For each graph in `rows` (one reading's rows of `route_readings`) whose top feature carries the label: the
-    real logit difference, its change when that feature is turned off, the graph's prediction, the change's rank
-    among turning off each active feature at that position one at a time (1: the largest drop), and the median
-    change over the others."""
+def top_feature_ablations(model, transcoders: list, prompts, rows: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """For each graph in `rows` (one reading's rows of `route_readings`): its top feature at the reading's last
+    position, whether the world labels it (`labelled`), its activation, the real logit difference, its change when
+    that feature is turned off, the graph's prediction, the change's rank among turning off each active feature at
+    that position one at a time (1: the largest drop), and the largest drop among the others."""
+    from utils import progress_bar
+
     table = []
-    for row in rows[rows["top feature labelled"] == 1].to_dict("records"):
+    for row in progress_bar(rows.to_dict("records"), show=progress, desc="graphs, each active feature turned off"):
         index = int(row["prompt"])
         run = freeze_run(model, transcoders, model.to_tokens(prompts.prompts[index])[0])
         target = logit_diff_target(model, prompts.correct[index], prompts.wrong[index])
@@ -737,11 +739,76 @@ def top_feature_ablations(model, transcoders: list, prompts, rows: pd.DataFrame)
                    for layer, feature in active}
         top = (int(row["top layer"]), int(row["top feature"]))
         others = torch.tensor([change for key, change in changes.items() if key != top])  # [active - 1]
-        table.append({"prompt": index, "feature": f"L{top[0]} F{top[1]}", "logit difference": target(run.logits, None).item(),
+        table.append({"prompt": index, "labelled": bool(row["top feature labelled"]), "layer": top[0], "feature": top[1],
+                      "activation": run.features[top[0], position, top[1]].item(),
+                      "logit difference": target(run.logits, None).item(),
                       "graph prediction": -row["top direct effect"], "turned off": changes[top],
                       "rank of its drop": 1 + int((others < changes[top]).sum()), "active": len(active),
-                      "median of the others": others.median().item()})
+                      "largest other drop": others.min().item()})
     return pd.DataFrame(table)
+
+
+def ablation_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per kind of top feature (labelled or not) and layer: graphs, and how often turning it off lowers the answer,
+    drops it the most of all the position's active features, or among the three most."""
+    grouped = table.groupby(["labelled", "layer"])
+    return pd.DataFrame({"graphs": grouped.size(), "lowers the answer": grouped["turned off"].apply(lambda c: (c < 0).mean()),
+                         "largest drop": grouped["rank of its drop"].apply(lambda r: (r == 1).mean()),
+                         "among the three largest": grouped["rank of its drop"].apply(lambda r: (r <= 3).mean())})
+
+
+def world_answers(prompts) -> dict:
+    """(country, relation) -> the answer, from a facts prompt set's own labels."""
+    return {(country, relation): answer for country, relation, answer
+            in zip(prompts.labels["country"], prompts.labels["relation"], prompts.correct)}
+
+
+def country_injections(model, transcoders: list, prompts, donors: pd.DataFrame, recipients: list[int]) -> pd.DataFrame:
+    """Each donor (a row of `top_feature_ablations`: a prompt's top country feature and its activation) added at the
+    last position of each recipient prompt about another country, in the real model: the rank, by how much its logit
+    rises, of the answer for (the donor's country, the recipient's relation) among the relation's answers other than
+    the recipient's own (1: it rises most); the recipient's own answer's lead over it (`gap`), and how much of that
+    lead the feature takes (`lift`)."""
+    answers = world_answers(prompts)
+    country, relation = prompts.labels["country"], prompts.labels["relation"]
+    rows = []
+    for donor in donors.to_dict("records"):
+        j, layer = int(donor["prompt"]), int(donor["layer"])
+        delta = donor["activation"] * transcoders[layer].W_dec[int(donor["feature"])]  # [d_model]
+
+        def add(out, hook):
+            out = out.clone()
+            out[0, -1] += delta
+            return out
+
+        for i in recipients:
+            wanted = answers.get((country[j], relation[i]))
+            if country[i] == country[j] or wanted in (None, prompts.correct[i]):
+                continue
+            tokens = model.to_tokens(prompts.prompts[i])  # [1, pos]
+            with torch.no_grad():
+                clean = model(tokens)[0, -1]  # [d_vocab]
+                rise = model.run_with_hooks(tokens, fwd_hooks=[(output_hook(layer), add)])[0, -1] - clean  # [d_vocab]
+            candidates = sorted({answer for (_, kind), answer in answers.items() if kind == relation[i]}
+                                - {prompts.correct[i]})
+            wanted_id, own_id = (answer_ids(model, [word])[0] for word in (wanted, prompts.correct[i]))
+            rows.append({"donor": j, "recipient": i, "from": relation[j], "into": relation[i],
+                         "rank": 1 + int((rise[answer_ids(model, candidates)] > rise[wanted_id]).sum()),
+                         "answers": len(candidates), "gap": (clean[own_id] - clean[wanted_id]).item(),
+                         "lift": (rise[wanted_id] - rise[own_id]).item()})
+    return pd.DataFrame(rows)
+
+
+def injection_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (donor relation, recipient relation): pairs, how often the donor country's answer rises most, that rate
+    for an answer drawn at random, the median rank, the mean lift against the mean gap, and how often the lift
+    closes the gap (the answer flips)."""
+    grouped = table.groupby(["from", "into"])
+    return pd.DataFrame({"pairs": grouped.size(), "rises most": grouped["rank"].apply(lambda rank: (rank == 1).mean()),
+                         "chance": grouped["answers"].apply(lambda answers: (1 / answers).mean()),
+                         "median rank": grouped["rank"].median(), "lift": grouped["lift"].mean(),
+                         "gap": grouped["gap"].mean(),
+                         "flipped": (table["lift"] > table["gap"]).groupby([table["from"], table["into"]]).mean()})
 
 
 def steer_feature(model, transcoders: list, graph: Graph, node: int, target, scale: float = 0.0) -> tuple[float, float]:
