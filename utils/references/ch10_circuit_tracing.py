@@ -768,9 +768,11 @@ def country_injections(model, transcoders: list, prompts, donors: pd.DataFrame, 
     last position of each recipient prompt about another country, in the real model: the rank, by how much its logit
     rises, of the answer for (the donor's country, the recipient's relation) among the relation's answers other than
     the recipient's own (1: it rises most); the recipient's own answer's lead over it (`gap`), and how much of that
-    lead the feature takes (`lift`)."""
+    lead the feature takes (`lift`). On capital and language recipients, also whether the donor country's answer
+    for the *other* of the two relations rises more than the one asked for (`other relation rises more`)."""
     answers = world_answers(prompts)
     country, relation = prompts.labels["country"], prompts.labels["relation"]
+    clean = {}
     rows = []
     for donor in donors.to_dict("records"):
         j, layer = int(donor["prompt"]), int(donor["layer"])
@@ -787,28 +789,54 @@ def country_injections(model, transcoders: list, prompts, donors: pd.DataFrame, 
                 continue
             tokens = model.to_tokens(prompts.prompts[i])  # [1, pos]
             with torch.no_grad():
-                clean = model(tokens)[0, -1]  # [d_vocab]
-                rise = model.run_with_hooks(tokens, fwd_hooks=[(output_hook(layer), add)])[0, -1] - clean  # [d_vocab]
+                if i not in clean:
+                    clean[i] = model(tokens)[0, -1]  # [d_vocab]
+                rise = model.run_with_hooks(tokens, fwd_hooks=[(output_hook(layer), add)])[0, -1] - clean[i]  # [d_vocab]
             candidates = sorted({answer for (_, kind), answer in answers.items() if kind == relation[i]}
                                 - {prompts.correct[i]})
             wanted_id, own_id = (answer_ids(model, [word])[0] for word in (wanted, prompts.correct[i]))
+            other = answers.get((country[j], {"capital": "language", "language": "capital"}.get(relation[i])))
             rows.append({"donor": j, "recipient": i, "from": relation[j], "into": relation[i],
                          "rank": 1 + int((rise[answer_ids(model, candidates)] > rise[wanted_id]).sum()),
-                         "answers": len(candidates), "gap": (clean[own_id] - clean[wanted_id]).item(),
-                         "lift": (rise[wanted_id] - rise[own_id]).item()})
+                         "answers": len(candidates), "gap": (clean[i][own_id] - clean[i][wanted_id]).item(),
+                         "lift": (rise[wanted_id] - rise[own_id]).item(),
+                         "other relation rises more": None if other is None
+                         else bool(rise[answer_ids(model, [other])[0]] > rise[wanted_id])})
     return pd.DataFrame(rows)
 
 
 def injection_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (donor relation, recipient relation): pairs, how often the donor country's answer rises most, that rate
-    for an answer drawn at random, the median rank, the mean lift against the mean gap, and how often the lift
-    closes the gap (the answer flips)."""
+    for an answer drawn at random, the median rank, the mean lift against the mean gap, how often the lift closes
+    the gap (the answer flips), and how often the donor country's answer for the other relation rises more."""
     grouped = table.groupby(["from", "into"])
     return pd.DataFrame({"pairs": grouped.size(), "rises most": grouped["rank"].apply(lambda rank: (rank == 1).mean()),
                          "chance": grouped["answers"].apply(lambda answers: (1 / answers).mean()),
                          "median rank": grouped["rank"].median(), "lift": grouped["lift"].mean(),
                          "gap": grouped["gap"].mean(),
-                         "flipped": (table["lift"] > table["gap"]).groupby([table["from"], table["into"]]).mean()})
+                         "flipped": (table["lift"] > table["gap"]).groupby([table["from"], table["into"]]).mean(),
+                         "other relation rises more": grouped["other relation rises more"].apply(
+                             lambda more: more.dropna().astype(float).mean())})
+
+
+def answer_readout(model, transcoders: list, prompts, donors: pd.DataFrame) -> pd.DataFrame:
+    """What each donor feature writes, read through the unembedding (its decoder row times W_U; the final LayerNorm
+    left out): the facts world's answers it raises most, and the rank among them of its own country's capital,
+    language and continent (1: raised most)."""
+    answers = world_answers(prompts)
+    vocabulary = sorted(set(answers.values()))
+    ids = answer_ids(model, vocabulary)
+    rows = []
+    for donor in donors.to_dict("records"):
+        j, layer, feature = int(donor["prompt"]), int(donor["layer"]), int(donor["feature"])
+        writes = transcoders[layer].W_dec[feature] @ model.W_U[:, ids]  # [answers]
+        rank = {word: 1 + int((writes > writes[vocabulary.index(word)]).sum()) for word in vocabulary}
+        own = {kind: answers.get((prompts.labels["country"][j], kind)) for kind in ("capital", "language", "continent")}
+        rows.append({"prompt": j, "layer": layer, "feature": feature, "country": prompts.labels["country"][j],
+                     "writes most": ", ".join(vocabulary[k].strip() for k in writes.argsort(descending=True)[:3].tolist()),
+                     **{f"{kind} rank": rank[word] if word else None for kind, word in own.items()},
+                     "answers": len(vocabulary)})
+    return pd.DataFrame(rows)
 
 
 def steer_feature(model, transcoders: list, graph: Graph, node: int, target, scale: float = 0.0) -> tuple[float, float]:
