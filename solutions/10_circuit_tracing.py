@@ -2051,8 +2051,9 @@ print(json.dumps(exported["nodes"][0], indent=1))
 #   with the shipped transcoders route through last-position features the world labels more than as
 #   many random active features would: they have no feature per country, and the recall lands in their
 #   error. Sets trained five times longer put a country feature at the top of the last position in
-#   5 to 40% of the facts graphs. A graph can only show a computation in the replacement's own
-#   vocabulary.
+#   5 to 40% of the facts graphs, and interventions show what it is: a feature that writes its
+#   country's capital and language at once (Section 5), not a country node feeding a relation step.
+#   A graph can only show a computation in the replacement's own vocabulary.
 # - **The transcoders' own choices.** Width, `k`, the data and the training seed decide which
 #   features exist; another set of transcoders gives another graph of the same computation (Section
 #   4's longer-trained sets have country features at the last position that the shipped set lacks).
@@ -2062,7 +2063,7 @@ print(json.dumps(exported["nodes"][0], indent=1))
 # - Ameisen et al. (2025). *Circuit Tracing: Revealing Computational Graphs in Language Models*
 #   (the local replacement model, attribution graphs, pruning by influence, error nodes).
 # - Lindsey et al. (2025). *On the Biology of a Large Language Model* (attribution graphs read on
-#   Claude 3.5 Haiku, validated by intervention).
+#   Claude 3.5 Haiku, validated by intervention, among them feature swaps in multi-step recall).
 # - `circuit-tracer` (safety-research, 2025) and Neuronpedia's graph viewer: the open-source
 #   implementation and viewer whose graph schema Section 6 writes.
 # - Gao et al. (2024). *Scaling and evaluating sparse autoencoders* (TopK).
