@@ -1723,10 +1723,14 @@ ablation_summary(top_off).round(2)
 # feature's decoder row through the unembedding, to see which answers it writes directly.
 
 # %% tags=["export"]
-def world_answers(prompts) -> dict:
-    """(country, relation) -> the answer, from a facts prompt set's own labels."""
-    return {(country, relation): answer for country, relation, answer
-            in zip(prompts.labels["country"], prompts.labels["relation"], prompts.correct)}
+def world_answer(country: str, relation: str) -> str:
+    """The answer token the world gives for (country, relation), as the facts prompts spell it (" Paris")."""
+    return " " + world.fact_value(country, relation)
+
+
+def relation_answers(relation: str) -> list[str]:
+    """Every country's answer for `relation`, each once."""
+    return sorted({world_answer(country, relation) for country in world.COUNTRIES})
 
 
 def country_injections(model, transcoders: list, prompts, donors: pd.DataFrame, recipients: list[int]) -> pd.DataFrame:
@@ -1736,7 +1740,6 @@ def country_injections(model, transcoders: list, prompts, donors: pd.DataFrame, 
     the recipient's own (1: it rises most); the recipient's own answer's lead over it (`gap`), and how much of that
     lead the feature takes (`lift`). On capital and language recipients, also whether the donor country's answer
     for the *other* of the two relations rises more than the one asked for (`other relation rises more`)."""
-    answers = world_answers(prompts)
     country, relation = prompts.labels["country"], prompts.labels["relation"]
     clean = {}
     rows = []
@@ -1750,18 +1753,18 @@ def country_injections(model, transcoders: list, prompts, donors: pd.DataFrame, 
             return out
 
         for i in recipients:
-            wanted = answers.get((country[j], relation[i]))
-            if country[i] == country[j] or wanted in (None, prompts.correct[i]):
+            wanted = world_answer(country[j], relation[i])
+            if country[i] == country[j] or wanted == prompts.correct[i]:
                 continue
             tokens = model.to_tokens(prompts.prompts[i])  # [1, pos]
             with torch.no_grad():
                 if i not in clean:
                     clean[i] = model(tokens)[0, -1]  # [d_vocab]
                 rise = model.run_with_hooks(tokens, fwd_hooks=[(output_hook(layer), add)])[0, -1] - clean[i]  # [d_vocab]
-            candidates = sorted({answer for (_, kind), answer in answers.items() if kind == relation[i]}
-                                - {prompts.correct[i]})
+            candidates = [answer for answer in relation_answers(relation[i]) if answer != prompts.correct[i]]
             wanted_id, own_id = (answer_ids(model, [word])[0] for word in (wanted, prompts.correct[i]))
-            other = answers.get((country[j], {"capital": "language", "language": "capital"}.get(relation[i])))
+            other_relation = {"capital": "language", "language": "capital"}.get(relation[i])
+            other = world_answer(country[j], other_relation) if other_relation else None
             rows.append({"donor": j, "recipient": i, "from": relation[j], "into": relation[i],
                          "rank": 1 + int((rise[answer_ids(model, candidates)] > rise[wanted_id]).sum()),
                          "answers": len(candidates), "gap": (clean[i][own_id] - clean[i][wanted_id]).item(),
@@ -1789,18 +1792,17 @@ def answer_readout(model, transcoders: list, prompts, donors: pd.DataFrame) -> p
     """What each donor feature writes, read through the unembedding (its decoder row times W_U; the final LayerNorm
     left out): the facts world's answers it raises most, and the rank among them of its own country's capital,
     language and continent (1: raised most)."""
-    answers = world_answers(prompts)
-    vocabulary = sorted(set(answers.values()))
+    vocabulary = sorted({answer for relation in world.RELATIONS for answer in relation_answers(relation)})
     ids = answer_ids(model, vocabulary)
     rows = []
     for donor in donors.to_dict("records"):
         j, layer, feature = int(donor["prompt"]), int(donor["layer"]), int(donor["feature"])
         writes = transcoders[layer].W_dec[feature] @ model.W_U[:, ids]  # [answers]
         rank = {word: 1 + int((writes > writes[vocabulary.index(word)]).sum()) for word in vocabulary}
-        own = {kind: answers.get((prompts.labels["country"][j], kind)) for kind in ("capital", "language", "continent")}
+        own = {kind: world_answer(prompts.labels["country"][j], kind) for kind in world.RELATIONS}
         rows.append({"prompt": j, "layer": layer, "feature": feature, "country": prompts.labels["country"][j],
                      "writes most": ", ".join(vocabulary[k].strip() for k in writes.argsort(descending=True)[:3].tolist()),
-                     **{f"{kind} rank": rank[word] if word else None for kind, word in own.items()},
+                     **{f"{kind} rank": rank[word] for kind, word in own.items()},
                      "answers": len(vocabulary)})
     return pd.DataFrame(rows)
 
