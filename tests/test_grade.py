@@ -32,7 +32,8 @@ from utils.grade.tamper import scan_cell
 CHAPTER = "00_orientation"
 REFERENCE = "utils.references.ch00_orientation"
 # Short limits keep the class quick: the loop costs one cell limit, memory fills in a second.
-CELL_SECONDS = 12  # the check of 0.2 trains two networks (about 1 s idle), and memory fills, within it: a margin
+CELL_SECONDS = 20  # the check of 0.2 trains two networks (about 1 s idle, 2-3 s on a slow, busy machine), and memory
+# fills, within it: 12 s once ran out on a machine 2.5x slower than usual
 OPTIONS = ["--chapter", "00", "--jobs", "2", "--cell-timeout", str(CELL_SECONDS), "--notebook-timeout", "300",
            "--memory-gib", "3"]
 EXERCISES = [slot.id for slot in official_chapter(CHAPTER).slots]
@@ -115,7 +116,7 @@ def runaway() -> dict:
     it with a segfault; 0.5 is right, and still passes."""
     notebook = correct()
     _replace_body(notebook, "rule_based_risk", "while True:\n    pass")
-    _replace_body(notebook, "hidden_activations", "chunks = []\nwhile True:\n    chunks.append(torch.ones(2**27))")
+    _replace_body(notebook, "hidden_activations", "chunks = []\nwhile True:\n    chunks.append(torch.empty(2**27))")
     _replace_body(notebook, "unit_contributions", "import os\nos._exit(3)")
     _append(notebook, "predict_next_token", "import faulthandler\nfaulthandler._sigsegv()")
     return notebook
