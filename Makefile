@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Tests and notebooks run offline and record progress in a scratch file, never the learner's.
 TEST_ENV := HF_HUB_OFFLINE=1 WORKBOOK_PROGRESS=$(CURDIR)/$(VENV)/test-progress.json
 
-.PHONY: install lab test check build check-build bench claims organism evaluate clean book book-test chromium
+.PHONY: install lab test check build check-build bench claims organism siblings evaluate clean book book-test chromium
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -124,6 +124,11 @@ audit-eval: install
 organism: install
 	$(BIN)/python -m utils.organism.train
 	$(BIN)/python -m utils.organism.evaluate
+
+# Chapter 09's universality section: two siblings of the organism (seeds 1 and 2, the same recipe) and
+# their SAEs, plus the SAE of an untrained model of the same shape. About an hour per sibling on 2 cores.
+siblings: install
+	$(BIN)/python -m utils.organism.siblings
 
 evaluate: install
 	$(BIN)/python -m utils.organism.evaluate

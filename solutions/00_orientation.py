@@ -463,8 +463,10 @@ stack
 # 2. **Circuits**: features are connected by weights into circuits that can be read and checked
 #    one by one (Chapters 03 and 06).
 # 3. **Universality**: similar features and circuits form in different models trained on similar
-#    data. Comparing the organism with GPT-2 small, which every chapter offers when you are online,
-#    is a small test of it.
+#    data. Chapter 09 tests it offline, on two siblings of the organism trained by the same recipe
+#    from other seeds: which heads, directions and SAE latents recur, against an untrained model.
+#    Comparing the organism with GPT-2 small, which every chapter offers when you are online, is a
+#    looser test: another architecture and other data.
 #
 # Methods come in two kinds. **Observational** methods read activations and change nothing:
 # probes (Chapter 02), the logit lens and attribution (Chapter 03), sparse autoencoders (Chapter 05).

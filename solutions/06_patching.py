@@ -934,7 +934,8 @@ pd.DataFrame(into_l3h1).T.style.format("{:.3f}").set_caption("Noising one early 
 # model is predicting and lowers its logit), and the *negative* name movers 10.7 and 11.10 of Wang et
 # al. Same task, a patching map of the same shape, another algorithm: this is Chapter 00's universality
 # question seen close up. A circuit story does not transfer from one model to another until it has
-# been measured on the new one (Section 10 runs the sweep on GPT-2 small when you are online).
+# been measured on the new one (Section 10 runs the sweep on GPT-2 small when you are online, and
+# Chapter 09 runs it on two siblings of the organism trained from other seeds).
 
 # %% [markdown]
 # ## 5. Attribution patching

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Chapter 09: Scaling up
 #
-# **Time:** about 2 hours. **Exercises:** 7, each checked as soon as you run the cell after it.
+# **Time:** about 2.5 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
 # *Run All* takes under a minute on a 2-core laptop CPU (longer when the machine is busy).
 #
 # **You will learn to**
@@ -22,10 +22,14 @@
 #   activation patching between two prompts (Chapter 06) and a steering vector (Chapter 07), and
 #   check them against the TransformerLens versions;
 # - keep the **remote contract**: only saved values come back, lists are built inside the trace,
-#   a copy (not a view) goes back, and helper modules made along the way must be registered.
+#   a copy (not a view) goes back, and helper modules made along the way must be registered;
+# - test **universality** on two siblings of the organism trained from other seeds: align two
+#   residual streams by a rotation, match SAE latents by their activations, and compare heads'
+#   roles, each against an untrained model.
 #
 # **Seed concepts:** the same experiment on models of any size; deferred execution (a trace is a
-# program sent to where the weights are); what a remote server can and cannot send back.
+# program sent to where the weights are); what a remote server can and cannot send back; the
+# universality hypothesis, measured.
 #
 # The organism fits in a laptop's memory, and so does GPT-2 small. Llama 3.1 70B does not: its
 # weights alone are about 140 GB in 16-bit precision. The field's answer is [NDIF](https://ndif.us), a shared facility that
@@ -881,6 +885,364 @@ if big is not None:
         flips.append((big_steered[:, big_loved] > big_steered[:, big_hated]).float().mean().item())
     print(f"steering vector at layer {big_layer}: {list(big_vector.shape)}; negative reviews with ' loved' above "
           f"' hated': {flips[0]:.2f} -> {flips[1]:.2f}")
+
+# %% [markdown]
+# ## 8. Universality: the same world, learned three times
+#
+# Chapter 00 named three hypotheses. The chapters since have tested two of them, features and
+# circuits, on one model. The third, **universality** (Olah et al. 2020, "Zoom In"), says that
+# analogous features and circuits form in different models trained on similar data. The field's
+# evidence is a handful of cases: units that match across vision networks trained from different
+# seeds (Li et al. 2015, "Convergent learning"), induction heads in every transformer anyone
+# looked at (Olsson et al. 2022), SAE features whose activations correlate across two small
+# language models trained from different seeds (Bricken et al. 2023, "Towards monosemanticity").
+# Each case needs models that saw the same data and internals we can compare.
+#
+# We have that, and we know the world. The workbook ships two **siblings** of the organism: the
+# same recipe, architecture and world, trained again from seeds 1 and 2 (another initialisation and
+# another stream of documents). Each meets the organism's bars on held-out prompts (its card says
+# so; `make siblings` rebuilds them). Beside them sits Chapter 02's **untrained** model, the
+# baseline every match must beat: a random network of the same shape already tells tokens apart,
+# so a match that the untrained model gets too is no evidence of a shared solution.
+#
+# Three questions, each with an earlier chapter's tool: do the same **heads' roles** recur
+# (Chapter 03's detectors, Chapter 06's patching)? Do the **directions** of the world's labels agree
+# once two residual streams are aligned (Chapter 02's mean differences)? Do **SAE latents** match
+# (Chapter 05)?
+
+# %% tags=["export"]
+from jaxtyping import Bool
+
+from utils import progress_bar
+
+SIBLINGS = {"seed 1": "organism-seed1", "seed 2": "organism-seed2"}
+
+
+def load_siblings(device: str = "cpu") -> dict:
+    """The two siblings and the untrained baseline, as TransformerLens bridges (the organism is `model`)."""
+    # Imported here, not at the top: a remote trace ships this module by value, and loaders cannot travel.
+    from utils.models import load_model
+    from utils.references.ch02_probing import random_init_model
+
+    family = {name: load_model(hub_name, device=device, verbose=False) for name, hub_name in SIBLINGS.items()}
+    family["untrained"] = random_init_model(seed=0, device=device)
+    return family
+
+
+# %%
+family = {"organism": model, **load_siblings(model.cfg.device)}
+print("loaded:", ", ".join(family))
+
+# %% [markdown]
+# ### Heads: the same roles, in the same layers?
+# Chapter 03 found two previous-token heads in layer 0 and five induction heads in layer 3;
+# Chapter 06 found the IOI answer carried by two layer-0 heads at the repeated name (S2) and one
+# last-layer head at the end. Heads have no names across models (a sibling's head 1 has no reason
+# to be the organism's head 1), so we compare **roles and layers**: does each sibling have heads
+# that score as high on the same detector, in the same layer?
+
+# %% tags=["export"]
+from utils.references.ch02_probing import answer_ids
+from utils.references.ch03_logit_lens import all_patterns, induction_scores, previous_token_scores, repeated_tokens
+from utils.references.ch06_patching import (ioi_prompts, normalised_logit_diff_metric, paired_tokens,
+                                            patch_head_output, swapped_prompts)
+
+ROLE_BAR = 0.5  # a head "has" a role when its detector score is at least this
+
+
+def detector_scores(some_model, seq_len: int = 20, n: int = 16, seed: int = 0) -> dict[str, Float[Tensor, "layer head"]]:
+    """Chapter 03's previous-token and induction scores of every head, on repeated random words."""
+    repeats = repeated_tokens(some_model, seq_len, batch=n, seed=seed)
+    patterns = all_patterns(some_model, repeats)  # [layer, batch, head, dest, src]
+    return {"previous token": previous_token_scores(patterns), "induction": induction_scores(patterns, seq_len)}
+
+
+def ioi_head_map(some_model, n: int = 8, seed: int = 0) -> tuple[Float[Tensor, "layer pos head"], list[str], float]:
+    """Chapter 06's denoising of each head's output at each position (swap corruption, template 0),
+    the position labels, and the clean run's mean logit difference."""
+    clean_set = ioi_prompts("test", n=n, seed=seed)
+    clean, swap, last = paired_tokens(some_model, clean_set.prompts, swapped_prompts(clean_set).prompts)
+    correct = answer_ids(some_model, clean_set.correct).to(some_model.cfg.device)
+    wrong = answer_ids(some_model, clean_set.wrong).to(some_model.cfg.device)
+    clean_logits = some_model(clean)
+    rows = torch.arange(len(last))
+    clean_diff = (clean_logits[rows, last, correct] - clean_logits[rows, last, wrong]).mean().item()
+    metric = normalised_logit_diff_metric(clean_logits, some_model(swap), correct, wrong, last)
+    labels = [f"{i} {t.strip()}" for i, t in enumerate(some_model.to_str_tokens(clean[0]))]
+    return patch_head_output(some_model, swap, clean, metric, by_position=True), labels, clean_diff
+
+
+def heads_with(scores: Float[Tensor, "layer head"], bar: float = ROLE_BAR) -> str:
+    """The heads scoring at least `bar`, as "L0H2 0.97, L0H4 0.92" (best first), or "none"."""
+    order = scores.flatten().argsort(descending=True).tolist()
+    n_heads = scores.shape[1]
+    found = [f"L{i // n_heads}H{i % n_heads} {scores.flatten()[i]:.2f}" for i in order if scores.flatten()[i] >= bar]
+    return ", ".join(found) or f"none (best {scores.max():.2f})"
+
+
+def top_ioi_cells(head_map: Float[Tensor, "layer pos head"], labels: list[str], k: int = 3) -> str:
+    """The `k` head-and-position cells whose denoising restores the most, as "L3H1 @ 14 gave 0.65"."""
+    n_pos, n_heads = head_map.shape[1:]
+    cells = []
+    for index in head_map.flatten().argsort(descending=True)[:k].tolist():
+        layer, rest = divmod(index, n_pos * n_heads)
+        position, head = divmod(rest, n_heads)
+        cells.append(f"L{layer}H{head} @ {labels[position]} {head_map[layer, position, head]:.2f}")
+    return "; ".join(cells)
+
+
+# %%
+head_rows, ioi_maps = {}, {}
+for name, some_model in progress_bar(family.items(), total=len(family), desc="models"):
+    scores = detector_scores(some_model)
+    head_rows[name] = {"previous-token heads": heads_with(scores["previous token"]),
+                       "induction heads": heads_with(scores["induction"])}
+    if name != "untrained":  # it has no IOI behaviour to patch: its logit difference is about 0
+        ioi_maps[name], ioi_labels, clean_diff = ioi_head_map(some_model)
+        head_rows[name].update({"IOI logit difference": round(clean_diff, 2),
+                                "IOI: head outputs that restore most": top_ioi_cells(ioi_maps[name], ioi_labels)})
+pd.DataFrame(head_rows).T
+
+# %% [markdown]
+# ### Residual streams: the same space, turned?
+# A direction has no meaning across models until the two residual streams are put in one frame:
+# training from another seed could learn the same geometry in a rotated basis (and the
+# architecture has no preferred basis in the residual stream, Chapter 04). So we look for the
+# rotation that best maps one stream onto the other on the same text, and ask how much of the
+# sibling's stream the rotated organism explains, on text the rotation was not fitted on. The
+# best rotation has a closed form, the **orthogonal Procrustes** solution (Schönemann 1966): centre
+# both, take the singular value decomposition $U S V^\top$ of $A^\top B$, and $R = U V^\top$.
+#
+# ### Exercise 9.8: align two residual streams (difficulty 2/3, ~15 min)
+# Write `align_streams(a, b)`: given activations `a` of one model and `b` of another on the same
+# tokens (`[token, d_model]` each), return the orthogonal matrix `R` (`[d_model, d_model]`) that
+# minimises $\lVert (a - \bar a) R - (b - \bar b) \rVert$, where $\bar a$ and $\bar b$ are the column means. A
+# row vector `v` of the first model's space then maps to `v @ R` in the second's.
+#
+# <details><summary>Hint 1</summary>
+#
+# Centre each matrix by subtracting its mean over tokens (`dim=0`). A rotation cannot undo a shift.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `torch.linalg.svd(M)` returns `U, S, Vh` with `M = U @ diag(S) @ Vh`. Take `M` = centred `a`
+# transposed, times centred `b`: `[d_model, d_model]`.
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# `R = U @ Vh`. Not `Vh.T @ U.T` (that maps the second model onto the first), and not
+# `torch.linalg.lstsq` (the best linear map, which may stretch and shear: not a rotation).
+# </details>
+
+# %% tags=["export"]
+def align_streams(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"]) -> Float[Tensor, "d_model d_model"]:
+    """The orthogonal R minimising ||(a - mean a) R - (b - mean b)||: orthogonal Procrustes."""
+    ### BEGIN SOLUTION
+    a_centred = a - a.mean(0)
+    b_centred = b - b.mean(0)
+    u, _, vh = torch.linalg.svd(a_centred.T @ b_centred)
+    return u @ vh
+    ### END SOLUTION
+
+
+# %%
+align_streams = check_exercise("9.8", align_streams)
+
+# %% tags=["export"]
+from utils.organism.sae import HOOK_NAME, held_out_data
+
+
+def stream_on_world_text(some_model) -> Float[Tensor, "token d_model"]:
+    """The residual stream at the SAE's hook point (after block 1) on held-out world text: the same
+    tokens for every model of the family, which share a tokenizer."""
+    _, activations, _ = held_out_data(some_model)
+    return activations
+
+
+def explained_after_rotation(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
+                             rotation: Float[Tensor, "d_model d_model"]) -> float:
+    """The share of b's variance that a, rotated, explains, after scaling each to unit mean squared norm
+    (a rotation cannot change a scale, and the models' streams differ in size)."""
+    a_unit = (a - a.mean(0)) / (a - a.mean(0)).pow(2).sum(-1).mean().sqrt()
+    b_unit = (b - b.mean(0)) / (b - b.mean(0)).pow(2).sum(-1).mean().sqrt()
+    return 1 - ((a_unit @ rotation - b_unit).pow(2).sum() / b_unit.pow(2).sum()).item()
+
+
+# %%
+streams = {name: stream_on_world_text(some_model) for name, some_model in family.items()}
+fit, held = slice(0, len(streams["organism"]) // 2), slice(len(streams["organism"]) // 2, None)
+rotations = {name: align_streams(streams["organism"][fit], streams[name][fit]) for name in family if name != "organism"}
+no_turn = torch.eye(model.cfg.d_model)  # the baseline: the same coordinates, not rotated
+pd.DataFrame({name: {"variance explained, rotated": explained_after_rotation(streams["organism"][held], streams[name][held], rotation),
+                     "not rotated": explained_after_rotation(streams["organism"][held], streams[name][held], no_turn)}
+              for name, rotation in rotations.items()}).T.round(3).rename_axis(columns="held-out text")
+
+# %% [markdown]
+# Now the world's labels. For each model, Chapter 02's mean-difference direction of a label at the
+# same point (after block 1, each prompt's last token); then the organism's direction, rotated, is
+# compared with the sibling's own by cosine. Two unrelated directions in 256 dimensions have a
+# cosine of about $\pm 1/\sqrt{256} \approx 0.06$.
+
+# %% tags=["export"]
+from utils.references.ch02_probing import labelled_residuals, mean_difference_direction
+
+DIRECTION_LABELS = {"truth": ("truth", "truth"), "sentiment": ("sentiment", "sentiment"), "io_gender": ("ioi", "io_gender")}
+STREAM_POINT = int(HOOK_NAME.split(".")[1]) + 1  # residual point after block 1, Chapter 02's numbering
+
+
+def label_direction(some_model, label: str, seed: int = 0) -> Float[Tensor, "d_model"]:
+    """Chapter 02's unit mean-difference direction of `label`, after block 1, on its training prompts."""
+    family_name, key = DIRECTION_LABELS[label]
+    data = labelled_residuals(some_model, family_name, key, 600, 20, progress=False, seed=seed)
+    return mean_difference_direction(data["x_train"][STREAM_POINT], data["y_train"])
+
+
+# %%
+direction_rows = {}
+for label in DIRECTION_LABELS:
+    ours = label_direction(model, label)
+    direction_rows[label] = {name: torch.cosine_similarity(ours @ rotation, label_direction(family[name], label), dim=0).item()
+                             for name, rotation in rotations.items()}
+pd.DataFrame(direction_rows).T.round(2).rename_axis(columns="cosine with the organism's direction, rotated")
+
+# %% [markdown]
+# ### SAE latents: the same features?
+# The workbook ships an SAE for each sibling and one for the untrained model, each trained by the
+# organism's SAE recipe (1024 latents, TopK with $k = 32$, the same text, the same hook point). A
+# latent of one SAE and a latent of another **match** when they fire on the same tokens: across
+# the held-out text, the correlation of their activations is high. This needs no rotation at all:
+# the tokens are shared, the activations are compared, not the directions.
+#
+# ### Exercise 9.9: correlate every latent with every latent (difficulty 2/3, ~15 min)
+# Write `latent_correlations(codes_a, codes_b)`: given two SAEs' latent activations on the same
+# tokens (`[token, d_sae_a]` and `[token, d_sae_b]`), return the Pearson correlation of every
+# latent of the first with every latent of the second, across tokens: `[d_sae_a, d_sae_b]`. A
+# latent that never varies on these tokens (a dead latent) correlates 0 with everything: return 0
+# there, never NaN.
+#
+# <details><summary>Hint 1</summary>
+#
+# Pearson correlation is the mean product of standardised values: subtract each column's mean,
+# divide by its standard deviation. Without the centring you get a cosine, which counts two
+# latents that are both often zero as similar.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# With standardised columns `za` `[token, d_sae_a]` and `zb` `[token, d_sae_b]`, all the
+# correlations at once are one matrix product, `za.T @ zb`, divided by the number of tokens (or by
+# that number minus one, if you used the unbiased standard deviation: be consistent).
+# </details>
+# <details><summary>Hint 3</summary>
+#
+# A column whose standard deviation is 0 divides by 0. Set its standardised values to 0 instead
+# (`torch.where(std > 0, centred / std, 0)`, or clamp the standard deviation before dividing).
+# </details>
+
+# %% tags=["export"]
+def latent_correlations(codes_a: Float[Tensor, "token d_sae_a"], codes_b: Float[Tensor, "token d_sae_b"]
+                        ) -> Float[Tensor, "d_sae_a d_sae_b"]:
+    """Pearson correlation across tokens of every latent of a with every latent of b; 0 for a latent that never varies."""
+    ### BEGIN SOLUTION
+    def standardised(codes: Tensor) -> Tensor:
+        centred = codes - codes.mean(0)
+        std = centred.pow(2).mean(0).sqrt()
+        return torch.where(std > 0, centred / std.clamp_min(1e-12), torch.zeros_like(centred))
+
+    return standardised(codes_a).T @ standardised(codes_b) / len(codes_a)
+    ### END SOLUTION
+
+
+# %%
+latent_correlations = check_exercise("9.9", latent_correlations)
+
+# %% tags=["export"]
+from utils.organism.sae import load_organism_sae
+from utils.organism.siblings import load_sibling_sae
+
+
+def family_saes(device: str = "cpu") -> dict:
+    """The organism's SAE, each sibling's, and the untrained model's, keyed like `family`."""
+    saes = {"organism": load_organism_sae(device), "untrained": load_sibling_sae("untrained", device)}
+    saes.update({name: load_sibling_sae(int(name.split()[-1]), device) for name in SIBLINGS})
+    return saes
+
+
+def best_matches(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tensor, "d_sae_a"]
+                 ) -> tuple[Float[Tensor, "live"], Int[Tensor, "live"]]:
+    """For each live latent of the first SAE: its correlation with the best-matching latent of the second, and which."""
+    best = correlations[live].max(dim=1)
+    return best.values, best.indices
+
+
+def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_model"], live: Bool[Tensor, "d_sae_a"],
+                            partners: Int[Tensor, "live"]) -> Float[Tensor, "live"]:
+    """Cosine between each live latent's decoder direction in a, rotated into b's stream, and its partner's in b."""
+    rotated = sae_a.W_dec[live] @ rotation.to(sae_a.W_dec.device)  # [live, d_model]
+    return torch.cosine_similarity(rotated, sae_b.W_dec[partners], dim=-1)
+
+
+# %%
+saes = family_saes(model.cfg.device)
+codes = {name: saes[name].encode(streams[name][held].to(model.cfg.device)) for name in family}  # [token, d_sae] each
+live = codes["organism"].std(0) > 0
+matches, partners = {}, {}
+for name in rotations:
+    matches[name], partners[name] = best_matches(latent_correlations(codes["organism"], codes[name]), live)
+pd.DataFrame({name: {"median best correlation": best.median().item(), "share above 0.9": (best > 0.9).float().mean().item(),
+                     "share above 0.5": (best > 0.5).float().mean().item(),
+                     "median decoder cosine, rotated": matched_decoder_cosines(
+                         saes["organism"], saes[name], rotations[name], live, partners[name]).median().item()}
+              for name, best in matches.items()}).T.round(2)
+
+# %%
+import plotly.graph_objects as go
+
+figure = go.Figure([go.Histogram(x=best.cpu(), name=name, opacity=0.6, xbins=dict(start=0, end=1, size=0.02))
+                    for name, best in matches.items()])
+figure.update_layout(barmode="overlay", height=380, title="Each organism latent's best match in another model's SAE",
+                     xaxis_title="correlation of activations with the best-matching latent", yaxis_title="organism latents")
+figure
+
+# %% [markdown]
+# ### Graded against the world
+# Which latents *should* match? The ones for what the world's prompts are about. Chapter 05 scored
+# each SAE latent as a detector of five properties of a sentence (is the statement true, is the
+# review positive, is the indirect object a woman, does the fact prompt ask for a capital, is its
+# country in Europe), read at each prompt's last token. For each model and each property, take the
+# latent that detects it best (chosen on one half of the prompts, scored by AUROC on the other, as
+# there), and ask two things: does every model have such a latent, and is the sibling's latent for
+# the property the one that the organism's latent for it correlates with best, on the same prompts?
+
+# %% tags=["export"]
+from utils.references.ch05_saes import CONTEXT_LABELS, best_column_auroc, context_label_data, halves
+
+
+def label_latents(some_model, sae, seed: int = 0) -> dict[str, dict]:
+    """For each of Chapter 05's context labels: the latent that detects it best (chosen on one half of
+    the prompts), its AUROC on the other half, and the latent activations on that half."""
+    found = {}
+    for label, (x, y) in context_label_data(some_model, seed=seed).items():
+        first, second = halves(len(y), seed)
+        codes = sae.encode(x.to(sae.W_dec.device))  # [prompt, d_sae]
+        auroc, latent = best_column_auroc(codes[first], y[first], codes[second], y[second])
+        found[label] = {"latent": latent, "AUROC": auroc, "codes": codes[second]}
+    return found
+
+
+# %%
+found = {name: label_latents(family[name], saes[name]) for name in progress_bar(family, desc="models")}
+label_rows = {}
+for label in CONTEXT_LABELS:
+    ours = found["organism"][label]
+    row = {"organism AUROC": ours["AUROC"]}
+    for name in matches:
+        theirs = found[name][label]
+        correlations = latent_correlations(ours["codes"][:, ours["latent"]:ours["latent"] + 1], theirs["codes"])[0]  # [d_sae]
+        row[f"{name} AUROC"] = theirs["AUROC"]
+        row[f"{name}: correlation"] = correlations[theirs["latent"]].item()
+        row[f"{name}: best match"] = bool(correlations.argmax() == theirs["latent"])
+    label_rows[label] = row
+pd.DataFrame(label_rows).T.round(2)
 
 # %% [markdown]
 # ## What scaling up can't tell you

@@ -53,3 +53,16 @@ def test_smoke_training_lowers_the_loss(tmp_path):
     assert last < first - 1.0, (first, last)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
     assert (tmp_path / "training_log.jsonl").read_text().count("\n") == 31
+
+
+@pytest.mark.slow
+def test_training_continues_from_saved_weights_and_logs_both_runs(tmp_path):
+    """A sibling's second run (utils.organism.siblings): the weights it starts from, both runs in one log."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    tiny = {"batch_size": 4, "warmup": 2, "eval_every": 0}
+    train(first, {**tiny, "steps": 6, "seed": 3}, quiet=True)
+    log = train(second, {**tiny, "steps": 4, "early_steps": 0, "seed": 103}, quiet=True, continue_from=first)
+    lines = [json.loads(line) for line in (second / "training_log.jsonl").read_text().splitlines()]
+    assert lines[0]["recipe"]["seed"] == 3 and lines[0]["continued"]["seed"] == 103
+    assert [record["step"] for record in lines[1:]] == list(range(10)) and [r["step"] for r in log] == [6, 7, 8, 9]
+    assert lines[7]["seconds"] >= lines[6]["seconds"]

@@ -19,6 +19,7 @@ import torch
 
 ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
 ORGANISM_NAMES = ("organism", "workbook-organism")
+SIBLINGS_DIR = Path(__file__).parent / "organism" / "siblings"  # organism-seed1, organism-seed2: universality
 HUB_HOST = "huggingface.co"
 
 
@@ -149,6 +150,12 @@ def load_model(name: str | None = None, device: str = "auto", dtype: torch.dtype
             raise ModelUnavailableError(f"the bundled organism is missing from {ORGANISM_DIR}; "
                                         "reinstall the workbook or run `make organism`")
         source, label = str(ORGANISM_DIR), "the workbook organism"
+    elif name.startswith("organism-seed"):
+        folder = SIBLINGS_DIR / name.removeprefix("organism-")
+        if not (folder / "model.safetensors").exists():
+            raise ModelUnavailableError(f"no sibling organism {name!r} in {SIBLINGS_DIR}: the bundled siblings are "
+                                        "organism-seed1 and organism-seed2 (`make siblings` rebuilds them)")
+        source, label = str(folder), f"sibling organism {name}"
     elif name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
         raise ModelUnavailableError(f"no folder at {name}: give the path of a Hugging Face model folder, "
                                     "a Hub name such as 'gpt2-small', or nothing for the bundled organism")

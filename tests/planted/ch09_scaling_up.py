@@ -515,3 +515,85 @@ def vector_two_invokes(lm, positive, positive_last, negative, negative_last, lay
 
 
 MISTAKES["9.6"].append((vector_two_invokes, "pads the shorter input on the left"))
+
+
+# 9.8 -----------------------------------------------------------------------------------------
+def align_uncentred(a, b):
+    u, _, vh = torch.linalg.svd(a.T @ b)
+    return u @ vh
+
+
+def align_backwards(a, b):
+    a, b = a - a.mean(0), b - b.mean(0)
+    u, _, vh = torch.linalg.svd(a.T @ b)
+    return vh.T @ u.T
+
+
+def align_by_least_squares(a, b):
+    return torch.linalg.lstsq(a - a.mean(0), b - b.mean(0)).solution
+
+
+def align_from_the_other_side(a, b):
+    """The SVD of b.T @ a gives the inverse rotation; its transpose is R."""
+    a, b = a - a.mean(dim=0, keepdim=True), b - b.mean(dim=0, keepdim=True)
+    u, _, vh = torch.linalg.svd(b.T @ a)
+    return (u @ vh).T
+
+
+def align_by_polar_decomposition(a, b):
+    """R is the orthogonal factor of M = a.T @ b: M (M.T M)^(-1/2), in float64."""
+    m = ((a - a.mean(0)).double().T @ (b - b.mean(0)).double())
+    values, vectors = torch.linalg.eigh(m.T @ m)
+    return (m @ vectors @ torch.diag(values.rsqrt()) @ vectors.T).float()
+
+
+# 9.9 -----------------------------------------------------------------------------------------
+def correlations_as_cosines(codes_a, codes_b):
+    return torch.nn.functional.normalize(codes_a, dim=0).T @ torch.nn.functional.normalize(codes_b, dim=0)
+
+
+def correlations_with_nans(codes_a, codes_b):
+    za = (codes_a - codes_a.mean(0)) / codes_a.std(0, unbiased=False)
+    zb = (codes_b - codes_b.mean(0)) / codes_b.std(0, unbiased=False)
+    return za.T @ zb / len(codes_a)
+
+
+def correlations_unbiased_std_over_n(codes_a, codes_b):
+    def z(codes):
+        std = codes.std(0)
+        return torch.where(std > 0, (codes - codes.mean(0)) / std.clamp_min(1e-12), 0.0)
+    return z(codes_a).T @ z(codes_b) / len(codes_a)
+
+
+def correlations_transposed(codes_a, codes_b):
+    return correlations_by_corrcoef(codes_b, codes_a)
+
+
+def correlations_by_corrcoef(codes_a, codes_b):
+    """torch.corrcoef on both sets of latents at once, NaN rows of constant latents set to 0."""
+    both = torch.corrcoef(torch.cat([codes_a, codes_b], dim=1).T.double())  # [d_a + d_b, d_a + d_b]
+    return both[:codes_a.shape[1], codes_a.shape[1]:].nan_to_num(0.0).float()
+
+
+def correlations_column_by_column(codes_a, codes_b):
+    """Unbiased standard deviations, divided by n - 1, one latent of a at a time."""
+    n = len(codes_a)
+    b_centred = codes_b - codes_b.mean(0)
+    b_std = codes_b.std(0)
+    rows = []
+    for column in codes_a.T:
+        centred, std = column - column.mean(), column.std()
+        if std == 0:
+            rows.append(torch.zeros(codes_b.shape[1]))
+            continue
+        covariance = centred @ b_centred / (n - 1)
+        rows.append(torch.where(b_std > 0, covariance / (std * b_std.clamp_min(1e-12)), 0.0))
+    return torch.stack(rows)
+
+
+MISTAKES["9.8"] = [(align_uncentred, "centre both matrices first"), (align_backwards, "maps the second stream onto the first"),
+                   (align_by_least_squares, "least squares")]
+ALTERNATIVES["9.8"] = [align_from_the_other_side, align_by_polar_decomposition]
+MISTAKES["9.9"] = [(correlations_as_cosines, "you get a cosine"), (correlations_with_nans, "never NaN"),
+                   (correlations_unbiased_std_over_n, "the same count"), (correlations_transposed, "not its transpose")]
+ALTERNATIVES["9.9"] = [correlations_by_corrcoef, correlations_column_by_column]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checks import Wrong, call, exercise, expect_equal, expect_tensor
+from utils.checks import Wrong, call, exercise, expect_equal, expect_tensor, seeded_generator
 from utils.nnsight_models import RehearsalBackend, load_nnsight_model, read_activation, write_activation
 from utils.organism.world import prompt_set
 from utils.references import ch09_scaling_up as ref
@@ -544,3 +544,92 @@ def check_steer(candidate) -> None:
     vector = torch.randn(second_architecture().config.hidden_size, generator=torch.Generator().manual_seed(21))
     on_a_llama(candidate, ref.steer, tokens.clone(), last.clone(), vector, 3, 2.0, name="your log-probabilities")
 
+
+
+# ------------------------------------------------------------------------------------------
+# 9.8
+# ------------------------------------------------------------------------------------------
+def _rotation(d: int, generator: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=generator))
+    return q * r.diagonal().sign()  # a uniformly random orthogonal matrix
+
+
+@functools.cache
+def _alignment_cases():
+    """(a, b): b is a turned, scaled and shifted copy of a plus noise; a has shifted, unequal columns."""
+    cases = []
+    for seed, (n, d, scale, noise) in enumerate(((300, 12, 1.0, 0.05), (500, 24, 3.0, 0.3), (200, 8, 0.2, 0.01))):
+        generator = seeded_generator(80 + seed)
+        a = torch.randn(n, d, generator=generator) * torch.linspace(0.5, 3.0, d) + torch.randn(d, generator=generator) * 4
+        b = scale * (a - a.mean(0)) @ _rotation(d, generator) + noise * torch.randn(n, d, generator=generator)
+        cases.append((a, b + torch.randn(d, generator=generator) * 5))
+    return cases
+
+
+def _procrustes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(a.T @ b)
+    return u @ vh
+
+
+@exercise("9.8", "align two residual streams", CHAPTER, ref.align_streams)
+def check_align_streams(candidate) -> None:
+    for a, b in _alignment_cases():
+        expected = ref.align_streams(a, b)
+        a_centred, b_centred = a - a.mean(0), b - b.mean(0)
+        got = call(candidate, a.clone(), b.clone())
+        expect_tensor(got, expected, f"your rotation ({a.shape[1]} dimensions)", atol=1e-4, mistakes={
+            "centre both matrices first (subtract the mean over tokens): a rotation cannot undo a shift":
+                _procrustes(a, b),
+            "that maps the second stream onto the first: R = U @ Vh from the SVD of a.T @ b, not its transpose":
+                expected.T,
+            "least squares gives the best linear map, which stretches and shears; the exercise asks for a rotation "
+            "(orthogonal Procrustes)": torch.linalg.lstsq(a_centred, b_centred).solution,
+        })
+
+
+# ------------------------------------------------------------------------------------------
+# 9.9
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def _correlation_cases():
+    """Sparse non-negative codes with a dead latent in each, a constant latent in b, and shared latents."""
+    cases = []
+    for seed, (n, d_a, d_b) in enumerate(((400, 10, 7), (250, 6, 12))):
+        generator = seeded_generator(90 + seed)
+        codes_a = torch.relu(torch.randn(n, d_a, generator=generator) - 0.8) * torch.linspace(1, 4, d_a)
+        codes_a[:, 1] = 0.0  # dead
+        shared = codes_a[:, torch.randint(0, d_a, (d_b,), generator=generator)]
+        codes_b = torch.relu(shared + 0.7 * torch.randn(n, d_b, generator=generator) - 0.3)
+        codes_b[:, 0] = 0.0  # dead
+        codes_b[:, -1] = 2.5  # constant, but not zero
+        cases.append((codes_a, codes_b))
+    return cases
+
+
+def _standardised(codes: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    centred = codes - codes.mean(0)
+    std = codes.std(0, unbiased=unbiased)
+    return torch.where(std > 0, centred / std.clamp_min(1e-12), torch.zeros_like(centred))
+
+
+@exercise("9.9", "correlate every latent with every latent", CHAPTER, ref.latent_correlations)
+def check_latent_correlations(candidate) -> None:
+    for codes_a, codes_b in _correlation_cases():
+        expected = ref.latent_correlations(codes_a, codes_b)
+        got = call(candidate, codes_a.clone(), codes_b.clone())
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.isnan(got).any():
+            raise Wrong(f"your correlations contain NaN at {int(torch.isnan(got).sum())} entries: a latent that never "
+                        "varies (a dead or constant latent) has standard deviation 0; return 0 for it, never NaN")
+        norms_a, norms_b = codes_a.norm(dim=0).clamp_min(1e-12), codes_b.norm(dim=0).clamp_min(1e-12)
+        n = len(codes_a)
+        expect_tensor(got, expected, f"your correlations ({codes_a.shape[1]} by {codes_b.shape[1]} latents)", atol=1e-5,
+                      mistakes={
+            "centre each latent first (subtract its mean over tokens): without it you get a cosine, and two "
+            "latents that are both mostly zero look alike": (codes_a / norms_a).T @ (codes_b / norms_b),
+            "divide by the standard deviations too: that is a covariance, not a correlation":
+                (codes_a - codes_a.mean(0)).T @ (codes_b - codes_b.mean(0)) / n,
+            "the standard deviation and the division must use the same count: torch.std is unbiased (n - 1), so "
+            "divide the product by n - 1, or use std(unbiased=False) with n":
+                _standardised(codes_a, unbiased=True).T @ _standardised(codes_b, unbiased=True) / n,
+            "one row per latent of the FIRST argument: [d_sae_a, d_sae_b], not its transpose": expected.T,
+        })

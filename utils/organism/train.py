@@ -67,8 +67,12 @@ def learning_rate(step: int, recipe: dict) -> float:
     return recipe["lr"] * (1 - (1 - recipe["min_lr_ratio"]) * progress)
 
 
-def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = False) -> list[dict]:
-    """Train and save the organism to `out_dir`; returns the log records."""
+def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = False,
+          continue_from: Path | None = None) -> list[dict]:
+    """Train and save the organism to `out_dir`; returns the log records.
+
+    With `continue_from` (a folder this function wrote), training goes on from those weights with a
+    fresh optimiser and `recipe`'s schedule, and the log holds both runs, the second numbered on."""
     from utils.organism.evaluate import quick_behaviour_scores  # evaluate imports this module's constants
 
     recipe = {**RECIPE, **(recipe or {})}
@@ -77,7 +81,10 @@ def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = F
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                         **ARCHITECTURE)
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel.from_pretrained(continue_from) if continue_from else GPT2LMHeadModel(config)
+    earlier: list[str] = []
+    if continue_from:
+        earlier = (Path(continue_from) / "training_log.jsonl").read_text().splitlines()
 
     tokens_per_step = recipe["batch_size"] * recipe["seq_len"]
     early_steps = min(recipe["early_steps"], recipe["steps"])
@@ -108,7 +115,9 @@ def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = F
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         optimizer.step()
 
-        record = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - start, 1)}
+        first_step = len(earlier) - 1 if earlier else 0  # steps of the run this one continues
+        record = {"step": first_step + step, "loss": round(loss.item(), 4),
+                  "seconds": round(time.perf_counter() - start, 1)}
         is_last = step == recipe["steps"] - 1
         if recipe["eval_every"] and ((step + 1) % recipe["eval_every"] == 0 or is_last):
             model.eval()
@@ -120,9 +129,17 @@ def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = F
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "generation_config.json").unlink(missing_ok=True)
+    header = {"recipe": recipe, "architecture": ARCHITECTURE, "torch": torch.__version__,
+              "threads": torch.get_num_threads()}
+    if earlier:  # the first run's recipe stays the card's; this run is recorded as its continuation
+        first = json.loads(earlier[0])
+        header = {**first, "continued": recipe}
+        seconds_before = json.loads(earlier[-1])["seconds"]
+        for record in log:
+            record["seconds"] = round(record["seconds"] + seconds_before, 1)
     with open(out_dir / "training_log.jsonl", "w") as f:
-        f.write(json.dumps({"recipe": recipe, "architecture": ARCHITECTURE,
-                            "torch": torch.__version__, "threads": torch.get_num_threads()}) + "\n")
+        f.write(json.dumps(header) + "\n")
+        f.writelines(line + "\n" for line in earlier[1:])
         f.writelines(json.dumps(r) + "\n" for r in log)
     return log
 
@@ -131,11 +148,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to write the model to")
     parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="optimizer steps")
+    parser.add_argument("--seed", type=int, default=RECIPE["seed"],
+                        help="initialisation and data seed (0 is the bundled organism; siblings use others)")
     parser.add_argument("--smoke", action="store_true", help="a few tiny steps, for tests")
     args = parser.parse_args()
-    recipe = {"steps": args.steps}
+    recipe = {"steps": args.steps, "seed": args.seed}
     if args.smoke:
-        recipe = {"steps": 30, "batch_size": 8, "warmup": 5, "eval_every": 0}
+        recipe = {"steps": 30, "batch_size": 8, "warmup": 5, "eval_every": 0, "seed": args.seed}
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     train(args.out, recipe)
 

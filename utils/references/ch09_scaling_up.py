@@ -153,3 +153,161 @@ def steer(lm, tokens: Int[Tensor, "batch pos"], last: Int[Tensor, "batch"], vect
 
 
 NDIF_MODEL = "meta-llama/Llama-3.1-70B"  # print(nnsight.status()) lists the models NDIF runs now
+
+
+from jaxtyping import Bool
+
+from utils import progress_bar
+
+SIBLINGS = {"seed 1": "organism-seed1", "seed 2": "organism-seed2"}
+
+
+def load_siblings(device: str = "cpu") -> dict:
+    """The two siblings and the untrained baseline, as TransformerLens bridges (the organism is `model`)."""
+    # Imported here, not at the top: a remote trace ships this module by value, and loaders cannot travel.
+    from utils.models import load_model
+    from utils.references.ch02_probing import random_init_model
+
+    family = {name: load_model(hub_name, device=device, verbose=False) for name, hub_name in SIBLINGS.items()}
+    family["untrained"] = random_init_model(seed=0, device=device)
+    return family
+
+
+from utils.references.ch02_probing import answer_ids
+from utils.references.ch03_logit_lens import all_patterns, induction_scores, previous_token_scores, repeated_tokens
+from utils.references.ch06_patching import (ioi_prompts, normalised_logit_diff_metric, paired_tokens,
+                                            patch_head_output, swapped_prompts)
+
+ROLE_BAR = 0.5  # a head "has" a role when its detector score is at least this
+
+
+def detector_scores(some_model, seq_len: int = 20, n: int = 16, seed: int = 0) -> dict[str, Float[Tensor, "layer head"]]:
+    """Chapter 03's previous-token and induction scores of every head, on repeated random words."""
+    repeats = repeated_tokens(some_model, seq_len, batch=n, seed=seed)
+    patterns = all_patterns(some_model, repeats)  # [layer, batch, head, dest, src]
+    return {"previous token": previous_token_scores(patterns), "induction": induction_scores(patterns, seq_len)}
+
+
+def ioi_head_map(some_model, n: int = 8, seed: int = 0) -> tuple[Float[Tensor, "layer pos head"], list[str], float]:
+    """Chapter 06's denoising of each head's output at each position (swap corruption, template 0),
+    the position labels, and the clean run's mean logit difference."""
+    clean_set = ioi_prompts("test", n=n, seed=seed)
+    clean, swap, last = paired_tokens(some_model, clean_set.prompts, swapped_prompts(clean_set).prompts)
+    correct = answer_ids(some_model, clean_set.correct).to(some_model.cfg.device)
+    wrong = answer_ids(some_model, clean_set.wrong).to(some_model.cfg.device)
+    clean_logits = some_model(clean)
+    rows = torch.arange(len(last))
+    clean_diff = (clean_logits[rows, last, correct] - clean_logits[rows, last, wrong]).mean().item()
+    metric = normalised_logit_diff_metric(clean_logits, some_model(swap), correct, wrong, last)
+    labels = [f"{i} {t.strip()}" for i, t in enumerate(some_model.to_str_tokens(clean[0]))]
+    return patch_head_output(some_model, swap, clean, metric, by_position=True), labels, clean_diff
+
+
+def heads_with(scores: Float[Tensor, "layer head"], bar: float = ROLE_BAR) -> str:
+    """The heads scoring at least `bar`, as "L0H2 0.97, L0H4 0.92" (best first), or "none"."""
+    order = scores.flatten().argsort(descending=True).tolist()
+    n_heads = scores.shape[1]
+    found = [f"L{i // n_heads}H{i % n_heads} {scores.flatten()[i]:.2f}" for i in order if scores.flatten()[i] >= bar]
+    return ", ".join(found) or f"none (best {scores.max():.2f})"
+
+
+def top_ioi_cells(head_map: Float[Tensor, "layer pos head"], labels: list[str], k: int = 3) -> str:
+    """The `k` head-and-position cells whose denoising restores the most, as "L3H1 @ 14 gave 0.65"."""
+    n_pos, n_heads = head_map.shape[1:]
+    cells = []
+    for index in head_map.flatten().argsort(descending=True)[:k].tolist():
+        layer, rest = divmod(index, n_pos * n_heads)
+        position, head = divmod(rest, n_heads)
+        cells.append(f"L{layer}H{head} @ {labels[position]} {head_map[layer, position, head]:.2f}")
+    return "; ".join(cells)
+
+
+def align_streams(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"]) -> Float[Tensor, "d_model d_model"]:
+    """The orthogonal R minimising ||(a - mean a) R - (b - mean b)||: orthogonal Procrustes."""
+    a_centred = a - a.mean(0)
+    b_centred = b - b.mean(0)
+    u, _, vh = torch.linalg.svd(a_centred.T @ b_centred)
+    return u @ vh
+
+
+from utils.organism.sae import HOOK_NAME, held_out_data
+
+
+def stream_on_world_text(some_model) -> Float[Tensor, "token d_model"]:
+    """The residual stream at the SAE's hook point (after block 1) on held-out world text: the same
+    tokens for every model of the family, which share a tokenizer."""
+    _, activations, _ = held_out_data(some_model)
+    return activations
+
+
+def explained_after_rotation(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
+                             rotation: Float[Tensor, "d_model d_model"]) -> float:
+    """The share of b's variance that a, rotated, explains, after scaling each to unit mean squared norm
+    (a rotation cannot change a scale, and the models' streams differ in size)."""
+    a_unit = (a - a.mean(0)) / (a - a.mean(0)).pow(2).sum(-1).mean().sqrt()
+    b_unit = (b - b.mean(0)) / (b - b.mean(0)).pow(2).sum(-1).mean().sqrt()
+    return 1 - ((a_unit @ rotation - b_unit).pow(2).sum() / b_unit.pow(2).sum()).item()
+
+
+from utils.references.ch02_probing import labelled_residuals, mean_difference_direction
+
+DIRECTION_LABELS = {"truth": ("truth", "truth"), "sentiment": ("sentiment", "sentiment"), "io_gender": ("ioi", "io_gender")}
+STREAM_POINT = int(HOOK_NAME.split(".")[1]) + 1  # residual point after block 1, Chapter 02's numbering
+
+
+def label_direction(some_model, label: str, seed: int = 0) -> Float[Tensor, "d_model"]:
+    """Chapter 02's unit mean-difference direction of `label`, after block 1, on its training prompts."""
+    family_name, key = DIRECTION_LABELS[label]
+    data = labelled_residuals(some_model, family_name, key, 600, 20, progress=False, seed=seed)
+    return mean_difference_direction(data["x_train"][STREAM_POINT], data["y_train"])
+
+
+def latent_correlations(codes_a: Float[Tensor, "token d_sae_a"], codes_b: Float[Tensor, "token d_sae_b"]
+                        ) -> Float[Tensor, "d_sae_a d_sae_b"]:
+    """Pearson correlation across tokens of every latent of a with every latent of b; 0 for a latent that never varies."""
+    def standardised(codes: Tensor) -> Tensor:
+        centred = codes - codes.mean(0)
+        std = centred.pow(2).mean(0).sqrt()
+        return torch.where(std > 0, centred / std.clamp_min(1e-12), torch.zeros_like(centred))
+
+    return standardised(codes_a).T @ standardised(codes_b) / len(codes_a)
+
+
+from utils.organism.sae import load_organism_sae
+from utils.organism.siblings import load_sibling_sae
+
+
+def family_saes(device: str = "cpu") -> dict:
+    """The organism's SAE, each sibling's, and the untrained model's, keyed like `family`."""
+    saes = {"organism": load_organism_sae(device), "untrained": load_sibling_sae("untrained", device)}
+    saes.update({name: load_sibling_sae(int(name.split()[-1]), device) for name in SIBLINGS})
+    return saes
+
+
+def best_matches(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tensor, "d_sae_a"]
+                 ) -> tuple[Float[Tensor, "live"], Int[Tensor, "live"]]:
+    """For each live latent of the first SAE: its correlation with the best-matching latent of the second, and which."""
+    best = correlations[live].max(dim=1)
+    return best.values, best.indices
+
+
+def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_model"], live: Bool[Tensor, "d_sae_a"],
+                            partners: Int[Tensor, "live"]) -> Float[Tensor, "live"]:
+    """Cosine between each live latent's decoder direction in a, rotated into b's stream, and its partner's in b."""
+    rotated = sae_a.W_dec[live] @ rotation.to(sae_a.W_dec.device)  # [live, d_model]
+    return torch.cosine_similarity(rotated, sae_b.W_dec[partners], dim=-1)
+
+
+from utils.references.ch05_saes import CONTEXT_LABELS, best_column_auroc, context_label_data, halves
+
+
+def label_latents(some_model, sae, seed: int = 0) -> dict[str, dict]:
+    """For each of Chapter 05's context labels: the latent that detects it best (chosen on one half of
+    the prompts), its AUROC on the other half, and the latent activations on that half."""
+    found = {}
+    for label, (x, y) in context_label_data(some_model, seed=seed).items():
+        first, second = halves(len(y), seed)
+        codes = sae.encode(x.to(sae.W_dec.device))  # [prompt, d_sae]
+        auroc, latent = best_column_auroc(codes[first], y[first], codes[second], y[second])
+        found[label] = {"latent": latent, "AUROC": auroc, "codes": codes[second]}
+    return found

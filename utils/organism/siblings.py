@@ -1,0 +1,125 @@
+"""Sibling organisms: the organism's recipe, trained again from other seeds, for universality.
+
+`python -m utils.organism.siblings` (or `make siblings`) trains one sibling per seed in
+`SIBLING_SEEDS` with `utils.organism.train` (another initialisation, another stream of world
+documents, the organism's recipe and then `CONTINUATION`'s steps from those weights), measures it
+against the organism's bars and writes its card, then trains its SAE with the organism SAE's recipe
+(`utils.organism.sae.RECIPE`). It also trains that SAE recipe on an untrained model of the same
+shape (`random_init_model(seed=0)`, rebuilt from the seed when needed), the baseline a latent match
+must beat. Each sibling takes about an hour on two idle CPU threads; `--seeds 1` trains one.
+
+`load_model("organism-seed1")` loads a sibling; `load_sibling_sae(1)` its SAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+SIBLINGS_DIR = Path(__file__).parent / "siblings"
+SIBLING_SEEDS = (1, 2)
+UNTRAINED_SEED = 0  # random_init_model's seed for the untrained baseline
+# The organism's 3600 steps form induction and IOI for seed 0 (at about steps 2700 and 3100), but seeds 1 and 2
+# had formed neither by step 3200. So a sibling trains the organism's recipe, then goes on from those weights
+# for `CONTINUATION`'s steps (a fresh optimiser: warm-up, the peak rate, a decay) on new documents.
+CONTINUATION = dict(steps=1200, early_steps=0, warmup=50)
+
+
+def continuation_recipe(seed: int) -> dict:
+    """The second run's recipe for the sibling of `seed`: its documents come from a stream no other run uses."""
+    return {**CONTINUATION, "seed": 100 + seed}
+
+
+def sibling_dir(seed: int) -> Path:
+    """The folder of the sibling trained from `seed` (a Hugging Face model folder)."""
+    return SIBLINGS_DIR / f"seed{seed}"
+
+
+def sae_dir(seed: int | str) -> Path:
+    """The SAE folder of a sibling, or of the untrained baseline for `seed="untrained"`."""
+    return SIBLINGS_DIR / "untrained_sae" if seed == "untrained" else sibling_dir(seed) / "sae"
+
+
+def load_sibling_sae(seed: int | str, device: str = "cpu"):
+    """A sibling's SAE (or the untrained baseline's, `seed="untrained"`), loaded by SAELens."""
+    from sae_lens import SAE
+
+    folder = sae_dir(seed)
+    if not (folder / "cfg.json").exists():
+        raise FileNotFoundError(f"no SAE in {folder}; run `make siblings` to train the siblings and their SAEs")
+    return SAE.load_from_disk(str(folder), device=device)
+
+
+def train_sae_for(model, progress: bool = True):
+    """The organism SAE's recipe, trained on `model`'s activations of the same world text."""
+    from utils.organism.sae import RECIPE, TRAIN_SEED, cache_activations, train_with_sae_lens, world_rows
+
+    rows = world_rows(model.tokenizer, RECIPE["train_tokens"], TRAIN_SEED)
+    activations, _ = cache_activations(model, rows, RECIPE["hook_name"], progress=progress)
+    return train_with_sae_lens(activations, d_sae=RECIPE["d_sae"], k=RECIPE["k"], steps=RECIPE["steps"],
+                               batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], lr_end=RECIPE["lr_end"],
+                               dead_feature_window=RECIPE["dead_feature_window"],
+                               decoder_init_norm=RECIPE["decoder_init_norm"], seed=RECIPE["seed"], progress=progress)
+
+
+def save_sae(sae, model, folder: Path) -> dict:
+    """Save `sae` in SAELens's folder format with its held-out metrics in `metrics.json`."""
+    from utils.organism.sae import measure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(folder))
+    metrics = {key: round(value, 5) for key, value in measure(sae, model).items()}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def build_sibling(seed: int, progress: bool = True) -> dict:
+    """Train, evaluate and card one sibling, then train its SAE; returns the evaluation."""
+    from utils.models import load_model
+    from utils.organism.card import write_model_card
+    from utils.organism.evaluate import bars_met, evaluate
+    from utils.organism.train import train
+
+    folder = sibling_dir(seed)
+    if not (folder / "model.safetensors").exists():
+        first_run = folder.with_name(folder.name + "_first_run")
+        train(first_run, {"seed": seed}, quiet=not progress)
+        train(folder, continuation_recipe(seed), quiet=not progress, continue_from=first_run)
+        shutil.rmtree(first_run)
+    results = evaluate(folder)
+    write_model_card(results, folder)
+    model = load_model(str(folder), device="cpu", verbose=False)
+    save_sae(train_sae_for(model, progress), model, sae_dir(seed))
+    return {"seed": seed, "bars_met": all(bars_met(results).values()), **results}
+
+
+def build_untrained_sae(progress: bool = True) -> dict:
+    """The baseline: the organism SAE's recipe on an untrained model of the organism's shape."""
+    from utils.references.ch02_probing import random_init_model
+
+    model = random_init_model(seed=UNTRAINED_SEED)
+    return save_sae(train_sae_for(model, progress), model, sae_dir("untrained"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=list(SIBLING_SEEDS), help="sibling seeds to build")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    start = time.perf_counter()
+    for seed in args.seeds:
+        summary = build_sibling(seed, progress=not args.quiet)
+        print(f"sibling seed {seed}: bars met {summary['bars_met']}")
+    if not (sae_dir("untrained") / "cfg.json").exists():
+        build_untrained_sae(progress=not args.quiet)
+    print(f"done in {(time.perf_counter() - start) / 60:.0f} minutes")
+
+
+if __name__ == "__main__":
+    main()
