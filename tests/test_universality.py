@@ -23,9 +23,15 @@ from utils.references.ch02_probing import random_init_model
 NAMES = list(ref.SIBLINGS)  # "seed 1", "seed 2"
 
 
+@pytest.fixture(autouse=True)
+def no_gradients():
+    """Everything here only reads the models."""
+    with torch.no_grad():
+        yield
+
+
 @functools.cache
 def family() -> dict:
-    torch.set_grad_enabled(False)
     return {"organism": load_model(device="cpu", verbose=False), **ref.load_siblings("cpu")}
 
 
