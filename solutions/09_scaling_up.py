@@ -1017,7 +1017,9 @@ pd.DataFrame(head_rows).T
 # Write `align_streams(a, b)`: given activations `a` of one model and `b` of another on the same
 # tokens (`[token, d_model]` each), return the orthogonal matrix `R` (`[d_model, d_model]`) that
 # minimises $\lVert (a - \bar a) R - (b - \bar b) \rVert$, where $\bar a$ and $\bar b$ are the column means. A
-# row vector `v` of the first model's space then maps to `v @ R` in the second's.
+# row vector `v` of the first model's space then maps to `v @ R` in the second's. "Orthogonal"
+# includes reflections: do not force the determinant to +1 (the Kabsch correction of molecular
+# alignment), since a residual stream has no handedness to keep.
 #
 # <details><summary>Hint 1</summary>
 #

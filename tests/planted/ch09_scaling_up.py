@@ -533,6 +533,14 @@ def align_by_least_squares(a, b):
     return torch.linalg.lstsq(a - a.mean(0), b - b.mean(0)).solution
 
 
+def align_kabsch(a, b):
+    a, b = a - a.mean(0), b - b.mean(0)
+    u, _, vh = torch.linalg.svd(a.T @ b)
+    signs = torch.ones(len(u))
+    signs[-1] = torch.linalg.det(u @ vh).sign()
+    return u @ torch.diag(signs) @ vh
+
+
 def align_from_the_other_side(a, b):
     """The SVD of b.T @ a gives the inverse rotation; its transpose is R."""
     a, b = a - a.mean(dim=0, keepdim=True), b - b.mean(dim=0, keepdim=True)
@@ -592,7 +600,7 @@ def correlations_column_by_column(codes_a, codes_b):
 
 
 MISTAKES["9.8"] = [(align_uncentred, "centre both matrices first"), (align_backwards, "maps the second stream onto the first"),
-                   (align_by_least_squares, "least squares")]
+                   (align_by_least_squares, "least squares"), (align_kabsch, "no Kabsch correction")]
 ALTERNATIVES["9.8"] = [align_from_the_other_side, align_by_polar_decomposition]
 MISTAKES["9.9"] = [(correlations_as_cosines, "you get a cosine"), (correlations_with_nans, "never NaN"),
                    (correlations_unbiased_std_over_n, "the same count"), (correlations_transposed, "not its transpose")]

@@ -571,6 +571,14 @@ def _procrustes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
+def _kabsch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The proper rotation (determinant +1): right for molecules, not asked for here."""
+    u, _, vh = torch.linalg.svd((a - a.mean(0)).T @ (b - b.mean(0)))
+    signs = torch.ones(len(u))
+    signs[-1] = torch.linalg.det(u @ vh).sign()
+    return u @ torch.diag(signs) @ vh
+
+
 @exercise("9.8", "align two residual streams", CHAPTER, ref.align_streams)
 def check_align_streams(candidate) -> None:
     for a, b in _alignment_cases():
@@ -584,6 +592,8 @@ def check_align_streams(candidate) -> None:
                 expected.T,
             "least squares gives the best linear map, which stretches and shears; the exercise asks for a rotation "
             "(orthogonal Procrustes)": torch.linalg.lstsq(a_centred, b_centred).solution,
+            "orthogonal includes reflections: keep R = U @ Vh even when its determinant is -1 (no Kabsch correction)":
+                _kabsch(a, b),
         })
 
 
@@ -601,7 +611,7 @@ def _correlation_cases():
         shared = codes_a[:, torch.randint(0, d_a, (d_b,), generator=generator)]
         codes_b = torch.relu(shared + 0.7 * torch.randn(n, d_b, generator=generator) - 0.3)
         codes_b[:, 0] = 0.0  # dead
-        codes_b[:, -1] = 2.5  # constant, but not zero
+        codes_b[:, -1] = 0.1  # constant, but not zero (and not exact in binary: a one-pass variance is not 0)
         cases.append((codes_a, codes_b))
     return cases
 
@@ -632,4 +642,6 @@ def check_latent_correlations(candidate) -> None:
             "divide the product by n - 1, or use std(unbiased=False) with n":
                 _standardised(codes_a, unbiased=True).T @ _standardised(codes_b, unbiased=True) / n,
             "one row per latent of the FIRST argument: [d_sae_a, d_sae_b], not its transpose": expected.T,
+            "the standard deviation and the division must use the same count: std(unbiased=False) goes with n, "
+            "not n - 1": _standardised(codes_a).T @ _standardised(codes_b) / (n - 1),
         })
