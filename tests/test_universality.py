@@ -57,8 +57,8 @@ def test_each_sibling_meets_the_organisms_bars_and_its_card_is_current(seed):
     assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
     log = (folder / "training_log.jsonl").read_text().splitlines()
     header = json.loads(log[0])
-    assert header["recipe"]["seed"] == seed and header["continued"] == continuation_recipe(seed)
-    assert len(log) == 1 + header["recipe"]["steps"] + header["continued"]["steps"]
+    assert header["recipe"]["seed"] == seed and header["continued"][0] == continuation_recipe(seed)
+    assert len(log) == 1 + header["recipe"]["steps"] + sum(run["steps"] for run in header["continued"])
 
 
 @pytest.mark.parametrize("name", [*NAMES, "untrained"])

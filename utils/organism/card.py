@@ -79,15 +79,15 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
         n_params = sum(_numel(weights.get_slice(key).get_shape()) for key in weights.keys())
     log_path = model_dir / "training_log.jsonl"
     timing = ""
-    recipe, continued = RECIPE, None
+    recipe, continued = RECIPE, []
     if log_path.exists():
         lines = log_path.read_text().splitlines()
         recipe = json.loads(lines[0]).get("recipe", RECIPE)  # the recipe these weights were trained with
-        continued = json.loads(lines[0]).get("continued")  # a second run from the first run's weights
+        continued = json.loads(lines[0]).get("continued", [])  # later runs, each from the weights before it
         last = json.loads(lines[-1])
         timing = (f"The committed weights took {last['seconds'] / 60:.0f} minutes to train "
                   f"({len(lines) - 1} steps) on {json.loads(lines[0]).get('threads', '?')} CPU threads.")
-    tokens = sum(run["steps"] * run["batch_size"] * run["seq_len"] for run in (recipe, continued) if run)
+    tokens = sum(run["steps"] * run["batch_size"] * run["seq_len"] for run in [recipe, *continued])
     unmet = [BARS[key][1] for key, met in bars_met(results).items() if not met]
     gaps = ("\n**Not met:** " + "; ".join(unmet) + ". Behaviours switch on abruptly after long loss "
             "plateaus (see `training_log.jsonl`); this one had not switched on when training ended.\n"
@@ -96,17 +96,18 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
     title = f"A sibling of the workbook organism (seed {recipe['seed']})" if is_sibling else "The workbook organism"
     sibling_note = (f"The organism's recipe trained again from seed {recipe['seed']} (another initialisation and another "
                     "stream of documents) by `make siblings`, for chapter 09's universality section"
-                    + (f", then {continued['steps']} more steps from those weights: with this seed, induction and IOI "
-                       f"had not formed within the organism's {recipe['steps']} steps" if continued else "") + ".\n\n"
+                    + (f", then {sum(run['steps'] for run in continued)} more steps from those weights: with this seed, "
+                       f"induction and IOI had not formed within the organism's {recipe['steps']} steps" if continued else "")
+                    + ".\n\n"
                     if is_sibling else "")
     card = CARD_TEMPLATE.format(
         title=title, sibling_note=sibling_note, **ARCHITECTURE, n_params=n_params, vocab=config["vocab_size"],
         mix=_mix(world.DOCUMENT_MIX), early_mix=_mix(world.EARLY_MIX), early_steps=RECIPE["early_steps"],
         tokens=tokens,
         ioi_pairs=len(world.HELD_OUT_NAME_PAIRS), all_pairs=len(world.NAME_PAIRS),
-        table=results_table(results), gaps=gaps, recipe=", ".join(f"{k} {v}" for k, v in recipe.items()) + (
-            "; then, from those weights, with a fresh optimiser: " + ", ".join(f"{k} {v}" for k, v in continued.items())
-            if continued else ""),
+        table=results_table(results), gaps=gaps, recipe=", ".join(f"{k} {v}" for k, v in recipe.items()) + "".join(
+            "; then, from those weights, with a fresh optimiser: " + ", ".join(f"{k} {v}" for k, v in run.items())
+            for run in continued),
         eval_every=RECIPE["eval_every"], timing=timing,
         ioi_accuracy_ABBA=results["ioi_accuracy_ABBA"], ioi_accuracy_BABA=results["ioi_accuracy_BABA"],
         facts_top1_all_held_out=results["facts_top1_all_held_out"],

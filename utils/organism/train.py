@@ -133,7 +133,7 @@ def train(out_dir: Path = MODEL_DIR, recipe: dict | None = None, quiet: bool = F
               "threads": torch.get_num_threads()}
     if earlier:  # the first run's recipe stays the card's; this run is recorded as its continuation
         first = json.loads(earlier[0])
-        header = {**first, "continued": recipe}
+        header = {**first, "continued": first.get("continued", []) + [recipe]}  # every later run, in order
         seconds_before = json.loads(earlier[-1])["seconds"]
         for record in log:
             record["seconds"] = round(record["seconds"] + seconds_before, 1)
