@@ -16,7 +16,7 @@ from utils.models import ModelUnavailableError, load_model
 from utils.organism import evaluate
 from utils.organism.sae import BARS as SAE_BARS
 from utils.organism.sae import held_out_data, reconstruction_metrics
-from utils.organism.siblings import SIBLING_SEEDS, continuation_recipe, load_sibling_sae, sibling_dir
+from utils.organism.siblings import MAX_BLOCKS, SIBLING_SEEDS, continuation_recipe, load_sibling_sae, sibling_dir
 from utils.references import ch09_scaling_up as ref
 from utils.references.ch02_probing import random_init_model
 
@@ -57,7 +57,9 @@ def test_each_sibling_meets_the_organisms_bars_and_its_card_is_current(seed):
     assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
     log = (folder / "training_log.jsonl").read_text().splitlines()
     header = json.loads(log[0])
-    assert header["recipe"]["seed"] == seed and header["continued"][0] == continuation_recipe(seed)
+    assert header["recipe"]["seed"] == seed and 1 <= len(header["continued"]) <= MAX_BLOCKS
+    for block, run in enumerate(header["continued"], start=1):
+        assert {key: run[key] for key in continuation_recipe(seed, block)} == continuation_recipe(seed, block)
     assert len(log) == 1 + header["recipe"]["steps"] + sum(run["steps"] for run in header["continued"])
 
 

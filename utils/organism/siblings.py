@@ -26,13 +26,16 @@ SIBLING_SEEDS = (1, 2)
 UNTRAINED_SEED = 0  # random_init_model's seed for the untrained baseline
 # The organism's 3600 steps form induction and IOI for seed 0 (at about steps 2700 and 3100), but seeds 1 and 2
 # had formed neither by step 3200. So a sibling trains the organism's recipe, then goes on from those weights
-# for `CONTINUATION`'s steps (a fresh optimiser: warm-up, the peak rate, a decay) on new documents.
+# in blocks of `CONTINUATION`'s steps (each a fresh optimiser: warm-up, the peak rate, a decay) on new
+# documents until it meets the organism's bars, at most `MAX_BLOCKS` blocks. Seed 2 needed one, seed 1 two.
+# The choice to train longer depends on the outcome, and the chapter says so.
 CONTINUATION = dict(steps=1200, early_steps=0, warmup=50)
+MAX_BLOCKS = 3
 
 
-def continuation_recipe(seed: int) -> dict:
-    """The second run's recipe for the sibling of `seed`: its documents come from a stream no other run uses."""
-    return {**CONTINUATION, "seed": 100 + seed}
+def continuation_recipe(seed: int, block: int = 1) -> dict:
+    """The recipe of continuation `block` (1, 2, ...) for the sibling of `seed`: documents no other run uses."""
+    return {**CONTINUATION, "seed": 100 * block + seed}
 
 
 def sibling_dir(seed: int) -> Path:
@@ -87,10 +90,14 @@ def build_sibling(seed: int, progress: bool = True) -> dict:
 
     folder = sibling_dir(seed)
     if not (folder / "model.safetensors").exists():
-        first_run = folder.with_name(folder.name + "_first_run")
-        train(first_run, {"seed": seed}, quiet=not progress)
-        train(folder, continuation_recipe(seed), quiet=not progress, continue_from=first_run)
-        shutil.rmtree(first_run)
+        runs = [folder.with_name(f"{folder.name}_run{block}") for block in range(MAX_BLOCKS + 1)]
+        train(runs[0], {"seed": seed}, quiet=not progress)
+        for block in range(1, MAX_BLOCKS + 1):
+            train(runs[block], continuation_recipe(seed, block), quiet=not progress, continue_from=runs[block - 1])
+            shutil.rmtree(runs[block - 1])
+            if all(bars_met(evaluate(runs[block])).values()) or block == MAX_BLOCKS:
+                runs[block].rename(folder)
+                break
     results = evaluate(folder)
     write_model_card(results, folder)
     model = load_model(str(folder), device="cpu", verbose=False)
