@@ -899,11 +899,20 @@ if big is not None:
 # Each case needs models that saw the same data and internals we can compare.
 #
 # We have that, and we know the world. The workbook ships two **siblings** of the organism: the
-# same recipe, architecture and world, trained again from seeds 1 and 2 (another initialisation and
-# another stream of documents). Each meets the organism's bars on held-out prompts (its card says
-# so; `make siblings` rebuilds them). Beside them sits Chapter 02's **untrained** model, the
-# baseline every match must beat: a random network of the same shape already tells tokens apart,
-# so a match that the untrained model gets too is no evidence of a shared solution.
+# same architecture, world and recipe, trained again from seeds 1 and 2 (another initialisation and
+# another stream of documents). One difference matters: with the organism's 3600 steps, neither
+# sibling had formed induction or IOI, so each went on from its weights in blocks of 1200 more
+# steps (new documents, a fresh warm-up and decay) until it met the organism's bars on held-out
+# prompts: one block for seed 2, two for seed 1 (their cards give the curves; `make siblings`
+# rebuilds them). That choice was made by looking at the outcome, so read what follows as "models
+# that learned the same behaviours from the same world", not "three draws of one recipe": the
+# siblings trained 33% and 67% longer, and when a behaviour forms is itself seed-dependent.
+#
+# Beside them sit two baselines. Chapter 02's **untrained** model, a random network of the same
+# shape, already tells tokens apart, so a match that it gets too is no evidence of a shared
+# solution. And for SAE latents, a **second SAE of the organism itself** (the same recipe from
+# another SAE seed): two dictionaries of one model do not match perfectly either, and that is the
+# ceiling a sibling's match is read against.
 #
 # Three questions, each with an earlier chapter's tool: do the same **heads' roles** recur
 # (Chapter 03's detectors, Chapter 06's patching)? Do the **directions** of the world's labels agree
@@ -1004,6 +1013,71 @@ for name, some_model in progress_bar(family.items(), total=len(family), desc="mo
 pd.DataFrame(head_rows).T
 
 # %% [markdown]
+# **Both detector roles recur, in the same layers.** Each sibling has a previous-token head in layer 0
+# scoring 0.97 or more, and four to seven induction heads, all in layer 3 except seed 2's L2H4
+# (0.70). The untrained model's best scores are 0.08 and 0.03. The head *numbers* do not recur: the
+# organism's induction heads are L3H3 to L3H7, seed 1's are L3H0, L3H1, L3H6 and L3H7. A role
+# recurs; a label on a head does not. Seed 1 has one previous-token head above the bar where the
+# others have two.
+#
+# **IOI is where the models part.** The organism's answer is carried by L3H1 at END and by two
+# layer-0 heads at S2. In both siblings the largest cell is a *layer-0* head at END: seed 1's L0H0
+# restores about two thirds of the answer, and seed 2's L0H5 restores nearly all of it by itself.
+#
+# Each model's IOI answer is carried mostly by one head's output at the last position (END). Is it
+# the same move? For that head, in each model: where does it look from END, on the clean prompts and
+# on Chapter 06's ABC prompts (S2 replaced by a third name, so no name repeats)? And what does it
+# write straight onto the answer logits (its direct effect, Chapter 06)?
+
+# %% tags=["export"]
+from utils.references.ch03_logit_lens import abc_prompts
+from utils.references.ch06_patching import attention_to_roles, head_direct_logits, ioi_roles
+
+
+def top_end_head(head_map: Float[Tensor, "layer pos head"]) -> tuple[int, int]:
+    """The head whose output at the last position restores the most when denoised."""
+    at_end = head_map[:, -1]  # [layer, head]
+    layer, head = divmod(int(at_end.argmax()), at_end.shape[1])
+    return layer, head
+
+
+def end_head_profile(some_model, layer: int, head: int, n: int = 40, template: int = 0, seed: int = 0) -> dict[str, float]:
+    """Where a head looks from END (clean IOI prompts, and ABC prompts with a third name at S2), and
+    its direct effect on the logits of the indirect object and of the repeated name."""
+    clean_set = ioi_prompts("test", template=template, n=n, seed=seed)
+    clean, abc, last = paired_tokens(some_model, clean_set.prompts, abc_prompts(clean_set, seed=seed).prompts)
+    roles = ioi_roles(some_model, clean_set, clean, last)
+    hook = f"blocks.{layer}.attn.hook_pattern"
+    looks = {run: attention_to_roles(some_model.run_with_cache(tokens, names_filter=hook)[1][hook][:, head], last, roles)
+             for run, tokens in (("clean", clean), ("ABC", abc))}
+    correct = answer_ids(some_model, clean_set.correct).to(some_model.cfg.device)
+    wrong = answer_ids(some_model, clean_set.wrong).to(some_model.cfg.device)
+    return {"head": f"L{layer}H{head}", "attention END to S2": looks["clean"]["S2"],
+            "attention END to IO": looks["clean"]["IO"], "ABC: attention END to the third name": looks["ABC"]["S2"],
+            "direct effect on IO logit": head_direct_logits(some_model, clean, last, layer, head, correct).mean().item(),
+            "direct effect on S logit": head_direct_logits(some_model, clean, last, layer, head, wrong).mean().item()}
+
+
+# %%
+pd.DataFrame({name: end_head_profile(family[name], *top_end_head(head_map)) for name, head_map in ioi_maps.items()}).T.round(2)
+
+# %% [markdown]
+# **The same move, in another layer, with another strength.** All three heads look from END at S2,
+# with 0.97 or more of their attention, and when S2 is a third name (ABC) they look at it just as
+# much: they attend to the *latest name*, not to a repeated one. (For the siblings' layer-0 heads
+# nothing else is possible: before layer 0 the stream at a position holds only its token and its
+# position, so a layer-0 head cannot tell that a name occurred before; S2 is the last name in every
+# template, so recency finds it.) They differ in what they write. The organism's L3H1 lowers the
+# logit of the name it looks at by about 2.5 directly, seed 2's L0H5 by about 0.9, and seed 1's L0H0
+# by about 0.1: seed 1's head works through the layers after it, by a route this section does not
+# trace. In GPT-2 small, Wang et al. (2022) found name-mover heads that look at the indirect object
+# and copy it. None of these three heads does that: each looks at the subject and, in two of the
+# three models, writes against it (the copy-suppression pattern of Chapter 06).
+#
+# Two limits. These maps use one corruption, the swap (Chapter 06). A head that matters only under
+# the ABC or mean-ablation baselines would not appear. And "restores most" ranks cells by their
+# total effect, direct and through later layers. Path patching (Chapter 06) would separate the two.
+# %% [markdown]
 # ### Residual streams: the same space, turned?
 # A direction has no meaning across models until the two residual streams are put in one frame:
 # training from another seed could learn the same geometry in a rotated basis (and the
@@ -1061,24 +1135,72 @@ def stream_on_world_text(some_model) -> Float[Tensor, "token d_model"]:
     return activations
 
 
+def centred(x: Float[Tensor, "token d"]) -> Float[Tensor, "token d"]:
+    return x - x.mean(0)
+
+
 def explained_after_rotation(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
                              rotation: Float[Tensor, "d_model d_model"]) -> float:
-    """The share of b's variance that a, rotated, explains, after scaling each to unit mean squared norm
-    (a rotation cannot change a scale, and the models' streams differ in size)."""
-    a_unit = (a - a.mean(0)) / (a - a.mean(0)).pow(2).sum(-1).mean().sqrt()
-    b_unit = (b - b.mean(0)) / (b - b.mean(0)).pow(2).sum(-1).mean().sqrt()
-    return 1 - ((a_unit @ rotation - b_unit).pow(2).sum() / b_unit.pow(2).sum()).item()
+    """The share of b's variance that a, rotated and then scaled by the best single number, explains
+    (a rotation cannot change a size, and the models' streams differ in size)."""
+    turned, target = centred(a) @ rotation, centred(b)  # [token, d_model] each
+    scale = (turned * target).sum() / turned.pow(2).sum()
+    return 1 - ((scale * turned - target).pow(2).sum() / target.pow(2).sum()).item()
+
+
+def explained_by_linear_map(a_fit: Float[Tensor, "token d_model"], b_fit: Float[Tensor, "token d_model"],
+                            a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"]) -> float:
+    """The share of b's variance explained by the best linear map from a (least squares, fitted on
+    a_fit and b_fit): the most any rotation could reach, since it may stretch and shear as well."""
+    weights = torch.linalg.lstsq(centred(a_fit), centred(b_fit)).solution  # [d_model, d_model]
+    return 1 - ((centred(a) @ weights - centred(b)).pow(2).sum() / centred(b).pow(2).sum()).item()
+
+
+def without_top_components(x_fit: Float[Tensor, "token d_model"], x: Float[Tensor, "token d_model"], k: int
+                           ) -> Float[Tensor, "token d_model"]:
+    """x with its `k` largest principal directions (found on x_fit) projected out."""
+    _, _, vh = torch.linalg.svd(centred(x_fit), full_matrices=False)
+    top = vh[:k]  # [k, d_model]
+    return x - (centred(x) @ top.T) @ top
+
+
+TOP_COMPONENTS = 16
+
+
+def stream_alignment(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"], fit: slice, held: slice
+                     ) -> dict[str, float]:
+    """How well a rotation maps stream a onto stream b: on held-out tokens, on the tokens it was fitted
+    on, against the best linear map, without the top principal directions, and not rotated at all."""
+    rotation = align_streams(a[fit], b[fit])
+    a_rest, b_rest = without_top_components(a[fit], a, TOP_COMPONENTS), without_top_components(b[fit], b, TOP_COMPONENTS)
+    return {"rotated, held-out": explained_after_rotation(a[held], b[held], rotation),
+            "rotated, fitted tokens": explained_after_rotation(a[fit], b[fit], rotation),
+            "best linear map, held-out": explained_by_linear_map(a[fit], b[fit], a[held], b[held]),
+            f"rotated, top {TOP_COMPONENTS} directions removed": explained_after_rotation(
+                a_rest[held], b_rest[held], align_streams(a_rest[fit], b_rest[fit])),
+            "not rotated": explained_after_rotation(a[held], b[held], torch.eye(a.shape[1], device=a.device))}
 
 
 # %%
 streams = {name: stream_on_world_text(some_model) for name, some_model in family.items()}
 fit, held = slice(0, len(streams["organism"]) // 2), slice(len(streams["organism"]) // 2, None)
 rotations = {name: align_streams(streams["organism"][fit], streams[name][fit]) for name in family if name != "organism"}
-no_turn = torch.eye(model.cfg.d_model)  # the baseline: the same coordinates, not rotated
-pd.DataFrame({name: {"variance explained, rotated": explained_after_rotation(streams["organism"][held], streams[name][held], rotation),
-                     "not rotated": explained_after_rotation(streams["organism"][held], streams[name][held], no_turn)}
-              for name, rotation in rotations.items()}).T.round(3).rename_axis(columns="held-out text")
+pd.DataFrame({name: stream_alignment(streams["organism"], streams[name], fit, held) for name in rotations}
+             ).T.round(3).rename_axis(columns="share of the other model's stream explained")
 
+# %% [markdown]
+# **The coordinates mean nothing across models; the geometry largely recurs.** Not rotated, the
+# organism's stream explains none of a sibling's. Rotated and scaled, it explains about 0.43 to 0.45
+# on tokens the rotation never saw, within 0.02 of what it explains on the tokens it was fitted on,
+# so the rotation is not memorising its half. The untrained model's stream is another matter (0.06).
+# Three readings keep that number honest:
+# - A rotation is not everything. The best linear map, which may stretch as well as turn, explains
+#   about 0.66 to 0.72. The siblings share much of a geometry, but not up to a rigid turn.
+# - It is not only the few largest directions. With each stream's top 16 principal directions
+#   removed, a rotation of the rest still explains about 0.2 (untrained: 0.03).
+# - Much of a stream at this point is the current token. Token means make up about half of each
+#   model's stream variance, the untrained model's too. What the siblings share, and the random
+#   network lacks, is *where* they put each token relative to the others.
 # %% [markdown]
 # Now the world's labels. For each model, Chapter 02's mean-difference direction of a label at the
 # same point (after block 1, each prompt's last token); then the organism's direction, rotated, is
@@ -1108,12 +1230,20 @@ for label in DIRECTION_LABELS:
 pd.DataFrame(direction_rows).T.round(2).rename_axis(columns="cosine with the organism's direction, rotated")
 
 # %% [markdown]
+# After the rotation, the truth and sentiment directions agree, with cosines of about 0.6 to 0.7,
+# ten times chance. The untrained model's do not. The indirect object's gender does not agree
+# either, with a cosine near 0. Whatever separates the two genders at this point in one model is not
+# what separates them in the other, and the table at the end of this section finds no SAE latent
+# for gender in any of the models.
+# %% [markdown]
 # ### SAE latents: the same features?
 # The workbook ships an SAE for each sibling and one for the untrained model, each trained by the
 # organism's SAE recipe (1024 latents, TopK with $k = 32$, the same text, the same hook point). A
 # latent of one SAE and a latent of another **match** when they fire on the same tokens: across
-# the held-out text, the correlation of their activations is high. This needs no rotation at all:
-# the tokens are shared, the activations are compared, not the directions.
+# the held-out text, the correlation of their activations is high. Finding a match needs no
+# rotation: the tokens are shared, and activations are compared, not directions (each SAE is applied to its
+# own model's stream). Whether the matched latents' decoder directions also agree is a separate
+# question, and that one does need the rotation.
 #
 # ### Exercise 9.9: correlate every latent with every latent (difficulty 2/3, ~15 min)
 # Write `latent_correlations(codes_a, codes_b)`: given two SAEs' latent activations on the same
@@ -1161,10 +1291,14 @@ latent_correlations = check_exercise("9.9", latent_correlations)
 from utils.organism.sae import load_organism_sae
 from utils.organism.siblings import load_sibling_sae
 
+MIN_FIRINGS = 20  # a latent counts when it fires on at least this many held-out tokens
+
 
 def family_saes(device: str = "cpu") -> dict:
-    """The organism's SAE, each sibling's, and the untrained model's, keyed like `family`."""
-    saes = {"organism": load_organism_sae(device), "untrained": load_sibling_sae("untrained", device)}
+    """The organism's SAE, each sibling's, the untrained model's, and a second SAE of the organism
+    (the same recipe from another SAE seed, the ceiling), keyed like `family`."""
+    saes = {"organism": load_organism_sae(device), "untrained": load_sibling_sae("untrained", device),
+            "organism, second SAE": load_sibling_sae("ceiling", device)}
     saes.update({name: load_sibling_sae(int(name.split()[-1]), device) for name in SIBLINGS})
     return saes
 
@@ -1176,6 +1310,20 @@ def best_matches(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tens
     return best.values, best.indices
 
 
+def mutual_share(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tensor, "d_sae_a"]) -> float:
+    """The share of live latents whose best match picks them back: a one-to-one pairing, not many to one."""
+    _, partners = best_matches(correlations, live)
+    return (correlations.argmax(dim=0)[partners] == live.nonzero().squeeze(1)).float().mean().item()
+
+
+def minus_token_means(codes: Float[Tensor, "token d_sae"], token_ids: Int[Tensor, "token"]) -> Float[Tensor, "token d_sae"]:
+    """Each latent's activations with its mean for the current token removed: what is left is what the
+    latent says beyond which token it is on (two token detectors match trivially, even untrained)."""
+    sums = torch.zeros(int(token_ids.max()) + 1, codes.shape[1], device=codes.device).index_add_(0, token_ids, codes)
+    counts = torch.bincount(token_ids, minlength=len(sums)).clamp_min(1)[:, None]  # [vocab, 1]
+    return codes - (sums / counts)[token_ids]
+
+
 def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_model"], live: Bool[Tensor, "d_sae_a"],
                             partners: Int[Tensor, "live"]) -> Float[Tensor, "live"]:
     """Cosine between each live latent's decoder direction in a, rotated into b's stream, and its partner's in b."""
@@ -1183,18 +1331,36 @@ def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_mod
     return torch.cosine_similarity(rotated, sae_b.W_dec[partners], dim=-1)
 
 
+def latent_match_row(codes_a: Float[Tensor, "token d_sae"], codes_b: Float[Tensor, "token d_sae"],
+                     token_ids: Int[Tensor, "token"], live: Bool[Tensor, "d_sae"], decoder_cosines=None) -> dict:
+    """One row of the latent table: how well the live latents of a find a partner in b."""
+    correlations = latent_correlations(codes_a, codes_b)
+    best, _ = best_matches(correlations, live)
+    beyond, _ = best_matches(latent_correlations(minus_token_means(codes_a, token_ids),
+                                                 minus_token_means(codes_b, token_ids)), live)
+    row = {"median best correlation": best.median().item(), "share above 0.5": (best > 0.5).float().mean().item(),
+           "median, token means removed": beyond.median().item(), "one-to-one share": mutual_share(correlations, live)}
+    if decoder_cosines is not None:
+        row["median decoder cosine"] = decoder_cosines.median().item()
+    return row
+
+
 # %%
 saes = family_saes(model.cfg.device)
+world_tokens = held_out_data(model)[2][held].to(model.cfg.device)  # the token at each held-out position
 codes = {name: saes[name].encode(streams[name][held].to(model.cfg.device)) for name in family}  # [token, d_sae] each
-live = codes["organism"].std(0) > 0
-matches, partners = {}, {}
-for name in rotations:
-    matches[name], partners[name] = best_matches(latent_correlations(codes["organism"], codes[name]), live)
-pd.DataFrame({name: {"median best correlation": best.median().item(), "share above 0.9": (best > 0.9).float().mean().item(),
-                     "share above 0.5": (best > 0.5).float().mean().item(),
-                     "median decoder cosine, rotated": matched_decoder_cosines(
-                         saes["organism"], saes[name], rotations[name], live, partners[name]).median().item()}
-              for name, best in matches.items()}).T.round(2)
+codes["organism, second SAE"] = saes["organism, second SAE"].encode(streams["organism"][held].to(model.cfg.device))
+live = (codes["organism"] > 0).sum(0) >= MIN_FIRINGS
+shuffled = torch.randperm(len(world_tokens), generator=torch.Generator().manual_seed(0)).to(model.cfg.device)
+matches, latent_rows = {}, {}
+for name in [*rotations, "organism, second SAE"]:
+    rotation = rotations.get(name, torch.eye(model.cfg.d_model, device=model.cfg.device))  # the second SAE shares the stream
+    matches[name], partners = best_matches(latent_correlations(codes["organism"], codes[name]), live)
+    cosines = matched_decoder_cosines(saes["organism"], saes[name], rotation, live, partners)
+    latent_rows[name] = latent_match_row(codes["organism"], codes[name], world_tokens, live, cosines)
+latent_rows["seed 1, tokens shuffled"] = latent_match_row(codes["organism"], codes["seed 1"][shuffled], world_tokens, live)
+print(f"{int(live.sum())} of {len(live)} organism latents fire on at least {MIN_FIRINGS} held-out tokens")
+pd.DataFrame(latent_rows).T.round(2)
 
 # %%
 import plotly.graph_objects as go
@@ -1206,14 +1372,40 @@ figure.update_layout(barmode="overlay", height=380, title="Each organism latent'
 figure
 
 # %% [markdown]
+# **The dictionaries recur almost as well as they can.** For a sibling, the median best match of the
+# organism's latents correlates at about 0.65. Two SAEs of the organism itself reach 0.73; the
+# untrained model's SAE gets 0.26, and shuffling the tokens leaves 0.05. A sibling's dictionary is
+# nearly as close to the organism's as a second dictionary of the organism is: about nine tenths of
+# the ceiling. Token identity does not explain that. With each latent's mean per token removed, the
+# siblings' matches keep a median of about 0.5 (ceiling: 0.62), while the untrained model's fall to
+# 0.05, the level of shuffled tokens. A random network's latents match only as detectors of which
+# token they sit on.
+#
+# Two cautions keep "the same features" honest:
+# - **Most matches are not one-to-one.** About a quarter of the organism's latents are chosen back
+#   by their own best match (a third for the ceiling). The rest share a partner with other latents:
+#   what is one latent in one dictionary is often split across several in the other (Chapter 05's
+#   feature splitting, which two SAEs of one model show too).
+# - **Matched latents do not point the same way.** After the rotation, the median cosine between
+#   matched latents' decoder directions is under 0.2, barely above the untrained model's. Even two
+#   SAEs of the organism, which need no rotation, reach under 0.3. Two latents that fire on the same
+#   tokens can still write different directions. "The same feature" here means the same tokens, not
+#   the same vector.
+# %% [markdown]
 # ### Graded against the world
 # Which latents *should* match? The ones for what the world's prompts are about. Chapter 05 scored
 # each SAE latent as a detector of five properties of a sentence (is the statement true, is the
 # review positive, is the indirect object a woman, does the fact prompt ask for a capital, is its
 # country in Europe), read at each prompt's last token. For each model and each property, take the
 # latent that detects it best (chosen on one half of the prompts, scored by AUROC on the other, as
-# there), and ask two things: does every model have such a latent, and is the sibling's latent for
-# the property the one that the organism's latent for it correlates with best, on the same prompts?
+# there). Two questions: does every model have such a latent, and do the organism's latent and the
+# other model's latent for the property fire together on the same prompts?
+#
+# Two good detectors of one label correlate through the label alone, whatever else they do. So
+# beside their correlation (signed so that both point towards the label), the table gives their
+# correlation **within each class**: each latent's mean for the true prompts and for the false ones
+# removed first, as the token means were removed above. What is left is whether they agree on which
+# true statements are *more* true-looking, something the label does not dictate.
 
 # %% tags=["export"]
 from utils.references.ch05_saes import CONTEXT_LABELS, best_column_auroc, context_label_data, halves
@@ -1221,31 +1413,70 @@ from utils.references.ch05_saes import CONTEXT_LABELS, best_column_auroc, contex
 
 def label_latents(some_model, sae, seed: int = 0) -> dict[str, dict]:
     """For each of Chapter 05's context labels: the latent that detects it best (chosen on one half of
-    the prompts), its AUROC on the other half, and the latent activations on that half."""
+    the prompts), its AUROC on the other half, its activations and the labels on that half, and the
+    sign of its correlation with the label (on the first half)."""
     found = {}
     for label, (x, y) in context_label_data(some_model, seed=seed).items():
         first, second = halves(len(y), seed)
         codes = sae.encode(x.to(sae.W_dec.device))  # [prompt, d_sae]
         auroc, latent = best_column_auroc(codes[first], y[first], codes[second], y[second])
-        found[label] = {"latent": latent, "AUROC": auroc, "codes": codes[second]}
+        towards = latent_correlations(codes[first][:, latent:latent + 1], y[first, None].float().to(codes.device))
+        found[label] = {"latent": latent, "AUROC": auroc, "activations": codes[second][:, latent:latent + 1],
+                        "labels": y[second].to(codes.device), "sign": 1.0 if towards.item() >= 0 else -1.0}
     return found
 
 
+def label_latent_agreement(ours: dict, theirs: dict) -> tuple[float, float]:
+    """The correlation of two models' latents for one label (signed towards the label), over the
+    same prompts, and the same correlation within each class."""
+    sign = ours["sign"] * theirs["sign"]
+    together = sign * latent_correlations(ours["activations"], theirs["activations"]).item()
+    classes = ours["labels"].long()
+    within = sign * latent_correlations(minus_token_means(ours["activations"], classes),
+                                        minus_token_means(theirs["activations"], classes)).item()
+    return together, within
+
+
 # %%
-found = {name: label_latents(family[name], saes[name]) for name in progress_bar(family, desc="models")}
+others = [*SIBLINGS, "untrained"]
+found = {name: label_latents(family[name], saes[name]) for name in progress_bar(["organism", *others], desc="models")}
 label_rows = {}
 for label in CONTEXT_LABELS:
-    ours = found["organism"][label]
-    row = {"organism AUROC": ours["AUROC"]}
-    for name in matches:
-        theirs = found[name][label]
-        correlations = latent_correlations(ours["codes"][:, ours["latent"]:ours["latent"] + 1], theirs["codes"])[0]  # [d_sae]
-        row[f"{name} AUROC"] = theirs["AUROC"]
-        row[f"{name}: correlation"] = correlations[theirs["latent"]].item()
-        row[f"{name}: best match"] = bool(correlations.argmax() == theirs["latent"])
+    row = {"organism AUROC": found["organism"][label]["AUROC"]}
+    for name in others:
+        row[f"{name}: AUROC"] = found[name][label]["AUROC"]
+        row[f"{name}: correlation"], row[f"{name}: within each class"] = label_latent_agreement(
+            found["organism"][label], found[name][label])
     label_rows[label] = row
 pd.DataFrame(label_rows).T.round(2)
 
+# %% [markdown]
+# Sentiment and "asks for a capital" have a near-perfect detector latent in every trained model,
+# and truth a strong one. Across models, these latents correlate at about 0.6 to 0.9. **Within each
+# class, the correlation falls** to between about -0.25 and 0.3, with no consistent sign (it moves
+# with the prompt sample): the latents agree on the label, and little beyond it. The
+# indirect object's gender has no latent in any model at this point (AUROC about 0.5), which fits
+# its direction's failure to match above. The untrained model has no detector for truth or
+# sentiment. Its "asks for a capital" latent is weaker (about 0.75), since that question can be
+# read off the prompt's words.
+#
+# ### What recurs, and what does not
+# | recurs across seeds | does not |
+# |---|---|
+# | previous-token heads in layer 0, induction heads in layer 3 | which head number has the role |
+# | an IOI head at END that looks at the latest name | its layer (3 in the organism, 0 in both siblings), how hard it writes against that name |
+# | the stream's geometry, up to a rotation, for about 0.45 of its variance | a rigid match: a linear map explains more |
+# | truth and sentiment directions | the indirect object's gender direction |
+# | SAE latents, by activation, at nine tenths of the two-SAE ceiling | one-to-one pairs; decoder directions |
+# | label latents, on the label | much agreement within a label |
+#
+# In this world, universality holds for the **roles** a task needs and for **what fires on which
+# token**. It does not hold for **where** a model puts a step or which vector it uses. A circuit
+# mapped in one model tells you what to look for in its sibling, not where you will find it. The
+# organism's IOI circuit of Chapter 06 is one of at least two solutions this world admits. Chapter
+# 06's layer-3 answer head is the organism's choice, not the task's. Three models are a small
+# sample, and larger models may converge more, or less. The field's evidence at scale is still
+# case by case.
 # %% [markdown]
 # ## What scaling up can't tell you
 # - **A larger model is not the organism.** Here we know the world the organism learned; on a 70B

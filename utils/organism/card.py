@@ -96,8 +96,10 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
     title = f"A sibling of the workbook organism (seed {recipe['seed']})" if is_sibling else "The workbook organism"
     sibling_note = (f"The organism's recipe trained again from seed {recipe['seed']} (another initialisation and another "
                     "stream of documents) by `make siblings`, for chapter 09's universality section"
-                    + (f", then {sum(run['steps'] for run in continued)} more steps from those weights: with this seed, "
-                       f"induction and IOI had not formed within the organism's {recipe['steps']} steps" if continued else "")
+                    + (f", then {sum(run['steps'] for run in continued)} more steps from those weights, in "
+                       f"{len(continued)} block{'s' if len(continued) > 1 else ''} of {continued[0]['steps']} continued until it "
+                       f"met the organism's bars: with this seed, induction and IOI had not formed within the organism's "
+                       f"{recipe['steps']} steps" if continued else "")
                     + ".\n\n"
                     if is_sibling else "")
     card = CARD_TEMPLATE.format(

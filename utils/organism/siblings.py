@@ -6,7 +6,7 @@ documents, the organism's recipe and then `CONTINUATION`'s steps from those weig
 against the organism's bars and writes its card, then trains its SAE with the organism SAE's recipe
 (`utils.organism.sae.RECIPE`). It also trains that SAE recipe on an untrained model of the same
 shape (`random_init_model(seed=0)`, rebuilt from the seed when needed), the baseline a latent match
-must beat. Each sibling takes about an hour on two idle CPU threads; `--seeds 1` trains one.
+must beat, and from another SAE seed on the organism itself, the ceiling. Each sibling takes about an hour on two idle CPU threads; `--seeds 1` trains one.
 
 `load_model("organism-seed1")` loads a sibling; `load_sibling_sae(1)` its SAE.
 """
@@ -24,6 +24,7 @@ import torch
 SIBLINGS_DIR = Path(__file__).parent / "siblings"
 SIBLING_SEEDS = (1, 2)
 UNTRAINED_SEED = 0  # random_init_model's seed for the untrained baseline
+CEILING_SAE_SEED = 1  # the organism SAE's recipe from this SAE seed: how well two SAEs of ONE model match
 # The organism's 3600 steps form induction and IOI for seed 0 (at about steps 2700 and 3100), but seeds 1 and 2
 # had formed neither by step 3200. So a sibling trains the organism's recipe, then goes on from those weights
 # in blocks of `CONTINUATION`'s steps (each a fresh optimiser: warm-up, the peak rate, a decay) on new
@@ -44,12 +45,15 @@ def sibling_dir(seed: int) -> Path:
 
 
 def sae_dir(seed: int | str) -> Path:
-    """The SAE folder of a sibling, or of the untrained baseline for `seed="untrained"`."""
-    return SIBLINGS_DIR / "untrained_sae" if seed == "untrained" else sibling_dir(seed) / "sae"
+    """The SAE folder of a sibling, of the untrained baseline (`seed="untrained"`), or of the organism's
+    second SAE (`seed="ceiling"`)."""
+    special = {"untrained": "untrained_sae", "ceiling": f"organism_sae_seed{CEILING_SAE_SEED}"}
+    return SIBLINGS_DIR / special[seed] if seed in special else sibling_dir(seed) / "sae"
 
 
 def load_sibling_sae(seed: int | str, device: str = "cpu"):
-    """A sibling's SAE (or the untrained baseline's, `seed="untrained"`), loaded by SAELens."""
+    """A sibling's SAE (or the untrained baseline's, `seed="untrained"`, or the organism's second,
+    `seed="ceiling"`), loaded by SAELens."""
     from sae_lens import SAE
 
     folder = sae_dir(seed)
@@ -58,8 +62,9 @@ def load_sibling_sae(seed: int | str, device: str = "cpu"):
     return SAE.load_from_disk(str(folder), device=device)
 
 
-def train_sae_for(model, progress: bool = True):
-    """The organism SAE's recipe, trained on `model`'s activations of the same world text."""
+def train_sae_for(model, progress: bool = True, sae_seed: int | None = None):
+    """The organism SAE's recipe, trained on `model`'s activations of the same world text (from
+    another SAE seed when `sae_seed` is given)."""
     from utils.organism.sae import RECIPE, TRAIN_SEED, cache_activations, train_with_sae_lens, world_rows
 
     rows = world_rows(model.tokenizer, RECIPE["train_tokens"], TRAIN_SEED)
@@ -67,7 +72,8 @@ def train_sae_for(model, progress: bool = True):
     return train_with_sae_lens(activations, d_sae=RECIPE["d_sae"], k=RECIPE["k"], steps=RECIPE["steps"],
                                batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], lr_end=RECIPE["lr_end"],
                                dead_feature_window=RECIPE["dead_feature_window"],
-                               decoder_init_norm=RECIPE["decoder_init_norm"], seed=RECIPE["seed"], progress=progress)
+                               decoder_init_norm=RECIPE["decoder_init_norm"],
+                               seed=RECIPE["seed"] if sae_seed is None else sae_seed, progress=progress)
 
 
 def save_sae(sae, model, folder: Path) -> dict:
@@ -113,6 +119,15 @@ def build_untrained_sae(progress: bool = True) -> dict:
     return save_sae(train_sae_for(model, progress), model, sae_dir("untrained"))
 
 
+def build_ceiling_sae(progress: bool = True) -> dict:
+    """The ceiling: the organism SAE's recipe on the organism itself, from another SAE seed. Two SAEs
+    of one model do not match perfectly either, and a sibling's match is read against this one's."""
+    from utils.models import load_model
+
+    model = load_model(device="cpu", verbose=False)
+    return save_sae(train_sae_for(model, progress, sae_seed=CEILING_SAE_SEED), model, sae_dir("ceiling"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=list(SIBLING_SEEDS), help="sibling seeds to build")
@@ -125,6 +140,8 @@ def main() -> None:
         print(f"sibling seed {seed}: bars met {summary['bars_met']}")
     if not (sae_dir("untrained") / "cfg.json").exists():
         build_untrained_sae(progress=not args.quiet)
+    if not (sae_dir("ceiling") / "cfg.json").exists():
+        build_ceiling_sae(progress=not args.quiet)
     print(f"done in {(time.perf_counter() - start) / 60:.0f} minutes")
 
 

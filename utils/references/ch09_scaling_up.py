@@ -222,6 +222,34 @@ def top_ioi_cells(head_map: Float[Tensor, "layer pos head"], labels: list[str], 
     return "; ".join(cells)
 
 
+from utils.references.ch03_logit_lens import abc_prompts
+from utils.references.ch06_patching import attention_to_roles, head_direct_logits, ioi_roles
+
+
+def top_end_head(head_map: Float[Tensor, "layer pos head"]) -> tuple[int, int]:
+    """The head whose output at the last position restores the most when denoised."""
+    at_end = head_map[:, -1]  # [layer, head]
+    layer, head = divmod(int(at_end.argmax()), at_end.shape[1])
+    return layer, head
+
+
+def end_head_profile(some_model, layer: int, head: int, n: int = 40, template: int = 0, seed: int = 0) -> dict[str, float]:
+    """Where a head looks from END (clean IOI prompts, and ABC prompts with a third name at S2), and
+    its direct effect on the logits of the indirect object and of the repeated name."""
+    clean_set = ioi_prompts("test", template=template, n=n, seed=seed)
+    clean, abc, last = paired_tokens(some_model, clean_set.prompts, abc_prompts(clean_set, seed=seed).prompts)
+    roles = ioi_roles(some_model, clean_set, clean, last)
+    hook = f"blocks.{layer}.attn.hook_pattern"
+    looks = {run: attention_to_roles(some_model.run_with_cache(tokens, names_filter=hook)[1][hook][:, head], last, roles)
+             for run, tokens in (("clean", clean), ("ABC", abc))}
+    correct = answer_ids(some_model, clean_set.correct).to(some_model.cfg.device)
+    wrong = answer_ids(some_model, clean_set.wrong).to(some_model.cfg.device)
+    return {"head": f"L{layer}H{head}", "attention END to S2": looks["clean"]["S2"],
+            "attention END to IO": looks["clean"]["IO"], "ABC: attention END to the third name": looks["ABC"]["S2"],
+            "direct effect on IO logit": head_direct_logits(some_model, clean, last, layer, head, correct).mean().item(),
+            "direct effect on S logit": head_direct_logits(some_model, clean, last, layer, head, wrong).mean().item()}
+
+
 def align_streams(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"]) -> Float[Tensor, "d_model d_model"]:
     """The orthogonal R minimising ||(a - mean a) R - (b - mean b)||: orthogonal Procrustes."""
     a_centred = a - a.mean(0)
@@ -240,13 +268,50 @@ def stream_on_world_text(some_model) -> Float[Tensor, "token d_model"]:
     return activations
 
 
+def centred(x: Float[Tensor, "token d"]) -> Float[Tensor, "token d"]:
+    return x - x.mean(0)
+
+
 def explained_after_rotation(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
                              rotation: Float[Tensor, "d_model d_model"]) -> float:
-    """The share of b's variance that a, rotated, explains, after scaling each to unit mean squared norm
-    (a rotation cannot change a scale, and the models' streams differ in size)."""
-    a_unit = (a - a.mean(0)) / (a - a.mean(0)).pow(2).sum(-1).mean().sqrt()
-    b_unit = (b - b.mean(0)) / (b - b.mean(0)).pow(2).sum(-1).mean().sqrt()
-    return 1 - ((a_unit @ rotation - b_unit).pow(2).sum() / b_unit.pow(2).sum()).item()
+    """The share of b's variance that a, rotated and then scaled by the best single number, explains
+    (a rotation cannot change a size, and the models' streams differ in size)."""
+    turned, target = centred(a) @ rotation, centred(b)  # [token, d_model] each
+    scale = (turned * target).sum() / turned.pow(2).sum()
+    return 1 - ((scale * turned - target).pow(2).sum() / target.pow(2).sum()).item()
+
+
+def explained_by_linear_map(a_fit: Float[Tensor, "token d_model"], b_fit: Float[Tensor, "token d_model"],
+                            a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"]) -> float:
+    """The share of b's variance explained by the best linear map from a (least squares, fitted on
+    a_fit and b_fit): the most any rotation could reach, since it may stretch and shear as well."""
+    weights = torch.linalg.lstsq(centred(a_fit), centred(b_fit)).solution  # [d_model, d_model]
+    return 1 - ((centred(a) @ weights - centred(b)).pow(2).sum() / centred(b).pow(2).sum()).item()
+
+
+def without_top_components(x_fit: Float[Tensor, "token d_model"], x: Float[Tensor, "token d_model"], k: int
+                           ) -> Float[Tensor, "token d_model"]:
+    """x with its `k` largest principal directions (found on x_fit) projected out."""
+    _, _, vh = torch.linalg.svd(centred(x_fit), full_matrices=False)
+    top = vh[:k]  # [k, d_model]
+    return x - (centred(x) @ top.T) @ top
+
+
+TOP_COMPONENTS = 16
+
+
+def stream_alignment(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"], fit: slice, held: slice
+                     ) -> dict[str, float]:
+    """How well a rotation maps stream a onto stream b: on held-out tokens, on the tokens it was fitted
+    on, against the best linear map, without the top principal directions, and not rotated at all."""
+    rotation = align_streams(a[fit], b[fit])
+    a_rest, b_rest = without_top_components(a[fit], a, TOP_COMPONENTS), without_top_components(b[fit], b, TOP_COMPONENTS)
+    return {"rotated, held-out": explained_after_rotation(a[held], b[held], rotation),
+            "rotated, fitted tokens": explained_after_rotation(a[fit], b[fit], rotation),
+            "best linear map, held-out": explained_by_linear_map(a[fit], b[fit], a[held], b[held]),
+            f"rotated, top {TOP_COMPONENTS} directions removed": explained_after_rotation(
+                a_rest[held], b_rest[held], align_streams(a_rest[fit], b_rest[fit])),
+            "not rotated": explained_after_rotation(a[held], b[held], torch.eye(a.shape[1], device=a.device))}
 
 
 from utils.references.ch02_probing import labelled_residuals, mean_difference_direction
@@ -276,10 +341,14 @@ def latent_correlations(codes_a: Float[Tensor, "token d_sae_a"], codes_b: Float[
 from utils.organism.sae import load_organism_sae
 from utils.organism.siblings import load_sibling_sae
 
+MIN_FIRINGS = 20  # a latent counts when it fires on at least this many held-out tokens
+
 
 def family_saes(device: str = "cpu") -> dict:
-    """The organism's SAE, each sibling's, and the untrained model's, keyed like `family`."""
-    saes = {"organism": load_organism_sae(device), "untrained": load_sibling_sae("untrained", device)}
+    """The organism's SAE, each sibling's, the untrained model's, and a second SAE of the organism
+    (the same recipe from another SAE seed, the ceiling), keyed like `family`."""
+    saes = {"organism": load_organism_sae(device), "untrained": load_sibling_sae("untrained", device),
+            "organism, second SAE": load_sibling_sae("ceiling", device)}
     saes.update({name: load_sibling_sae(int(name.split()[-1]), device) for name in SIBLINGS})
     return saes
 
@@ -291,6 +360,20 @@ def best_matches(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tens
     return best.values, best.indices
 
 
+def mutual_share(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tensor, "d_sae_a"]) -> float:
+    """The share of live latents whose best match picks them back: a one-to-one pairing, not many to one."""
+    _, partners = best_matches(correlations, live)
+    return (correlations.argmax(dim=0)[partners] == live.nonzero().squeeze(1)).float().mean().item()
+
+
+def minus_token_means(codes: Float[Tensor, "token d_sae"], token_ids: Int[Tensor, "token"]) -> Float[Tensor, "token d_sae"]:
+    """Each latent's activations with its mean for the current token removed: what is left is what the
+    latent says beyond which token it is on (two token detectors match trivially, even untrained)."""
+    sums = torch.zeros(int(token_ids.max()) + 1, codes.shape[1], device=codes.device).index_add_(0, token_ids, codes)
+    counts = torch.bincount(token_ids, minlength=len(sums)).clamp_min(1)[:, None]  # [vocab, 1]
+    return codes - (sums / counts)[token_ids]
+
+
 def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_model"], live: Bool[Tensor, "d_sae_a"],
                             partners: Int[Tensor, "live"]) -> Float[Tensor, "live"]:
     """Cosine between each live latent's decoder direction in a, rotated into b's stream, and its partner's in b."""
@@ -298,16 +381,44 @@ def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_mod
     return torch.cosine_similarity(rotated, sae_b.W_dec[partners], dim=-1)
 
 
+def latent_match_row(codes_a: Float[Tensor, "token d_sae"], codes_b: Float[Tensor, "token d_sae"],
+                     token_ids: Int[Tensor, "token"], live: Bool[Tensor, "d_sae"], decoder_cosines=None) -> dict:
+    """One row of the latent table: how well the live latents of a find a partner in b."""
+    correlations = latent_correlations(codes_a, codes_b)
+    best, _ = best_matches(correlations, live)
+    beyond, _ = best_matches(latent_correlations(minus_token_means(codes_a, token_ids),
+                                                 minus_token_means(codes_b, token_ids)), live)
+    row = {"median best correlation": best.median().item(), "share above 0.5": (best > 0.5).float().mean().item(),
+           "median, token means removed": beyond.median().item(), "one-to-one share": mutual_share(correlations, live)}
+    if decoder_cosines is not None:
+        row["median decoder cosine"] = decoder_cosines.median().item()
+    return row
+
+
 from utils.references.ch05_saes import CONTEXT_LABELS, best_column_auroc, context_label_data, halves
 
 
 def label_latents(some_model, sae, seed: int = 0) -> dict[str, dict]:
     """For each of Chapter 05's context labels: the latent that detects it best (chosen on one half of
-    the prompts), its AUROC on the other half, and the latent activations on that half."""
+    the prompts), its AUROC on the other half, its activations and the labels on that half, and the
+    sign of its correlation with the label (on the first half)."""
     found = {}
     for label, (x, y) in context_label_data(some_model, seed=seed).items():
         first, second = halves(len(y), seed)
         codes = sae.encode(x.to(sae.W_dec.device))  # [prompt, d_sae]
         auroc, latent = best_column_auroc(codes[first], y[first], codes[second], y[second])
-        found[label] = {"latent": latent, "AUROC": auroc, "codes": codes[second]}
+        towards = latent_correlations(codes[first][:, latent:latent + 1], y[first, None].float().to(codes.device))
+        found[label] = {"latent": latent, "AUROC": auroc, "activations": codes[second][:, latent:latent + 1],
+                        "labels": y[second].to(codes.device), "sign": 1.0 if towards.item() >= 0 else -1.0}
     return found
+
+
+def label_latent_agreement(ours: dict, theirs: dict) -> tuple[float, float]:
+    """The correlation of two models' latents for one label (signed towards the label), over the
+    same prompts, and the same correlation within each class."""
+    sign = ours["sign"] * theirs["sign"]
+    together = sign * latent_correlations(ours["activations"], theirs["activations"]).item()
+    classes = ours["labels"].long()
+    within = sign * latent_correlations(minus_token_means(ours["activations"], classes),
+                                        minus_token_means(theirs["activations"], classes)).item()
+    return together, within
