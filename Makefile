@@ -125,8 +125,9 @@ organism: install
 	$(BIN)/python -m utils.organism.train
 	$(BIN)/python -m utils.organism.evaluate
 
-# Chapter 09's universality section: two siblings of the organism (seeds 1 and 2, the same recipe) and
-# their SAEs, plus the SAE of an untrained model of the same shape. About an hour per sibling on 2 cores.
+# Chapter 09's universality section: two siblings of the organism (seeds 1 and 2, the same recipe, then
+# 1200-step blocks until each meets the organism's bars) and their SAEs, plus the SAE of an untrained
+# model of the same shape and a second SAE of the organism. About one to two hours per sibling on 2 cores.
 siblings: install
 	$(BIN)/python -m utils.organism.siblings
 

@@ -63,6 +63,17 @@ def test_each_sibling_meets_the_organisms_bars_and_its_card_is_current(seed):
     assert len(log) == 1 + header["recipe"]["steps"] + sum(run["steps"] for run in header["continued"])
 
 
+@pytest.mark.parametrize("seed", SIBLING_SEEDS)
+def test_the_organisms_step_count_formed_neither_induction_nor_ioi_for_a_sibling(seed):
+    """The cards and the chapter say the siblings were trained longer because, at the organism's last
+    step, these two behaviours had not formed: the log's evaluation at that step says so."""
+    log = [json.loads(line) for line in (sibling_dir(seed) / "training_log.jsonl").read_text().splitlines()]
+    at_recipes_end = log[log[0]["recipe"]["steps"]]  # line 0 is the header, so this is the last step's row
+    assert at_recipes_end["step"] == log[0]["recipe"]["steps"] - 1
+    assert at_recipes_end["ioi_accuracy"] < evaluate.BARS["ioi_accuracy"][0] - 0.2, at_recipes_end
+    assert at_recipes_end["induction_loss_ratio"] > evaluate.BARS["induction_loss_ratio"][0] + 0.2, at_recipes_end
+
+
 @pytest.mark.parametrize("name", [*NAMES, "untrained", "organism, second SAE"])
 def test_each_shipped_sae_meets_the_sae_bars_on_held_out_text(name):
     model = family()["organism" if name == "organism, second SAE" else name]

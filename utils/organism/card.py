@@ -53,7 +53,7 @@ probe accuracy by layer (after each block), truth {truth_probe_by_layer}, sentim
 
 ## Training
 Recipe: {recipe}. Seeded; CPU; the log of loss and held-out behaviour every
-{eval_every} steps is `training_log.jsonl`. {timing}
+{eval_every} steps is `training_log.jsonl`. {timing}{seed_note}
 
 ## Limits
 A toy: a vocabulary of a few hundred words, a handful of templates, nothing outside its world.
@@ -111,6 +111,9 @@ def write_model_card(results: dict, model_dir: Path | None = None) -> Path:
             "; then, from those weights, with a fresh optimiser: " + ", ".join(f"{k} {v}" for k, v in run.items())
             for run in continued),
         eval_every=RECIPE["eval_every"], timing=timing,
+        seed_note=("" if is_sibling else
+                   "\nThe recipe's step count suits this seed: from seeds 1 and 2 it formed neither induction nor "
+                   "IOI within the same steps (their siblings in `siblings/` needed 1200 and 2400 more)."),
         ioi_accuracy_ABBA=results["ioi_accuracy_ABBA"], ioi_accuracy_BABA=results["ioi_accuracy_BABA"],
         facts_top1_all_held_out=results["facts_top1_all_held_out"],
         induction_best_head=results["induction_best_head"],

@@ -2,11 +2,13 @@
 
 `python -m utils.organism.siblings` (or `make siblings`) trains one sibling per seed in
 `SIBLING_SEEDS` with `utils.organism.train` (another initialisation, another stream of world
-documents, the organism's recipe and then `CONTINUATION`'s steps from those weights), measures it
+documents, the organism's recipe, then blocks of `CONTINUATION`'s steps from those weights until it
+meets the organism's bars), measures it
 against the organism's bars and writes its card, then trains its SAE with the organism SAE's recipe
 (`utils.organism.sae.RECIPE`). It also trains that SAE recipe on an untrained model of the same
 shape (`random_init_model(seed=0)`, rebuilt from the seed when needed), the baseline a latent match
-must beat, and from another SAE seed on the organism itself, the ceiling. Each sibling takes about an hour on two idle CPU threads; `--seeds 1` trains one.
+must beat, and from another SAE seed on the organism itself, the ceiling. Each sibling takes one
+to two hours on two idle CPU threads; `--seeds 1` trains one.
 
 `load_model("organism-seed1")` loads a sibling; `load_sibling_sae(1)` its SAE.
 """
