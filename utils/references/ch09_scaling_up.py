@@ -175,7 +175,7 @@ def load_siblings(device: str = "cpu") -> dict:
 
 from utils.references.ch02_probing import answer_ids
 from utils.references.ch03_logit_lens import all_patterns, induction_scores, previous_token_scores, repeated_tokens
-from utils.references.ch06_patching import (ioi_prompts, normalised_logit_diff_metric, paired_tokens,
+from utils.references.ch06_patching import (ioi_prompts, ioi_roles, normalised_logit_diff_metric, paired_tokens,
                                             patch_head_output, swapped_prompts)
 
 ROLE_BAR = 0.5  # a head "has" a role when its detector score is at least this
@@ -188,9 +188,10 @@ def detector_scores(some_model, seq_len: int = 20, n: int = 16, seed: int = 0) -
     return {"previous token": previous_token_scores(patterns), "induction": induction_scores(patterns, seq_len)}
 
 
-def ioi_head_map(some_model, n: int = 8, seed: int = 0) -> tuple[Float[Tensor, "layer pos head"], list[str], float]:
-    """Chapter 06's denoising of each head's output at each position (swap corruption, template 0),
-    the position labels, and the clean run's mean logit difference."""
+def ioi_head_map(some_model, n: int = 16, seed: int = 0) -> tuple[Float[Tensor, "layer pos head"], list[str], float]:
+    """Chapter 06's denoising of each head's output at each position (swap corruption, `n` prompts of
+    template 0), the position labels (a role's name, IO, S1, S2 or END, or else the first prompt's
+    word there), and the clean run's mean logit difference, correct name minus repeated name."""
     clean_set = ioi_prompts("test", n=n, seed=seed)
     clean, swap, last = paired_tokens(some_model, clean_set.prompts, swapped_prompts(clean_set).prompts)
     correct = answer_ids(some_model, clean_set.correct).to(some_model.cfg.device)
@@ -199,7 +200,9 @@ def ioi_head_map(some_model, n: int = 8, seed: int = 0) -> tuple[Float[Tensor, "
     rows = torch.arange(len(last))
     clean_diff = (clean_logits[rows, last, correct] - clean_logits[rows, last, wrong]).mean().item()
     metric = normalised_logit_diff_metric(clean_logits, some_model(swap), correct, wrong, last)
-    labels = [f"{i} {t.strip()}" for i, t in enumerate(some_model.to_str_tokens(clean[0]))]
+    labels = [f'"{word.strip()}"' for word in some_model.to_str_tokens(clean[0])]
+    for role, positions in ioi_roles(some_model, clean_set, clean, last).items():
+        labels[int(positions[0])] = role  # every prompt of a template has its roles at the same positions
     return patch_head_output(some_model, swap, clean, metric, by_position=True), labels, clean_diff
 
 
@@ -212,18 +215,18 @@ def heads_with(scores: Float[Tensor, "layer head"], bar: float = ROLE_BAR) -> st
 
 
 def top_ioi_cells(head_map: Float[Tensor, "layer pos head"], labels: list[str], k: int = 3) -> str:
-    """The `k` head-and-position cells whose denoising restores the most, as "L3H1 @ 14 gave 0.65"."""
+    """The `k` head-and-position cells whose denoising restores the most, as "L3H1 at END 0.65"."""
     n_pos, n_heads = head_map.shape[1:]
     cells = []
     for index in head_map.flatten().argsort(descending=True)[:k].tolist():
         layer, rest = divmod(index, n_pos * n_heads)
         position, head = divmod(rest, n_heads)
-        cells.append(f"L{layer}H{head} @ {labels[position]} {head_map[layer, position, head]:.2f}")
+        cells.append(f"L{layer}H{head} at {labels[position]} {head_map[layer, position, head]:.2f}")
     return "; ".join(cells)
 
 
 from utils.references.ch03_logit_lens import abc_prompts
-from utils.references.ch06_patching import attention_to_roles, head_direct_logits, ioi_roles
+from utils.references.ch06_patching import attention_to_roles, head_direct_logits
 
 
 def top_end_head(head_map: Float[Tensor, "layer pos head"]) -> tuple[int, int]:
@@ -272,19 +275,26 @@ def centred(x: Float[Tensor, "token d"]) -> Float[Tensor, "token d"]:
     return x - x.mean(0)
 
 
-def explained_after_rotation(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
-                             rotation: Float[Tensor, "d_model d_model"]) -> float:
-    """The share of b's variance that a, rotated and then scaled by the best single number, explains
-    (a rotation cannot change a size, and the models' streams differ in size)."""
+def best_scale(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
+               rotation: Float[Tensor, "d_model d_model"]) -> float:
+    """The single number that best scales rotated a onto b (a rotation cannot change a size, and the
+    models' streams differ in size)."""
     turned, target = centred(a) @ rotation, centred(b)  # [token, d_model] each
-    scale = (turned * target).sum() / turned.pow(2).sum()
+    return ((turned * target).sum() / turned.pow(2).sum()).item()
+
+
+def explained_after_rotation(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"],
+                             rotation: Float[Tensor, "d_model d_model"], scale: float) -> float:
+    """The share of b's variance that a, rotated and scaled, explains."""
+    turned, target = centred(a) @ rotation, centred(b)  # [token, d_model] each
     return 1 - ((scale * turned - target).pow(2).sum() / target.pow(2).sum()).item()
 
 
 def explained_by_linear_map(a_fit: Float[Tensor, "token d_model"], b_fit: Float[Tensor, "token d_model"],
                             a: Float[Tensor, "token d_model"], b: Float[Tensor, "token d_model"]) -> float:
     """The share of b's variance explained by the best linear map from a (least squares, fitted on
-    a_fit and b_fit): the most any rotation could reach, since it may stretch and shear as well."""
+    a_fit and b_fit). It may stretch and shear as well as turn, so on the fitted tokens it bounds
+    what any rotation reaches; on held-out tokens it is the yardstick a rotation is read against."""
     weights = torch.linalg.lstsq(centred(a_fit), centred(b_fit)).solution  # [d_model, d_model]
     return 1 - ((centred(a) @ weights - centred(b)).pow(2).sum() / centred(b).pow(2).sum()).item()
 
@@ -304,19 +314,36 @@ def stream_alignment(a: Float[Tensor, "token d_model"], b: Float[Tensor, "token 
                      ) -> dict[str, float]:
     """How well a rotation maps stream a onto stream b: on held-out tokens, on the tokens it was fitted
     on, against the best linear map, without the top principal directions, and not rotated at all."""
-    rotation = align_streams(a[fit], b[fit])
+    rotation, same = align_streams(a[fit], b[fit]), torch.eye(a.shape[1], device=a.device)
+    scale = best_scale(a[fit], b[fit], rotation)  # fitted, like the rotation, on the first half only
     a_rest, b_rest = without_top_components(a[fit], a, TOP_COMPONENTS), without_top_components(b[fit], b, TOP_COMPONENTS)
-    return {"rotated, held-out": explained_after_rotation(a[held], b[held], rotation),
-            "rotated, fitted tokens": explained_after_rotation(a[fit], b[fit], rotation),
+    rest_rotation = align_streams(a_rest[fit], b_rest[fit])
+    return {"rotated, held-out": explained_after_rotation(a[held], b[held], rotation, scale),
+            "rotated, fitted tokens": explained_after_rotation(a[fit], b[fit], rotation, scale),
             "best linear map, held-out": explained_by_linear_map(a[fit], b[fit], a[held], b[held]),
             f"rotated, top {TOP_COMPONENTS} directions removed": explained_after_rotation(
-                a_rest[held], b_rest[held], align_streams(a_rest[fit], b_rest[fit])),
-            "not rotated": explained_after_rotation(a[held], b[held], torch.eye(a.shape[1], device=a.device))}
+                a_rest[held], b_rest[held], rest_rotation, best_scale(a_rest[fit], b_rest[fit], rest_rotation)),
+            "not rotated": explained_after_rotation(a[held], b[held], same, best_scale(a[fit], b[fit], same))}
+
+
+def minus_group_means(values: Float[Tensor, "row column"], groups: Int[Tensor, "row"]) -> Float[Tensor, "row column"]:
+    """Each column with its mean over the rows of the same group removed. With the current token as the
+    group, what is left of a latent is what it says beyond which token it sits on (two detectors of one
+    token match trivially, even in an untrained model); with a label as the group, beyond the label."""
+    sums = torch.zeros(int(groups.max()) + 1, values.shape[1], device=values.device).index_add_(0, groups, values)
+    counts = torch.bincount(groups, minlength=len(sums)).clamp_min(1)[:, None]  # [group, 1]
+    return values - (sums / counts)[groups]
+
+
+def token_mean_share(stream: Float[Tensor, "token d_model"], token_ids: Int[Tensor, "token"]) -> float:
+    """The share of a stream's variance that is the mean for the current token."""
+    rest = minus_group_means(centred(stream), token_ids)  # [token, d_model]
+    return 1 - (rest.pow(2).sum() / centred(stream).pow(2).sum()).item()
 
 
 from utils.references.ch02_probing import labelled_residuals, mean_difference_direction
 
-DIRECTION_LABELS = {"truth": ("truth", "truth"), "sentiment": ("sentiment", "sentiment"), "io_gender": ("ioi", "io_gender")}
+DIRECTION_LABELS = {"truth": ("truth", "truth"), "sentiment": ("sentiment", "sentiment"), "io is female": ("ioi", "io_gender")}
 STREAM_POINT = int(HOOK_NAME.split(".")[1]) + 1  # residual point after block 1, Chapter 02's numbering
 
 
@@ -360,18 +387,13 @@ def best_matches(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tens
     return best.values, best.indices
 
 
-def mutual_share(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tensor, "d_sae_a"]) -> float:
-    """The share of live latents whose best match picks them back: a one-to-one pairing, not many to one."""
-    _, partners = best_matches(correlations, live)
-    return (correlations.argmax(dim=0)[partners] == live.nonzero().squeeze(1)).float().mean().item()
-
-
-def minus_token_means(codes: Float[Tensor, "token d_sae"], token_ids: Int[Tensor, "token"]) -> Float[Tensor, "token d_sae"]:
-    """Each latent's activations with its mean for the current token removed: what is left is what the
-    latent says beyond which token it is on (two token detectors match trivially, even untrained)."""
-    sums = torch.zeros(int(token_ids.max()) + 1, codes.shape[1], device=codes.device).index_add_(0, token_ids, codes)
-    counts = torch.bincount(token_ids, minlength=len(sums)).clamp_min(1)[:, None]  # [vocab, 1]
-    return codes - (sums / counts)[token_ids]
+def one_to_one_share(correlations: Float[Tensor, "d_sae_a d_sae_b"], live: Bool[Tensor, "d_sae_a"], bar: float = 0.5) -> float:
+    """The share of live latents whose best match picks them back (a one-to-one pair, not many to one)
+    and correlates above `bar` (without the bar, noise pairs up too: about a fifth of shuffled latents)."""
+    best, partners = best_matches(correlations, live)
+    picked_back = correlations[live].argmax(dim=0)[partners]  # each partner's best live latent, as a row of correlations[live]
+    mutual = picked_back == torch.arange(len(partners), device=partners.device)
+    return (mutual & (best > bar)).float().mean().item()
 
 
 def matched_decoder_cosines(sae_a, sae_b, rotation: Float[Tensor, "d_model d_model"], live: Bool[Tensor, "d_sae_a"],
@@ -386,10 +408,10 @@ def latent_match_row(codes_a: Float[Tensor, "token d_sae"], codes_b: Float[Tenso
     """One row of the latent table: how well the live latents of a find a partner in b."""
     correlations = latent_correlations(codes_a, codes_b)
     best, _ = best_matches(correlations, live)
-    beyond, _ = best_matches(latent_correlations(minus_token_means(codes_a, token_ids),
-                                                 minus_token_means(codes_b, token_ids)), live)
+    beyond, _ = best_matches(latent_correlations(minus_group_means(codes_a, token_ids),
+                                                 minus_group_means(codes_b, token_ids)), live)
     row = {"median best correlation": best.median().item(), "share above 0.5": (best > 0.5).float().mean().item(),
-           "median, token means removed": beyond.median().item(), "one-to-one share": mutual_share(correlations, live)}
+           "median, token means removed": beyond.median().item(), "one-to-one above 0.5": one_to_one_share(correlations, live)}
     if decoder_cosines is not None:
         row["median decoder cosine"] = decoder_cosines.median().item()
     return row
@@ -419,6 +441,6 @@ def label_latent_agreement(ours: dict, theirs: dict) -> tuple[float, float]:
     sign = ours["sign"] * theirs["sign"]
     together = sign * latent_correlations(ours["activations"], theirs["activations"]).item()
     classes = ours["labels"].long()
-    within = sign * latent_correlations(minus_token_means(ours["activations"], classes),
-                                        minus_token_means(theirs["activations"], classes)).item()
+    within = sign * latent_correlations(minus_group_means(ours["activations"], classes),
+                                        minus_group_means(theirs["activations"], classes)).item()
     return together, within
