@@ -10,8 +10,8 @@
 # # Chapter 09: Scaling up
 #
 # **Time:** about 2.5 hours. **Exercises:** 9, each checked as soon as you run the cell after it.
-# *Run All* takes under two minutes on a 2-core laptop CPU (longer when the machine is busy), most
-# of it Section 8, which loads two more models, an untrained one and four more SAEs.
+# *Run All* takes under two and a half minutes on a 2-core laptop CPU (longer when the machine is
+# busy), most of it Section 8, which loads two more models, an untrained one and four more SAEs.
 #
 # **You will learn to**
 # - write an experiment in **nnsight** form, once, and run it three ways: here on the organism, in
