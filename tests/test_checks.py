@@ -76,8 +76,8 @@ def test_learner_exception_becomes_a_verdict():
 
 
 def test_unknown_exercise_id():
-    with pytest.raises(KeyError, match="no exercise '9.9'"):
-        grade("9.9", lambda: None)
+    with pytest.raises(KeyError, match="no exercise '9.99'"):
+        grade("9.99", lambda: None)
 
 
 # ------------------------------------------------------------------------------------------
