@@ -1215,10 +1215,11 @@ def token_mean_share(stream: Float[Tensor, "token d_model"], token_ids: Int[Tens
 
 
 # %%
-streams = {name: stream_on_world_text(some_model) for name, some_model in family.items()}
+streams = {name: stream_on_world_text(some_model)  # [token, d_model] each, on the CPU
+           for name, some_model in progress_bar(family.items(), total=len(family), desc="streams")}
 fit, held = slice(0, len(streams["organism"]) // 2), slice(len(streams["organism"]) // 2, None)
 rotations = {name: align_streams(streams["organism"][fit], streams[name][fit]) for name in family if name != "organism"}
-world_tokens = held_out_data(model)[2].to(model.cfg.device)  # the token at each position of the world text
+world_tokens = held_out_data(model)[2]  # the token at each position of the world text, on the CPU like the streams
 print("share of each stream's variance that is the current token's mean (held-out half):",
       {name: round(token_mean_share(stream[held], world_tokens[held]), 2) for name, stream in streams.items()})
 pd.DataFrame({name: stream_alignment(streams["organism"], streams[name], fit, held) for name in rotations}
@@ -1261,7 +1262,7 @@ def label_direction(some_model, label: str, seed: int = 0) -> Float[Tensor, "d_m
 
 # %%
 direction_rows = {}
-for label in DIRECTION_LABELS:
+for label in progress_bar(DIRECTION_LABELS, desc="labels"):
     ours = label_direction(model, label)
     direction_rows[label] = {name: torch.cosine_similarity(ours @ rotation, label_direction(family[name], label), dim=0).item()
                              for name, rotation in rotations.items()}
@@ -1387,12 +1388,13 @@ codes["organism, second SAE"] = saes["organism, second SAE"].encode(streams["org
 live = (codes["organism"] > 0).sum(0) >= MIN_FIRINGS
 shuffled = torch.randperm(len(codes["organism"]), generator=torch.Generator().manual_seed(0)).to(model.cfg.device)
 matches, latent_rows = {}, {}
-for name in [*rotations, "organism, second SAE"]:
+held_tokens = world_tokens[held].to(model.cfg.device)
+for name in progress_bar([*rotations, "organism, second SAE"], desc="matching"):
     rotation = rotations.get(name, torch.eye(model.cfg.d_model, device=model.cfg.device))  # the second SAE shares the stream
     matches[name], partners = best_matches(latent_correlations(codes["organism"], codes[name]), live)
     cosines = matched_decoder_cosines(saes["organism"], saes[name], rotation, live, partners)
-    latent_rows[name] = latent_match_row(codes["organism"], codes[name], world_tokens[held], live, cosines)
-latent_rows["seed 1, tokens shuffled"] = latent_match_row(codes["organism"], codes["seed 1"][shuffled], world_tokens[held], live)
+    latent_rows[name] = latent_match_row(codes["organism"], codes[name], held_tokens, live, cosines)
+latent_rows["seed 1, tokens shuffled"] = latent_match_row(codes["organism"], codes["seed 1"][shuffled], held_tokens, live)
 print(f"{int(live.sum())} of {len(live)} organism latents fire on at least {MIN_FIRINGS} held-out tokens")
 pd.DataFrame(latent_rows).T.round(2)
 
