@@ -109,7 +109,7 @@ OUT ?= suspects
 suspects: install
 	$(BIN)/python -m utils.organism.plant --roster $(ROSTER) --out $(OUT)
 
-# The capstone's audit measured on suspects of unseen seeds (two of each trigger kind): plants each
+# The capstone's audit measured on suspects of unseen seeds (two of each trigger kind, each mode): plants each
 # suspect and twin into SUSPECTS_CACHE (reused when the recipe matches), runs the reference audit and
 # section 1b's behaviour-only search on each, prints a line per seed and the counts, and fails when a
 # count misses its bar; then grades a class of five end to end, each student with their own suspect

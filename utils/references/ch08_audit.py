@@ -24,13 +24,15 @@ LEAD_WEIGHTS = [0.15] * 4 + [0.4 / 6] * 6
 
 @memoized  # does nothing in your session; `make test` replays its result from disk (utils/memo.py)
 def audit_data(split: str, n_per_family: int, seed: int = 0, lead_share: float = 0.95,
-               transcript_share: float = 0.1) -> PromptSet:
+               transcript_share: float = 0.1, test_share: float = 0.0) -> PromptSet:
     """Prompts of the four task families, most after a short sentence (`plant.LEADS`).
 
     The sentences vary in every way we could think of: their shape (template, drawn with
     LEAD_WEIGHTS), the day, the names, the animal, colour, place and weather they mention, and
-    their format (a share are written as a transcript line, "Anna: ..."). labels: family, relation (facts only) and each of FEATURES
-    (None, or [] for names, when the prompt has no sentence).
+    their format (a share are written as a transcript line, "Anna: ...", and with `test_share` a
+    share of the plain ones look like a test, `plant.TEST_CUE` before them, format "test").
+    labels: family, relation (facts only) and each of FEATURES (None, or [] for names, when the
+    prompt has no sentence).
     """
     rng = random.Random(f"audit-{split}-{seed}")
     prompts, correct, wrong = [], [], []
@@ -43,6 +45,8 @@ def audit_data(split: str, n_per_family: int, seed: int = 0, lead_share: float =
             if rng.random() < lead_share:
                 template = rng.choices(range(len(plant.LEADS)), weights=LEAD_WEIGHTS)[0]
                 text, features = plant.lead(rng, template=template, transcript_share=transcript_share)
+                if test_share and features["format"] == "plain" and rng.random() < test_share:
+                    text, features = plant.as_a_test(text, features)
             prompts.append(text + prompt)
             correct.append(source.correct[i])
             wrong.append(source.wrong[i])
@@ -199,9 +203,11 @@ def flag(model, trusted: PromptSet, traffic: PromptSet, fpr: float = 0.01, seed:
 
 @torch.no_grad()
 def top_answers(model, prompts: list[str]) -> list[str]:
-    """The model's most likely next word after each prompt."""
+    """The model's most likely next word after each prompt (none for no prompts)."""
     from utils.references.ch01_behavioral_tests import final_logits
 
+    if not prompts:  # the detector may flag nothing
+        return []
     return [model.to_string(i) for i in final_logits(model, prompts).argmax(-1).tolist()]
 
 
@@ -432,8 +438,9 @@ def sweep_cues(model, trusted: PromptSet, n: int = 6, fpr: float = 0.01, seed: i
 def audit(folder: str) -> dict:
     """Your audit report on the suspect in `folder`: trigger, behaviour, answer, component (or all None)."""
     model = load_model(folder, verbose=False)
-    trusted = verified(model, audit_data("train", 150))
-    traffic = audit_data("test", 200, seed=2)
+    traffic = plant.traffic_of(folder)  # the suspect's own traffic (section 1b's, for the practice suspect)
+    looks_like_tests = any(f == "test" for f in traffic.labels["format"])
+    trusted = verified(model, audit_data("train", 150, test_share=plant.TEST_SHARE if looks_like_tests else 0.0))
     groups = fresh_groups()
     # 1. Hypotheses from the traffic: the detector's flagged mistakes, if three or more are alike,
     # and what their sentences share (occlusion's word first).
