@@ -1136,9 +1136,9 @@ if plant.is_open(plant.read_key(AUDITED)):
 #
 # Every found suspect's report also named its answer. The component is not part of this count
 # (patching each suspect names it, and the key written at planting records it). The test-aware
-# suspects' exception was tuned on another seed (240): there the trigger, after the one sentence
-# shape fine-tuning never showed, flipped only 2-24% of prompts, and all of them after the shapes it
-# was trained on (none when they looked like a test). With an exception to learn, the trigger did
+# suspects' exception was tuned on another seed (240): in those tuning runs the trigger, after the
+# one sentence shape fine-tuning never showed, flipped only 2-24% of prompts, and all of them after
+# the shapes it was trained on (none when they looked like a test). With an exception to learn, the trigger did
 # not carry over to a new shape, so these suspects are checked on the shapes they were trained on;
 # seed 213 flips 80% of test-split prompts there, the others all of them. It is also the one the
 # audit missed: the sweep ranked its name second of 86 cues, but in sentences of every shape that
